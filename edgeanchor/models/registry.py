@@ -1,0 +1,251 @@
+"""Build detectors by name, and save and load edgeanchor checkpoints.
+
+Names:
+- ``torchvision:ssd300_vgg16``, ``torchvision:ssdlite320_mobilenet_v3_large``,
+  ``torchvision:retinanet_resnet50_fpn``, ``torchvision:retinanet_resnet50_fpn_v2``:
+  torchvision architectures, randomly initialised unless ``weights`` is given
+  (nothing is ever downloaded);
+- ``edgeanchor:demo_ssd``: the demo architecture, untrained;
+- ``demo``: the trained demo checkpoint shipped inside the package;
+- a path to an edgeanchor checkpoint (``.pt``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..anchors import AnchorSet, parse_anchor_file, parse_overanchorized
+from ..errors import EdgeAnchorError
+from ..io import atomic_path, read_json
+from ..postprocess import PostprocessSpec
+from .base import Detector
+
+CHECKPOINT_FORMAT = "edgeanchor.checkpoint/1"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "demo.pt"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture: builder(num_classes, image_size) -> torchvision model."""
+
+    family: str  # "ssd" or "retinanet"
+    builder: Callable
+    image_size: tuple[int, int]
+    num_classes: int
+    head_init: str = "xavier"
+
+
+def _tv(name: str) -> Callable:
+    def build(num_classes: int, image_size: tuple[int, int]):
+        import torchvision.models.detection as det
+
+        kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
+        if name.startswith("retinanet"):
+            kwargs.update(min_size=min(image_size), max_size=max(image_size))
+        return getattr(det, name)(**kwargs)
+
+    return build
+
+
+def _demo(num_classes: int, image_size: tuple[int, int]):
+    from .demo import build_demo_ssd
+
+    return build_demo_ssd(num_classes, image_size=image_size)
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "torchvision:ssd300_vgg16": ArchSpec("ssd", _tv("ssd300_vgg16"), (300, 300), 91),
+    "torchvision:ssdlite320_mobilenet_v3_large": ArchSpec(
+        "ssd", _tv("ssdlite320_mobilenet_v3_large"), (320, 320), 91, head_init="normal"
+    ),
+    "torchvision:retinanet_resnet50_fpn": ArchSpec("retinanet", _tv("retinanet_resnet50_fpn"), (800, 800), 91),
+    "torchvision:retinanet_resnet50_fpn_v2": ArchSpec(
+        "retinanet", _tv("retinanet_resnet50_fpn_v2"), (800, 800), 91
+    ),
+    "edgeanchor:demo_ssd": ArchSpec("ssd", _demo, (320, 320), 6),
+}
+
+
+def model_names() -> list[str]:
+    return ["demo", *ARCHS]
+
+
+def build_detector(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    weights: str | os.PathLike | None = None,
+    anchors: str | AnchorSet | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> Detector:
+    """Build a detector by name, or load one from a checkpoint.
+
+    Args:
+        name: a name from :data:`ARCHS`, ``demo``, or a checkpoint path.
+        num_classes: classifier outputs K (background included for SSD).
+        weights: a torchvision state dict or an edgeanchor checkpoint to load.
+        anchors: an :class:`AnchorSet`, a path to an anchor JSON file (either
+            form), or ``overanchorized[:SxR]``; replaces the model's anchors.
+        image_size: (H, W) fixed input size; the architecture's default if None.
+
+    Raises:
+        EdgeAnchorError: unknown name, missing file, weights that do not fit.
+    """
+    if name == "demo" or (name not in ARCHS and (name.endswith(".pt") or Path(name).is_file())):
+        path = DEMO_CHECKPOINT if name == "demo" else Path(name)
+        if anchors is not None or image_size is not None:
+            raise EdgeAnchorError(
+                f"--anchors and --image-size cannot change a checkpoint ({name}); use 'prune' to slice its anchors"
+            )
+        det = load_checkpoint(path)
+        if num_classes is not None and num_classes != det.num_classes:
+            raise EdgeAnchorError(f"{name} has {det.num_classes} classes, not {num_classes}; drop --num-classes")
+        if weights is not None:
+            load_weights(det, weights)
+        return det
+    if name not in ARCHS:
+        raise EdgeAnchorError(
+            f"unknown model {name!r}; choose one of {', '.join(model_names())}, or give a checkpoint path"
+        )
+    spec = ARCHS[name]
+    num_classes = num_classes or spec.num_classes
+    image_size = tuple(image_size) if image_size else spec.image_size
+    tv_model = spec.builder(num_classes, image_size)
+    ckpt_anchors = None
+    if weights is not None:
+        state = _read_weights(weights)
+        if state.get("format") == CHECKPOINT_FORMAT:
+            ckpt_anchors = AnchorSet.from_json(state["anchors"])
+        else:
+            _load_state(tv_model, _state_dict_of(state), weights)
+    det = wrap(name, tv_model, image_size=image_size, anchors=anchors if ckpt_anchors is None else ckpt_anchors)
+    if ckpt_anchors is not None:
+        _load_state(det, state["state_dict"], weights)
+    return det
+
+
+def wrap(name: str, tv_model, *, image_size, anchors=None) -> Detector:
+    """Wrap a torchvision model of architecture ``name`` with optional new anchors."""
+    spec = ARCHS[name]
+    default = _wrap(spec, name, tv_model, image_size, None)
+    anchor_set = resolve_anchors(anchors, default.anchor_set)
+    if anchor_set is default.anchor_set:
+        return default
+    return _wrap(spec, name, tv_model, image_size, anchor_set)
+
+
+def _wrap(spec, name, tv_model, image_size, anchor_set):
+    from .retinanet import wrap_retinanet
+    from .ssd import wrap_ssd
+
+    if spec.family == "ssd":
+        return wrap_ssd(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set, head_init=spec.head_init)
+    return wrap_retinanet(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set)
+
+
+def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
+    """Turn an ``--anchors`` value into an AnchorSet, checked against the model's own."""
+    if anchors is None:
+        return template
+    if isinstance(anchors, AnchorSet):
+        result = anchors
+    elif str(anchors).startswith("overanchorized"):
+        result = parse_overanchorized(str(anchors), template)
+    else:
+        result = parse_anchor_file(read_json(anchors, "anchor file"), template)
+    if result.num_levels != template.num_levels:
+        raise EdgeAnchorError(
+            f"the anchor set has {result.num_levels} levels but the model has {template.num_levels}; "
+            "give one entry per level"
+        )
+    sizes = [lv.feature_size for lv in template.levels]
+    if [lv.feature_size for lv in result.levels] != sizes or result.image_size != template.image_size:
+        raise EdgeAnchorError(
+            f"the anchor set is for input {list(result.image_size)} with feature sizes "
+            f"{[list(lv.feature_size) for lv in result.levels]}, but the model has input "
+            f"{list(template.image_size)} and {[list(s) for s in sizes]}; pass the matching --image-size"
+        )
+    if result.num_anchors == 0:
+        raise EdgeAnchorError("the anchor set has no anchors; keep at least one")
+    return result
+
+
+# ---- weights and checkpoints -------------------------------------------
+def _read_weights(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeAnchorError(f"weights file {path} does not exist; check --weights")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise EdgeAnchorError(f"cannot read weights {path}: {str(exc).splitlines()[0]}; is it a PyTorch file?") from None
+    if not isinstance(obj, dict):
+        raise EdgeAnchorError(f"weights {path} hold a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _state_dict_of(obj: dict) -> dict:
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    return obj
+
+
+def _load_state(module: torch.nn.Module, state: dict, source) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise EdgeAnchorError(
+            f"weights {source} do not fit the model ({detail[:300]}); check --model and --num-classes"
+        ) from None
+
+
+def load_weights(det: Detector, weights) -> None:
+    """Load an edgeanchor checkpoint's or a plain state dict's weights into ``det``."""
+    state = _read_weights(weights)
+    _load_state(det, state["state_dict"] if state.get("format") == CHECKPOINT_FORMAT else _state_dict_of(state), weights)
+
+
+def save_checkpoint(det: Detector, path, *, meta: dict | None = None, extra: dict | None = None) -> None:
+    """Write ``det`` as a self-describing checkpoint, atomically."""
+    obj = {"format": CHECKPOINT_FORMAT, **det.checkpoint_state(), "meta": meta or {}}
+    obj.update(extra or {})
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path) -> Detector:
+    """Rebuild a detector from an edgeanchor checkpoint (architecture, anchors, weights)."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "train it with the command in the README" if path == DEMO_CHECKPOINT else "check the path"
+        raise EdgeAnchorError(f"checkpoint {path} does not exist; {hint}")
+    obj = _read_weights(path)
+    if obj.get("format") != CHECKPOINT_FORMAT:
+        raise EdgeAnchorError(
+            f"{path} is not an edgeanchor checkpoint; pass it as --weights with the matching --model"
+        )
+    arch = obj["arch"]
+    if arch not in ARCHS:
+        raise EdgeAnchorError(f"{path} was written for unknown architecture {arch!r}")
+    anchor_set = AnchorSet.from_json(obj["anchors"])
+    spec = ARCHS[arch]
+    tv_model = spec.builder(obj["num_classes"], anchor_set.image_size)
+    det = _wrap(spec, arch, tv_model, anchor_set.image_size, anchor_set)
+    _load_state(det, obj["state_dict"], path)
+    det.spec = PostprocessSpec.from_json(obj["postprocess"])
+    return det.eval()
+
+
+def checkpoint_meta(path) -> dict:
+    """The ``meta`` dict of a checkpoint (training record), or {}."""
+    obj = _read_weights(path)
+    return obj.get("meta", {}) if obj.get("format") == CHECKPOINT_FORMAT else {}

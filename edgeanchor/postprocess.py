@@ -1,0 +1,169 @@
+"""Post-processing: decode, score threshold, top-k, class-aware NMS.
+
+It is split in two steps so that the anchor search can cache the first:
+
+1. :func:`candidates` turns raw head outputs into every (box index, label,
+   score, decoded box) whose score is above the threshold. Removing anchors
+   only ever removes candidates, so this list is all a pruned model can see.
+2. :func:`select` applies the model's top-k, NMS and max-detections rule to a
+   candidate list. Run on the candidates of the kept anchors it gives exactly
+   what the pruned model would give.
+
+Both follow torchvision's ``SSD.postprocess_detections`` (softmax scores,
+top-k per class) and ``RetinaNet.postprocess_detections`` (sigmoid scores,
+top-k per level) step for step, in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import boxes as box_ops
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """How a detector turns head outputs into detections.
+
+    Attributes:
+        score_fn: "softmax" (class 0 is background and never reported) or "sigmoid".
+        topk_scope: "class" (top-k per class, SSD) or "level" (top-k per level, RetinaNet).
+        score_thresh: candidates need a score strictly above this.
+        topk_candidates: top-k size per scope.
+        nms_thresh: IoU threshold of the class-aware NMS.
+        detections_per_img: detections kept per image after NMS.
+        box_weights: (wx, wy, ww, wh) of the box coder.
+    """
+
+    score_fn: str
+    topk_scope: str
+    score_thresh: float
+    topk_candidates: int
+    nms_thresh: float
+    detections_per_img: int
+    box_weights: tuple[float, float, float, float]
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "PostprocessSpec":
+        return cls(**{**obj, "box_weights": tuple(obj["box_weights"])})
+
+
+@dataclass
+class Candidates:
+    """Candidates of one image, in the model's processing order.
+
+    Attributes:
+        box_index: int64 (M,), index into the model's flattened boxes.
+        labels: int64 (M,).
+        scores: float32 (M,).
+        boxes_xyxy: float32 (M, 4), decoded and clipped, input pixels.
+    """
+
+    box_index: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    boxes_xyxy: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.box_index.numel())
+
+    def take(self, mask: torch.Tensor) -> "Candidates":
+        return Candidates(self.box_index[mask], self.labels[mask], self.scores[mask], self.boxes_xyxy[mask])
+
+
+def flatten_level(x: torch.Tensor, num_columns: int) -> torch.Tensor:
+    """Head output of one level to per-box rows.
+
+    Args:
+        x: (N, A*C, H, W) with anchor-major channels (channel = a*C + c).
+        num_columns: C.
+
+    Returns:
+        (N, H*W*A, C), box order (row, column, anchor).
+    """
+    n, _, h, w = x.shape
+    x = x.view(n, -1, num_columns, h, w)  # (N, A*C, H, W) -> (N, A, C, H, W)
+    return x.permute(0, 3, 4, 1, 2).reshape(n, -1, num_columns)  # -> (N, H*W*A, C)
+
+
+def candidates(
+    cls_logits: torch.Tensor,
+    box_deltas: torch.Tensor,
+    anchors_xyxy: torch.Tensor,
+    image_size: tuple[int, int],
+    spec: PostprocessSpec,
+) -> Candidates:
+    """Every above-threshold candidate of one image.
+
+    Args:
+        cls_logits: (B, K) logits for the B boxes of one image.
+        box_deltas: (B, 4) box regression.
+        anchors_xyxy: (B, 4) the boxes' anchors, input pixels.
+        image_size: (H, W) to clip to.
+        spec: post-processing rule.
+
+    Returns:
+        Candidates ordered as the model processes them: by (label, box) for
+        ``softmax``, by (box, label) for ``sigmoid``.
+    """
+    if spec.score_fn == "softmax":
+        scores = torch.softmax(cls_logits, dim=-1)[:, 1:]  # background column dropped
+        label_offset = 1
+    else:
+        scores = torch.sigmoid(cls_logits)
+        label_offset = 0
+    keep = scores > spec.score_thresh
+    if spec.score_fn == "softmax":
+        label_idx, box_idx = torch.nonzero(keep.T, as_tuple=True)  # (label, box) order
+    else:
+        box_idx, label_idx = torch.nonzero(keep, as_tuple=True)  # (box, label) order
+    boxes = decode(box_deltas[box_idx], anchors_xyxy[box_idx], spec.box_weights)
+    boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+    return Candidates(box_idx, label_idx + label_offset, scores[box_idx, label_idx], boxes)
+
+
+def decode(deltas: torch.Tensor, anchors_xyxy: torch.Tensor, weights) -> torch.Tensor:
+    """Decode (M, 4) deltas against (M, 4) anchors with torchvision's BoxCoder."""
+    return BoxCoder(weights=tuple(weights)).decode_single(deltas, anchors_xyxy)
+
+
+def select(
+    cands: Candidates,
+    spec: PostprocessSpec,
+    level_starts: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Top-k, class-aware NMS and max-detections on one image's candidates.
+
+    Args:
+        cands: candidates in model order (see :func:`candidates`).
+        spec: post-processing rule.
+        level_starts: int64 (L+1,), the first box index of each level and the
+            total; used by ``topk_scope="level"``.
+
+    Returns:
+        Dict with ``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) int64.
+    """
+    if spec.topk_scope == "class":
+        groups = cands.labels
+        group_ids = torch.unique(groups)  # sorted: labels ascend as in torchvision
+    else:
+        groups = torch.bucketize(cands.box_index, level_starts[1:], right=True)
+        group_ids = torch.unique(groups)
+    kept = []
+    for g in group_ids.tolist():
+        idx = torch.nonzero(groups == g).flatten()
+        num_topk = min(spec.topk_candidates, idx.numel())
+        _, order = cands.scores[idx].topk(num_topk)
+        kept.append(idx[order])
+    if kept:
+        kept_idx = torch.cat(kept)
+    else:
+        kept_idx = torch.zeros(0, dtype=torch.int64)
+    boxes, scores, labels = cands.boxes_xyxy[kept_idx], cands.scores[kept_idx], cands.labels[kept_idx]
+    keep = box_ops.batched_nms(boxes, scores, labels, spec.nms_thresh)[: spec.detections_per_img]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "box_index": cands.box_index[kept_idx][keep]}

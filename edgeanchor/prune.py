@@ -1,0 +1,54 @@
+"""Exact head slicing: keep a subset of anchors, drop the rest of the head.
+
+``prune(detector, keep)`` returns a new detector whose last head
+convolutions compute only the output channels of the kept anchors, whose
+empty levels run no head, and whose anchor set is the kept subset. Its raw
+outputs equal the unpruned head's outputs at the kept anchors, and its
+detections equal the unpruned detector's with the removed anchors' candidates
+taken out: that equivalence is what lets the search score a subset from a
+cache without a forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .errors import EdgeAnchorError
+from .models.base import Detector
+
+
+def prune(detector: Detector, keep: Iterable[int]) -> Detector:
+    """Slice ``detector`` to the anchors whose global ids are in ``keep``.
+
+    Ids already removed earlier are ignored, so pruning twice equals pruning
+    once with the intersection.
+
+    Args:
+        detector: the detector to slice (left unchanged; weights are copied).
+        keep: global anchor ids (see :class:`edgeanchor.anchors.AnchorSet`).
+
+    Raises:
+        EdgeAnchorError: if nothing would be kept, an id is negative, or a
+            shared head (RetinaNet) would keep different anchors per level.
+    """
+    keep = {int(k) for k in keep}
+    if any(k < 0 for k in keep):
+        raise EdgeAnchorError(f"anchor ids must be >= 0 (got {sorted(k for k in keep if k < 0)})")
+    new_set = detector.anchor_set.subset(keep)
+    keep_per_level = {
+        i: [p for p, a in enumerate(detector.anchor_set.levels[i].anchors) if a.id in keep]
+        for i in detector.active_levels
+    }
+    return detector._sliced(new_set, keep_per_level).eval()
+
+
+def keep_from_remove(detector: Detector, remove: Iterable[int]) -> set[int]:
+    """The keep set that removes ``remove`` from the detector's anchors."""
+    remove = {int(r) for r in remove}
+    unknown = remove - set(detector.anchor_set.ids)
+    if unknown:
+        raise EdgeAnchorError(
+            f"anchor ids {sorted(unknown)} are not in the model (it has {detector.anchor_set.ids}); "
+            "see 'edgeanchor inspect' for the ids"
+        )
+    return set(detector.anchor_set.ids) - remove
