@@ -271,7 +271,7 @@ def to_reference(anchor_set: AnchorSet) -> dict:
 
 def parse_anchor_file(obj: dict, template: AnchorSet) -> AnchorSet:
     """Parse either form of anchor file against the model's own anchor set."""
-    if isinstance(obj, dict) and "scale_ratios" in obj:
+    if isinstance(obj, dict) and ("scale_ratios" in obj or "base_size" in obj):
         return from_reference(obj, template)
     if not isinstance(obj, dict):
         raise EdgeAnchorError("malformed anchor set: expected a JSON object")

@@ -165,4 +165,4 @@ def wrap_retinanet(
         anchor_set=anchor_set,
         spec=retinanet_spec(model),
         config=cfg,
-    )
+    ).eval()

@@ -204,7 +204,7 @@ def wrap_ssd(
         anchor_set=anchor_set,
         spec=ssd_spec(model),
         config=cfg,
-    )
+    ).eval()
 
 
 def prior_bias(conv: nn.Conv2d, num_classes: int, prior: float = 0.01) -> None:

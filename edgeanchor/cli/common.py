@@ -1,0 +1,71 @@
+"""Flags shared by several subcommands, and turning them into core values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str | None = "demo") -> None:
+    parser.add_argument(
+        "--model",
+        default=default_model,
+        help="model name (demo, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
+        "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd) or a checkpoint path "
+        f"(default: {default_model})",
+    )
+    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs, background included")
+    parser.add_argument("--weights", default=None, help="torchvision state dict or edgeanchor checkpoint to load")
+    parser.add_argument(
+        "--anchors",
+        default=None,
+        help="anchor set: a JSON file (edgeanchor or reference form) or overanchorized[:SCALESxRATIOS]",
+    )
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="model input size")
+
+
+def build_from_args(args):
+    """Build the detector the shared model flags describe."""
+    from ..models import build_detector
+
+    return build_detector(
+        args.model,
+        num_classes=args.num_classes,
+        weights=args.weights,
+        anchors=args.anchors,
+        image_size=tuple(args.image_size) if args.image_size else None,
+    )
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    """A plain-text table with right-aligned numbers."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(v.rjust(w) if n and _is_num(v) else v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _is_num(s: str) -> bool:
+    try:
+        float(s.replace(",", ""))
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,91 @@
+"""Slice a model's head to a subset of anchors and write the checkpoint.
+
+Give the anchors to keep as an anchor file (``--anchors KEEP.json``, from the
+search or hand-written, edgeanchor or reference form), or as global anchor ids
+(``--keep 0,3,5`` or ``--remove 1,2``; see ``edgeanchor inspect`` for ids).
+The anchor set is written beside the checkpoint as ``<out>.anchors.json``.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="demo", help="model name or checkpoint (default: demo)")
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--anchors", help="anchor file whose anchors are kept")
+    group.add_argument("--keep", help="comma-separated global anchor ids to keep")
+    group.add_argument("--remove", help="comma-separated global anchor ids to remove")
+    parser.add_argument("--out", required=True, help="output checkpoint (.pt)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def parse_ids(text: str) -> list[int]:
+    from ..errors import EdgeAnchorError
+
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise EdgeAnchorError(f"cannot read anchor ids {text!r}; write comma-separated integers, e.g. 0,3,5") from None
+
+
+def keep_ids_from_file(det, path) -> set[int]:
+    """Ids of the model's anchors that an anchor file keeps (matched by level and shape)."""
+    from ..anchors import AnchorSet
+    from ..errors import EdgeAnchorError
+    from ..models.registry import resolve_anchors
+
+    wanted = resolve_anchors(path, det.anchor_set)
+    keep = set()
+    for i, (mine, theirs) in enumerate(zip(det.anchor_set.levels, wanted.levels)):
+        for a in theirs.anchors:
+            match = [b for b in mine.anchors if abs(b.w - a.w) <= max(1.0, 0.01 * b.w) and abs(b.h - a.h) <= max(1.0, 0.01 * b.h)]
+            if not match:
+                raise EdgeAnchorError(
+                    f"anchor {a.w:.1f}x{a.h:.1f} px on level {i} of {path} is not one of the model's anchors; "
+                    "an anchor file for prune must be a subset of the model's anchors"
+                )
+            keep.add(min(match, key=lambda b: abs(b.w - a.w) + abs(b.h - a.h)).id)
+    assert isinstance(wanted, AnchorSet)
+    return keep
+
+
+def run(args) -> int:
+    from ..cost import measure_cost
+    from ..io import write_json
+    from ..models import build_detector, save_checkpoint
+    from ..prune import keep_from_remove, prune
+    from .common import print_json
+
+    det = build_detector(args.model, num_classes=args.num_classes, weights=args.weights,
+                         image_size=tuple(args.image_size) if args.image_size else None)
+    if args.anchors:
+        keep = keep_ids_from_file(det, args.anchors)
+    elif args.keep is not None:
+        keep = set(parse_ids(args.keep))
+    else:
+        keep = keep_from_remove(det, parse_ids(args.remove))
+    pruned = prune(det, keep)
+    before, after = measure_cost(det), measure_cost(pruned)
+    save_checkpoint(pruned, args.out, meta={"pruned_from": args.model, "kept_ids": sorted(pruned.anchor_set.ids)})
+    anchors_path = str(args.out).removesuffix(".pt") + ".anchors.json"
+    write_json(anchors_path, pruned.anchor_set.to_json())
+    summary = {
+        "out": str(args.out),
+        "anchors": anchors_path,
+        "num_anchors": [det.anchor_set.num_anchors, pruned.anchor_set.num_anchors],
+        "head_macs": [before.head_macs, after.head_macs],
+        "num_boxes": [before.num_boxes, after.num_boxes],
+        "kept_ids": sorted(pruned.anchor_set.ids),
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"pruned {det.anchor_set.num_anchors} -> {pruned.anchor_set.num_anchors} anchors, "
+            f"head {before.head_macs / 1e6:.1f}M -> {after.head_macs / 1e6:.1f}M MACs, "
+            f"{before.num_boxes} -> {after.num_boxes} boxes; wrote {args.out}"
+        )
+    return 0
