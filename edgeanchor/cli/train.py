@@ -1,0 +1,133 @@
+"""Train or fine-tune a detector on COCO-format data.
+
+From scratch:  edgeanchor train --model edgeanchor:demo_ssd --data DIR/images \
+                   --ann DIR/annotations/train.json --val-ann DIR/annotations/val.json --epochs 30 --out demo.pt
+After pruning: edgeanchor train --init pruned.pt --data ... --ann ... --epochs 5 --out finetuned.pt
+Resume:        the same command with --resume continues from the checkpoint at --out.
+Multi-GPU:     torchrun --nproc_per_node 4 -m edgeanchor train --device cuda ...
+
+Checkpoints hold the architecture, the anchor set and the weights; pass one
+to --model anywhere to rebuild it exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .common import add_model_arguments
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, default_model=None)
+    parser.add_argument("--init", default=None, help="start from this checkpoint (e.g. a pruned one), keeping its anchors")
+    parser.add_argument("--data", required=True, help="image folder")
+    parser.add_argument("--ann", required=True, help="COCO annotations of the training split")
+    parser.add_argument("--val-ann", default=None, help="COCO annotations evaluated after each epoch")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--warmup-iters", type=int, default=200)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda")
+    parser.add_argument("--workers", type=int, default=1, help="data loader processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-iters-per-epoch", type=int, default=None, help=argparse_suppress())
+    parser.add_argument("--out", required=True, help="checkpoint to write (rewritten after every epoch)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run stored at --out")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the training record as JSON")
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def build_model(args):
+    """The detector to train: from --init, from --resume, or from --model."""
+    from ..errors import EdgeAnchorError
+    from ..models import build_detector, load_checkpoint
+
+    if args.init:
+        det = load_checkpoint(args.init)
+        if args.model and args.model != det.arch:
+            raise EdgeAnchorError(
+                f"--init {args.init} is a {det.arch} checkpoint but --model is {args.model}; "
+                "drop --model or pass a checkpoint of the same architecture"
+            )
+        if args.anchors:
+            raise EdgeAnchorError("--init keeps the checkpoint's anchors; drop --anchors")
+        return det
+    if not args.model:
+        raise EdgeAnchorError("give --model (e.g. edgeanchor:demo_ssd) or --init CHECKPOINT")
+    return build_detector(args.model, num_classes=args.num_classes, weights=args.weights, anchors=args.anchors,
+                          image_size=tuple(args.image_size) if args.image_size else None)
+
+
+def _resume_state(args):
+    import torch
+
+    from ..errors import EdgeAnchorError
+    from ..models import load_checkpoint
+
+    path = Path(args.out)
+    if not path.is_file():
+        raise EdgeAnchorError(f"--resume: no checkpoint at {path} to resume from; drop --resume to start afresh")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("train_state")
+    if not state:
+        raise EdgeAnchorError(f"--resume: {path} holds a finished run (no training state left); nothing to resume")
+    return load_checkpoint(path), state
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data.coco import CocoDetection
+    from ..errors import EdgeAnchorError
+    from ..train.loop import TrainConfig, train
+    from .common import print_json
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.epochs < 1:
+        raise EdgeAnchorError("--epochs must be at least 1")
+    resume_state = None
+    if args.resume:
+        det, resume_state = _resume_state(args)
+    else:
+        det = build_model(args)
+    train_set = CocoDetection(args.data, args.ann, num_classes=det.num_classes, image_size=det.image_size, train=True)
+    if sum(len(t[1]) for t in train_set._targets.values()) == 0:
+        raise EdgeAnchorError(f"{args.ann} has no usable object annotations; nothing to train on")
+    val_set = None
+    if args.val_ann:
+        val_set = CocoDetection(args.data, args.val_ann, num_classes=det.num_classes, image_size=det.image_size)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_iters=args.warmup_iters, device=args.device, workers=args.workers, seed=args.seed,
+        max_iters_per_epoch=args.max_iters_per_epoch, progress=not args.no_progress,
+        extra_meta={"command": "edgeanchor train", "init": args.init, "model": args.model or det.arch,
+                    "ann": str(args.ann), "seed": args.seed},
+    )
+    t0 = time.perf_counter()
+    record = train(det, train_set, cfg, out=args.out, val_set=val_set, resume_state=resume_state)
+    seconds = time.perf_counter() - t0
+    last = record["epochs"][-1]
+    if args.json:
+        print_json({"out": args.out, "seconds": round(seconds, 1), "record": record})
+        return 0
+    val = f", val mAP {last['val']['mAP']:.4f}" if "val" in last else ""
+    print(f"trained {det.arch} for {len(record['epochs'])} epochs in {seconds:.0f}s: loss {last['loss']:.4f}{val}; "
+          f"wrote {args.out}")
+    return 0

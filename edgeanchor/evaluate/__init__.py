@@ -1,0 +1,1 @@
+"""Evaluation: run a detector over COCO-format data and compute COCO mAP."""

@@ -1,0 +1,53 @@
+"""Run a detector over a data set and collect COCO results-format detections."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.coco import CocoDetection, detection_collate, invert_label_map
+
+
+def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_to_cat: dict) -> list[dict]:
+    """Detections of one image (input pixels, model labels) as COCO results.
+
+    Boxes are scaled from the model input size back to the original image
+    size and written as [x, y, w, h]; labels become category ids.
+    """
+    in_h, in_w = input_size
+    oh, ow = orig_size
+    boxes = det_out["boxes"].detach().cpu().double()
+    scale = torch.tensor([ow / in_w, oh / in_h, ow / in_w, oh / in_h], dtype=torch.float64)
+    boxes = boxes * scale  # (D, 4) xyxy, original pixels
+    results = []
+    for box, score, label in zip(boxes.tolist(), det_out["scores"].tolist(), det_out["labels"].tolist()):
+        cat = label_to_cat.get(int(label))
+        if cat is None:  # a label with no category (e.g. unused COCO ids): cannot be scored
+            continue
+        x1, y1, x2, y2 = box
+        results.append({"image_id": int(image_id), "category_id": int(cat),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return results
+
+
+def make_loader(dataset: CocoDetection, batch_size: int, *, shuffle: bool = False, workers: int = 0,
+                sampler=None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, collate_fn=detection_collate, drop_last=False,
+                      persistent_workers=workers > 0)
+
+
+@torch.no_grad()
+def predict(detector, dataset: CocoDetection, *, batch_size: int = 16, device: str = "cpu",
+            progress: bool = True, workers: int = 0, desc: str = "predict") -> list[dict]:
+    """COCO results-format detections of ``detector`` on every image of ``dataset``."""
+    detector.eval().to(device)
+    label_to_cat = invert_label_map(dataset.label_map)
+    results: list[dict] = []
+    loader = make_loader(dataset, batch_size, workers=workers)
+    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        outputs = detector(images.to(device))
+        for out, target in zip(outputs, targets):
+            results.extend(to_coco_results(out, target["image_id"], target["orig_size"], detector.image_size, label_to_cat))
+    return results

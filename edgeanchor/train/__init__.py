@@ -1,0 +1,1 @@
+"""Training and fine-tuning of wrapped detectors (from scratch or after pruning)."""

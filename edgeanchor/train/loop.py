@@ -1,0 +1,186 @@
+"""The training loop: from scratch, fine-tuning a pruned model, resumable, DDP-ready.
+
+Multi-GPU training uses the standard path: launch with ``torchrun
+--nproc_per_node N -m edgeanchor train ...``; each process reads
+``LOCAL_RANK``/``WORLD_SIZE``, joins ``torch.distributed`` and wraps the
+model in ``DistributedDataParallel``. Rank 0 evaluates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data.coco import CocoDetection
+from ..errors import EdgeAnchorError
+from ..evaluate.coco_map import coco_map
+from ..evaluate.predict import make_loader, predict
+from ..models.base import Detector
+from ..models.registry import save_checkpoint
+from .losses import detection_loss
+
+
+@dataclass
+class TrainConfig:
+    """Plain training settings (the CLI fills these from flags)."""
+
+    epochs: int
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_iters: int = 200
+    device: str = "cpu"
+    workers: int = 1
+    seed: int = 0
+    max_iters_per_epoch: int | None = None  # for smoke tests
+    eval_batch_size: int = 32
+    progress: bool = True
+    extra_meta: dict = field(default_factory=dict)
+
+
+class _TrainStep(nn.Module):
+    """Backbone + head as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, det: Detector):
+        super().__init__()
+        self.det = det
+
+    def forward(self, images):
+        return self.det.head(self.det.backbone(images))
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_factor(it: int, total: int, warmup: int) -> float:
+    if it < warmup:
+        return (it + 1) / warmup
+    progress = (it - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to zero
+
+
+def train(
+    det: Detector,
+    train_set: CocoDetection,
+    cfg: TrainConfig,
+    *,
+    out: str,
+    val_set: CocoDetection | None = None,
+    resume_state: dict | None = None,
+) -> dict:
+    """Train ``det`` in place; write a checkpoint to ``out`` after every epoch.
+
+    Args:
+        det: the detector (random, pretrained or pruned).
+        train_set: training data with ``train=True`` augmentation.
+        cfg: settings.
+        out: checkpoint path; rewritten atomically each epoch.
+        val_set: evaluated with COCO mAP after each epoch when given.
+        resume_state: ``train_state`` of a checkpoint written by this function.
+
+    Returns:
+        The training record: per-epoch losses, mAP and seconds.
+    """
+    world, rank, local = _distributed()
+    device = torch.device(f"cuda:{local}" if cfg.device == "cuda" else cfg.device)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise EdgeAnchorError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    _seed_everything(cfg.seed + rank)
+    det.to(device)
+    step_module: nn.Module = _TrainStep(det)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[local] if device.type == "cuda" else None)
+    sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if world > 1 else None
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, sampler=sampler)
+    iters_per_epoch = len(loader) if cfg.max_iters_per_epoch is None else min(len(loader), cfg.max_iters_per_epoch)
+    total_iters = iters_per_epoch * cfg.epochs
+    params = [p for p in det.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: _lr_factor(it, total_iters, cfg.warmup_iters))
+    record = {"epochs": [], "config": {k: v for k, v in cfg.__dict__.items() if k != "extra_meta"}}
+    start_epoch = 0
+    if resume_state:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        record = resume_state["record"]
+        start_epoch = resume_state["epoch"] + 1
+        torch.set_rng_state(resume_state["rng"])
+    for epoch in range(start_epoch, cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        losses = _train_epoch(step_module, det, loader, optimizer, scheduler, iters_per_epoch, epoch, cfg, device, rank)
+        entry = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 1), **losses}
+        if val_set is not None and rank == 0:
+            dets = predict(det, val_set, batch_size=cfg.eval_batch_size, device=str(device), progress=cfg.progress,
+                           desc="val")
+            entry["val"] = coco_map(val_set.ann_file, dets)
+        record["epochs"].append(entry)
+        if rank == 0:
+            val = f", val mAP {entry['val']['mAP']:.4f} mAP50 {entry['val']['mAP50']:.4f}" if "val" in entry else ""
+            tqdm.write(f"epoch {epoch}: loss {entry.get('loss', float('nan')):.4f}{val} ({entry['seconds']}s)",
+                       file=sys.stderr)
+        if rank == 0:
+            last = epoch == cfg.epochs - 1
+            state = None if last else {
+                "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "record": record, "rng": torch.get_rng_state(),
+            }
+            det.cpu()
+            save_checkpoint(det, out, meta={"train": record, **cfg.extra_meta},
+                            extra={"train_state": state} if state else None)
+            det.to(device)
+    det.cpu().eval()
+    return record
+
+
+def _train_epoch(step_module, det, loader, optimizer, scheduler, num_iters, epoch, cfg, device, rank) -> dict:
+    step_module.train()
+    sums: dict[str, float] = {}
+    count = 0
+    bar = tqdm(total=num_iters, desc=f"epoch {epoch}", disable=not cfg.progress or rank != 0, leave=False)
+    for it, (images, targets) in enumerate(loader):
+        if it >= num_iters:
+            break
+        images = images.to(device)
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        head_outputs = step_module(images)
+        loss_dict = detection_loss(det, head_outputs, targets)
+        loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {loss.item()} at epoch {epoch} iteration {it}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)
+        optimizer.step()
+        scheduler.step()
+        count += 1
+        for k, v in loss_dict.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()} | {"lr": f"{scheduler.get_last_lr()[0]:.1e}"})
+        bar.update(1)
+    bar.close()
+    return {k: round(v / max(1, count), 5) for k, v in sums.items()}
