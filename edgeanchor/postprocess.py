@@ -132,12 +132,8 @@ def decode(deltas: torch.Tensor, anchors_xyxy: torch.Tensor, weights) -> torch.T
     return BoxCoder(weights=tuple(weights)).decode_single(deltas, anchors_xyxy)
 
 
-def select(
-    cands: Candidates,
-    spec: PostprocessSpec,
-    level_starts: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """Top-k, class-aware NMS and max-detections on one image's candidates.
+def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> torch.Tensor:
+    """Rows of ``cands`` that survive the per-class or per-level top-k, in model order.
 
     Args:
         cands: candidates in model order (see :func:`candidates`).
@@ -146,24 +142,36 @@ def select(
             total; used by ``topk_scope="level"``.
 
     Returns:
-        Dict with ``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) int64.
+        int64 (T,) row indices into ``cands``: groups ascending, each by score.
     """
     if spec.topk_scope == "class":
-        groups = cands.labels
-        group_ids = torch.unique(groups)  # sorted: labels ascend as in torchvision
+        groups = cands.labels  # torch.unique sorts: labels ascend as in torchvision
     else:
         groups = torch.bucketize(cands.box_index, level_starts[1:], right=True)
-        group_ids = torch.unique(groups)
     kept = []
-    for g in group_ids.tolist():
+    for g in torch.unique(groups).tolist():
         idx = torch.nonzero(groups == g).flatten()
-        num_topk = min(spec.topk_candidates, idx.numel())
-        _, order = cands.scores[idx].topk(num_topk)
+        _, order = cands.scores[idx].topk(min(spec.topk_candidates, idx.numel()))
         kept.append(idx[order])
-    if kept:
-        kept_idx = torch.cat(kept)
-    else:
-        kept_idx = torch.zeros(0, dtype=torch.int64)
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
+
+
+def select(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Top-k, class-aware NMS and max-detections on one image's candidates.
+
+    Args:
+        cands: candidates in model order (see :func:`candidates`).
+        spec: post-processing rule.
+        level_starts: see :func:`topk_indices`.
+
+    Returns:
+        Dict with ``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) int64,
+        ``box_index`` (D,) of the detections, and ``topk_box_index`` (T,), the
+        boxes that entered NMS.
+    """
+    kept_idx = topk_indices(cands, spec, level_starts)
     boxes, scores, labels = cands.boxes_xyxy[kept_idx], cands.scores[kept_idx], cands.labels[kept_idx]
     keep = box_ops.batched_nms(boxes, scores, labels, spec.nms_thresh)[: spec.detections_per_img]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "box_index": cands.box_index[kept_idx][keep]}
+    box_index = cands.box_index[kept_idx]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "box_index": box_index[keep],
+            "topk_box_index": box_index}

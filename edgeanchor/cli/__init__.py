@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "train": ".train",
     "evaluate": ".evaluate",
     "prune": ".prune",
+    "search": ".search",
 }
 
 

@@ -94,6 +94,10 @@ class Detector(nn.Module):
         """The head on the j-th active level."""
         raise NotImplementedError
 
+    def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:  # pragma: no cover - abstract
+        """The (classification, regression) convolutions whose channels are per anchor, j-th active level."""
+        raise NotImplementedError
+
     def flatten_head(self, head_outputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenate per-level head outputs.
 

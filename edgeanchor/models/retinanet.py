@@ -81,6 +81,9 @@ class RetinaNetDetector(Detector):
     def head_at(self, j: int, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_logits(self.cls_tower(feature)), self.box_reg(self.box_tower(feature))
 
+    def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        return self.cls_logits, self.box_reg
+
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "RetinaNetDetector":
         kept = {tuple(p) for p in keep_per_level.values() if p}
         if len(kept) != 1:

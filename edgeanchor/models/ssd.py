@@ -120,6 +120,9 @@ class SSDDetector(Detector):
     def head_at(self, j: int, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_heads[j](feature), self.box_heads[j](feature)
 
+    def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        return final_conv(self.cls_heads[j]), final_conv(self.box_heads[j])
+
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "SSDDetector":
         cls_heads, box_heads = nn.ModuleList(), nn.ModuleList()
         for j, level in enumerate(self.active_levels):

@@ -1,0 +1,100 @@
+"""Search anchor subsets for the Pareto front of accuracy against cost.
+
+  edgeanchor search --model demo --out runs/search          (the demo's synthetic val split)
+  edgeanchor search --model ckpt.pt --data DIR --ann val.json --method greedy --max-drop 0.005 --out DIR
+
+The model runs once over the data; every candidate subset is then scored from
+the cached candidates with the model's own post-processing and COCO mAP. The
+search is resumable: rerun the same command and it continues from the nodes
+stored in --out/search.json. Writes search.json, pareto.png and, for each
+front point, front/point_NN.anchors.json for 'edgeanchor prune --anchors'.
+"""
+
+from __future__ import annotations
+
+from .common import add_model_arguments
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    add_search_arguments(parser)
+    parser.add_argument("--data", default=None, help="image folder (default: the demo's synthetic data)")
+    parser.add_argument("--ann", default=None, help="COCO annotations searched on (default: demo val split)")
+    parser.add_argument("--report-ann", default=None,
+                        help="also report the front on this split (avoids selection bias; default for the demo: test)")
+    parser.add_argument("--out", required=True, help="search folder (resumed if it holds a search)")
+    parser.add_argument("--json", action="store_true", help="print the front as JSON")
+
+
+def add_search_arguments(parser) -> None:
+    g = parser.add_argument_group("search")
+    g.add_argument("--method", choices=["greedy", "layerwise", "shared"], default=None,
+                   help="greedy (paper's Pareto tree search), layerwise, or shared (heads shared across levels); "
+                        "default: shared for RetinaNet, else greedy")
+    g.add_argument("--cost", choices=["head_macs", "boxes", "latency"], default="head_macs")
+    floor = g.add_mutually_exclusive_group()
+    floor.add_argument("--min-map", type=float, default=None, help="absolute accuracy floor (COCO mAP)")
+    floor.add_argument("--max-drop", type=float, default=None,
+                       help="floor relative to the unpruned mAP, in mAP units (default 0.005 = 0.5 points)")
+    g.add_argument("--tol", type=float, default=1e-4, help="two mAPs within this are equal (default 1e-4)")
+    g.add_argument("--max-per-level", type=int, default=1, help="layerwise: anchors left per level")
+    g.add_argument("--max-evals", type=int, default=3000, help="evaluation budget")
+    g.add_argument("--workers", type=int, default=2, help="scoring processes")
+    g.add_argument("--backend", choices=["faster", "pycocotools"], default="faster")
+    g.add_argument("--cache", default=None, help="candidate cache file (default: keyed file in the cache folder)")
+    g.add_argument("--latency-model", default=None, help="calibrated latency model JSON for --cost latency")
+
+
+def spec_from_args(args, det):
+    from ..search.run import SearchSpec
+
+    method = args.method or ("shared" if det.shared_head else "greedy")
+    max_drop = args.max_drop if args.max_drop is not None else (None if args.min_map is not None else 0.005)
+    return SearchSpec(method=method, cost=args.cost, min_map=args.min_map, max_drop=max_drop, tol=args.tol,
+                      max_per_level=args.max_per_level, max_evals=args.max_evals, workers=args.workers,
+                      backend=args.backend)
+
+
+def resolve_data(args):
+    """(data, ann, report_ann) from flags, defaulting to the demo's synthetic splits."""
+    from ..errors import EdgeAnchorError
+
+    if bool(args.data) != bool(args.ann):
+        raise EdgeAnchorError("give both --data and --ann, or neither to use the demo's synthetic data")
+    if args.data:
+        return args.data, args.ann, args.report_ann
+    from ..data.demo_data import demo_split
+
+    data, ann = demo_split("val")
+    return data, ann, args.report_ann or demo_split("test")[1]
+
+
+def load_latency_model(path):
+    if not path:
+        return None
+    from ..bench.latency_model import LatencyModel  # built by the benchmark harness
+
+    return LatencyModel.load(path)
+
+
+def run(args) -> int:
+    from ..search.run import run_search
+    from .common import build_from_args, format_table, print_json
+
+    det = build_from_args(args)
+    data, ann, report_ann = resolve_data(args)
+    spec = spec_from_args(args, det)
+    result = run_search(det, data, ann, args.out, spec, report_ann=report_ann, cache_path=args.cache,
+                        latency_model=load_latency_model(args.latency_model))
+    if args.json:
+        print_json({k: result[k] for k in ("baseline", "floor", "front", "num_evals", "complete")})
+        return 0
+    base = result["baseline"]
+    rows = []
+    for n in result["front"]:
+        rows.append([n["num_anchors"], n["mAP"], n.get("report", {}).get("mAP", ""), n["head_macs"],
+                     f"{n['head_macs'] / base['head_macs']:.3f}", n["boxes"], n["anchors_file"]])
+    print(format_table(["anchors", "mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
+    print(f"searched {result['num_evals']} subsets ({spec.method}, cost {spec.cost}); baseline mAP "
+          f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {args.out}")
+    return 0

@@ -1,0 +1,165 @@
+"""The candidate cache: one inference pass, kept as only what can ever survive.
+
+For each image it keeps every candidate above the score threshold: (box
+index, anchor id, label, score, decoded box). Removing anchors only removes
+candidates, so a pruned model's detections are exactly the model's own
+top-k / NMS / max-detections rule applied to the kept anchors' candidates.
+Memory is proportional to the number of candidates, not anchors x classes.
+
+The cache is a ``.npz`` file with a key: a hash of the weights, the anchor
+set, the post-processing rule, the annotation file, the image folder and the
+input size. A cache whose key differs is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.coco import CocoDetection
+from ..evaluate.predict import make_loader
+from ..io import atomic_path
+
+CACHE_FORMAT = "edgeanchor.candidates/1"
+
+
+@dataclass
+class CandidateCache:
+    """Every above-threshold candidate of every image, flat, with offsets.
+
+    Attributes:
+        key: the cache key (hex digest).
+        image_ids: int64 (I,) COCO image ids, data set order.
+        orig_sizes: int64 (I, 2) original (H, W) of each image.
+        offsets: int64 (I+1,) candidates of image i are rows offsets[i]:offsets[i+1].
+        box_index: int32 (M,) index into the model's flattened boxes.
+        anchor_id: int32 (M,) global anchor id of each candidate.
+        labels: int32 (M,) model labels.
+        scores: float32 (M,).
+        boxes_xyxy: float32 (M, 4) decoded and clipped, input pixels.
+        meta: JSON-ready dict: input size, spec, level starts, label map, anchor set.
+    """
+
+    key: str
+    image_ids: np.ndarray
+    orig_sizes: np.ndarray
+    offsets: np.ndarray
+    box_index: np.ndarray
+    anchor_id: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    boxes_xyxy: np.ndarray
+    meta: dict
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_ids.shape[0])
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.box_index.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.image_ids, self.orig_sizes, self.offsets, self.box_index, self.anchor_id, self.labels,
+                  self.scores, self.boxes_xyxy)
+        return int(sum(a.nbytes for a in arrays))
+
+    def save(self, path) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, key=np.array(self.key), meta=np.array(json.dumps(self.meta)), image_ids=self.image_ids,
+                         orig_sizes=self.orig_sizes, offsets=self.offsets, box_index=self.box_index,
+                         anchor_id=self.anchor_id, labels=self.labels, scores=self.scores, boxes_xyxy=self.boxes_xyxy)
+
+    @classmethod
+    def load(cls, path) -> "CandidateCache":
+        with np.load(path) as z:
+            return cls(
+                key=str(z["key"]), meta=json.loads(str(z["meta"])),
+                **{k: z[k] for k in ("image_ids", "orig_sizes", "offsets", "box_index", "anchor_id", "labels",
+                                     "scores", "boxes_xyxy")},
+            )
+
+
+def cache_key(detector, dataset: CocoDetection) -> str:
+    """Hash of everything a cache depends on: weights, anchors, rule, data, input size."""
+    h = hashlib.sha256()
+    h.update(CACHE_FORMAT.encode())
+    for name, tensor in sorted(detector.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(detector.anchor_set.to_json(), sort_keys=True).encode())
+    h.update(json.dumps(detector.spec.to_json(), sort_keys=True).encode())
+    h.update(Path(dataset.ann_file).read_bytes())
+    h.update(str(Path(dataset.image_dir).resolve()).encode())
+    h.update(json.dumps([list(detector.image_size), detector.arch, detector.num_classes]).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def build_cache(detector, dataset: CocoDetection, *, batch_size: int = 16, device: str = "cpu",
+                progress: bool = True, key: str | None = None) -> CandidateCache:
+    """Run ``detector`` once over ``dataset`` and keep every candidate."""
+    detector.eval().to(device)
+    box_anchor = detector.box_anchor_ids().numpy().astype(np.int32)
+    parts: dict[str, list] = {k: [] for k in ("box_index", "labels", "scores", "boxes_xyxy")}
+    image_ids, orig_sizes, counts = [], [], []
+    for images, targets in tqdm(make_loader(dataset, batch_size), desc="candidates", disable=not progress,
+                                leave=False, file=sys.stderr):
+        for cands, target in zip(detector.image_candidates(detector.head(detector.backbone(images.to(device)))),
+                                 targets):
+            parts["box_index"].append(cands.box_index.cpu().numpy().astype(np.int32))
+            parts["labels"].append(cands.labels.cpu().numpy().astype(np.int32))
+            parts["scores"].append(cands.scores.cpu().numpy().astype(np.float32))
+            parts["boxes_xyxy"].append(cands.boxes_xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4))
+            image_ids.append(int(target["image_id"]))
+            orig_sizes.append(list(target["orig_size"]))
+            counts.append(len(cands))
+    box_index = np.concatenate(parts["box_index"])
+    return CandidateCache(
+        key=key or cache_key(detector, dataset),
+        image_ids=np.asarray(image_ids, dtype=np.int64),
+        orig_sizes=np.asarray(orig_sizes, dtype=np.int64).reshape(-1, 2),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        box_index=box_index,
+        anchor_id=box_anchor[box_index],
+        labels=np.concatenate(parts["labels"]),
+        scores=np.concatenate(parts["scores"]),
+        boxes_xyxy=np.concatenate(parts["boxes_xyxy"]),
+        meta={
+            "format": CACHE_FORMAT,
+            "image_size": list(detector.image_size),
+            "spec": detector.spec.to_json(),
+            "level_starts": detector.level_starts.tolist(),
+            "label_map": {str(k): v for k, v in dataset.label_map.items()},
+            "anchors": detector.anchor_set.to_json(),
+            "ann_file": str(dataset.ann_file),
+        },
+    )
+
+
+def load_or_build_cache(detector, dataset: CocoDetection, path, *, batch_size: int = 16, device: str = "cpu",
+                        progress: bool = True, log=print) -> CandidateCache:
+    """Reuse the cache at ``path`` if its key matches; otherwise rebuild and save it."""
+    key = cache_key(detector, dataset)
+    path = Path(path)
+    if path.is_file():
+        try:
+            cache = CandidateCache.load(path)
+        except (OSError, ValueError, KeyError):
+            cache = None
+        if cache is not None and cache.key == key:
+            log(f"reusing candidate cache {path} ({cache.num_candidates} candidates, {cache.num_images} images)")
+            return cache
+        log(f"candidate cache {path} was written for other weights, anchors or data; rebuilding it")
+    cache = build_cache(detector, dataset, batch_size=batch_size, device=device, progress=progress, key=key)
+    cache.save(path)
+    return cache

@@ -1,0 +1,1 @@
+"""Anchor-subset search: cost models, strategies, the Pareto front."""

@@ -1,0 +1,118 @@
+"""Evaluating search nodes: memoised, parallel over worker processes, persisted.
+
+A node is a set of removed anchor ids. Its accuracy comes from the candidate
+cache (no forward pass) and its cost from the cost model. Every evaluated
+node is kept in memory and written to ``search.json`` after each batch, so an
+interrupted search resumes from the nodes already evaluated.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .costs import CostModel
+
+_WORKER = {}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One evaluated keep set."""
+
+    removed: tuple[int, ...]
+    metrics: dict
+    head_macs: int
+    boxes: int
+    cost: float
+
+    @property
+    def map(self) -> float:
+        return self.metrics["mAP"]
+
+    def to_json(self) -> dict:
+        return {"removed": list(self.removed), "num_removed": len(self.removed), "mAP": self.map,
+                "metrics": self.metrics, "head_macs": self.head_macs, "boxes": self.boxes, "cost": self.cost}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Node":
+        return cls(tuple(obj["removed"]), obj["metrics"], obj["head_macs"], obj["boxes"], obj["cost"])
+
+
+def _init_worker(cache_path: str, ann: str, backend: str) -> None:
+    import torch
+
+    from ..evaluate.cache import CandidateCache
+    from ..evaluate.subset import SubsetScorer
+
+    torch.set_num_threads(1)
+    _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend)
+
+
+def _score_task(task) -> dict:
+    removed, parent = task
+    return _WORKER["scorer"].score(removed, parent)
+
+
+class Evaluator:
+    """Scores nodes, with a memo, optional worker processes, and a save hook.
+
+    Args:
+        scorer: a :class:`edgeanchor.evaluate.subset.SubsetScorer` (used in-process).
+        cost_model: head MACs and boxes of keep sets.
+        cost_fn: node cost for the front, from (removed, head_macs, boxes).
+        workers: processes for parallel scoring (<= 1: in-process).
+        cache_path, ann: what worker processes load.
+        on_batch: called after each evaluated batch (e.g. to persist).
+        max_evals: evaluations allowed (memo hits are free).
+    """
+
+    def __init__(self, scorer, cost_model: CostModel, cost_fn: Callable, *, workers: int = 1,
+                 cache_path: str | None = None, ann: str | None = None, on_batch: Callable | None = None,
+                 max_evals: int = 5000, known: Iterable[Node] = ()):
+        self.scorer = scorer
+        self.cost_model = cost_model
+        self.cost_fn = cost_fn
+        self.memo: dict[tuple[int, ...], Node] = {n.removed: n for n in known}
+        self.max_evals = max_evals
+        self.num_evals = 0
+        self.on_batch = on_batch
+        self._pool = None
+        if workers > 1 and cache_path:
+            ctx = multiprocessing.get_context("spawn")  # torch in the parent makes fork unsafe
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(str(cache_path), str(ann), scorer.backend))
+            self._workers = workers
+
+    @property
+    def exhausted(self) -> bool:
+        return self.num_evals >= self.max_evals
+
+    def evaluate(self, removed_sets: list, parent=()) -> list[Node]:
+        """Nodes for the given removed sets (memoised), in the same order."""
+        keys = [tuple(sorted(int(r) for r in s)) for s in removed_sets]
+        todo = [k for k in dict.fromkeys(keys) if k not in self.memo]
+        todo = todo[: max(0, self.max_evals - self.num_evals)]
+        if todo:
+            parent = tuple(sorted(parent))
+            tasks = [(k, parent) for k in todo]
+            if self._pool is not None and len(tasks) > 1:
+                chunk = max(1, -(-len(tasks) // self._workers))  # contiguous chunks reuse the parent's memo
+                results = list(self._pool.map(_score_task, tasks, chunksize=chunk))
+            else:
+                results = [self.scorer.score(k, parent) for k in todo]
+            for k, metrics in zip(todo, results):
+                macs, boxes = self.cost_model.head_macs(k), self.cost_model.boxes(k)
+                self.memo[k] = Node(k, {m: round(v, 6) for m, v in metrics.items()}, macs, boxes,
+                                    float(self.cost_fn(k, macs, boxes)))
+            self.num_evals += len(todo)
+            if self.on_batch:
+                self.on_batch()
+        return [self.memo[k] for k in keys if k in self.memo]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

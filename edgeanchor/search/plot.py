@@ -1,0 +1,35 @@
+"""The Pareto plot: mAP against head MACs, front highlighted, baseline marked."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+
+
+def plot_pareto(nodes: list[dict], front: list[dict], baseline: dict, path, *, floor: float | None = None,
+                title: str = "") -> None:
+    """Write ``path`` (PNG): every evaluated node, the front as a step line, the baseline as a star."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter([n["head_macs"] / 1e6 for n in nodes], [n["mAP"] for n in nodes], s=8, c="0.7",
+               label=f"evaluated ({len(nodes)})")
+    pts = sorted(front, key=lambda n: n["head_macs"])
+    ax.step([n["head_macs"] / 1e6 for n in pts], [n["mAP"] for n in pts], where="post", c="tab:blue", lw=1.2)
+    ax.scatter([n["head_macs"] / 1e6 for n in pts], [n["mAP"] for n in pts], s=22, c="tab:blue",
+               label=f"Pareto front ({len(pts)})", zorder=3)
+    ax.scatter([baseline["head_macs"] / 1e6], [baseline["mAP"]], marker="*", s=160, c="tab:red",
+               label="baseline (all anchors)", zorder=4)
+    if floor is not None:
+        ax.axhline(floor, ls="--", c="tab:orange", lw=1, label=f"accuracy floor {floor:.4f}")
+    ax.set_xlabel("head MACs (M)")
+    ax.set_ylabel("COCO mAP@[.5:.95]")
+    ax.set_title(title or "anchor pruning: accuracy against head cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,215 @@
+"""Run a whole search: cache, cost model, strategy, outputs.
+
+Outputs in the search folder:
+- ``search.json``: settings, baseline, every evaluated node and the front;
+- ``pareto.png``: mAP against head MACs, front highlighted, baseline marked;
+- ``front/point_NN.anchors.json``: the kept anchor set of each front point,
+  ready for ``edgeanchor prune --anchors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..data.coco import CocoDetection
+from ..data.demo_data import cache_root
+from ..errors import EdgeAnchorError
+from ..evaluate.cache import cache_key, load_or_build_cache
+from ..evaluate.subset import SubsetScorer
+from ..io import read_json, write_json
+from .costs import build_cost_model
+from .evaluator import Evaluator, Node
+from .plot import plot_pareto
+from .tree import anchor_moves, layerwise_search, pareto_front, shared_moves, tree_search
+
+METHODS = ("greedy", "layerwise", "shared")
+COSTS = ("head_macs", "boxes", "latency")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Search settings (plain values; the CLI fills them from flags).
+
+    Attributes:
+        method: greedy | layerwise | shared.
+        cost: head_macs | boxes | latency (needs ``latency_model``).
+        min_map: absolute accuracy floor, or None.
+        max_drop: floor relative to the unpruned mAP (mAP units, 0.005 = 0.5 points), or None.
+        tol: two mAPs within tol are equal.
+        max_per_level: layerwise target.
+        max_evals: evaluation budget.
+        workers: scoring processes.
+        backend: COCO evaluation backend.
+    """
+
+    method: str = "greedy"
+    cost: str = "head_macs"
+    min_map: float | None = None
+    max_drop: float | None = 0.005
+    tol: float = 1e-4
+    max_per_level: int = 1
+    max_evals: int = 3000
+    workers: int = 2
+    backend: str = "faster"
+
+    def settings_key(self) -> dict:
+        """The settings that must match for a stored search to be resumed."""
+        d = asdict(self)
+        d.pop("workers")
+        d.pop("max_evals")
+        return d
+
+
+def default_cache_path(key: str) -> Path:
+    return cache_root() / "candidates" / f"{key[:20]}.npz"
+
+
+def floor_of(spec: SearchSpec, baseline_map: float) -> float:
+    """The accuracy floor; an error if it is above the baseline."""
+    if spec.min_map is not None:
+        floor = spec.min_map
+        what = f"--min-map {spec.min_map}"
+    else:
+        floor = baseline_map - (spec.max_drop or 0.0)
+        what = f"--max-drop {spec.max_drop}"
+    if floor > baseline_map + 1e-12:
+        raise EdgeAnchorError(
+            f"the accuracy floor {floor:.4f} ({what}) is above the unpruned model's mAP {baseline_map:.4f}; "
+            "lower it, or use --max-drop"
+        )
+    return floor
+
+
+def run_search(det, data_dir, ann, out_dir, spec: SearchSpec, *, report_ann=None, cache_path=None,
+               latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
+               log=print) -> dict:
+    """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``."""
+    if spec.method not in METHODS:
+        raise EdgeAnchorError(f"unknown search method {spec.method!r}; choose one of {', '.join(METHODS)}")
+    if spec.cost not in COSTS:
+        raise EdgeAnchorError(f"unknown cost {spec.cost!r}; choose one of {', '.join(COSTS)}")
+    if det.shared_head and spec.method != "shared":
+        raise EdgeAnchorError(
+            f"{det.arch} shares its head across levels, so only '--method shared' can prune it "
+            "(same anchors removed on every level, or whole levels)"
+        )
+    out_dir = Path(out_dir)
+    dataset = CocoDetection(data_dir, ann, num_classes=det.num_classes, image_size=det.image_size)
+    cache_path = Path(cache_path) if cache_path else default_cache_path(cache_key(det, dataset))
+    cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device, progress=progress,
+                                log=log)
+    scorer = SubsetScorer(cache, ann, backend=spec.backend)
+    cost_model = build_cost_model(det)
+    cost_fn = _cost_fn(spec.cost, latency_model)
+    known, state_path = _resume(out_dir, spec, cache.key, log)
+    state: dict = {}
+    evaluator = Evaluator(scorer, cost_model, cost_fn, workers=spec.workers, cache_path=cache_path, ann=ann,
+                          max_evals=spec.max_evals, known=known,
+                          on_batch=lambda: _save_state(state_path, state, evaluator))
+    try:
+        root = evaluator.evaluate([()])[0]
+        floor = floor_of(spec, root.map)
+        state.update(settings=spec.settings_key(), cache_key=cache.key, model=det.arch, ann=str(ann),
+                     baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
+        all_ids = frozenset(det.anchor_set.ids)
+        if spec.method == "layerwise":
+            front = layerwise_search(evaluator, root, det.anchor_set, floor=floor,
+                                     max_per_level=spec.max_per_level, log=log if progress else None)
+        else:
+            moves = anchor_moves(det.anchor_set) if spec.method == "greedy" else shared_moves(det.anchor_set)
+            front = tree_search(evaluator, root, moves, all_ids, floor=floor, tol=spec.tol,
+                                log=log if progress else None)
+    finally:
+        evaluator.close()
+    front_nodes = pareto_front([n for n in front.nodes.values() if n.map >= floor])
+    result = _write_outputs(det, out_dir, state, evaluator, front_nodes, floor, report_ann, data_dir,
+                            batch_size, device, progress, log, spec)
+    return result
+
+
+def _cost_fn(cost: str, latency_model):
+    if cost == "head_macs":
+        return lambda removed, macs, boxes: float(macs)
+    if cost == "boxes":
+        return lambda removed, macs, boxes: float(boxes)
+    if latency_model is None:
+        raise EdgeAnchorError("--cost latency needs a calibrated latency model; run 'edgeanchor bench --calibrate' first")
+    return lambda removed, macs, boxes: float(latency_model.predict(removed))
+
+
+def _resume(out_dir: Path, spec: SearchSpec, key: str, log) -> tuple[list[Node], Path]:
+    path = out_dir / "search.json"
+    if not path.is_file():
+        return [], path
+    stored = read_json(path, "search file")
+    if stored.get("settings") != spec.settings_key() or stored.get("cache_key") != key:
+        raise EdgeAnchorError(
+            f"{path} holds a search with other settings, weights or data; choose another --out to start a new one"
+        )
+    nodes = [Node.from_json(n) for n in stored.get("nodes", [])]
+    log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
+    return nodes, path
+
+
+def _save_state(path: Path, state: dict, evaluator: Evaluator) -> None:
+    if not state:
+        return
+    write_json(path, {**state, "complete": False, "nodes": [n.to_json() for n in evaluator.memo.values()]})
+
+
+def _write_outputs(det, out_dir, state, evaluator, front_nodes, floor, report_ann, data_dir, batch_size, device,
+                   progress, log, spec) -> dict:
+    front_json = []
+    (out_dir / "front").mkdir(parents=True, exist_ok=True)
+    all_ids = set(det.anchor_set.ids)
+    report_scorer = _report_scorer(det, data_dir, report_ann, batch_size, device, progress, log, spec) \
+        if report_ann else None
+    for i, node in enumerate(sorted(front_nodes, key=lambda n: n.cost)):
+        kept = det.anchor_set.subset(all_ids - set(node.removed))
+        anchors_path = out_dir / "front" / f"point_{i:02d}.anchors.json"
+        write_json(anchors_path, kept.to_json())
+        entry = {**node.to_json(), "num_anchors": kept.num_anchors, "anchors_file": str(anchors_path),
+                 "anchors_per_level": kept.anchors_per_level()}
+        if report_scorer is not None:
+            entry["report"] = {k: round(v, 6) for k, v in report_scorer.score(node.removed).items()}
+        front_json.append(entry)
+    nodes = [n.to_json() for n in evaluator.memo.values()]
+    result = {**state, "complete": not evaluator.exhausted, "num_evals": len(nodes), "front": front_json,
+              "nodes": nodes, "report_ann": str(report_ann) if report_ann else None}
+    write_json(out_dir / "search.json", result)
+    plot_pareto(nodes, front_json, state["baseline"], out_dir / "pareto.png", floor=floor,
+                title=f"{det.arch}: {spec.method} search, cost {spec.cost}")
+    return result
+
+
+def _report_scorer(det, data_dir, report_ann, batch_size, device, progress, log, spec):
+    dataset = CocoDetection(data_dir, report_ann, num_classes=det.num_classes, image_size=det.image_size)
+    key = cache_key(det, dataset)
+    cache = load_or_build_cache(det, dataset, default_cache_path(key), batch_size=batch_size, device=device,
+                                progress=progress, log=log)
+    return SubsetScorer(cache, report_ann, backend=spec.backend)
+
+
+def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict:
+    """The front point to deploy: cheapest above the floor, or cheapest meeting a MAC target.
+
+    Raises:
+        EdgeAnchorError: if no front point meets ``target_head_macs``.
+    """
+    front = sorted(result["front"], key=lambda n: (n["cost"], -n["mAP"]))
+    if target_head_macs is None:
+        return front[0]
+    meeting = [n for n in front if n["head_macs"] <= target_head_macs]
+    if not meeting:
+        best = min(n["head_macs"] for n in front)
+        raise EdgeAnchorError(
+            f"no front point has head MACs <= {target_head_macs:,.0f} (the cheapest above the floor has "
+            f"{best:,.0f}); raise --target-head-macs or lower the accuracy floor"
+        )
+    return max(meeting, key=lambda n: (n["mAP"], -n["head_macs"]))
+
+
+def load_search(out_dir) -> dict:
+    return read_json(Path(out_dir) / "search.json", "search file")
+

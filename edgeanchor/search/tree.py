@@ -1,0 +1,136 @@
+"""Search strategies over anchor subsets.
+
+- ``greedy``: the paper's Pareto tree search. Expanding a node makes one child
+  per move (a move removes one more anchor). A child scoring better than its
+  parent is taken alone; else a child scoring equal (within ``tol``) is taken
+  alone; else the children above the accuracy floor form a local Pareto set,
+  and each is offered to the global front; the ones it accepts are expanded.
+- ``shared``: the same tree search, but a move removes one anchor position on
+  every level, or a whole level: the only keep sets a head shared across
+  levels (RetinaNet) can realise.
+- ``layerwise``: level by level, remove the anchor whose removal costs least
+  accuracy until the level has at most ``max_per_level`` anchors.
+
+Ties are broken by cost, then by the removed ids, so the same inputs give the
+same front.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..anchors import AnchorSet
+from .evaluator import Evaluator, Node
+
+
+def pareto_front(nodes) -> list[Node]:
+    """Non-dominated nodes: no other node has mAP >= and cost <= with one strict."""
+    ordered = sorted(nodes, key=lambda n: (n.cost, -n.map, n.removed))
+    front, best = [], float("-inf")
+    for n in ordered:
+        if n.map > best:
+            front.append(n)
+            best = n.map
+    return front
+
+
+class Front:
+    """The global Pareto front of (mAP up, cost down)."""
+
+    def __init__(self):
+        self.nodes: dict[tuple, Node] = {}
+
+    def offer(self, node: Node) -> bool:
+        """Add ``node`` unless dominated; drops nodes it dominates. True if added."""
+        if any(o.map >= node.map and o.cost <= node.cost for o in self.nodes.values()):
+            return False
+        self.nodes = {k: o for k, o in self.nodes.items()
+                      if not (node.map >= o.map and node.cost <= o.cost)}
+        self.nodes[node.removed] = node
+        return True
+
+
+def anchor_moves(anchor_set: AnchorSet) -> list[frozenset]:
+    """One move per anchor."""
+    return [frozenset([i]) for i in anchor_set.ids]
+
+
+def shared_moves(anchor_set: AnchorSet) -> list[frozenset]:
+    """Remove anchor position p on every level, or a whole level."""
+    positions: dict[int, set] = {}
+    for level in anchor_set.levels:
+        for p, a in enumerate(level.anchors):
+            positions.setdefault(p, set()).add(a.id)
+    moves = [frozenset(ids) for _, ids in sorted(positions.items())]
+    moves += [frozenset(a.id for a in level.anchors) for level in anchor_set.levels if level.anchors]
+    return moves
+
+
+def _children(node: Node, moves, all_ids: frozenset) -> list[tuple]:
+    removed = frozenset(node.removed)
+    out = []
+    for move in moves:
+        if move <= removed:
+            continue
+        child = removed | move
+        if child >= all_ids:
+            continue  # would remove every anchor
+        out.append(tuple(sorted(child)))
+    return list(dict.fromkeys(out))
+
+
+def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: float, tol: float, log=None) -> Front:
+    """The Pareto tree search from ``root`` (see the module docstring)."""
+    front = Front()
+    front.offer(root)
+    queue = deque([root])
+    expanded = set()
+    while queue and not evaluator.exhausted:
+        parent = queue.popleft()
+        if parent.removed in expanded:
+            continue
+        expanded.add(parent.removed)
+        children = evaluator.evaluate(_children(parent, moves, all_ids), parent.removed)
+        valid = [c for c in children if c.map >= floor]
+        better = [c for c in valid if c.map > parent.map + tol]
+        equal = [c for c in valid if abs(c.map - parent.map) <= tol]
+        if better:
+            chosen = [min(better, key=lambda c: (-c.map, c.cost, c.removed))]
+        elif equal:
+            chosen = [min(equal, key=lambda c: (c.cost, -c.map, c.removed))]
+        else:
+            chosen = pareto_front(valid)
+        for child in chosen:
+            accepted = front.offer(child)
+            if accepted or better or equal:
+                queue.append(child)
+        if log:
+            log(f"expanded {len(parent.removed)} removed (mAP {parent.map:.4f}): {len(children)} children, "
+                f"{len(valid)} above floor, front {len(front.nodes)}, evals {evaluator.num_evals}")
+    return front
+
+
+def layerwise_search(evaluator: Evaluator, root: Node, anchor_set: AnchorSet, *, floor: float,
+                     max_per_level: int, log=None) -> Front:
+    """Level by level, drop the least useful anchor until ``max_per_level`` remain."""
+    front = Front()
+    front.offer(root)
+    node = root
+    all_ids = frozenset(anchor_set.ids)
+    for i, level in enumerate(anchor_set.levels):
+        while not evaluator.exhausted:
+            remaining = [a.id for a in level.anchors if a.id not in node.removed]
+            if len(remaining) <= max_per_level:
+                break
+            options = [tuple(sorted(set(node.removed) | {a})) for a in remaining]
+            options = [o for o in options if frozenset(o) != all_ids]
+            children = [c for c in evaluator.evaluate(options, node.removed) if c.map >= floor]
+            for c in children:
+                front.offer(c)
+            if not children:
+                break
+            node = min(children, key=lambda c: (-c.map, c.cost, c.removed))
+        if log:
+            log(f"level {i}: {len([a for a in level.anchors if a.id not in node.removed])} anchors left, "
+                f"mAP {node.map:.4f}, evals {evaluator.num_evals}")
+    return front

@@ -1,0 +1,208 @@
+"""Candidate cache exactness, cost model, and the search, on the demo model and a small split."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeanchor.cli import main
+from edgeanchor.cost import measure_cost
+from edgeanchor.data.coco import CocoDetection
+from edgeanchor.data.synth import generate
+from edgeanchor.evaluate.cache import CandidateCache, build_cache, load_or_build_cache
+from edgeanchor.evaluate.coco_map import coco_map
+from edgeanchor.evaluate.predict import predict
+from edgeanchor.evaluate.subset import SubsetScorer
+from edgeanchor.models import build_detector
+from edgeanchor.models.registry import ARCHS, wrap
+from edgeanchor.prune import prune
+from edgeanchor.search.costs import build_cost_model
+from edgeanchor.search.run import SearchSpec, run_search
+from edgeanchor.search.tree import pareto_front
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split")
+    info = generate(root, num_images=48, seed=11, image_size=320, splits=(0.34, 0.33, 0.33), workers=1)
+    return info["image_dir"], info["annotations"]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_detector("demo")
+
+
+@pytest.fixture(scope="module")
+def scorer(demo, split):
+    images, anns = split
+    data = CocoDetection(images, anns["val"], num_classes=demo.num_classes, image_size=demo.image_size)
+    return SubsetScorer(build_cache(demo, data, progress=False), anns["val"]), data
+
+
+def subsets(det):
+    levels = det.anchor_set.levels
+    return [
+        (),
+        (0,),
+        tuple(a.id for a in levels[4].anchors),  # the whole coarsest level
+        tuple(a.id for a in levels[0].anchors[2:]) + tuple(a.id for a in levels[2].anchors[::2]),
+        tuple(a.id for lv in levels[1:] for a in lv.anchors[1:]),
+    ]
+
+
+def test_cache_keeps_only_candidates_above_threshold(demo, scorer):
+    sc, data = scorer
+    cache = sc.cache
+    assert cache.num_images == len(data)
+    assert (cache.scores > demo.spec.score_thresh).all()
+    assert cache.num_candidates < 0.05 * cache.num_images * demo.anchor_set.num_boxes * (demo.num_classes - 1)
+    # every candidate's anchor id is the anchor of its box
+    assert np.array_equal(cache.anchor_id, demo.box_anchor_ids().numpy()[cache.box_index])
+
+
+def test_cached_score_equals_sliced_model(demo, scorer, split):
+    sc, data = scorer
+    _, anns = split
+    seen = set()
+    for removed in subsets(demo):
+        pruned = prune(demo, set(demo.anchor_set.ids) - set(removed))
+        real_dets = predict(pruned, data, progress=False)
+        real = coco_map(anns["val"], real_dets)
+        cached = sc.score(removed)
+        assert cached == real, removed
+        assert real["mAP"] > 0.1
+        rows = sc.detections(removed)
+        assert len(rows) == len(real_dets)
+        seen.add(round(real["mAP"], 6))
+    assert len(seen) >= 3  # the subsets really differ
+
+
+def test_incremental_scoring_equals_from_scratch(demo, scorer):
+    sc, _ = scorer
+    fresh = SubsetScorer(sc.cache, sc.gt.dataset)
+    parent = (0, 1, 2)
+    sc.score(parent)
+    before = sc.images_recomputed
+    child = sc.score(parent + (7,), parent=parent)
+    assert sc.images_recomputed - before < sc.cache.num_images  # only affected images recomputed
+    assert child == fresh.score(parent + (7,))
+
+
+def test_pycocotools_backend_agrees(demo, scorer):
+    sc, _ = scorer
+    other = SubsetScorer(sc.cache, sc.gt.dataset, backend="pycocotools")
+    for removed in subsets(demo)[:3]:
+        assert other.score(removed)["mAP"] == pytest.approx(sc.score(removed)["mAP"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name, size", [("edgeanchor:demo_ssd", (320, 320)),
+                                        ("torchvision:ssdlite320_mobilenet_v3_large", (320, 320)),
+                                        ("torchvision:retinanet_resnet50_fpn", (128, 128))])
+def test_cost_model_equals_measured_cost(name, size):
+    det = build_detector(name, num_classes=4, image_size=size)
+    model = build_cost_model(det)
+    levels = det.anchor_set.levels
+    if det.shared_head:
+        removed_sets = [{lv.anchors[p].id for lv in levels for p in (1, 4)},
+                        {a.id for a in levels[0].anchors} | {lv.anchors[2].id for lv in levels}]
+    else:
+        removed_sets = [{0}, {a.id for a in levels[-1].anchors} | {1, 2}]
+    assert model.head_macs() == measure_cost(det).head_macs
+    for removed in removed_sets:
+        cost = measure_cost(prune(det, set(det.anchor_set.ids) - removed))
+        assert model.head_macs(removed) == cost.head_macs
+        assert model.boxes(removed) == cost.num_boxes
+
+
+def test_cache_key_detects_other_weights(demo, split, tmp_path):
+    images, anns = split
+    data = CocoDetection(images, anns["val"], num_classes=demo.num_classes, image_size=demo.image_size)
+    path = tmp_path / "c.npz"
+    messages = []
+    first = load_or_build_cache(demo, data, path, progress=False, log=messages.append)
+    load_or_build_cache(demo, data, path, progress=False, log=messages.append)
+    assert "reusing" in messages[-1]
+    other = build_detector("demo")
+    with torch.no_grad():
+        other.cls_heads[0].bias.add_(0.5)
+    rebuilt = load_or_build_cache(other, data, path, progress=False, log=messages.append)
+    assert "rebuilding" in messages[-1]
+    assert rebuilt.key != first.key and CandidateCache.load(path).key == rebuilt.key
+
+
+def _spec(**kw):
+    return SearchSpec(**{"workers": 1, "max_evals": 120, "max_drop": 0.01, **kw})
+
+
+def test_greedy_search_is_deterministic_resumable_and_writes_outputs(demo, split, tmp_path, capsys):
+    images, anns = split
+    a = run_search(demo, images, anns["val"], tmp_path / "a", _spec(), report_ann=anns["test"], progress=False,
+                   log=lambda m: None)
+    b = run_search(demo, images, anns["val"], tmp_path / "b", _spec(workers=2), progress=False, log=lambda m: None)
+    assert [n["removed"] for n in a["front"]] == [n["removed"] for n in b["front"]]
+    assert all("report" in n for n in a["front"])
+    front = a["front"]
+    assert all(n["mAP"] >= a["floor"] for n in front)
+    # no front point is dominated by any evaluated node
+    for n in front:
+        assert not any(m["mAP"] > n["mAP"] and m["cost"] <= n["cost"] and m["mAP"] >= a["floor"] for m in a["nodes"])
+    assert (tmp_path / "a" / "pareto.png").stat().st_size > 10_000
+    # the front's anchor files prune the model
+    keep_file = front[0]["anchors_file"]
+    assert main(["prune", "--model", "demo", "--anchors", keep_file, "--out", str(tmp_path / "p.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_anchors"][1] == front[0]["num_anchors"]
+    # resume: a bigger budget continues from the stored nodes
+    more = run_search(demo, images, anns["val"], tmp_path / "a", _spec(max_evals=200), progress=False,
+                      log=lambda m: None)
+    assert more["num_evals"] > a["num_evals"]
+    assert {tuple(n["removed"]) for n in a["nodes"]} <= {tuple(n["removed"]) for n in more["nodes"]}
+
+
+def test_layerwise_and_shared_modes(demo, split, tmp_path):
+    images, anns = split
+    lw = run_search(demo, images, anns["val"], tmp_path / "lw", _spec(method="layerwise", max_per_level=3),
+                    progress=False, log=lambda m: None)
+    assert lw["front"]
+    sh = run_search(demo, images, anns["val"], tmp_path / "sh", _spec(method="shared"), progress=False,
+                    log=lambda m: None)
+    for n in sh["nodes"]:
+        removed = set(n["removed"])
+        per_level = [[p for p, a in enumerate(lv.anchors) if a.id not in removed] for lv in demo.anchor_set.levels]
+        kept = {tuple(p) for p in per_level if p}
+        assert len(kept) == 1  # the same positions on every kept level
+
+
+def test_pareto_front_helper():
+    from edgeanchor.search.evaluator import Node
+
+    nodes = [Node((i,), {"mAP": m}, c, 0, c) for i, (m, c) in enumerate([(0.5, 10), (0.6, 20), (0.55, 25), (0.4, 5)])]
+    assert [n.removed for n in pareto_front(nodes)] == [(3,), (0,), (1,)]
+
+
+def test_search_bad_input(demo, split, tmp_path, capsys):
+    images, anns = split
+    base = ["search", "--model", "demo", "--data", images, "--ann", anns["val"], "--workers", "1"]
+    assert main(base + ["--min-map", "0.99", "--out", str(tmp_path / "s")]) == 2
+    assert "above the unpruned model's mAP" in capsys.readouterr().err
+    bad = tmp_path / "cats.json"
+    data = json.loads(open(anns["val"]).read())
+    data["categories"] = data["categories"] + [{"id": 9, "name": "x"}, {"id": 10, "name": "y"}]
+    bad.write_text(json.dumps(data))
+    assert main(["search", "--model", "demo", "--data", images, "--ann", str(bad), "--out", str(tmp_path / "t")]) == 2
+    assert "do not fit a model with 6 classes" in capsys.readouterr().err
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**data, "images": [], "annotations": []}))
+    assert main(["search", "--model", "demo", "--data", images, "--ann", str(empty), "--out", str(tmp_path / "u")]) == 2
+    assert "lists no images" in capsys.readouterr().err
+
+
+def test_greedy_on_shared_head_is_refused(split, tmp_path):
+    from edgeanchor.errors import EdgeAnchorError
+
+    images, anns = split
+    det = wrap("torchvision:retinanet_resnet50_fpn", ARCHS["torchvision:retinanet_resnet50_fpn"].builder(6, (128, 128)),
+               image_size=(128, 128))
+    with pytest.raises(EdgeAnchorError, match="--method shared"):
+        run_search(det, images, anns["val"], tmp_path / "r", _spec(method="greedy"), progress=False)
