@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
+from ..io import make_temp_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +96,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     _check_out(out, args.overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
+        tmp = make_temp_dir(out)
     except OSError as exc:
         raise EdgeAnchorError(f"cannot write to {out.parent}: {exc.strerror}; choose a writable --out") from None
     start = time.perf_counter()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ..io import read_json, write_json
+from ..io import make_temp_dir, read_json, write_json
 
 DEMO_SEED = 0
 DEMO_NUM_IMAGES = 3000
@@ -37,7 +36,7 @@ def ensure_demo_data(progress: bool = True) -> dict:
     if marker.is_file():
         return read_json(marker)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp = make_temp_dir(root)
     try:
         if progress:
             print(f"generating the demo data set ({DEMO_NUM_IMAGES} images) in {root} ...", flush=True)

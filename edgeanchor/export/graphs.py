@@ -1,0 +1,215 @@
+"""The exported graphs as ``nn.Module``s: backbone, head, postprocess, end to end.
+
+Each module wraps a :class:`~edgeanchor.models.base.Detector` for batch 1 at
+its fixed input size, with flat tensor inputs and outputs so that every ONNX
+input and output gets a name. :class:`ExportPostprocess` re-implements
+``Detector.postprocess`` (:func:`edgeanchor.postprocess.candidates` then
+:func:`~edgeanchor.postprocess.select`) with static-shape tensor ops and one
+ONNX ``NonMaxSuppression``:
+
+- every box is decoded (torchvision ``BoxCoder``, anchors as constants) and
+  clipped to the image;
+- a (C, B) score matrix holds, per class c and box b, the score of every
+  candidate that survives the score threshold and the model's top-k (per class
+  for SSD, per level for RetinaNet), and ``SENTINEL`` everywhere else;
+- NonMaxSuppression runs per class on the class axis, which is torchvision's
+  class-aware ``batched_nms`` without the coordinate-offset trick;
+- the best ``detections_per_img`` survivors are kept, padded with zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import boxes as box_ops
+
+from ..models.base import Detector
+from ..postprocess import decode, flatten_level
+
+# Score of a (class, box) pair that is not a candidate. Real scores are
+# probabilities (>= 0), so NMS_SCORE_FLOOR sits strictly between the two and
+# the result does not depend on whether NMS compares scores with > or >=
+# (ONNX Runtime keeps score > score_threshold; checked in the tests).
+SENTINEL = -1.0
+NMS_SCORE_FLOOR = -0.5
+
+
+def level_names(detector: Detector) -> dict[str, list[str]]:
+    """ONNX tensor names per active level, keyed by model level index."""
+    levels = detector.active_levels
+    return {
+        "features": [f"features_{i}" for i in levels],
+        "cls": [f"cls_{i}" for i in levels],
+        "box": [f"box_{i}" for i in levels],
+        "head": [n for i in levels for n in (f"cls_{i}", f"box_{i}")],
+    }
+
+
+class NonMaxSuppression(torch.autograd.Function):
+    """Per-class NMS that exports as one ONNX ``NonMaxSuppression`` node.
+
+    torchvision's own ``nms`` symbolic has no score threshold and no class
+    axis; this one has both. The eager forward (used while tracing) computes
+    the same selection with ``torchvision.ops.nms``.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_per_class: int, iou_thresh: float, score_floor: float):
+        # boxes (1, B, 4) xyxy, scores (1, C, B) -> selected (S, 3) int64 rows (batch, class, box)
+        rows = []
+        for c in range(scores.shape[1]):
+            idx = torch.nonzero(scores[0, c] > score_floor).flatten()
+            keep = box_ops.nms(boxes[0, idx], scores[0, c, idx], iou_thresh)[:max_per_class]
+            sel = idx[keep]
+            rows.append(torch.stack([torch.zeros_like(sel), torch.full_like(sel, c), sel], dim=1))
+        return torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.int64)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class, iou_thresh, score_floor):
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([iou_thresh], dtype=torch.float32)),
+            g.op("Constant", value_t=torch.tensor([score_floor], dtype=torch.float32)),
+            center_point_box_i=0,
+        )
+
+
+class DecodeBoxes(nn.Module):
+    """Head outputs -> decoded boxes and per-class probabilities (all boxes)."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.num_classes = detector.num_classes
+        self.spec = detector.spec
+        self.image_size = tuple(detector.image_size)
+        self.register_buffer("anchors_xyxy", detector.anchors_xyxy.detach().clone())
+
+    def forward(self, head_flat: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns boxes_xyxy (B, 4) clipped, input px, and probs (B, K) incl. any background column."""
+        cls = torch.cat([flatten_level(c, self.num_classes)[0] for c in head_flat[0::2]])  # -> (B, K)
+        box = torch.cat([flatten_level(b, 4)[0] for b in head_flat[1::2]])  # -> (B, 4)
+        boxes = box_ops.clip_boxes_to_image(decode(box, self.anchors_xyxy, self.spec.box_weights), self.image_size)
+        probs = torch.softmax(cls, dim=-1) if self.spec.score_fn == "softmax" else torch.sigmoid(cls)
+        return boxes, probs
+
+
+class ExportPostprocess(nn.Module):
+    """``Detector.postprocess`` for batch 1 as exportable ops.
+
+    Inputs are the head outputs ``cls_L, box_L`` of every active level, in
+    level order. Outputs are ``detections`` float32 (1, max_det, 6) rows
+    (x1, y1, x2, y2, score, label) in input pixels, best first, zero rows
+    after the last detection, and ``num_detections`` int64 (1,).
+    """
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.decoder = DecodeBoxes(detector)
+        self.spec = detector.spec
+        starts = detector.level_starts.tolist()
+        self.level_sizes = [b - a for a, b in zip(starts[:-1], starts[1:])]
+        self.num_boxes = starts[-1]
+        self.num_classes = detector.num_classes
+        self.max_det = int(detector.spec.detections_per_img)
+        self.label_offset = 1 if self.spec.score_fn == "softmax" else 0
+
+    def candidate_scores(self, probs: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(B, K) probabilities -> (C, B) candidate scores (SENTINEL elsewhere), and max per class."""
+        # Sizes come from the anchor set, never from tensor shapes: under the
+        # tracer those are traced values and would not stay Python constants.
+        spec = self.spec
+        if spec.topk_scope == "class":
+            scores = probs[:, self.label_offset:].t()  # (B, K) -> (C, B), background dropped
+            k = min(spec.topk_candidates, self.num_boxes)
+            top, idx = scores.topk(k, dim=1)  # per-class top-k, (C, k)
+            top = torch.where(top > spec.score_thresh, top, torch.full_like(top, SENTINEL))
+            return torch.full_like(scores, SENTINEL).scatter(1, idx, top), k
+        per_level, total = [], 0
+        for size, level_probs in zip(self.level_sizes, probs.split(self.level_sizes)):  # (n_L, K) per level
+            flat = level_probs.reshape(-1)  # (n_L, K) -> (n_L*K,), (box, class) order
+            k = min(spec.topk_candidates, size * self.num_classes)
+            top, idx = flat.topk(k)  # per-level top-k over (box, class) pairs
+            top = torch.where(top > spec.score_thresh, top, torch.full_like(top, SENTINEL))
+            per_level.append(torch.full_like(flat, SENTINEL).scatter(0, idx, top).view_as(level_probs))
+            total += k
+        return torch.cat(per_level).t(), total  # (B, K) -> (C, B)
+
+    def forward(self, *head_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, probs = self.decoder(list(head_flat))
+        scores, max_per_class = self.candidate_scores(probs)
+        selected = NonMaxSuppression.apply(
+            boxes.unsqueeze(0), scores.unsqueeze(0), max_per_class, float(self.spec.nms_thresh), NMS_SCORE_FLOOR
+        )  # (S, 3): (batch, class, box)
+        cls_idx, box_idx = selected[:, 1], selected[:, 2]
+        det_scores = scores.reshape(-1)[cls_idx * self.num_boxes + box_idx]  # (S,)
+        det_boxes = boxes[box_idx]  # (S, 4)
+        det_labels = (cls_idx + self.label_offset).to(boxes.dtype)  # (S,)
+        return self.keep_best(det_boxes, det_scores, det_labels)
+
+    def keep_best(self, boxes, scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best max_det rows, best first, zero-padded: static output shape whatever S is."""
+        n = self.max_det
+        scores = torch.cat([scores, scores.new_full((n,), SENTINEL)])  # (S + n,)
+        boxes = torch.cat([boxes, boxes.new_zeros((n, 4))])  # (S + n, 4)
+        labels = torch.cat([labels, labels.new_zeros((n,))])  # (S + n,)
+        top, order = scores.topk(n)  # (n,)
+        valid = top > NMS_SCORE_FLOOR  # (n,)
+        rows = torch.cat([boxes[order], top[:, None], labels[order][:, None]], dim=1)  # (n, 6)
+        rows = rows * valid[:, None].to(rows.dtype)
+        return rows.unsqueeze(0), valid.sum().reshape(1).to(torch.int64)  # (1, n, 6), (1,)
+
+
+class BackboneGraph(nn.Module):
+    """``images`` (1, 3, H, W) -> ``features_L`` per active level."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.detector.backbone(images))
+
+
+class HeadGraph(nn.Module):
+    """``features_L`` -> ``cls_L, box_L`` per active level (raw head convolutions)."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t for pair in self.detector.head(list(features)) for t in pair)
+
+
+class EndToEndGraph(nn.Module):
+    """``images`` -> ``detections``, ``num_detections``."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.backbone = BackboneGraph(detector)
+        self.head = HeadGraph(detector)
+        self.postprocess = ExportPostprocess(detector)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.postprocess(*self.head(*self.backbone(images)))
+
+
+class DecodedGraph(nn.Module):
+    """``images`` -> ``boxes_xyxy`` (1, B, 4) and ``scores`` (1, B, K): the input of TensorRT's NMS plugin.
+
+    ``scores`` keeps SSD's background column (class 0), so the plugin's class
+    index equals the model's label.
+    """
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.backbone = BackboneGraph(detector)
+        self.head = HeadGraph(detector)
+        self.decoder = DecodeBoxes(detector)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, probs = self.decoder(list(self.head(*self.backbone(images))))
+        return boxes.unsqueeze(0), probs.unsqueeze(0)

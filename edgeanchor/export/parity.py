@@ -1,0 +1,209 @@
+"""ONNX Runtime against eager PyTorch on the exported graphs.
+
+:func:`check_parity` runs every graph that :func:`~edgeanchor.export.export_onnx`
+wrote on images other than the tracing input and compares:
+
+- raw tensors: ``backbone.onnx`` features, ``head.onnx`` outputs on the torch
+  features (so backbone error does not leak into the head check), with
+  ``np.allclose(rtol, atol)`` and the max abs difference;
+- detections: ``postprocess.onnx`` on the torch head outputs and
+  ``model.onnx`` on the images, against ``detector(images)``, matched one to
+  one by label and IoU >= ``match_iou``.
+
+:func:`make_session` and :func:`run_session` are the one place where ONNX
+Runtime sessions are configured, so the benchmarks time what is checked here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from ..errors import EdgeAnchorError
+from ..models.base import Detector
+from .graphs import level_names
+
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+
+
+def make_session(
+    path: str | os.PathLike,
+    *,
+    intra_op_num_threads: int = 0,
+    inter_op_num_threads: int = 0,
+    graph_optimization_level: str = "all",
+    providers=("CPUExecutionProvider",),
+):
+    """An ONNX Runtime session with explicit options.
+
+    Args:
+        path: an .onnx file.
+        intra_op_num_threads: threads inside one op; 0 lets ORT choose.
+        inter_op_num_threads: threads across ops; 0 lets ORT choose.
+        graph_optimization_level: "disable", "basic", "extended" or "all".
+        providers: execution providers, in order of preference.
+
+    Raises:
+        EdgeAnchorError: missing file or unknown optimisation level.
+    """
+    import onnxruntime as ort
+
+    if graph_optimization_level not in OPT_LEVELS:
+        raise EdgeAnchorError(
+            f"unknown graph optimisation level {graph_optimization_level!r}; choose one of {', '.join(OPT_LEVELS)}"
+        )
+    if not Path(path).is_file():
+        raise EdgeAnchorError(f"ONNX file {path} does not exist; export the model first")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(intra_op_num_threads)
+    opts.inter_op_num_threads = int(inter_op_num_threads)
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization_level])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+
+
+def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+    """Run ``session`` once; tensors become contiguous numpy arrays. Returns output name -> array."""
+    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+              for k, v in feeds.items()}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, arrays)))
+
+
+def compare_tensors(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float, atol: float) -> dict:
+    """Max abs diff and np.allclose over same-named arrays.
+
+    ``allclose`` scales ``atol`` by each tensor's magnitude (max |ref|, at
+    least 1): float32 convolutions in a different summation order differ by
+    ~1e-6 of the tensor's scale, which near-zero elements of large-valued
+    maps (random-weight ResNet features reach ~200) exceed at a fixed atol.
+    ``strict_allclose`` is the unscaled check, reported alongside.
+    """
+    diffs, rel, close, strict = {}, {}, True, True
+    for name, ref in expected.items():
+        out = got[name]
+        if out.shape != ref.shape:
+            diffs[name], rel[name], close, strict = float("inf"), float("inf"), False, False
+            continue
+        scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+        diffs[name] = float(np.abs(out.astype(np.float64) - ref).max()) if ref.size else 0.0
+        rel[name] = diffs[name] / scale
+        close = close and bool(np.allclose(out, ref, rtol=rtol, atol=atol * scale))
+        strict = strict and bool(np.allclose(out, ref, rtol=rtol, atol=atol))
+    return {"max_abs_diff": max(diffs.values(), default=0.0), "max_diff_over_scale": max(rel.values(), default=0.0),
+            "per_output": diffs, "allclose": close, "strict_allclose": strict}
+
+
+def match_detections(ref: dict[str, torch.Tensor], rows: np.ndarray, count: int, match_iou: float) -> dict:
+    """Match torch detections to exported rows one to one (same label, IoU >= match_iou).
+
+    Args:
+        ref: ``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) from the detector.
+        rows: (max_det, 6) exported (x1, y1, x2, y2, score, label).
+        count: the exported ``num_detections``.
+        match_iou: IoU needed for a match.
+
+    Returns:
+        Dict with ``num_torch``, ``num_onnx``, ``num_matched`` and ``max_score_diff`` over matches.
+    """
+    got = torch.from_numpy(np.asarray(rows[:count], dtype=np.float32))
+    boxes, labels = got[:, :4], got[:, 5].round().long()
+    n_ref = len(ref["scores"])
+    iou = torch.nan_to_num(box_iou(ref["boxes"].float(), boxes)) if n_ref and count else torch.zeros(n_ref, count)
+    if n_ref and count:  # clipping can make zero-area boxes, whose IoU with themselves is 0/0
+        same = (ref["boxes"].float()[:, None, :] - boxes[None, :, :]).abs().amax(-1) <= 1e-3  # (D, count)
+        iou = torch.where(same, torch.ones_like(iou), iou)
+    iou = torch.where(ref["labels"][:, None] == labels[None, :], iou, torch.zeros_like(iou))
+    taken, matched, score_diff = set(), 0, 0.0
+    for i in range(n_ref):  # greedy, best torch detection first
+        order = torch.argsort(iou[i], descending=True).tolist() if count else []
+        j = next((j for j in order if j not in taken and iou[i, j] >= match_iou), None)
+        if j is not None:
+            taken.add(j)
+            matched += 1
+            score_diff = max(score_diff, abs(float(ref["scores"][i]) - float(got[j, 4])))
+    return {"num_torch": n_ref, "num_onnx": int(count), "num_matched": matched, "max_score_diff": score_diff}
+
+
+def summarise_matches(per_image: list[dict]) -> dict:
+    """Per-image counts, matched fraction, and pass: counts within one and at most one unmatched each side."""
+    n_torch = [m["num_torch"] for m in per_image]
+    n_onnx = [m["num_onnx"] for m in per_image]
+    matched = sum(m["num_matched"] for m in per_image)
+    total = sum(max(a, b) for a, b in zip(n_torch, n_onnx))
+    ok = all(abs(a - b) <= 1 and m["num_matched"] >= max(a, b) - 1 for a, b, m in zip(n_torch, n_onnx, per_image))
+    return {
+        "counts_torch": n_torch,
+        "counts_onnx": n_onnx,
+        "matched_fraction": matched / total if total else 1.0,
+        "max_score_diff": max((m["max_score_diff"] for m in per_image), default=0.0),
+        "passed": bool(ok),
+    }
+
+
+@torch.no_grad()
+def check_parity(
+    detector: Detector,
+    out_dir: str | os.PathLike,
+    images: torch.Tensor,
+    *,
+    rtol: float = 1e-3,
+    atol: float = 1e-5,
+    match_iou: float = 0.99,
+    intra_op_num_threads: int = 0,
+) -> dict:
+    """Compare the graphs in ``out_dir`` with eager PyTorch on ``images``.
+
+    Args:
+        detector: the detector that was exported.
+        out_dir: the folder written by ``export_onnx``.
+        images: float32 (N, 3, H, W) in [0, 1], not the tracing input; run one at a time.
+        rtol, atol: tolerance of the raw-tensor check (np.allclose; atol is multiplied
+            by each tensor's max |value| when that exceeds 1).
+        match_iou: IoU for a detection match (labels must be equal too).
+        intra_op_num_threads: ORT threads; 0 lets ORT choose.
+
+    Returns:
+        Dict with ``backbone`` and ``head`` (``max_abs_diff``,
+        ``max_diff_over_scale``, ``allclose`` with atol scaled by the tensor's
+        magnitude, ``strict_allclose`` with atol as given; see
+        :func:`compare_tensors`),
+        ``postprocess`` and ``model`` (``counts_torch``, ``counts_onnx``,
+        ``matched_fraction``, ``max_score_diff``, ``passed``), and ``passed``.
+    """
+    out_dir = Path(out_dir)
+    detector = detector.eval()
+    names = level_names(detector)
+    sessions = {g: make_session(out_dir / f"{g}.onnx", intra_op_num_threads=intra_op_num_threads)
+                for g in ("backbone", "head", "postprocess", "model")}
+    raw = {"backbone": [], "head": []}
+    matches = {"postprocess": [], "model": []}
+    for image in images.float():
+        image = image[None].to(detector.anchors_xyxy.device)  # (3, H, W) -> (1, 3, H, W)
+        feats = detector.backbone(image)
+        head = [t for pair in detector.head(feats) for t in pair]
+        ref = {k: v.cpu() for k, v in detector.postprocess(detector.head(feats))[0].items()}
+        torch_feats = {n: f.cpu().numpy() for n, f in zip(names["features"], feats)}
+        torch_head = {n: t.cpu().numpy() for n, t in zip(names["head"], head)}
+        raw["backbone"].append(compare_tensors(torch_feats, run_session(sessions["backbone"], {"images": image}), rtol, atol))
+        raw["head"].append(compare_tensors(torch_head, run_session(sessions["head"], torch_feats), rtol, atol))
+        for graph, feeds in (("postprocess", torch_head), ("model", {"images": image})):
+            out = run_session(sessions[graph], feeds)
+            matches[graph].append(match_detections(ref, out["detections"][0], int(out["num_detections"][0]), match_iou))
+    result = {
+        g: {
+            "max_abs_diff": max(r["max_abs_diff"] for r in rs),
+            "max_diff_over_scale": max(r["max_diff_over_scale"] for r in rs),
+            "allclose": all(r["allclose"] for r in rs),
+            "strict_allclose": all(r["strict_allclose"] for r in rs),
+        }
+        for g, rs in raw.items()
+    }
+    result.update({g: summarise_matches(ms) for g, ms in matches.items()})
+    result["num_images"] = int(images.shape[0])
+    result["passed"] = all(result[g]["allclose"] for g in raw) and all(result[g]["passed"] for g in matches)
+    return result
