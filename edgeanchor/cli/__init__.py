@@ -22,6 +22,8 @@ SUBCOMMANDS = {
     "evaluate": ".evaluate",
     "prune": ".prune",
     "search": ".search",
+    "prune-and-export": ".prune_and_export",
+    "bench": ".bench",
 }
 
 

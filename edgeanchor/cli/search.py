@@ -42,7 +42,8 @@ def add_search_arguments(parser) -> None:
     g.add_argument("--workers", type=int, default=2, help="scoring processes")
     g.add_argument("--backend", choices=["faster", "pycocotools"], default="faster")
     g.add_argument("--cache", default=None, help="candidate cache file (default: keyed file in the cache folder)")
-    g.add_argument("--latency-model", default=None, help="calibrated latency model JSON for --cost latency")
+    g.add_argument("--latency-model", default=None,
+                   help="latency model JSON for --cost latency (default: calibrate one now on this machine)")
 
 
 def spec_from_args(args, det):
@@ -84,8 +85,16 @@ def run(args) -> int:
     det = build_from_args(args)
     data, ann, report_ann = resolve_data(args)
     spec = spec_from_args(args, det)
+    latency_model = load_latency_model(args.latency_model)
+    if spec.cost == "latency" and latency_model is None:
+        from pathlib import Path
+
+        from ..bench.latency_model import calibrate_on_data
+        from ..io import log
+
+        latency_model = calibrate_on_data(det, data, ann, Path(args.out) / "latency_model.json", log=log)
     result = run_search(det, data, ann, args.out, spec, report_ann=report_ann, cache_path=args.cache,
-                        latency_model=load_latency_model(args.latency_model))
+                        latency_model=latency_model)
     if args.json:
         print_json({k: result[k] for k in ("baseline", "floor", "front", "num_evals", "complete")})
         return 0

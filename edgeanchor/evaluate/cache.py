@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..data.coco import CocoDetection
 from ..evaluate.predict import make_loader
-from ..io import atomic_path
+from ..io import atomic_path, log
 
 CACHE_FORMAT = "edgeanchor.candidates/1"
 
@@ -147,7 +147,7 @@ def build_cache(detector, dataset: CocoDetection, *, batch_size: int = 16, devic
 
 
 def load_or_build_cache(detector, dataset: CocoDetection, path, *, batch_size: int = 16, device: str = "cpu",
-                        progress: bool = True, log=print) -> CandidateCache:
+                        progress: bool = True, log=log) -> CandidateCache:
     """Reuse the cache at ``path`` if its key matches; otherwise rebuild and save it."""
     key = cache_key(detector, dataset)
     path = Path(path)

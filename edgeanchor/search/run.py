@@ -17,7 +17,7 @@ from ..data.demo_data import cache_root
 from ..errors import EdgeAnchorError
 from ..evaluate.cache import cache_key, load_or_build_cache
 from ..evaluate.subset import SubsetScorer
-from ..io import read_json, write_json
+from ..io import log, read_json, write_json
 from .costs import build_cost_model
 from .evaluator import Evaluator, Node
 from .plot import plot_pareto
@@ -83,7 +83,7 @@ def floor_of(spec: SearchSpec, baseline_map: float) -> float:
 
 def run_search(det, data_dir, ann, out_dir, spec: SearchSpec, *, report_ann=None, cache_path=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
-               log=print) -> dict:
+               log=log) -> dict:
     """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``."""
     if spec.method not in METHODS:
         raise EdgeAnchorError(f"unknown search method {spec.method!r}; choose one of {', '.join(METHODS)}")
@@ -134,7 +134,7 @@ def _cost_fn(cost: str, latency_model):
     if cost == "boxes":
         return lambda removed, macs, boxes: float(boxes)
     if latency_model is None:
-        raise EdgeAnchorError("--cost latency needs a calibrated latency model; run 'edgeanchor bench --calibrate' first")
+        raise EdgeAnchorError("--cost latency needs a calibrated latency model (pass --latency-model FILE)")
     return lambda removed, macs, boxes: float(latency_model.predict(removed))
 
 
