@@ -1,0 +1,157 @@
+"""Time baseline against pruned, stage by stage, interleaved, on real images.
+
+For every measured iteration both variants run all four stages on the same
+real image, in alternating order (baseline first on even iterations, pruned
+first on odd ones), so drift of the machine hits both alike. The stages are
+fed the outputs of the previous stage, so the NMS workload is the one the
+model really produces; the number of candidate boxes entering NMS is counted
+per image with the checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import EdgeAnchorError
+from .runtimes import STAGES, machine_info, make_runner
+
+VARIANTS = ("baseline", "pruned")
+
+
+def stats_ms(samples_ns: list[int]) -> dict:
+    """Median, p90, p99, min, mean (milliseconds) and the sample count."""
+    a = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "min": float(a.min()), "mean": float(a.mean()), "n": int(a.size)}
+
+
+def export_paths(export_dir) -> dict[str, tuple[Path, Path]]:
+    """(graph folder, checkpoint) of each variant of an export folder."""
+    export_dir = Path(export_dir)
+    paths = {"pruned": (export_dir, export_dir / "pruned.pt"),
+             "baseline": (export_dir / "baseline", export_dir / "baseline" / "baseline.pt")}
+    for name, (folder, ckpt) in paths.items():
+        if not (folder / "model.onnx").is_file() or not ckpt.is_file():
+            raise EdgeAnchorError(
+                f"{export_dir} is not a prune-and-export folder (missing {name} graphs or checkpoint); "
+                "run 'edgeanchor prune-and-export' first"
+            )
+    return paths
+
+
+def load_images(export_dir, image_dir=None, limit: int = 64) -> tuple[list[np.ndarray], str]:
+    """Real images resized to the model input: from ``image_dir``, else the export's report split."""
+    import json
+
+    from ..data.coco import load_image
+
+    report = json.loads((Path(export_dir) / "report.json").read_text())
+    h, w = report["image_size"]
+    if image_dir:
+        files = sorted(p for p in Path(image_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not files:
+            raise EdgeAnchorError(f"no .jpg or .png images under {image_dir}; point --images at an image folder")
+        source = str(image_dir)
+    else:
+        ann = json.loads(Path(report["report_ann"]).read_text())
+        files = [Path(report["data"]) / im["file_name"] for im in ann["images"]]
+        source = report["report_ann"]
+    images = [load_image(f, (h, w))[0][None].numpy() for f in files[:limit]]  # (1, 3, H, W) float32
+    return images, source
+
+
+def count_nms_inputs(checkpoint, images: list[np.ndarray]) -> list[int]:
+    """Boxes entering NMS (after threshold and top-k) per image, from the checkpoint."""
+    from ..models import load_checkpoint
+    from ..postprocess import topk_indices
+
+    det = load_checkpoint(checkpoint).eval()
+    counts = []
+    with torch.no_grad():
+        for image in images:
+            cands = det.image_candidates(det.head(det.backbone(torch.from_numpy(image))))[0]
+            counts.append(int(topk_indices(cands, det.spec, det.level_starts).numel()))
+    return counts
+
+
+def run_bench(export_dir, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
+              image_dir=None, opt_level: str = "all", progress: bool = True) -> dict:
+    """Time both variants of an export; returns the JSON-ready result."""
+    paths = export_paths(export_dir)
+    images, source = load_images(export_dir, image_dir)
+    runners = {v: make_runner(runtime, paths[v][0], paths[v][1], threads=threads, opt_level=opt_level)
+               for v in VARIANTS}
+    samples = {v: {s: [] for s in STAGES} for v in VARIANTS}
+    from tqdm import tqdm
+
+    for i in tqdm(range(warmup + iters), desc=f"bench {runtime}", disable=not progress, leave=False):
+        image = images[i % len(images)]
+        order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
+        for v in order:
+            times = runners[v].run_all(image)
+            if i >= warmup:
+                for s in STAGES:
+                    samples[v][s].append(times[s])
+    result = {"export_dir": str(export_dir), "runtime": runtime, "settings": runners["pruned"].settings,
+              "machine": machine_info(), "warmup": warmup, "iters": iters, "images": source,
+              "num_images": len(images), "stages": {}, "ratio_of_medians": {}}
+    for v in VARIANTS:
+        result["stages"][v] = {s: stats_ms(samples[v][s]) for s in STAGES}
+    for s in STAGES:
+        result["ratio_of_medians"][s] = result["stages"]["pruned"][s]["median"] / \
+            result["stages"]["baseline"][s]["median"]
+    nms = {v: count_nms_inputs(paths[v][1], images) for v in VARIANTS}
+    result["nms_input_boxes"] = {v: {"per_image": c, "median": float(np.median(c)), "mean": float(np.mean(c))}
+                                 for v, c in nms.items()}
+    return result
+
+
+def format_result(result: dict) -> str:
+    """The readable table."""
+    from ..cli.common import format_table
+
+    rows = []
+    for s in STAGES:
+        b, p = result["stages"]["baseline"][s], result["stages"]["pruned"][s]
+        rows.append([s, f"{b['median']:.3f}", f"{b['p90']:.3f}", f"{p['median']:.3f}", f"{p['p90']:.3f}",
+                     f"{result['ratio_of_medians'][s]:.3f}"])
+    nms = result["nms_input_boxes"]
+    lines = [format_table(["stage", "baseline med ms", "p90", "pruned med ms", "p90", "pruned/baseline"], rows),
+             f"boxes entering NMS per image (median): baseline {nms['baseline']['median']:.0f}, "
+             f"pruned {nms['pruned']['median']:.0f}",
+             f"{result['runtime']} {result['settings'].get('version')}, threads "
+             f"{result['settings'].get('intra_op_num_threads')}, on {result['machine']['cpu']} "
+             f"({result['machine']['logical_cores']} cores); {result['iters']} iterations after "
+             f"{result['warmup']} warm-up, interleaved"]
+    return "\n".join(lines)
+
+
+def plot_result(result: dict, path) -> None:
+    """Bar chart of per-stage medians, baseline against pruned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    x = np.arange(len(STAGES))
+    for k, (v, color) in enumerate((("baseline", "tab:gray"), ("pruned", "tab:blue"))):
+        med = [result["stages"][v][s]["median"] for s in STAGES]
+        p90 = [result["stages"][v][s]["p90"] - m for s, m in zip(STAGES, med)]
+        ax.bar(x + (k - 0.5) * 0.38, med, 0.38, yerr=[np.zeros(len(med)), p90], capsize=3, color=color, label=v)
+    for i, s in enumerate(STAGES):
+        top = max(result["stages"][v][s]["p90"] for v in VARIANTS)
+        ax.text(i, top * 1.02, f"x{result['ratio_of_medians'][s]:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(x, STAGES)
+    ax.set_ylabel("median latency (ms), bar to p90")
+    ax.set_title(f"{result['runtime']} on {result['machine']['cpu'][:48]}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
