@@ -189,12 +189,20 @@ def _parity_images(report_set: CocoDetection, n: int) -> torch.Tensor:
 
 def _export_and_check(det, pruned, spec: PipelineSpec, report_set, tmp: Path, log) -> dict:
     from .export import check_parity, export_onnx
+    from .export.tensorrt import make_trt_graph
 
     images = _parity_images(report_set, spec.parity_images)
     result = {}
     for name, model, folder in (("pruned", pruned, tmp), ("baseline", det, tmp / "baseline")):
         log(f"exporting the {name} model to ONNX (opset {spec.opset})")
-        exported = export_onnx(model, folder, opset=spec.opset, decoded=bool(spec.tensorrt))
+        exported = export_onnx(model, folder, opset=spec.opset, decoded=True)
+        # The TensorRT variant (EfficientNMS_TRT in place of NonMaxSuppression) is written
+        # even without TensorRT here, so the export can be built into an engine on the device.
+        decoded = folder / "model_decoded.onnx"
+        make_trt_graph(decoded, folder / "model_trt.onnx", model.spec)
+        decoded.unlink()
+        exported["files"].pop("decoded", None)
+        exported["files"]["model_trt"] = str(folder / "model_trt.onnx")
         parity = check_parity(model, folder, images)
         result[name] = {"head_channels": exported["head_channels"], "simplified": exported["simplified"],
                         "simplify_notes": exported["simplify_notes"], "exporter": exported["exporter"],
@@ -206,26 +214,31 @@ def _export_and_check(det, pruned, spec: PipelineSpec, report_set, tmp: Path, lo
 
 
 def _tensorrt(pruned, det, spec: PipelineSpec, report_set, tmp: Path, log) -> dict:
-    from .export.tensorrt import build_engine, make_trt_graph
+    from .export.tensorrt import build_engine
 
     result = {}
     calib = _parity_images(report_set, 64) if spec.tensorrt == "int8" else None
     for name, model, folder in (("pruned", pruned, tmp), ("baseline", det, tmp / "baseline")):
         trt_onnx = folder / "model_trt.onnx"
-        make_trt_graph(folder / "model_decoded.onnx", trt_onnx, model.spec)
         log(f"building the {name} TensorRT engine ({spec.tensorrt})")
-        result[name] = build_engine(trt_onnx, folder / f"model_{spec.tensorrt}.engine", precision=spec.tensorrt,
+        result[name] = build_engine(trt_onnx, folder / f"model_trt_{spec.tensorrt}.engine", precision=spec.tensorrt,
                                     calib_images=calib, timing_cache=folder / "timing.cache",
+                                    calib_cache=folder / "calib.cache" if calib is not None else None,
                                     log_path=folder / "trt_build.log")
     return result
 
 
 def _trtexec_lines(spec: PipelineSpec, out: Path) -> dict:
+    """trtexec command lines, relative to the export folder, for building the engines on the device."""
     from .export.tensorrt import trtexec_command
 
     precision = spec.tensorrt or "fp16"
-    return {name: trtexec_command(Path(out) / sub / "model_trt.onnx", precision)
-            for name, sub in (("pruned", "."), ("baseline", "baseline"))}
+    lines = {}
+    for name, sub in (("pruned", Path(".")), ("baseline", Path("baseline"))):
+        calib = sub / "calib.cache" if precision == "int8" else None
+        lines[name] = trtexec_command(sub / "model_trt.onnx", precision, timing_cache=sub / "timing.cache",
+                                      calib_cache=calib)
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -265,6 +278,7 @@ def render_markdown(report: dict) -> str:
     if "tensorrt" in report:
         lines.append(f"Engines built: {report['tensorrt']}")
     else:
-        lines.append("Not built in this run (needs TensorRT and a CUDA GPU). To build on a Jetson:")
-    lines += ["", "```", report["trtexec"]["pruned"], "```", ""]
+        lines.append("Not built in this run (needs TensorRT and a CUDA GPU). `model_trt.onnx` (EfficientNMS_TRT in "
+                     "place of NonMaxSuppression) is in the folder; to build the engines on a Jetson, from this folder:")
+    lines += ["", "```", report["trtexec"]["pruned"], report["trtexec"]["baseline"], "```", ""]
     return "\n".join(lines)

@@ -1,14 +1,16 @@
 """A per-anchor latency model, calibrated with the benchmark harness on this machine.
 
 predicted latency(keep) = sum over levels with anchors of (base_l + per_anchor_l * A_l)
-                        + nms_fixed + nms_per_box * (boxes entering NMS per image)
+                        + post_fixed + post_per_box * (boxes decoded)
+                        + nms_per_box * (boxes entering NMS per image)
 
 - ``base_l`` and ``per_anchor_l``: onnxruntime time of level l's head graph,
   measured with all of its anchors and with half of them (a line through the
   two), so the head cost per output channel is what this machine really pays;
-- ``nms_fixed`` and ``nms_per_box``: a least-squares line through the
-  postprocess graph's time against the number of boxes entering NMS, on real
-  images;
+- ``post_fixed``, ``post_per_box`` and ``nms_per_box``: a least-squares fit
+  of the postprocess graph's time (decoding and thresholding every box, then
+  NMS) against the number of boxes and the number entering NMS, on real
+  images, for the full model and one with half its anchors;
 - boxes entering NMS for a keep set: the sum over kept anchors of each
   anchor's mean number of top-k candidates per image.
 
@@ -35,8 +37,10 @@ class LatencyModel:
 
     level_base_ms: list[float]
     level_per_anchor_ms: list[float]
-    nms_fixed_ms: float
+    post_fixed_ms: float
+    post_per_box_ms: float
     nms_per_box_ms: float
+    anchor_boxes: dict[int, int]
     anchor_nms_boxes: dict[int, float]
     level_of: dict[int, int]
     settings: dict
@@ -49,12 +53,14 @@ class LatencyModel:
             if a not in removed:
                 counts[lv] = counts.get(lv, 0) + 1
         head = sum(self.level_base_ms[lv] + self.level_per_anchor_ms[lv] * n for lv, n in counts.items())
-        boxes = sum(v for a, v in self.anchor_nms_boxes.items() if a not in removed)
-        return head + self.nms_fixed_ms + self.nms_per_box_ms * boxes
+        boxes = sum(v for a, v in self.anchor_boxes.items() if a not in removed)
+        nms = sum(v for a, v in self.anchor_nms_boxes.items() if a not in removed)
+        return head + self.post_fixed_ms + self.post_per_box_ms * boxes + self.nms_per_box_ms * nms
 
     def save(self, path) -> None:
         obj = asdict(self)
         obj["anchor_nms_boxes"] = {str(k): v for k, v in self.anchor_nms_boxes.items()}
+        obj["anchor_boxes"] = {str(k): v for k, v in self.anchor_boxes.items()}
         obj["level_of"] = {str(k): v for k, v in self.level_of.items()}
         write_json(path, {"format": "edgeanchor.latency_model/1", **obj})
 
@@ -63,6 +69,7 @@ class LatencyModel:
         obj = read_json(path, "latency model")
         obj.pop("format", None)
         obj["anchor_nms_boxes"] = {int(k): v for k, v in obj["anchor_nms_boxes"].items()}
+        obj["anchor_boxes"] = {int(k): v for k, v in obj["anchor_boxes"].items()}
         obj["level_of"] = {int(k): v for k, v in obj["level_of"].items()}
         return cls(**obj)
 
@@ -99,12 +106,46 @@ def _level_time(det, j: int, feature: torch.Tensor, threads: int, iters: int, tm
     return time_session(session, {"feature": feature.numpy()}, iters)
 
 
-@torch.no_grad()
-def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, log=None) -> LatencyModel:
-    """Measure the latency terms of ``det`` with onnxruntime on ``images`` (N, 3, H, W) in [0, 1]."""
+def _fit(rows: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
+    """Least squares t = fixed + per_box * boxes + per_nms * nms, with every term >= 0.
+
+    Noise can drive a free fit negative; a negative term is dropped and the
+    rest refitted, so predictions never go below zero.
+    """
+    active = [0, 1, 2]
+    while True:
+        coef, *_ = np.linalg.lstsq(rows[:, active], ys, rcond=None)
+        if (coef >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(coef)))
+    out = [0.0, 0.0, 0.0]
+    for i, c in zip(active, coef):
+        out[i] = max(0.0, float(c))
+    return out[0], out[1], out[2]
+
+
+def _postprocess_samples(det, images, folder: Path, threads: int, iters: int):
+    """(boxes, boxes entering NMS, ms, anchor ids entering NMS) of the postprocess graph per image."""
     from ..export import export_onnx
     from ..export.parity import make_session
     from ..postprocess import topk_indices
+
+    export_onnx(det, folder, simplify=False)
+    post = make_session(folder / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+    in_names = [i.name for i in post.get_inputs()]
+    box_anchor = det.box_anchor_ids()
+    for image in images:
+        head = det.head(det.backbone(image[None]))
+        feeds = {n: t.numpy() for n, t in zip(in_names, [t for pair in head for t in pair])}
+        cands = det.image_candidates(head)[0]
+        entered = cands.box_index[topk_indices(cands, det.spec, det.level_starts)]
+        t = time_session(post, feeds, max(5, iters // 3), warmup=1)
+        yield float(det.anchor_set.num_boxes), float(entered.numel()), t, box_anchor[entered].tolist()
+
+
+@torch.no_grad()
+def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, log=None) -> LatencyModel:
+    """Measure the latency terms of ``det`` with onnxruntime on ``images`` (N, 3, H, W) in [0, 1]."""
     from ..prune import prune
 
     det = det.eval()
@@ -129,27 +170,27 @@ def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, l
             base[level] = max(0.0, t_full - slope * len(anchors))
             if log:
                 log(f"latency model: level {level}: {base[level]:.3f} ms + {slope:.4f} ms per anchor")
-        export_onnx(det, tmp / "export", simplify=False)
-        post = make_session(tmp / "export" / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
-        in_names = [i.name for i in post.get_inputs()]
-        xs, ys = [], []
-        anchor_boxes: dict[int, float] = {a: 0.0 for a in det.anchor_set.ids}
-        box_anchor = det.box_anchor_ids()
-        for image in images:
-            head = det.head(det.backbone(image[None]))
-            flat = {n: t.numpy() for n, t in zip(in_names, [t for pair in head for t in pair])}
-            cands = det.image_candidates(head)[0]
-            entered = cands.box_index[topk_indices(cands, det.spec, det.level_starts)]
-            for a in box_anchor[entered].tolist():
-                anchor_boxes[a] += 1.0 / len(images)
-            xs.append(float(entered.numel()))
-            ys.append(time_session(post, flat, max(5, iters // 3), warmup=1))
-    slope, intercept = np.polyfit(xs, ys, 1) if len(set(xs)) > 1 else (0.0, float(np.mean(ys)))
+        half = prune(det, {a.id for lv in det.anchor_set.levels for a in lv.anchors[: (len(lv.anchors) + 1) // 2]})
+        one = prune(det, {lv.anchors[0].id for lv in det.anchor_set.levels if lv.anchors})
+        rows, ys = [], []
+        anchor_nms = {a: 0.0 for a in det.anchor_set.ids}
+        for k, model in enumerate((det, half, one)):
+            for n_boxes, n_nms, t, entered in _postprocess_samples(model, images, tmp / f"post{k}", threads, iters):
+                rows.append([1.0, n_boxes, n_nms])
+                ys.append(t)
+                if k == 0:
+                    for a in entered:
+                        anchor_nms[a] += 1.0 / len(images)
+    fixed, per_box, per_nms = _fit(np.asarray(rows), np.asarray(ys))
+    if log:
+        log(f"latency model: postprocess {fixed:.3f} ms + {per_box * 1e3:.3f} us per box + "
+            f"{per_nms * 1e3:.3f} us per box entering NMS")
     from .runtimes import machine_info
 
     return LatencyModel(
-        level_base_ms=base, level_per_anchor_ms=per_anchor, nms_fixed_ms=float(intercept),
-        nms_per_box_ms=float(max(0.0, slope)), anchor_nms_boxes=anchor_boxes,
+        level_base_ms=base, level_per_anchor_ms=per_anchor, post_fixed_ms=fixed, post_per_box_ms=per_box,
+        nms_per_box_ms=per_nms, anchor_nms_boxes=anchor_nms,
+        anchor_boxes={a.id: lv.feature_size[0] * lv.feature_size[1] for lv in det.anchor_set.levels for a in lv.anchors},
         level_of=det.anchor_set.level_of(),
         settings={"runtime": "onnxruntime", "threads": threads, "iters": iters, "num_images": int(len(images)),
                   "machine": machine_info(), "arch": det.arch},

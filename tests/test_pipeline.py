@@ -1,0 +1,168 @@
+"""prune-and-export end to end, its output folder, and its bad-input handling; bench on its export."""
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from edgeanchor.cli import main
+from edgeanchor.data.synth import generate
+from edgeanchor.models import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pe_split")
+    info = generate(root, num_images=30, seed=21, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
+    return info["image_dir"], info["annotations"]
+
+
+def demo_args(split, out, *extra):
+    images, anns = split
+    return ["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
+            anns["test"], "--max-evals", "60", "--workers", "1", "--parity-images", "2", "--out", str(out), *extra]
+
+
+def conv_out_channels(path: Path) -> dict[str, int]:
+    """Output channels of the convolutions producing each graph output, read from the ONNX file."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for o in model.graph.output:
+        node = producer[o.name]
+        while node.op_type != "Conv":
+            node = producer[node.input[0]]
+        out[o.name] = inits[node.input[1]].dims[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_export(split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pe") / "demo"
+    assert main(demo_args(split, out, "--json")) == 0
+    return out
+
+
+def test_export_folder_is_complete(demo_export):
+    names = {"anchors.json", "pruned.pt", "model.onnx", "backbone.onnx", "head.onnx", "postprocess.onnx",
+             "model_trt.onnx", "report.json", "report.md", "pareto.png", "search.json"}
+    assert names <= {p.name for p in demo_export.iterdir()}
+    assert {"model.onnx", "backbone.onnx", "head.onnx", "postprocess.onnx", "baseline.pt", "anchors.json"} <= {
+        p.name for p in (demo_export / "baseline").iterdir()}
+    assert not list(demo_export.parent.glob(".demo.*"))  # no temporary folder left behind
+
+
+def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
+    report = json.loads((demo_export / "report.json").read_text())
+    pruned = load_checkpoint(demo_export / "pruned.pt")
+    assert pruned.anchor_set.to_json() == json.loads((demo_export / "anchors.json").read_text())
+    assert report["cost"]["pruned"]["head_macs"] < report["cost"]["baseline"]["head_macs"]
+    assert report["mAP"]["pruned"] >= report["chosen"]["floor"] - 0.05  # report split differs from search split
+    graph = conv_out_channels(demo_export / "head.onnx")
+    for ch in report["export"]["pruned"]["head_channels"]:
+        a = pruned.anchor_set.levels[ch["level"]].num_anchors
+        assert ch["cls_channels"] == graph[f"cls_{ch['level']}"] == a * pruned.num_classes
+        assert ch["box_channels"] == graph[f"box_{ch['level']}"] == a * 4
+    base = conv_out_channels(demo_export / "baseline" / "head.onnx")
+    assert sum(graph.values()) < sum(base.values())
+    for name in ("pruned", "baseline"):
+        parity = report["export"][name]["parity"]
+        assert parity["passed"] and parity["head"]["strict_allclose"]
+        assert parity["model"]["matched_fraction"] == 1.0
+    md = (demo_export / "report.md").read_text()
+    assert "Head output channels per level" in md and "trtexec --onnx=model_trt.onnx" in md
+
+
+def test_detections_output_is_fixed_shape(demo_export):
+    model = onnx.load(str(demo_export / "model.onnx"))
+    det = next(o for o in model.graph.output if o.name == "detections")
+    dims = [d.dim_value for d in det.type.tensor_type.shape.dim]
+    assert dims == [1, load_checkpoint(demo_export / "pruned.pt").spec.detections_per_img, 6]
+    assert [i.name for i in model.graph.input] == ["images"]
+
+
+def test_rerun_reuses_the_search_and_refuses_existing_folder(split, demo_export, capsys):
+    assert main(demo_args(split, demo_export)) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(demo_args(split, demo_export, "--overwrite")) == 0
+    err = capsys.readouterr().err
+    assert "reusing candidate cache" in err and "resuming the search" in err
+
+
+def test_bench_runs_on_the_export(demo_export, capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(demo_export), "--iters", "4", "--warmup", "1", "--threads", "1",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pruned/baseline" in text and "boxes entering NMS" in text
+    result = json.loads(out.read_text())
+    for variant in ("baseline", "pruned"):
+        for stage in ("backbone", "head", "postprocess", "end_to_end"):
+            s = result["stages"][variant][stage]
+            assert s["n"] == 4 and s["min"] <= s["median"] <= s["p90"] <= s["p99"]
+    assert result["settings"]["intra_op_num_threads"] == 1
+    assert result["nms_input_boxes"]["pruned"]["mean"] <= result["nms_input_boxes"]["baseline"]["mean"]
+    assert out.with_suffix(".png").stat().st_size > 5000
+    assert main(["bench", str(tmp_path / "nope")]) == 2
+
+
+def random_ssdlite_weights(path: Path) -> None:
+    """User weights for SSDLite: random, but with O(1) features and varied scores.
+
+    torchvision's fresh SSDLite has near-zero features (its extra blocks are
+    initialised with std 0.03), so every box would tie; variance-preserving
+    convolutions and random classifier biases give a realistic spread.
+    """
+    from edgeanchor.models.registry import ARCHS
+    from tests.helpers import randomize_head_biases
+
+    torch.manual_seed(0)
+    tv = ARCHS["torchvision:ssdlite320_mobilenet_v3_large"].builder(6, (320, 320))
+    for m in tv.backbone.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    randomize_head_biases(tv)
+    torch.save(tv.state_dict(), path)
+
+
+def test_random_weight_ssdlite_with_user_data(tmp_path, capsys):
+    """The same command on a real torchvision architecture, user weights and user data."""
+    info = generate(tmp_path / "data", num_images=10, seed=5, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
+    weights = tmp_path / "ssdlite.pth"
+    random_ssdlite_weights(weights)
+    out = tmp_path / "ssdlite"
+    argv = ["prune-and-export", "--model", "torchvision:ssdlite320_mobilenet_v3_large", "--num-classes", "6",
+            "--weights", str(weights), "--data", info["image_dir"], "--ann", info["annotations"]["val"],
+            "--max-evals", "40", "--workers", "1", "--parity-images", "2", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    base = conv_out_channels(out / "baseline" / "head.onnx")
+    pruned = conv_out_channels(out / "head.onnx")
+    assert sum(pruned.values()) < sum(base.values())
+    assert report["export"]["pruned"]["parity"]["passed"]
+
+
+def test_bad_input(split, tmp_path, capsys, monkeypatch):
+    assert main(demo_args(split, tmp_path / "a", "--target-head-macs", "10")) == 2
+    assert "no front point has head MACs" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.*"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(demo_args(split, blocker / "out")) == 2
+    assert "choose a writable --out" in capsys.readouterr().err
+    assert main(demo_args(split, tmp_path / "t", "--tensorrt", "fp16")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "TensorRT" in err and "\n" not in err
+
+    import edgeanchor.pipeline as pipeline
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated failure during export")
+
+    monkeypatch.setattr(pipeline, "_export_and_check", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        main(demo_args(split, tmp_path / "b"))
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
