@@ -166,3 +166,42 @@ def test_bad_input(split, tmp_path, capsys, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         main(demo_args(split, tmp_path / "b"))
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo_export, tmp_path, capsys):
+    base = tmp_path / "baseline.json"
+    common = ["--export", str(demo_export), "--iters", "6", "--warmup", "1"]
+    assert main(["regress", "--baseline", str(base), "--update", *common]) == 0
+    stored = json.loads(base.read_text())
+    assert {"mAP", "latency_ratios", "head_channels", "absolute_ms"} <= set(stored)
+    # Its own output passes (timing noise is not under test: the latency bound is wide here).
+    summary = tmp_path / "summary.md"
+    verdict = tmp_path / "verdict.json"
+    assert main(["regress", "--baseline", str(base), *common, "--latency-tol", "100",
+                 "--summary", str(summary), "--json", str(verdict)]) == 0
+    assert "regress: passed" in capsys.readouterr().out
+    assert json.loads(verdict.read_text())["passed"] is True
+    assert "| mAP |" in summary.read_text()
+
+    def fails_with(change, metric):
+        bad = dict(stored)
+        change(bad)
+        path = tmp_path / f"bad_{metric.split()[0]}.json"
+        path.write_text(json.dumps(bad))
+        assert main(["regress", "--baseline", str(path), *common, "--latency-tol", "100"]) == 1
+        out = capsys.readouterr().out
+        assert "regress: FAILED" in out
+        failed = [line for line in out.splitlines() if line.rstrip().endswith("FAIL")]
+        assert len(failed) == 1 and failed[0].startswith(metric)
+
+    fails_with(lambda b: b.update(mAP=b["mAP"] + 0.05), "mAP")
+    fails_with(lambda b: b.update(head_channels=[{**c, "cls_channels": c["cls_channels"] + 6}
+                                                 for c in b["head_channels"]]), "head channels")
+    fails_with(lambda b: b.update(latency_ratios={**b["latency_ratios"], "head": 1e-6}), "latency ratio head")
+
+
+def test_regress_bad_baseline(demo_export, tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    assert main(["regress", "--baseline", str(bad), "--export", str(demo_export)]) == 2
+    assert "not an edgeanchor regression baseline" in capsys.readouterr().err

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "search": ".search",
     "prune-and-export": ".prune_and_export",
     "bench": ".bench",
+    "regress": ".regress",
 }
 
 

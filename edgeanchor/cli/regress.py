@@ -1,0 +1,111 @@
+"""Check accuracy and latency of an export against a stored baseline (for CI).
+
+  edgeanchor regress --baseline benchmarks/regress/baseline.json --export exports/demo
+  edgeanchor regress --baseline base.json --model pruned.pt --reference demo --data DIR --ann val.json
+  edgeanchor regress --baseline base.json --export exports/demo --update      (rewrite the baseline)
+
+Exit codes: 0 all metrics within bounds (or --update written); 1 a regression
+(mAP dropped more than --map-tol, a pruned/unpruned latency ratio rose more
+than --latency-tol relative, or the exported head's channel counts changed),
+with a table naming each metric, its value, its bound and the result;
+2 a usage or input error. Writes JSON (--json) and a Markdown summary
+(--summary, and $GITHUB_STEP_SUMMARY when set).
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--baseline", required=True, help="baseline JSON (written by --update)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--export", default=None, help="a prune-and-export folder (default: exports/demo)")
+    src.add_argument("--model", default=None, help="a pruned checkpoint; exported with --reference first")
+    parser.add_argument("--reference", default=None,
+                        help="with --model: the unpruned reference model (default: the checkpoint's source)")
+    parser.add_argument("--data", default=None, help="image folder (default: the export's report data)")
+    parser.add_argument("--ann", default=None, help="COCO annotations (default: the export's report split)")
+    parser.add_argument("--map-tol", type=float, default=0.005, help="allowed mAP drop (default 0.005)")
+    parser.add_argument("--latency-tol", type=float, default=0.10,
+                        help="allowed relative rise of a latency ratio (default 0.10)")
+    parser.add_argument("--iters", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--update", action="store_true", help="rewrite the baseline from this measurement")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the measurement and verdict here")
+    parser.add_argument("--summary", default=None, help="write the Markdown summary here")
+
+
+def _export_model(args, tmp):
+    """Export --model and its reference into a prune-and-export style folder."""
+    from pathlib import Path
+
+    from ..errors import EdgeAnchorError
+    from ..models import build_detector, load_checkpoint
+    from ..models.registry import checkpoint_meta
+    from ..pipeline import PipelineSpec, _export_and_check
+    from ..data.coco import CocoDetection
+    from ..io import write_json
+    from ..models import save_checkpoint
+
+    if not (args.data and args.ann):
+        raise EdgeAnchorError("--model needs --data and --ann to evaluate on")
+    pruned = load_checkpoint(args.model)
+    reference = args.reference or checkpoint_meta(args.model).get("pruned_from")
+    if not reference:
+        raise EdgeAnchorError(f"{args.model} does not record the model it was pruned from; pass --reference")
+    ref = build_detector(reference)
+    folder = Path(tmp) / "export"
+    (folder / "baseline").mkdir(parents=True)
+    save_checkpoint(pruned, folder / "pruned.pt")
+    save_checkpoint(ref, folder / "baseline" / "baseline.pt")
+    spec = PipelineSpec(data=args.data, ann=args.ann, report_ann=args.ann)
+    report_set = CocoDetection(args.data, args.ann, num_classes=pruned.num_classes, image_size=pruned.image_size)
+    _export_and_check(ref, pruned, spec, report_set, folder, lambda m: None)
+    write_json(folder / "report.json", {"data": args.data, "report_ann": args.ann,
+                                        "image_size": list(pruned.image_size)})
+    return folder
+
+
+def run(args) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .. import regress
+    from ..errors import EdgeAnchorError
+    from ..io import write_json, write_text
+    from .common import format_table
+
+    baseline = None if args.update else regress.load_baseline(args.baseline)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            export_dir = _export_model(args, tmp)
+        else:
+            export_dir = Path(args.export or "exports/demo")
+            if not (export_dir / "report.json").is_file():
+                raise EdgeAnchorError(f"{export_dir} is not a prune-and-export folder; run 'edgeanchor "
+                                      "prune-and-export' first or pass --export")
+        measured = regress.measure(export_dir, data=args.data, ann=args.ann, iters=args.iters, warmup=args.warmup,
+                                   threads=args.threads)
+    if args.update:
+        regress.save_baseline(args.baseline, measured, map_tol=args.map_tol, latency_tol=args.latency_tol)
+        print(f"wrote baseline {args.baseline}: mAP {measured['mAP']:.4f}, latency ratios "
+              + ", ".join(f"{s} {r:.3f}" for s, r in measured["latency_ratios"].items()))
+        return 0
+    rows = regress.compare(measured, baseline, map_tol=args.map_tol, latency_tol=args.latency_tol)
+    passed = all(r["passed"] for r in rows)
+    md = regress.markdown(rows, measured)
+    if args.json_out:
+        write_json(args.json_out, {"passed": passed, "rows": rows, "measured": measured,
+                                   "tolerances": {"map_tol": args.map_tol, "latency_tol": args.latency_tol}})
+    if args.summary:
+        write_text(args.summary, md)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as fh:
+            fh.write(md + "\n")
+    table = [[r["metric"], r["value"] if not isinstance(r["value"], float) else round(r["value"], 4),
+              r["baseline"] if not isinstance(r["baseline"], float) else round(r["baseline"], 4), r["bound"],
+              "pass" if r["passed"] else "FAIL"] for r in rows]
+    print(format_table(["metric", "value", "baseline", "bound", "result"], table))
+    print("regress: passed" if passed else "regress: FAILED (a metric is outside its bound)")
+    return 0 if passed else 1
