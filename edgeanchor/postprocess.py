@@ -49,6 +49,19 @@ class PostprocessSpec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
+    def from_torchvision(cls, model, *, score_fn: str, topk_scope: str) -> "PostprocessSpec":
+        """The rule of a torchvision SSD or RetinaNet model (its thresholds and box coder)."""
+        return cls(
+            score_fn=score_fn,
+            topk_scope=topk_scope,
+            score_thresh=float(model.score_thresh),
+            topk_candidates=int(model.topk_candidates),
+            nms_thresh=float(model.nms_thresh),
+            detections_per_img=int(model.detections_per_img),
+            box_weights=tuple(float(w) for w in model.box_coder.weights),
+        )
+
+    @classmethod
     def from_json(cls, obj: dict) -> "PostprocessSpec":
         return cls(**{**obj, "box_weights": tuple(obj["box_weights"])})
 

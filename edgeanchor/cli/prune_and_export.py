@@ -68,7 +68,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..pipeline import PipelineSpec, run_pipeline
-    from .common import build_from_args, format_table, print_json
+    from .common import build_from_args, print_json
     from .search import spec_from_args
 
     keep = _keep_anchors_flag(args)

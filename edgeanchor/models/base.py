@@ -126,6 +126,11 @@ class Detector(nn.Module):
         return self.postprocess(self.head(self.backbone(images)))
 
     # ---- pruning hook ----------------------------------------------------
+    def common_kwargs(self, anchor_set: AnchorSet) -> dict:
+        """Constructor arguments shared by every adapter, with a new anchor set."""
+        return {"arch": self.arch, "num_classes": self.num_classes, "anchor_set": anchor_set, "spec": self.spec,
+                "config": self.config}
+
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "Detector":
         """A copy whose head keeps, per active level, the given anchor positions."""
         raise NotImplementedError  # pragma: no cover

@@ -100,24 +100,12 @@ class RetinaNetDetector(Detector):
             cls_logits=slice_conv(self.cls_logits, anchor_channels(positions, self.num_classes)),
             box_tower=self.box_tower,
             box_reg=slice_conv(self.box_reg, anchor_channels(positions, 4)),
-            arch=self.arch,
-            num_classes=self.num_classes,
-            anchor_set=anchor_set,
-            spec=self.spec,
-            config=self.config,
+            **self.common_kwargs(anchor_set),
         ).to(self.mean.device)
 
 
 def retinanet_spec(model: RetinaNet) -> PostprocessSpec:
-    return PostprocessSpec(
-        score_fn="sigmoid",
-        topk_scope="level",
-        score_thresh=float(model.score_thresh),
-        topk_candidates=int(model.topk_candidates),
-        nms_thresh=float(model.nms_thresh),
-        detections_per_img=int(model.detections_per_img),
-        box_weights=tuple(float(w) for w in model.box_coder.weights),
-    )
+    return PostprocessSpec.from_torchvision(model, score_fn="sigmoid", topk_scope="level")
 
 
 def wrap_retinanet(

@@ -9,7 +9,6 @@ last convolution, and a level with no anchors left loses its modules.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -136,24 +135,12 @@ class SSDDetector(Detector):
             extractor=self.extractor,
             cls_heads=cls_heads,
             box_heads=box_heads,
-            arch=self.arch,
-            num_classes=self.num_classes,
-            anchor_set=anchor_set,
-            spec=self.spec,
-            config=self.config,
+            **self.common_kwargs(anchor_set),
         ).to(self.mean.device)
 
 
 def ssd_spec(model: SSD) -> PostprocessSpec:
-    return PostprocessSpec(
-        score_fn="softmax",
-        topk_scope="class",
-        score_thresh=float(model.score_thresh),
-        topk_candidates=int(model.topk_candidates),
-        nms_thresh=float(model.nms_thresh),
-        detections_per_img=int(model.detections_per_img),
-        box_weights=tuple(float(w) for w in model.box_coder.weights),
-    )
+    return PostprocessSpec.from_torchvision(model, score_fn="softmax", topk_scope="class")
 
 
 def wrap_ssd(
@@ -209,10 +196,3 @@ def wrap_ssd(
         config=cfg,
     ).eval()
 
-
-def prior_bias(conv: nn.Conv2d, num_classes: int, prior: float = 0.01) -> None:
-    """Bias a fresh classifier towards background (helps training from scratch)."""
-    with torch.no_grad():
-        bias = conv.bias.view(-1, num_classes)
-        bias.zero_()
-        bias[:, 0] = math.log((1 - prior) * (num_classes - 1) / prior)
