@@ -173,6 +173,43 @@ def nms_scaling(images, threads, tmp: Path) -> list[dict]:
     return out
 
 
+@torch.no_grad()
+def latency_model_check(demo_export: Path, images, threads: int, tmp: Path) -> dict:
+    """Calibrate the demo's latency model, then compare its predictions with measured head + postprocess time."""
+    from edgeanchor.bench.latency_model import calibrate
+    from edgeanchor.models import load_checkpoint
+
+    det = load_checkpoint(demo_export / "baseline" / "baseline.pt")
+    model = calibrate(det, images, threads=threads)
+    search = json.loads((demo_export / "search.json").read_text())
+    front = sorted(search["front"], key=lambda n: n["head_macs"])
+    picks = [()] + [tuple(front[i]["removed"]) for i in sorted({0, len(front) // 2, len(front) - 1})]
+    rows = []
+    for k, removed in enumerate(picks):
+        pruned = prune(det, set(det.anchor_set.ids) - set(removed)) if removed else det
+        folder = tmp / f"lm_{k}"
+        export_onnx(pruned, folder, simplify=True)
+        head = make_session(folder / "head.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+        post = make_session(folder / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+        measured = []
+        for image in images:
+            feats = pruned.backbone(image[None])
+            outs = [t for pair in pruned.head(feats) for t in pair]
+            hf = {i.name: f.numpy() for i, f in zip(head.get_inputs(), feats)}
+            pf = {i.name: t.numpy() for i, t in zip(post.get_inputs(), outs)}
+            measured.append(time_session(head, hf, 15) + time_session(post, pf, 15))
+        rows.append({"num_anchors": pruned.anchor_set.num_anchors, "removed": list(removed),
+                     "predicted_ms": model.predict(removed), "measured_ms": float(np.median(measured))})
+        print(f"latency model: {rows[-1]['num_anchors']} anchors: predicted {rows[-1]['predicted_ms']:.3f} ms, "
+              f"measured {rows[-1]['measured_ms']:.3f} ms", flush=True)
+    errors = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
+    order_ok = [a["predicted_ms"] <= b["predicted_ms"] for a, b in zip(rows, rows[1:])] == \
+        [a["measured_ms"] <= b["measured_ms"] for a, b in zip(rows, rows[1:])]
+    return {"rows": rows, "mean_abs_relative_error": float(np.mean(errors)), "max_abs_relative_error": float(max(errors)),
+            "same_ranking_as_measured": bool(order_ok), "model": {k: v for k, v in model.__dict__.items()
+                                                                 if k not in ("anchor_nms_boxes", "anchor_boxes", "level_of")}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-export", default="exports/demo", help="prune-and-export folder of the demo")
@@ -199,6 +236,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_random:
             result["models"] += random_model_rows(images, data, ann, args.iters, args.threads, Path(tmp))
+        result["latency_model_check"] = latency_model_check(Path(args.demo_export), images, args.threads, Path(tmp))
         result["nms_scaling"] = nms_scaling(images, args.threads, Path(tmp))
     write_json(args.out, result)
     print(f"wrote {args.out}")
