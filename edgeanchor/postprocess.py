@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import boxes as box_ops
@@ -148,6 +149,15 @@ def decode(deltas: torch.Tensor, anchors_xyxy: torch.Tensor, weights) -> torch.T
 def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> torch.Tensor:
     """Rows of ``cands`` that survive the per-class or per-level top-k, in model order.
 
+    Equal to calling ``scores[group].topk(min(k, n))`` on each group in turn,
+    as torchvision does, but vectorised: one stable sort by (group, -score)
+    and a rank within each group (in NumPy: a few hundred candidates per
+    image make per-call overhead, not arithmetic, the cost). ``torch.topk``
+    orders exactly tied scores in an unspecified (introsort) order, and that
+    order decides which of two tied boxes NMS visits first; a group with a
+    tie inside its top k (or a NaN score) is therefore redone with ``topk``
+    itself, so the rows and their order always equal the per-group loop's.
+
     Args:
         cands: candidates in model order (see :func:`candidates`).
         spec: post-processing rule.
@@ -158,15 +168,32 @@ def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.T
         int64 (T,) row indices into ``cands``: groups ascending, each by score.
     """
     if spec.topk_scope == "class":
-        groups = cands.labels  # torch.unique sorts: labels ascend as in torchvision
+        groups = cands.labels  # labels ascend as in torchvision
     else:
         groups = torch.bucketize(cands.box_index, level_starts[1:], right=True)
-    kept = []
-    for g in torch.unique(groups).tolist():
-        idx = torch.nonzero(groups == g).flatten()
-        _, order = cands.scores[idx].topk(min(spec.topk_candidates, idx.numel()))
-        kept.append(idx[order])
-    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
+    scores, k, num = cands.scores, spec.topk_candidates, len(cands)
+    if num == 0:
+        return torch.zeros(0, dtype=torch.int64, device=scores.device)
+    g, s = groups.detach().cpu().numpy(), scores.detach().to("cpu", torch.float64).numpy()  # exact for any float
+    order = np.lexsort((-s, g))  # (M,) by group, then score descending; stable
+    g_sorted, s_sorted = g[order], s[order]
+    first = np.empty(num, dtype=bool)  # (M,) first row of its group
+    first[0] = True
+    np.not_equal(g_sorted[1:], g_sorted[:-1], out=first[1:])
+    pos = np.arange(num)
+    rank = pos - np.maximum.accumulate(np.where(first, pos, 0))  # (M,) rank within the group
+    keep = rank < k
+    kept = torch.from_numpy(order[keep]).to(scores.device)
+    # Ambiguous groups: two equal scores side by side with the first inside the top k, or a NaN.
+    tied = ~first[1:] & (s_sorted[1:] == s_sorted[:-1]) & keep[:-1]
+    nan = np.isnan(s_sorted)
+    if tied.any() or nan.any():
+        kept_groups = g_sorted[keep]
+        for group in np.unique(np.concatenate([g_sorted[:-1][tied], g_sorted[nan]])).tolist():
+            idx = torch.nonzero(groups == group).flatten()
+            _, top = scores[idx].topk(min(k, idx.numel()))
+            kept[torch.from_numpy(kept_groups == group).to(kept.device)] = idx[top]  # same length: in place
+    return kept
 
 
 def select(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> dict[str, torch.Tensor]:

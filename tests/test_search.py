@@ -16,6 +16,7 @@ from edgeanchor.evaluate.predict import predict
 from edgeanchor.evaluate.subset import SubsetScorer
 from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
+from edgeanchor.postprocess import Candidates, PostprocessSpec, topk_indices
 from edgeanchor.prune import prune
 from edgeanchor.search.costs import build_cost_model
 from edgeanchor.search.run import SearchSpec, run_search
@@ -88,6 +89,67 @@ def test_incremental_scoring_equals_from_scratch(demo, scorer):
     child = sc.score(parent + (7,), parent=parent)
     assert sc.images_recomputed - before < sc.cache.num_images  # only affected images recomputed
     assert child == fresh.score(parent + (7,))
+
+
+def test_map_only_scoring_equals_full_map(demo, scorer):
+    sc, _ = scorer
+    other = SubsetScorer(sc.cache, sc.gt.dataset, backend="pycocotools")
+    for removed in subsets(demo):
+        full = sc.score(removed)
+        assert sc.score(removed, full=False) == {"mAP": full["mAP"]}  # exactly, not approximately
+        assert other.score(removed, full=False) == {"mAP": other.score(removed)["mAP"]}
+    assert coco_map(sc.gt, [], full=False) == {"mAP": 0.0}
+
+
+def test_parent_stays_pinned_for_many_children(demo, scorer):
+    sc, _ = scorer
+    fresh = SubsetScorer(sc.cache, sc.gt.dataset, memo_size=0)
+    pinned = SubsetScorer(sc.cache, sc.gt.dataset, memo_size=1)
+    parent = (0, 1)
+    pinned.pin(parent)
+    for a in range(2, 9):  # more children than the memo holds
+        before = pinned.images_recomputed
+        child = pinned.score(parent + (a,), parent=parent, full=False)
+        assert pinned.images_recomputed - before < sc.cache.num_images, a
+        assert child == fresh.score(parent + (a,), full=False)
+        assert np.array_equal(pinned.detections(parent + (a,)), fresh.detections(parent + (a,)))
+
+
+def _topk_loop(cands, spec, level_starts):
+    """The per-group loop torchvision runs (and topk_indices replaced): topk per class or level."""
+    if spec.topk_scope == "class":
+        groups = cands.labels
+    else:
+        groups = torch.bucketize(cands.box_index, level_starts[1:], right=True)
+    kept = []
+    for g in torch.unique(groups).tolist():
+        idx = torch.nonzero(groups == g).flatten()
+        kept.append(idx[cands.scores[idx].topk(min(spec.topk_candidates, idx.numel())).indices])
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("scope", ["class", "level"])
+def test_topk_indices_equals_per_group_topk_with_ties(scope):
+    gen = torch.Generator().manual_seed(0)
+    level_starts = torch.tensor([0, 50, 120, 300])
+    for trial in range(200):
+        m, k = int(torch.randint(0, 400, (1,), generator=gen)), int(torch.randint(1, 60, (1,), generator=gen))
+        levels = int(torch.randint(1, 8, (1,), generator=gen))
+        # few distinct scores, so most groups have exact ties inside and across their top k
+        scores = torch.randint(0, int(torch.randint(2, 50, (1,), generator=gen)), (m,), generator=gen).float() / 50
+        if trial % 3 == 0:
+            scores = torch.rand(m, generator=gen)  # no ties: the vectorised path alone
+        if trial % 17 == 0 and m:
+            scores[0] = float("nan")
+        cands = Candidates(torch.randint(0, 300, (m,), generator=gen), torch.randint(0, levels, (m,), generator=gen),
+                           scores, torch.zeros(m, 4))
+        spec = PostprocessSpec("softmax", scope, 0.0, k, 0.5, 100, (1.0, 1.0, 1.0, 1.0))
+        assert torch.equal(topk_indices(cands, spec, level_starts), _topk_loop(cands, spec, level_starts)), trial
+    # torch.topk does not order ties stably (here [1, 3, 4, 0, 2]); topk_indices follows it
+    tied = Candidates(torch.arange(5), torch.zeros(5, dtype=torch.int64), torch.tensor([0.5, 0.9, 0.5, 0.9, 0.5]),
+                      torch.zeros(5, 4))
+    spec = PostprocessSpec("softmax", "class", 0.0, 5, 0.5, 100, (1.0, 1.0, 1.0, 1.0))
+    assert torch.equal(topk_indices(tied, spec, level_starts), tied.scores.topk(5).indices)
 
 
 def test_pycocotools_backend_agrees(demo, scorer):

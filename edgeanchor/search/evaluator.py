@@ -1,9 +1,15 @@
 """Evaluating search nodes: memoised, parallel over worker processes, persisted.
 
 A node is a set of removed anchor ids. Its accuracy comes from the candidate
-cache (no forward pass) and its cost from the cost model. Every evaluated
+cache (no forward pass) and its cost from the cost model. Nodes are ranked by
+mAP alone, so they are scored with ``full=False`` (mAP only, exactly the full
+evaluation's mAP, faster); their ``metrics`` hold just "mAP". Every evaluated
 node is kept in memory and written to ``search.json`` after each batch, so an
 interrupted search resumes from the nodes already evaluated.
+
+A batch holds the children of one parent. Whoever scores them (this process,
+or each worker for its contiguous share) pins the parent's per-image results
+once, so every child only recomputes the images it can change.
 """
 
 from __future__ import annotations
@@ -51,9 +57,16 @@ def _init_worker(cache_path: str, ann: str, backend: str) -> None:
     _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend)
 
 
-def _score_task(task) -> dict:
-    removed, parent = task
-    return _WORKER["scorer"].score(removed, parent)
+def _score_task(task) -> list[dict]:
+    children, parent = task
+    return _score_children(_WORKER["scorer"], children, parent)
+
+
+def _score_children(scorer, children: list, parent: tuple) -> list[dict]:
+    """mAP of each child, the parent's per-image results computed (or reused) once for all of them."""
+    if len(children) > 1:
+        scorer.pin(parent)
+    return [scorer.score(k, parent, full=False) for k in children]
 
 
 class Evaluator:
@@ -97,12 +110,12 @@ class Evaluator:
         todo = todo[: max(0, self.max_evals - self.num_evals)]
         if todo:
             parent = tuple(sorted(parent))
-            tasks = [(k, parent) for k in todo]
-            if self._pool is not None and len(tasks) > 1:
-                chunk = max(1, -(-len(tasks) // self._workers))  # contiguous chunks reuse the parent's memo
-                results = list(self._pool.map(_score_task, tasks, chunksize=chunk))
+            if self._pool is not None and len(todo) > 1:
+                size = -(-len(todo) // self._workers)  # one contiguous share per worker, one pin each
+                shares = [(todo[i:i + size], parent) for i in range(0, len(todo), size)]
+                results = [m for part in self._pool.map(_score_task, shares) for m in part]
             else:
-                results = [self.scorer.score(k, parent) for k in todo]
+                results = _score_children(self.scorer, todo, parent)
             for k, metrics in zip(todo, results):
                 macs, boxes = self.cost_model.head_macs(k), self.cost_model.boxes(k)
                 self.memo[k] = Node(k, {m: round(v, 6) for m, v in metrics.items()}, macs, boxes,
