@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torchvision.models.detection as tvdet
 
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.models.registry import ARCHS, load_checkpoint, save_checkpoint, wrap

@@ -38,6 +38,23 @@ def build_from_args(args):
     )
 
 
+def data_or_demo(args, split: str) -> tuple[str, str, bool]:
+    """(image folder, annotation file, is_demo) from --data/--ann, or the demo's ``split``.
+
+    Raises:
+        EdgeAnchorError: if only one of --data and --ann is given.
+    """
+    from ..errors import EdgeAnchorError
+
+    if bool(args.data) != bool(args.ann):
+        raise EdgeAnchorError("give both --data and --ann, or neither to use the demo's synthetic data")
+    if args.data:
+        return args.data, args.ann, False
+    from ..data.demo_data import demo_split
+
+    return (*demo_split(split), True)
+
+
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -25,18 +25,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data.coco import CocoDetection
-    from ..errors import EdgeAnchorError
     from ..evaluate.coco_map import coco_map
     from ..evaluate.predict import predict
     from ..io import write_json
-    from .common import build_from_args, print_json
+    from .common import build_from_args, data_or_demo, print_json
 
-    if bool(args.data) != bool(args.ann):
-        raise EdgeAnchorError("give both --data and --ann, or neither for the demo data")
-    if not args.data:
-        from ..data.demo_data import demo_split
-
-        args.data, args.ann = demo_split("test")
+    args.data, args.ann, _ = data_or_demo(args, "test")
     det = build_from_args(args)
     dataset = CocoDetection(args.data, args.ann, num_classes=det.num_classes, image_size=det.image_size)
     dets = predict(det, dataset, batch_size=args.batch_size, device=args.device)

@@ -52,15 +52,13 @@ def _keep_anchors_flag(args):
 
 
 def resolve_data(args):
-    from ..errors import EdgeAnchorError
-
-    if bool(args.data) != bool(args.ann):
-        raise EdgeAnchorError("give both --data and --ann, or neither to use the demo's synthetic data")
-    if args.data:
-        return args.data, args.ann, args.report_ann or args.ann, args.train_ann
+    """(data, ann, report_ann, train_ann) from flags, defaulting to the demo's synthetic splits."""
     from ..data.demo_data import demo_split
+    from .common import data_or_demo
 
-    data, ann = demo_split("val")
+    data, ann, demo = data_or_demo(args, "val")
+    if not demo:
+        return data, ann, args.report_ann or ann, args.train_ann
     return data, ann, args.report_ann or demo_split("test")[1], args.train_ann or demo_split("train")[1]
 
 

@@ -58,16 +58,11 @@ def spec_from_args(args, det):
 
 def resolve_data(args):
     """(data, ann, report_ann) from flags, defaulting to the demo's synthetic splits."""
-    from ..errors import EdgeAnchorError
-
-    if bool(args.data) != bool(args.ann):
-        raise EdgeAnchorError("give both --data and --ann, or neither to use the demo's synthetic data")
-    if args.data:
-        return args.data, args.ann, args.report_ann
     from ..data.demo_data import demo_split
+    from .common import data_or_demo
 
-    data, ann = demo_split("val")
-    return data, ann, args.report_ann or demo_split("test")[1]
+    data, ann, demo = data_or_demo(args, "val")
+    return data, ann, args.report_ann or (demo_split("test")[1] if demo else None)
 
 
 def load_latency_model(path):
