@@ -42,8 +42,10 @@ from edgeanchor.cost import measure_cost  # noqa: E402
 from edgeanchor.data.demo_data import demo_split  # noqa: E402
 from edgeanchor.export import export_onnx  # noqa: E402
 from edgeanchor.export.parity import make_session  # noqa: E402
-from edgeanchor.io import write_json  # noqa: E402
-from edgeanchor.models import build_detector, save_checkpoint  # noqa: E402
+from edgeanchor.export.folder import ExportFolder  # noqa: E402
+from edgeanchor.io import configure_logging, write_json  # noqa: E402
+from edgeanchor.models import build_detector  # noqa: E402
+from edgeanchor.pipeline import write_export  # noqa: E402
 from edgeanchor.postprocess import topk_indices  # noqa: E402
 from edgeanchor.prune import prune  # noqa: E402
 
@@ -60,7 +62,7 @@ def mean_candidates(det, images) -> float:
     counts = []
     for image in images:
         cands = det.image_candidates(det.head(det.backbone(image[None])))[0]
-        counts.append(int(topk_indices(cands, det.spec, det.level_starts).numel()))
+        counts.append(int(topk_indices(cands, det.postprocess_spec, det.level_starts).numel()))
     return float(np.mean(counts))
 
 
@@ -74,7 +76,7 @@ def set_realistic_scores(det, images, target: float) -> float:
     def apply(shift: float) -> float:
         for c, b in zip(convs, original):
             bias = b.clone().view(-1, k)
-            if det.spec.score_fn == "softmax":
+            if det.postprocess_spec.score_fn == "softmax":
                 bias[:, 0] += shift  # a more confident background
             else:
                 bias -= shift
@@ -91,14 +93,9 @@ def set_realistic_scores(det, images, target: float) -> float:
     return apply((lo + hi) / 2)
 
 
-def make_export(det, pruned, folder: Path, data: str, ann: str) -> None:
-    """A prune-and-export-shaped folder (graphs, checkpoints, report) for the harness."""
-    (folder / "baseline").mkdir(parents=True)
-    export_onnx(pruned, folder)
-    export_onnx(det, folder / "baseline")
-    save_checkpoint(pruned, folder / "pruned.pt")
-    save_checkpoint(det, folder / "baseline" / "baseline.pt")
-    (folder / "report.json").write_text(json.dumps({"data": data, "report_ann": ann, "image_size": list(det.image_size)}))
+def make_export(det, pruned, folder: Path, data: str, ann: str) -> ExportFolder:
+    """An export folder of (det, pruned) for the harness; random weights, so no parity check."""
+    return write_export(det, pruned, folder, data=data, report_ann=ann, check=False, log=lambda m: None)
 
 
 def random_model_rows(images, data, ann, iters, threads, tmp: Path) -> list[dict]:
@@ -116,8 +113,7 @@ def random_model_rows(images, data, ann, iters, threads, tmp: Path) -> list[dict
         sized = torch.nn.functional.interpolate(images, size=det.image_size, mode="bilinear", align_corners=False)
         cands = set_realistic_scores(det, sized[:4], target=300)
         pruned = prune(det, keep)
-        folder = tmp / name
-        make_export(det, pruned, folder, data, ann)
+        folder = make_export(det, pruned, tmp / name, data, ann)
         bench = run_bench(folder, threads=threads, iters=iters, warmup=3, progress=False)
         rows.append(bench_row(name, det, pruned, bench, {"baseline_candidates_per_image_calibrated": cands}))
         print(summary_line(rows[-1]), flush=True)
@@ -174,14 +170,13 @@ def nms_scaling(images, threads, tmp: Path) -> list[dict]:
 
 
 @torch.no_grad()
-def latency_model_check(demo_export: Path, images, threads: int, tmp: Path) -> dict:
+def latency_model_check(demo_export: ExportFolder, images, threads: int, tmp: Path) -> dict:
     """Calibrate the demo's latency model, then compare its predictions with measured head + postprocess time."""
     from edgeanchor.bench.latency_model import calibrate
-    from edgeanchor.models import load_checkpoint
 
-    det = load_checkpoint(demo_export / "baseline" / "baseline.pt")
+    det = demo_export.load_detector("baseline")
     model = calibrate(det, images, threads=threads)
-    search = json.loads((demo_export / "search.json").read_text())
+    search = json.loads(demo_export.search_json_path.read_text())
     front = sorted(search["front"], key=lambda n: n["head_macs"])
     picks = [()] + [tuple(front[i]["removed"]) for i in sorted({0, len(front) // 2, len(front) - 1})]
     rows = []
@@ -218,6 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-random", action="store_true", help="only the demo and NMS scaling")
     parser.add_argument("--out", default="benchmarks/results/latency.json")
     args = parser.parse_args(argv)
+    configure_logging()
     torch.set_num_threads(args.threads)
     data, ann = demo_split("test")
     from edgeanchor.data.coco import CocoDetection
@@ -225,18 +221,16 @@ def main(argv=None) -> int:
     images = torch.stack([CocoDetection(data, ann)[i][0] for i in range(8)])
     result = {"benchmark": "latency", "date": datetime.date.today().isoformat(), "machine": machine_info(),
               "runtime": "onnxruntime CPU", "threads": args.threads, "iters": args.iters, "models": []}
-    demo_bench = run_bench(args.demo_export, threads=args.threads, iters=max(args.iters, 60), warmup=10,
-                           progress=False)
-    from edgeanchor.models import load_checkpoint
-
-    demo_row = bench_row("demo (chosen configuration)", load_checkpoint(Path(args.demo_export) / "baseline" / "baseline.pt"),
-                         load_checkpoint(Path(args.demo_export) / "pruned.pt"), demo_bench)
+    demo_export = ExportFolder.open(args.demo_export)
+    demo_bench = run_bench(demo_export, threads=args.threads, iters=max(args.iters, 60), warmup=10, progress=False)
+    demo_row = bench_row("demo (chosen configuration)", demo_export.load_detector("baseline"),
+                         demo_export.load_detector("pruned"), demo_bench)
     result["models"].append(demo_row)
     print(summary_line(demo_row), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_random:
             result["models"] += random_model_rows(images, data, ann, args.iters, args.threads, Path(tmp))
-        result["latency_model_check"] = latency_model_check(Path(args.demo_export), images, args.threads, Path(tmp))
+        result["latency_model_check"] = latency_model_check(demo_export, images, args.threads, Path(tmp))
         result["nms_scaling"] = nms_scaling(images, args.threads, Path(tmp))
     write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -222,7 +222,7 @@ def assemble_cache(parts: list, box_anchor: np.ndarray, layout_meta: dict, label
         labels=np.concatenate([p[1] for p in parts]),
         scores=np.concatenate([p[2] for p in parts]).astype(np.float32),
         boxes_xyxy=np.concatenate([p[3] for p in parts]).reshape(-1, 4),
-        meta={"format": CACHE_FORMAT, "image_size": [h, w], "spec": layout_meta["spec"],
+        meta={"format": CACHE_FORMAT, "image_size": [h, w], "postprocess_spec": layout_meta["spec"],
               "level_starts": layout_meta["level_starts"], "label_map": {str(k): v for k, v in label_map.items()},
               "anchors": layout_meta["anchors"], "ann_file": str(ann)},
     )
@@ -545,7 +545,7 @@ def write_layouts(workdir: Path) -> dict:
                                   ("retina", "torchvision:retinanet_resnet50_fpn",
                                    {"num_classes": 80, "image_size": RETINA_SIZE}, None)):
         det = build_detector(model, **kw)
-        meta = {"image_size": list(det.image_size), "spec": spec or det.spec.to_json(),
+        meta = {"image_size": list(det.image_size), "spec": spec or det.postprocess_spec.to_json(),
                 "level_starts": det.level_starts.tolist(), "anchors": det.anchor_set.to_json()}
         np.savez(workdir / f"{name}_layout.npz", anchors=det.anchors_xyxy.numpy(),
                  box_anchor=det.box_anchor_ids().numpy(), meta=np.array(json.dumps(meta)))

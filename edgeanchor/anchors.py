@@ -205,6 +205,29 @@ class AnchorSet:
         return result
 
 
+def match_anchor_ids(model: AnchorSet, wanted: AnchorSet, *, source: str = "the anchor file") -> set[int]:
+    """Ids of ``model``'s anchors that ``wanted`` names, matched by level and shape.
+
+    An anchor matches when its width and height are each within 1 px or 1 %
+    of the model's (anchor files round sizes); the closest match wins.
+
+    Raises:
+        EdgeAnchorError: an anchor of ``wanted`` is not one of the model's.
+    """
+    keep = set()
+    for i, (mine, theirs) in enumerate(zip(model.levels, wanted.levels)):
+        for a in theirs.anchors:
+            match = [b for b in mine.anchors
+                     if abs(b.w - a.w) <= max(1.0, 0.01 * b.w) and abs(b.h - a.h) <= max(1.0, 0.01 * b.h)]
+            if not match:
+                raise EdgeAnchorError(
+                    f"anchor {a.w:.1f}x{a.h:.1f} px on level {i} of {source} is not one of the model's anchors; "
+                    "anchors to keep must be a subset of the model's anchors"
+                )
+            keep.add(min(match, key=lambda b: abs(b.w - a.w) + abs(b.h - a.h)).id)
+    return keep
+
+
 def _pair(value, cast) -> tuple:
     if isinstance(value, (int, float)):
         return (cast(value), cast(value))

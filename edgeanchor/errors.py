@@ -1,10 +1,20 @@
-"""The project's error type for user mistakes.
+"""The project's error types.
 
 A user mistake (bad path, malformed file, a model and data that do not fit)
 raises :class:`EdgeAnchorError`. The CLI prints its message as one line,
-``error: ...``, and exits with code 2. Bugs raise ordinary exceptions.
+``error: ...``, and exits with code 2. A check that ran and failed on valid
+input (ONNX parity not holding, a loss that became NaN) raises
+:class:`CheckFailed`: one line, ``error: ...``, exit code 1. Bugs raise
+ordinary exceptions and show a traceback.
+
+Core messages name parameters as the Python API spells them (``min_map``,
+``target_head_macs``); the CLI turns those names into its flags.
 """
 
 
 class EdgeAnchorError(Exception):
     """A mistake in the user's input; the message says what and how to fix it."""
+
+
+class CheckFailed(Exception):
+    """A check on valid input failed (parity, a diverging loss); the message says what was measured."""

@@ -1,9 +1,15 @@
-"""Atomic file writes: never leave a half-written output behind."""
+"""Files and folders written safely, the cache root, the one logger, plain tables.
+
+Nothing here knows about models: these are the low-level helpers every layer
+may use (the CLI included), so no module has to reach up into ``cli/``.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -11,6 +17,52 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import EdgeAnchorError
+
+LOGGER = logging.getLogger("edgeanchor")
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest and notebooks swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send edgeanchor's progress and notices to stderr (idempotent).
+
+    The CLI and the benchmark scripts call this; a library user who does not
+    gets Python's default (warnings only), or configures ``logging`` as usual.
+    """
+    if not any(isinstance(h, _StderrHandler) for h in LOGGER.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
+
+
+def log(message: str) -> None:
+    """A progress message or notice. It goes to stderr, so stdout carries only results."""
+    LOGGER.info(message)
+
+
+def warn(message: str) -> None:
+    """A notice the user should see even when progress messages are off."""
+    LOGGER.warning(message)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -21,6 +73,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise EdgeAnchorError(f"cannot write the file {path}: it is a folder; give a file path")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
@@ -37,22 +91,105 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def log(message: str) -> None:
-    """Progress messages go to stderr, so stdout stays clean for --json output."""
-    print(message, file=sys.stderr, flush=True)
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _owner_pid(name: str, prefix: str) -> int | None:
+    """The pid in ``.NAME.build-PID-xxxx`` / ``.NAME.old-PID-xxxx``, or None if the name is not ours."""
+    rest = name[len(prefix):]
+    pid = rest.split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
-def make_temp_dir(beside: Path) -> Path:
-    """A new folder beside ``beside`` with the usual permissions (for build-then-rename outputs)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", dir=beside.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    return tmp
+def clean_stale_builds(path: str | os.PathLike) -> list[Path]:
+    """Remove build folders beside ``path`` left by killed runs (their process is gone).
+
+    A run killed between moving the old folder aside and moving the new one in
+    leaves only ``.NAME.old-PID-*/previous``: that folder is moved back, not deleted.
+    Returns the removed or restored folders.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return []
+    touched = []
+    for kind in ("build", "old"):
+        prefix = f".{path.name}.{kind}-"
+        for entry in sorted(parent.iterdir()):
+            if not entry.name.startswith(prefix) or not entry.is_dir():
+                continue
+            pid = _owner_pid(entry.name, prefix)
+            if pid is None or _pid_alive(pid):
+                continue
+            if kind == "old" and not path.exists() and (entry / "previous").is_dir():
+                os.replace(entry / "previous", path)  # the swap was interrupted: put the previous output back
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+            touched.append(entry)
+    return touched
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Build a folder beside ``path`` and move it into place when the block succeeds.
+
+    The build folder is ``.NAME.build-PID-xxxx`` in the same parent (so the
+    final move is a rename). An existing ``path`` is kept until the new
+    folder is complete: it is moved aside, the new one moved in, then the old
+    one deleted. On an exception the build folder is removed and ``path`` is
+    untouched. Build folders of killed runs are cleaned first.
+
+    Whether an existing ``path`` may be replaced (is it ours? did the user ask?)
+    is the caller's decision, made before the long work starts; this only
+    does the moves.
+
+    Args:
+        path: the final folder.
+        replace: replace an existing ``path``; if False and ``path`` exists when
+            the block ends, the new build is discarded and ``FileExistsError``
+            raised (e.g. another process built the same cache folder first).
+
+    Raises:
+        EdgeAnchorError: the parent folder cannot be written.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not path.is_dir():
+        raise EdgeAnchorError(f"{path} is a file, not a folder; choose a folder path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_builds(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.build-{os.getpid()}-", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:
+        raise EdgeAnchorError(f"cannot write to {parent}: {exc.strerror}; choose a writable output folder") from None
+    try:
+        yield tmp
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        if not replace:
+            raise FileExistsError(f"{path} appeared while it was being built")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=parent))
+        os.replace(path, old / "previous")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cache_root() -> Path:
+    """Where caches live: ``$EDGEANCHOR_CACHE``, default ``~/.cache/edgeanchor``."""
+    return Path(os.environ.get("EDGEANCHOR_CACHE", Path.home() / ".cache" / "edgeanchor"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -68,12 +205,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read a JSON file, turning a missing or malformed file into a user error."""
+    """Read a JSON file, turning a missing, unreadable or malformed file into a user error."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise EdgeAnchorError(f"{what} {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise EdgeAnchorError(f"{what} {path} is a folder; give the path of the file") from None
+    except UnicodeDecodeError:
+        raise EdgeAnchorError(f"{what} {path} is not a text file (not UTF-8 JSON); check the path") from None
     except OSError as exc:
         raise EdgeAnchorError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
@@ -82,3 +223,34 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise EdgeAnchorError(
             f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or regenerate it"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    """A plain-text table with right-aligned numbers."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(v.rjust(w) if n and _is_num(v) else v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _is_num(s: str) -> bool:
+    try:
+        float(s.replace(",", ""))
+        return True
+    except ValueError:
+        return False

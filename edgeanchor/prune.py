@@ -44,11 +44,43 @@ def prune(detector: Detector, keep: Iterable[int]) -> Detector:
 
 def keep_from_remove(detector: Detector, remove: Iterable[int]) -> set[int]:
     """The keep set that removes ``remove`` from the detector's anchors."""
-    remove = {int(r) for r in remove}
-    unknown = remove - set(detector.anchor_set.ids)
+    return set(detector.anchor_set.ids) - check_ids(detector, remove)
+
+
+def check_ids(detector: Detector, ids: Iterable[int]) -> set[int]:
+    """``ids`` as a set, checked to be anchor ids of the detector.
+
+    Raises:
+        EdgeAnchorError: an id is not one of the detector's anchors.
+    """
+    ids = {int(i) for i in ids}
+    unknown = ids - set(detector.anchor_set.ids)
     if unknown:
         raise EdgeAnchorError(
             f"anchor ids {sorted(unknown)} are not in the model (it has {detector.anchor_set.ids}); "
             "see 'edgeanchor inspect' for the ids"
         )
-    return set(detector.anchor_set.ids) - remove
+    return ids
+
+
+def parse_anchor_ids(text: str) -> list[int]:
+    """Comma-separated anchor ids, e.g. ``"0,3,5"``.
+
+    Raises:
+        EdgeAnchorError: the text is not a list of non-negative integers.
+    """
+    try:
+        ids = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise EdgeAnchorError(f"cannot read anchor ids {text!r}; write comma-separated integers, e.g. 0,3,5") from None
+    if not ids or any(i < 0 for i in ids):
+        raise EdgeAnchorError(f"cannot read anchor ids {text!r}; write comma-separated integers >= 0, e.g. 0,3,5")
+    return ids
+
+
+def keep_ids_from_file(detector: Detector, path) -> set[int]:
+    """Ids of the detector's anchors that an anchor file keeps (edgeanchor or reference form)."""
+    from .anchors import match_anchor_ids
+    from .models.registry import resolve_anchors
+
+    return match_anchor_ids(detector.anchor_set, resolve_anchors(path, detector.anchor_set), source=str(path))

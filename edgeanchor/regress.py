@@ -10,7 +10,6 @@ channels per level. Then compares each metric with its bound.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .errors import EdgeAnchorError
 from .io import read_json, write_json
@@ -19,23 +18,23 @@ FORMAT = "edgeanchor.regress/1"
 GATED_STAGES = ("backbone", "head", "postprocess", "end_to_end")
 
 
-def measure(export_dir, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
+def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
             progress: bool = True) -> dict:
-    """mAP, latency ratios and head channels of a prune-and-export folder."""
-    from .bench.harness import run_bench
+    """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path)."""
+    from .bench.harness import open_export, run_bench
     from .data.coco import CocoDetection
     from .evaluate.coco_map import coco_map
     from .evaluate.predict import predict
-    from .models import load_checkpoint
 
-    export_dir = Path(export_dir)
-    report = read_json(export_dir / "report.json", "export report")
-    data = data or report["data"]
-    ann = ann or report["report_ann"]
-    det = load_checkpoint(export_dir / "pruned.pt")
+    if iters < 1 or warmup < 0 or threads < 0:
+        raise EdgeAnchorError(f"iters must be >= 1, warmup >= 0 and threads >= 0 (got {iters}, {warmup}, {threads})")
+    folder = open_export(export)
+    data = data or folder.data
+    ann = ann or folder.report_ann
+    det = folder.load_detector("pruned")
     dataset = CocoDetection(data, ann, num_classes=det.num_classes, image_size=det.image_size)
     metrics = coco_map(ann, predict(det, dataset, progress=progress))
-    bench = run_bench(export_dir, threads=threads, iters=iters, warmup=warmup, progress=progress)
+    bench = run_bench(folder, threads=threads, iters=iters, warmup=warmup, progress=progress)
     return {
         "format": FORMAT,
         "mAP": metrics["mAP"],
@@ -43,19 +42,19 @@ def measure(export_dir, *, data=None, ann=None, iters: int = 60, warmup: int = 1
         "ann": str(ann),
         "latency_ratios": {s: bench["ratio_of_medians"][s] for s in GATED_STAGES},
         "absolute_ms": {v: {s: bench["stages"][v][s]["median"] for s in GATED_STAGES} for v in bench["stages"]},
-        "head_channels": read_head_channels(export_dir),
+        "head_channels": read_head_channels(folder),
         "bench_settings": {"runtime": "onnxruntime", "threads": threads, "iters": iters, "warmup": warmup},
         "machine": bench["machine"],
     }
 
 
-def read_head_channels(export_dir) -> list[dict]:
-    """Per active level, (cls, box) output channels read from the exported head.onnx."""
+def read_head_channels(folder) -> list[dict]:
+    """Per active level, (cls, box) output channels read from the pruned head.onnx of an export folder."""
     import onnx
 
     from .export.onnx_export import read_head_channels as from_graph
 
-    model = onnx.load(str(Path(export_dir) / "head.onnx"))
+    model = onnx.load(str(folder.graph_path("pruned", "head")))
     levels = sorted(int(o.name.split("_")[1]) for o in model.graph.output if o.name.startswith("cls_"))
     return from_graph(model, levels)
 
@@ -98,14 +97,32 @@ def markdown(rows: list[dict], measured: dict) -> str:
 
 
 def load_baseline(path) -> dict:
+    """Read and validate a baseline before anything is measured.
+
+    Raises:
+        EdgeAnchorError: not a baseline of this format, or a field of the wrong type.
+    """
     obj = read_json(path, "regression baseline")
-    missing = {"mAP", "latency_ratios", "head_channels"} - set(obj)
-    if obj.get("format") != FORMAT or missing:
+    fix = "write one by measuring with update set"
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise EdgeAnchorError(f"{path} is not an edgeanchor regression baseline ({FORMAT}); {fix}")
+    if not _is_number(obj.get("mAP")):
+        raise EdgeAnchorError(f"{path}: mAP must be a number, got {obj.get('mAP')!r}; {fix}")
+    ratios = obj.get("latency_ratios")
+    if not isinstance(ratios, dict) or any(not _is_number(ratios.get(s)) or ratios[s] <= 0 for s in GATED_STAGES):
         raise EdgeAnchorError(
-            f"{path} is not an edgeanchor regression baseline (missing {sorted(missing) or 'format'}); "
-            "create one with 'edgeanchor regress --update'"
+            f"{path}: latency_ratios must give a positive number for each of {', '.join(GATED_STAGES)}; {fix}"
         )
+    chans = obj.get("head_channels")
+    keys = ("level", "cls_channels", "box_channels")
+    if not isinstance(chans, list) or not all(isinstance(c, dict) and all(isinstance(c.get(k), int) for k in keys)
+                                              for c in chans):
+        raise EdgeAnchorError(f"{path}: head_channels must list {{level, cls_channels, box_channels}} per level; {fix}")
     return obj
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def save_baseline(path, measured: dict, *, map_tol: float, latency_tol: float) -> None:

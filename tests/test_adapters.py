@@ -94,7 +94,7 @@ def test_pruned_detections_equal_masked_candidates(pair):
         got = pruned(images)
         for cands, g in zip(all_cands, got):
             masked = cands.take(torch.isin(ids[cands.box_index], keep_t))
-            expected = select(masked, det.spec, det.level_starts)
+            expected = select(masked, det.postprocess_spec, det.level_starts)
             assert len(g["labels"]) > 0
             assert torch.equal(expected["labels"], g["labels"])
             assert torch.equal(expected["scores"], g["scores"])

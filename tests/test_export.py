@@ -108,7 +108,7 @@ def test_parity_reports_a_broken_graph(exported, tmp_path):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_detections_output_is_static_and_padded(exported, name):
     det, result = exported((name, True))
-    max_det = det.spec.detections_per_img
+    max_det = det.postprocess_spec.detections_per_img
     graph = onnx.load(result["files"]["model"]).graph
     declared = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
     assert declared == {"detections": [1, max_det, 6], "num_detections": [1]}
@@ -122,16 +122,16 @@ def test_detections_output_is_static_and_padded(exported, name):
     assert 0 < n <= max_det
     assert np.all(np.diff(dets[0, :n, 4]) <= 0), "sorted by descending score"
     assert np.all(dets[0, n:] == 0), "zero rows after the detections"
-    assert np.all(dets[0, :n, 4] > det.spec.score_thresh)
+    assert np.all(dets[0, :n, 4] > det.postprocess_spec.score_thresh)
 
 
 def test_no_detections_gives_zero_rows(tmp_path):
     det = build("edgeanchor:demo_ssd")
-    det.spec = dataclasses.replace(det.spec, score_thresh=1.0)  # no probability exceeds 1: no candidates
+    det.postprocess_spec = dataclasses.replace(det.postprocess_spec, score_thresh=1.0)  # no probability exceeds 1: no candidates
     result = export_onnx(det, tmp_path)  # traced with an empty NMS result
     out = run_session(make_session(result["files"]["model"]), {"images": images_for(det.image_size, n=1)})
     assert int(out["num_detections"][0]) == 0
-    assert out["detections"].shape == (1, det.spec.detections_per_img, 6) and not out["detections"].any()
+    assert out["detections"].shape == (1, det.postprocess_spec.detections_per_img, 6) and not out["detections"].any()
 
 
 def test_pruned_head_has_fewer_output_channels_in_the_graph(exported):
@@ -284,7 +284,7 @@ def test_trt_graph_has_the_efficient_nms_plugin(decoded, tmp_path):
     det, _ = decoded
     alone = export_decoded_onnx(det, tmp_path / "decoded.onnx")  # the decoded graph on its own
     assert alone["files"] == {"decoded": str(tmp_path / "decoded.onnx")} and alone["simplified"] == {"decoded": True}
-    info = trt_export.make_trt_graph(tmp_path / "decoded.onnx", tmp_path / "model_trt.onnx", det.spec)
+    info = trt_export.make_trt_graph(tmp_path / "decoded.onnx", tmp_path / "model_trt.onnx", det.postprocess_spec)
     model = onnx.load(info["path"])
     onnx.checker.check_model(model)  # custom domain "TRT" is declared
     plugins = [n for n in model.graph.node if n.op_type == "EfficientNMS_TRT"]
@@ -293,9 +293,9 @@ def test_trt_graph_has_the_efficient_nms_plugin(decoded, tmp_path):
     assert node.domain == "TRT" and list(node.input) == ["boxes_xyxy", "scores"]
     assert list(node.output) == ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    assert attrs["score_threshold"] == pytest.approx(det.spec.score_thresh)
-    assert attrs["iou_threshold"] == pytest.approx(det.spec.nms_thresh)
-    assert attrs["max_output_boxes"] == det.spec.detections_per_img == 100
+    assert attrs["score_threshold"] == pytest.approx(det.postprocess_spec.score_thresh)
+    assert attrs["iou_threshold"] == pytest.approx(det.postprocess_spec.nms_thresh)
+    assert attrs["max_output_boxes"] == det.postprocess_spec.detections_per_img == 100
     assert attrs["background_class"] == 0  # SSD: softmax column 0 is background
     assert attrs["score_activation"] == 0 and attrs["box_coding"] == 0 and attrs["plugin_version"] == b"1"
     outs = {o.name: ([d.dim_value for d in o.type.tensor_type.shape.dim], o.type.tensor_type.elem_type)
@@ -309,7 +309,7 @@ def test_trt_graph_has_the_efficient_nms_plugin(decoded, tmp_path):
 
 
 def test_trt_plugin_attributes_for_retinanet(detectors):
-    attrs = trt_export.plugin_attributes(detectors[("torchvision:retinanet_resnet50_fpn", False)].spec)
+    attrs = trt_export.plugin_attributes(detectors[("torchvision:retinanet_resnet50_fpn", False)].postprocess_spec)
     assert attrs["background_class"] == -1 and attrs["max_output_boxes"] == 300
     assert attrs["score_threshold"] == pytest.approx(0.05) and attrs["iou_threshold"] == pytest.approx(0.5)
 
@@ -317,7 +317,7 @@ def test_trt_plugin_attributes_for_retinanet(detectors):
 def test_trt_graph_needs_the_decoded_graph(exported, tmp_path):
     det, result = exported(("edgeanchor:demo_ssd", True))
     with pytest.raises(EdgeAnchorError, match="decoded=True"):
-        trt_export.make_trt_graph(result["files"]["model"], tmp_path / "x.onnx", det.spec)
+        trt_export.make_trt_graph(result["files"]["model"], tmp_path / "x.onnx", det.postprocess_spec)
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -375,7 +375,7 @@ def trt_graph(decoded, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("TensorRT engine builds need a CUDA GPU")
     det, result = decoded
-    return det, trt_export.make_trt_graph(result["files"]["decoded"], tmp_path / "model_trt.onnx", det.spec)["path"]
+    return det, trt_export.make_trt_graph(result["files"]["decoded"], tmp_path / "model_trt.onnx", det.postprocess_spec)["path"]
 
 
 @pytest.mark.gpu

@@ -80,7 +80,7 @@ def test_detections_output_is_fixed_shape(demo_export):
     model = onnx.load(str(demo_export / "model.onnx"))
     det = next(o for o in model.graph.output if o.name == "detections")
     dims = [d.dim_value for d in det.type.tensor_type.shape.dim]
-    assert dims == [1, load_checkpoint(demo_export / "pruned.pt").spec.detections_per_img, 6]
+    assert dims == [1, load_checkpoint(demo_export / "pruned.pt").postprocess_spec.detections_per_img, 6]
     assert [i.name for i in model.graph.input] == ["images"]
 
 
@@ -95,7 +95,7 @@ def test_rerun_reuses_the_search_and_refuses_existing_folder(split, demo_export,
 def test_bench_runs_on_the_export(demo_export, capsys, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", str(demo_export), "--iters", "4", "--warmup", "1", "--threads", "1",
-                 "--json", str(out)]) == 0
+                 "--json-out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "pruned/baseline" in text and "boxes entering NMS" in text
     result = json.loads(out.read_text())
@@ -162,7 +162,7 @@ def test_bad_input(split, tmp_path, capsys, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated failure during export")
 
-    monkeypatch.setattr(pipeline, "_export_and_check", boom)
+    monkeypatch.setattr(pipeline, "export_pair", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         main(demo_args(split, tmp_path / "b"))
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
@@ -178,7 +178,7 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
     summary = tmp_path / "summary.md"
     verdict = tmp_path / "verdict.json"
     assert main(["regress", "--baseline", str(base), *common, "--latency-tol", "100",
-                 "--summary", str(summary), "--json", str(verdict)]) == 0
+                 "--summary", str(summary), "--json-out", str(verdict)]) == 0
     assert "regress: passed" in capsys.readouterr().out
     assert json.loads(verdict.read_text())["passed"] is True
     assert "| mAP |" in summary.read_text()

@@ -57,7 +57,7 @@ def test_cache_keeps_only_candidates_above_threshold(demo, scorer):
     sc, data = scorer
     cache = sc.cache
     assert cache.num_images == len(data)
-    assert (cache.scores > demo.spec.score_thresh).all()
+    assert (cache.scores > demo.postprocess_spec.score_thresh).all()
     assert cache.num_candidates < 0.05 * cache.num_images * demo.anchor_set.num_boxes * (demo.num_classes - 1)
     # every candidate's anchor id is the anchor of its box
     assert np.array_equal(cache.anchor_id, demo.box_anchor_ids().numpy()[cache.box_index])
@@ -266,5 +266,5 @@ def test_greedy_on_shared_head_is_refused(split, tmp_path):
     images, anns = split
     det = wrap("torchvision:retinanet_resnet50_fpn", ARCHS["torchvision:retinanet_resnet50_fpn"].builder(6, (128, 128)),
                image_size=(128, 128))
-    with pytest.raises(EdgeAnchorError, match="--method shared"):
+    with pytest.raises(EdgeAnchorError, match="only method 'shared'"):
         run_search(det, images, anns["val"], tmp_path / "r", _spec(method="greedy"), progress=False)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import EdgeAnchorError
+from ..export.folder import ExportFolder
+from ..io import format_table
 from .runtimes import STAGES, machine_info, make_runner
 
 VARIANTS = ("baseline", "pruned")
@@ -28,62 +30,50 @@ def stats_ms(samples_ns: list[int]) -> dict:
             "min": float(a.min()), "mean": float(a.mean()), "n": int(a.size)}
 
 
-def export_paths(export_dir) -> dict[str, tuple[Path, Path]]:
-    """(graph folder, checkpoint) of each variant of an export folder."""
-    export_dir = Path(export_dir)
-    paths = {"pruned": (export_dir, export_dir / "pruned.pt"),
-             "baseline": (export_dir / "baseline", export_dir / "baseline" / "baseline.pt")}
-    for name, (folder, ckpt) in paths.items():
-        if not (folder / "model.onnx").is_file() or not ckpt.is_file():
-            raise EdgeAnchorError(
-                f"{export_dir} is not a prune-and-export folder (missing {name} graphs or checkpoint); "
-                "run 'edgeanchor prune-and-export' first"
-            )
-    return paths
+def open_export(export) -> ExportFolder:
+    """An :class:`ExportFolder`, from itself or a path."""
+    return export if isinstance(export, ExportFolder) else ExportFolder.open(export)
 
 
-def load_images(export_dir, image_dir=None, limit: int = 64) -> tuple[list[np.ndarray], str]:
+def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[list[np.ndarray], str]:
     """Real images resized to the model input: from ``image_dir``, else the export's report split."""
-    import json
-
     from ..data.coco import load_image
+    from ..io import read_json
 
-    report = json.loads((Path(export_dir) / "report.json").read_text())
-    h, w = report["image_size"]
+    h, w = folder.image_size
     if image_dir:
         files = sorted(p for p in Path(image_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not files:
-            raise EdgeAnchorError(f"no .jpg or .png images under {image_dir}; point --images at an image folder")
+            raise EdgeAnchorError(f"no .jpg or .png images under {image_dir}; give a folder of images")
         source = str(image_dir)
     else:
-        ann = json.loads(Path(report["report_ann"]).read_text())
-        files = [Path(report["data"]) / im["file_name"] for im in ann["images"]]
-        source = report["report_ann"]
+        ann = read_json(folder.report_ann, "report annotations of the export")
+        if not isinstance(ann, dict) or not isinstance(ann.get("images"), list) or not ann["images"]:
+            raise EdgeAnchorError(f"{folder.report_ann} lists no images; give a folder of images to time on")
+        files = [Path(folder.data) / im["file_name"] for im in ann["images"]]
+        source = folder.report_ann
     images = [load_image(f, (h, w))[0][None].numpy() for f in files[:limit]]  # (1, 3, H, W) float32
     return images, source
 
 
-def count_nms_inputs(checkpoint, images: list[np.ndarray]) -> list[int]:
-    """Boxes entering NMS (after threshold and top-k) per image, from the checkpoint."""
-    from ..models import load_checkpoint
+def count_nms_inputs(det, images: list[np.ndarray]) -> list[int]:
+    """Boxes entering NMS (after threshold and top-k) per image."""
     from ..postprocess import topk_indices
 
-    det = load_checkpoint(checkpoint).eval()
     counts = []
     with torch.no_grad():
         for image in images:
             cands = det.image_candidates(det.head(det.backbone(torch.from_numpy(image))))[0]
-            counts.append(int(topk_indices(cands, det.spec, det.level_starts).numel()))
+            counts.append(int(topk_indices(cands, det.postprocess_spec, det.level_starts).numel()))
     return counts
 
 
-def run_bench(export_dir, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
+def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
               image_dir=None, opt_level: str = "all", progress: bool = True) -> dict:
-    """Time both variants of an export; returns the JSON-ready result."""
-    paths = export_paths(export_dir)
-    images, source = load_images(export_dir, image_dir)
-    runners = {v: make_runner(runtime, paths[v][0], paths[v][1], threads=threads, opt_level=opt_level)
-               for v in VARIANTS}
+    """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result."""
+    folder = open_export(export)
+    images, source = load_images(folder, image_dir)
+    runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level) for v in VARIANTS}
     samples = {v: {s: [] for s in STAGES} for v in VARIANTS}
     from tqdm import tqdm
 
@@ -95,7 +85,7 @@ def run_bench(export_dir, *, runtime: str = "onnxruntime", threads: int = 0, war
             if i >= warmup:
                 for s in STAGES:
                     samples[v][s].append(times[s])
-    result = {"export_dir": str(export_dir), "runtime": runtime, "settings": runners["pruned"].settings,
+    result = {"export_dir": str(folder.root), "runtime": runtime, "settings": runners["pruned"].settings,
               "machine": machine_info(), "warmup": warmup, "iters": iters, "images": source,
               "num_images": len(images), "stages": {}, "ratio_of_medians": {}}
     for v in VARIANTS:
@@ -103,7 +93,7 @@ def run_bench(export_dir, *, runtime: str = "onnxruntime", threads: int = 0, war
     for s in STAGES:
         result["ratio_of_medians"][s] = result["stages"]["pruned"][s]["median"] / \
             result["stages"]["baseline"][s]["median"]
-    nms = {v: count_nms_inputs(paths[v][1], images) for v in VARIANTS}
+    nms = {v: count_nms_inputs(folder.load_detector(v), images) for v in VARIANTS}
     result["nms_input_boxes"] = {v: {"per_image": c, "median": float(np.median(c)), "mean": float(np.mean(c))}
                                  for v, c in nms.items()}
     return result
@@ -111,8 +101,6 @@ def run_bench(export_dir, *, runtime: str = "onnxruntime", threads: int = 0, war
 
 def format_result(result: dict) -> str:
     """The readable table."""
-    from ..cli.common import format_table
-
     rows = []
     for s in STAGES:
         b, p = result["stages"]["baseline"][s], result["stages"]["pruned"][s]

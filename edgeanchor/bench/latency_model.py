@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import EdgeAnchorError
 from ..io import read_json, write_json
 
 
@@ -67,7 +68,9 @@ class LatencyModel:
     @classmethod
     def load(cls, path) -> "LatencyModel":
         obj = read_json(path, "latency model")
-        obj.pop("format", None)
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(obj, dict) or obj.pop("format", None) != "edgeanchor.latency_model/1" or set(obj) != fields:
+            raise EdgeAnchorError(f"{path} is not an edgeanchor latency model; calibrate one with cost latency")
         obj["anchor_nms_boxes"] = {int(k): v for k, v in obj["anchor_nms_boxes"].items()}
         obj["anchor_boxes"] = {int(k): v for k, v in obj["anchor_boxes"].items()}
         obj["level_of"] = {int(k): v for k, v in obj["level_of"].items()}
@@ -138,7 +141,7 @@ def _postprocess_samples(det, images, folder: Path, threads: int, iters: int):
         head = det.head(det.backbone(image[None]))
         feeds = {n: t.numpy() for n, t in zip(in_names, [t for pair in head for t in pair])}
         cands = det.image_candidates(head)[0]
-        entered = cands.box_index[topk_indices(cands, det.spec, det.level_starts)]
+        entered = cands.box_index[topk_indices(cands, det.postprocess_spec, det.level_starts)]
         t = time_session(post, feeds, max(5, iters // 3), warmup=1)
         yield float(det.anchor_set.num_boxes), float(entered.numel()), t, box_anchor[entered].tolist()
 

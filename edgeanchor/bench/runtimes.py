@@ -26,17 +26,17 @@ def _now() -> int:
 
 
 class OrtRunner:
-    """ONNX Runtime sessions of the four exported graphs, with explicit, recorded options."""
+    """ONNX Runtime sessions of the four stage graphs, with explicit, recorded options."""
 
-    def __init__(self, export_dir, *, threads: int = 0, opt_level: str = "all"):
+    def __init__(self, graphs: dict[str, Path], *, threads: int = 0, opt_level: str = "all"):
+        """``graphs``: stage -> ONNX file, for the stages in ``STAGES``."""
         import onnxruntime as ort
 
         from ..export.parity import make_session
 
-        self.dir = Path(export_dir)
         self.sessions = {}
-        for stage, graph in zip(STAGES, ("backbone", "head", "postprocess", "model")):
-            self.sessions[stage] = make_session(self.dir / f"{graph}.onnx", intra_op_num_threads=threads,
+        for stage in STAGES:
+            self.sessions[stage] = make_session(graphs[stage], intra_op_num_threads=threads,
                                                 inter_op_num_threads=1, graph_optimization_level=opt_level)
         self.settings = {
             "runtime": "onnxruntime", "version": ort.__version__,
@@ -65,12 +65,10 @@ class OrtRunner:
 class TorchRunner:
     """Eager PyTorch stages of a checkpoint."""
 
-    def __init__(self, checkpoint, *, threads: int = 0):
-        from ..models import load_checkpoint
-
+    def __init__(self, det, *, threads: int = 0):
         if threads:
             torch.set_num_threads(threads)
-        self.det = load_checkpoint(checkpoint).eval()
+        self.det = det.eval()
         self.settings = {"runtime": "torch", "version": torch.__version__, "mode": "eager, no_grad",
                          "intra_op_num_threads": torch.get_num_threads()}
 
@@ -89,16 +87,16 @@ class TorchRunner:
         return {"backbone": t1 - t0, "head": t2 - t1, "postprocess": t3 - t2, "end_to_end": t4 - t3}
 
 
-def make_runner(runtime: str, export_dir, checkpoint, *, threads: int, opt_level: str = "all"):
-    """The runner for ``runtime`` over one export variant."""
+def make_runner(runtime: str, folder, variant: str, *, threads: int, opt_level: str = "all"):
+    """The runner for ``runtime`` over one variant of an :class:`~edgeanchor.export.folder.ExportFolder`."""
     if runtime == "onnxruntime":
-        return OrtRunner(export_dir, threads=threads, opt_level=opt_level)
+        return OrtRunner(folder.graphs_for_runtime(runtime, variant), threads=threads, opt_level=opt_level)
     if runtime == "torch":
-        return TorchRunner(checkpoint, threads=threads)
+        return TorchRunner(folder.load_detector(variant), threads=threads)
     if runtime == "tensorrt":
         from .tensorrt_runner import TrtRunner
 
-        return TrtRunner(export_dir)
+        return TrtRunner(folder.graphs_for_runtime(runtime, variant))
     raise EdgeAnchorError(f"unknown runtime {runtime!r}; choose onnxruntime, torch or tensorrt")
 
 

@@ -13,26 +13,26 @@ import numpy as np
 
 from ..export.tensorrt import build_engine, require_tensorrt
 
-GRAPHS = {"backbone": "backbone", "head": "head", "postprocess": "postprocess", "end_to_end": "model"}
-
 
 class TrtRunner:
     """Engines of the four stage graphs, run with device buffers owned by torch."""
 
-    def __init__(self, export_dir, *, precision: str = "fp32"):
+    def __init__(self, graphs: dict[str, Path], *, precision: str = "fp32"):
+        """``graphs``: stage -> ONNX file; each engine is cached beside its graph."""
         self.trt = require_tensorrt()
         import torch
 
         self.torch = torch
-        self.dir = Path(export_dir)
         self.stream = torch.cuda.Stream()
         self.engines, self.contexts = {}, {}
         runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        for stage, graph in GRAPHS.items():
-            engine_path = self.dir / f"{graph}_{precision}.engine"
+        for stage, onnx_path in graphs.items():
+            onnx_path = Path(onnx_path)
+            engine_path = onnx_path.with_name(f"{onnx_path.stem}_{precision}.engine")
             if not engine_path.is_file():
-                build_engine(self.dir / f"{graph}.onnx", engine_path, precision=precision,
-                             timing_cache=self.dir / "timing.cache", log_path=self.dir / f"{graph}_trt_build.log")
+                build_engine(onnx_path, engine_path, precision=precision,
+                             timing_cache=onnx_path.with_name("timing.cache"),
+                             log_path=onnx_path.with_name(f"{onnx_path.stem}_trt_build.log"))
             engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
             self.engines[stage] = engine
             self.contexts[stage] = engine.create_execution_context()

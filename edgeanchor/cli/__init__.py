@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
-from ..errors import EdgeAnchorError
+from ..errors import CheckFailed, EdgeAnchorError
 
 # subcommand name -> module (relative to this package)
 SUBCOMMANDS = {
@@ -60,18 +61,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Core errors name parameters as the Python API spells them; on the command line they are flags.
+_PARAM_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "min_map", "max_drop", "target_head_macs", "finetune_epochs", "finetune_lr", "train_ann", "report_ann",
+    "parity_images", "latency_model", "image_size", "num_classes", "max_evals", "max_per_level", "batch_size",
+    "keep_anchors", "opset")}
+_PHRASES = {"use device cpu": "use --device cpu", "device cuda": "--device cuda",
+            "lower lr": "lower --lr", "method 'shared'": "'--method shared'", "choose shared": "pass --method shared",
+            "give train_ann": "pass --train-ann", "choose a writable output folder": "choose a writable --out",
+            "choose another output folder":
+            "choose another --out", "choose another search folder": "choose another --out",
+            "leave num_classes unset": "drop --num-classes", "give it as weights": "pass it as --weights",
+            "with update set": "with 'edgeanchor regress --update'", "check the weights path": "check --weights",
+            "give the matching image_size": "pass the matching --image-size", "use num_classes": "use --num-classes",
+            "set overwrite": "pass --overwrite"}
+_PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
+
+
+def flag_wording(message: str) -> str:
+    """A core error message in the CLI's terms: parameter names become flags."""
+    for phrase, flag in _PHRASES.items():
+        message = message.replace(phrase, flag)
+    return _PARAM_RE.sub(lambda m: _PARAM_FLAGS[m.group(1)], message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (2 for user errors)."""
+    """Run the CLI; returns the exit code (2 for user errors, 1 for failed checks)."""
+    from ..io import configure_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    configure_logging()
     try:
         return int(args._run(args) or 0)
     except EdgeAnchorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {flag_wording(str(exc))}", file=sys.stderr)
         return 2
+    except CheckFailed as exc:
+        print(f"error: {flag_wording(str(exc))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,21 +1,22 @@
 """Time backbone, head, postprocess (decode + NMS) and end to end, baseline against pruned.
 
   edgeanchor bench exports/demo                       (onnxruntime on this CPU)
-  edgeanchor bench exports/demo --runtime torch --threads 2 --iters 200 --json bench.json
+  edgeanchor bench exports/demo --runtime torch --threads 2 --iters 200 --json-out bench.json
 
 Both variants of a prune-and-export folder are timed in the same run,
 interleaved, on real images (by default the export's report split), so the
 NMS sees the candidates the model really produces. Reports median, p90, p99,
 min and n per stage, the pruned/baseline ratio of medians, the boxes entering
 NMS per image, and the runtime and machine settings; writes a JSON file and a
-PNG plot of the per-stage medians.
+PNG plot of the per-stage medians (--json prints the result JSON on stdout
+instead of the table).
 """
 
 from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("export_dir", nargs="?", default="exports/demo", help="a prune-and-export folder")
+    parser.add_argument("export_dir", nargs="?", default=None, help="a prune-and-export folder (default: exports/demo)")
     parser.add_argument("--runtime", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the runtime's default)")
     parser.add_argument("--opt-level", choices=["disable", "basic", "extended", "all"], default="all",
@@ -23,7 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--images", default=None, help="image folder (default: the export's report split)")
-    parser.add_argument("--json", dest="json_out", default=None, help="write the result JSON here "
+    parser.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of the table")
+    parser.add_argument("--json-out", default=None, help="write the result JSON here "
                         "(default: EXPORT_DIR/bench_<runtime>.json)")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: beside the JSON)")
 
@@ -33,22 +35,28 @@ def run(args) -> int:
 
     from ..bench.harness import format_result, plot_result, run_bench
     from ..errors import EdgeAnchorError
-    from ..io import write_json
+    from ..export.folder import ExportFolder, default_export_dir
+    from ..io import log, write_json
+    from .common import print_json
 
-    if args.iters < 1 or args.warmup < 0:
-        raise EdgeAnchorError("--iters must be >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.threads < 0:
+        raise EdgeAnchorError(f"--iters must be >= 1, --warmup >= 0 and --threads >= 0 "
+                              f"(got {args.iters}, {args.warmup}, {args.threads})")
     if args.runtime == "tensorrt":
         from ..export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    if not Path(args.export_dir).is_dir():
-        raise EdgeAnchorError(f"export folder {args.export_dir} does not exist; run 'edgeanchor prune-and-export' first")
-    result = run_bench(args.export_dir, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
+    folder = ExportFolder.open(args.export_dir or default_export_dir())
+    result = run_bench(folder, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
                        iters=args.iters, image_dir=args.images, opt_level=args.opt_level)
-    json_path = Path(args.json_out or Path(args.export_dir) / f"bench_{args.runtime}.json")
+    json_path = Path(args.json_out) if args.json_out else folder.bench_path(args.runtime)
     plot_path = Path(args.plot or json_path.with_suffix(".png"))
     write_json(json_path, result)
     plot_result(result, plot_path)
+    if args.json:
+        print_json(result)
+        log(f"wrote {json_path} and {plot_path}")
+        return 0
     print(format_result(result))
     print(f"wrote {json_path} and {plot_path}")
     return 0

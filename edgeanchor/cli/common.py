@@ -56,33 +56,6 @@ def data_or_demo(args, split: str) -> tuple[str, str, bool]:
 
 
 def print_json(obj) -> None:
+    """The result as JSON on stdout (``--json``); nothing else goes to stdout then."""
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    """A plain-text table with right-aligned numbers."""
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(v.rjust(w) if n and _is_num(v) else v.ljust(w) for v, w in zip(row, widths)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-    if isinstance(v, int) and abs(v) >= 10000:
-        return f"{v:,}"
-    return str(v)
-
-
-def _is_num(s: str) -> bool:
-    try:
-        float(s.replace(",", ""))
-        return True
-    except ValueError:
-        return False

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
-from ..io import make_temp_dir
+from ..io import atomic_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,17 +69,6 @@ def _is_synth_output(out: Path) -> bool:
     return isinstance(info, dict) and info.get("generator") == "edgeanchor.data.synth"
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out``; an old ``out`` is moved aside first and deleted after."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _run_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -94,22 +81,13 @@ def _run_synth(args: argparse.Namespace) -> int:
             f"--workers {args.workers}: need num-images >= 1, seed >= 0, image-size >= 64, workers >= 1"
         )
     _check_out(out, args.overwrite)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(out)
-    except OSError as exc:
-        raise EdgeAnchorError(f"cannot write to {out.parent}: {exc.strerror}; choose a writable --out") from None
     start = time.perf_counter()
-    try:
+    with atomic_dir(out, replace=out.exists()) as tmp:
         with tqdm(total=args.num_images, desc="synth", unit="img", file=sys.stderr, leave=False) as bar:
             result = synth.generate(
                 tmp, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
                 workers=args.workers, progress=bar.update,
             )
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - start
     result = _relocate(result, tmp, out)
     result["seconds"] = round(seconds, 2)

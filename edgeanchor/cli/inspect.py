@@ -7,7 +7,8 @@ Examples:
 
 from __future__ import annotations
 
-from .common import add_model_arguments, build_from_args, format_table, print_json
+from ..io import format_table
+from .common import add_model_arguments, build_from_args, print_json
 
 
 def add_arguments(parser) -> None:

@@ -22,39 +22,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
-def parse_ids(text: str) -> list[int]:
-    from ..errors import EdgeAnchorError
-
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise EdgeAnchorError(f"cannot read anchor ids {text!r}; write comma-separated integers, e.g. 0,3,5") from None
-
-
-def keep_ids_from_file(det, path) -> set[int]:
-    """Ids of the model's anchors that an anchor file keeps (matched by level and shape)."""
-    from ..errors import EdgeAnchorError
-    from ..models.registry import resolve_anchors
-
-    wanted = resolve_anchors(path, det.anchor_set)
-    keep = set()
-    for i, (mine, theirs) in enumerate(zip(det.anchor_set.levels, wanted.levels)):
-        for a in theirs.anchors:
-            match = [b for b in mine.anchors if abs(b.w - a.w) <= max(1.0, 0.01 * b.w) and abs(b.h - a.h) <= max(1.0, 0.01 * b.h)]
-            if not match:
-                raise EdgeAnchorError(
-                    f"anchor {a.w:.1f}x{a.h:.1f} px on level {i} of {path} is not one of the model's anchors; "
-                    "an anchor file for prune must be a subset of the model's anchors"
-                )
-            keep.add(min(match, key=lambda b: abs(b.w - a.w) + abs(b.h - a.h)).id)
-    return keep
-
-
 def run(args) -> int:
     from ..cost import measure_cost
     from ..io import write_json
     from ..models import build_detector, save_checkpoint
-    from ..prune import keep_from_remove, prune
+    from ..prune import check_ids, keep_from_remove, keep_ids_from_file, parse_anchor_ids, prune
     from .common import print_json
 
     det = build_detector(args.model, num_classes=args.num_classes, weights=args.weights,
@@ -62,9 +34,9 @@ def run(args) -> int:
     if args.anchors:
         keep = keep_ids_from_file(det, args.anchors)
     elif args.keep is not None:
-        keep = set(parse_ids(args.keep))
+        keep = check_ids(det, parse_anchor_ids(args.keep))
     else:
-        keep = keep_from_remove(det, parse_ids(args.remove))
+        keep = keep_from_remove(det, parse_anchor_ids(args.remove))
     pruned = prune(det, keep)
     before, after = measure_cost(det), measure_cost(pruned)
     save_checkpoint(pruned, args.out, meta={"pruned_from": args.model, "kept_ids": sorted(pruned.anchor_set.ids)})

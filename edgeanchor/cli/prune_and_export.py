@@ -40,49 +40,71 @@ def add_arguments(parser) -> None:
     add_search_arguments(parser)
 
 
-def _keep_anchors_flag(args):
+def _normalise_keep_flag(args) -> None:
     # '--anchors' belongs to the shared model flags (it replaces a model's anchors);
     # for this command a keep file given as --anchors means "keep these", as in the issue's usage.
     if args.keep_anchors and args.anchors:
         from ..errors import EdgeAnchorError
 
         raise EdgeAnchorError("give the anchors to keep once, with --anchors KEEP.json")
-    keep, args.anchors = args.keep_anchors or args.anchors, None
-    return keep
+    args.keep_anchors, args.anchors = args.keep_anchors or args.anchors, None
 
 
-def resolve_data(args):
-    """(data, ann, report_ann, train_ann) from flags, defaulting to the demo's synthetic splits."""
+def resolve_data(args, *, generate: bool = True):
+    """(data, ann, report_ann, train_ann) from flags, defaulting to the demo's synthetic splits.
+
+    With ``generate=False`` the demo's paths are placeholders (nothing is generated): for checks
+    that must run before any long work.
+    """
     from ..data.demo_data import demo_split
     from .common import data_or_demo
 
+    if not generate and not args.data and not args.ann:
+        return "<demo>", "<demo val>", args.report_ann or "<demo test>", args.train_ann or "<demo train>"
     data, ann, demo = data_or_demo(args, "val")
     if not demo:
         return data, ann, args.report_ann or ann, args.train_ann
     return data, ann, args.report_ann or demo_split("test")[1], args.train_ann or demo_split("train")[1]
 
 
-def run(args) -> int:
-    from pathlib import Path
+def pipeline_spec_from_args(args, *, generate: bool = True):
+    """The pipeline settings every flag of this command describes (the model flags build the detector)."""
+    from ..pipeline import PipelineSpec
+    from .search import search_spec_from_args
 
-    from ..pipeline import PipelineSpec, run_pipeline
-    from .common import build_from_args, print_json
-    from .search import spec_from_args
-
-    keep = _keep_anchors_flag(args)
-    if args.tensorrt:
-        from ..export.tensorrt import require_tensorrt
-
-        require_tensorrt()
-    det = build_from_args(args)
-    data, ann, report_ann, train_ann = resolve_data(args)
-    name = Path(args.model).stem if args.model.endswith(".pt") else args.model.split(":")[-1]
-    out = args.out or str(Path("exports") / name)
-    spec = PipelineSpec(data=data, ann=ann, report_ann=report_ann, train_ann=train_ann, anchors=keep,
+    _normalise_keep_flag(args)
+    data, ann, report_ann, train_ann = resolve_data(args, generate=generate)
+    return PipelineSpec(data=data, ann=ann, report_ann=report_ann, train_ann=train_ann, anchors=args.keep_anchors,
                         target_head_macs=args.target_head_macs, finetune_epochs=args.finetune_epochs,
                         finetune_lr=args.finetune_lr, opset=args.opset, tensorrt=args.tensorrt,
-                        parity_images=args.parity_images, search=spec_from_args(args, det), model_name=args.model)
-    report = run_pipeline(det, spec, out, overwrite=args.overwrite)
+                        parity_images=args.parity_images, search=search_spec_from_args(args), cache=args.cache,
+                        latency_model=args.latency_model, model_name=args.model)
+
+
+def default_out(model: str) -> str:
+    """exports/<model name>: the checkpoint's stem, or the name after the family prefix."""
+    from pathlib import Path
+
+    from ..export.folder import default_export_dir
+
+    return str(default_export_dir(Path(model).stem if model.endswith(".pt") else model.split(":")[-1]))
+
+
+def run(args) -> int:
+    from ..export.folder import check_output
+    from ..pipeline import check_pipeline_spec, run_pipeline
+    from ..search.run import resolve_method
+    from .common import build_from_args, print_json
+
+    # Every check that needs no data runs before the data is generated or read.
+    check_pipeline_spec(pipeline_spec_from_args(args, generate=False))
+    out = args.out or default_out(args.model)
+    check_output(out, overwrite=args.overwrite)
+    det = build_from_args(args)
+    if not args.keep_anchors:
+        resolve_method(args.method, det)
+    pipeline = pipeline_spec_from_args(args)
+    report = run_pipeline(det, pipeline, out, overwrite=args.overwrite)
     if args.json:
         print_json(report)
         return 0
@@ -95,7 +117,7 @@ def run(args) -> int:
 
 
 def summary_table(report: dict) -> str:
-    from .common import format_table
+    from ..io import format_table
 
     base, pr, maps = report["cost"]["baseline"], report["cost"]["pruned"], report["mAP"]
     rows = [["mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]

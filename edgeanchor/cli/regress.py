@@ -8,8 +8,9 @@ Exit codes: 0 all metrics within bounds (or --update written); 1 a regression
 (mAP dropped more than --map-tol, a pruned/unpruned latency ratio rose more
 than --latency-tol relative, or the exported head's channel counts changed),
 with a table naming each metric, its value, its bound and the result;
-2 a usage or input error. Writes JSON (--json) and a Markdown summary
-(--summary, and $GITHUB_STEP_SUMMARY when set).
+2 a usage or input error (found before anything is measured). Prints the
+verdict as JSON with --json, writes it to a file with --json-out, and writes
+a Markdown summary (--summary, and $GITHUB_STEP_SUMMARY when set).
 """
 
 from __future__ import annotations
@@ -31,21 +32,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--update", action="store_true", help="rewrite the baseline from this measurement")
-    parser.add_argument("--json", dest="json_out", default=None, help="write the measurement and verdict here")
+    parser.add_argument("--json", action="store_true", help="print the measurement and verdict as JSON")
+    parser.add_argument("--json-out", default=None, help="also write the measurement and verdict to this file")
     parser.add_argument("--summary", default=None, help="write the Markdown summary here")
 
 
 def _export_model(args, tmp):
-    """Export --model and its reference into a prune-and-export style folder."""
+    """Export --model and its reference into an export folder under ``tmp``."""
     from pathlib import Path
 
     from ..errors import EdgeAnchorError
     from ..models import build_detector, load_checkpoint
     from ..models.registry import checkpoint_meta
-    from ..pipeline import PipelineSpec, _export_and_check
-    from ..data.coco import CocoDetection
-    from ..io import write_json
-    from ..models import save_checkpoint
+    from ..pipeline import write_export
 
     if not (args.data and args.ann):
         raise EdgeAnchorError("--model needs --data and --ann to evaluate on")
@@ -53,39 +52,37 @@ def _export_model(args, tmp):
     reference = args.reference or checkpoint_meta(args.model).get("pruned_from")
     if not reference:
         raise EdgeAnchorError(f"{args.model} does not record the model it was pruned from; pass --reference")
-    ref = build_detector(reference)
-    folder = Path(tmp) / "export"
-    (folder / "baseline").mkdir(parents=True)
-    save_checkpoint(pruned, folder / "pruned.pt")
-    save_checkpoint(ref, folder / "baseline" / "baseline.pt")
-    spec = PipelineSpec(data=args.data, ann=args.ann, report_ann=args.ann)
-    report_set = CocoDetection(args.data, args.ann, num_classes=pruned.num_classes, image_size=pruned.image_size)
-    _export_and_check(ref, pruned, spec, report_set, folder, lambda m: None)
-    write_json(folder / "report.json", {"data": args.data, "report_ann": args.ann,
-                                        "image_size": list(pruned.image_size)})
-    return folder
+    return write_export(build_detector(reference), pruned, Path(tmp) / "export", data=args.data,
+                        report_ann=args.ann, model_name=str(reference))
+
+
+def _check_args(args) -> None:
+    from ..errors import EdgeAnchorError
+
+    if args.iters < 1 or args.warmup < 0 or args.threads < 0:
+        raise EdgeAnchorError(f"--iters must be >= 1, --warmup >= 0 and --threads >= 0 "
+                              f"(got {args.iters}, {args.warmup}, {args.threads})")
+    if not (args.map_tol >= 0 and args.latency_tol >= 0):
+        raise EdgeAnchorError(f"--map-tol and --latency-tol must be >= 0 (got {args.map_tol}, {args.latency_tol})")
 
 
 def run(args) -> int:
     import os
     import tempfile
-    from pathlib import Path
 
     from .. import regress
-    from ..errors import EdgeAnchorError
-    from ..io import write_json, write_text
-    from .common import format_table
+    from ..export.folder import ExportFolder, default_export_dir
+    from ..io import format_table, write_json, write_text
+    from .common import print_json
 
+    _check_args(args)
     baseline = None if args.update else regress.load_baseline(args.baseline)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
-            export_dir = _export_model(args, tmp)
+            folder = _export_model(args, tmp)
         else:
-            export_dir = Path(args.export or "exports/demo")
-            if not (export_dir / "report.json").is_file():
-                raise EdgeAnchorError(f"{export_dir} is not a prune-and-export folder; run 'edgeanchor "
-                                      "prune-and-export' first or pass --export")
-        measured = regress.measure(export_dir, data=args.data, ann=args.ann, iters=args.iters, warmup=args.warmup,
+            folder = ExportFolder.open(args.export or default_export_dir())
+        measured = regress.measure(folder, data=args.data, ann=args.ann, iters=args.iters, warmup=args.warmup,
                                    threads=args.threads)
     if args.update:
         regress.save_baseline(args.baseline, measured, map_tol=args.map_tol, latency_tol=args.latency_tol)
@@ -95,14 +92,18 @@ def run(args) -> int:
     rows = regress.compare(measured, baseline, map_tol=args.map_tol, latency_tol=args.latency_tol)
     passed = all(r["passed"] for r in rows)
     md = regress.markdown(rows, measured)
+    verdict = {"passed": passed, "rows": rows, "measured": measured,
+               "tolerances": {"map_tol": args.map_tol, "latency_tol": args.latency_tol}}
     if args.json_out:
-        write_json(args.json_out, {"passed": passed, "rows": rows, "measured": measured,
-                                   "tolerances": {"map_tol": args.map_tol, "latency_tol": args.latency_tol}})
+        write_json(args.json_out, verdict)
     if args.summary:
         write_text(args.summary, md)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as fh:
             fh.write(md + "\n")
+    if args.json:
+        print_json(verdict)
+        return 0 if passed else 1
     table = [[r["metric"], r["value"] if not isinstance(r["value"], float) else round(r["value"], 4),
               r["baseline"] if not isinstance(r["baseline"], float) else round(r["baseline"], 4), r["bound"],
               "pass" if r["passed"] else "FAIL"] for r in rows]

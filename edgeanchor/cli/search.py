@@ -46,12 +46,12 @@ def add_search_arguments(parser) -> None:
                    help="latency model JSON for --cost latency (default: calibrate one now on this machine)")
 
 
-def spec_from_args(args, det):
+def search_spec_from_args(args):
+    """The search settings the flags describe (the method is resolved for the model by the search)."""
     from ..search.run import SearchSpec
 
-    method = args.method or ("shared" if det.shared_head else "greedy")
     max_drop = args.max_drop if args.max_drop is not None else (None if args.min_map is not None else 0.005)
-    return SearchSpec(method=method, cost=args.cost, min_map=args.min_map, max_drop=max_drop, tol=args.tol,
+    return SearchSpec(method=args.method, cost=args.cost, min_map=args.min_map, max_drop=max_drop, tol=args.tol,
                       max_per_level=args.max_per_level, max_evals=args.max_evals, workers=args.workers,
                       backend=args.backend)
 
@@ -65,31 +65,17 @@ def resolve_data(args):
     return data, ann, args.report_ann or (demo_split("test")[1] if demo else None)
 
 
-def load_latency_model(path):
-    if not path:
-        return None
-    from ..bench.latency_model import LatencyModel  # built by the benchmark harness
-
-    return LatencyModel.load(path)
-
-
 def run(args) -> int:
-    from ..search.run import run_search
-    from .common import build_from_args, format_table, print_json
+    from ..io import format_table
+    from ..search.run import resolve_method, run_search
+    from .common import build_from_args, print_json
 
     det = build_from_args(args)
+    search = search_spec_from_args(args)
+    resolve_method(search.method, det)  # before the data is generated or read
     data, ann, report_ann = resolve_data(args)
-    spec = spec_from_args(args, det)
-    latency_model = load_latency_model(args.latency_model)
-    if spec.cost == "latency" and latency_model is None:
-        from pathlib import Path
-
-        from ..bench.latency_model import calibrate_on_data
-        from ..io import log
-
-        latency_model = calibrate_on_data(det, data, ann, Path(args.out) / "latency_model.json", log=log)
-    result = run_search(det, data, ann, args.out, spec, report_ann=report_ann, cache_path=args.cache,
-                        latency_model=latency_model)
+    result = run_search(det, data, ann, args.out, search, report_ann=report_ann, cache_path=args.cache,
+                        latency_model=args.latency_model)
     if args.json:
         print_json({k: result[k] for k in ("baseline", "floor", "front", "num_evals", "complete")})
         return 0
@@ -99,6 +85,6 @@ def run(args) -> int:
         rows.append([n["num_anchors"], n["mAP"], n.get("report", {}).get("mAP", ""), n["head_macs"],
                      f"{n['head_macs'] / base['head_macs']:.3f}", n["boxes"], n["anchors_file"]])
     print(format_table(["anchors", "mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
-    print(f"searched {result['num_evals']} subsets ({spec.method}, cost {spec.cost}); baseline mAP "
+    print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {search.cost}); baseline mAP "
           f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {args.out}")
     return 0

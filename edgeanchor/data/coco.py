@@ -61,7 +61,7 @@ def make_label_map(category_ids: list[int], num_classes: int) -> dict[int, int]:
     raise EdgeAnchorError(
         f"{k} categories (ids {ids[0]}..{ids[-1]}) do not fit a model with {num_classes} classes: "
         f"need {k + 1} for contiguous labels or more than {ids[-1]} for labels equal to category ids "
-        f"(with ids >= 1); use --num-classes {k + 1}"
+        f"(with ids >= 1); use num_classes {k + 1}"
     )
 
 

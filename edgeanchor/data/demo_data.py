@@ -8,19 +8,13 @@ the very same images; they are cached under ``$EDGEANCHOR_CACHE`` (default
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from ..io import make_temp_dir, read_json, write_json
+from ..io import atomic_dir, cache_root, log, read_json, write_json
 
 DEMO_SEED = 0
 DEMO_NUM_IMAGES = 3000
 DEMO_IMAGE_SIZE = 320
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEANCHOR_CACHE", Path.home() / ".cache" / "edgeanchor"))
 
 
 def demo_data_dir() -> Path:
@@ -28,34 +22,33 @@ def demo_data_dir() -> Path:
 
 
 def ensure_demo_data(progress: bool = True) -> dict:
-    """Generate the demo data set if it is not cached yet; returns its paths."""
+    """Generate the demo data set if it is not cached yet; returns its paths.
+
+    The folder is built beside its final place and renamed when complete,
+    marker included, so a killed run leaves no half data set.
+    """
     from .synth import generate
 
     root = demo_data_dir()
     marker = root / "synth.json"
     if marker.is_file():
         return read_json(marker)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(root)
-    try:
-        if progress:
-            print(f"generating the demo data set ({DEMO_NUM_IMAGES} images) in {root} ...", flush=True)
-        generate(tmp, num_images=DEMO_NUM_IMAGES, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE)
-        if root.exists():  # another process finished first
-            shutil.rmtree(tmp)
-            return read_json(marker)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     info = {
         "image_dir": str(root / "images"),
         "annotations": {s: str(root / "annotations" / f"{s}.json") for s in ("train", "val", "test")},
         "seed": DEMO_SEED,
         "num_images": DEMO_NUM_IMAGES,
     }
-    write_json(marker, info)
-    return info
+    if progress:
+        log(f"generating the demo data set ({DEMO_NUM_IMAGES} images) in {root} ...")
+    try:
+        # An incomplete folder (no marker) from an older version is replaced.
+        with atomic_dir(root, replace=root.exists()) as tmp:
+            generate(tmp, num_images=DEMO_NUM_IMAGES, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE)
+            write_json(tmp / "synth.json", info)
+    except FileExistsError:  # another process finished first
+        pass
+    return read_json(marker)
 
 
 def demo_split(split: str) -> tuple[str, str]:

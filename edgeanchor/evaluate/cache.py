@@ -27,7 +27,7 @@ from ..data.coco import CocoDetection
 from ..evaluate.predict import make_loader
 from ..io import atomic_path, log
 
-CACHE_FORMAT = "edgeanchor.candidates/1"
+CACHE_FORMAT = "edgeanchor.candidates/2"  # 2: meta key "postprocess_spec"
 
 
 @dataclass
@@ -97,7 +97,7 @@ def cache_key(detector, dataset: CocoDetection) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps(detector.anchor_set.to_json(), sort_keys=True).encode())
-    h.update(json.dumps(detector.spec.to_json(), sort_keys=True).encode())
+    h.update(json.dumps(detector.postprocess_spec.to_json(), sort_keys=True).encode())
     h.update(Path(dataset.ann_file).read_bytes())
     h.update(str(Path(dataset.image_dir).resolve()).encode())
     h.update(json.dumps([list(detector.image_size), detector.arch, detector.num_classes]).encode())
@@ -137,7 +137,7 @@ def build_cache(detector, dataset: CocoDetection, *, batch_size: int = 16, devic
         meta={
             "format": CACHE_FORMAT,
             "image_size": list(detector.image_size),
-            "spec": detector.spec.to_json(),
+            "postprocess_spec": detector.postprocess_spec.to_json(),
             "level_starts": detector.level_starts.tolist(),
             "label_map": {str(k): v for k, v in dataset.label_map.items()},
             "anchors": detector.anchor_set.to_json(),

@@ -47,7 +47,7 @@ class SubsetScorer:
     def __init__(self, cache: CandidateCache, ann, *, backend: str = "faster", memo_size: int = 4):
         self.cache = cache
         self.backend = backend
-        self.spec = PostprocessSpec.from_json(cache.meta["spec"])
+        self.postprocess_spec = PostprocessSpec.from_json(cache.meta["postprocess_spec"])
         self.level_starts = torch.tensor(cache.meta["level_starts"], dtype=torch.int64)
         self.gt = load_gt(ann, backend)
         label_to_cat = {int(v): int(k) for k, v in cache.meta["label_map"].items()}
@@ -93,7 +93,7 @@ class SubsetScorer:
         self.images_recomputed += 1
         if not arrays[0].size:
             return _NO_DETECTIONS, frozenset()
-        out = select(Candidates(*(torch.from_numpy(a) for a in arrays)), self.spec, self.level_starts)
+        out = select(Candidates(*(torch.from_numpy(a) for a in arrays)), self.postprocess_spec, self.level_starts)
         entered = frozenset(self._box_anchor[out["topk_box_index"].numpy()].tolist())
         return (out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()), entered
 

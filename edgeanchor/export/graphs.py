@@ -83,7 +83,7 @@ class DecodeBoxes(nn.Module):
     def __init__(self, detector: Detector):
         super().__init__()
         self.num_classes = detector.num_classes
-        self.spec = detector.spec
+        self.postprocess_spec = detector.postprocess_spec
         self.image_size = tuple(detector.image_size)
         self.register_buffer("anchors_xyxy", detector.anchors_xyxy.detach().clone())
 
@@ -91,8 +91,8 @@ class DecodeBoxes(nn.Module):
         """Returns boxes_xyxy (B, 4) clipped, input px, and probs (B, K) incl. any background column."""
         cls = torch.cat([flatten_level(c, self.num_classes)[0] for c in head_flat[0::2]])  # -> (B, K)
         box = torch.cat([flatten_level(b, 4)[0] for b in head_flat[1::2]])  # -> (B, 4)
-        boxes = box_ops.clip_boxes_to_image(decode(box, self.anchors_xyxy, self.spec.box_weights), self.image_size)
-        probs = torch.softmax(cls, dim=-1) if self.spec.score_fn == "softmax" else torch.sigmoid(cls)
+        boxes = box_ops.clip_boxes_to_image(decode(box, self.anchors_xyxy, self.postprocess_spec.box_weights), self.image_size)
+        probs = torch.softmax(cls, dim=-1) if self.postprocess_spec.score_fn == "softmax" else torch.sigmoid(cls)
         return boxes, probs
 
 
@@ -108,31 +108,31 @@ class ExportPostprocess(nn.Module):
     def __init__(self, detector: Detector):
         super().__init__()
         self.decoder = DecodeBoxes(detector)
-        self.spec = detector.spec
+        self.postprocess_spec = detector.postprocess_spec
         starts = detector.level_starts.tolist()
         self.level_sizes = [b - a for a, b in zip(starts[:-1], starts[1:])]
         self.num_boxes = starts[-1]
         self.num_classes = detector.num_classes
-        self.max_det = int(detector.spec.detections_per_img)
-        self.label_offset = 1 if self.spec.score_fn == "softmax" else 0
+        self.max_det = int(detector.postprocess_spec.detections_per_img)
+        self.label_offset = 1 if self.postprocess_spec.score_fn == "softmax" else 0
 
     def candidate_scores(self, probs: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(B, K) probabilities -> (C, B) candidate scores (SENTINEL elsewhere), and max per class."""
         # Sizes come from the anchor set, never from tensor shapes: under the
         # tracer those are traced values and would not stay Python constants.
-        spec = self.spec
-        if spec.topk_scope == "class":
+        pp = self.postprocess_spec
+        if pp.topk_scope == "class":
             scores = probs[:, self.label_offset:].t()  # (B, K) -> (C, B), background dropped
-            k = min(spec.topk_candidates, self.num_boxes)
+            k = min(pp.topk_candidates, self.num_boxes)
             top, idx = scores.topk(k, dim=1)  # per-class top-k, (C, k)
-            top = torch.where(top > spec.score_thresh, top, torch.full_like(top, SENTINEL))
+            top = torch.where(top > pp.score_thresh, top, torch.full_like(top, SENTINEL))
             return torch.full_like(scores, SENTINEL).scatter(1, idx, top), k
         per_level, total = [], 0
         for size, level_probs in zip(self.level_sizes, probs.split(self.level_sizes)):  # (n_L, K) per level
             flat = level_probs.reshape(-1)  # (n_L, K) -> (n_L*K,), (box, class) order
-            k = min(spec.topk_candidates, size * self.num_classes)
+            k = min(pp.topk_candidates, size * self.num_classes)
             top, idx = flat.topk(k)  # per-level top-k over (box, class) pairs
-            top = torch.where(top > spec.score_thresh, top, torch.full_like(top, SENTINEL))
+            top = torch.where(top > pp.score_thresh, top, torch.full_like(top, SENTINEL))
             per_level.append(torch.full_like(flat, SENTINEL).scatter(0, idx, top).view_as(level_probs))
             total += k
         return torch.cat(per_level).t(), total  # (B, K) -> (C, B)
@@ -141,7 +141,7 @@ class ExportPostprocess(nn.Module):
         boxes, probs = self.decoder(list(head_flat))
         scores, max_per_class = self.candidate_scores(probs)
         selected = NonMaxSuppression.apply(
-            boxes.unsqueeze(0), scores.unsqueeze(0), max_per_class, float(self.spec.nms_thresh), NMS_SCORE_FLOOR
+            boxes.unsqueeze(0), scores.unsqueeze(0), max_per_class, float(self.postprocess_spec.nms_thresh), NMS_SCORE_FLOOR
         )  # (S, 3): (batch, class, box)
         cls_idx, box_idx = selected[:, 1], selected[:, 2]
         det_scores = scores.reshape(-1)[cls_idx * self.num_boxes + box_idx]  # (S,)

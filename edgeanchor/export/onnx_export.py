@@ -88,7 +88,7 @@ def export_decoded_onnx(detector: Detector, path, *, opset: int = 17, simplify: 
 def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, simplify: bool, trace_images) -> dict:
     """Export the named graphs (``GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
     if opset < MIN_OPSET:
-        raise EdgeAnchorError(f"ONNX opset {opset} is too old for the postprocess graph; use --opset {MIN_OPSET} or newer")
+        raise EdgeAnchorError(f"ONNX opset {opset} is too old for the postprocess graph; use opset {MIN_OPSET} or newer")
     images = _trace_images(detector, trace_images)
     was_training = detector.training
     detector.eval()
@@ -110,7 +110,7 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
     finally:
         detector.train(was_training)
     result.update(input_shape=list(images.shape), active_levels=list(detector.active_levels),
-                  max_detections=int(detector.spec.detections_per_img))
+                  max_detections=int(detector.postprocess_spec.detections_per_img))
     return result
 
 
@@ -120,7 +120,7 @@ def _plan(detector: Detector, images: torch.Tensor) -> dict:
     with torch.no_grad():
         feats = tuple(detector.backbone(images))
         head = tuple(t for pair in detector.head(list(feats)) for t in pair)
-    det_out = {"detections": [1, int(detector.spec.detections_per_img), 6], "num_detections": [1]}
+    det_out = {"detections": [1, int(detector.postprocess_spec.detections_per_img), 6], "num_detections": [1]}
     num_boxes = int(detector.level_starts[-1])
     return {
         "backbone": (BackboneGraph(detector), (images,), ["images"], _shapes(names["features"], feats)),

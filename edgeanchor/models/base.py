@@ -34,19 +34,19 @@ class Detector(nn.Module):
         arch: architecture name, e.g. ``torchvision:ssd300_vgg16`` or ``demo``.
         num_classes: K, the number of classifier outputs per anchor.
         anchor_set: the current anchors.
-        spec: the post-processing rule.
+        postprocess_spec: the post-processing rule (score function, thresholds, top-k, NMS).
         config: plain values that rebuild the architecture (saved in checkpoints).
     """
 
     arch: str = ""
     shared_head: bool = False
 
-    def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, spec: PostprocessSpec, config: dict):
+    def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, postprocess_spec: PostprocessSpec, config: dict):
         super().__init__()
         self.arch = arch
         self.num_classes = num_classes
         self.anchor_set = anchor_set
-        self.spec = spec
+        self.postprocess_spec = postprocess_spec
         self.config = dict(config)
         self.register_buffer("mean", torch.tensor(config.get("image_mean", [0.485, 0.456, 0.406])))
         self.register_buffer("std", torch.tensor(config.get("image_std", [0.229, 0.224, 0.225])))
@@ -113,14 +113,14 @@ class Detector(nn.Module):
         cls, box = self.flatten_head(head_outputs)
         results = []
         for i in range(cls.shape[0]):
-            cands = candidates(cls[i], box[i], self.anchors_xyxy, self.image_size, self.spec)
-            results.append(select(cands, self.spec, self.level_starts))
+            cands = candidates(cls[i], box[i], self.anchors_xyxy, self.image_size, self.postprocess_spec)
+            results.append(select(cands, self.postprocess_spec, self.level_starts))
         return results
 
     def image_candidates(self, head_outputs):
         """Per image, all above-threshold candidates (for the search cache)."""
         cls, box = self.flatten_head(head_outputs)
-        return [candidates(cls[i], box[i], self.anchors_xyxy, self.image_size, self.spec) for i in range(cls.shape[0])]
+        return [candidates(cls[i], box[i], self.anchors_xyxy, self.image_size, self.postprocess_spec) for i in range(cls.shape[0])]
 
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return self.postprocess(self.head(self.backbone(images)))
@@ -128,7 +128,7 @@ class Detector(nn.Module):
     # ---- pruning hook ----------------------------------------------------
     def common_kwargs(self, anchor_set: AnchorSet) -> dict:
         """Constructor arguments shared by every adapter, with a new anchor set."""
-        return {"arch": self.arch, "num_classes": self.num_classes, "anchor_set": anchor_set, "spec": self.spec,
+        return {"arch": self.arch, "num_classes": self.num_classes, "anchor_set": anchor_set, "postprocess_spec": self.postprocess_spec,
                 "config": self.config}
 
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "Detector":
@@ -141,6 +141,6 @@ class Detector(nn.Module):
             "num_classes": self.num_classes,
             "config": self.config,
             "anchors": self.anchor_set.to_json(),
-            "postprocess": self.spec.to_json(),
+            "postprocess": self.postprocess_spec.to_json(),
             "state_dict": self.state_dict(),
         }

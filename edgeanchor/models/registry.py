@@ -101,11 +101,11 @@ def build_detector(
         path = DEMO_CHECKPOINT if name == "demo" else Path(name)
         if anchors is not None or image_size is not None:
             raise EdgeAnchorError(
-                f"--anchors and --image-size cannot change a checkpoint ({name}); use 'prune' to slice its anchors"
+                f"anchors and image_size cannot change a checkpoint ({name}); prune it to slice its anchors"
             )
         det = load_checkpoint(path)
         if num_classes is not None and num_classes != det.num_classes:
-            raise EdgeAnchorError(f"{name} has {det.num_classes} classes, not {num_classes}; drop --num-classes")
+            raise EdgeAnchorError(f"{name} has {det.num_classes} classes, not {num_classes}; leave num_classes unset")
         if weights is not None:
             load_weights(det, weights)
         return det
@@ -169,7 +169,7 @@ def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
         raise EdgeAnchorError(
             f"the anchor set is for input {list(result.image_size)} with feature sizes "
             f"{[list(lv.feature_size) for lv in result.levels]}, but the model has input "
-            f"{list(template.image_size)} and {[list(s) for s in sizes]}; pass the matching --image-size"
+            f"{list(template.image_size)} and {[list(s) for s in sizes]}; give the matching image_size"
         )
     if result.num_anchors == 0:
         raise EdgeAnchorError("the anchor set has no anchors; keep at least one")
@@ -180,7 +180,7 @@ def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
 def _read_weights(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise EdgeAnchorError(f"weights file {path} does not exist; check --weights")
+        raise EdgeAnchorError(f"weights file {path} does not exist; check the weights path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
@@ -204,7 +204,7 @@ def _load_state(module: torch.nn.Module, state: dict, source) -> None:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
         raise EdgeAnchorError(
-            f"weights {source} do not fit the model ({detail[:300]}); check --model and --num-classes"
+            f"weights {source} do not fit the model ({detail[:300]}); check the model name and num_classes"
         ) from None
 
 
@@ -231,7 +231,7 @@ def load_checkpoint(path) -> Detector:
     obj = _read_weights(path)
     if obj.get("format") != CHECKPOINT_FORMAT:
         raise EdgeAnchorError(
-            f"{path} is not an edgeanchor checkpoint; pass it as --weights with the matching --model"
+            f"{path} is not an edgeanchor checkpoint; give it as weights with the matching model name"
         )
     arch = obj["arch"]
     if arch not in ARCHS:
@@ -241,7 +241,7 @@ def load_checkpoint(path) -> Detector:
     tv_model = spec.builder(obj["num_classes"], anchor_set.image_size)
     det = _wrap(spec, arch, tv_model, anchor_set.image_size, anchor_set)
     _load_state(det, obj["state_dict"], path)
-    det.spec = PostprocessSpec.from_json(obj["postprocess"])
+    det.postprocess_spec = PostprocessSpec.from_json(obj["postprocess"])
     return det.eval()
 
 

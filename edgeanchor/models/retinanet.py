@@ -154,6 +154,6 @@ def wrap_retinanet(
         arch=arch,
         num_classes=cls_head.num_classes,
         anchor_set=anchor_set,
-        spec=retinanet_spec(model),
+        postprocess_spec=retinanet_spec(model),
         config=cfg,
     ).eval()

@@ -192,7 +192,7 @@ def wrap_ssd(
         arch=arch,
         num_classes=num_classes,
         anchor_set=anchor_set,
-        spec=ssd_spec(model),
+        postprocess_spec=ssd_spec(model),
         config=cfg,
     ).eval()
 

@@ -9,15 +9,15 @@ Outputs in the search folder:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from ..data.coco import CocoDetection
-from ..data.demo_data import cache_root
 from ..errors import EdgeAnchorError
 from ..evaluate.cache import cache_key, load_or_build_cache
 from ..evaluate.subset import SubsetScorer
-from ..io import log, read_json, write_json
+from ..io import cache_root, log, read_json, write_json
 from .costs import build_cost_model
 from .evaluator import Evaluator, Node
 from .plot import plot_pareto
@@ -32,7 +32,7 @@ class SearchSpec:
     """Search settings (plain values; the CLI fills them from flags).
 
     Attributes:
-        method: greedy | layerwise | shared.
+        method: greedy | layerwise | shared, or None for the head's default (see :func:`resolve_method`).
         cost: head_macs | boxes | latency (needs ``latency_model``).
         min_map: absolute accuracy floor, or None.
         max_drop: floor relative to the unpruned mAP (mAP units, 0.005 = 0.5 points), or None.
@@ -43,7 +43,7 @@ class SearchSpec:
         backend: COCO evaluation backend.
     """
 
-    method: str = "greedy"
+    method: str | None = None
     cost: str = "head_macs"
     min_map: float | None = None
     max_drop: float | None = 0.005
@@ -61,71 +61,139 @@ class SearchSpec:
         return d
 
 
+def resolve_method(method: str | None, det) -> str:
+    """The search method for ``det``: the one asked for, checked, or the default for its head.
+
+    The one place this rule lives (``search`` and ``prune-and-export`` both use it).
+    Default: ``shared`` for a head shared across levels (RetinaNet), else ``greedy``.
+
+    Raises:
+        EdgeAnchorError: an unknown method, or a per-anchor method on a shared head.
+    """
+    if method is None:
+        return "shared" if det.shared_head else "greedy"
+    if method not in METHODS:
+        raise EdgeAnchorError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
+    if det.shared_head and method != "shared":
+        raise EdgeAnchorError(
+            f"{det.arch} shares its head across levels, so only method 'shared' can prune it "
+            "(the same anchors removed on every level, or whole levels); leave method unset or choose shared"
+        )
+    return method
+
+
+def resolve_latency_model(cost: str, latency_model, det, data_dir, ann, out_dir, *, log=log):
+    """The latency model a search needs: None unless ``cost == "latency"``.
+
+    The policy: a :class:`~edgeanchor.bench.latency_model.LatencyModel` or a
+    path to one is used as given; otherwise one is calibrated now with
+    onnxruntime on the first images of the search split, on this machine, and
+    saved as ``out_dir/latency_model.json`` for the next run.
+    """
+    if cost != "latency":
+        return None
+    from ..bench.latency_model import LatencyModel, calibrate_on_data
+
+    if isinstance(latency_model, LatencyModel):
+        return latency_model
+    if latency_model:
+        return LatencyModel.load(latency_model)
+    path = Path(out_dir) / "latency_model.json"
+    if path.is_file():
+        log(f"reusing the latency model calibrated earlier: {path}")
+        return LatencyModel.load(path)
+    return calibrate_on_data(det, data_dir, ann, path, log=log)
+
+
 def default_cache_path(key: str) -> Path:
     return cache_root() / "candidates" / f"{key[:20]}.npz"
 
 
-def floor_of(spec: SearchSpec, baseline_map: float) -> float:
+def floor_of(search: SearchSpec, baseline_map: float) -> float:
     """The accuracy floor; an error if it is above the baseline."""
-    if spec.min_map is not None:
-        floor = spec.min_map
-        what = f"--min-map {spec.min_map}"
+    if search.min_map is not None:
+        floor = search.min_map
+        what = f"min_map {search.min_map}"
     else:
-        floor = baseline_map - (spec.max_drop or 0.0)
-        what = f"--max-drop {spec.max_drop}"
+        floor = baseline_map - (search.max_drop or 0.0)
+        what = f"max_drop {search.max_drop}"
     if floor > baseline_map + 1e-12:
         raise EdgeAnchorError(
             f"the accuracy floor {floor:.4f} ({what}) is above the unpruned model's mAP {baseline_map:.4f}; "
-            "lower it, or use --max-drop"
+            "lower it, or use max_drop"
         )
     return floor
 
 
-def run_search(det, data_dir, ann, out_dir, spec: SearchSpec, *, report_ann=None, cache_path=None,
+@dataclass
+class _SearchRun:
+    """What one search run passes from step to step (model, data, output folder, settings)."""
+
+    det: object
+    data_dir: str
+    out_dir: Path
+    search: SearchSpec
+    report_ann: str | None
+    batch_size: int
+    device: str
+    progress: bool
+    log: Callable[[str], None]
+
+
+def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=None, cache_path=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
                log=log) -> dict:
-    """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``."""
-    if spec.method not in METHODS:
-        raise EdgeAnchorError(f"unknown search method {spec.method!r}; choose one of {', '.join(METHODS)}")
-    if spec.cost not in COSTS:
-        raise EdgeAnchorError(f"unknown cost {spec.cost!r}; choose one of {', '.join(COSTS)}")
-    if det.shared_head and spec.method != "shared":
-        raise EdgeAnchorError(
-            f"{det.arch} shares its head across levels, so only '--method shared' can prune it "
-            "(same anchors removed on every level, or whole levels)"
-        )
-    out_dir = Path(out_dir)
+    """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``.
+
+    Args:
+        det: the unpruned detector.
+        data_dir, ann: the split searched on (COCO format).
+        out_dir: the search folder (resumed if it holds a search with the same settings and data).
+        search: the search settings; ``search.method`` is checked with :func:`resolve_method`.
+        report_ann: also score the front on this split.
+        cache_path: candidate cache file (default: a keyed file under the cache root).
+        latency_model: for ``cost == "latency"``: a LatencyModel, a path, or None (calibrate one).
+        batch_size, device: of the one inference pass.
+        progress: show progress bars and messages.
+        log: where progress messages go.
+
+    Returns:
+        The search result (also written to ``out_dir/search.json``).
+    """
+    if search.cost not in COSTS:
+        raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
+    search = replace(search, method=resolve_method(search.method, det))
+    run = _SearchRun(det, data_dir, Path(out_dir), search, report_ann, batch_size, device, progress, log)
     dataset = CocoDetection(data_dir, ann, num_classes=det.num_classes, image_size=det.image_size)
     cache_path = Path(cache_path) if cache_path else default_cache_path(cache_key(det, dataset))
     cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device, progress=progress,
                                 log=log)
-    scorer = SubsetScorer(cache, ann, backend=spec.backend)
+    scorer = SubsetScorer(cache, ann, backend=search.backend)
     cost_model = build_cost_model(det)
-    cost_fn = _cost_fn(spec.cost, latency_model)
-    known, state_path = _resume(out_dir, spec, cache.key, log)
+    latency = resolve_latency_model(search.cost, latency_model, det, data_dir, ann, run.out_dir, log=log)
+    cost_fn = _cost_fn(search.cost, latency)
+    known, state_path = _resume(run.out_dir, search, cache.key, log)
     state: dict = {}
-    evaluator = Evaluator(scorer, cost_model, cost_fn, workers=spec.workers, cache_path=cache_path, ann=ann,
-                          max_evals=spec.max_evals, known=known,
+    evaluator = Evaluator(scorer, cost_model, cost_fn, workers=search.workers, cache_path=cache_path, ann=ann,
+                          max_evals=search.max_evals, known=known,
                           on_batch=lambda: _save_state(state_path, state, evaluator))
     try:
         root = evaluator.evaluate([()])[0]
-        floor = floor_of(spec, root.map)
-        state.update(settings=spec.settings_key(), cache_key=cache.key, model=det.arch, ann=str(ann),
+        floor = floor_of(search, root.map)
+        state.update(settings=search.settings_key(), cache_key=cache.key, model=det.arch, ann=str(ann),
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
-        if spec.method == "layerwise":
+        if search.method == "layerwise":
             front = layerwise_search(evaluator, root, det.anchor_set, floor=floor,
-                                     max_per_level=spec.max_per_level, log=log if progress else None)
+                                     max_per_level=search.max_per_level, log=log if progress else None)
         else:
-            moves = anchor_moves(det.anchor_set) if spec.method == "greedy" else shared_moves(det.anchor_set)
-            front = tree_search(evaluator, root, moves, all_ids, floor=floor, tol=spec.tol,
+            moves = anchor_moves(det.anchor_set) if search.method == "greedy" else shared_moves(det.anchor_set)
+            front = tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol,
                                 log=log if progress else None)
     finally:
         evaluator.close()
     front_nodes = pareto_front([n for n in front.nodes.values() if n.map >= floor])
-    result = _write_outputs(det, out_dir, state, evaluator, front_nodes, floor, report_ann, data_dir,
-                            batch_size, device, progress, log, spec)
-    return result
+    return _write_outputs(run, state, evaluator, front_nodes, floor)
 
 
 def _cost_fn(cost: str, latency_model):
@@ -134,18 +202,18 @@ def _cost_fn(cost: str, latency_model):
     if cost == "boxes":
         return lambda removed, macs, boxes: float(boxes)
     if latency_model is None:
-        raise EdgeAnchorError("--cost latency needs a calibrated latency model (pass --latency-model FILE)")
+        raise EdgeAnchorError("cost latency needs a calibrated latency model (give latency_model)")
     return lambda removed, macs, boxes: float(latency_model.predict(removed))
 
 
-def _resume(out_dir: Path, spec: SearchSpec, key: str, log) -> tuple[list[Node], Path]:
-    path = out_dir / "search.json"
+def _resume(out_dir: Path, search: SearchSpec, key: str, log) -> tuple[list[Node], Path]:
+    path = search_outputs(out_dir)["result"]
     if not path.is_file():
         return [], path
     stored = read_json(path, "search file")
-    if stored.get("settings") != spec.settings_key() or stored.get("cache_key") != key:
+    if stored.get("settings") != search.settings_key() or stored.get("cache_key") != key:
         raise EdgeAnchorError(
-            f"{path} holds a search with other settings, weights or data; choose another --out to start a new one"
+            f"{path} holds a search with other settings, weights or data; choose another search folder to start anew"
         )
     nodes = [Node.from_json(n) for n in stored.get("nodes", [])]
     log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
@@ -158,13 +226,12 @@ def _save_state(path: Path, state: dict, evaluator: Evaluator) -> None:
     write_json(path, {**state, "complete": False, "nodes": [n.to_json() for n in evaluator.memo.values()]})
 
 
-def _write_outputs(det, out_dir, state, evaluator, front_nodes, floor, report_ann, data_dir, batch_size, device,
-                   progress, log, spec) -> dict:
+def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nodes, floor: float) -> dict:
+    det, out_dir = run.det, run.out_dir
     front_json = []
     (out_dir / "front").mkdir(parents=True, exist_ok=True)
     all_ids = set(det.anchor_set.ids)
-    report_scorer = _report_scorer(det, data_dir, report_ann, batch_size, device, progress, log, spec) \
-        if report_ann else None
+    report_scorer = _report_scorer(run) if run.report_ann else None
     for i, node in enumerate(sorted(front_nodes, key=lambda n: n.cost)):
         kept = det.anchor_set.subset(all_ids - set(node.removed))
         anchors_path = out_dir / "front" / f"point_{i:02d}.anchors.json"
@@ -176,19 +243,19 @@ def _write_outputs(det, out_dir, state, evaluator, front_nodes, floor, report_an
         front_json.append(entry)
     nodes = [n.to_json() for n in evaluator.memo.values()]
     result = {**state, "complete": not evaluator.exhausted, "num_evals": len(nodes), "front": front_json,
-              "nodes": nodes, "report_ann": str(report_ann) if report_ann else None}
-    write_json(out_dir / "search.json", result)
-    plot_pareto(nodes, front_json, state["baseline"], out_dir / "pareto.png", floor=floor,
-                title=f"{det.arch}: {spec.method} search, cost {spec.cost}")
+              "nodes": nodes, "report_ann": str(run.report_ann) if run.report_ann else None}
+    write_json(search_outputs(out_dir)["result"], result)
+    plot_pareto(nodes, front_json, state["baseline"], search_outputs(out_dir)["plot"], floor=floor,
+                title=f"{det.arch}: {run.search.method} search, cost {run.search.cost}")
     return result
 
 
-def _report_scorer(det, data_dir, report_ann, batch_size, device, progress, log, spec):
-    dataset = CocoDetection(data_dir, report_ann, num_classes=det.num_classes, image_size=det.image_size)
-    key = cache_key(det, dataset)
-    cache = load_or_build_cache(det, dataset, default_cache_path(key), batch_size=batch_size, device=device,
-                                progress=progress, log=log)
-    return SubsetScorer(cache, report_ann, backend=spec.backend)
+def _report_scorer(run: _SearchRun) -> SubsetScorer:
+    det = run.det
+    dataset = CocoDetection(run.data_dir, run.report_ann, num_classes=det.num_classes, image_size=det.image_size)
+    cache = load_or_build_cache(det, dataset, default_cache_path(cache_key(det, dataset)), batch_size=run.batch_size,
+                                device=run.device, progress=run.progress, log=run.log)
+    return SubsetScorer(cache, run.report_ann, backend=run.search.backend)
 
 
 def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict:
@@ -205,11 +272,17 @@ def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict
         best = min(n["head_macs"] for n in front)
         raise EdgeAnchorError(
             f"no front point has head MACs <= {target_head_macs:,.0f} (the cheapest above the floor has "
-            f"{best:,.0f}); raise --target-head-macs or lower the accuracy floor"
+            f"{best:,.0f}); raise target_head_macs or lower the accuracy floor"
         )
     return max(meeting, key=lambda n: (n["mAP"], -n["head_macs"]))
 
 
+def search_outputs(out_dir) -> dict[str, Path]:
+    """The files a search writes in its folder: ``result`` (search.json) and ``plot`` (pareto.png)."""
+    out_dir = Path(out_dir)
+    return {"result": out_dir / "search.json", "plot": out_dir / "pareto.png"}
+
+
 def load_search(out_dir) -> dict:
-    return read_json(Path(out_dir) / "search.json", "search file")
+    return read_json(search_outputs(out_dir)["result"], "search file")
 

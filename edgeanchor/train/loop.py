@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.coco import CocoDetection
-from ..errors import EdgeAnchorError
+from ..errors import CheckFailed, EdgeAnchorError
 from ..evaluate.coco_map import coco_map
 from ..evaluate.predict import make_loader, predict
 from ..models.base import Detector
@@ -106,7 +106,7 @@ def train(
     world, rank, local = _distributed()
     device = torch.device(f"cuda:{local}" if cfg.device == "cuda" else cfg.device)
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise EdgeAnchorError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise EdgeAnchorError("device cuda was asked for but no CUDA GPU is available; use device cpu")
     _seed_everything(cfg.seed + rank)
     det.to(device)
     step_module: nn.Module = _TrainStep(det)
@@ -170,7 +170,7 @@ def _train_epoch(step_module, det, loader, optimizer, scheduler, num_iters, epoc
         loss_dict = detection_loss(det, head_outputs, targets)
         loss = sum(loss_dict.values())
         if not torch.isfinite(loss):
-            raise RuntimeError(f"loss became {loss.item()} at epoch {epoch} iteration {it}; lower --lr")
+            raise CheckFailed(f"training diverged: the loss became {loss.item()} at epoch {epoch} iteration {it}; lower lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)

@@ -34,7 +34,7 @@ def ssd_loss(det: Detector, head_outputs, targets: list[dict], positive_fraction
     cls, box = det.flatten_head(head_outputs)
     anchors = det.anchors_xyxy
     matched = _matched_idxs(det_utils.SSDMatcher(0.5), anchors, targets)
-    ns = SimpleNamespace(box_coder=det_utils.BoxCoder(det.spec.box_weights),
+    ns = SimpleNamespace(box_coder=det_utils.BoxCoder(det.postprocess_spec.box_weights),
                          neg_to_pos_ratio=(1.0 - positive_fraction) / positive_fraction)
     return SSD.compute_loss(ns, targets, {"bbox_regression": box, "cls_logits": cls},
                             [anchors] * len(targets), matched)
@@ -47,7 +47,7 @@ def retinanet_loss(det: Detector, head_outputs, targets: list[dict], loss_type: 
     matcher = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True)
     matched = _matched_idxs(matcher, anchors, targets)
     cls_ns = SimpleNamespace(BETWEEN_THRESHOLDS=det_utils.Matcher.BETWEEN_THRESHOLDS)
-    box_ns = SimpleNamespace(box_coder=det_utils.BoxCoder(det.spec.box_weights), _loss_type=loss_type)
+    box_ns = SimpleNamespace(box_coder=det_utils.BoxCoder(det.postprocess_spec.box_weights), _loss_type=loss_type)
     outputs = {"cls_logits": cls, "bbox_regression": box}
     anchors_list = [anchors] * len(targets)
     return {
@@ -58,7 +58,7 @@ def retinanet_loss(det: Detector, head_outputs, targets: list[dict], loss_type: 
 
 def detection_loss(det: Detector, head_outputs, targets: list[dict]) -> dict:
     """The loss of the detector's family."""
-    if det.spec.score_fn == "softmax":
+    if det.postprocess_spec.score_fn == "softmax":
         return ssd_loss(det, head_outputs, targets)
     loss_type = "giou" if det.arch.endswith("_v2") else "l1"
     return retinanet_loss(det, head_outputs, targets, loss_type)

@@ -1,0 +1,311 @@
+"""The export folder: one versioned format with one owner.
+
+Layout (format_version 1)::
+
+    OUT/report.json            the validated, versioned report (format, format_version, graphs, ...)
+    OUT/report.md              the human-readable report
+    OUT/pruned.pt              pruned checkpoint            OUT/baseline/baseline.pt
+    OUT/anchors.json           pruned anchor set            OUT/baseline/anchors.json
+    OUT/{backbone,head,postprocess,model,model_trt}.onnx     OUT/baseline/<the same>
+    OUT/pareto.png, OUT/search.json                         (when the anchors came from a search)
+    OUT/bench_<runtime>.json/.png                           (written by bench)
+
+:class:`ExportFolder` alone knows these names. The pipeline writes through
+:meth:`ExportFolder.build` (built beside the final path, renamed into place
+when complete); bench, regress and the benchmark scripts open it with
+:meth:`ExportFolder.open`, which validates ``report.json`` first.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import EdgeAnchorError
+from ..io import atomic_dir, read_json, write_json, write_text
+
+FORMAT = "edgeanchor.export"
+FORMAT_VERSION = 1
+VARIANTS = ("pruned", "baseline")
+GRAPHS = ("backbone", "head", "postprocess", "model", "model_trt")
+# The stage each timed stage runs from, per runtime (bench's four stages).
+STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "postprocess": "postprocess", "end_to_end": "model"}
+# Which runtimes each graph is for. model_trt holds the EfficientNMS_TRT plugin, which only TensorRT has.
+GRAPH_RUNTIMES = {
+    "backbone": ("onnxruntime", "tensorrt"),
+    "head": ("onnxruntime", "tensorrt"),
+    "postprocess": ("onnxruntime", "tensorrt"),
+    "model": ("onnxruntime", "tensorrt"),
+    "model_trt": ("tensorrt",),
+}
+_CHECKPOINT = {"pruned": "pruned.pt", "baseline": "baseline.pt"}
+
+
+class ExportFolder:
+    """An export folder on disk: paths of its parts, its report, its detectors.
+
+    Use :meth:`open` for an existing folder and :meth:`build` for a new one.
+    """
+
+    def __init__(self, root: str | os.PathLike, report: dict | None = None):
+        self.root = Path(root)
+        self._report = report
+        self._detectors: dict = {}
+
+    # ---------------------------------------------------------------------------------------- paths
+
+    def variant_dir(self, variant: str) -> Path:
+        """The folder holding one variant's graphs, checkpoint and anchors."""
+        _check_variant(variant)
+        return self.root if variant == "pruned" else self.root / "baseline"
+
+    def graph_path(self, variant: str, graph: str) -> Path:
+        if graph not in GRAPHS:
+            raise ValueError(f"unknown graph {graph!r}; one of {GRAPHS}")
+        return self.variant_dir(variant) / f"{graph}.onnx"
+
+    def checkpoint_path(self, variant: str) -> Path:
+        return self.variant_dir(variant) / _CHECKPOINT[variant]
+
+    def anchors_path(self, variant: str) -> Path:
+        return self.variant_dir(variant) / "anchors.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md_path(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def search_json_path(self) -> Path:
+        return self.root / "search.json"
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.root / "pareto.png"
+
+    def bench_path(self, runtime: str) -> Path:
+        """Default place of ``edgeanchor bench``'s JSON for ``runtime`` (its plot goes beside it)."""
+        return self.root / f"bench_{runtime}.json"
+
+    # ---------------------------------------------------------------------------------------- contents
+
+    @property
+    def report(self) -> dict:
+        if self._report is None:
+            self._report = validate_report(read_json(self.report_path, "export report"), self.report_path)
+        return self._report
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.report["image_size"]
+        return int(h), int(w)
+
+    @property
+    def data(self) -> str:
+        """Image folder of the report split (the default images of bench and regress)."""
+        return self.report["data"]
+
+    @property
+    def report_ann(self) -> str:
+        return self.report["report_ann"]
+
+    def graphs(self, variant: str) -> dict[str, Path]:
+        """The graphs of one variant that exist, by name."""
+        return {g: self.graph_path(variant, g) for g in GRAPHS if self.graph_path(variant, g).is_file()}
+
+    def graphs_for_runtime(self, runtime: str, variant: str) -> dict[str, Path]:
+        """Stage -> graph path of the four timed stages on ``runtime``.
+
+        Raises:
+            EdgeAnchorError: a graph the runtime needs is missing from the folder.
+        """
+        paths = {}
+        for stage, graph in STAGE_GRAPHS.items():
+            path = self.graph_path(variant, graph)
+            if runtime not in GRAPH_RUNTIMES[graph]:
+                raise EdgeAnchorError(f"the {graph} graph of {self.root} is not for runtime {runtime}")
+            if not path.is_file():
+                raise EdgeAnchorError(
+                    f"{self.root} has no {variant} {graph} graph ({path.name}); re-run prune-and-export to rebuild it"
+                )
+            paths[stage] = path
+        return paths
+
+    def runtimes(self) -> dict[str, list[str]]:
+        """Runtime -> the graphs of this folder it can run (from the graphs present in both variants)."""
+        present = [g for g in GRAPHS if all(self.graph_path(v, g).is_file() for v in VARIANTS)]
+        out: dict[str, list[str]] = {}
+        for graph in present:
+            for runtime in GRAPH_RUNTIMES[graph]:
+                out.setdefault(runtime, []).append(graph)
+        return out
+
+    def load_detector(self, variant: str):
+        """The variant's detector from its checkpoint (loaded once per folder object)."""
+        if variant not in self._detectors:
+            from ..models import load_checkpoint
+
+            path = self.checkpoint_path(variant)
+            if not path.is_file():
+                raise EdgeAnchorError(f"{self.root} has no {variant} checkpoint ({path.name}); re-run prune-and-export")
+            self._detectors[variant] = load_checkpoint(path).eval()
+        return self._detectors[variant]
+
+    # ---------------------------------------------------------------------------------------- writing
+
+    def write_variant(self, variant: str, detector, *, meta: dict | None = None) -> None:
+        """Write one variant's checkpoint and anchor set."""
+        from ..models import save_checkpoint
+
+        self.variant_dir(variant).mkdir(parents=True, exist_ok=True)
+        save_checkpoint(detector, self.checkpoint_path(variant), meta=meta)
+        write_json(self.anchors_path(variant), detector.anchor_set.to_json())
+        self._detectors[variant] = detector
+
+    def write_report(self, report: dict, render=None) -> dict:
+        """Stamp ``report`` with the format, its version and the graph table; write report.json.
+
+        Args:
+            report: the report's contents (needs image_size, data and report_ann).
+            render: a function of the stamped report returning Markdown, written as report.md.
+        """
+        graphs = {v: {g: {"file": str(p.relative_to(self.root)), "runtimes": list(GRAPH_RUNTIMES[g])}
+                      for g, p in self.graphs(v).items()} for v in VARIANTS}
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs}
+        full = validate_report(full, self.report_path)
+        write_json(self.report_path, full)
+        if render is not None:
+            write_text(self.report_md_path, render(full))
+        self._report = full
+        return full
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ExportFolder":
+        """Open an existing export folder; its report is validated now.
+
+        Raises:
+            EdgeAnchorError: not a folder, no or malformed report.json, or a format version this edgeanchor
+                cannot read.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise EdgeAnchorError(f"export folder {path} does not exist; run prune-and-export first or check the path")
+        if not (path / "report.json").is_file():
+            raise EdgeAnchorError(f"{path} is not an edgeanchor export folder (no report.json); run prune-and-export")
+        folder = cls(path)
+        folder.report  # validate now, before any long work
+        return folder
+
+    @classmethod
+    @contextmanager
+    def build(cls, out: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Iterator["ExportFolder"]:
+        """Build a new export folder beside ``out``; it replaces ``out`` only when the block succeeds.
+
+        The checks of :func:`check_output` run first. Inside the block the
+        folder object points at the build folder; afterwards at ``out``.
+        """
+        out = Path(out)
+        check_output(out, overwrite=overwrite, inputs=inputs)
+        with atomic_dir(out, replace=out.exists()) as tmp:
+            folder = cls(tmp)
+            yield folder
+            if folder._report is None:
+                raise RuntimeError("an export folder was built without a report; call write_report last")
+        folder.root = out
+
+
+def default_export_dir(name: str = "demo") -> Path:
+    """Where an export of the model ``name`` goes by default: ``exports/<name>``."""
+    return Path("exports") / name
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
+
+
+def is_export_folder(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a folder with a report.json that edgeanchor wrote (any format version)."""
+    try:
+        report = read_json(Path(path) / "report.json")
+    except EdgeAnchorError:
+        return False
+    return isinstance(report, dict) and report.get("format") == FORMAT
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
+    """Refuse an output folder that would lose something of the user's.
+
+    An existing ``out`` is replaced only if it is an edgeanchor export folder
+    and ``overwrite`` is set; an empty folder is reused. An ``out`` that is,
+    or contains, one of ``inputs`` (image folder, annotation files, weights,
+    anchor files) is always refused, since replacing it would delete the input.
+
+    Raises:
+        EdgeAnchorError: naming the path and what to do.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        src = Path(item).resolve()
+        if src == resolved or _inside(src, resolved):
+            raise EdgeAnchorError(
+                f"the output folder {out} is also an input of this run ({item}); choose another output folder"
+            )
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgeAnchorError(f"the output {out} is a file, not a folder; choose a folder path")
+    if not any(out.iterdir()):
+        return
+    if not is_export_folder(out):
+        raise EdgeAnchorError(
+            f"the output folder {out} exists and is not an edgeanchor export folder (no report.json of ours); "
+            "refusing to replace it: choose another output folder or remove it yourself"
+        )
+    if not overwrite:
+        raise EdgeAnchorError(f"the output folder {out} exists; set overwrite to replace it, or choose another folder")
+
+
+def validate_report(report, path) -> dict:
+    """Check the fields readers rely on; return the report.
+
+    Raises:
+        EdgeAnchorError: not an edgeanchor export report, or an unknown format version.
+    """
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        raise EdgeAnchorError(f"{path} is not an edgeanchor export report; re-run prune-and-export to write one")
+    version = report.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise EdgeAnchorError(f"{path} has no valid format_version; re-run prune-and-export to write it anew")
+    if version > FORMAT_VERSION:
+        raise EdgeAnchorError(
+            f"{path} has export format version {version}, newer than this edgeanchor reads ({FORMAT_VERSION}); "
+            "upgrade edgeanchor"
+        )
+    if version < 1:
+        raise EdgeAnchorError(f"{path} has unknown export format version {version}; re-run prune-and-export")
+    size = report.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise EdgeAnchorError(f"{path}: image_size must be [height, width] in pixels, got {size!r}")
+    for key in ("data", "report_ann"):
+        if not isinstance(report.get(key), str):
+            raise EdgeAnchorError(f"{path}: {key} must be a path, got {report.get(key)!r}")
+    return report

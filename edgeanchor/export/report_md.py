@@ -1,0 +1,47 @@
+"""report.md: the human-readable form of an export folder's report.json."""
+
+from __future__ import annotations
+
+
+def render_markdown(report: dict) -> str:
+    """The human-readable report."""
+    base, pr = report["cost"]["baseline"], report["cost"]["pruned"]
+    maps = report["mAP"]
+    lines = [f"# prune-and-export report: {report['model']} ({report['arch']})", "",
+             f"Input {report['image_size'][0]}x{report['image_size'][1]}; searched on `{report['search_ann']}`, "
+             f"reported on `{report['report_ann']}`.", "",
+             "| | baseline | pruned | pruned / baseline |", "| --- | ---: | ---: | ---: |"]
+    rows = [("mAP@[.5:.95]", maps["baseline"], maps["pruned"], None),
+            ("head MACs", base["head_macs"], pr["head_macs"], pr["head_macs"] / base["head_macs"]),
+            ("total MACs", base["total_macs"], pr["total_macs"], pr["total_macs"] / base["total_macs"]),
+            ("boxes", base["num_boxes"], pr["num_boxes"], pr["num_boxes"] / base["num_boxes"]),
+            ("anchors", base["num_anchors"], pr["num_anchors"], pr["num_anchors"] / base["num_anchors"])]
+    if "finetuned" in maps:
+        rows.insert(1, ("mAP after fine-tuning", maps["baseline"], maps["finetuned"], None))
+    for name, b, p, r in rows:
+        fmt = (lambda v: f"{v:.4f}") if isinstance(b, float) and b < 1.5 else (lambda v: f"{v:,}")
+        lines.append(f"| {name} | {fmt(b)} | {fmt(p)} | {'' if r is None else f'{r:.3f}'} |")
+    lines += ["", "## Head output channels per level (read from the exported head.onnx)", "",
+              "| level | baseline cls / box | pruned cls / box |", "| --- | --- | --- |"]
+    exp = report["export"]
+    pruned_ch = {c["level"]: c for c in exp["pruned"]["head_channels"]}
+    for c in exp["baseline"]["head_channels"]:
+        p = pruned_ch.get(c["level"])
+        kept = "dropped" if p is None else f"{p['cls_channels']} / {p['box_channels']}"
+        lines.append(f"| {c['level']} | {c['cls_channels']} / {c['box_channels']} | {kept} |")
+    lines += ["", "## Parity (ONNX Runtime against PyTorch, images not used for tracing)", ""]
+    for name in ("baseline", "pruned"):
+        par = exp[name]["parity"]
+        lines.append(f"- {name}: head max abs diff {par['head']['max_abs_diff']:.2e} "
+                     f"(allclose rtol 1e-3 atol 1e-5: {par['head']['allclose']}); end-to-end detections matched "
+                     f"{par['model']['matched_fraction']:.3f} at IoU >= 0.99, counts {par['model']['counts_torch']} "
+                     f"vs {par['model']['counts_onnx']}; passed: {par['passed']}")
+    lines += ["", "## TensorRT", ""]
+    if "tensorrt" in report:
+        lines.append(f"Engines built: {report['tensorrt']}")
+    else:
+        trt_file = report["graphs"]["pruned"]["model_trt"]["file"]
+        lines.append(f"Not built in this run (needs TensorRT and a CUDA GPU). `{trt_file}` (EfficientNMS_TRT in "
+                     "place of NonMaxSuppression) is in the folder; to build the engines on a Jetson, from this folder:")
+    lines += ["", "```", report["trtexec"]["pruned"], report["trtexec"]["baseline"], "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""ExportFolder (the one owner of the export layout) and atomic_dir (build beside, rename into place)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgeanchor.errors import EdgeAnchorError
+from edgeanchor.export.folder import FORMAT, FORMAT_VERSION, ExportFolder, check_output, is_export_folder
+from edgeanchor.io import atomic_dir, clean_stale_builds
+from edgeanchor.models import build_detector
+from edgeanchor.prune import prune
+
+
+def minimal_report(**extra):
+    return {"data": "imgs", "report_ann": "ann.json", "image_size": [320, 320], **extra}
+
+
+def test_report_is_stamped_versioned_and_round_trips(tmp_path):
+    with ExportFolder.build(tmp_path / "e") as folder:
+        folder.write_report(minimal_report(model="x"), render=lambda r: f"# {r['model']} v{r['format_version']}\n")
+    assert folder.root == tmp_path / "e"
+    opened = ExportFolder.open(tmp_path / "e")
+    assert opened.report["format"] == FORMAT and opened.report["format_version"] == FORMAT_VERSION == 1
+    assert opened.image_size == (320, 320) and opened.data == "imgs" and opened.report_ann == "ann.json"
+    assert (tmp_path / "e" / "report.md").read_text() == "# x v1\n"
+    assert is_export_folder(tmp_path / "e") and not is_export_folder(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(format_version=2), "newer than this edgeanchor reads"),
+    (lambda r: r.pop("format_version"), "no valid format_version"),
+    (lambda r: r.update(format_version="1"), "no valid format_version"),
+    (lambda r: r.update(format="other"), "not an edgeanchor export report"),
+    (lambda r: r.update(image_size=[0, 320]), "image_size must be"),
+    (lambda r: r.update(report_ann=None), "report_ann must be a path"),
+])
+def test_open_rejects_unknown_or_malformed_reports(tmp_path, change, message):
+    report = {"format": FORMAT, "format_version": 1, **minimal_report()}
+    change(report)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    with pytest.raises(EdgeAnchorError, match=message):
+        ExportFolder.open(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[]", "not json", b"\x89PNG\r\n\x1a\n\x00\xff"])
+def test_open_rejects_non_reports(tmp_path, content):
+    path = tmp_path / "report.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(EdgeAnchorError):
+        ExportFolder.open(tmp_path)
+    with pytest.raises(EdgeAnchorError, match="does not exist"):
+        ExportFolder.open(tmp_path / "missing")
+    with pytest.raises(EdgeAnchorError, match="no report.json"):
+        ExportFolder.open(tmp_path.parent)
+
+
+def test_variants_detectors_and_runtime_table(tmp_path):
+    det = build_detector("demo")
+    pruned = prune(det, [a.id for a in det.anchor_set.levels[0].anchors])
+    with ExportFolder.build(tmp_path / "e") as folder:
+        folder.write_variant("pruned", pruned, meta={"x": 1})
+        folder.write_variant("baseline", det)
+        for v in ("pruned", "baseline"):
+            for g in ("backbone", "head", "postprocess", "model"):
+                folder.graph_path(v, g).write_bytes(b"")
+        folder.write_report(minimal_report())
+    opened = ExportFolder.open(tmp_path / "e")
+    assert opened.checkpoint_path("baseline").parent.name == "baseline"
+    assert opened.load_detector("pruned").anchor_set == pruned.anchor_set
+    assert opened.load_detector("pruned") is opened.load_detector("pruned")  # loaded once
+    assert opened.runtimes() == {"onnxruntime": ["backbone", "head", "postprocess", "model"],
+                                 "tensorrt": ["backbone", "head", "postprocess", "model"]}
+    assert set(opened.report["graphs"]["baseline"]) == {"backbone", "head", "postprocess", "model"}
+    assert opened.graphs_for_runtime("onnxruntime", "pruned")["end_to_end"].name == "model.onnx"
+    opened.graph_path("baseline", "head").unlink()
+    with pytest.raises(EdgeAnchorError, match="no baseline head graph"):
+        opened.graphs_for_runtime("onnxruntime", "baseline")
+
+
+def test_build_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
+    out = tmp_path / "e"
+    with ExportFolder.build(out) as folder:
+        (folder.root / "marker").write_text("old")
+        folder.write_report(minimal_report())
+    with pytest.raises(RuntimeError, match="boom"):
+        with ExportFolder.build(out, overwrite=True) as folder:
+            (folder.root / "marker").write_text("new")
+            assert (out / "marker").read_text() == "old"  # still in place while building
+            raise RuntimeError("boom")
+    assert (out / "marker").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no build folder left behind
+    with ExportFolder.build(out, overwrite=True) as folder:
+        (folder.root / "marker").write_text("new")
+        folder.write_report(minimal_report())
+    assert (out / "marker").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    with pytest.raises(RuntimeError, match="without a report"):
+        with ExportFolder.build(tmp_path / "f"):
+            pass
+    assert not (tmp_path / "f").exists()
+
+
+def test_check_output_refuses_what_is_not_ours(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "ann.json").write_text("{}")
+    with pytest.raises(EdgeAnchorError, match="also an input"):
+        check_output(data, overwrite=True, inputs=[data / "images", data / "ann.json"])
+    with pytest.raises(EdgeAnchorError, match="not an edgeanchor export folder"):
+        check_output(data, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgeAnchorError, match="is a file"):
+        check_output(tmp_path / "file", overwrite=True)
+    (tmp_path / "empty").mkdir()
+    check_output(tmp_path / "empty", overwrite=False)  # an empty folder is reused
+    with ExportFolder.build(tmp_path / "ours") as folder:
+        folder.write_report(minimal_report())
+    with pytest.raises(EdgeAnchorError, match="set overwrite"):
+        check_output(tmp_path / "ours", overwrite=False)
+    check_output(tmp_path / "ours", overwrite=True)
+
+
+def test_atomic_dir_refuses_to_replace_unless_asked(tmp_path):
+    out = tmp_path / "d"
+    with pytest.raises(FileExistsError):
+        with atomic_dir(out) as tmp:
+            (tmp / "a").write_text("1")
+            out.mkdir()  # another process finished first
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_build_folders_of_killed_runs_are_cleaned(tmp_path):
+    dead, out = _dead_pid(), tmp_path / "e"
+    (tmp_path / f".e.build-{dead}-abc").mkdir()
+    (tmp_path / f".e.build-{os.getpid()}-live").mkdir()  # a live run's build folder stays
+    (tmp_path / ".e.build-notapid").mkdir()  # not named like ours: left alone
+    # a run killed mid-swap: the previous output was moved aside and the new one not yet moved in
+    (tmp_path / f".e.old-{dead}-xyz" / "previous").mkdir(parents=True)
+    (tmp_path / f".e.old-{dead}-xyz" / "previous" / "report.json").write_text("{}")
+    touched = clean_stale_builds(out)
+    assert len(touched) == 2
+    assert (out / "report.json").read_text() == "{}"  # put back, not deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".e.build-notapid", f".e.build-{os.getpid()}-live", "e"])
