@@ -205,6 +205,14 @@ class AnchorSet:
         return result
 
 
+def is_anchor_file(path) -> bool:
+    """True if ``path`` is an anchor file edgeanchor wrote (never raises)."""
+    from .io import peek_json
+
+    obj = peek_json(path)
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
 def match_anchor_ids(model: AnchorSet, wanted: AnchorSet, *, source: str = "the anchor file") -> set[int]:
     """Ids of ``model``'s anchors that ``wanted`` names, matched by level and shape.
 
@@ -264,6 +272,8 @@ def from_reference(obj: dict, template: AnchorSet) -> AnchorSet:
             f"malformed reference anchor file: {_describe(exc)}; expected "
             '{"base_size": 300, "scale_ratios": [[[scale, ratio], ...], ...]}'
         ) from None
+    if not (math.isfinite(base) and base > 0):
+        raise EdgeAnchorError(f"reference anchor file: base_size must be a positive number of pixels (got {base})")
     if len(pairs) != template.num_levels:
         raise EdgeAnchorError(
             f"the anchor file has {len(pairs)} levels but the model has {template.num_levels}; "
@@ -274,8 +284,8 @@ def from_reference(obj: dict, template: AnchorSet) -> AnchorSet:
     for level, level_pairs in zip(template.levels, pairs):
         anchors = []
         for scale, ratio in level_pairs:
-            if scale <= 0 or ratio <= 0:
-                raise EdgeAnchorError(f"reference anchor ({scale}, {ratio}) must have positive scale and ratio")
+            if not (math.isfinite(scale) and math.isfinite(ratio) and scale > 0 and ratio > 0):
+                raise EdgeAnchorError(f"reference anchor ({scale}, {ratio}) must have positive, finite scale and ratio")
             anchors.append(
                 AnchorSpec(next(counter), base * scale / math.sqrt(ratio), base * scale * math.sqrt(ratio))
             )
@@ -348,15 +358,18 @@ def geometric_ratios(num_ratios: int, low: float = 0.25, high: float = 4.0) -> t
 
 def parse_overanchorized(text: str, template: AnchorSet) -> AnchorSet:
     """Parse ``overanchorized`` or ``overanchorized:SxR`` (e.g. ``overanchorized:3x5``)."""
-    _, _, spec = text.partition(":")
+    head, sep, spec = text.partition(":")
+    usage = f"cannot read {text!r}; write overanchorized or overanchorized:SCALESxRATIOS, e.g. overanchorized:3x5"
+    if head != "overanchorized" or (sep and not spec):
+        raise EdgeAnchorError(usage)
     if not spec:
         return overanchorized(template)
     try:
         scales, ratios = (int(v) for v in spec.lower().split("x"))
     except ValueError:
-        raise EdgeAnchorError(
-            f"cannot read {text!r}; write overanchorized:SCALESxRATIOS, e.g. overanchorized:3x5"
-        ) from None
+        raise EdgeAnchorError(usage) from None
+    if not (1 <= scales <= 16 and 1 <= ratios <= 16):
+        raise EdgeAnchorError(f"{text!r}: scales and ratios must each be 1 to 16 (got {scales}x{ratios})")
     return overanchorized(template, num_scales=scales, ratios=geometric_ratios(ratios))
 
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import EdgeAnchorError
 
@@ -187,6 +187,50 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
         raise
 
 
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if two paths name the same file or folder (after resolving links and '..')."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Callable[[Path], bool], what: str,
+                      inputs: Iterable = (), flag: str = "overwrite") -> None:
+    """Refuse an output file that would lose something of the user's; call before the long work.
+
+    An existing file is replaced only if ``is_ours(path)`` recognises it as
+    something edgeanchor wrote **and** ``overwrite`` is set. A path that is also
+    an input of the run, or is a folder, is always refused.
+
+    Args:
+        path: the output file.
+        overwrite: the user asked to replace an existing output.
+        is_ours: recognises a file edgeanchor wrote (a checkpoint, a detections file, ...).
+        what: what the output is, for messages ("checkpoint").
+        inputs: paths this run reads.
+        flag: the parameter that allows replacing (named in the message).
+
+    Raises:
+        EdgeAnchorError: naming the path and what to do.
+    """
+    path = Path(path)
+    for item in inputs:
+        if item is not None and same_path(item, path):
+            raise EdgeAnchorError(f"the output {what} {path} is also an input of this run; choose another output path")
+    if path.is_dir():
+        raise EdgeAnchorError(f"the output {what} {path} is a folder; give a file path")
+    if not path.exists():
+        return
+    if not is_ours(path):
+        raise EdgeAnchorError(
+            f"{path} exists and is not a {what} written by edgeanchor; refusing to replace it: "
+            "choose another output path or remove the file yourself"
+        )
+    if not overwrite:
+        raise EdgeAnchorError(f"the output {what} {path} exists; set {flag} to replace it, or choose another path")
+
+
 def cache_root() -> Path:
     """Where caches live: ``$EDGEANCHOR_CACHE``, default ``~/.cache/edgeanchor``."""
     return Path(os.environ.get("EDGEANCHOR_CACHE", Path.home() / ".cache" / "edgeanchor"))
@@ -223,6 +267,15 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise EdgeAnchorError(
             f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or regenerate it"
         ) from None
+
+
+def peek_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``, or None if it cannot be read or parsed (for recognising files; never raises)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- tables

@@ -26,7 +26,8 @@ from .evaluate.subset import SubsetScorer
 from .export.folder import ExportFolder
 from .io import cache_root, log
 from .prune import keep_ids_from_file, prune
-from .search.run import SearchSpec, choose_point, default_cache_path, resolve_method, run_search, search_outputs
+from .search.run import (SearchSpec, check_search_spec, check_target_head_macs, choose_point, default_cache_path,
+                         resolve_method, run_search, search_outputs)
 
 # 11: NonMaxSuppression with a score threshold; 20: the TorchScript exporter's newest opset (torch 2.15).
 MIN_OPSET, MAX_OPSET = 11, 20
@@ -71,7 +72,7 @@ class PipelineSpec:
 
     def inputs(self) -> list[str]:
         """Every path this run reads (an output may not be any of them)."""
-        paths = [self.data, self.ann, self.report_ann, self.train_ann, self.anchors, self.latency_model]
+        paths = [self.data, self.ann, self.report_ann, self.train_ann, self.anchors, self.latency_model, self.cache]
         if self.model_name.endswith(".pt"):
             paths.append(self.model_name)
         return [p for p in paths if p]
@@ -95,6 +96,7 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
         raise EdgeAnchorError(f"parity_images must be >= 1 (got {pipeline.parity_images})")
     if pipeline.target_head_macs is not None and not pipeline.target_head_macs > 0:
         raise EdgeAnchorError(f"target_head_macs must be a positive number (got {pipeline.target_head_macs})")
+    check_search_spec(pipeline.search)
     if pipeline.tensorrt:
         from .export.tensorrt import require_tensorrt
 
@@ -111,7 +113,9 @@ def run_pipeline(det, pipeline: PipelineSpec, out, *, overwrite: bool = False, l
     """The whole job; returns the report dict (also written to report.json)."""
     check_pipeline_spec(pipeline)
     if not pipeline.anchors:
-        resolve_method(pipeline.search.method, det)  # the same rule and error as the search command, before any work
+        # the same method rule and error as the search command, and a reachable MAC target, before any work
+        method = resolve_method(pipeline.search.method, det)
+        check_target_head_macs(det, pipeline.target_head_macs, method)
     with ExportFolder.build(out, overwrite=overwrite, inputs=pipeline.inputs()) as folder:
         report = _run(det, pipeline, folder, Path(out), log, progress)
     return report

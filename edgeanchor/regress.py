@@ -18,6 +18,23 @@ FORMAT = "edgeanchor.regress/1"
 GATED_STAGES = ("backbone", "head", "postprocess", "end_to_end")
 
 
+def is_verdict(path) -> bool:
+    """True if ``path`` holds a verdict regress wrote (--json-out)."""
+    from .io import peek_json
+
+    obj = peek_json(path)
+    return isinstance(obj, dict) and {"passed", "rows", "measured"} <= set(obj)
+
+
+def is_summary(path) -> bool:
+    """True if ``path`` holds a Markdown summary regress wrote (--summary)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith("### edgeanchor regress")
+    except (OSError, ValueError):
+        return False
+
+
 def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
             progress: bool = True) -> dict:
     """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path)."""
@@ -32,11 +49,13 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
     data = data or folder.data
     ann = ann or folder.report_ann
     det = folder.load_detector("pruned")
+    identity = measured_identity(folder, ann)
     dataset = CocoDetection(data, ann, num_classes=det.num_classes, image_size=det.image_size)
     metrics = coco_map(ann, predict(det, dataset, progress=progress))
     bench = run_bench(folder, threads=threads, iters=iters, warmup=warmup, progress=progress)
     return {
         "format": FORMAT,
+        "identity": identity,
         "mAP": metrics["mAP"],
         "mAP50": metrics["mAP50"],
         "ann": str(ann),
@@ -46,6 +65,47 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
         "bench_settings": {"runtime": "onnxruntime", "threads": threads, "iters": iters, "warmup": warmup},
         "machine": bench["machine"],
     }
+
+
+def measured_identity(folder, ann) -> dict:
+    """What a measurement is of: the architecture, classes, input size, the unpruned anchors and the data.
+
+    The pruned anchors and the weights are not part of it: a change there is what regress is for.
+    """
+    import hashlib
+    from pathlib import Path
+
+    from .bench.harness import open_export
+
+    folder = open_export(folder)
+    base = folder.load_detector("baseline")
+    try:
+        digest = hashlib.sha256(Path(ann).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise EdgeAnchorError(f"cannot read the annotations {ann}: {exc.strerror}; check the path") from None
+    return {"arch": base.arch, "num_classes": base.num_classes, "image_size": list(base.image_size),
+            "baseline_anchors": base.anchor_set.num_anchors, "ann_sha256": digest}
+
+
+def check_identity(baseline: dict, folder, ann, path) -> None:
+    """A baseline of another model or split is a usage error, not a regression; checked before measuring.
+
+    Raises:
+        EdgeAnchorError: the baseline records no identity, or the first field that differs.
+    """
+    stored = baseline.get("identity")
+    if not isinstance(stored, dict):
+        raise EdgeAnchorError(f"{path} does not record which model and data it measured (an older baseline); "
+                              "write one by measuring with update set")
+    identity = measured_identity(folder, ann)
+    for key, value in identity.items():
+        if stored.get(key) != value:
+            what = "annotation file contents" if key == "ann_sha256" else key
+            raise EdgeAnchorError(
+                f"{path} was measured for another model or data ({what}: baseline {stored.get(key)!r}, "
+                f"this export {value!r}); compare against a baseline of this export, or write one by measuring "
+                "with update set"
+            )
 
 
 def read_head_channels(folder) -> list[dict]:

@@ -146,7 +146,10 @@ def test_random_weight_ssdlite_with_user_data(tmp_path, capsys):
 
 
 def test_bad_input(split, tmp_path, capsys, monkeypatch):
+    # below any reachable head: refused before the search; reachable but not above the floor: after it
     assert main(demo_args(split, tmp_path / "a", "--target-head-macs", "10")) == 2
+    assert "below the cheapest head this search can reach" in capsys.readouterr().err
+    assert main(demo_args(split, tmp_path / "a", "--target-head-macs", "100000")) == 2
     assert "no front point has head MACs" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.*"))
     blocker = tmp_path / "file"
@@ -198,6 +201,15 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
     fails_with(lambda b: b.update(head_channels=[{**c, "cls_channels": c["cls_channels"] + 6}
                                                  for c in b["head_channels"]]), "head channels")
     fails_with(lambda b: b.update(latency_ratios={**b["latency_ratios"], "head": 1e-6}), "latency ratio head")
+
+    # A baseline of another split or model is a usage error (exit 2), found before anything is measured.
+    for key, value in (("ann_sha256", "0" * 64), ("arch", "torchvision:ssd300_vgg16"), ("image_size", [300, 300])):
+        other = dict(stored, identity={**stored["identity"], key: value})
+        path = tmp_path / f"other_{key}.json"
+        path.write_text(json.dumps(other))
+        assert main(["regress", "--baseline", str(path), *common]) == 2
+        err = capsys.readouterr().err
+        assert "measured for another model or data" in err and err.count("error:") == 1
 
 
 def test_regress_bad_baseline(demo_export, tmp_path, capsys):

@@ -143,3 +143,20 @@ def plot_result(result: dict, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def is_bench_result(path) -> bool:
+    """True if ``path`` holds a result bench wrote."""
+    from ..io import peek_json
+
+    obj = peek_json(path)
+    return isinstance(obj, dict) and {"stages", "ratio_of_medians", "runtime"} <= set(obj)
+
+
+def is_png(path) -> bool:
+    """True if ``path`` is a PNG image (bench's plot)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False

@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 _PARAM_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "min_map", "max_drop", "target_head_macs", "finetune_epochs", "finetune_lr", "train_ann", "report_ann",
     "parity_images", "latency_model", "image_size", "num_classes", "max_evals", "max_per_level", "batch_size",
-    "keep_anchors", "opset")}
-_PHRASES = {"use device cpu": "use --device cpu", "device cuda": "--device cuda",
+    "keep_anchors", "opset", "tol", "workers")}
+_PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N", "use device cpu": "use --device cpu",
             "lower lr": "lower --lr", "method 'shared'": "'--method shared'", "choose shared": "pass --method shared",
             "give train_ann": "pass --train-ann", "choose a writable output folder": "choose a writable --out",
             "choose another output folder":
@@ -74,7 +74,7 @@ _PHRASES = {"use device cpu": "use --device cpu", "device cuda": "--device cuda"
             "leave num_classes unset": "drop --num-classes", "give it as weights": "pass it as --weights",
             "with update set": "with 'edgeanchor regress --update'", "check the weights path": "check --weights",
             "give the matching image_size": "pass the matching --image-size", "use num_classes": "use --num-classes",
-            "set overwrite": "pass --overwrite"}
+            "set overwrite": "pass --overwrite", "or resume to continue": "or --resume to continue"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
 
 

@@ -33,10 +33,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..bench.harness import format_result, plot_result, run_bench
+    from ..bench.harness import format_result, is_bench_result, is_png, plot_result, run_bench
     from ..errors import EdgeAnchorError
     from ..export.folder import ExportFolder, default_export_dir
-    from ..io import log, write_json
+    from ..io import check_output_file, log, write_json
     from .common import print_json
 
     if args.iters < 1 or args.warmup < 0 or args.threads < 0:
@@ -47,10 +47,14 @@ def run(args) -> int:
 
         require_tensorrt()
     folder = ExportFolder.open(args.export_dir or default_export_dir())
-    result = run_bench(folder, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
-                       iters=args.iters, image_dir=args.images, opt_level=args.opt_level)
     json_path = Path(args.json_out) if args.json_out else folder.bench_path(args.runtime)
     plot_path = Path(args.plot or json_path.with_suffix(".png"))
+    # Results of ours are rewritten on every run; anything else is refused, before the timing.
+    check_output_file(json_path, overwrite=True, is_ours=is_bench_result, what="bench result",
+                      inputs=[folder.root / "report.json", args.images])
+    check_output_file(plot_path, overwrite=True, is_ours=is_png, what="bench plot", inputs=[args.images])
+    result = run_bench(folder, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
+                       iters=args.iters, image_dir=args.images, opt_level=args.opt_level)
     write_json(json_path, result)
     plot_result(result, plot_path)
     if args.json:

@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", default=None, help="image folder (default: the demo's synthetic test split)")
     parser.add_argument("--ann", default=None, help="COCO annotation file")
     parser.add_argument("--detections", default=None, help="write COCO results-format detections here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing detections file (only one edgeanchor wrote)")
     parser.add_argument("--backend", choices=["faster", "pycocotools"], default="faster")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
@@ -30,9 +32,24 @@ def run(args) -> int:
     from ..io import write_json
     from .common import build_from_args, data_or_demo, print_json
 
+    from ..device import resolve_device
+    from ..errors import EdgeAnchorError
+    from ..evaluate.predict import is_detections_file
+    from ..io import check_output_file
+
+    if args.batch_size < 1:
+        raise EdgeAnchorError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    resolve_device(args.device)
+    if args.detections:
+        check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
+                          what="detections file", inputs=[args.data, args.ann, args.model, args.weights, args.anchors])
     args.data, args.ann, _ = data_or_demo(args, "test")
+    if args.detections:  # the demo's paths are known only now
+        check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
+                          what="detections file", inputs=[args.data, args.ann])
     det = build_from_args(args)
     dataset = CocoDetection(args.data, args.ann, num_classes=det.num_classes, image_size=det.image_size)
+    dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=args.batch_size, device=args.device)
     metrics = coco_map(args.ann, dets, backend=args.backend)
     if args.detections:

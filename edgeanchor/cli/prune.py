@@ -19,7 +19,14 @@ def add_arguments(parser) -> None:
     group.add_argument("--keep", help="comma-separated global anchor ids to keep")
     group.add_argument("--remove", help="comma-separated global anchor ids to remove")
     parser.add_argument("--out", required=True, help="output checkpoint (.pt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing checkpoint and anchor file at --out (only ones edgeanchor wrote)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def anchors_path_of(out) -> str:
+    """The anchor file written beside a pruned checkpoint: ``<out without .pt>.anchors.json``."""
+    return str(out).removesuffix(".pt") + ".anchors.json"
 
 
 def run(args) -> int:
@@ -29,6 +36,15 @@ def run(args) -> int:
     from ..prune import check_ids, keep_from_remove, keep_ids_from_file, parse_anchor_ids, prune
     from .common import print_json
 
+    from ..anchors import is_anchor_file
+    from ..io import check_output_file
+    from ..models.registry import is_checkpoint
+
+    anchors_path = anchors_path_of(args.out)
+    inputs = [args.model, args.weights, args.anchors]
+    check_output_file(args.out, overwrite=args.overwrite, is_ours=is_checkpoint, what="checkpoint", inputs=inputs)
+    check_output_file(anchors_path, overwrite=args.overwrite, is_ours=is_anchor_file, what="anchor file",
+                      inputs=inputs)
     det = build_detector(args.model, num_classes=args.num_classes, weights=args.weights,
                          image_size=tuple(args.image_size) if args.image_size else None)
     if args.anchors:
@@ -40,7 +56,6 @@ def run(args) -> int:
     pruned = prune(det, keep)
     before, after = measure_cost(det), measure_cost(pruned)
     save_checkpoint(pruned, args.out, meta={"pruned_from": args.model, "kept_ids": sorted(pruned.anchor_set.ids)})
-    anchors_path = str(args.out).removesuffix(".pt") + ".anchors.json"
     write_json(anchors_path, pruned.anchor_set.to_json())
     summary = {
         "out": str(args.out),

@@ -93,16 +93,17 @@ def default_out(model: str) -> str:
 def run(args) -> int:
     from ..export.folder import check_output
     from ..pipeline import check_pipeline_spec, run_pipeline
-    from ..search.run import resolve_method
+    from ..search.run import check_target_head_macs, resolve_method
     from .common import build_from_args, print_json
 
     # Every check that needs no data runs before the data is generated or read.
-    check_pipeline_spec(pipeline_spec_from_args(args, generate=False))
+    preliminary = pipeline_spec_from_args(args, generate=False)
+    check_pipeline_spec(preliminary)
     out = args.out or default_out(args.model)
-    check_output(out, overwrite=args.overwrite)
+    check_output(out, overwrite=args.overwrite, inputs=[*preliminary.inputs(), args.weights, args.cache])
     det = build_from_args(args)
     if not args.keep_anchors:
-        resolve_method(args.method, det)
+        check_target_head_macs(det, args.target_head_macs, resolve_method(args.method, det))
     pipeline = pipeline_spec_from_args(args)
     report = run_pipeline(det, pipeline, out, overwrite=args.overwrite)
     if args.json:

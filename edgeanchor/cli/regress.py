@@ -57,13 +57,23 @@ def _export_model(args, tmp):
 
 
 def _check_args(args) -> None:
+    from .. import regress
     from ..errors import EdgeAnchorError
+    from ..io import check_output_file
 
     if args.iters < 1 or args.warmup < 0 or args.threads < 0:
         raise EdgeAnchorError(f"--iters must be >= 1, --warmup >= 0 and --threads >= 0 "
                               f"(got {args.iters}, {args.warmup}, {args.threads})")
     if not (args.map_tol >= 0 and args.latency_tol >= 0):
         raise EdgeAnchorError(f"--map-tol and --latency-tol must be >= 0 (got {args.map_tol}, {args.latency_tol})")
+    # Results of ours are rewritten on every run (as a CI step does); anything else is refused.
+    inputs = [args.baseline, args.export, args.model, args.data, args.ann]
+    if args.json_out:
+        check_output_file(args.json_out, overwrite=True, is_ours=regress.is_verdict, what="regress verdict",
+                          inputs=inputs)
+    if args.summary:
+        check_output_file(args.summary, overwrite=True, is_ours=regress.is_summary, what="regress summary",
+                          inputs=inputs)
 
 
 def run(args) -> int:
@@ -82,6 +92,8 @@ def run(args) -> int:
             folder = _export_model(args, tmp)
         else:
             folder = ExportFolder.open(args.export or default_export_dir())
+        if baseline is not None:  # a baseline of another model or split: exit 2 before measuring
+            regress.check_identity(baseline, folder, args.ann or folder.report_ann, args.baseline)
         measured = regress.measure(folder, data=args.data, ann=args.ann, iters=args.iters, warmup=args.warmup,
                                    threads=args.threads)
     if args.update:

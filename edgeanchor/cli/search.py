@@ -67,11 +67,15 @@ def resolve_data(args):
 
 def run(args) -> int:
     from ..io import format_table
-    from ..search.run import resolve_method, run_search
+    from pathlib import Path
+
+    from ..search.run import check_search_folder, check_search_spec, resolve_method, run_search
     from .common import build_from_args, print_json
 
-    det = build_from_args(args)
     search = search_spec_from_args(args)
+    check_search_spec(search)
+    check_search_folder(Path(args.out))
+    det = build_from_args(args)
     resolve_method(search.method, det)  # before the data is generated or read
     data, ann, report_ann = resolve_data(args)
     result = run_search(det, data, ann, args.out, search, report_ann=report_ann, cache_path=args.cache,

@@ -12,6 +12,7 @@ to --model anywhere to rebuild it exactly.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-iters-per-epoch", type=int, default=None, help=argparse_suppress())
     parser.add_argument("--out", required=True, help="checkpoint to write (rewritten after every epoch)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run stored at --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing checkpoint at --out (only one edgeanchor wrote)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the training record as JSON")
 
@@ -80,15 +83,55 @@ def _resume_state(args):
 
     from ..errors import EdgeAnchorError
     from ..models import load_checkpoint
+    from ..models.registry import is_checkpoint
 
     path = Path(args.out)
+    if path.is_dir():
+        raise EdgeAnchorError(f"--out {path} is a folder; give the checkpoint file to resume")
     if not path.is_file():
         raise EdgeAnchorError(f"--resume: no checkpoint at {path} to resume from; drop --resume to start afresh")
+    if not is_checkpoint(path):
+        raise EdgeAnchorError(f"--resume: {path} is not a checkpoint written by edgeanchor train; cannot resume it")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     state = obj.get("train_state")
     if not state:
         raise EdgeAnchorError(f"--resume: {path} holds a finished run (no training state left); nothing to resume")
+    if not isinstance(state, dict) or not {"epoch", "optimizer", "scheduler", "record"} <= set(state):
+        raise EdgeAnchorError(f"--resume: the training state in {path} is incomplete; start afresh with --overwrite")
     return load_checkpoint(path), state
+
+
+def check_flags(args) -> None:
+    """Every flag that needs no data, checked before any work."""
+    import math
+
+    from ..device import resolve_device
+    from ..errors import EdgeAnchorError
+
+    checks = [(args.epochs >= 1, f"--epochs must be at least 1 (got {args.epochs})"),
+              (args.batch_size >= 1, f"--batch-size must be at least 1 (got {args.batch_size})"),
+              (math.isfinite(args.lr) and args.lr > 0, f"--lr must be a positive number (got {args.lr})"),
+              (math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+               f"--weight-decay must be a number >= 0 (got {args.weight_decay})"),
+              (args.warmup_iters >= 0, f"--warmup-iters must be >= 0 (got {args.warmup_iters})"),
+              (args.workers >= 0, f"--workers must be >= 0 (got {args.workers})"),
+              (args.seed >= 0, f"--seed must be >= 0 (got {args.seed})")]
+    for ok, message in checks:
+        if not ok:
+            raise EdgeAnchorError(message)
+    resolve_device(args.device)
+
+
+def check_out(args) -> None:
+    """--out may replace only a checkpoint we wrote, only when asked, and never an input."""
+    from ..io import check_output_file
+    from ..models.registry import is_checkpoint
+
+    if args.resume:
+        return  # _resume_state checks it is our checkpoint with a training state
+    inputs = [args.data, args.ann, args.val_ann, args.init, args.weights, args.model, args.anchors]
+    check_output_file(args.out, overwrite=args.overwrite, is_ours=is_checkpoint, what="checkpoint", inputs=inputs,
+                      flag="overwrite (or resume to continue the run)")
 
 
 def run(args) -> int:
@@ -99,17 +142,21 @@ def run(args) -> int:
     from ..train.loop import TrainConfig, train
     from .common import print_json
 
+    from ..train.loop import seed_everything
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.epochs < 1:
-        raise EdgeAnchorError("--epochs must be at least 1")
+    check_flags(args)
+    check_out(args)
+    if args.resume and args.overwrite:
+        raise EdgeAnchorError("give either --resume (continue the run at --out) or --overwrite (start afresh)")
     resume_state = None
     if args.resume:
         det, resume_state = _resume_state(args)
     else:
+        seed_everything(args.seed)  # the initial weights are drawn from torch's generator
         det = build_model(args)
     train_set = CocoDetection(args.data, args.ann, num_classes=det.num_classes, image_size=det.image_size, train=True)
-    if sum(len(t[1]) for t in train_set._targets.values()) == 0:
-        raise EdgeAnchorError(f"{args.ann} has no usable object annotations; nothing to train on")
+    train_set.require_objects("train on")
     val_set = None
     if args.val_ann:
         val_set = CocoDetection(args.data, args.val_ann, num_classes=det.num_classes, image_size=det.image_size)
@@ -123,6 +170,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     record = train(det, train_set, cfg, out=args.out, val_set=val_set, resume_state=resume_state)
     seconds = time.perf_counter() - t0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 writes the checkpoint and reports
     last = record["epochs"][-1]
     if args.json:
         print_json({"out": args.out, "seconds": round(seconds, 1), "record": record})

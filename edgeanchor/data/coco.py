@@ -159,7 +159,7 @@ def load_image(path: Path, image_size: tuple[int, int] | None) -> tuple[torch.Te
     """
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
+            rgb = _to_rgb8(img)
     except (UnidentifiedImageError, OSError) as exc:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
     orig_size = (rgb.height, rgb.width)
@@ -168,6 +168,20 @@ def load_image(path: Path, image_size: tuple[int, int] | None) -> tuple[torch.Te
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     image = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     return image.float().div_(255.0), orig_size
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL image, 16-bit greyscale included.
+
+    PIL's ``convert("RGB")`` clips 16-bit ("I;16", "I") values at 255, so a
+    16-bit PNG would come out almost white; those are scaled by 1/257
+    (65535 -> 255) first.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        wide = np.asarray(img, dtype=np.float64)  # (H, W) in 0..65535
+        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return img.convert("RGB")
 
 
 def _require_list(data: dict, key: str, ann_file: Path) -> list:
@@ -188,6 +202,12 @@ def _index_images(images: list, ann_file: Path) -> tuple[list[int], dict[int, di
         image_id = int(img["id"])
         if image_id in by_id:
             raise EdgeAnchorError(f"{ann_file}: image id {image_id} appears twice in 'images'; make ids unique")
+        for key in ("height", "width"):
+            if key in img and img[key] is not None and not (_is_int(img[key]) and img[key] > 0):
+                raise EdgeAnchorError(
+                    f"{ann_file}: images[{n}] (id {image_id}) has {key} {img[key]!r}; it must be a positive integer "
+                    "(or left out)"
+                )
         ids.append(image_id)
         by_id[image_id] = img
     return ids, by_id
@@ -197,6 +217,8 @@ def _category_ids(categories: list, ann_file: Path) -> list[int]:
     for n, cat in enumerate(categories):
         if not isinstance(cat, dict) or "id" not in cat:
             raise EdgeAnchorError(f"{ann_file}: categories[{n}] has no 'id'; fix the entry")
+        if not _is_int(cat["id"]):
+            raise EdgeAnchorError(f"{ann_file}: categories[{n}] has id {cat['id']!r}; category ids must be integers")
     return sorted(int(c["id"]) for c in categories)
 
 
@@ -217,7 +239,19 @@ def _is_int(value) -> bool:
 
 
 def _check_annotation_fields(annotations: list, ann_file: Path) -> None:
+    seen: dict[int, int] = {}
     for n, ann in enumerate(annotations):
+        if isinstance(ann, dict) and _is_int(ann.get("id")):
+            if ann["id"] in seen:
+                raise EdgeAnchorError(
+                    f"{ann_file}: annotation id {ann['id']} appears twice (annotations[{seen[ann['id']]}] and [{n}]); "
+                    "COCO evaluation needs unique annotation ids: renumber them"
+                )
+            seen[ann["id"]] = n
+        elif isinstance(ann, dict):
+            raise EdgeAnchorError(
+                f"{ann_file}: annotations[{n}] has no integer 'id'; COCO evaluation needs one per annotation"
+            )
         ok = isinstance(ann, dict) and _is_int(ann.get("image_id")) and _is_int(ann.get("category_id"))
         bbox = ann.get("bbox") if ok else None
         ok = ok and isinstance(bbox, (list, tuple)) and len(bbox) == 4
@@ -318,6 +352,28 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_paths(self) -> list[Path]:
+        """Paths of the image files, in data set order."""
+        return [self.image_dir / self._images[i]["file_name"] for i in self.image_ids]
+
+    @property
+    def num_objects(self) -> int:
+        """Usable (non-crowd, non-degenerate) object annotations."""
+        return sum(len(labels) for _, labels in self._targets.values())
+
+    def require_objects(self, purpose: str = "evaluate on") -> None:
+        """Raise if no annotation is usable: there would be nothing to ``purpose``.
+
+        Raises:
+            EdgeAnchorError: naming the file and what was skipped.
+        """
+        if self.num_objects == 0:
+            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "no annotations"
+            raise EdgeAnchorError(
+                f"{self.ann_file} has no usable object annotations ({skipped}); nothing to {purpose}: "
+                "give an annotation file with objects"
+            )
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image_id = self.image_ids[index]
         info = self._images[image_id]
@@ -336,7 +392,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def summary(self) -> str:
         """One line: images, objects, categories, label mapping and skip counts."""
-        num_objects = sum(len(labels) for _, labels in self._targets.values())
+        num_objects = self.num_objects
         num_empty = sum(1 for _, labels in self._targets.values() if len(labels) == 0)
         mode = "contiguous" if self.num_classes == len(self.category_ids) + 1 else "identity"
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"

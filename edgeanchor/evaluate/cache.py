@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from tqdm import tqdm
 
 from ..data.coco import CocoDetection
 from ..evaluate.predict import make_loader
-from ..io import atomic_path, log
+from ..errors import EdgeAnchorError
+from ..io import atomic_path, log, warn
 
-CACHE_FORMAT = "edgeanchor.candidates/2"  # 2: meta key "postprocess_spec"
+# 2: meta key "postprocess_spec"; 3: an image manifest (name, size, mtime, SHA-256) in the meta
+CACHE_FORMAT = "edgeanchor.candidates/3"
 
 
 @dataclass
@@ -142,24 +145,117 @@ def build_cache(detector, dataset: CocoDetection, *, batch_size: int = 16, devic
             "label_map": {str(k): v for k, v in dataset.label_map.items()},
             "anchors": detector.anchor_set.to_json(),
             "ann_file": str(dataset.ann_file),
+            "images": image_manifest(dataset),
         },
     )
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_manifest(dataset: CocoDetection) -> list[list]:
+    """Per image, in data set order: [file name, size in bytes, mtime in ns, SHA-256 of the contents]."""
+    rows = []
+    for path in dataset.image_paths():
+        st = path.stat()
+        rows.append([str(path.relative_to(dataset.image_dir)), st.st_size, st.st_mtime_ns, _sha256(path)])
+    return rows
+
+
+def images_unchanged(cache: CandidateCache, dataset: CocoDetection) -> tuple[bool, bool]:
+    """(the images are the ones the cache was built from, the manifest's file times need refreshing).
+
+    Size and mtime are the fast check; an image whose size or mtime changed is
+    hashed, and only a different SHA-256 makes the cache stale (a touched or
+    copied file with the same contents does not).
+    """
+    stored = cache.meta.get("images")
+    paths = dataset.image_paths()
+    if not isinstance(stored, list) or len(stored) != len(paths):
+        return False, False
+    refresh = False
+    for row, path in zip(stored, paths):
+        name, size, mtime, digest = row
+        if name != str(path.relative_to(dataset.image_dir)):
+            return False, False
+        st = path.stat()
+        if (st.st_size, st.st_mtime_ns) == (size, mtime):
+            continue
+        if st.st_size != size or _sha256(path) != digest:
+            return False, False
+        row[2] = st.st_mtime_ns
+        refresh = True
+    return True, refresh
+
+
+def inspect_cache_file(path: Path) -> tuple[str, CandidateCache | None]:
+    """What is at ``path``: ("ours", cache), ("old", None) an older format of ours, ("broken", None) an
+    empty or truncated cache, or ("foreign", None) a file edgeanchor did not write."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return "broken", None
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError):
+        return ("broken" if head.startswith(b"PK") else "foreign"), None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        return "foreign", None
+    with z:
+        if not {"key", "meta"} <= set(z.files):
+            return "foreign", None
+        try:
+            fmt = str(json.loads(str(z["meta"])).get("format", ""))
+        except (ValueError, AttributeError, zipfile.BadZipFile, EOFError, OSError):
+            return "broken", None
+    if fmt.startswith("edgeanchor.candidates/") and fmt != CACHE_FORMAT:
+        return "old", None
+    if fmt != CACHE_FORMAT:
+        return "foreign", None
+    try:
+        return "ours", CandidateCache.load(path)
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError):
+        return "broken", None
+
+
 def load_or_build_cache(detector, dataset: CocoDetection, path, *, batch_size: int = 16, device: str = "cpu",
                         progress: bool = True, log=log) -> CandidateCache:
-    """Reuse the cache at ``path`` if its key matches; otherwise rebuild and save it."""
+    """Reuse the cache at ``path`` if it was built from these weights, anchors, rule, annotations and images;
+    otherwise rebuild and save it.
+
+    Raises:
+        EdgeAnchorError: ``path`` is a folder, or a file that is not a candidate cache (it is never replaced).
+    """
     key = cache_key(detector, dataset)
     path = Path(path)
-    if path.is_file():
-        try:
-            cache = CandidateCache.load(path)
-        except (OSError, ValueError, KeyError):
-            cache = None
-        if cache is not None and cache.key == key:
-            log(f"reusing candidate cache {path} ({cache.num_candidates} candidates, {cache.num_images} images)")
-            return cache
-        log(f"candidate cache {path} was written for other weights, anchors or data; rebuilding it")
+    if path.is_dir():
+        raise EdgeAnchorError(f"the candidate cache {path} is a folder; give a file path")
+    if path.exists():
+        status, cache = inspect_cache_file(path)
+        if status == "foreign":
+            raise EdgeAnchorError(
+                f"{path} exists and is not a candidate cache written by edgeanchor; refusing to replace it: "
+                "choose another cache path or remove the file yourself"
+            )
+        if status == "broken":
+            warn(f"candidate cache {path} is empty or truncated; rebuilding it")
+        elif status == "old":
+            log(f"candidate cache {path} was written by an older edgeanchor; rebuilding it")
+        elif cache.key != key:
+            log(f"candidate cache {path} was written for other weights, anchors or annotations; rebuilding it")
+        else:
+            same, refresh = images_unchanged(cache, dataset)
+            if same:
+                if refresh:
+                    cache.save(path)  # same contents, new file times: record them for the fast check
+                log(f"reusing candidate cache {path} ({cache.num_candidates} candidates, {cache.num_images} images)")
+                return cache
+            log(f"the images under {dataset.image_dir} changed since candidate cache {path} was built; rebuilding it")
     cache = build_cache(detector, dataset, batch_size=batch_size, device=device, progress=progress, key=key)
     cache.save(path)
     return cache

@@ -32,10 +32,12 @@ def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_t
 
 
 def make_loader(dataset: CocoDetection, batch_size: int, *, shuffle: bool = False, workers: int = 0,
-                sampler=None) -> DataLoader:
+                sampler=None, generator=None, worker_init_fn=None, persistent_workers: bool | None = None) -> DataLoader:
+    """A DataLoader of (images, targets) batches; ``generator`` fixes shuffling and the workers' seeds."""
+    persistent = workers > 0 if persistent_workers is None else (persistent_workers and workers > 0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, collate_fn=detection_collate, drop_last=False,
-                      persistent_workers=workers > 0)
+                      num_workers=workers, collate_fn=detection_collate, drop_last=False, generator=generator,
+                      worker_init_fn=worker_init_fn, persistent_workers=persistent)
 
 
 @torch.no_grad()
@@ -51,3 +53,11 @@ def predict(detector, dataset: CocoDetection, *, batch_size: int = 16, device: s
         for out, target in zip(outputs, targets):
             results.extend(to_coco_results(out, target["image_id"], target["orig_size"], detector.image_size, label_to_cat))
     return results
+
+
+def is_detections_file(path) -> bool:
+    """True if ``path`` holds COCO results-format detections (a list of image_id/category_id/bbox/score dicts)."""
+    from ..io import peek_json
+
+    obj, keys = peek_json(path), {"image_id", "category_id", "bbox", "score"}
+    return isinstance(obj, list) and all(isinstance(d, dict) and keys <= set(d) for d in obj)

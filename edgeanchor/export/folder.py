@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import EdgeAnchorError
-from ..io import atomic_dir, read_json, write_json, write_text
+from ..io import atomic_dir, peek_json, read_json, write_json, write_text
 
 FORMAT = "edgeanchor.export"
 FORMAT_VERSION = 1
@@ -233,10 +233,7 @@ def _check_variant(variant: str) -> None:
 
 def is_export_folder(path: str | os.PathLike) -> bool:
     """True if ``path`` is a folder with a report.json that edgeanchor wrote (any format version)."""
-    try:
-        report = read_json(Path(path) / "report.json")
-    except EdgeAnchorError:
-        return False
+    report = peek_json(Path(path) / "report.json")
     return isinstance(report, dict) and report.get("format") == FORMAT
 
 

@@ -63,7 +63,14 @@ def make_session(
     opts.intra_op_num_threads = int(intra_op_num_threads)
     opts.inter_op_num_threads = int(inter_op_num_threads)
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization_level])
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeAnchorError(
+            f"ONNX Runtime cannot load {path} ({first[:200]}); the file is damaged or not an ONNX graph: "
+            "export it again"
+        ) from None
 
 
 def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:

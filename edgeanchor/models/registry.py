@@ -113,10 +113,25 @@ def build_detector(
         raise EdgeAnchorError(
             f"unknown model {name!r}; choose one of {', '.join(model_names())}, or give a checkpoint path"
         )
-    spec = ARCHS[name]
-    num_classes = num_classes or spec.num_classes
-    image_size = tuple(image_size) if image_size else spec.image_size
-    tv_model = spec.builder(num_classes, image_size)
+    arch = ARCHS[name]
+    min_classes = 2 if arch.family == "ssd" else 1  # SSD counts the background class
+    if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= min_classes):
+        raise EdgeAnchorError(
+            f"num_classes must be at least {min_classes} for {name} (got {num_classes}"
+            f"{'; it counts the background class' if arch.family == 'ssd' else ''})"
+        )
+    if image_size is not None:
+        if len(tuple(image_size)) != 2 or not all(isinstance(v, int) and v >= 32 for v in image_size):
+            raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
+    num_classes = num_classes or arch.num_classes
+    image_size = tuple(image_size) if image_size else arch.image_size
+    try:
+        tv_model = arch.builder(num_classes, image_size)
+    except (RuntimeError, ValueError) as exc:
+        raise EdgeAnchorError(
+            f"image_size {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
+            "choose a larger image_size"
+        ) from None
     ckpt_anchors = None
     if weights is not None:
         state = _read_weights(weights)
@@ -124,7 +139,13 @@ def build_detector(
             ckpt_anchors = AnchorSet.from_json(state["anchors"])
         else:
             _load_state(tv_model, _state_dict_of(state), weights)
-    det = wrap(name, tv_model, image_size=image_size, anchors=anchors if ckpt_anchors is None else ckpt_anchors)
+    try:
+        det = wrap(name, tv_model, image_size=image_size, anchors=anchors if ckpt_anchors is None else ckpt_anchors)
+    except RuntimeError as exc:  # a feature map vanishes at this input size
+        raise EdgeAnchorError(
+            f"image_size {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
+            "choose a larger image_size"
+        ) from None
     if ckpt_anchors is not None:
         _load_state(det, state["state_dict"], weights)
     return det
@@ -132,20 +153,20 @@ def build_detector(
 
 def wrap(name: str, tv_model, *, image_size, anchors=None) -> Detector:
     """Wrap a torchvision model of architecture ``name`` with optional new anchors."""
-    spec = ARCHS[name]
-    default = _wrap(spec, name, tv_model, image_size, None)
+    arch_spec = ARCHS[name]
+    default = _wrap(arch_spec, name, tv_model, image_size, None)
     anchor_set = resolve_anchors(anchors, default.anchor_set)
     if anchor_set is default.anchor_set:
         return default
-    return _wrap(spec, name, tv_model, image_size, anchor_set)
+    return _wrap(arch_spec, name, tv_model, image_size, anchor_set)
 
 
-def _wrap(spec, name, tv_model, image_size, anchor_set):
+def _wrap(arch_spec, name, tv_model, image_size, anchor_set):
     from .retinanet import wrap_retinanet
     from .ssd import wrap_ssd
 
-    if spec.family == "ssd":
-        return wrap_ssd(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set, head_init=spec.head_init)
+    if arch_spec.family == "ssd":
+        return wrap_ssd(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set, head_init=arch_spec.head_init)
     return wrap_retinanet(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set)
 
 
@@ -155,7 +176,7 @@ def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
         return template
     if isinstance(anchors, AnchorSet):
         result = anchors
-    elif str(anchors).startswith("overanchorized"):
+    elif str(anchors).startswith("overanchorized") and not Path(str(anchors)).is_file():
         result = parse_overanchorized(str(anchors), template)
     else:
         result = parse_anchor_file(read_json(anchors, "anchor file"), template)
@@ -237,12 +258,21 @@ def load_checkpoint(path) -> Detector:
     if arch not in ARCHS:
         raise EdgeAnchorError(f"{path} was written for unknown architecture {arch!r}")
     anchor_set = AnchorSet.from_json(obj["anchors"])
-    spec = ARCHS[arch]
-    tv_model = spec.builder(obj["num_classes"], anchor_set.image_size)
-    det = _wrap(spec, arch, tv_model, anchor_set.image_size, anchor_set)
+    arch_spec = ARCHS[arch]
+    tv_model = arch_spec.builder(obj["num_classes"], anchor_set.image_size)
+    det = _wrap(arch_spec, arch, tv_model, anchor_set.image_size, anchor_set)
     _load_state(det, obj["state_dict"], path)
     det.postprocess_spec = PostprocessSpec.from_json(obj["postprocess"])
     return det.eval()
+
+
+def is_checkpoint(path) -> bool:
+    """True if ``path`` is a checkpoint edgeanchor wrote (never raises)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any unreadable file is simply not ours
+        return False
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
 
 def checkpoint_meta(path) -> dict:

@@ -15,6 +15,7 @@ once, so every child only recomputes the images it can change.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -44,15 +45,52 @@ class Node:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Node":
-        return cls(tuple(obj["removed"]), obj["metrics"], obj["head_macs"], obj["boxes"], obj["cost"])
+        """Parse :meth:`to_json` output; KeyError/TypeError on a malformed object."""
+        if not isinstance(obj["metrics"], dict) or "mAP" not in obj["metrics"]:
+            raise KeyError("metrics")
+        return cls(tuple(int(r) for r in obj["removed"]), obj["metrics"], int(obj["head_macs"]), int(obj["boxes"]),
+                   float(obj["cost"]))
 
 
-def _init_worker(cache_path: str, ann: str, backend: str) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker when the search process dies, even by SIGKILL (no orphans holding the cache).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere: a
+    daemon thread polls the parent pid once a second, as a backstop.
+    """
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the hook was set
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="edgeanchor-parent-watch", daemon=True).start()
+
+
+def _init_worker(cache_path: str, ann: str, backend: str, parent_pid: int) -> None:
     import torch
 
     from ..evaluate.cache import CandidateCache
     from ..evaluate.subset import SubsetScorer
 
+    _exit_with_parent(parent_pid)
     torch.set_num_threads(1)
     _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend)
 
@@ -96,7 +134,7 @@ class Evaluator:
         if workers > 1 and cache_path:
             ctx = multiprocessing.get_context("spawn")  # torch in the parent makes fork unsafe
             self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(str(cache_path), str(ann), scorer.backend))
+                                             initargs=(str(cache_path), str(ann), scorer.backend, os.getpid()))
             self._workers = workers
 
     @property

@@ -61,6 +61,60 @@ class SearchSpec:
         return d
 
 
+def check_search_spec(search: SearchSpec) -> None:
+    """Settings that are wrong whatever the data, checked before any work.
+
+    Raises:
+        EdgeAnchorError: naming the parameter and the accepted values.
+    """
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if search.method is not None and search.method not in METHODS:
+        raise EdgeAnchorError(f"unknown search method {search.method!r}; choose one of {', '.join(METHODS)}")
+    if search.cost not in COSTS:
+        raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
+    if search.min_map is not None and not (number(search.min_map) and 0 <= search.min_map <= 1):
+        raise EdgeAnchorError(f"min_map must be a COCO mAP between 0 and 1 (got {search.min_map})")
+    if search.max_drop is not None and not (number(search.max_drop) and 0 <= search.max_drop <= 1):
+        raise EdgeAnchorError(f"max_drop must be between 0 and 1 in mAP units, 0.005 = half a point "
+                              f"(got {search.max_drop})")
+    if not (number(search.tol) and search.tol >= 0):
+        raise EdgeAnchorError(f"tol must be a number >= 0 (got {search.tol})")
+    for name in ("max_per_level", "max_evals", "workers"):
+        value = getattr(search, name)
+        if not (isinstance(value, int) and value >= 1):
+            raise EdgeAnchorError(f"{name} must be an integer >= 1 (got {value})")
+
+
+def check_target_head_macs(det, target_head_macs: float | None, method: str) -> None:
+    """Refuse a head-MAC target no keep set of this search can meet, before the search runs.
+
+    The cheapest keep set a search can reach keeps one anchor (one anchor position on every
+    level for a shared head), so a target below that is out of range.
+
+    Raises:
+        EdgeAnchorError: the target is below the cheapest reachable head.
+    """
+    if target_head_macs is None:
+        return
+    model = build_cost_model(det)
+    ids = det.anchor_set.ids
+    if method == "shared":
+        # a shared head keeps one position on each level, or fewer levels; the cheapest keeps one level
+        candidates = [set(ids) - {a.id for a in lv.anchors[:1]} for lv in det.anchor_set.levels if lv.anchors]
+    else:
+        candidates = [set(ids) - {a} for a in ids]
+    cheapest = min(model.head_macs(tuple(sorted(c))) for c in candidates)
+    if target_head_macs < cheapest:
+        raise EdgeAnchorError(
+            f"target_head_macs {target_head_macs:,.0f} is below the cheapest head this search can reach "
+            f"({cheapest:,.0f} MACs with one anchor kept); raise target_head_macs"
+        )
+
+
 def resolve_method(method: str | None, det) -> str:
     """The search method for ``det``: the one asked for, checked, or the default for its head.
 
@@ -160,11 +214,12 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     Returns:
         The search result (also written to ``out_dir/search.json``).
     """
-    if search.cost not in COSTS:
-        raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
+    check_search_spec(search)
     search = replace(search, method=resolve_method(search.method, det))
     run = _SearchRun(det, data_dir, Path(out_dir), search, report_ann, batch_size, device, progress, log)
+    check_search_folder(run.out_dir)
     dataset = CocoDetection(data_dir, ann, num_classes=det.num_classes, image_size=det.image_size)
+    dataset.require_objects("search on")
     cache_path = Path(cache_path) if cache_path else default_cache_path(cache_key(det, dataset))
     cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device, progress=progress,
                                 log=log)
@@ -206,16 +261,42 @@ def _cost_fn(cost: str, latency_model):
     return lambda removed, macs, boxes: float(latency_model.predict(removed))
 
 
+def check_search_folder(out_dir: Path) -> None:
+    """A search folder is new, empty, or holds a search of ours (which is then resumed).
+
+    Raises:
+        EdgeAnchorError: a file, or a non-empty folder without our search.json.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeAnchorError(f"the search folder {out_dir} is a file; give a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not search_outputs(out_dir)["result"].is_file():
+        raise EdgeAnchorError(
+            f"the search folder {out_dir} is not empty and holds no search of ours (no search.json); "
+            "choose another search folder"
+        )
+
+
+def _stored_nodes(stored, path: Path) -> list[Node]:
+    """The nodes of a stored search, or a one-line error if the file is not a search of ours."""
+    bad = EdgeAnchorError(f"{path} is not a search written by edgeanchor; choose another search folder")
+    if not isinstance(stored, dict) or not isinstance(stored.get("nodes", []), list):
+        raise bad
+    try:
+        return [Node.from_json(n) for n in stored.get("nodes", [])]
+    except (KeyError, TypeError, AttributeError):
+        raise bad from None
+
+
 def _resume(out_dir: Path, search: SearchSpec, key: str, log) -> tuple[list[Node], Path]:
     path = search_outputs(out_dir)["result"]
     if not path.is_file():
         return [], path
     stored = read_json(path, "search file")
+    nodes = _stored_nodes(stored, path)
     if stored.get("settings") != search.settings_key() or stored.get("cache_key") != key:
         raise EdgeAnchorError(
             f"{path} holds a search with other settings, weights or data; choose another search folder to start anew"
         )
-    nodes = [Node.from_json(n) for n in stored.get("nodes", [])]
     log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
     return nodes, path
 

@@ -3,7 +3,18 @@
 Multi-GPU training uses the standard path: launch with ``torchrun
 --nproc_per_node N -m edgeanchor train ...``; each process reads
 ``LOCAL_RANK``/``WORLD_SIZE``, joins ``torch.distributed`` and wraps the
-model in ``DistributedDataParallel``. Rank 0 evaluates and writes checkpoints.
+model in ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs). Rank 0
+evaluates and writes checkpoints; the recorded losses are averaged over ranks.
+
+Reproducibility: weights are initialised from ``seed``; each epoch's
+shuffling, loader workers and augmentation derive from (seed, epoch, rank)
+alone, so two runs with the same settings give the same weights, and a run
+resumed at any epoch equals the uninterrupted one, with any number of loader
+workers. A DDP run with N processes and batch B is reproducible too, but is
+not the same computation as one process with batch N*B: BatchNorm statistics
+are per process (no SyncBatchNorm), each rank draws its own augmentation, and
+DistributedSampler splits each epoch's permutation across ranks. Its weights
+therefore differ slightly from the single-process run (tested).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.coco import CocoDetection
-from ..errors import CheckFailed, EdgeAnchorError
+from ..errors import CheckFailed
 from ..evaluate.coco_map import coco_map
 from ..evaluate.predict import make_loader, predict
 from ..models.base import Detector
@@ -68,10 +79,24 @@ def _distributed() -> tuple[int, int, int]:
     return world, rank, local
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (weights are initialised from torch's)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch: shuffling, loader workers and augmentation derive from it alone,
+    so a run resumed at any epoch sees exactly what the uninterrupted run saw."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank) % 2**63
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; NumPy and random follow it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def _lr_factor(it: int, total: int, warmup: int) -> float:
@@ -103,18 +128,17 @@ def train(
     Returns:
         The training record: per-epoch losses, mAP and seconds.
     """
+    from ..device import resolve_device
+
     world, rank, local = _distributed()
-    device = torch.device(f"cuda:{local}" if cfg.device == "cuda" else cfg.device)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise EdgeAnchorError("device cuda was asked for but no CUDA GPU is available; use device cpu")
-    _seed_everything(cfg.seed + rank)
+    device = resolve_device(f"cuda:{local}" if cfg.device == "cuda" else cfg.device)
     det.to(device)
     step_module: nn.Module = _TrainStep(det)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[local] if device.type == "cuda" else None)
     sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if world > 1 else None
-    loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, sampler=sampler)
-    iters_per_epoch = len(loader) if cfg.max_iters_per_epoch is None else min(len(loader), cfg.max_iters_per_epoch)
+    batches = len(make_loader(train_set, cfg.batch_size, sampler=sampler))
+    iters_per_epoch = batches if cfg.max_iters_per_epoch is None else min(batches, cfg.max_iters_per_epoch)
     total_iters = iters_per_epoch * cfg.epochs
     params = [p for p in det.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -126,10 +150,17 @@ def train(
         scheduler.load_state_dict(resume_state["scheduler"])
         record = resume_state["record"]
         start_epoch = resume_state["epoch"] + 1
-        torch.set_rng_state(resume_state["rng"])
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        # A fresh loader per epoch, seeded from (seed, epoch, rank) alone: shuffling, the workers'
+        # augmentation and the main process's RNG do not depend on earlier epochs, so resume is exact
+        # with any number of loader workers.
+        seed = epoch_seed(cfg.seed, epoch, rank)
+        seed_everything(seed)
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, sampler=sampler,
+                             generator=torch.Generator().manual_seed(seed), worker_init_fn=_seed_worker,
+                             persistent_workers=False)
         t0 = time.perf_counter()
         losses = _train_epoch(step_module, det, loader, optimizer, scheduler, iters_per_epoch, epoch, cfg, device, rank)
         entry = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 1), **losses}
@@ -146,13 +177,16 @@ def train(
             last = epoch == cfg.epochs - 1
             state = None if last else {
                 "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "record": record, "rng": torch.get_rng_state(),
+                "record": record, "loader_seeding": "epoch_seed(seed, epoch, rank) per epoch",
             }
             det.cpu()
             save_checkpoint(det, out, meta={"train": record, **cfg.extra_meta},
                             extra={"train_state": state} if state else None)
             det.to(device)
     det.cpu().eval()
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # rank 0 has written the last checkpoint
+        torch.distributed.destroy_process_group()
     return record
 
 
@@ -183,4 +217,10 @@ def _train_epoch(step_module, det, loader, optimizer, scheduler, num_iters, epoc
         bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()} | {"lr": f"{scheduler.get_last_lr()[0]:.1e}"})
         bar.update(1)
     bar.close()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank saw its own share of the data: the record holds the mean over all of them
+        keys = sorted(sums)
+        totals = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+        torch.distributed.all_reduce(totals)
+        sums, count = dict(zip(keys, totals[:-1].tolist())), int(totals[-1].item())
     return {k: round(v / max(1, count), 5) for k, v in sums.items()}

@@ -1,0 +1,363 @@
+"""Every user mistake: one `error:` line, the right exit code, no traceback, nothing of the user's changed.
+
+One row per case. Each row runs the CLI in-process in a fresh folder holding a
+small synthetic data set (and whatever the row adds), hashes every file there
+before and after, and checks:
+
+- the exit code (2 for a user mistake; 1 only for a measured failure);
+- exactly one stderr line starts with ``error:``, it is the last line, and it
+  contains the expected words;
+- no traceback;
+- no file under the folder was changed, added or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from edgeanchor.cli import main
+from edgeanchor.data.synth import generate
+from edgeanchor.models import build_detector, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A small data set, a checkpoint, an anchor file and a baseline, copied into every row's folder."""
+    root = tmp_path_factory.mktemp("bad_input_template")
+    generate(root / "synth", num_images=20, seed=9, image_size=320, splits=(0.5, 0.25, 0.25), workers=1)
+    det = build_detector("demo")
+    save_checkpoint(det, root / "model.pt", meta={"note": "a checkpoint of ours"})
+    (root / "keep.anchors.json").write_text(json.dumps(det.anchor_set.subset([0, 1, 2]).to_json()))
+    (root / "notes.txt").write_text("the user's notes\n")
+    (root / "stuff").mkdir()
+    (root / "stuff" / "photo.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    return root
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]
+    expect: str  # words the error line must contain (after 'error: ')
+    code: int = 2
+    setup: Callable[[Path], None] | None = None  # writes extra files before the hashing
+    extra_files: dict = field(default_factory=dict)  # name -> text or bytes
+
+
+D = ["--data", "{root}/synth/images"]
+TRAIN = [*D, "--ann", "{root}/synth/annotations/train.json"]
+VAL = [*D, "--ann", "{root}/synth/annotations/val.json"]
+FAST_SEARCH = ["--max-evals", "5", "--workers", "1"]
+
+
+def coco_with(change) -> str:
+    """A small valid COCO file (two images of the template's val split), changed by ``change``."""
+    def make(root: Path) -> None:
+        data = json.loads((root / "synth/annotations/val.json").read_text())
+        change(data)
+        (root / "bad.json").write_text(json.dumps(data))
+    return make
+
+
+def set_first(key, value, where="annotations"):
+    return coco_with(lambda d: d[where][0].__setitem__(key, value))
+
+
+def drop_first(key, where="annotations"):
+    return coco_with(lambda d: d[where][0].pop(key))
+
+
+def all_crowd(d):
+    for a in d["annotations"]:
+        a["iscrowd"] = 1
+
+
+def duplicate_ids(d):
+    d["annotations"][1]["id"] = d["annotations"][0]["id"]
+
+
+def write(name, content):
+    def make(root: Path) -> None:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return make
+
+
+def regress_baseline(change):
+    base = {"format": "edgeanchor.regress/1", "identity": {}, "mAP": 0.7,
+            "latency_ratios": {s: 0.8 for s in ("backbone", "head", "postprocess", "end_to_end")},
+            "head_channels": [{"level": 0, "cls_channels": 12, "box_channels": 8}]}
+    change(base)
+    return write("base.json", json.dumps(base))
+
+
+def fake_export(report, model_bytes=b"\x08\x07 truncated"):
+    """An export folder whose report.json and graphs are as given (real images for bench)."""
+    def make(root: Path) -> None:
+        folder = root / "exp"
+        (folder / "baseline").mkdir(parents=True)
+        rep = report if not callable(report) else report(root)
+        (folder / "report.json").write_text(json.dumps(rep))
+        for sub in (folder, folder / "baseline"):
+            for g in ("backbone", "head", "postprocess", "model"):
+                (sub / f"{g}.onnx").write_bytes(model_bytes)
+    return make
+
+
+def good_report(root: Path) -> dict:
+    return {"format": "edgeanchor.export", "format_version": 1, "data": str(root / "synth/images"),
+            "report_ann": str(root / "synth/annotations/val.json"), "image_size": [320, 320]}
+
+
+def search_json_not_ours(root: Path) -> None:
+    (root / "srch").mkdir()
+    (root / "srch" / "search.json").write_text(json.dumps({"nodes": [{"x": 1}]}))
+
+
+def our_detections(root: Path) -> None:
+    (root / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],
+                                                  "score": 0.5}]))
+
+
+CASES = [
+    # ---- 1. nothing of the user's is ever lost
+    Case("pe-out-is-the-data-folder", ["prune-and-export", *VAL, "--out", "{root}/synth", "--overwrite"],
+         "also an input"),
+    Case("pe-out-holds-the-images", ["prune-and-export", *VAL, "--out", "{root}/synth/images", "--overwrite"],
+         "also an input"),
+    Case("pe-out-unrelated-folder", ["prune-and-export", *VAL, "--out", "{root}/stuff", "--overwrite"],
+         "not an edgeanchor export folder"),
+    Case("pe-out-unrelated-file", ["prune-and-export", *VAL, "--out", "{root}/notes.txt", "--overwrite"],
+         "is a file"),
+    Case("train-out-is-its-annotations", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                          "--out", "{root}/synth/annotations/train.json", "--overwrite"],
+         "also an input"),
+    Case("train-out-unrelated-file", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                      "--out", "{root}/notes.txt", "--overwrite"], "not a checkpoint written by"),
+    Case("train-out-existing-checkpoint", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                           "--out", "{root}/model.pt"], "exists; pass --overwrite"),
+    Case("train-out-is-a-folder", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                   "--out", "{root}/stuff"], "is a folder"),
+    Case("train-out-is-its-init", ["train", "--init", "{root}/model.pt", *TRAIN, "--epochs", "1",
+                                   "--out", "{root}/model.pt", "--overwrite"], "also an input"),
+    Case("evaluate-detections-is-its-annotations", ["evaluate", "--model", "demo", *VAL, "--detections",
+                                                    "{root}/synth/annotations/val.json", "--overwrite"],
+         "also an input"),
+    Case("evaluate-detections-unrelated-file", ["evaluate", "--model", "demo", *VAL, "--detections",
+                                                "{root}/notes.txt", "--overwrite"], "not a detections file"),
+    Case("evaluate-detections-is-a-folder", ["evaluate", "--model", "demo", *VAL, "--detections", "{root}/stuff"],
+         "is a folder"),
+    Case("evaluate-detections-exists", ["evaluate", "--model", "demo", *VAL, "--detections", "{root}/dets.json"],
+         "exists; pass --overwrite", setup=our_detections),
+    Case("search-cache-unrelated-file", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--cache",
+                                         "{root}/notes.txt", *FAST_SEARCH], "not a candidate cache"),
+    Case("search-cache-is-a-folder", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--cache",
+                                      "{root}/stuff", *FAST_SEARCH], "is a folder"),
+    Case("search-out-unrelated-folder", ["search", "--model", "demo", *VAL, "--out", "{root}/stuff", *FAST_SEARCH],
+         "holds no search of ours"),
+    Case("search-out-is-a-file", ["search", "--model", "demo", *VAL, "--out", "{root}/notes.txt", *FAST_SEARCH],
+         "is a file"),
+    Case("prune-out-unrelated-file", ["prune", "--keep", "0,1", "--out", "{root}/notes.txt", "--overwrite"],
+         "not a checkpoint written by"),
+    Case("prune-out-is-its-model", ["prune", "--model", "{root}/model.pt", "--keep", "0,1", "--out",
+                                    "{root}/model.pt", "--overwrite"], "also an input"),
+    Case("prune-out-existing-checkpoint", ["prune", "--keep", "0,1", "--out", "{root}/model.pt"],
+         "exists; pass --overwrite"),
+    Case("prune-out-is-a-folder", ["prune", "--keep", "0,1", "--out", "{root}/stuff"], "is a folder"),
+    Case("synth-out-unrelated-folder", ["data", "synth", "--out", "{root}/stuff", "--num-images", "4", "--seed", "0",
+                                        "--overwrite"], "does not look like a synthetic data set"),
+    Case("synth-out-is-a-file", ["data", "synth", "--out", "{root}/notes.txt", "--num-images", "4", "--seed", "0"],
+         "is a file"),
+    Case("bench-json-out-is-a-folder", ["bench", "{root}/exp", "--json-out", "{root}/stuff"], "is a folder",
+         setup=fake_export(good_report)),
+    Case("bench-json-out-unrelated-file", ["bench", "{root}/exp", "--json-out", "{root}/notes.txt"],
+         "not a bench result", setup=fake_export(good_report)),
+    Case("regress-json-out-unrelated-file", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp",
+                                             "--json-out", "{root}/notes.txt"], "not a regress verdict",
+         setup=regress_baseline(lambda b: None)),
+    # ---- 3. exit codes that do not lie: a bad baseline or export is exit 2, found before measuring
+    Case("regress-baseline-is-a-list", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp"],
+         "not an edgeanchor regression baseline", setup=write("base.json", "[1, 2]")),
+    Case("regress-baseline-missing-stage", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp"],
+         "latency_ratios must give", setup=regress_baseline(lambda b: b["latency_ratios"].pop("backbone"))),
+    Case("regress-baseline-map-string", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp"],
+         "mAP must be a number", setup=regress_baseline(lambda b: b.update(mAP="0.7"))),
+    Case("regress-baseline-binary", ["regress", "--baseline", "{root}/binary.bin", "--export", "{root}/exp"],
+         "not a text file"),
+    Case("regress-iters-0", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp", "--iters", "0"],
+         "--iters must be >= 1", setup=regress_baseline(lambda b: None)),
+    Case("regress-export-report-is-a-list", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp"],
+         "not an edgeanchor export report",
+         setup=lambda r: (regress_baseline(lambda b: None)(r), fake_export([])(r))),
+    Case("regress-baseline-of-another-model", ["regress", "--baseline", "{root}/base.json", "--export",
+                                               "{root}/exp"], "does not record which model",
+         setup=lambda r: (regress_baseline(lambda b: b.pop("identity"))(r), fake_export(good_report)(r))),
+    # ---- 4. tracebacks that must be one line: COCO files
+    Case("coco-category-id-not-a-number", ["evaluate", "--model", "demo", *D, "--ann", "{root}/bad.json"],
+         "category ids must be integers", setup=set_first("id", "one", where="categories")),
+    Case("coco-image-height-not-a-number", ["evaluate", "--model", "demo", *D, "--ann", "{root}/bad.json"],
+         "height 'tall'", setup=set_first("height", "tall", where="images")),
+    Case("coco-annotation-without-id", ["evaluate", "--model", "demo", *D, "--ann", "{root}/bad.json"],
+         "has no integer 'id'", setup=drop_first("id")),
+    Case("coco-duplicate-annotation-ids", ["evaluate", "--model", "demo", *D, "--ann", "{root}/bad.json"],
+         "appears twice", setup=coco_with(duplicate_ids)),
+    Case("coco-no-usable-annotation-search", ["search", "--model", "demo", *D, "--ann", "{root}/bad.json",
+                                              "--out", "{root}/s", *FAST_SEARCH],
+         "no usable object annotations", setup=coco_with(all_crowd)),
+    Case("coco-no-usable-annotation-evaluate", ["evaluate", "--model", "demo", *D, "--ann", "{root}/bad.json"],
+         "no usable object annotations", setup=coco_with(all_crowd)),
+    Case("coco-binary-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/binary.bin"], "not a text file"),
+    Case("coco-ann-is-a-folder", ["evaluate", "--model", "demo", *D, "--ann", "{root}/stuff"], "is a folder"),
+    Case("coco-missing-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/nope.json"], "does not exist"),
+    Case("coco-only-data", ["evaluate", "--model", "demo", *D], "give both --data and --ann"),
+    # anchor files
+    Case("anchors-binary", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors", "{root}/binary.bin"],
+         "not a text file"),
+    Case("anchors-reference-base-size-0", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors", "{root}/a.json"],
+         "base_size must be a positive", setup=write("a.json", json.dumps(
+             {"base_size": 0, "scale_ratios": [[[0.1, 1.0]]] * 5}))),
+    Case("anchors-reference-base-size-negative", ["train", "--model", "edgeanchor:demo_ssd", "--anchors",
+                                                  "{root}/a.json", *TRAIN, "--epochs", "1", "--out", "{root}/o.pt"],
+         "base_size must be a positive", setup=write("a.json", json.dumps(
+             {"base_size": -300, "scale_ratios": [[[0.1, 1.0]]] * 5}))),
+    Case("anchors-reference-nan-scale", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors", "{root}/a.json"],
+         "positive, finite scale", setup=write("a.json", '{"base_size": 320, "scale_ratios": '
+                                                         '[[[NaN, 1.0]], [], [], [], []]}')),
+    Case("anchors-overanchorized-suffix", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors",
+                                           "overanchorizedXYZ"], "cannot read 'overanchorizedXYZ'"),
+    Case("anchors-overanchorized-zero", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors",
+                                         "overanchorized:0x5"], "must each be 1 to 16"),
+    Case("anchors-malformed", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors", "{root}/a.json"],
+         "malformed", setup=write("a.json", '{"base_size": 300}')),
+    Case("anchors-wrong-levels", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors", "{root}/a.json"],
+         "levels but the model has 5", setup=write("a.json", json.dumps(
+             {"base_size": 300, "scale_ratios": [[[0.1, 1.0]]]}))),
+    # models and devices
+    Case("num-classes-0", ["inspect", "--model", "edgeanchor:demo_ssd", "--num-classes", "0"],
+         "--num-classes must be at least 2"),
+    Case("num-classes-negative", ["inspect", "--model", "torchvision:ssd300_vgg16", "--num-classes", "-3"],
+         "--num-classes must be at least 2"),
+    Case("image-size-zero", ["inspect", "--model", "edgeanchor:demo_ssd", "--image-size", "0", "0"],
+         "--image-size must be two integers"),
+    Case("image-size-negative", ["inspect", "--model", "edgeanchor:demo_ssd", "--image-size", "-320", "320"],
+         "--image-size must be two integers"),
+    Case("image-size-too-small", ["inspect", "--model", "torchvision:ssd300_vgg16", "--image-size", "64", "64"],
+         "does not fit"),
+    Case("device-banana-train", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1", "--device",
+                                 "banana", "--out", "{root}/o.pt"], "'banana' is not a device name"),
+    Case("device-banana-evaluate", ["evaluate", "--model", "demo", *VAL, "--device", "banana"],
+         "'banana' is not a device name"),
+    Case("device-cuda-without-gpu", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                     "--device", "cuda", "--out", "{root}/o.pt"], "no CUDA GPU"),
+    Case("unknown-model", ["inspect", "--model", "yolo:nope"], "unknown model"),
+    Case("weights-missing", ["inspect", "--model", "edgeanchor:demo_ssd", "--weights", "{root}/nope.pth"],
+         "does not exist"),
+    Case("weights-not-torch", ["inspect", "--model", "edgeanchor:demo_ssd", "--weights", "{root}/notes.txt"],
+         "cannot read weights"),
+    # numeric flags
+    Case("train-batch-size-0", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1", "--batch-size",
+                                "0", "--out", "{root}/o.pt"], "--batch-size must be at least 1"),
+    Case("train-workers-negative", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1", "--workers",
+                                    "-1", "--out", "{root}/o.pt"], "--workers must be >= 0"),
+    Case("train-lr-nan", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1", "--lr", "nan",
+                          "--out", "{root}/o.pt"], "--lr must be a positive number"),
+    Case("train-epochs-0", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "0", "--out",
+                            "{root}/o.pt"], "--epochs must be at least 1"),
+    Case("evaluate-batch-size-0", ["evaluate", "--model", "demo", *VAL, "--batch-size", "0"],
+         "--batch-size must be at least 1"),
+    Case("search-max-evals-0", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--max-evals", "0"],
+         "--max-evals must be an integer >= 1"),
+    Case("search-workers-negative", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--workers", "-1"],
+         "--workers must be an integer >= 1"),
+    Case("search-min-map-above-1", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--min-map", "73"],
+         "--min-map must be a COCO mAP between 0 and 1"),
+    Case("search-floor-above-baseline", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--min-map",
+                                         "0.999", *FAST_SEARCH], "above the unpruned model's mAP"),
+    Case("pe-parity-images-0", ["prune-and-export", *VAL, "--parity-images", "0", "--out", "{root}/e"],
+         "--parity-images must be >= 1"),
+    Case("pe-opset-99", ["prune-and-export", *VAL, "--opset", "99", "--out", "{root}/e"], "--opset 99 is not"),
+    Case("pe-opset-5", ["prune-and-export", *VAL, "--opset", "5", "--out", "{root}/e"], "--opset 5 is not"),
+    Case("bench-threads-negative", ["bench", "{root}/exp", "--threads", "-2"], "--threads >= 0",
+         setup=fake_export(good_report)),
+    Case("bench-iters-0", ["bench", "{root}/exp", "--iters", "0"], "--iters must be >= 1",
+         setup=fake_export(good_report)),
+    Case("synth-num-images-0", ["data", "synth", "--out", "{root}/new", "--num-images", "0", "--seed", "0"],
+         "need num-images >= 1"),
+    # resume files
+    Case("train-resume-not-a-checkpoint", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                           "--out", "{root}/notes.txt", "--resume"], "not a checkpoint written by"),
+    Case("train-resume-state-dict", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                     "--out", "{root}/sd.pt", "--resume"], "not a checkpoint written by",
+         setup=lambda r: torch.save({"conv.weight": torch.zeros(1)}, r / "sd.pt")),
+    Case("train-resume-finished-run", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                       "--out", "{root}/model.pt", "--resume"], "holds a finished run"),
+    Case("train-resume-and-overwrite", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
+                                        "--out", "{root}/model.pt", "--resume", "--overwrite"],
+         "either --resume"),
+    Case("search-json-not-ours", ["search", "--model", "demo", *VAL, "--out", "{root}/srch", *FAST_SEARCH],
+         "not a search written by edgeanchor", setup=search_json_not_ours),
+    # pruning
+    Case("prune-keep-unknown-id", ["prune", "--keep", "0,999", "--out", "{root}/p.pt"], "[999] are not in the model"),
+    Case("prune-remove-unknown-id", ["prune", "--remove", "999", "--out", "{root}/p.pt"],
+         "[999] are not in the model"),
+    Case("prune-keep-not-numbers", ["prune", "--keep", "a,b", "--out", "{root}/p.pt"], "cannot read anchor ids"),
+    Case("prune-keep-nothing", ["prune", "--keep", ",", "--out", "{root}/p.pt"], "cannot read anchor ids"),
+    Case("prune-anchor-file-not-a-subset", ["prune", "--anchors", "{root}/a.json", "--out", "{root}/p.pt"],
+         "not one of the model's anchors", setup=write("a.json", json.dumps(
+             {"base_size": 320, "scale_ratios": [[[0.77, 3.0]], [], [], [], []]}))),
+    # late checks, found before the long work
+    Case("pe-target-head-macs-out-of-range", ["prune-and-export", *VAL, "--target-head-macs", "10", "--out",
+                                              "{root}/e"], "--target-head-macs 10 is below the cheapest head"),
+    Case("pe-finetune-without-train-ann", ["prune-and-export", *VAL, "--finetune-epochs", "2", "--out", "{root}/e"],
+         "pass --train-ann"),
+    Case("pe-method-greedy-shared-head", ["prune-and-export", "--model", "torchvision:retinanet_resnet50_fpn",
+                                          "--image-size", "128", "128", *VAL, "--method", "greedy", "--out",
+                                          "{root}/e"], "'--method shared'"),
+    Case("pe-tensorrt-without-gpu", ["prune-and-export", *VAL, "--tensorrt", "fp16", "--out", "{root}/e"],
+         "TensorRT"),
+    # bench on a damaged export
+    Case("bench-truncated-onnx", ["bench", "{root}/exp", "--iters", "1", "--warmup", "0"],
+         "cannot load", setup=fake_export(good_report)),
+    Case("bench-not-an-export", ["bench", "{root}/stuff"], "no report.json"),
+    Case("bench-newer-export-format", ["bench", "{root}/exp"], "newer than this edgeanchor reads",
+         setup=fake_export(lambda r: {**good_report(r), "format_version": 9})),
+]
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>")
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, template, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    if case.setup:
+        case.setup(root)
+    monkeypatch.chdir(root)  # a default output such as exports/demo would land here, and be seen
+    before = tree_hashes(root)
+    argv = [a.replace("{root}", str(root)) for a in case.argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert code == case.code, f"exit {code}, stderr: {err[-500:]}"
+    assert "Traceback" not in err
+    error_lines = [ln for ln in lines if ln.startswith("error:")]
+    assert len(error_lines) == 1 and lines[-1] == error_lines[0], err[-500:]
+    assert any(part in error_lines[0] for part in case.expect.split("|")), error_lines[0]
+    assert tree_hashes(root) == before, "a file was changed, added or removed"
+
+
+def test_every_case_has_a_unique_id():
+    assert len({c.id for c in CASES}) == len(CASES) >= 80
