@@ -358,14 +358,14 @@ def geometric_ratios(num_ratios: int, low: float = 0.25, high: float = 4.0) -> t
 
 def parse_overanchorized(text: str, template: AnchorSet) -> AnchorSet:
     """Parse ``overanchorized`` or ``overanchorized:SxR`` (e.g. ``overanchorized:3x5``)."""
-    head, sep, spec = text.partition(":")
+    head, sep, counts = text.partition(":")
     usage = f"cannot read {text!r}; write overanchorized or overanchorized:SCALESxRATIOS, e.g. overanchorized:3x5"
-    if head != "overanchorized" or (sep and not spec):
+    if head != "overanchorized" or (sep and not counts):
         raise EdgeAnchorError(usage)
-    if not spec:
+    if not counts:
         return overanchorized(template)
     try:
-        scales, ratios = (int(v) for v in spec.lower().split("x"))
+        scales, ratios = (int(v) for v in counts.lower().split("x"))
     except ValueError:
         raise EdgeAnchorError(usage) from None
     if not (1 <= scales <= 16 and 1 <= ratios <= 16):

@@ -26,6 +26,14 @@ def is_verdict(path) -> bool:
     return isinstance(obj, dict) and {"passed", "rows", "measured"} <= set(obj)
 
 
+def is_baseline(path) -> bool:
+    """True if ``path`` holds a baseline regress wrote (--update)."""
+    from .io import peek_json
+
+    obj = peek_json(path)
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
 def is_summary(path) -> bool:
     """True if ``path`` holds a Markdown summary regress wrote (--summary)."""
     try:

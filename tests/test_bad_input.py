@@ -185,6 +185,11 @@ CASES = [
     Case("regress-json-out-unrelated-file", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp",
                                              "--json-out", "{root}/notes.txt"], "not a regress verdict",
          setup=regress_baseline(lambda b: None)),
+    Case("regress-update-over-unrelated-file", ["regress", "--baseline", "{root}/notes.txt", "--update",
+                                                "--export", "{root}/exp"], "not a regression baseline written by"),
+    Case("regress-update-over-annotations", ["regress", "--baseline", "{root}/synth/annotations/val.json",
+                                             "--update", "--export", "{root}/exp", "--ann",
+                                             "{root}/synth/annotations/val.json"], "also an input"),
     # ---- 3. exit codes that do not lie: a bad baseline or export is exit 2, found before measuring
     Case("regress-baseline-is-a-list", ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp"],
          "not an edgeanchor regression baseline", setup=write("base.json", "[1, 2]")),

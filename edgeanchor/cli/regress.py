@@ -68,6 +68,9 @@ def _check_args(args) -> None:
         raise EdgeAnchorError(f"--map-tol and --latency-tol must be >= 0 (got {args.map_tol}, {args.latency_tol})")
     # Results of ours are rewritten on every run (as a CI step does); anything else is refused.
     inputs = [args.baseline, args.export, args.model, args.data, args.ann]
+    if args.update:  # --update is the request to replace a baseline of ours, and only that
+        check_output_file(args.baseline, overwrite=True, is_ours=regress.is_baseline, what="regression baseline",
+                          inputs=inputs[1:])
     if args.json_out:
         check_output_file(args.json_out, overwrite=True, is_ours=regress.is_verdict, what="regress verdict",
                           inputs=inputs)

@@ -65,13 +65,13 @@ CLASSES = (
 )
 
 
-def sample_size(spec: ShapeClassSpec, rng: np.random.Generator, image_size: int) -> tuple[int, int]:
+def sample_size(shape_class: ShapeClassSpec, rng: np.random.Generator, image_size: int) -> tuple[int, int]:
     """Draw an object's (w, h) in pixels for an image ``image_size`` pixels square."""
-    ratio = rng.uniform(*spec.ratio_range)  # h/w
-    size = rng.uniform(*spec.size_range) * image_size / REFERENCE_SIZE
-    if spec.size_of == "h":
+    ratio = rng.uniform(*shape_class.ratio_range)  # h/w
+    size = rng.uniform(*shape_class.size_range) * image_size / REFERENCE_SIZE
+    if shape_class.size_of == "h":
         w, h = size / ratio, size
-    elif spec.size_of == "w":
+    elif shape_class.size_of == "w":
         w, h = size, size * ratio
     else:
         w, h = size / np.sqrt(ratio), size * np.sqrt(ratio)
@@ -79,9 +79,9 @@ def sample_size(spec: ShapeClassSpec, rng: np.random.Generator, image_size: int)
     return max(3, round(w * shrink)), max(3, round(h * shrink))
 
 
-def instance_colour(spec: ShapeClassSpec, rng: np.random.Generator) -> np.ndarray:
+def instance_colour(shape_class: ShapeClassSpec, rng: np.random.Generator) -> np.ndarray:
     """A colour from the class's hue family with per-instance saturation and brightness; float (3,) 0..255."""
-    hue = rng.uniform(*spec.hue_range) % 1.0
+    hue = rng.uniform(*shape_class.hue_range) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.9), rng.uniform(0.55, 1.0))
     return np.array(rgb, dtype=np.float32) * 255.0
 
@@ -158,15 +158,15 @@ def _draw_kite(w: int, h: int, colour: np.ndarray, rng: np.random.Generator) -> 
 _DRAW = {"pole": _draw_pole, "plank": _draw_plank, "coin": _draw_coin, "crate": _draw_crate, "kite": _draw_kite}
 
 
-def render_object(spec: ShapeClassSpec, rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_object(shape_class: ShapeClassSpec, rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one object, cropped to the tight extent of its pixels.
 
     Returns:
         (rgb float32 (h, w, 3) 0..255, mask bool (h, w)); every edge row and column of mask has a True pixel.
     """
-    w, h = sample_size(spec, rng, image_size)
-    colour = instance_colour(spec, rng)
-    rgb, mask = _DRAW[spec.name](w, h, colour, rng)
+    w, h = sample_size(shape_class, rng, image_size)
+    colour = instance_colour(shape_class, rng)
+    rgb, mask = _DRAW[shape_class.name](w, h, colour, rng)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     return rgb[crop], mask[crop]
@@ -239,8 +239,8 @@ def place_objects(canvas: np.ndarray, rng: np.random.Generator, image_size: int)
         slot += 1
         for _ in range(CLASS_TRIES):
             # A coin nearly always fits: use it when an extra slot must reach the minimum of 2.
-            spec = CLASSES[2] if slot > num_slots and len(objects) < 2 else CLASSES[rng.integers(len(CLASSES))]
-            rgb, mask = render_object(spec, rng, image_size)
+            shape_class = CLASSES[2] if slot > num_slots and len(objects) < 2 else CLASSES[rng.integers(len(CLASSES))]
+            rgb, mask = render_object(shape_class, rng, image_size)
             pos = _try_place(owner, mask, full, visible, rng)
             if pos is not None:
                 break
@@ -254,7 +254,7 @@ def place_objects(canvas: np.ndarray, rng: np.random.Generator, image_size: int)
         canvas[y : y + h, x : x + w][mask] = rgb[mask]
         full.append(int(mask.sum()))
         visible.append(full[-1])
-        objects.append({"category_id": spec.category_id, "bbox": [x, y, w, h]})
+        objects.append({"category_id": shape_class.category_id, "bbox": [x, y, w, h]})
     for obj, f, v in zip(objects, full, visible):
         obj["visible"] = v / f
     return objects

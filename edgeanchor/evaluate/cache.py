@@ -47,7 +47,7 @@ class CandidateCache:
         labels: int32 (M,) model labels.
         scores: float32 (M,).
         boxes_xyxy: float32 (M, 4) decoded and clipped, input pixels.
-        meta: JSON-ready dict: input size, spec, level starts, label map, anchor set.
+        meta: JSON-ready dict: input size, postprocess_spec, level starts, label map, anchor set.
     """
 
     key: str

@@ -65,28 +65,28 @@ def require_tensorrt():
 
 
 # ---- graph rewrite (no TensorRT needed) ----------------------------------
-def plugin_attributes(spec: PostprocessSpec) -> dict:
+def plugin_attributes(postprocess_spec: PostprocessSpec) -> dict:
     """EfficientNMS_TRT attributes that match the detector's post-processing rule."""
     return {
         "plugin_version": "1",
-        "score_threshold": float(spec.score_thresh),
-        "iou_threshold": float(spec.nms_thresh),
-        "max_output_boxes": int(spec.detections_per_img),
+        "score_threshold": float(postprocess_spec.score_thresh),
+        "iou_threshold": float(postprocess_spec.nms_thresh),
+        "max_output_boxes": int(postprocess_spec.detections_per_img),
         # SSD's scores keep the softmax background column 0, so classes equal the model's labels.
-        "background_class": 0 if spec.score_fn == "softmax" else -1,
+        "background_class": 0 if postprocess_spec.score_fn == "softmax" else -1,
         "score_activation": 0,  # scores are already probabilities
         "box_coding": 0,  # BoxCorner: x1, y1, x2, y2
     }
 
 
-def make_trt_graph(model_onnx_path: str | os.PathLike, out_path: str | os.PathLike, spec: PostprocessSpec) -> dict:
+def make_trt_graph(model_onnx_path: str | os.PathLike, out_path: str | os.PathLike, postprocess_spec: PostprocessSpec) -> dict:
     """Append the EfficientNMS_TRT plugin to the decoded end-to-end graph.
 
     Args:
         model_onnx_path: ``model_decoded.onnx`` with outputs ``boxes_xyxy``
             float32 (1, B, 4) and ``scores`` float32 (1, B, K).
         out_path: where to write the TensorRT graph (atomically).
-        spec: the detector's post-processing rule (thresholds, max detections).
+        postprocess_spec: the detector's post-processing rule (thresholds, max detections).
 
     Returns:
         Dict with ``path``, ``attributes``, ``num_boxes``, ``num_classes``.
@@ -103,7 +103,7 @@ def make_trt_graph(model_onnx_path: str | os.PathLike, out_path: str | os.PathLi
             "scores [1, B, K]: export it with export_onnx(..., decoded=True)"
         )
     num_boxes, num_classes = boxes[1], scores[2]
-    attrs = plugin_attributes(spec)
+    attrs = plugin_attributes(postprocess_spec)
     max_out = attrs["max_output_boxes"]
     graph = model.graph
     graph.node.append(helper.make_node(PLUGIN_OP, ["boxes_xyxy", "scores"], list(TRT_OUTPUTS),

@@ -54,15 +54,15 @@ def build_cost_model(det: Detector) -> CostModel:
     anchor_macs, anchor_boxes, level_of = {}, {}, {}
     base = [0] * det.anchor_set.num_levels
     for j, level in enumerate(det.active_levels):
-        spec = det.anchor_set.levels[level]
-        h, w = spec.feature_size
+        anchors_here = det.anchor_set.levels[level]
+        h, w = anchors_here.feature_size
         cls_conv, box_conv = det.final_convs(j)
         per_anchor = h * w * (det.num_classes * _macs_per_output(cls_conv) + 4 * _macs_per_output(box_conv))
-        for a in spec.anchors:
+        for a in anchors_here.anchors:
             anchor_macs[a.id] = per_anchor
             anchor_boxes[a.id] = h * w
             level_of[a.id] = level
-        base[level] = cost.head_macs_per_level[level] - per_anchor * spec.num_anchors
+        base[level] = cost.head_macs_per_level[level] - per_anchor * anchors_here.num_anchors
     return CostModel(anchor_macs, anchor_boxes, level_of, base)
 
 
