@@ -311,6 +311,11 @@ CASES = [
          "either --resume"),
     Case("search-json-not-ours", ["search", "--model", "demo", *VAL, "--out", "{root}/srch", *FAST_SEARCH],
          "not a search written by edgeanchor", setup=search_json_not_ours),
+    # flags argparse itself rejects: the same one-line contract
+    Case("flag-not-an-int", ["train", "--num-classes", "abc"], "invalid int value: 'abc'"),
+    Case("flag-unknown-choice", ["bench", "--runtime", "foo"], "invalid choice: 'foo'"),
+    Case("flag-missing-required", ["regress", "--export", "{root}/exp"], "required: --baseline"),
+    Case("unknown-command", ["nope"], "invalid choice: 'nope'"),
     # pruning
     Case("prune-keep-unknown-id", ["prune", "--keep", "0,999", "--out", "{root}/p.pt"], "[999] are not in the model"),
     Case("prune-remove-unknown-id", ["prune", "--remove", "999", "--out", "{root}/p.pt"],

@@ -53,10 +53,12 @@ def same_weights(a, b) -> bool:
 
 
 def test_seed_fixes_the_initial_weights_and_the_whole_run(small, tmp_path):
+    """Same seed, same weights, whatever the number of loader workers (augmentation is drawn per sample)."""
     _, images, ann, _ = small
-    for name in ("a", "b"):
-        assert main(train_argv(images, ann, tmp_path / f"{name}.pt", "--epochs", "1", "--workers", "1")) == 0
-    assert same_weights(weights(tmp_path / "a.pt"), weights(tmp_path / "b.pt"))
+    for name, workers in (("a", "1"), ("b", "1"), ("w0", "0"), ("w2", "2")):
+        assert main(train_argv(images, ann, tmp_path / f"{name}.pt", "--epochs", "1", "--workers", workers)) == 0
+    for other in ("b", "w0", "w2"):
+        assert same_weights(weights(tmp_path / "a.pt"), weights(tmp_path / f"{other}.pt")), other
     assert main(train_argv(images, ann, tmp_path / "c.pt", "--epochs", "1", "--workers", "1", "--seed", "1")) == 0
     assert not same_weights(weights(tmp_path / "a.pt"), weights(tmp_path / "c.pt"))
 
@@ -76,7 +78,8 @@ def test_resume_is_exact_with_loader_workers(small, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     assert main(argv) == 130
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    assert main(argv + ["--resume"]) == 0
+    assert main([*argv, "--resume", "--seed", "1"]) == 2  # another run's settings (the last flag wins): refused
+    assert main([*argv, "--resume", "--workers", "0"]) == 0  # loader workers do not change the result
     full, resumed = torch.load(tmp_path / "full.pt", weights_only=True), torch.load(tmp_path / "r.pt", weights_only=True)
     assert same_weights(full["state_dict"], resumed["state_dict"])
     assert [e["loss"] for e in full["meta"]["train"]["epochs"]] == [e["loss"] for e in resumed["meta"]["train"]["epochs"]]

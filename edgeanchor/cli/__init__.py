@@ -41,15 +41,22 @@ def _available_subcommands() -> dict:
     return modules
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one ``error:`` line on stderr, exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeanchor",
         description="Anchor pruning, export and per-stage timing for one-stage detectors.",
     )
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"edgeanchor {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in _available_subcommands().items():
         doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else name
@@ -90,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..io import configure_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a flag error already printed as one line (2)
+        return int(exc.code or 0)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

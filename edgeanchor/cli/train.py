@@ -101,6 +101,24 @@ def _resume_state(args):
     return load_checkpoint(path), state
 
 
+# Settings that decide the result of a run; loader workers, device and progress do not.
+SAME_RUN_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_iters", "seed", "max_iters_per_epoch")
+
+
+def check_same_run(cfg, resume_state: dict, out) -> None:
+    """--resume continues the stored run only with the settings it was started with."""
+    from ..errors import EdgeAnchorError
+
+    stored = resume_state["record"].get("config", {})
+    for key in SAME_RUN_SETTINGS:
+        if key in stored and stored[key] != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise EdgeAnchorError(
+                f"--resume: the run in {out} was started with {flag} {stored[key]}, not {getattr(cfg, key)}; "
+                "give the same settings to continue it, or --overwrite to start afresh"
+            )
+
+
 def check_flags(args) -> None:
     """Every flag that needs no data, checked before any work."""
     import math
@@ -139,10 +157,8 @@ def run(args) -> int:
 
     from ..data.coco import CocoDetection
     from ..errors import EdgeAnchorError
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import TrainConfig, seed_everything, train
     from .common import print_json
-
-    from ..train.loop import seed_everything
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     check_flags(args)
@@ -167,6 +183,8 @@ def run(args) -> int:
         extra_meta={"command": "edgeanchor train", "init": args.init, "model": args.model or det.arch,
                     "ann": str(args.ann), "seed": args.seed},
     )
+    if resume_state:
+        check_same_run(cfg, resume_state, args.out)
     t0 = time.perf_counter()
     record = train(det, train_set, cfg, out=args.out, val_set=val_set, resume_state=resume_state)
     seconds = time.perf_counter() - t0

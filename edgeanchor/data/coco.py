@@ -141,7 +141,11 @@ def jitter_colour(image: torch.Tensor, brightness: float, contrast: float, satur
     out = image * brightness
     grey = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).unsqueeze(0)  # (1, H, W)
     out = (out - grey) * saturation + grey
-    out = (out - grey.mean()) * contrast + grey.mean()
+    # torch's mean is a threaded reduction whose float32 result depends on the thread count (loader
+    # workers run one thread); NumPy's float64 pairwise sum does not, so augmentation is the same
+    # in any process.
+    mean = float(grey.numpy().mean(dtype=np.float64))
+    out = (out - mean) * contrast + mean
     return out.clamp_(0.0, 1.0)
 
 
@@ -352,6 +356,22 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def set_augment_seed(self, seed: int | None) -> None:
+        """Draw each sample's augmentation from (seed, sample index) alone.
+
+        The training loop sets one seed per epoch, so the augmentation of an
+        image does not depend on which loader worker reads it, how many there
+        are, or what ran before: runs and resumed runs are identical with any
+        number of workers. With None, torch's global generator is used.
+        """
+        self.augment_seed = seed
+
+    def _augment_generator(self, index: int) -> torch.Generator | None:
+        seed = getattr(self, "augment_seed", None)
+        if seed is None:
+            return None
+        return torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**63)
+
     def image_paths(self) -> list[Path]:
         """Paths of the image files, in data set order."""
         return [self.image_dir / self._images[i]["file_name"] for i in self.image_ids]
@@ -386,7 +406,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if size != orig_size:
             boxes_xyxy = scale_boxes(boxes_xyxy, orig_size, size)
         if self.train:
-            image, boxes_xyxy = _augment(image, boxes_xyxy)
+            image, boxes_xyxy = _augment(image, boxes_xyxy, self._augment_generator(index))
         target = {"boxes": boxes_xyxy, "labels": labels, "image_id": image_id, "orig_size": orig_size}
         return image, target
 
@@ -412,12 +432,13 @@ def _check_declared_size(info: dict, orig_size: tuple[int, int], path: Path) -> 
         )
 
 
-def _augment(image: torch.Tensor, boxes_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal flip (p = 0.5) and mild colour jitter, drawn from torch's RNG."""
-    if torch.rand(()) < 0.5:
+def _augment(image: torch.Tensor, boxes_xyxy: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal flip (p = 0.5) and mild colour jitter, drawn from ``generator`` (torch's if None)."""
+    if torch.rand((), generator=generator) < 0.5:
         image = image.flip(-1)  # (3, H, W), W reversed
         boxes_xyxy = hflip_boxes(boxes_xyxy, image.shape[-1])
-    factors = 1.0 + JITTER * (2.0 * torch.rand(3) - 1.0)
+    factors = 1.0 + JITTER * (2.0 * torch.rand(3, generator=generator) - 1.0)
     image = jitter_colour(image, *(float(f) for f in factors))
     return image, boxes_xyxy
 

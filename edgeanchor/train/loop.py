@@ -7,10 +7,10 @@ model in ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs). Rank 0
 evaluates and writes checkpoints; the recorded losses are averaged over ranks.
 
 Reproducibility: weights are initialised from ``seed``; each epoch's
-shuffling, loader workers and augmentation derive from (seed, epoch, rank)
-alone, so two runs with the same settings give the same weights, and a run
-resumed at any epoch equals the uninterrupted one, with any number of loader
-workers. A DDP run with N processes and batch B is reproducible too, but is
+shuffling derives from (seed, epoch, rank) and each sample's augmentation
+from that and the sample's index, so two runs with the same settings give
+the same weights, with any number of loader workers, and a run resumed at
+any epoch equals the uninterrupted one. A DDP run with N processes and batch B is reproducible too, but is
 not the same computation as one process with batch N*B: BatchNorm statistics
 are per process (no SyncBatchNorm), each rank draws its own augmentation, and
 DistributedSampler splits each epoch's permutation across ranks. Its weights
@@ -153,11 +153,13 @@ def train(
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        # A fresh loader per epoch, seeded from (seed, epoch, rank) alone: shuffling, the workers'
-        # augmentation and the main process's RNG do not depend on earlier epochs, so resume is exact
-        # with any number of loader workers.
+        # A fresh loader per epoch, seeded from (seed, epoch, rank) alone: the shuffling, and each
+        # sample's augmentation (drawn from the epoch seed and the sample index), do not depend on
+        # earlier epochs or on the loader's workers, so runs and resumed runs are identical with any
+        # number of loader workers.
         seed = epoch_seed(cfg.seed, epoch, rank)
         seed_everything(seed)
+        train_set.set_augment_seed(seed)
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, sampler=sampler,
                              generator=torch.Generator().manual_seed(seed), worker_init_fn=_seed_worker,
                              persistent_workers=False)
