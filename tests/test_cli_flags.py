@@ -133,7 +133,14 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
     n = len(captured)
     assert main(base + ["--tensorrt", "fp16"]) == 2 and len(captured) == n
     assert "TensorRT" in capsys.readouterr().err
-    handled = set(cases) | {"--json", "--tensorrt", "-h", "--help"}
+    # --split: which split of a YOLO data.yaml is searched on (here a one-split set made from the same images)
+    yaml = tmp_path / "data.yaml"
+    yaml.write_text(f"val: {images}\ntrain: {images}\nnames: [pole, plank, coin, crate, kite]\n")
+    yolo = [a for a in base if a not in ("--data", images, "--ann", anns["val"])] + ["--data", str(yaml)]
+    assert main(yolo) == 0 and main(yolo + ["--split", "train"]) == 0
+    assert captured[-1]["pipeline"].ann != captured[-2]["pipeline"].ann
+    assert captured[-1]["pipeline"].ann.endswith("train.json") and captured[-2]["pipeline"].ann.endswith("val.json")
+    handled = set(cases) | {"--json", "--tensorrt", "--split", "-h", "--help"}
     flags = {s for a in subparser("prune-and-export")._actions for s in a.option_strings}
     assert flags == handled, f"flags without a test row: {sorted(flags - handled)}"
 

@@ -38,16 +38,40 @@ def build_from_args(args):
     )
 
 
+def add_split_argument(parser, default: str) -> None:
+    parser.add_argument("--split", default=None, choices=["train", "val", "test"],
+                        help=f"with --data DATA.yaml (a YOLO data set): the split to use (default {default})")
+
+
+def is_yolo_data(args) -> bool:
+    from ..data.yolo import is_yolo_yaml
+
+    return bool(args.data) and is_yolo_yaml(args.data)
+
+
+def yolo_data(args, split: str) -> tuple[str, str]:
+    """(image root, COCO annotation file) of a split of the YOLO data.yaml given as --data."""
+    from ..data.yolo import yolo_split
+
+    return yolo_split(args.data, split)
+
+
 def data_or_demo(args, split: str) -> tuple[str, str, bool]:
-    """(image folder, annotation file, is_demo) from --data/--ann, or the demo's ``split``.
+    """(image folder, annotation file, is_demo) from --data/--ann, a YOLO --data DATA.yaml, or the demo's ``split``.
 
     Raises:
-        EdgeAnchorError: if only one of --data and --ann is given.
+        EdgeAnchorError: if only one of --data and --ann is given, or --ann with a YOLO data.yaml.
     """
     from ..errors import EdgeAnchorError
 
+    if is_yolo_data(args):
+        if args.ann:
+            raise EdgeAnchorError("--ann is not used with a YOLO data.yaml (its splits are in the file); "
+                                  "choose one with --split")
+        return (*yolo_data(args, getattr(args, "split", None) or split), False)
     if bool(args.data) != bool(args.ann):
-        raise EdgeAnchorError("give both --data and --ann, or neither to use the demo's synthetic data")
+        raise EdgeAnchorError("give both --data and --ann (or --data DATA.yaml for a YOLO data set), or neither "
+                              "to use the demo's synthetic data")
     if args.data:
         return args.data, args.ann, False
     from ..data.demo_data import demo_split

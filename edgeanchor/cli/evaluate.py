@@ -9,13 +9,15 @@ COCO tool, pycocotools included, can load them).
 
 from __future__ import annotations
 
-from .common import add_model_arguments
+from .common import add_model_arguments, add_split_argument
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--data", default=None, help="image folder (default: the demo's synthetic test split)")
+    parser.add_argument("--data", default=None, help="image folder, or a YOLO DATA.yaml (default: the demo's "
+                        "synthetic test split)")
     parser.add_argument("--ann", default=None, help="COCO annotation file")
+    add_split_argument(parser, "val for a YOLO data set")
     parser.add_argument("--detections", default=None, help="write COCO results-format detections here")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing detections file (only one edgeanchor wrote)")
@@ -43,7 +45,7 @@ def run(args) -> int:
     if args.detections:
         check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
                           what="detections file", inputs=[args.data, args.ann, args.model, args.weights, args.anchors])
-    args.data, args.ann, _ = data_or_demo(args, "test")
+    args.data, args.ann, _ = data_or_demo(args, "val" if args.data else "test")
     if args.detections:  # the demo's paths are known only now
         check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
                           what="detections file", inputs=[args.data, args.ann])

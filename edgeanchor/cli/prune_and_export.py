@@ -12,13 +12,15 @@ in a temporary folder and renamed into place at the end.
 
 from __future__ import annotations
 
-from .common import add_model_arguments
+from .common import add_model_arguments, add_split_argument
 from .search import add_search_arguments
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--data", default=None, help="image folder (default: the demo's synthetic data)")
+    parser.add_argument("--data", default=None, help="image folder, or a YOLO DATA.yaml (default: the demo's "
+                        "synthetic data)")
+    add_split_argument(parser, "val; reported on test if the data set has it, fine-tuned on train")
     parser.add_argument("--ann", default=None, help="COCO annotations searched on (default: demo val split)")
     parser.add_argument("--report-ann", default=None, help="split the results are reported on (default: --ann, "
                         "or the demo's test split)")
@@ -57,14 +59,37 @@ def resolve_data(args, *, generate: bool = True):
     that must run before any long work.
     """
     from ..data.demo_data import demo_split
-    from .common import data_or_demo
+    from .common import data_or_demo, is_yolo_data
 
     if not generate and not args.data and not args.ann:
         return "<demo>", "<demo val>", args.report_ann or "<demo test>", args.train_ann or "<demo train>"
+    if is_yolo_data(args):
+        return _yolo_splits(args, generate)
     data, ann, demo = data_or_demo(args, "val")
     if not demo:
         return data, ann, args.report_ann or ann, args.train_ann
     return data, ann, args.report_ann or demo_split("test")[1], args.train_ann or demo_split("train")[1]
+
+
+def _yolo_splits(args, generate: bool):
+    """A YOLO data.yaml: search on --split (val), report on test if present, fine-tune on train."""
+    from ..data.yolo import read_data_yaml
+    from ..errors import EdgeAnchorError
+    from .common import yolo_data
+
+    if args.ann or args.report_ann or args.train_ann:
+        raise EdgeAnchorError("--ann, --report-ann and --train-ann are not used with a YOLO data.yaml (its splits "
+                              "are in the file); choose the search split with --split")
+    spec = read_data_yaml(args.data)
+    search_split = args.split or "val"
+    report_split = "test" if "test" in spec.splits else search_split
+    train_split = "train" if "train" in spec.splits else None
+    if not generate:
+        return str(args.data), f"<{search_split}>", f"<{report_split}>", f"<{train_split}>" if train_split else None
+    data, ann = yolo_data(args, search_split)
+    report_ann = yolo_data(args, report_split)[1]
+    train_ann = yolo_data(args, train_split)[1] if train_split else None
+    return data, ann, report_ann, train_ann
 
 
 def pipeline_spec_from_args(args, *, generate: bool = True):

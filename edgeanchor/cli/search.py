@@ -12,16 +12,18 @@ front point, front/point_NN.anchors.json for 'edgeanchor prune --anchors'.
 
 from __future__ import annotations
 
-from .common import add_model_arguments
+from .common import add_model_arguments, add_split_argument
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     add_search_arguments(parser)
-    parser.add_argument("--data", default=None, help="image folder (default: the demo's synthetic data)")
+    parser.add_argument("--data", default=None, help="image folder, or a YOLO DATA.yaml (default: the demo's "
+                        "synthetic data)")
     parser.add_argument("--ann", default=None, help="COCO annotations searched on (default: demo val split)")
     parser.add_argument("--report-ann", default=None,
                         help="also report the front on this split (avoids selection bias; default for the demo: test)")
+    add_split_argument(parser, "val")
     parser.add_argument("--out", required=True, help="search folder (resumed if it holds a search)")
     parser.add_argument("--json", action="store_true", help="print the front as JSON")
 
@@ -62,7 +64,7 @@ def resolve_data(args):
     from .common import data_or_demo
 
     data, ann, demo = data_or_demo(args, "val")
-    return data, ann, args.report_ann or (demo_split("test")[1] if demo else None)
+    return data, ann, args.report_ann or (demo_split("test")[1] if demo else None)  # YOLO: --report-ann is a COCO file
 
 
 def run(args) -> int:

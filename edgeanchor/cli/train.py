@@ -16,15 +16,17 @@ import os
 import time
 from pathlib import Path
 
-from .common import add_model_arguments
+from .common import add_model_arguments, add_split_argument
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser, default_model=None)
     parser.add_argument("--init", default=None, help="start from this checkpoint (e.g. a pruned one), keeping its anchors")
-    parser.add_argument("--data", required=True, help="image folder")
-    parser.add_argument("--ann", required=True, help="COCO annotations of the training split")
+    parser.add_argument("--data", required=True, help="image folder, or a YOLO DATA.yaml (then its train split "
+                        "is trained on and its val split, if any, evaluated after each epoch)")
+    parser.add_argument("--ann", default=None, help="COCO annotations of the training split (not with DATA.yaml)")
     parser.add_argument("--val-ann", default=None, help="COCO annotations evaluated after each epoch")
+    add_split_argument(parser, "train")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -101,6 +103,27 @@ def _resume_state(args):
     return load_checkpoint(path), state
 
 
+def resolve_train_data(args) -> None:
+    """--data DATA.yaml (a YOLO data set) becomes --data/--ann/--val-ann of its train and val splits."""
+    from ..errors import EdgeAnchorError
+    from .common import is_yolo_data, yolo_data
+
+    if not is_yolo_data(args):
+        if not args.ann:
+            raise EdgeAnchorError("give --ann (COCO annotations of the training images), or --data DATA.yaml")
+        return
+    from ..data.yolo import read_data_yaml
+
+    if args.ann or args.val_ann:
+        raise EdgeAnchorError("--ann and --val-ann are not used with a YOLO data.yaml (its splits are in the file); "
+                              "choose the training split with --split")
+    has_val = "val" in read_data_yaml(args.data).splits
+    split = args.split or "train"
+    val_ann = yolo_data(args, "val")[1] if has_val and split != "val" else None
+    args.data, args.ann = yolo_data(args, split)  # --data becomes the image root
+    args.val_ann = val_ann
+
+
 # Settings that decide the result of a run; loader workers, device and progress do not.
 SAME_RUN_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_iters", "seed", "max_iters_per_epoch")
 
@@ -162,6 +185,7 @@ def run(args) -> int:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     check_flags(args)
+    resolve_train_data(args)
     check_out(args)
     if args.resume and args.overwrite:
         raise EdgeAnchorError("give either --resume (continue the run at --out) or --overwrite (start afresh)")

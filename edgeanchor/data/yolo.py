@@ -1,0 +1,239 @@
+"""YOLO-format data sets (YOLOv5's ``data.yaml``, ``images/``, ``labels/*.txt``), read as COCO.
+
+``data.yaml``::
+
+    path: ../datasets/shapes      # optional root; relative paths are relative to the yaml's folder
+    train: images/train           # a folder of images, a .txt list of images, or a list of those
+    val: images/val
+    test: images/test             # optional
+    nc: 5                         # optional when names are given
+    names: [pole, plank, coin, crate, kite]   # or {0: pole, 1: plank, ...}
+
+Labels: the image ``.../images/a/x.jpg`` has the label file ``.../labels/a/x.txt``
+(the last ``images`` folder in the path becomes ``labels``, as YOLOv5 does). One
+object per line, ``class cx cy w h`` normalised to [0, 1]; a line with more
+numbers is a polygon ``class x1 y1 x2 y2 ...`` whose bounding box is used. A
+missing or empty label file is an image without objects. A class id outside
+0..nc-1 or a malformed line is an error naming the file and the line; values
+outside [0, 1] are clipped to the image and counted in one warning.
+
+:func:`yolo_split` converts one split to a COCO annotation file (categories
+1..nc, so SSD models take ``num_classes = nc + 1``), written under the cache
+root and rewritten only when its contents change, so every command that
+takes ``--data/--ann`` reads YOLO data sets unchanged, candidate caches
+included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import EdgeAnchorError
+from ..io import atomic_path, cache_root, warn
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class YoloDataSpec:
+    """A parsed data.yaml: the split sources (absolute paths) and the class names."""
+
+    yaml_path: Path
+    root: Path
+    splits: dict  # split -> tuple of Paths (folders or .txt lists)
+    names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def is_yolo_yaml(path) -> bool:
+    """True if ``path`` names a YOLO data.yaml (by its suffix)."""
+    return str(path).lower().endswith((".yaml", ".yml"))
+
+
+def read_data_yaml(path) -> YoloDataSpec:
+    """Parse a YOLOv5 data.yaml.
+
+    Raises:
+        EdgeAnchorError: missing or unreadable file, no class names, or malformed entries.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeAnchorError(f"data file {path} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise EdgeAnchorError(f"cannot read data file {path} ({str(exc).splitlines()[0][:120]}); "
+                              "give a YOLO data.yaml") from None
+    if not isinstance(doc, dict):
+        raise EdgeAnchorError(f"{path} is not a YOLO data.yaml (expected keys train, val, names)")
+    root = Path(doc.get("path") or ".")
+    root = root if root.is_absolute() else (path.parent / root)
+    splits = {}
+    for split in SPLITS:
+        value = doc.get(split)
+        if value in (None, ""):
+            continue
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in items):
+            raise EdgeAnchorError(f"{path}: '{split}' must be a path or a list of paths")
+        splits[split] = tuple(Path(v) if Path(v).is_absolute() else root / v for v in items)
+    return YoloDataSpec(path, root, splits, _names(doc, path))
+
+
+def _names(doc: dict, path: Path) -> tuple[str, ...]:
+    names, nc = doc.get("names"), doc.get("nc")
+    if isinstance(names, dict):
+        if not all(isinstance(k, int) for k in names) or sorted(names) != list(range(len(names))):
+            raise EdgeAnchorError(f"{path}: 'names' must map 0..nc-1 to names")
+        names = [names[k] for k in sorted(names)]
+    if names is None and isinstance(nc, int) and nc > 0:
+        names = [str(i) for i in range(nc)]
+    if not isinstance(names, list) or not names:
+        raise EdgeAnchorError(f"{path} has no class names; add 'names: [...]' (and optionally 'nc')")
+    if nc is not None and nc != len(names):
+        raise EdgeAnchorError(f"{path}: nc is {nc} but 'names' lists {len(names)} classes; make them agree")
+    return tuple(str(n) for n in names)
+
+
+def list_images(spec: YoloDataSpec, split: str) -> list[Path]:
+    """The split's image files, sorted (folders are searched recursively; .txt lists are read)."""
+    if split not in spec.splits:
+        have = ", ".join(spec.splits) or "none"
+        raise EdgeAnchorError(f"{spec.yaml_path} has no '{split}' split (it has: {have}); choose another split")
+    files: list[Path] = []
+    for source in spec.splits[split]:
+        if source.is_dir():
+            files += [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif source.suffix == ".txt" and source.is_file():
+            for line in source.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    item = Path(line.strip())
+                    files.append(item if item.is_absolute() else (spec.root / item))
+        else:
+            raise EdgeAnchorError(f"{spec.yaml_path}: the '{split}' source {source} is neither a folder nor a .txt "
+                                  "list of images; check the path")
+    files = sorted({p.resolve() for p in files})
+    if not files:
+        raise EdgeAnchorError(f"{spec.yaml_path}: the '{split}' split has no images; check its path")
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise EdgeAnchorError(f"{len(missing)} images listed for '{split}' are missing (first: {missing[0]})")
+    return files
+
+
+def label_path(image: Path) -> Path:
+    """YOLOv5's rule: the last ``images`` folder of the path becomes ``labels``; the suffix becomes .txt."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def parse_label_file(path: Path, num_classes: int, width: int, height: int) -> tuple[list[tuple], int]:
+    """Objects of one label file as (class, [x, y, w, h] in pixels), and how many values were clipped.
+
+    Raises:
+        EdgeAnchorError: a malformed line or a class id out of range, naming the file and line.
+    """
+    if not path.is_file():
+        return [], 0
+    objects, clipped = [], 0
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{n}"
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise EdgeAnchorError(f"{where}: '{line.strip()[:60]}' is not numbers; a label line is "
+                                  "'class cx cy w h' (normalised)") from None
+        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
+            raise EdgeAnchorError(f"{where}: {len(values)} numbers; a label line is 'class cx cy w h' or a polygon "
+                                  "'class x1 y1 x2 y2 ...'")
+        cls = values[0]
+        if cls != int(cls) or not 0 <= cls < num_classes:
+            raise EdgeAnchorError(f"{where}: class id {fields[0]} is outside 0..{num_classes - 1} (nc {num_classes})")
+        coords = values[1:]
+        bad = sum(1 for v in coords if not 0.0 <= v <= 1.0)
+        if any(v != v for v in coords):
+            raise EdgeAnchorError(f"{where}: a coordinate is NaN")
+        clipped += bad
+        if len(coords) == 4:
+            cx, cy, w, h = coords
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        else:  # polygon: its bounding box
+            xs, ys = coords[0::2], coords[1::2]
+            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        x1, x2 = (min(max(v, 0.0), 1.0) * width for v in (x1, x2))
+        y1, y2 = (min(max(v, 0.0), 1.0) * height for v in (y1, y2))
+        objects.append((int(cls), [x1, y1, x2 - x1, y2 - y1]))
+    return objects, clipped
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
+
+
+def image_root(spec: YoloDataSpec) -> Path:
+    """The folder every split's file names are relative to (one image folder serves all splits)."""
+    parents = [str(p.parent) for split in spec.splits for p in list_images(spec, split)]
+    return Path(os.path.commonpath(parents))
+
+
+def to_coco(spec: YoloDataSpec, split: str) -> tuple[dict, Path, int]:
+    """(COCO dict of the split, the image root its file names are relative to, values clipped)."""
+    files = list_images(spec, split)
+    root = image_root(spec)
+    images, annotations, clipped = [], [], 0
+    for image_id, path in enumerate(files, start=1):
+        width, height = image_size(path)
+        images.append({"id": image_id, "file_name": str(path.relative_to(root)), "width": width, "height": height})
+        objects, n_clipped = parse_label_file(label_path(path), spec.num_classes, width, height)
+        clipped += n_clipped
+        for cls, bbox in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
+                                "bbox": [round(v, 4) for v in bbox], "area": round(bbox[2] * bbox[3], 4),
+                                "iscrowd": 0})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(spec.names)]
+    info = {"description": f"{spec.yaml_path} split {split}, converted from YOLO labels by edgeanchor",
+            "generator": "edgeanchor.data.yolo"}
+    return {"info": info, "images": images, "annotations": annotations, "categories": categories}, root, clipped
+
+
+def yolo_split(data_yaml, split: str) -> tuple[str, str]:
+    """(image root, COCO annotation file) of one split of a YOLO data set.
+
+    The annotation file lives under the cache root, one folder per data.yaml,
+    and is rewritten only when the conversion's result changes.
+    """
+    spec = read_data_yaml(data_yaml)
+    coco, root, clipped = to_coco(spec, split)
+    if clipped:
+        warn(f"{clipped} label values outside [0, 1] in the '{split}' split of {data_yaml} were clipped to the image")
+    text = json.dumps(coco, indent=1) + "\n"
+    folder = cache_root() / "yolo" / hashlib.sha256(str(spec.yaml_path.resolve()).encode()).hexdigest()[:16]
+    ann = folder / f"{split}.json"
+    if not ann.is_file() or ann.read_text(encoding="utf-8") != text:
+        with atomic_path(ann) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return str(root), str(ann)
