@@ -117,7 +117,12 @@ def machine_info() -> dict:
                 mem = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gib": mem, "platform": platform.platform(),
+    try:  # timings are only comparable on a quiet machine: record how busy it was
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        load = None
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gib": mem, "load_average_1_5_15min": load,
+            "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     try:
         import onnxruntime
