@@ -130,9 +130,7 @@ def clean_stale_builds(path: str | os.PathLike) -> list[Path]:
                 continue
             if kind == "old" and not path.exists() and (entry / "previous").is_dir():
                 os.replace(entry / "previous", path)  # the swap was interrupted: put the previous output back
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(entry, ignore_errors=True)
             touched.append(entry)
     return touched
 

@@ -114,8 +114,8 @@ def run_pipeline(det, pipeline: PipelineSpec, out, *, overwrite: bool = False, l
     check_pipeline_spec(pipeline)
     if not pipeline.anchors:
         # the same method rule and error as the search command, and a reachable MAC target, before any work
-        method = resolve_method(pipeline.search.method, det)
-        check_target_head_macs(det, pipeline.target_head_macs, method)
+        resolve_method(pipeline.search.method, det)
+        check_target_head_macs(det, pipeline.target_head_macs)
     with ExportFolder.build(out, overwrite=overwrite, inputs=pipeline.inputs()) as folder:
         report = _run(det, pipeline, folder, Path(out), log, progress)
     return report

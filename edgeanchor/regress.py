@@ -46,13 +46,12 @@ def is_summary(path) -> bool:
 def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
             progress: bool = True) -> dict:
     """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path)."""
-    from .bench.harness import open_export, run_bench
+    from .bench.harness import check_timing, open_export, run_bench
     from .data.coco import CocoDetection
     from .evaluate.coco_map import coco_map
     from .evaluate.predict import predict
 
-    if iters < 1 or warmup < 0 or threads < 0:
-        raise EdgeAnchorError(f"iters must be >= 1, warmup >= 0 and threads >= 0 (got {iters}, {warmup}, {threads})")
+    check_timing(iters, warmup, threads)  # before the (slower) mAP evaluation
     folder = open_export(export)
     data = data or folder.data
     ann = ann or folder.report_ann

@@ -1,7 +1,6 @@
 """yolov5 train.py checkpoints read without yolov5: a restricted unpickler, inert classes, no code run."""
 
 import os
-import pickle
 import sys
 import types
 

@@ -30,6 +30,16 @@ def stats_ms(samples_ns: list[int]) -> dict:
             "min": float(a.min()), "mean": float(a.mean()), "n": int(a.size)}
 
 
+def check_timing(iters: int, warmup: int, threads: int) -> None:
+    """Timing settings, checked before anything is opened or measured.
+
+    Raises:
+        EdgeAnchorError: iters < 1, warmup < 0 or threads < 0.
+    """
+    if iters < 1 or warmup < 0 or threads < 0:
+        raise EdgeAnchorError(f"iters must be >= 1, warmup >= 0 and threads >= 0 (got {iters}, {warmup}, {threads})")
+
+
 def open_export(export) -> ExportFolder:
     """An :class:`ExportFolder`, from itself or a path."""
     return export if isinstance(export, ExportFolder) else ExportFolder.open(export)
@@ -71,6 +81,7 @@ def count_nms_inputs(det, images: list[np.ndarray]) -> list[int]:
 def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
               image_dir=None, opt_level: str = "all", progress: bool = True) -> dict:
     """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result."""
+    check_timing(iters, warmup, threads)
     folder = open_export(export)
     images, source = load_images(folder, image_dir)
     runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level) for v in VARIANTS}

@@ -33,15 +33,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..bench.harness import format_result, is_bench_result, is_png, plot_result, run_bench
-    from ..errors import EdgeAnchorError
+    from ..bench.harness import check_timing, format_result, is_bench_result, is_png, plot_result, run_bench
     from ..export.folder import ExportFolder, default_export_dir
     from ..io import check_output_file, log, write_json
     from .common import print_json
 
-    if args.iters < 1 or args.warmup < 0 or args.threads < 0:
-        raise EdgeAnchorError(f"--iters must be >= 1, --warmup >= 0 and --threads >= 0 "
-                              f"(got {args.iters}, {args.warmup}, {args.threads})")
+    check_timing(args.iters, args.warmup, args.threads)  # before the export is opened
     if args.runtime == "tensorrt":
         from ..export.tensorrt import require_tensorrt
 
@@ -51,7 +48,7 @@ def run(args) -> int:
     plot_path = Path(args.plot or json_path.with_suffix(".png"))
     # Results of ours are rewritten on every run; anything else is refused, before the timing.
     check_output_file(json_path, overwrite=True, is_ours=is_bench_result, what="bench result",
-                      inputs=[folder.root / "report.json", args.images])
+                      inputs=[folder.report_path, args.images])
     check_output_file(plot_path, overwrite=True, is_ours=is_png, what="bench plot", inputs=[args.images])
     result = run_bench(folder, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
                        iters=args.iters, image_dir=args.images, opt_level=args.opt_level)

@@ -49,11 +49,11 @@ def is_yolo_data(args) -> bool:
     return bool(args.data) and is_yolo_yaml(args.data)
 
 
-def yolo_data(args, split: str) -> tuple[str, str]:
-    """(image root, COCO annotation file) of a split of the YOLO data.yaml given as --data."""
-    from ..data.yolo import yolo_split
+def yolo_data(args, *splits: str) -> tuple[str, list[str]]:
+    """(image root, a COCO annotation file per split) of the YOLO data.yaml given as --data."""
+    from ..data.yolo import yolo_splits
 
-    return yolo_split(args.data, split)
+    return yolo_splits(args.data, splits)
 
 
 def data_or_demo(args, split: str) -> tuple[str, str, bool]:
@@ -68,7 +68,8 @@ def data_or_demo(args, split: str) -> tuple[str, str, bool]:
         if args.ann:
             raise EdgeAnchorError("--ann is not used with a YOLO data.yaml (its splits are in the file); "
                                   "choose one with --split")
-        return (*yolo_data(args, getattr(args, "split", None) or split), False)
+        root, (ann,) = yolo_data(args, getattr(args, "split", None) or split)
+        return root, ann, False
     if bool(args.data) != bool(args.ann):
         raise EdgeAnchorError("give both --data and --ann (or --data DATA.yaml for a YOLO data set), or neither "
                               "to use the demo's synthetic data")

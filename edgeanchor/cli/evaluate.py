@@ -45,8 +45,8 @@ def run(args) -> int:
     if args.detections:
         check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
                           what="detections file", inputs=[args.data, args.ann, args.model, args.weights, args.anchors])
-    args.data, args.ann, _ = data_or_demo(args, "val" if args.data else "test")
-    if args.detections:  # the demo's paths are known only now
+    args.data, args.ann, demo = data_or_demo(args, "val" if args.data else "test")
+    if args.detections and demo:  # the demo's paths are known only now
         check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
                           what="detections file", inputs=[args.data, args.ann])
     det = build_from_args(args)

@@ -86,10 +86,8 @@ def _yolo_splits(args, generate: bool):
     train_split = "train" if "train" in spec.splits else None
     if not generate:
         return str(args.data), f"<{search_split}>", f"<{report_split}>", f"<{train_split}>" if train_split else None
-    data, ann = yolo_data(args, search_split)
-    report_ann = yolo_data(args, report_split)[1]
-    train_ann = yolo_data(args, train_split)[1] if train_split else None
-    return data, ann, report_ann, train_ann
+    data, anns = yolo_data(args, search_split, report_split, *([train_split] if train_split else []))
+    return data, anns[0], anns[1], anns[2] if train_split else None
 
 
 def pipeline_spec_from_args(args, *, generate: bool = True):
@@ -125,10 +123,11 @@ def run(args) -> int:
     preliminary = pipeline_spec_from_args(args, generate=False)
     check_pipeline_spec(preliminary)
     out = args.out or default_out(args.model)
-    check_output(out, overwrite=args.overwrite, inputs=[*preliminary.inputs(), args.weights, args.cache])
+    check_output(out, overwrite=args.overwrite, inputs=[*preliminary.inputs(), args.weights])
     det = build_from_args(args)
     if not args.keep_anchors:
-        check_target_head_macs(det, args.target_head_macs, resolve_method(args.method, det))
+        resolve_method(args.method, det)
+        check_target_head_macs(det, args.target_head_macs)
     pipeline = pipeline_spec_from_args(args)
     report = run_pipeline(det, pipeline, out, overwrite=args.overwrite)
     if args.json:

@@ -58,12 +58,11 @@ def _export_model(args, tmp):
 
 def _check_args(args) -> None:
     from .. import regress
+    from ..bench.harness import check_timing
     from ..errors import EdgeAnchorError
     from ..io import check_output_file
 
-    if args.iters < 1 or args.warmup < 0 or args.threads < 0:
-        raise EdgeAnchorError(f"--iters must be >= 1, --warmup >= 0 and --threads >= 0 "
-                              f"(got {args.iters}, {args.warmup}, {args.threads})")
+    check_timing(args.iters, args.warmup, args.threads)
     if not (args.map_tol >= 0 and args.latency_tol >= 0):
         raise EdgeAnchorError(f"--map-tol and --latency-tol must be >= 0 (got {args.map_tol}, {args.latency_tol})")
     # Results of ours are rewritten on every run (as a CI step does); anything else is refused.

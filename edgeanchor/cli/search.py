@@ -68,9 +68,9 @@ def resolve_data(args):
 
 
 def run(args) -> int:
-    from ..io import format_table
     from pathlib import Path
 
+    from ..io import format_table
     from ..search.run import check_search_folder, check_search_spec, resolve_method, run_search
     from .common import build_from_args, print_json
 

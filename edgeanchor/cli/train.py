@@ -81,26 +81,25 @@ def build_model(args):
 
 
 def _resume_state(args):
-    import torch
-
     from ..errors import EdgeAnchorError
-    from ..models import load_checkpoint
-    from ..models.registry import is_checkpoint
+    from ..models.registry import detector_from_checkpoint, read_checkpoint
 
     path = Path(args.out)
     if path.is_dir():
         raise EdgeAnchorError(f"--out {path} is a folder; give the checkpoint file to resume")
     if not path.is_file():
         raise EdgeAnchorError(f"--resume: no checkpoint at {path} to resume from; drop --resume to start afresh")
-    if not is_checkpoint(path):
-        raise EdgeAnchorError(f"--resume: {path} is not a checkpoint written by edgeanchor train; cannot resume it")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = read_checkpoint(path)  # read once: the training state and the detector come from it
+    except EdgeAnchorError:
+        raise EdgeAnchorError(f"--resume: {path} is not a checkpoint written by edgeanchor train; "
+                              "cannot resume it") from None
     state = obj.get("train_state")
     if not state:
         raise EdgeAnchorError(f"--resume: {path} holds a finished run (no training state left); nothing to resume")
     if not isinstance(state, dict) or not {"epoch", "optimizer", "scheduler", "record"} <= set(state):
         raise EdgeAnchorError(f"--resume: the training state in {path} is incomplete; start afresh with --overwrite")
-    return load_checkpoint(path), state
+    return detector_from_checkpoint(obj, path), state
 
 
 def resolve_train_data(args) -> None:
@@ -119,9 +118,10 @@ def resolve_train_data(args) -> None:
                               "choose the training split with --split")
     has_val = "val" in read_data_yaml(args.data).splits
     split = args.split or "train"
-    val_ann = yolo_data(args, "val")[1] if has_val and split != "val" else None
-    args.data, args.ann = yolo_data(args, split)  # --data becomes the image root
-    args.val_ann = val_ann
+    with_val = has_val and split != "val"
+    root, anns = yolo_data(args, split, *(["val"] if with_val else []))
+    args.data, args.ann = root, anns[0]  # --data becomes the image root
+    args.val_ann = anns[1] if with_val else None
 
 
 # Settings that decide the result of a run; loader workers, device and progress do not.

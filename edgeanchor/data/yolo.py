@@ -194,16 +194,25 @@ def image_size(path: Path) -> tuple[int, int]:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
 
 
-def image_root(spec: YoloDataSpec) -> Path:
+def list_all_images(spec: YoloDataSpec) -> dict[str, list[Path]]:
+    """Every split's images, listed once for all the conversions of one run."""
+    return {split: list_images(spec, split) for split in spec.splits}
+
+
+def image_root(listing: dict[str, list[Path]]) -> Path:
     """The folder every split's file names are relative to (one image folder serves all splits)."""
-    parents = [str(p.parent) for split in spec.splits for p in list_images(spec, split)]
-    return Path(os.path.commonpath(parents))
+    return Path(os.path.commonpath([str(p.parent) for files in listing.values() for p in files]))
 
 
-def to_coco(spec: YoloDataSpec, split: str) -> tuple[dict, Path, int]:
-    """(COCO dict of the split, the image root its file names are relative to, values clipped)."""
-    files = list_images(spec, split)
-    root = image_root(spec)
+def to_coco(spec: YoloDataSpec, split: str, listing: dict[str, list[Path]] | None = None) -> tuple[dict, Path, int]:
+    """(COCO dict of the split, the image root its file names are relative to, values clipped).
+
+    ``listing`` is :func:`list_all_images` of ``spec``, listed now if not given.
+    """
+    listing = list_all_images(spec) if listing is None else listing
+    if split not in listing:
+        list_images(spec, split)  # raises: the data set has no such split
+    files, root = listing[split], image_root(listing)
     images, annotations, clipped = [], [], 0
     for image_id, path in enumerate(files, start=1):
         width, height = image_size(path)
@@ -220,20 +229,32 @@ def to_coco(spec: YoloDataSpec, split: str) -> tuple[dict, Path, int]:
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}, root, clipped
 
 
-def yolo_split(data_yaml, split: str) -> tuple[str, str]:
-    """(image root, COCO annotation file) of one split of a YOLO data set.
+def yolo_splits(data_yaml, splits) -> tuple[str, list[str]]:
+    """(image root, a COCO annotation file per split) of a YOLO data set; its folders are listed once.
 
-    The annotation file lives under the cache root, one folder per data.yaml,
-    and is rewritten only when the conversion's result changes.
+    The annotation files live under the cache root, one folder per data.yaml,
+    and are rewritten only when the conversion's result changes.
     """
     spec = read_data_yaml(data_yaml)
-    coco, root, clipped = to_coco(spec, split)
-    if clipped:
-        warn(f"{clipped} label values outside [0, 1] in the '{split}' split of {data_yaml} were clipped to the image")
-    text = json.dumps(coco, indent=1) + "\n"
+    listing = list_all_images(spec)
     folder = cache_root() / "yolo" / hashlib.sha256(str(spec.yaml_path.resolve()).encode()).hexdigest()[:16]
-    ann = folder / f"{split}.json"
-    if not ann.is_file() or ann.read_text(encoding="utf-8") != text:
-        with atomic_path(ann) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    return str(root), str(ann)
+    converted: dict[str, str] = {}
+    root = None
+    for split in dict.fromkeys(splits):  # each split converted once, however often it is asked for
+        coco, root, clipped = to_coco(spec, split, listing)
+        if clipped:
+            warn(f"{clipped} label values outside [0, 1] in the '{split}' split of {data_yaml} were clipped to "
+                 "the image")
+        text = json.dumps(coco, indent=1) + "\n"
+        ann = folder / f"{split}.json"
+        if not ann.is_file() or ann.read_text(encoding="utf-8") != text:
+            with atomic_path(ann) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+        converted[split] = str(ann)
+    return str(root), [converted[split] for split in splits]
+
+
+def yolo_split(data_yaml, split: str) -> tuple[str, str]:
+    """(image root, COCO annotation file) of one split of a YOLO data set."""
+    root, (ann,) = yolo_splits(data_yaml, [split])
+    return root, ann

@@ -32,12 +32,12 @@ def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_t
 
 
 def make_loader(dataset: CocoDetection, batch_size: int, *, shuffle: bool = False, workers: int = 0,
-                sampler=None, generator=None, worker_init_fn=None, persistent_workers: bool | None = None) -> DataLoader:
+                sampler=None, generator=None, persistent_workers: bool | None = None) -> DataLoader:
     """A DataLoader of (images, targets) batches; ``generator`` fixes shuffling and the workers' seeds."""
     persistent = workers > 0 if persistent_workers is None else (persistent_workers and workers > 0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, collate_fn=detection_collate, drop_last=False, generator=generator,
-                      worker_init_fn=worker_init_fn, persistent_workers=persistent)
+                      persistent_workers=persistent)
 
 
 @torch.no_grad()

@@ -197,9 +197,9 @@ class ExportFolder:
         path = Path(path)
         if not path.is_dir():
             raise EdgeAnchorError(f"export folder {path} does not exist; run prune-and-export first or check the path")
-        if not (path / "report.json").is_file():
-            raise EdgeAnchorError(f"{path} is not an edgeanchor export folder (no report.json); run prune-and-export")
         folder = cls(path)
+        if not folder.report_path.is_file():
+            raise EdgeAnchorError(f"{path} is not an edgeanchor export folder (no report.json); run prune-and-export")
         folder.report  # validate now, before any long work
         return folder
 
@@ -233,16 +233,8 @@ def _check_variant(variant: str) -> None:
 
 def is_export_folder(path: str | os.PathLike) -> bool:
     """True if ``path`` is a folder with a report.json that edgeanchor wrote (any format version)."""
-    report = peek_json(Path(path) / "report.json")
+    report = peek_json(ExportFolder(path).report_path)
     return isinstance(report, dict) and report.get("format") == FORMAT
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.relative_to(parent)
-        return True
-    except ValueError:
-        return False
 
 
 def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
@@ -261,8 +253,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
     for item in inputs:
         if item is None:
             continue
-        src = Path(item).resolve()
-        if src == resolved or _inside(src, resolved):
+        if Path(item).resolve().is_relative_to(resolved):  # the output is the input, or holds it
             raise EdgeAnchorError(
                 f"the output folder {out} is also an input of this run ({item}); choose another output folder"
             )

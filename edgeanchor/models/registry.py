@@ -128,10 +128,7 @@ def build_detector(
     try:
         tv_model = arch.builder(num_classes, image_size)
     except (RuntimeError, ValueError) as exc:
-        raise EdgeAnchorError(
-            f"image_size {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
-            "choose a larger image_size"
-        ) from None
+        raise _size_does_not_fit(name, image_size, exc) from None
     ckpt_anchors = None
     if weights is not None:
         state = _read_weights(weights)
@@ -142,13 +139,15 @@ def build_detector(
     try:
         det = wrap(name, tv_model, image_size=image_size, anchors=anchors if ckpt_anchors is None else ckpt_anchors)
     except RuntimeError as exc:  # a feature map vanishes at this input size
-        raise EdgeAnchorError(
-            f"image_size {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
-            "choose a larger image_size"
-        ) from None
+        raise _size_does_not_fit(name, image_size, exc) from None
     if ckpt_anchors is not None:
         _load_state(det, state["state_dict"], weights)
     return det
+
+
+def _size_does_not_fit(name: str, image_size, exc: Exception) -> EdgeAnchorError:
+    return EdgeAnchorError(f"image_size {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
+                           "choose a larger image_size")
 
 
 def wrap(name: str, tv_model, *, image_size, anchors=None) -> Detector:
@@ -249,11 +248,25 @@ def load_checkpoint(path) -> Detector:
     if not path.is_file():
         hint = "train it with the command in the README" if path == DEMO_CHECKPOINT else "check the path"
         raise EdgeAnchorError(f"checkpoint {path} does not exist; {hint}")
+    return detector_from_checkpoint(read_checkpoint(path), path)
+
+
+def read_checkpoint(path) -> dict:
+    """The contents of an edgeanchor checkpoint file (read once; see :func:`detector_from_checkpoint`).
+
+    Raises:
+        EdgeAnchorError: unreadable, or not a checkpoint edgeanchor wrote.
+    """
     obj = _read_weights(path)
     if obj.get("format") != CHECKPOINT_FORMAT:
         raise EdgeAnchorError(
             f"{path} is not an edgeanchor checkpoint; give it as weights with the matching model name"
         )
+    return obj
+
+
+def detector_from_checkpoint(obj: dict, path) -> Detector:
+    """Rebuild the detector that :func:`read_checkpoint` read from ``path``."""
     arch = obj["arch"]
     if arch not in ARCHS:
         raise EdgeAnchorError(f"{path} was written for unknown architecture {arch!r}")
@@ -269,10 +282,10 @@ def load_checkpoint(path) -> Detector:
 def is_checkpoint(path) -> bool:
     """True if ``path`` is a checkpoint edgeanchor wrote (never raises)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # any unreadable file is simply not ours
+        read_checkpoint(path)
+    except EdgeAnchorError:  # missing, unreadable or someone else's: not ours
         return False
-    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+    return True
 
 
 def checkpoint_meta(path) -> dict:

@@ -58,7 +58,6 @@ def _exit_with_parent(parent_pid: int) -> None:
     Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere: a
     daemon thread polls the parent pid once a second, as a backstop.
     """
-    import os
     import signal
     import sys
     import threading

@@ -89,11 +89,12 @@ def check_search_spec(search: SearchSpec) -> None:
             raise EdgeAnchorError(f"{name} must be an integer >= 1 (got {value})")
 
 
-def check_target_head_macs(det, target_head_macs: float | None, method: str) -> None:
-    """Refuse a head-MAC target no keep set of this search can meet, before the search runs.
+def check_target_head_macs(det, target_head_macs: float | None) -> None:
+    """Refuse a head-MAC target no keep set can meet, before the search runs.
 
-    The cheapest keep set a search can reach keeps one anchor (one anchor position on every
-    level for a shared head), so a target below that is out of range.
+    The cheapest keep set keeps one anchor. Every method can reach it (a shared head: remove the
+    other positions on every level, then the other levels), and head MACs per anchor are the same
+    within a level, so the cheapest single anchor bounds every search.
 
     Raises:
         EdgeAnchorError: the target is below the cheapest reachable head.
@@ -102,12 +103,7 @@ def check_target_head_macs(det, target_head_macs: float | None, method: str) -> 
         return
     model = build_cost_model(det)
     ids = det.anchor_set.ids
-    if method == "shared":
-        # a shared head keeps one position on each level, or fewer levels; the cheapest keeps one level
-        candidates = [set(ids) - {a.id for a in lv.anchors[:1]} for lv in det.anchor_set.levels if lv.anchors]
-    else:
-        candidates = [set(ids) - {a} for a in ids]
-    cheapest = min(model.head_macs(tuple(sorted(c))) for c in candidates)
+    cheapest = min(model.head_macs(tuple(sorted(set(ids) - {a}))) for a in ids)
     if target_head_macs < cheapest:
         raise EdgeAnchorError(
             f"target_head_macs {target_head_macs:,.0f} is below the cheapest head this search can reach "

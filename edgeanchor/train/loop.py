@@ -10,11 +10,12 @@ Reproducibility: weights are initialised from ``seed``; each epoch's
 shuffling derives from (seed, epoch, rank) and each sample's augmentation
 from that and the sample's index, so two runs with the same settings give
 the same weights, with any number of loader workers, and a run resumed at
-any epoch equals the uninterrupted one. A DDP run with N processes and batch B is reproducible too, but is
-not the same computation as one process with batch N*B: BatchNorm statistics
-are per process (no SyncBatchNorm), each rank draws its own augmentation, and
-DistributedSampler splits each epoch's permutation across ranks. Its weights
-therefore differ slightly from the single-process run (tested).
+any epoch equals the uninterrupted one. A DDP run with N processes and
+batch B is reproducible too, but is not the same computation as one process
+with batch N*B: BatchNorm statistics are per process (no SyncBatchNorm),
+each rank draws its own augmentation, and DistributedSampler splits each
+epoch's permutation across ranks. Its weights therefore differ slightly
+from the single-process run (tested).
 """
 
 from __future__ import annotations
@@ -87,16 +88,9 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """The seed of one epoch: shuffling, loader workers and augmentation derive from it alone,
-    so a run resumed at any epoch sees exactly what the uninterrupted run saw."""
+    """The seed of one epoch: its shuffling and augmentation derive from it alone, so a run
+    resumed at any epoch sees exactly what the uninterrupted run saw."""
     return (seed * 1_000_003 + epoch * 7_919 + rank) % 2**63
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; NumPy and random follow it.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def _lr_factor(it: int, total: int, warmup: int) -> float:
@@ -161,8 +155,7 @@ def train(
         seed_everything(seed)
         train_set.set_augment_seed(seed)
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, sampler=sampler,
-                             generator=torch.Generator().manual_seed(seed), worker_init_fn=_seed_worker,
-                             persistent_workers=False)
+                             generator=torch.Generator().manual_seed(seed), persistent_workers=False)
         t0 = time.perf_counter()
         losses = _train_epoch(step_module, det, loader, optimizer, scheduler, iters_per_epoch, epoch, cfg, device, rank)
         entry = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 1), **losses}
