@@ -104,7 +104,7 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
 
 
 def search_dir(key: str, search: SearchSpec) -> Path:
-    """A persistent search folder per (weights+data key, settings), so reruns reuse it."""
+    """A persistent search folder per (candidate cache content key, settings), so reruns reuse it."""
     floor = f"min{search.min_map}" if search.min_map is not None else f"drop{search.max_drop}"
     return cache_root() / "searches" / f"{key[:16]}-{search.method}-{search.cost}-{floor}-tol{search.tol}"
 
@@ -173,10 +173,14 @@ def _choose_keep_set(det, pipeline: PipelineSpec, folder: ExportFolder, log, pro
         return keep_ids_from_file(det, pipeline.anchors), {"source": str(pipeline.anchors)}
     search = replace(pipeline.search, method=resolve_method(pipeline.search.method, det))
     dataset = CocoDetection(pipeline.data, pipeline.ann, num_classes=det.num_classes, image_size=det.image_size)
-    cache_path = Path(pipeline.cache) if pipeline.cache else None
-    search_folder = search_dir(cache_key(det, dataset), search)
+    dataset.require_objects("search on")
+    cache_path = Path(pipeline.cache) if pipeline.cache else default_cache_path(cache_key(det, dataset))
+    cache = load_or_build_cache(det, dataset, cache_path, progress=progress, log=log)
+    # The search folder is ours: one per (weights, anchors, rule, annotations, image contents, settings), so a
+    # rerun resumes it, and other images start a new search instead of reusing scores of the old ones.
+    search_folder = search_dir(cache.content_key, search)
     log(f"searching anchor subsets ({search.method}, cost {search.cost}) in {search_folder}")
-    result = run_search(det, pipeline.data, pipeline.ann, search_folder, search, cache_path=cache_path,
+    result = run_search(det, pipeline.data, pipeline.ann, search_folder, search, cache_path=cache_path, cache=cache,
                         latency_model=pipeline.latency_model, progress=progress, log=log)
     point = choose_point(result, target_head_macs=pipeline.target_head_macs)
     shutil.copy(search_outputs(search_folder)["plot"], folder.pareto_path)

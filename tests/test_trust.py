@@ -315,3 +315,28 @@ def _demo_template():
     if "t" not in _TEMPLATE:
         _TEMPLATE["t"] = build_detector("edgeanchor:demo_ssd").anchor_set
     return _TEMPLATE["t"]
+
+
+def test_a_search_is_not_resumed_on_other_images(small, tmp_path, capsys):
+    """Replacing an image's contents invalidates stored search results, not only the candidate cache."""
+    _, images, _, val = small
+    data = tmp_path / "images"
+    shutil.copytree(images, data)
+    base = ["--model", "demo", "--data", str(data), "--ann", val, "--max-evals", "12", "--workers", "1"]
+    assert main(["search", *base, "--out", str(tmp_path / "s")]) == 0
+    assert main(["prune-and-export", *base, "--parity-images", "1", "--out", str(tmp_path / "e")]) == 0
+    capsys.readouterr()
+    assert main(["prune-and-export", *base, "--parity-images", "1", "--out", str(tmp_path / "e"),
+                 "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming the search" in err  # same images: the stored search is reused
+    folder = next(line for line in err.splitlines() if line.startswith("searching anchor subsets")).split(" in ")[-1]
+    files = [im["file_name"] for im in json.loads(Path(val).read_text())["images"]]
+    shutil.copy(data / files[1], data / files[0])  # another image of the split under the first one's name
+    assert main(["search", *base, "--out", str(tmp_path / "s")]) == 2
+    assert "annotations or images" in capsys.readouterr().err  # the user's search folder is not resumed
+    assert main(["prune-and-export", *base, "--parity-images", "1", "--out", str(tmp_path / "e"),
+                 "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming the search" not in err  # a new search, on the new images, in a new folder
+    assert folder not in err and "searching anchor subsets" in err

@@ -70,6 +70,19 @@ class CandidateCache:
         return int(self.box_index.shape[0])
 
     @property
+    def content_key(self) -> str:
+        """The key plus the images' SHA-256s: what a result computed from this cache depends on.
+
+        :attr:`key` covers weights, anchors, rule, annotations and the image folder's path; the
+        manifest adds the image contents, so a search stored against this key is not resumed on
+        other images.
+        """
+        h = hashlib.sha256(self.key.encode())
+        for row in self.meta.get("images", []):
+            h.update(str(row[3]).encode())
+        return h.hexdigest()
+
+    @property
     def nbytes(self) -> int:
         arrays = (self.image_ids, self.orig_sizes, self.offsets, self.box_index, self.anchor_id, self.labels,
                   self.scores, self.boxes_xyxy)

@@ -190,7 +190,7 @@ class _SearchRun:
     log: Callable[[str], None]
 
 
-def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=None, cache_path=None,
+def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=None, cache_path=None, cache=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
                log=log) -> dict:
     """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``.
@@ -202,6 +202,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
         search: the search settings; ``search.method`` is checked with :func:`resolve_method`.
         report_ann: also score the front on this split.
         cache_path: candidate cache file (default: a keyed file under the cache root).
+        cache: the candidate cache of (data_dir, ann) at ``cache_path``, if the caller has already loaded it.
         latency_model: for ``cost == "latency"``: a LatencyModel, a path, or None (calibrate one).
         batch_size, device: of the one inference pass.
         progress: show progress bars and messages.
@@ -217,13 +218,14 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     dataset = CocoDetection(data_dir, ann, num_classes=det.num_classes, image_size=det.image_size)
     dataset.require_objects("search on")
     cache_path = Path(cache_path) if cache_path else default_cache_path(cache_key(det, dataset))
-    cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device, progress=progress,
-                                log=log)
+    if cache is None:
+        cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device,
+                                    progress=progress, log=log)
     scorer = SubsetScorer(cache, ann, backend=search.backend)
     cost_model = build_cost_model(det)
     latency = resolve_latency_model(search.cost, latency_model, det, data_dir, ann, run.out_dir, log=log)
     cost_fn = _cost_fn(search.cost, latency)
-    known, state_path = _resume(run.out_dir, search, cache.key, log)
+    known, state_path = _resume(run.out_dir, search, cache.content_key, log)
     state: dict = {}
     evaluator = Evaluator(scorer, cost_model, cost_fn, workers=search.workers, cache_path=cache_path, ann=ann,
                           max_evals=search.max_evals, known=known,
@@ -231,7 +233,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     try:
         root = evaluator.evaluate([()])[0]
         floor = floor_of(search, root.map)
-        state.update(settings=search.settings_key(), cache_key=cache.key, model=det.arch, ann=str(ann),
+        state.update(settings=search.settings_key(), cache_key=cache.content_key, model=det.arch, ann=str(ann),
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
         if search.method == "layerwise":
@@ -291,7 +293,8 @@ def _resume(out_dir: Path, search: SearchSpec, key: str, log) -> tuple[list[Node
     nodes = _stored_nodes(stored, path)
     if stored.get("settings") != search.settings_key() or stored.get("cache_key") != key:
         raise EdgeAnchorError(
-            f"{path} holds a search with other settings, weights or data; choose another search folder to start anew"
+            f"{path} holds a search with other settings, weights, annotations or images; choose another search "
+            "folder to start anew"
         )
     log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
     return nodes, path
