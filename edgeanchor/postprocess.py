@@ -11,7 +11,10 @@ It is split in two steps so that the anchor search can cache the first:
 
 Both follow torchvision's ``SSD.postprocess_detections`` (softmax scores,
 top-k per class) and ``RetinaNet.postprocess_detections`` (sigmoid scores,
-top-k per level) step for step, in the same order.
+top-k per level) step for step, in the same order, and YOLOv5's
+``non_max_suppression`` (``score_fn="yolo"``: confidence = objectness x class
+probability, multi-label, the best ``topk_candidates`` (max_nms) overall,
+NMS with class offsets of ``YOLO_CLASS_OFFSET`` pixels, no clipping).
 """
 
 from __future__ import annotations
@@ -23,14 +26,21 @@ import torch
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import boxes as box_ops
 
+# YOLOv5's class offset in NMS (max_wh): boxes of class c are shifted by c * 7680 pixels.
+YOLO_CLASS_OFFSET = 7680.0
+# YOLOv5's presets (data/hyps and val.py / detect.py defaults): (confidence threshold, IoU threshold).
+YOLO_PRESETS = {"val": (0.001, 0.6), "deploy": (0.25, 0.45)}
+
 
 @dataclass(frozen=True)
 class PostprocessSpec:
     """How a detector turns head outputs into detections.
 
     Attributes:
-        score_fn: "softmax" (class 0 is background and never reported) or "sigmoid".
-        topk_scope: "class" (top-k per class, SSD) or "level" (top-k per level, RetinaNet).
+        score_fn: "softmax" (class 0 is background and never reported), "sigmoid", or "yolo" (column 0 of
+            the class outputs is objectness; score = sigmoid(obj) * sigmoid(class); YOLOv5 box decoding).
+        topk_scope: "class" (top-k per class, SSD), "level" (top-k per level, RetinaNet) or "all" (the best
+            top-k candidates of the image, YOLOv5's max_nms).
         score_thresh: candidates need a score strictly above this.
         topk_candidates: top-k size per scope.
         nms_thresh: IoU threshold of the class-aware NMS.
@@ -61,6 +71,15 @@ class PostprocessSpec:
             detections_per_img=int(model.detections_per_img),
             box_weights=tuple(float(w) for w in model.box_coder.weights),
         )
+
+    @classmethod
+    def yolo(cls, preset: str = "val", *, score_thresh: float | None = None, nms_thresh: float | None = None,
+             max_det: int = 300, max_nms: int = 30000) -> "PostprocessSpec":
+        """YOLOv5's rule with a preset ("val": 0.001 / 0.6, "deploy": 0.25 / 0.45), each value overridable."""
+        conf, iou = YOLO_PRESETS[preset]
+        return cls(score_fn="yolo", topk_scope="all", score_thresh=float(conf if score_thresh is None else score_thresh),
+                   topk_candidates=int(max_nms), nms_thresh=float(iou if nms_thresh is None else nms_thresh),
+                   detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
 
     @classmethod
     def from_json(cls, obj: dict) -> "PostprocessSpec":
@@ -108,42 +127,91 @@ def flatten_level(x: torch.Tensor, num_columns: int) -> torch.Tensor:
 def candidates(
     cls_logits: torch.Tensor,
     box_deltas: torch.Tensor,
-    anchors_xyxy: torch.Tensor,
+    priors: torch.Tensor,
     image_size: tuple[int, int],
     spec: PostprocessSpec,
 ) -> Candidates:
     """Every above-threshold candidate of one image.
 
     Args:
-        cls_logits: (B, K) logits for the B boxes of one image.
+        cls_logits: (B, K) logits for the B boxes of one image (for "yolo", K = 1 + nc: objectness first).
         box_deltas: (B, 4) box regression.
-        anchors_xyxy: (B, 4) the boxes' anchors, input pixels.
-        image_size: (H, W) to clip to.
+        priors: the boxes' priors: anchors_xyxy (B, 4) in input pixels, or for "yolo" the
+            :func:`yolo_grid` rows (B, 6).
+        image_size: (H, W) to clip to (YOLOv5 does not clip before NMS, so "yolo" does not).
         spec: post-processing rule.
 
     Returns:
         Candidates ordered as the model processes them: by (label, box) for
-        ``softmax``, by (box, label) for ``sigmoid``.
+        ``softmax``, by (box, label) otherwise.
     """
+    label_offset = 0
     if spec.score_fn == "softmax":
         scores = torch.softmax(cls_logits, dim=-1)[:, 1:]  # background column dropped
         label_offset = 1
+    elif spec.score_fn == "yolo":
+        scores = yolo_scores(cls_logits)
     else:
         scores = torch.sigmoid(cls_logits)
-        label_offset = 0
     keep = scores > spec.score_thresh
     if spec.score_fn == "softmax":
         label_idx, box_idx = torch.nonzero(keep.T, as_tuple=True)  # (label, box) order
     else:
         box_idx, label_idx = torch.nonzero(keep, as_tuple=True)  # (box, label) order
-    boxes = decode(box_deltas[box_idx], anchors_xyxy[box_idx], spec.box_weights)
-    boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+    boxes = decode(box_deltas[box_idx], priors[box_idx], spec)
+    if spec.score_fn != "yolo":
+        boxes = box_ops.clip_boxes_to_image(boxes, image_size)
     return Candidates(box_idx, label_idx + label_offset, scores[box_idx, label_idx], boxes)
 
 
-def decode(deltas: torch.Tensor, anchors_xyxy: torch.Tensor, weights) -> torch.Tensor:
-    """Decode (M, 4) deltas against (M, 4) anchors with torchvision's BoxCoder."""
-    return BoxCoder(weights=tuple(weights)).decode_single(deltas, anchors_xyxy)
+def yolo_scores(cls_logits: torch.Tensor) -> torch.Tensor:
+    """YOLOv5 confidences (B, nc) = sigmoid(objectness) * sigmoid(class) from (B, 1 + nc) logits.
+
+    A confidence above a threshold implies the objectness is above it too (class probabilities are
+    at most 1), so this one test is YOLOv5's two (objectness, then confidence).
+    """
+    probs = torch.sigmoid(cls_logits)
+    return probs[:, 1:] * probs[:, :1]
+
+
+def decode(deltas: torch.Tensor, priors: torch.Tensor, spec: PostprocessSpec) -> torch.Tensor:
+    """Decode (M, 4) box outputs against their (M, 4) anchors (torchvision's BoxCoder) or YOLO grid rows."""
+    if spec.score_fn == "yolo":
+        return yolo_decode(deltas, priors)
+    return BoxCoder(weights=tuple(spec.box_weights)).decode_single(deltas, priors)
+
+
+def yolo_grid(anchor_set, levels) -> torch.Tensor:
+    """Per box of the given levels, YOLOv5's decoding constants (B, 6) float32.
+
+    Columns: (col - 0.5, row - 0.5, stride_x, stride_y, anchor_w, anchor_h), anchors in input pixels,
+    boxes in (row, column, anchor) order as the head's flattened outputs.
+    """
+    rows = []
+    for i in levels:
+        level = anchor_set.levels[i]
+        fh, fw = level.feature_size
+        sy, sx = level.stride
+        row, col = torch.meshgrid(torch.arange(fh, dtype=torch.float32), torch.arange(fw, dtype=torch.float32),
+                                  indexing="ij")
+        cells = torch.stack([col.reshape(-1) - 0.5, row.reshape(-1) - 0.5], dim=1)  # (fh*fw, 2)
+        wh = torch.tensor([[a.w, a.h] for a in level.anchors], dtype=torch.float32).reshape(-1, 2)  # (A, 2)
+        a = wh.shape[0]
+        table = torch.cat([cells[:, None].expand(-1, a, 2), torch.tensor([sx, sy], dtype=torch.float32).expand(
+            fh * fw, a, 2), wh[None].expand(fh * fw, a, 2)], dim=2)  # (fh*fw, A, 6)
+        rows.append(table.reshape(-1, 6))
+    return torch.cat(rows) if rows else torch.zeros(0, 6)
+
+
+def yolo_decode(raw: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """YOLOv5's decode of raw (M, 4) outputs: xy = (2s + cell - 0.5) * stride, wh = (2s)^2 * anchor; xyxy.
+
+    The arithmetic is YOLOv5 Detect's, in the same order, so the boxes equal its boxes.
+    """
+    s = torch.sigmoid(raw)
+    xy = (s[:, :2] * 2 + grid[:, :2]) * grid[:, 2:4]
+    wh = (s[:, 2:] * 2) ** 2 * grid[:, 4:6]
+    return torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
 
 
 def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> torch.Tensor:
@@ -169,6 +237,8 @@ def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.T
     """
     if spec.topk_scope == "class":
         groups = cands.labels  # labels ascend as in torchvision
+    elif spec.topk_scope == "all":
+        groups = torch.zeros_like(cands.labels)
     else:
         groups = torch.bucketize(cands.box_index, level_starts[1:], right=True)
     scores, k, num = cands.scores, spec.topk_candidates, len(cands)
@@ -211,7 +281,11 @@ def select(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor)
     """
     kept_idx = topk_indices(cands, spec, level_starts)
     boxes, scores, labels = cands.boxes_xyxy[kept_idx], cands.scores[kept_idx], cands.labels[kept_idx]
-    keep = box_ops.batched_nms(boxes, scores, labels, spec.nms_thresh)[: spec.detections_per_img]
+    if spec.score_fn == "yolo":  # YOLOv5: one NMS over boxes shifted by class
+        keep = box_ops.nms(boxes + labels[:, None].to(boxes.dtype) * YOLO_CLASS_OFFSET, scores, spec.nms_thresh)
+    else:
+        keep = box_ops.batched_nms(boxes, scores, labels, spec.nms_thresh)
+    keep = keep[: spec.detections_per_img]
     box_index = cands.box_index[kept_idx]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "box_index": box_index[keep],
             "topk_box_index": box_index}

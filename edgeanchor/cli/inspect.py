@@ -32,7 +32,7 @@ def inspect_detector(det) -> dict:
                 "num_anchors": level.num_anchors,
                 "num_boxes": level.num_boxes,
                 "head_macs": cost.head_macs_per_level[i],
-                "cls_channels": level.num_anchors * det.num_classes,
+                "cls_channels": level.num_anchors * det.cls_columns,  # YOLO: objectness + classes per anchor
                 "box_channels": level.num_anchors * 4,
                 "anchors": [
                     {"id": a.id, "w": round(a.w, 4), "h": round(a.h, 4), "ratio_hw": round(a.ratio, 4)}

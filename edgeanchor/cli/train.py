@@ -195,11 +195,11 @@ def run(args) -> int:
     else:
         seed_everything(args.seed)  # the initial weights are drawn from torch's generator
         det = build_model(args)
-    train_set = CocoDetection(args.data, args.ann, num_classes=det.num_classes, image_size=det.image_size, train=True)
+    train_set = CocoDetection(args.data, args.ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size, train=True)
     train_set.require_objects("train on")
     val_set = None
     if args.val_ann:
-        val_set = CocoDetection(args.data, args.val_ann, num_classes=det.num_classes, image_size=det.image_size)
+        val_set = CocoDetection(args.data, args.val_ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_iters=args.warmup_iters, device=args.device, workers=args.workers, seed=args.seed,

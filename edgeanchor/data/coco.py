@@ -30,19 +30,25 @@ SKIP_DEGENERATE = "degenerate box (w or h <= 0)"
 JITTER = 0.15
 
 
-def make_label_map(category_ids: list[int], num_classes: int) -> dict[int, int]:
-    """Map COCO category ids to model labels (label 0 is background).
+def make_label_map(category_ids: list[int], num_classes: int, first_label: int = 1) -> dict[int, int]:
+    """Map COCO category ids to model labels.
 
-    Contiguous when ``num_classes == K + 1`` (sorted ids get labels 1..K);
-    otherwise identity when every id fits below ``num_classes`` (torchvision's
-    COCO convention: 91 classes, ids 1..90 with gaps).
+    With ``first_label=1`` (label 0 is background): contiguous when
+    ``num_classes == K + 1`` (sorted ids get labels 1..K); otherwise identity
+    when every id fits below ``num_classes`` (torchvision's COCO convention:
+    91 classes, ids 1..90 with gaps).
+
+    With ``first_label=0`` (YOLO: no background class): sorted ids get labels
+    0..K-1 when ``num_classes == K`` (so COCO's 80 gapped ids become YOLO's
+    coco80 classes); a YOLO data set converted by :mod:`.yolo` has ids 1..nc.
 
     Args:
         category_ids: the K category ids of the annotation file, any order.
-        num_classes: number of model classes, background included.
+        num_classes: number of model classes (background included when ``first_label`` is 1).
+        first_label: the label of the first category, 1 or 0.
 
     Returns:
-        dict category id -> label in 1..num_classes-1.
+        dict category id -> label.
 
     Raises:
         EdgeAnchorError: no categories, duplicate ids, or ids that fit neither rule.
@@ -54,6 +60,11 @@ def make_label_map(category_ids: list[int], num_classes: int) -> dict[int, int]:
         dup = next(c for c, n in Counter(ids).items() if n > 1)
         raise EdgeAnchorError(f"category id {dup} appears twice in 'categories'; make category ids unique")
     k = len(ids)
+    if first_label == 0:
+        if num_classes == k:
+            return {cat: label for label, cat in enumerate(ids)}
+        raise EdgeAnchorError(f"{k} categories do not fit a model with {num_classes} classes (nc; no background "
+                              f"class): use num_classes {k}")
     if num_classes == k + 1:
         return {cat: label for label, cat in enumerate(ids, start=1)}
     if ids[-1] < num_classes and ids[0] >= 1:
@@ -321,6 +332,7 @@ class CocoDetection(torch.utils.data.Dataset):
         num_classes: int | None = None,
         image_size: tuple[int, int] | None = None,
         train: bool = False,
+        first_label: int = 1,
     ):
         """Load, validate and index an annotation file.
 
@@ -330,6 +342,7 @@ class CocoDetection(torch.utils.data.Dataset):
             num_classes: model classes incl. background; None means K + 1 (contiguous labels).
             image_size: (H, W) to resize every image to, or None to keep file sizes.
             train: apply random horizontal flip and mild colour jitter.
+            first_label: model label of the first category (0 for YOLO: no background class).
         """
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -345,8 +358,8 @@ class CocoDetection(torch.utils.data.Dataset):
             raise EdgeAnchorError(f"annotation file {self.ann_file} lists no images; check it is the right file")
         self.image_ids, self._images = _index_images(images, self.ann_file)
         self.category_ids = _category_ids(categories, self.ann_file)
-        self.num_classes = len(self.category_ids) + 1 if num_classes is None else int(num_classes)
-        self.label_map = make_label_map(self.category_ids, self.num_classes)
+        self.num_classes = len(self.category_ids) + first_label if num_classes is None else int(num_classes)
+        self.label_map = make_label_map(self.category_ids, self.num_classes, first_label)
         _check_annotation_fields(annotations, self.ann_file)
         _check_references(annotations, set(self.image_ids), set(self.category_ids), self.ann_file)
         _check_files_exist(self.image_dir, images)

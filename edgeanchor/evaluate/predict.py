@@ -13,13 +13,14 @@ def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_t
     """Detections of one image (input pixels, model labels) as COCO results.
 
     Boxes are scaled from the model input size back to the original image
-    size and written as [x, y, w, h]; labels become category ids.
+    size, clipped to it (YOLO boxes leave NMS unclipped, as YOLOv5's val.py
+    clips them only here) and written as [x, y, w, h]; labels become category ids.
     """
     in_h, in_w = input_size
     oh, ow = orig_size
     boxes = det_out["boxes"].detach().cpu().double()
     scale = torch.tensor([ow / in_w, oh / in_h, ow / in_w, oh / in_h], dtype=torch.float64)
-    boxes = boxes * scale  # (D, 4) xyxy, original pixels
+    boxes = clip_original(boxes * scale, oh, ow)  # (D, 4) xyxy, original pixels
     results = []
     for box, score, label in zip(boxes.tolist(), det_out["scores"].tolist(), det_out["labels"].tolist()):
         cat = label_to_cat.get(int(label))
@@ -29,6 +30,13 @@ def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_t
         results.append({"image_id": int(image_id), "category_id": int(cat),
                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
     return results
+
+
+def clip_original(boxes, height: float, width: float):
+    """Clip (D, 4) xyxy boxes (a float64 torch tensor or NumPy array) to an image of the given size."""
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes
 
 
 def make_loader(dataset: CocoDetection, batch_size: int, *, shuffle: bool = False, workers: int = 0,

@@ -164,6 +164,9 @@ class SubsetScorer:
         ok = self.has_cat[labels] if labels.size else np.zeros(0, dtype=bool)
         image, labels = image[ok], labels[ok]
         boxes = np.concatenate([d[0] for d in dets]).astype(np.float64)[ok] * self.scales[image]  # (D, 4) xyxy
+        sizes = self.cache.orig_sizes[image].astype(np.float64)  # (D, 2) h, w: clipped as predict clips
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, sizes[:, 1:2])
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, sizes[:, 0:1])
         rows = np.empty((boxes.shape[0], 7), dtype=np.float64)
         rows[:, 0] = self.cache.image_ids[image]
         rows[:, 1:3] = boxes[:, :2]

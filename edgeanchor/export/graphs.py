@@ -7,13 +7,15 @@ input and output gets a name. :class:`ExportPostprocess` re-implements
 :func:`~edgeanchor.postprocess.select`) with static-shape tensor ops and one
 ONNX ``NonMaxSuppression``:
 
-- every box is decoded (torchvision ``BoxCoder``, anchors as constants) and
-  clipped to the image;
+- every box is decoded (torchvision ``BoxCoder``, anchors as constants, then
+  clipped to the image; YOLO: YOLOv5's decode, unclipped, grid as constants);
 - a (C, B) score matrix holds, per class c and box b, the score of every
   candidate that survives the score threshold and the model's top-k (per class
-  for SSD, per level for RetinaNet), and ``SENTINEL`` everywhere else;
+  for SSD, per level for RetinaNet, over the whole image for YOLO's max_nms),
+  and ``SENTINEL`` everywhere else;
 - NonMaxSuppression runs per class on the class axis, which is torchvision's
-  class-aware ``batched_nms`` without the coordinate-offset trick;
+  class-aware ``batched_nms`` (and YOLOv5's class-offset NMS) without the
+  coordinate-offset trick;
 - the best ``detections_per_img`` survivors are kept, padded with zeros.
 """
 
@@ -24,7 +26,7 @@ from torch import nn
 from torchvision.ops import boxes as box_ops
 
 from ..models.base import Detector
-from ..postprocess import decode, flatten_level
+from ..postprocess import decode, flatten_level, yolo_scores
 
 # Score of a (class, box) pair that is not a candidate. Real scores are
 # probabilities (>= 0), so NMS_SCORE_FLOOR sits strictly between the two and
@@ -82,17 +84,24 @@ class DecodeBoxes(nn.Module):
 
     def __init__(self, detector: Detector):
         super().__init__()
-        self.num_classes = detector.num_classes
+        self.cls_columns = detector.cls_columns
         self.postprocess_spec = detector.postprocess_spec
         self.image_size = tuple(detector.image_size)
-        self.register_buffer("anchors_xyxy", detector.anchors_xyxy.detach().clone())
+        self.register_buffer("priors", detector.decode_priors.detach().clone())
 
     def forward(self, head_flat: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns boxes_xyxy (B, 4) clipped, input px, and probs (B, K) incl. any background column."""
-        cls = torch.cat([flatten_level(c, self.num_classes)[0] for c in head_flat[0::2]])  # -> (B, K)
+        """Returns boxes_xyxy (B, 4) in input px (clipped, except YOLO) and probs (B, K).
+
+        ``probs`` keeps SSD's background column; for YOLO it is the confidence obj * cls (B, nc).
+        """
+        cls = torch.cat([flatten_level(c, self.cls_columns)[0] for c in head_flat[0::2]])  # -> (B, columns)
         box = torch.cat([flatten_level(b, 4)[0] for b in head_flat[1::2]])  # -> (B, 4)
-        boxes = box_ops.clip_boxes_to_image(decode(box, self.anchors_xyxy, self.postprocess_spec.box_weights), self.image_size)
-        probs = torch.softmax(cls, dim=-1) if self.postprocess_spec.score_fn == "softmax" else torch.sigmoid(cls)
+        boxes = decode(box, self.priors, self.postprocess_spec)
+        score_fn = self.postprocess_spec.score_fn
+        if score_fn == "yolo":
+            return boxes, yolo_scores(cls)
+        boxes = box_ops.clip_boxes_to_image(boxes, self.image_size)
+        probs = torch.softmax(cls, dim=-1) if score_fn == "softmax" else torch.sigmoid(cls)
         return boxes, probs
 
 
@@ -127,6 +136,12 @@ class ExportPostprocess(nn.Module):
             top, idx = scores.topk(k, dim=1)  # per-class top-k, (C, k)
             top = torch.where(top > pp.score_thresh, top, torch.full_like(top, SENTINEL))
             return torch.full_like(scores, SENTINEL).scatter(1, idx, top), k
+        if pp.topk_scope == "all":  # YOLOv5's max_nms: the best candidates of the image, (box, class) pairs
+            flat = probs.reshape(-1)  # (B*C,)
+            k = min(pp.topk_candidates, self.num_boxes * self.num_classes)
+            top, idx = flat.topk(k)
+            top = torch.where(top > pp.score_thresh, top, torch.full_like(top, SENTINEL))
+            return torch.full_like(flat, SENTINEL).scatter(0, idx, top).view_as(probs).t(), k
         per_level, total = [], 0
         for size, level_probs in zip(self.level_sizes, probs.split(self.level_sizes)):  # (n_L, K) per level
             flat = level_probs.reshape(-1)  # (n_L, K) -> (n_L*K,), (box, class) order

@@ -275,7 +275,8 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
         levels: the active model levels whose outputs to read.
 
     Returns:
-        Per level ``{"level", "cls_channels", "box_channels"}``.
+        Per level ``{"level", "cls_channels", "box_channels"}`` (for YOLO both are the one Detect
+        convolution's na*(5+nc)).
     """
     graph = head.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -283,7 +284,8 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
 
     def conv_out_channels(output: str) -> int:
         node = producer.get(output)
-        while node is not None and node.op_type == "Identity":
+        # YOLO's cls/box outputs are views (Reshape, Slice) of one Detect convolution per level.
+        while node is not None and node.op_type in ("Identity", "Reshape", "Slice", "Split"):
             node = producer.get(node.input[0])
         if node is None or node.op_type != "Conv" or node.input[1] not in weights:
             raise AssertionError(f"head output {output} is not produced by a Conv with constant weights")

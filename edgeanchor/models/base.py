@@ -40,6 +40,9 @@ class Detector(nn.Module):
 
     arch: str = ""
     shared_head: bool = False
+    # Model label of the first category: 1 when label 0 is background (SSD; torchvision's RetinaNet
+    # convention), 0 for YOLO, which has no background class.
+    first_label: int = 1
 
     def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, postprocess_spec: PostprocessSpec, config: dict):
         super().__init__()
@@ -60,6 +63,16 @@ class Detector(nn.Module):
         starts = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
         self.register_buffer("anchors_xyxy", torch.cat(per_level) if per_level else torch.zeros(0, 4), persistent=False)
         self.register_buffer("level_starts", starts, persistent=False)
+
+    @property
+    def cls_columns(self) -> int:
+        """Columns per anchor of the classification output (K; YOLO: objectness + nc)."""
+        return self.num_classes
+
+    @property
+    def decode_priors(self) -> torch.Tensor:
+        """What :func:`~edgeanchor.postprocess.decode` decodes against, per box (anchors_xyxy by default)."""
+        return self.anchors_xyxy
 
     @property
     def active_levels(self) -> list[int]:
@@ -102,9 +115,9 @@ class Detector(nn.Module):
         """Concatenate per-level head outputs.
 
         Returns:
-            cls_logits (N, num_boxes, K) and box_deltas (N, num_boxes, 4).
+            cls_logits (N, num_boxes, cls_columns) and box_deltas (N, num_boxes, 4).
         """
-        cls = torch.cat([flatten_level(c, self.num_classes) for c, _ in head_outputs], dim=1)
+        cls = torch.cat([flatten_level(c, self.cls_columns) for c, _ in head_outputs], dim=1)
         box = torch.cat([flatten_level(b, 4) for _, b in head_outputs], dim=1)
         return cls, box
 
@@ -113,14 +126,15 @@ class Detector(nn.Module):
         cls, box = self.flatten_head(head_outputs)
         results = []
         for i in range(cls.shape[0]):
-            cands = candidates(cls[i], box[i], self.anchors_xyxy, self.image_size, self.postprocess_spec)
+            cands = candidates(cls[i], box[i], self.decode_priors, self.image_size, self.postprocess_spec)
             results.append(select(cands, self.postprocess_spec, self.level_starts))
         return results
 
     def image_candidates(self, head_outputs):
         """Per image, all above-threshold candidates (for the search cache)."""
         cls, box = self.flatten_head(head_outputs)
-        return [candidates(cls[i], box[i], self.anchors_xyxy, self.image_size, self.postprocess_spec) for i in range(cls.shape[0])]
+        return [candidates(cls[i], box[i], self.decode_priors, self.image_size, self.postprocess_spec)
+                for i in range(cls.shape[0])]
 
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return self.postprocess(self.head(self.backbone(images)))

@@ -6,7 +6,12 @@ Names:
   torchvision architectures, randomly initialised unless ``weights`` is given
   (nothing is ever downloaded);
 - ``edgeanchor:demo_ssd``: the demo architecture, untrained;
-- ``demo``: the trained demo checkpoint shipped inside the package;
+- ``yolov5:n`` ... ``yolov5:x`` (the v7.0 sizes) and ``yolov5:PATH.yaml`` (a yolov5 model
+  definition): our YOLOv5 implementation, randomly initialised unless ``weights`` is given (a yolov5
+  ``train.py`` checkpoint, a plain state dict, or an edgeanchor checkpoint); num_classes is nc
+  (YOLO has no background class);
+- ``demo``: the trained demo checkpoint shipped inside the package; ``demo-yolo``: the shipped
+  YOLOv5n-sized demo;
 - a path to an edgeanchor checkpoint (``.pt``).
 """
 
@@ -28,6 +33,8 @@ from .base import Detector
 CHECKPOINT_FORMAT = "edgeanchor.checkpoint/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo.pt"
+DEMO_YOLO_CHECKPOINT = ASSETS / "demo-yolo.pt"
+SHIPPED = {"demo": DEMO_CHECKPOINT, "demo-yolo": DEMO_YOLO_CHECKPOINT}
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ ARCHS: dict[str, ArchSpec] = {
 
 
 def model_names() -> list[str]:
-    return ["demo", *ARCHS]
+    return [*SHIPPED, *ARCHS, "yolov5:n|s|m|l|x", "yolov5:PATH.yaml"]
 
 
 def build_detector(
@@ -97,8 +104,12 @@ def build_detector(
     Raises:
         EdgeAnchorError: unknown name, missing file, weights that do not fit.
     """
-    if name == "demo" or (name not in ARCHS and (name.endswith(".pt") or Path(name).is_file())):
-        path = DEMO_CHECKPOINT if name == "demo" else Path(name)
+    if name.startswith("yolov5:"):
+        from .yolo_build import build_yolo
+
+        return build_yolo(name, num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size)
+    if name in SHIPPED or (name not in ARCHS and (name.endswith(".pt") or Path(name).is_file())):
+        path = SHIPPED.get(name, Path(name))
         if anchors is not None or image_size is not None:
             raise EdgeAnchorError(
                 f"anchors and image_size cannot change a checkpoint ({name}); prune it to slice its anchors"
@@ -246,7 +257,7 @@ def load_checkpoint(path) -> Detector:
     """Rebuild a detector from an edgeanchor checkpoint (architecture, anchors, weights)."""
     path = Path(path)
     if not path.is_file():
-        hint = "train it with the command in the README" if path == DEMO_CHECKPOINT else "check the path"
+        hint = "train it with the command in the README" if path in SHIPPED.values() else "check the path"
         raise EdgeAnchorError(f"checkpoint {path} does not exist; {hint}")
     return detector_from_checkpoint(read_checkpoint(path), path)
 
@@ -268,6 +279,10 @@ def read_checkpoint(path) -> dict:
 def detector_from_checkpoint(obj: dict, path) -> Detector:
     """Rebuild the detector that :func:`read_checkpoint` read from ``path``."""
     arch = obj["arch"]
+    if arch.startswith("yolov5:"):
+        from .yolo_build import yolo_from_checkpoint
+
+        return yolo_from_checkpoint(obj, path)
     if arch not in ARCHS:
         raise EdgeAnchorError(f"{path} was written for unknown architecture {arch!r}")
     anchor_set = AnchorSet.from_json(obj["anchors"])

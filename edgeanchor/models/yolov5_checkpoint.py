@@ -29,6 +29,8 @@ _SAFE_GLOBALS = {
     ("builtins", "frozenset"), ("builtins", "slice"), ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
     ("pathlib", "PurePosixPath"), ("_codecs", "encode"),  # numpy scalars (best_fitness) pickle their bytes so
+    # numpy arrays (a mid-training best_fitness): numpy's own constructors, nothing else
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
 }
 # Packages whose classes become inert containers (never imported).
 _INERT_PACKAGES = ("models.", "torch.nn.modules.", "utils.")

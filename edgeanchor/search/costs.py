@@ -57,7 +57,7 @@ def build_cost_model(det: Detector) -> CostModel:
         anchors_here = det.anchor_set.levels[level]
         h, w = anchors_here.feature_size
         cls_conv, box_conv = det.final_convs(j)
-        per_anchor = h * w * (det.num_classes * _macs_per_output(cls_conv) + 4 * _macs_per_output(box_conv))
+        per_anchor = h * w * (det.cls_columns * _macs_per_output(cls_conv) + 4 * _macs_per_output(box_conv))
         for a in anchors_here.anchors:
             anchor_macs[a.id] = per_anchor
             anchor_boxes[a.id] = h * w

@@ -1,0 +1,139 @@
+"""Build YOLOv5-family detectors by name, from real yolov5 weights, and from edgeanchor checkpoints.
+
+``yolov5:n`` ... ``yolov5:x`` are the v7.0 sizes, ``yolov5:PATH.yaml`` a yolov5 model definition.
+Weights may be a yolov5 ``train.py`` checkpoint (read by the restricted unpickler of
+:mod:`.yolov5_checkpoint`, never by importing yolov5), a plain state dict with yolov5's names, or an
+edgeanchor checkpoint. A yolov5 checkpoint's own anchors and nc override the defaults.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import torch
+
+from ..anchors import AnchorSet
+from ..errors import EdgeAnchorError
+from ..postprocess import PostprocessSpec
+from .yolo import YoloDetector, wrap_yolov5
+from .yolov5_arch import SIZES, YoloV5, layout_for, make_divisible
+
+DEFAULT_IMAGE_SIZE = (640, 640)
+DEFAULT_NUM_CLASSES = 80
+
+
+def _spec_name(name: str) -> str:
+    return name.split(":", 1)[1]
+
+
+def _infer_size(state: dict) -> str | None:
+    """The v7.0 size whose first width and C3 depth match a yolov5 state dict, or None."""
+    first = state.get("model.0.conv.weight")
+    if first is None:
+        return None
+    depth = len({k.split(".")[3] for k in state if k.startswith("model.2.m.")})  # C3 bottlenecks of layer 2
+    for size, (gd, gw) in SIZES.items():
+        if first.shape[0] == make_divisible(64 * gw) and depth == max(round(3 * gd), 1):
+            return size
+    return None
+
+
+def _read_yolo_weights(path) -> dict:
+    """{"kind": "edgeanchor" | "yolov5" | "state_dict", ...} read from a weights file."""
+    from pathlib import Path
+
+    from .registry import CHECKPOINT_FORMAT, _state_dict_of
+
+    if not Path(path).is_file():
+        raise EdgeAnchorError(f"weights file {path} does not exist; check the weights path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError):
+        from .yolov5_checkpoint import read_yolov5_checkpoint  # a train.py pickle: yolov5 classes inside
+
+        ck = read_yolov5_checkpoint(path)
+        return {"kind": "yolov5", "state": ck.state_dict, "anchors_px": ck.anchors_px.tolist(), "nc": ck.num_classes,
+                "names": ck.names}
+    if not isinstance(obj, dict):
+        raise EdgeAnchorError(f"weights {path} hold a {type(obj).__name__}, not a state dict")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        return {"kind": "edgeanchor", "obj": obj}
+    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+             for k, v in _state_dict_of(obj).items()}
+    return {"kind": "state_dict", "state": state}
+
+
+def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_size) -> YoloDetector:
+    """A YOLOv5 detector by name (see the module docstring)."""
+    from .registry import _load_state, resolve_anchors
+
+    layout, gd, gw = layout_for(_spec_name(name))
+    if image_size is not None and (len(tuple(image_size)) != 2 or not all(isinstance(v, int) and v >= 32
+                                                                           for v in image_size)):
+        raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
+    image_size = tuple(image_size) if image_size else DEFAULT_IMAGE_SIZE
+    if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 1):
+        raise EdgeAnchorError(f"num_classes must be at least 1 for {name} (got {num_classes}; it is nc, "
+                              "YOLO has no background class)")
+    read = _read_yolo_weights(weights) if weights is not None else None
+    if read is not None and read["kind"] == "edgeanchor":
+        obj = read["obj"]
+        if not str(obj["arch"]).startswith("yolov5:"):
+            raise EdgeAnchorError(f"{weights} is a {obj['arch']} checkpoint, not a yolov5 one; give it as the model")
+        return yolo_from_checkpoint(obj, weights)
+    nc_default = int(layout.get("nc", DEFAULT_NUM_CLASSES)) if isinstance(layout.get("nc"), int) else DEFAULT_NUM_CLASSES
+    nc = num_classes or nc_default
+    ckpt_anchors = None
+    detect_index = len(layout["backbone"]) + len(layout["head"]) - 1
+    if read is not None:
+        state = read["state"]
+        size = _infer_size(state)
+        wanted = _spec_name(name)
+        if wanted in SIZES and size is not None and size != wanted:
+            raise EdgeAnchorError(f"weights {weights} are a yolov5:{size} model, not {name}; use model yolov5:{size}")
+        weights_nc = read.get("nc")
+        conv = state.get(f"model.{detect_index}.m.0.weight")
+        if weights_nc is None and conv is not None:
+            na = len(layout["anchors"][0]) // 2 if isinstance(layout["anchors"], list) else int(layout["anchors"])
+            weights_nc = conv.shape[0] // na - 5
+        if weights_nc is not None:
+            if num_classes is not None and num_classes != weights_nc:
+                raise EdgeAnchorError(f"weights {weights} have nc {weights_nc}, not num_classes {num_classes}; "
+                                      "leave num_classes unset or give the matching value")
+            nc = weights_nc
+        ckpt_anchors = read.get("anchors_px")
+    net = YoloV5(layout, nc, gd, gw)
+    if read is not None:
+        state = dict(read["state"])
+        key = f"model.{detect_index}.anchors"
+        if key in state and ckpt_anchors is None:  # a plain state dict: anchors in stride units
+            ckpt_anchors = (state[key] * net.detect.stride.view(-1, 1, 1)).tolist()
+        state.setdefault(key, net.detect.anchors.clone())  # a state dict without them keeps the defaults
+        _load_state(net, state, weights)
+        if ckpt_anchors is not None:
+            anchors_t = torch.tensor(ckpt_anchors, dtype=torch.float32)
+            if anchors_t.shape != net.detect.anchors.shape:
+                raise EdgeAnchorError(f"weights {weights} have anchors of shape {list(anchors_t.shape)}, the model "
+                                      f"{list(net.detect.anchors.shape)}; check the model definition")
+            net.detect.anchors.copy_(anchors_t / net.detect.stride.view(-1, 1, 1))
+    config = {"yolo_layout": layout, "depth_multiple": gd, "width_multiple": gw}
+    det = wrap_yolov5(net, arch=name, image_size=image_size, config=config)
+    anchor_set = resolve_anchors(anchors, det.anchor_set)
+    if anchor_set is det.anchor_set:
+        return det
+    return wrap_yolov5(net, arch=name, image_size=image_size, anchor_set=anchor_set, config=config)
+
+
+def yolo_from_checkpoint(obj: dict, path) -> YoloDetector:
+    """Rebuild a YOLO detector from an edgeanchor checkpoint's contents."""
+    from .registry import _load_state
+
+    cfg = obj["config"]
+    anchor_set = AnchorSet.from_json(obj["anchors"])
+    net = YoloV5(cfg["yolo_layout"], int(obj["num_classes"]), float(cfg["depth_multiple"]),
+                 float(cfg["width_multiple"]))
+    det = wrap_yolov5(net, arch=obj["arch"], image_size=anchor_set.image_size, anchor_set=anchor_set,
+                      config={k: cfg[k] for k in ("yolo_layout", "depth_multiple", "width_multiple")})
+    _load_state(det, obj["state_dict"], path)
+    det.postprocess_spec = PostprocessSpec.from_json(obj["postprocess"])
+    return det.eval()

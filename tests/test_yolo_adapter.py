@@ -1,0 +1,227 @@
+"""The YOLOv5 detector adapter: three stages, decode and NMS rule, exact slicing, weights, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeanchor.cli import main
+from edgeanchor.cost import measure_cost
+from edgeanchor.data.coco import CocoDetection, make_label_map
+from edgeanchor.data.synth import generate
+from edgeanchor.errors import EdgeAnchorError
+from edgeanchor.evaluate.cache import build_cache
+from edgeanchor.evaluate.coco_map import coco_map
+from edgeanchor.evaluate.predict import predict
+from edgeanchor.evaluate.subset import SubsetScorer
+from edgeanchor.models import build_detector, load_checkpoint, save_checkpoint
+from edgeanchor.models.yolo import needed_layers
+from edgeanchor.models.yolov5_arch import build_yolov5
+from edgeanchor.postprocess import select, yolo_decode, yolo_grid
+from edgeanchor.prune import prune
+from edgeanchor.search.costs import build_cost_model
+
+SIZE = (128, 160)
+
+
+def confident(det, seed=0):
+    """Random Detect biases so that many boxes pass the val threshold, with varied scores."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in det.detect.m:
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 1.5)
+    return det
+
+
+@pytest.fixture(scope="module")
+def det():
+    torch.manual_seed(0)
+    return confident(build_detector("yolov5:n", num_classes=3, image_size=SIZE)).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(5))
+
+
+KEEPS = {
+    "partial": [0, 2, 3, 5, 7, 8],
+    "drop-P3": [3, 4, 5, 6, 7, 8],
+    "drop-P5": [0, 1, 4],
+    "one": [8],
+}
+
+
+@pytest.mark.parametrize("name, size, macs", [("s", 640, 365_568_000), ("n", 640, 182_784_000)])
+def test_head_macs_and_boxes_at_640(name, size, macs):
+    cost = measure_cost(build_detector(f"yolov5:{name}", num_classes=80))
+    width = 128 if name == "s" else 64  # P3 channels; P4, P5 double each time
+    assert cost.head_macs == macs == 6400 * width * 255 + 1600 * 2 * width * 255 + 400 * 4 * width * 255
+    assert cost.num_boxes == 25_200 and cost.boxes_per_level == [19200, 4800, 1200]
+
+
+def test_inspect_reports_the_issue_figures(capsys):
+    assert main(["inspect", "--model", "yolov5:s", "--num-classes", "80", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["num_anchors"], info["num_boxes"], info["head_macs"]) == (9, 25_200, 365_568_000)
+    assert [lv["cls_channels"] + lv["box_channels"] for lv in info["levels"]] == [255] * 3  # na * (5 + nc)
+
+
+def test_decode_is_hand_worked():
+    # zero outputs: sigmoid 0.5, so xy = (1 + col - 0.5) * stride = cell centre, wh = anchor
+    grid = torch.tensor([[2 - 0.5, 1 - 0.5, 8.0, 8.0, 10.0, 13.0]])
+    assert torch.equal(yolo_decode(torch.zeros(1, 4), grid), torch.tensor([[20.0 - 5, 12 - 6.5, 20 + 5, 12 + 6.5]]))
+    # saturated: xy = (2 + col - 0.5) * stride, wh = 4 * anchor
+    big = yolo_decode(torch.full((1, 4), 50.0), grid)
+    assert torch.allclose(big, torch.tensor([[28.0 - 20, 20 - 26, 28 + 20, 20 + 26]]))
+
+
+def test_grid_rows_follow_the_flattened_box_order(det):
+    grid = yolo_grid(det.anchor_set, det.active_levels)
+    assert grid.shape == (det.anchor_set.num_boxes, 6)
+    a = det.anchor_set.levels[0].anchors
+    fw = det.anchor_set.levels[0].feature_size[1]
+    # box (row 1, col 2, anchor 1) of level 0
+    row = grid[(1 * fw + 2) * 3 + 1]
+    assert row.tolist() == [1.5, 0.5, 8.0, 8.0, a[1].w, a[1].h]
+
+
+def test_scores_are_objectness_times_class_and_multi_label(det, images):
+    with torch.no_grad():
+        head = det.head(det.backbone(images[:1]))
+    cls, _ = det.flatten_head(head)
+    cands = det.image_candidates(head)[0]
+    probs = torch.sigmoid(cls[0])
+    conf = probs[:, 1:] * probs[:, :1]
+    expected = torch.nonzero(conf > 0.001)  # (box, class) order
+    assert torch.equal(cands.box_index, expected[:, 0]) and torch.equal(cands.labels, expected[:, 1])
+    assert torch.equal(cands.scores, conf[expected[:, 0], expected[:, 1]])
+    assert len(set(cands.box_index.tolist())) < len(cands)  # some boxes carry several labels
+
+
+def test_select_is_class_offset_nms_capped_at_max_det(det, images):
+    with torch.no_grad():
+        cands = det.image_candidates(det.head(det.backbone(images[:1])))[0]
+    out = select(cands, det.postprocess_spec, det.level_starts)
+    assert len(out["boxes"]) == 300
+    assert torch.all(out["scores"][:-1] >= out["scores"][1:])
+    # the same as one NMS per class, merged by score
+    per_class = []
+    import torchvision
+
+    for c in range(3):
+        m = cands.labels == c
+        keep = torchvision.ops.nms(cands.boxes_xyxy[m], cands.scores[m], 0.6)
+        per_class.append(cands.scores[m][keep])
+    assert torch.equal(out["scores"], torch.cat(per_class).sort(descending=True).values[:300])
+
+
+@pytest.mark.parametrize("keep", list(KEEPS), ids=list(KEEPS))
+def test_pruned_detections_equal_masked_unpruned(det, images, keep):
+    ids = KEEPS[keep]
+    pruned = prune(det, ids)
+    with torch.no_grad():
+        ref_head = det.head(det.backbone(images))
+        got_head = pruned.head(pruned.backbone(images))
+        out = pruned.postprocess(got_head)
+    cls, box = det.flatten_head(ref_head)
+    pcls, pbox = pruned.flatten_head(got_head)
+    mask = torch.isin(det.box_anchor_ids(), torch.tensor(ids))
+    assert torch.equal(pcls, cls[:, mask]) and torch.equal(pbox, box[:, mask])  # exact raw outputs
+    for i, cands in enumerate(det.image_candidates(ref_head)):
+        kept = cands.take(torch.isin(det.box_anchor_ids()[cands.box_index], torch.tensor(ids)))
+        ref = select(kept, det.postprocess_spec, det.level_starts)
+        for k in ("boxes", "scores", "labels"):
+            assert torch.equal(ref[k], out[i][k]), k
+    # the Detect convolutions really shrink; a level with no anchors has none
+    assert [c.out_channels for c in pruned.detect.m] == [8 * lv.num_anchors for lv in pruned.anchor_set.levels
+                                                         if lv.num_anchors]
+
+
+def test_neck_runs_only_what_the_active_levels_need(det):
+    layers = det.model
+    assert needed_layers(layers, [17, 20, 23]) == list(range(24))
+    assert needed_layers(layers, [17, 20]) == list(range(21))  # P5 dropped: layers 21-23 skipped
+    assert 17 in needed_layers(layers, [23])  # P3 dropped: still computed for the path to P5
+    assert measure_cost(prune(det, KEEPS["drop-P5"])).backbone_macs < measure_cost(det).backbone_macs
+    assert measure_cost(prune(det, KEEPS["drop-P3"])).backbone_macs == measure_cost(det).backbone_macs
+
+
+@pytest.mark.parametrize("keep", ["partial", "drop-P3", "one"])
+def test_cost_model_equals_measured_cost(det, keep):
+    model = build_cost_model(det)
+    removed = set(det.anchor_set.ids) - set(KEEPS[keep])
+    measured = measure_cost(prune(det, KEEPS[keep]))
+    assert model.head_macs(removed) == measured.head_macs
+    assert model.boxes(removed) == measured.num_boxes
+
+
+def test_checkpoint_round_trip_of_a_pruned_model(det, images, tmp_path):
+    pruned = prune(det, KEEPS["drop-P3"])
+    save_checkpoint(pruned, tmp_path / "p.pt")
+    back = load_checkpoint(tmp_path / "p.pt")
+    assert back.arch == "yolov5:n" and back.anchor_set == pruned.anchor_set and back.first_label == 0
+    with torch.no_grad():
+        a, b = pruned(images), back(images)
+    assert all(torch.equal(x["boxes"], y["boxes"]) and torch.equal(x["labels"], y["labels"]) for x, y in zip(a, b))
+
+
+def test_plain_state_dict_with_yolov5_names_loads(tmp_path, images):
+    torch.manual_seed(3)
+    net = build_yolov5("n", nc=4)
+    net.detect.anchors.mul_(1.25)  # the weights' anchors replace the defaults
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    det = build_detector("yolov5:n", weights=tmp_path / "sd.pt", image_size=SIZE)
+    assert det.num_classes == 4
+    assert det.anchor_set.levels[0].anchors[0].w == pytest.approx(12.5)
+    with torch.no_grad():
+        raw = net.eval()(images)
+        head = det.head(det.backbone(images))
+    for j, (cls, box) in enumerate(head):
+        n, _, h, w = raw[j].shape
+        v = raw[j].view(n, 3, 9, h, w)
+        assert torch.equal(box, v[:, :, :4].reshape(n, 12, h, w)) and torch.equal(cls, v[:, :, 4:].reshape(n, 15, h, w))
+
+
+def test_weight_mismatches_are_one_line_errors(tmp_path):
+    torch.save(build_yolov5("n", nc=4).state_dict(), tmp_path / "n.pt")
+    with pytest.raises(EdgeAnchorError, match=r"yolov5:n model, not yolov5:s; use model yolov5:n"):
+        build_detector("yolov5:s", weights=tmp_path / "n.pt")
+    with pytest.raises(EdgeAnchorError, match="have nc 4, not num_classes 80"):
+        build_detector("yolov5:n", weights=tmp_path / "n.pt", num_classes=80)
+    with pytest.raises(EdgeAnchorError, match="not a multiple of the largest stride 32"):
+        build_detector("yolov5:n", image_size=(320, 300))
+    with pytest.raises(EdgeAnchorError, match="at least 1"):
+        build_detector("yolov5:n", num_classes=0)
+
+
+def test_yolo_labels_have_no_background():
+    assert make_label_map([3, 1, 7], 3, first_label=0) == {1: 0, 3: 1, 7: 2}
+    with pytest.raises(EdgeAnchorError, match="use num_classes 3"):
+        make_label_map([3, 1, 7], 4, first_label=0)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ysplit")
+    info = generate(root, num_images=16, seed=4, image_size=160, splits=(0.5, 0.25, 0.25), workers=1)
+    return info["image_dir"], info["annotations"]
+
+
+def test_cached_score_equals_sliced_model(split):
+    images_dir, anns = split
+    torch.manual_seed(1)
+    det = confident(build_detector("yolov5:n", num_classes=5, image_size=(160, 160)), seed=2)
+    data = CocoDetection(images_dir, anns["train"], num_classes=5, first_label=0, image_size=det.image_size)
+    scorer = SubsetScorer(build_cache(det, data, progress=False), anns["train"])
+    seen = set()
+    for keep in KEEPS.values():
+        removed = set(det.anchor_set.ids) - set(keep)
+        real_dets = predict(prune(det, keep), data, progress=False)
+        assert scorer.score(removed) == coco_map(anns["train"], real_dets), keep
+        rows = scorer.detections(removed)  # (D, 7): image, x, y, w, h, score, category, in detection order
+        expected = np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in real_dets])
+        assert np.array_equal(rows, expected)
+        seen.add(rows.tobytes())
+    assert len(seen) == len(KEEPS)  # the subsets really differ
