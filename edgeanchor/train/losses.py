@@ -58,6 +58,10 @@ def retinanet_loss(det: Detector, head_outputs, targets: list[dict], loss_type: 
 
 def detection_loss(det: Detector, head_outputs, targets: list[dict]) -> dict:
     """The loss of the detector's family."""
+    if det.postprocess_spec.score_fn == "yolo":
+        from .yolo_loss import yolov5_loss
+
+        return yolov5_loss(det, head_outputs, targets)
     if det.postprocess_spec.score_fn == "softmax":
         return ssd_loss(det, head_outputs, targets)
     loss_type = "giou" if det.arch.endswith("_v2") else "l1"
