@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from copy import copy as copy_module
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -220,9 +221,25 @@ def parity_images(dataset: CocoDetection, n: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(n)])
 
 
+def deployed(model, deploy: dict | None = None):
+    """``model`` with the post-processing rule of the exported graphs (see ``PostprocessSpec.for_deployment``).
+
+    A shallow copy shares the weights; only its rule differs (YOLO: the "deploy" preset).
+    """
+    spec = model.postprocess_spec.for_deployment(**(deploy or {}))
+    if spec == model.postprocess_spec:
+        return model
+    copy = copy_module(model)
+    copy.postprocess_spec = spec
+    return copy
+
+
 def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, parity_images: torch.Tensor | None,
-                log=log) -> dict:
+                deploy: dict | None = None, log=log) -> dict:
     """Export both variants' graphs into ``folder``; check parity on ``parity_images`` unless None.
+
+    The graphs use the deployment rule (``deploy``: optional score_thresh / nms_thresh overrides);
+    the checkpoints keep the model's own rule, which evaluation uses.
 
     Returns:
         Per variant: head channels read from head.onnx, simplification, exporter, opset, parity, files.
@@ -235,6 +252,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
 
     result = {}
     for variant, model in (("pruned", pruned), ("baseline", reference)):
+        model = deployed(model, deploy)
         log(f"exporting the {variant} model to ONNX (opset {opset})")
         vdir = folder.variant_dir(variant)
         exported = export_onnx(model, vdir, opset=opset, decoded=True)
@@ -244,7 +262,8 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
         make_trt_graph(decoded, folder.graph_path(variant, "model_trt"), model.postprocess_spec)
         decoded.unlink()
         exported["files"]["model_trt"] = str(folder.graph_path(variant, "model_trt"))
-        entry = {"head_channels": exported["head_channels"], "simplified": exported["simplified"],
+        entry = {"postprocess": model.postprocess_spec.to_json(),
+                 "head_channels": exported["head_channels"], "simplified": exported["simplified"],
                  "simplify_notes": exported["simplify_notes"], "exporter": exported["exporter"],
                  "opset": exported["opset"],
                  "files": {k: str(Path(v).relative_to(folder.root)) for k, v in exported["files"].items()}}

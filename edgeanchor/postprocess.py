@@ -19,7 +19,7 @@ NMS with class offsets of ``YOLO_CLASS_OFFSET`` pixels, no clipping).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,6 +80,17 @@ class PostprocessSpec:
         return cls(score_fn="yolo", topk_scope="all", score_thresh=float(conf if score_thresh is None else score_thresh),
                    topk_candidates=int(max_nms), nms_thresh=float(iou if nms_thresh is None else nms_thresh),
                    detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
+
+    def for_deployment(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> "PostprocessSpec":
+        """The rule the exported graphs use: YOLO's "deploy" preset; other models keep their own rule.
+
+        Search and evaluation use the model's rule (YOLO: "val"); either value can be overridden.
+        """
+        spec = self
+        if self.score_fn == "yolo":
+            spec = PostprocessSpec.yolo("deploy", max_det=self.detections_per_img, max_nms=self.topk_candidates)
+        return replace(spec, **{k: float(v) for k, v in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh))
+                                if v is not None})
 
     @classmethod
     def from_json(cls, obj: dict) -> "PostprocessSpec":
@@ -152,7 +163,7 @@ def candidates(
     elif spec.score_fn == "yolo":
         scores = yolo_scores(cls_logits)
     else:
-        scores = torch.sigmoid(cls_logits)
+        scores = exact_sigmoid(cls_logits)
     keep = scores > spec.score_thresh
     if spec.score_fn == "softmax":
         label_idx, box_idx = torch.nonzero(keep.T, as_tuple=True)  # (label, box) order
@@ -164,13 +175,40 @@ def candidates(
     return Candidates(box_idx, label_idx + label_offset, scores[box_idx, label_idx], boxes)
 
 
+# ATen's CPU loops compute an element-wise op with SIMD code and the last (numel mod 2 x vector width)
+# elements with scalar code, which can differ in the last bit; tensors above the parallel grain size
+# (32768) are split across threads, each split with its own tail. So torch.sigmoid(x)[i] depends on
+# where x[i] sits in the tensor, and slicing anchors away moves it. exact_sigmoid feeds ATen blocks that
+# are a multiple of 64 elements (every CPU vector width x 2 unrolling divides it) and at most one grain:
+# every element takes the SIMD path, so its value depends on the element alone.
+_EXACT_ALIGN = 64
+_EXACT_BLOCK = 32768
+
+
+def exact_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``torch.sigmoid`` whose value for each element does not depend on its position or the tensor's size.
+
+    This is what keeps a pruned model's scores bit-identical to the unpruned model's scores of the kept
+    anchors (the candidate cache's exactness). On GPUs and while tracing for export it is torch.sigmoid.
+    """
+    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return torch.sigmoid(x)
+    flat = x.reshape(-1)
+    n = flat.numel()
+    pad = (-n) % _EXACT_ALIGN
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    out = torch.cat([torch.sigmoid(block) for block in flat.split(_EXACT_BLOCK)]) if n else flat
+    return out[:n].view(x.shape)
+
+
 def yolo_scores(cls_logits: torch.Tensor) -> torch.Tensor:
     """YOLOv5 confidences (B, nc) = sigmoid(objectness) * sigmoid(class) from (B, 1 + nc) logits.
 
     A confidence above a threshold implies the objectness is above it too (class probabilities are
     at most 1), so this one test is YOLOv5's two (objectness, then confidence).
     """
-    probs = torch.sigmoid(cls_logits)
+    probs = exact_sigmoid(cls_logits)
     return probs[:, 1:] * probs[:, :1]
 
 
@@ -208,7 +246,7 @@ def yolo_decode(raw: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
     The arithmetic is YOLOv5 Detect's, in the same order, so the boxes equal its boxes.
     """
-    s = torch.sigmoid(raw)
+    s = exact_sigmoid(raw)
     xy = (s[:, :2] * 2 + grid[:, :2]) * grid[:, 2:4]
     wh = (s[:, 2:] * 2) ** 2 * grid[:, 4:6]
     return torch.cat([xy - wh / 2, xy + wh / 2], dim=1)

@@ -1,6 +1,7 @@
 """The YOLOv5 detector adapter: three stages, decode and NMS rule, exact slicing, weights, checkpoints."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,15 +35,20 @@ def confident(det, seed=0):
     return det
 
 
+FIXTURE = Path(__file__).parent / "fixtures" / "yolov5"
+
+
 @pytest.fixture(scope="module")
 def det():
-    torch.manual_seed(0)
-    return confident(build_detector("yolov5:n", num_classes=3, image_size=SIZE)).eval()
+    """yolov5n (nc 3) with the compatibility fixture's weights: varied, realistic scores."""
+    return build_detector("yolov5:n", weights=FIXTURE / "yolov5n_nc3.pt", image_size=SIZE).eval()
 
 
 @pytest.fixture(scope="module")
 def images():
-    return torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(5))
+    """Two crops of the fixture's images (coloured shapes on a smooth background)."""
+    full = torch.from_numpy(np.load(FIXTURE / "yolov5n_nc3_reference.npz")["images"]).float() / 255
+    return torch.stack([full[0, :, :SIZE[0], :SIZE[1]], full[1, :, -SIZE[0]:, -SIZE[1]:]])
 
 
 KEEPS = {
@@ -225,3 +231,81 @@ def test_cached_score_equals_sliced_model(split):
         assert np.array_equal(rows, expected)
         seen.add(rows.tobytes())
     assert len(seen) == len(KEEPS)  # the subsets really differ
+
+
+@pytest.fixture(scope="module")
+def yolo_export(det, tmp_path_factory):
+    from edgeanchor.export import export_onnx
+    from edgeanchor.pipeline import deployed
+
+    out = {}
+    for name, model in (("full", det), ("pruned", prune(det, KEEPS["drop-P3"]))):
+        model = deployed(model, {"score_thresh": 0.1})  # the fixture's weights score below 0.25 here
+        out[name] = (model, export_onnx(model, tmp_path_factory.mktemp(name), decoded=True))
+    return out
+
+
+def test_export_uses_the_deploy_rule_and_keeps_the_model_unchanged(det, yolo_export):
+    from edgeanchor.pipeline import deployed
+
+    assert (deployed(det).postprocess_spec.score_thresh, deployed(det).postprocess_spec.nms_thresh) == (0.25, 0.45)
+    model, _ = yolo_export["full"]
+    assert (model.postprocess_spec.score_thresh, model.postprocess_spec.nms_thresh) == (0.1, 0.45)  # overridden
+    assert (det.postprocess_spec.score_thresh, det.postprocess_spec.nms_thresh) == (0.001, 0.6)
+    assert model.detect is det.detect  # the same weights
+
+
+@pytest.mark.parametrize("name", ["full", "pruned"])
+def test_onnxruntime_matches_pytorch(yolo_export, images, name):
+    from edgeanchor.export import check_parity
+
+    model, result = yolo_export[name]
+    parity = check_parity(model, result["out_dir"], images)
+    assert parity["passed"], parity
+    assert parity["model"]["counts_torch"] == parity["model"]["counts_onnx"]
+    assert min(parity["model"]["counts_torch"]) > 20  # real detections were compared
+
+
+def test_exported_detect_convs_shrink(yolo_export):
+    full = {c["level"]: c for c in yolo_export["full"][1]["head_channels"]}
+    pruned = {c["level"]: c for c in yolo_export["pruned"][1]["head_channels"]}
+    assert {k: c["cls_channels"] for k, c in full.items()} == {0: 24, 1: 24, 2: 24}  # 3 x (5 + 3)
+    assert {k: c["cls_channels"] for k, c in pruned.items()} == {1: 24, 2: 24}  # P3 dropped
+    assert all(c["one_conv"] and c["box_channels"] == c["cls_channels"] for c in pruned.values())
+
+
+def test_tensorrt_graph_takes_yolo_confidences(yolo_export, images, tmp_path):
+    import onnx
+
+    from edgeanchor.export import make_session, run_session
+    from edgeanchor.export.tensorrt import make_trt_graph
+
+    model, result = yolo_export["pruned"]
+    decoded = result["files"]["decoded"]
+    info = make_trt_graph(decoded, tmp_path / "model_trt.onnx", model.postprocess_spec)
+    assert info["num_classes"] == 3 and info["num_boxes"] == model.anchor_set.num_boxes
+    attrs = info["attributes"]
+    assert (attrs["background_class"], attrs["score_threshold"], attrs["iou_threshold"]) == (-1, 0.1, 0.45)
+    nodes = [n.op_type for n in onnx.load(tmp_path / "model_trt.onnx").graph.node]
+    assert nodes[-1] == "EfficientNMS_TRT"
+    # the plugin's inputs: decoded xyxy boxes and obj x cls, as PyTorch computes them
+    out = run_session(make_session(decoded), {"images": images[:1]})
+    with torch.no_grad():
+        cls, box = model.flatten_head(model.head(model.backbone(images[:1])))
+    probs = torch.sigmoid(cls[0])
+    assert np.allclose(out["scores"][0], (probs[:, 1:] * probs[:, :1]).numpy(), atol=1e-5)
+    assert np.allclose(out["boxes_xyxy"][0], yolo_decode(box[0], model.yolo_grid).numpy(), atol=1e-3)
+
+
+def test_exact_sigmoid_does_not_depend_on_position():
+    # torch.sigmoid computes a tensor's tail (and each thread's) with scalar code: a sliced tensor can get
+    # other last bits for the same element, which would break the pruned == masked invariant
+    from edgeanchor.postprocess import exact_sigmoid
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1260, 40_000, 100_003):
+        x = torch.randn(n, 4, generator=g) * 3
+        mask = torch.rand(n, generator=g) > 0.3
+        assert torch.equal(exact_sigmoid(x)[mask], exact_sigmoid(x[mask]))
+        assert torch.allclose(exact_sigmoid(x), torch.sigmoid(x), rtol=0, atol=1e-7)
+    assert exact_sigmoid(torch.zeros(0, 3)).shape == (0, 3)

@@ -104,7 +104,7 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     for s in STAGES:
         result["ratio_of_medians"][s] = result["stages"]["pruned"][s]["median"] / \
             result["stages"]["baseline"][s]["median"]
-    nms = {v: count_nms_inputs(folder.load_detector(v), images) for v in VARIANTS}
+    nms = {v: count_nms_inputs(folder.graph_detector(v), images) for v in VARIANTS}
     result["nms_input_boxes"] = {v: {"per_image": c, "median": float(np.median(c)), "mean": float(np.mean(c))}
                                  for v, c in nms.items()}
     return result

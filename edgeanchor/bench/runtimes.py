@@ -92,7 +92,7 @@ def make_runner(runtime: str, folder, variant: str, *, threads: int, opt_level: 
     if runtime == "onnxruntime":
         return OrtRunner(folder.graphs_for_runtime(runtime, variant), threads=threads, opt_level=opt_level)
     if runtime == "torch":
-        return TorchRunner(folder.load_detector(variant), threads=threads)
+        return TorchRunner(folder.graph_detector(variant), threads=threads)
     if runtime == "tensorrt":
         from .tensorrt_runner import TrtRunner
 

@@ -150,9 +150,10 @@ def summary_table(report: dict) -> str:
         rows.append(["mAP fine-tuned", "", round(maps["finetuned"], 4)])
     rows += [["head MACs", base["head_macs"], pr["head_macs"]], ["boxes", base["num_boxes"], pr["num_boxes"]],
              ["anchors", base["num_anchors"], pr["num_anchors"]]]
+    from ..export.onnx_export import channels_text
+
     pruned_ch = {c["level"]: c for c in report["export"]["pruned"]["head_channels"]}
     for c in report["export"]["baseline"]["head_channels"]:
-        p = pruned_ch.get(c["level"])
-        rows.append([f"level {c['level']} cls/box channels", f"{c['cls_channels']}/{c['box_channels']}",
-                     "dropped" if p is None else f"{p['cls_channels']}/{p['box_channels']}"])
+        what = "Detect channels" if c.get("one_conv") else "cls/box channels"
+        rows.append([f"level {c['level']} {what}", channels_text(c), channels_text(pruned_ch.get(c["level"]))])
     return format_table(["", "baseline", "pruned"], rows)

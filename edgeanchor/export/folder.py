@@ -18,6 +18,8 @@ when complete); bench, regress and the benchmark scripts open it with
 
 from __future__ import annotations
 
+import copy
+
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,6 +157,21 @@ class ExportFolder:
                 raise EdgeAnchorError(f"{self.root} has no {variant} checkpoint ({path.name}); re-run prune-and-export")
             self._detectors[variant] = load_checkpoint(path).eval()
         return self._detectors[variant]
+
+    def graph_detector(self, variant: str):
+        """The variant's detector with the post-processing rule its graphs use (YOLO: the deploy preset).
+
+        :meth:`load_detector` keeps the checkpoint's own rule, which evaluation uses.
+        """
+        from ..postprocess import PostprocessSpec
+
+        det = self.load_detector(variant)
+        rule = ((self.report.get("export") or {}).get(variant) or {}).get("postprocess")
+        if rule is None or PostprocessSpec.from_json(rule) == det.postprocess_spec:
+            return det
+        graph_det = copy.copy(det)  # shares the weights; only the rule differs
+        graph_det.postprocess_spec = PostprocessSpec.from_json(rule)
+        return graph_det
 
     # ---------------------------------------------------------------------------------------- writing
 

@@ -275,23 +275,37 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
         levels: the active model levels whose outputs to read.
 
     Returns:
-        Per level ``{"level", "cls_channels", "box_channels"}`` (for YOLO both are the one Detect
-        convolution's na*(5+nc)).
+        Per level ``{"level", "cls_channels", "box_channels"}``; for YOLO both are the one Detect
+        convolution's na*(5+nc), and ``"one_conv": True`` says so.
     """
     graph = head.graph
     producer = {out: node for node in graph.node for out in node.output}
     weights = {t.name: list(t.dims) for t in graph.initializer}
 
-    def conv_out_channels(output: str) -> int:
+    def conv_of(output: str):
         node = producer.get(output)
         # YOLO's cls/box outputs are views (Reshape, Slice) of one Detect convolution per level.
         while node is not None and node.op_type in ("Identity", "Reshape", "Slice", "Split"):
             node = producer.get(node.input[0])
         if node is None or node.op_type != "Conv" or node.input[1] not in weights:
             raise AssertionError(f"head output {output} is not produced by a Conv with constant weights")
-        return int(weights[node.input[1]][0])
+        return node
 
-    return [
-        {"level": i, "cls_channels": conv_out_channels(f"cls_{i}"), "box_channels": conv_out_channels(f"box_{i}")}
-        for i in levels
-    ]
+    result = []
+    for i in levels:
+        cls_conv, box_conv = conv_of(f"cls_{i}"), conv_of(f"box_{i}")
+        entry = {"level": i, "cls_channels": int(weights[cls_conv.input[1]][0]),
+                 "box_channels": int(weights[box_conv.input[1]][0])}
+        if cls_conv is box_conv:
+            entry["one_conv"] = True  # YOLO's Detect: both counts are the one convolution's na*(5+nc)
+        result.append(entry)
+    return result
+
+
+def channels_text(entry: dict | None, sep: str = "/") -> str:
+    """A level's head channels as shown in reports: "cls/box", or one count for YOLO's single convolution."""
+    if entry is None:
+        return "dropped"
+    if entry.get("one_conv"):
+        return str(entry["cls_channels"])
+    return f"{entry['cls_channels']}{sep}{entry['box_channels']}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .onnx_export import channels_text
+
 
 def render_markdown(report: dict) -> str:
     """The human-readable report."""
@@ -21,14 +23,19 @@ def render_markdown(report: dict) -> str:
     for name, b, p, r in rows:
         fmt = (lambda v: f"{v:.4f}") if isinstance(b, float) and b < 1.5 else (lambda v: f"{v:,}")
         lines.append(f"| {name} | {fmt(b)} | {fmt(p)} | {'' if r is None else f'{r:.3f}'} |")
-    lines += ["", "## Head output channels per level (read from the exported head.onnx)", "",
-              "| level | baseline cls / box | pruned cls / box |", "| --- | --- | --- |"]
     exp = report["export"]
+    one_conv = any(c.get("one_conv") for c in exp["baseline"]["head_channels"])
+    what = "Detect conv (na x (5 + nc))" if one_conv else "cls / box"
+    lines += ["", "## Head output channels per level (read from the exported head.onnx)", "",
+              f"| level | baseline {what} | pruned {what} |", "| --- | --- | --- |"]
     pruned_ch = {c["level"]: c for c in exp["pruned"]["head_channels"]}
     for c in exp["baseline"]["head_channels"]:
-        p = pruned_ch.get(c["level"])
-        kept = "dropped" if p is None else f"{p['cls_channels']} / {p['box_channels']}"
-        lines.append(f"| {c['level']} | {c['cls_channels']} / {c['box_channels']} | {kept} |")
+        lines.append(f"| {c['level']} | {channels_text(c, ' / ')} | {channels_text(pruned_ch.get(c['level']), ' / ')} |")
+    rule = exp["pruned"].get("postprocess")
+    if rule and rule.get("score_fn") == "yolo":
+        lines += ["", f"The exported graphs use YOLOv5's deploy rule (confidence > {rule['score_thresh']:g}, "
+                  f"IoU {rule['nms_thresh']:g}, at most {rule['detections_per_img']} detections); mAP is measured "
+                  "with the val rule of the checkpoints."]
     lines += ["", "## Parity (ONNX Runtime against PyTorch, images not used for tracing)", ""]
     for name in ("baseline", "pruned"):
         par = exp[name]["parity"]
