@@ -309,3 +309,23 @@ def test_exact_sigmoid_does_not_depend_on_position():
         assert torch.equal(exact_sigmoid(x)[mask], exact_sigmoid(x[mask]))
         assert torch.allclose(exact_sigmoid(x), torch.sigmoid(x), rtol=0, atol=1e-7)
     assert exact_sigmoid(torch.zeros(0, 3)).shape == (0, 3)
+
+
+def test_overanchorized_yolo_fits_anchors_to_the_training_boxes(split, tmp_path, capsys):
+    images_dir, anns = split
+    out = tmp_path / "oa.pt"
+    assert main(["train", "--model", "yolov5:n", "--image-size", "160", "160", "--num-classes", "5", "--anchors",
+                 "overanchorized:2x2", "--data", str(images_dir), "--ann", str(anns["train"]), "--epochs", "1",
+                 "--max-iters-per-epoch", "1", "--batch-size", "2", "--out", str(out), "--no-progress"]) == 0
+    det = load_checkpoint(out)
+    assert det.anchor_set.anchors_per_level() == [4, 4, 4]
+    areas = [a.w * a.h for lv in det.anchor_set.levels for a in lv.anchors]
+    assert areas == sorted(areas)  # smallest to P3
+    assert [c.out_channels for c in det.detect.m] == [4 * 10] * 3
+    # the shapes are the training boxes' clusters: every box has an anchor within YOLOv5's ratio bound
+    data = CocoDetection(images_dir, anns["train"], num_classes=5, first_label=0, image_size=(160, 160))
+    wh = data.box_sizes()
+    shapes = np.array([[a.w, a.h] for lv in det.anchor_set.levels for a in lv.anchors])
+    ratio = np.maximum(wh[:, None] / shapes[None], shapes[None] / wh[:, None]).max(2).min(1)
+    assert (ratio < 4.0).mean() > 0.95
+    assert "fitted by k-means" in capsys.readouterr().err

@@ -76,8 +76,36 @@ def build_model(args):
         return det
     if not args.model:
         raise EdgeAnchorError("give --model (e.g. edgeanchor:demo_ssd) or --init CHECKPOINT")
-    return build_detector(args.model, num_classes=args.num_classes, weights=args.weights, anchors=args.anchors,
-                          image_size=tuple(args.image_size) if args.image_size else None)
+    image_size = tuple(args.image_size) if args.image_size else None
+    anchors = args.anchors
+    if str(args.model).startswith("yolov5:") and anchors and str(anchors).startswith("overanchorized") \
+            and not Path(anchors).is_file():
+        anchors = fitted_overanchorized(args, anchors, image_size)
+    return build_detector(args.model, num_classes=args.num_classes, weights=args.weights, anchors=anchors,
+                          image_size=image_size)
+
+
+def fitted_overanchorized(args, text: str, image_size):
+    """YOLO's overanchorized[:SxR]: S*R anchors per level (default 9) fitted by k-means to the training boxes."""
+    import numpy as np
+
+    from ..anchors import parse_overanchorized
+    from ..data.coco import CocoDetection
+    from ..io import log
+    from ..kmeans import anchor_fitness, fitted_anchor_set
+    from ..models import build_detector
+
+    template = build_detector(args.model, num_classes=args.num_classes, weights=args.weights, image_size=image_size)
+    per_level = 9 if text == "overanchorized" else parse_overanchorized(text, template.anchor_set).levels[0].num_anchors
+    data = CocoDetection(args.data, args.ann, num_classes=template.num_classes, first_label=template.first_label,
+                         image_size=template.image_size)
+    wh = data.box_sizes()
+    fitted = fitted_anchor_set(template.anchor_set, wh, per_level, seed=args.seed)
+    shapes = np.array([[a.w, a.h] for lv in fitted.levels for a in lv.anchors])
+    recall, metric = anchor_fitness(shapes, wh)
+    log(f"overanchorized: {per_level} anchors per level fitted by k-means to {len(wh)} training boxes "
+        f"(best possible recall {recall:.4f}, mean ratio metric {metric:.3f})")
+    return fitted
 
 
 def _resume_state(args):

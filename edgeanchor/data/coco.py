@@ -423,6 +423,30 @@ class CocoDetection(torch.utils.data.Dataset):
         target = {"boxes": boxes_xyxy, "labels": labels, "image_id": image_id, "orig_size": orig_size}
         return image, target
 
+    def box_sizes(self) -> np.ndarray:
+        """(n, 2) widths and heights of every object box at the returned image size (for anchor fitting).
+
+        Image sizes come from the annotation file's width/height, or from the image file's header.
+        """
+        from PIL import Image
+
+        sizes = []
+        for image_id in self.image_ids:
+            xyxy = self._targets[image_id][0]
+            if not len(xyxy):
+                continue
+            info = self._images[image_id]
+            if info.get("width") and info.get("height"):
+                w, h = info["width"], info["height"]
+            else:
+                with Image.open(self.image_dir / info["file_name"]) as im:
+                    w, h = im.size
+            wh = xyxy[:, 2:] - xyxy[:, :2]  # (N, 2) in file pixels
+            if self.image_size is not None:
+                wh = wh * np.array([self.image_size[1] / w, self.image_size[0] / h], dtype=np.float64)
+            sizes.append(wh)
+        return np.concatenate(sizes).astype(np.float64) if sizes else np.zeros((0, 2))
+
     def summary(self) -> str:
         """One line: images, objects, categories, label mapping and skip counts."""
         num_objects = self.num_objects
