@@ -53,6 +53,8 @@ class PipelineSpec:
         cache: candidate cache file of the search split (default: a keyed file under the cache root).
         latency_model: latency model JSON for ``search.cost == "latency"`` (default: calibrate one).
         model_name: the model as the user named it (recorded in the report).
+        deploy_score_thresh, deploy_nms_thresh: the exported graphs' thresholds (default: the searched
+            rule's; YOLO: its deploy preset, 0.25 / 0.45).
     """
 
     data: str
@@ -70,6 +72,12 @@ class PipelineSpec:
     cache: str | None = None
     latency_model: str | None = None
     model_name: str = "demo"
+    deploy_score_thresh: float | None = None
+    deploy_nms_thresh: float | None = None
+
+    @property
+    def deploy(self) -> dict:
+        return {"score_thresh": self.deploy_score_thresh, "nms_thresh": self.deploy_nms_thresh}
 
     def inputs(self) -> list[str]:
         """Every path this run reads (an output may not be any of them)."""
@@ -98,6 +106,10 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
     if pipeline.target_head_macs is not None and not pipeline.target_head_macs > 0:
         raise EdgeAnchorError(f"target_head_macs must be a positive number (got {pipeline.target_head_macs})")
     check_search_spec(pipeline.search)
+    if pipeline.deploy_score_thresh is not None and not 0.0 <= pipeline.deploy_score_thresh < 1.0:
+        raise EdgeAnchorError(f"deploy_score_thresh must be in [0, 1) (got {pipeline.deploy_score_thresh})")
+    if pipeline.deploy_nms_thresh is not None and not 0.0 < pipeline.deploy_nms_thresh <= 1.0:
+        raise EdgeAnchorError(f"deploy_nms_thresh must be in (0, 1] (got {pipeline.deploy_nms_thresh})")
     if pipeline.tensorrt:
         from .export.tensorrt import require_tensorrt
 
@@ -155,7 +167,7 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     report["cost"] = {"baseline": cost_json(det), "pruned": cost_json(pruned)}
     # 7. export and parity
     t = time.perf_counter()
-    report["export"] = export_pair(folder, det, pruned, opset=pipeline.opset,
+    report["export"] = export_pair(folder, det, pruned, opset=pipeline.opset, deploy=pipeline.deploy,
                                    parity_images=parity_images(report_set, pipeline.parity_images), log=log)
     timings["export"] = time.perf_counter() - t
     if pipeline.tensorrt:

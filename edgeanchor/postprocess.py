@@ -81,6 +81,24 @@ class PostprocessSpec:
                    topk_candidates=int(max_nms), nms_thresh=float(iou if nms_thresh is None else nms_thresh),
                    detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
 
+    def with_overrides(self, score_thresh: float | None = None, nms_thresh: float | None = None,
+                       max_det: int | None = None) -> "PostprocessSpec":
+        """This rule with the given values replaced (None keeps a value).
+
+        Raises:
+            EdgeAnchorError: a threshold outside [0, 1) / (0, 1], or max_det below 1.
+        """
+        from .errors import EdgeAnchorError
+
+        if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
+            raise EdgeAnchorError(f"score_thresh must be in [0, 1) (got {score_thresh})")
+        if nms_thresh is not None and not 0.0 < nms_thresh <= 1.0:
+            raise EdgeAnchorError(f"nms_thresh must be in (0, 1] (got {nms_thresh})")
+        if max_det is not None and max_det < 1:
+            raise EdgeAnchorError(f"max_det must be at least 1 (got {max_det})")
+        values = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": max_det}
+        return replace(self, **{k: type(getattr(self, k))(v) for k, v in values.items() if v is not None})
+
     def for_deployment(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> "PostprocessSpec":
         """The rule the exported graphs use: YOLO's "deploy" preset; other models keep their own rule.
 
@@ -89,8 +107,7 @@ class PostprocessSpec:
         spec = self
         if self.score_fn == "yolo":
             spec = PostprocessSpec.yolo("deploy", max_det=self.detections_per_img, max_nms=self.topk_candidates)
-        return replace(spec, **{k: float(v) for k, v in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh))
-                                if v is not None})
+        return spec.with_overrides(score_thresh, nms_thresh)
 
     @classmethod
     def from_json(cls, obj: dict) -> "PostprocessSpec":

@@ -59,6 +59,26 @@ VAL = [*D, "--ann", "{root}/synth/annotations/val.json"]
 FAST_SEARCH = ["--max-evals", "5", "--workers", "1"]
 
 
+def write_anchor_free(path) -> None:
+    """A torch.save of an ultralytics (YOLOv8) model class, as its checkpoints pickle (fake module, never installed)."""
+    import sys
+    import types
+
+    fake = {n: types.ModuleType(n) for n in ("ultralytics", "ultralytics.nn", "ultralytics.nn.tasks")}
+    fake["ultralytics.nn.tasks"].DetectionModel = type("DetectionModel", (torch.nn.Module,),
+                                                        {"__module__": "ultralytics.nn.tasks"})
+    saved = {n: sys.modules.get(n) for n in fake}
+    sys.modules.update(fake)
+    try:
+        torch.save({"model": fake["ultralytics.nn.tasks"].DetectionModel()}, path)
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n)
+            else:
+                sys.modules[n] = m
+
+
 def coco_with(change) -> str:
     """A small valid COCO file (two images of the template's val split), changed by ``change``."""
     def make(root: Path) -> None:
@@ -292,6 +312,18 @@ CASES = [
          "--parity-images must be >= 1"),
     Case("pe-opset-99", ["prune-and-export", *VAL, "--opset", "99", "--out", "{root}/e"], "--opset 99 is not"),
     Case("pe-opset-5", ["prune-and-export", *VAL, "--opset", "5", "--out", "{root}/e"], "--opset 5 is not"),
+    Case("pe-deploy-score-1", ["prune-and-export", *VAL, "--deploy-score-thresh", "1.5", "--out", "{root}/e"],
+         "--deploy-score-thresh must be in [0, 1) (got 1.5)"),
+    Case("pe-deploy-nms-0", ["prune-and-export", *VAL, "--deploy-nms-thresh", "0", "--out", "{root}/e"],
+         "--deploy-nms-thresh must be in (0, 1] (got 0.0)"),
+    Case("evaluate-score-thresh-negative", ["evaluate", "--model", "demo", *VAL, "--score-thresh", "-0.1"],
+         "--score-thresh must be in [0, 1) (got -0.1)"),
+    Case("evaluate-max-det-0", ["evaluate", "--model", "demo", *VAL, "--max-det", "0"],
+         "--max-det must be at least 1 (got 0)"),
+    Case("yolo-image-size-not-multiple", ["inspect", "--model", "yolov5:n", "--image-size", "320", "300"],
+         "not a multiple of the largest stride 32"),
+    Case("yolo-anchor-free-weights", ["inspect", "--model", "yolov5:n", "--weights", "{root}/yolov8.pt"],
+         "is anchor-free", setup=lambda root: write_anchor_free(root / "yolov8.pt")),
     Case("bench-threads-negative", ["bench", "{root}/exp", "--threads", "-2"], "--threads >= 0",
          setup=fake_export(good_report)),
     Case("bench-iters-0", ["bench", "{root}/exp", "--iters", "0"], "--iters must be >= 1",

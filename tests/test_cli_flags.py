@@ -117,6 +117,11 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
         "--cache": (["--cache", str(tmp_path / "c.npz")], field("cache"), str(tmp_path / "c.npz")),
         "--latency-model": (["--latency-model", str(tmp_path / "lm.json")], field("latency_model"),
                             str(tmp_path / "lm.json")),
+        "--score-thresh": (["--score-thresh", "0.3"], lambda c: c["det"].postprocess_spec.score_thresh, 0.3),
+        "--nms-thresh": (["--nms-thresh", "0.5"], lambda c: c["det"].postprocess_spec.nms_thresh, 0.5),
+        "--max-det": (["--max-det", "50"], lambda c: c["det"].postprocess_spec.detections_per_img, 50),
+        "--deploy-score-thresh": (["--deploy-score-thresh", "0.4"], field("deploy_score_thresh"), 0.4),
+        "--deploy-nms-thresh": (["--deploy-nms-thresh", "0.5"], field("deploy_nms_thresh"), 0.5),
     }
     for flag, (extra, get, expected) in cases.items():
         argv = base + extra

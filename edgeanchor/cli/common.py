@@ -11,31 +11,44 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str |
     parser.add_argument(
         "--model",
         default=default_model,
-        help="model name (demo, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
-        "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd) or a checkpoint path "
-        f"(default: {default_model})",
+        help="model name (demo, demo-yolo, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
+        "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml) "
+        f"or a checkpoint path (default: {default_model})",
     )
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs, background included")
-    parser.add_argument("--weights", default=None, help="torchvision state dict or edgeanchor checkpoint to load")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes: SSD and RetinaNet count the background class; for yolov5 it is nc "
+                        "(YOLO has no background class)")
+    parser.add_argument("--weights", default=None, help="weights to load: a torchvision state dict, an edgeanchor "
+                        "checkpoint, or for yolov5 a train.py checkpoint (best.pt / last.pt) or state dict")
     parser.add_argument(
         "--anchors",
         default=None,
         help="anchor set: a JSON file (edgeanchor or reference form) or overanchorized[:SCALESxRATIOS]",
     )
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="model input size")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="model input size (yolov5: default 640 640, any multiple of the largest stride)")
+    parser.add_argument("--score-thresh", type=float, default=None,
+                        help="score (YOLO: confidence) threshold of the rule searched and evaluated with "
+                        "(default: the model's own; YOLO's val preset 0.001)")
+    parser.add_argument("--nms-thresh", type=float, default=None,
+                        help="NMS IoU threshold of that rule (default: the model's own; YOLO's val preset 0.6)")
+    parser.add_argument("--max-det", type=int, default=None, help="detections kept per image (default: the "
+                        "model's own; YOLO 300)")
 
 
 def build_from_args(args):
     """Build the detector the shared model flags describe."""
     from ..models import build_detector
 
-    return build_detector(
+    det = build_detector(
         args.model,
         num_classes=args.num_classes,
         weights=args.weights,
         anchors=args.anchors,
         image_size=tuple(args.image_size) if args.image_size else None,
     )
+    det.postprocess_spec = det.postprocess_spec.with_overrides(args.score_thresh, args.nms_thresh, args.max_det)
+    return det
 
 
 def add_split_argument(parser, default: str) -> None:

@@ -32,6 +32,11 @@ def add_arguments(parser) -> None:
                         help="skip the search and keep the anchors of this anchor file")
     parser.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model (default 0)")
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--deploy-score-thresh", type=float, default=None,
+                        help="score threshold of the exported graphs (default: the searched rule's; YOLO's deploy "
+                        "preset 0.25)")
+    parser.add_argument("--deploy-nms-thresh", type=float, default=None,
+                        help="NMS IoU threshold of the exported graphs (default: the searched rule's; YOLO 0.45)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--tensorrt", choices=["fp32", "fp16", "int8"], default=None,
                         help="also build a TensorRT engine (needs TensorRT and a CUDA GPU)")
@@ -101,7 +106,8 @@ def pipeline_spec_from_args(args, *, generate: bool = True):
                         target_head_macs=args.target_head_macs, finetune_epochs=args.finetune_epochs,
                         finetune_lr=args.finetune_lr, opset=args.opset, tensorrt=args.tensorrt,
                         parity_images=args.parity_images, search=search_spec_from_args(args), cache=args.cache,
-                        latency_model=args.latency_model, model_name=args.model)
+                        latency_model=args.latency_model, model_name=args.model,
+                        deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh)
 
 
 def default_out(model: str) -> str:
@@ -110,7 +116,10 @@ def default_out(model: str) -> str:
 
     from ..export.folder import default_export_dir
 
-    return str(default_export_dir(Path(model).stem if model.endswith(".pt") else model.split(":")[-1]))
+    name = Path(model).stem if model.endswith(".pt") else model.split(":")[-1]
+    if model.startswith("yolov5:"):  # yolov5:n -> yolov5n, yolov5:path/custom.yaml -> custom
+        name = Path(name).stem if name.endswith((".yaml", ".yml")) else f"yolov5{name}"
+    return str(default_export_dir(name))
 
 
 def run(args) -> int:
