@@ -329,3 +329,25 @@ def test_overanchorized_yolo_fits_anchors_to_the_training_boxes(split, tmp_path,
     ratio = np.maximum(wh[:, None] / shapes[None], shapes[None] / wh[:, None]).max(2).min(1)
     assert (ratio < 4.0).mean() > 0.95
     assert "fitted by k-means" in capsys.readouterr().err
+
+
+def test_custom_model_definition_yaml(tmp_path, images):
+    import yaml
+
+    from edgeanchor.models.yolov5_arch import V7_LAYOUT
+
+    layout = {"nc": 2, "depth_multiple": 0.33, "width_multiple": 0.25,
+              "anchors": [[10, 13, 16, 30], [30, 61, 62, 45], [116, 90, 156, 198]],  # 2 per level
+              "backbone": V7_LAYOUT["backbone"], "head": V7_LAYOUT["head"]}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(layout))
+    det = build_detector(f"yolov5:{path}", image_size=SIZE)
+    assert det.num_classes == 2 and det.anchor_set.anchors_per_level() == [2, 2, 2]
+    assert [c.out_channels for c in det.detect.m] == [2 * 7] * 3
+    pruned = prune(det, [0, 1, 3])
+    save_checkpoint(pruned, tmp_path / "p.pt")
+    path.unlink()  # the checkpoint records the definition: it rebuilds without the YAML
+    back = load_checkpoint(tmp_path / "p.pt")
+    with torch.no_grad():
+        assert torch.equal(back.head(back.backbone(images))[1][0], pruned.head(pruned.backbone(images))[1][0])
+    assert main(["inspect", "--model", "yolov5:missing.yaml"]) == 2
