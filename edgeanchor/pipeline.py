@@ -145,8 +145,7 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     pruned = prune(det, keep)
     # 4. accuracy before / after, on the report split (exact, from the candidate cache)
     t = time.perf_counter()
-    report_set = CocoDetection(pipeline.data, pipeline.report_ann, num_classes=det.num_classes, first_label=det.first_label,
-                               image_size=det.image_size)
+    report_set = CocoDetection.for_detector(det, pipeline.data, pipeline.report_ann)
     cache = load_or_build_cache(det, report_set, default_cache_path(cache_key(det, report_set)), progress=progress,
                                 log=log)
     scorer = SubsetScorer(cache, pipeline.report_ann)
@@ -185,7 +184,7 @@ def _choose_keep_set(det, pipeline: PipelineSpec, folder: ExportFolder, log, pro
     if pipeline.anchors:
         return keep_ids_from_file(det, pipeline.anchors), {"source": str(pipeline.anchors)}
     search = replace(pipeline.search, method=resolve_method(pipeline.search.method, det))
-    dataset = CocoDetection(pipeline.data, pipeline.ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+    dataset = CocoDetection.for_detector(det, pipeline.data, pipeline.ann)
     dataset.require_objects("search on")
     cache_path = Path(pipeline.cache) if pipeline.cache else default_cache_path(cache_key(det, dataset))
     cache = load_or_build_cache(det, dataset, cache_path, progress=progress, log=log)
@@ -216,8 +215,7 @@ def _finetune(pruned, pipeline: PipelineSpec, report_set, workdir: Path, progres
     from .models import load_checkpoint
     from .train.loop import TrainConfig, train
 
-    train_set = CocoDetection(pipeline.data, pipeline.train_ann, num_classes=pruned.num_classes, first_label=pruned.first_label,
-                              image_size=pruned.image_size, train=True)
+    train_set = CocoDetection.for_detector(pruned, pipeline.data, pipeline.train_ann, train=True)
     cfg = TrainConfig(epochs=pipeline.finetune_epochs, lr=pipeline.finetune_lr, warmup_iters=20, progress=progress,
                       extra_meta={"command": "edgeanchor prune-and-export --finetune-epochs"})
     path = workdir / "finetune.pt"
@@ -317,7 +315,7 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
         )
     images = None
     if check:
-        dataset = CocoDetection(data, report_ann, num_classes=pruned.num_classes, first_label=pruned.first_label, image_size=pruned.image_size)
+        dataset = CocoDetection.for_detector(pruned, data, report_ann)
         images = parity_images(dataset, num_parity_images)
     with ExportFolder.build(out, overwrite=overwrite, inputs=[data, report_ann]) as folder:
         folder.write_variant("pruned", pruned, meta={"pruned_from": model_name or reference.arch})

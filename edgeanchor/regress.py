@@ -57,7 +57,7 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
     ann = ann or folder.report_ann
     det = folder.load_detector("pruned")
     identity = measured_identity(folder, ann)
-    dataset = CocoDetection(data, ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+    dataset = CocoDetection.for_detector(det, data, ann)
     metrics = coco_map(ann, predict(det, dataset, progress=progress))
     bench = run_bench(folder, threads=threads, iters=iters, warmup=warmup, progress=progress)
     return {

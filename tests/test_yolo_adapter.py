@@ -351,3 +351,58 @@ def test_custom_model_definition_yaml(tmp_path, images):
     with torch.no_grad():
         assert torch.equal(back.head(back.backbone(images))[1][0], pruned.head(pruned.backbone(images))[1][0])
     assert main(["inspect", "--model", "yolov5:missing.yaml"]) == 2
+
+
+def test_letterbox_is_yolov5s_and_maps_back(tmp_path):
+    from PIL import Image
+
+    from edgeanchor.data.coco import letterbox_params, to_original
+
+    assert letterbox_params((480, 640), (320, 320)) == (0.5, 0, 40, 240, 320)  # hand-worked
+    assert letterbox_params((100, 200), (64, 64)) == (0.32, 0, 16, 32, 64)
+    Image.new("RGB", (200, 100), (255, 0, 0)).save(tmp_path / "a.png")  # w 200, h 100
+    ann = {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 100}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 40, 40], "area": 1600,
+                            "iscrowd": 0}], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "a.json").write_text(json.dumps(ann))
+    data = CocoDetection(tmp_path, tmp_path / "a.json", num_classes=1, first_label=0, image_size=(64, 64),
+                         resize="letterbox")
+    image, target = data[0]
+    assert torch.allclose(target["boxes"], torch.tensor([[6.4, 16 + 3.2, 19.2, 16 + 16.0]]))
+    assert torch.allclose(image[:, 0, 0], torch.tensor([114 / 255] * 3))  # grey band above
+    assert torch.allclose(image[:, 30, 30], torch.tensor([1.0, 0.0, 0.0]))  # the image
+    sx, sy, px, py = to_original((100, 200), (64, 64), "letterbox")
+    back = (target["boxes"].double() - torch.tensor([px, py, px, py])) * torch.tensor([sx, sy, sx, sy])
+    assert torch.allclose(back, torch.tensor([[20.0, 10, 60, 50]], dtype=torch.float64))
+    assert np.allclose(data.box_sizes(), [[12.8, 12.8]])
+
+
+def test_cached_score_equals_sliced_model_on_letterboxed_images(det, tmp_path):
+    """Non-square files into a non-square input: boxes go through the letterbox and back, in both paths."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    images, annotations = [], []
+    for i in range(6):
+        canvas = (g.random((96, 160, 3)) * 60 + 60).astype(np.uint8)
+        for _ in range(3):
+            x, y = int(g.integers(0, 120)), int(g.integers(0, 60))
+            w, h = int(g.integers(12, 40)), int(g.integers(12, 36))
+            canvas[y:y + h, x:x + w] = g.integers(0, 255, 3)
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(g.integers(1, 4)),
+                                "bbox": [x, y, min(w, 160 - x), min(h, 96 - y)], "area": w * h, "iscrowd": 0})
+        Image.fromarray(canvas).save(tmp_path / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 160, "height": 96})
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)]}))
+    data = CocoDetection.for_detector(det, tmp_path, ann)
+    assert data.resize == "letterbox"
+    scorer = SubsetScorer(build_cache(det, data, progress=False), ann)
+    for keep in KEEPS.values():
+        real = predict(prune(det, keep), data, progress=False)
+        rows = scorer.detections(set(det.anchor_set.ids) - set(keep))
+        assert np.array_equal(rows, np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]]
+                                              for d in real]).reshape(-1, 7))
+        assert len(real) > 40
+        assert all(0 <= d["bbox"][1] and d["bbox"][1] + d["bbox"][3] <= 96 + 1e-9 for d in real)  # clipped to the file

@@ -204,7 +204,7 @@ def calibrate_on_data(det, data_dir, ann, path, *, num_images: int = 16, threads
     """Calibrate on the first images of a COCO split and save the model to ``path``."""
     from ..data.coco import CocoDetection
 
-    dataset = CocoDetection(data_dir, ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+    dataset = CocoDetection.for_detector(det, data_dir, ann)
     images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
     model = calibrate(det, images, threads=threads, log=log)
     model.save(path)

@@ -50,7 +50,7 @@ def run(args) -> int:
         check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
                           what="detections file", inputs=[args.data, args.ann])
     det = build_from_args(args)
-    dataset = CocoDetection(args.data, args.ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+    dataset = CocoDetection.for_detector(det, args.data, args.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=args.batch_size, device=args.device)
     metrics = coco_map(args.ann, dets, backend=args.backend)

@@ -97,8 +97,7 @@ def fitted_overanchorized(args, text: str, image_size):
 
     template = build_detector(args.model, num_classes=args.num_classes, weights=args.weights, image_size=image_size)
     per_level = 9 if text == "overanchorized" else parse_overanchorized(text, template.anchor_set).levels[0].num_anchors
-    data = CocoDetection(args.data, args.ann, num_classes=template.num_classes, first_label=template.first_label,
-                         image_size=template.image_size)
+    data = CocoDetection.for_detector(template, args.data, args.ann)
     wh = data.box_sizes()
     fitted = fitted_anchor_set(template.anchor_set, wh, per_level, seed=args.seed)
     shapes = np.array([[a.w, a.h] for lv in fitted.levels for a in lv.anchors])
@@ -223,11 +222,11 @@ def run(args) -> int:
     else:
         seed_everything(args.seed)  # the initial weights are drawn from torch's generator
         det = build_model(args)
-    train_set = CocoDetection(args.data, args.ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size, train=True)
+    train_set = CocoDetection.for_detector(det, args.data, args.ann, train=True)
     train_set.require_objects("train on")
     val_set = None
     if args.val_ann:
-        val_set = CocoDetection(args.data, args.val_ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+        val_set = CocoDetection.for_detector(det, args.data, args.val_ann)
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_iters=args.warmup_iters, device=args.device, workers=args.workers, seed=args.seed,

@@ -121,6 +121,33 @@ def scale_boxes(boxes_xyxy: torch.Tensor, orig_size: tuple[int, int], new_size: 
     return boxes_xyxy * factors
 
 
+RESIZE_MODES = ("stretch", "letterbox")
+LETTERBOX_FILL = 114  # YOLOv5's grey padding
+
+
+def letterbox_params(orig_size: tuple[int, int], size: tuple[int, int]) -> tuple[float, int, int, int, int]:
+    """YOLOv5's fixed-size letterbox of an image of ``orig_size`` (H, W) into ``size`` (H, W).
+
+    Returns:
+        (gain, left, top, new_h, new_w): the image is resized by ``gain`` (the same on both axes) to
+        (new_h, new_w) and placed at (left, top) on a grey canvas; a box maps as xyxy * gain + (left, top).
+    """
+    (oh, ow), (h, w) = orig_size, size
+    gain = min(h / oh, w / ow)
+    new_w, new_h = int(round(ow * gain)), int(round(oh * gain))
+    left, top = int(round((w - new_w) / 2 - 0.1)), int(round((h - new_h) / 2 - 0.1))
+    return gain, left, top, new_h, new_w
+
+
+def to_original(orig_size: tuple[int, int], input_size: tuple[int, int], resize: str) -> tuple[float, ...]:
+    """(scale_x, scale_y, pad_x, pad_y): a box in input pixels maps to the file as (xyxy - pad) * scale."""
+    (oh, ow), (in_h, in_w) = orig_size, input_size
+    if resize == "letterbox":
+        gain, left, top, _, _ = letterbox_params(orig_size, input_size)
+        return 1.0 / gain, 1.0 / gain, float(left), float(top)
+    return ow / in_w, oh / in_h, 0.0, 0.0
+
+
 def hflip_boxes(boxes_xyxy: torch.Tensor, width: int) -> torch.Tensor:
     """Mirror xyxy boxes left-right in an image ``width`` pixels wide.
 
@@ -160,7 +187,8 @@ def jitter_colour(image: torch.Tensor, brightness: float, contrast: float, satur
     return out.clamp_(0.0, 1.0)
 
 
-def load_image(path: Path, image_size: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
+def load_image(path: Path, image_size: tuple[int, int] | None,
+               resize: str = "stretch") -> tuple[torch.Tensor, tuple[int, int]]:
     """Read an image file as RGB, optionally resized (bilinear) to ``image_size``.
 
     Grayscale, palette and RGBA images are converted to RGB (alpha is dropped).
@@ -168,6 +196,8 @@ def load_image(path: Path, image_size: tuple[int, int] | None) -> tuple[torch.Te
     Args:
         path: image file (any format PIL reads).
         image_size: (H, W) to resize to, or None to keep the file's size.
+        resize: "stretch" (both axes to the size) or "letterbox" (YOLOv5's: aspect kept, grey padding;
+            see :func:`letterbox_params`).
 
     Returns:
         (float32 tensor (3, H, W) in [0, 1], (H, W) of the file).
@@ -179,7 +209,14 @@ def load_image(path: Path, image_size: tuple[int, int] | None) -> tuple[torch.Te
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
     orig_size = (rgb.height, rgb.width)
     if image_size is not None and tuple(image_size) != orig_size:
-        rgb = rgb.resize((image_size[1], image_size[0]), Image.BILINEAR)
+        if resize == "letterbox":
+            _, left, top, new_h, new_w = letterbox_params(orig_size, tuple(image_size))
+            canvas = Image.new("RGB", (image_size[1], image_size[0]), (LETTERBOX_FILL,) * 3)
+            canvas.paste(rgb.resize((new_w, new_h), Image.BILINEAR) if (new_h, new_w) != orig_size else rgb,
+                         (left, top))
+            rgb = canvas
+        else:
+            rgb = rgb.resize((image_size[1], image_size[0]), Image.BILINEAR)
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     image = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     return image.float().div_(255.0), orig_size
@@ -333,6 +370,7 @@ class CocoDetection(torch.utils.data.Dataset):
         image_size: tuple[int, int] | None = None,
         train: bool = False,
         first_label: int = 1,
+        resize: str = "stretch",
     ):
         """Load, validate and index an annotation file.
 
@@ -343,11 +381,15 @@ class CocoDetection(torch.utils.data.Dataset):
             image_size: (H, W) to resize every image to, or None to keep file sizes.
             train: apply random horizontal flip and mild colour jitter.
             first_label: model label of the first category (0 for YOLO: no background class).
+            resize: "stretch" or "letterbox" (YOLO), see :func:`load_image`.
         """
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.train = train
+        if resize not in RESIZE_MODES:
+            raise EdgeAnchorError(f"resize must be one of {', '.join(RESIZE_MODES)} (got {resize!r})")
+        self.resize = resize
         data = read_json(self.ann_file, "annotation file")
         if not isinstance(data, dict):
             raise EdgeAnchorError(f"annotation file {self.ann_file} is not a COCO JSON object; check the path")
@@ -411,17 +453,27 @@ class CocoDetection(torch.utils.data.Dataset):
         image_id = self.image_ids[index]
         info = self._images[image_id]
         path = self.image_dir / info["file_name"]
-        image, orig_size = load_image(path, self.image_size)
+        image, orig_size = load_image(path, self.image_size, self.resize)
         _check_declared_size(info, orig_size, path)
         boxes_xyxy = torch.from_numpy(self._targets[image_id][0].copy())  # (N, 4)
         labels = torch.from_numpy(self._targets[image_id][1].copy())  # (N,)
         size = (image.shape[1], image.shape[2])
-        if size != orig_size:
+        if size != orig_size and self.resize == "letterbox":
+            gain, left, top, _, _ = letterbox_params(orig_size, size)
+            offset = torch.tensor([left, top, left, top], dtype=boxes_xyxy.dtype)
+            boxes_xyxy = boxes_xyxy * gain + offset
+        elif size != orig_size:
             boxes_xyxy = scale_boxes(boxes_xyxy, orig_size, size)
         if self.train:
             image, boxes_xyxy = _augment(image, boxes_xyxy, self._augment_generator(index))
         target = {"boxes": boxes_xyxy, "labels": labels, "image_id": image_id, "orig_size": orig_size}
         return image, target
+
+    @classmethod
+    def for_detector(cls, detector, image_dir, ann_file, *, train: bool = False) -> "CocoDetection":
+        """The data set as ``detector`` sees it: its classes, label start, input size and resize mode."""
+        return cls(image_dir, ann_file, num_classes=detector.num_classes, first_label=detector.first_label,
+                   image_size=detector.image_size, train=train, resize=detector.resize_mode)
 
     def box_sizes(self) -> np.ndarray:
         """(n, 2) widths and heights of every object box at the returned image size (for anchor fitting).
@@ -442,7 +494,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 with Image.open(self.image_dir / info["file_name"]) as im:
                     w, h = im.size
             wh = xyxy[:, 2:] - xyxy[:, :2]  # (N, 2) in file pixels
-            if self.image_size is not None:
+            if self.image_size is not None and self.resize == "letterbox":
+                wh = wh * letterbox_params((h, w), self.image_size)[0]
+            elif self.image_size is not None:
                 wh = wh * np.array([self.image_size[1] / w, self.image_size[0] / h], dtype=np.float64)
             sizes.append(wh)
         return np.concatenate(sizes).astype(np.float64) if sizes else np.zeros((0, 2))

@@ -116,7 +116,7 @@ def cache_key(detector, dataset: CocoDetection) -> str:
     h.update(json.dumps(detector.postprocess_spec.to_json(), sort_keys=True).encode())
     h.update(Path(dataset.ann_file).read_bytes())
     h.update(str(Path(dataset.image_dir).resolve()).encode())
-    h.update(json.dumps([list(detector.image_size), detector.arch, detector.num_classes]).encode())
+    h.update(json.dumps([list(detector.image_size), detector.arch, detector.num_classes, dataset.resize]).encode())
     return h.hexdigest()
 
 
@@ -153,6 +153,7 @@ def build_cache(detector, dataset: CocoDetection, *, batch_size: int = 16, devic
         meta={
             "format": CACHE_FORMAT,
             "image_size": list(detector.image_size),
+            "resize": dataset.resize,
             "postprocess_spec": detector.postprocess_spec.to_json(),
             "level_starts": detector.level_starts.tolist(),
             "label_map": {str(k): v for k, v in dataset.label_map.items()},

@@ -6,21 +6,23 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.coco import CocoDetection, detection_collate, invert_label_map
+from ..data.coco import CocoDetection, detection_collate, invert_label_map, to_original
 
 
-def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_to_cat: dict) -> list[dict]:
+def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_to_cat: dict,
+                    resize: str = "stretch") -> list[dict]:
     """Detections of one image (input pixels, model labels) as COCO results.
 
     Boxes are scaled from the model input size back to the original image
     size, clipped to it (YOLO boxes leave NMS unclipped, as YOLOv5's val.py
     clips them only here) and written as [x, y, w, h]; labels become category ids.
     """
-    in_h, in_w = input_size
     oh, ow = orig_size
     boxes = det_out["boxes"].detach().cpu().double()
-    scale = torch.tensor([ow / in_w, oh / in_h, ow / in_w, oh / in_h], dtype=torch.float64)
-    boxes = clip_original(boxes * scale, oh, ow)  # (D, 4) xyxy, original pixels
+    sx, sy, px, py = to_original(tuple(orig_size), tuple(input_size), resize)
+    scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
+    pad = torch.tensor([px, py, px, py], dtype=torch.float64)
+    boxes = clip_original((boxes - pad) * scale, oh, ow)  # (D, 4) xyxy, original pixels
     results = []
     for box, score, label in zip(boxes.tolist(), det_out["scores"].tolist(), det_out["labels"].tolist()):
         cat = label_to_cat.get(int(label))
@@ -59,7 +61,8 @@ def predict(detector, dataset: CocoDetection, *, batch_size: int = 16, device: s
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
         outputs = detector(images.to(device))
         for out, target in zip(outputs, targets):
-            results.extend(to_coco_results(out, target["image_id"], target["orig_size"], detector.image_size, label_to_cat))
+            results.extend(to_coco_results(out, target["image_id"], target["orig_size"], detector.image_size,
+                                           label_to_cat, dataset.resize))
     return results
 
 

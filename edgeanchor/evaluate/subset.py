@@ -24,6 +24,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..data.coco import to_original
 from ..postprocess import Candidates, PostprocessSpec, select
 from .cache import CandidateCache
 from .coco_map import coco_map, load_gt
@@ -56,10 +57,13 @@ class SubsetScorer:
             self.cat_of_label[label] = cat
         self.has_cat = np.zeros_like(self.cat_of_label, dtype=bool)
         self.has_cat[list(label_to_cat)] = True
-        in_h, in_w = cache.meta["image_size"]
-        sizes = cache.orig_sizes.astype(np.float64)
-        # (I, 4) per-image scale from input pixels back to original pixels, xyxy order
-        self.scales = np.stack([sizes[:, 1] / in_w, sizes[:, 0] / in_h] * 2, axis=1)
+        input_size = tuple(cache.meta["image_size"])
+        resize = cache.meta.get("resize", "stretch")
+        # per image, input pixels -> original pixels as (xyxy - pad) * scale, exactly as predict maps them
+        maps = np.array([to_original(tuple(int(v) for v in size), input_size, resize) for size in cache.orig_sizes],
+                        dtype=np.float64).reshape(-1, 4)  # (I, 4): scale_x, scale_y, pad_x, pad_y
+        self.scales = np.concatenate([maps[:, :2], maps[:, :2]], axis=1)  # (I, 4) xyxy order
+        self.pads = np.concatenate([maps[:, 2:], maps[:, 2:]], axis=1)  # (I, 4)
         self.num_anchor_ids = int(cache.anchor_id.max()) + 1 if cache.num_candidates else 0
         # box index -> anchor id, for the boxes that have candidates (the only ones that can enter NMS)
         self._box_anchor = np.zeros(int(cache.box_index.max()) + 1 if cache.num_candidates else 0, dtype=np.int64)
@@ -163,7 +167,7 @@ class SubsetScorer:
         image = np.repeat(np.arange(len(dets)), [d[2].shape[0] for d in dets])  # (N,) image of each row
         ok = self.has_cat[labels] if labels.size else np.zeros(0, dtype=bool)
         image, labels = image[ok], labels[ok]
-        boxes = np.concatenate([d[0] for d in dets]).astype(np.float64)[ok] * self.scales[image]  # (D, 4) xyxy
+        boxes = (np.concatenate([d[0] for d in dets]).astype(np.float64)[ok] - self.pads[image]) * self.scales[image]
         sizes = self.cache.orig_sizes[image].astype(np.float64)  # (D, 2) h, w: clipped as predict clips
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, sizes[:, 1:2])
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, sizes[:, 0:1])

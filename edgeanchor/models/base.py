@@ -65,6 +65,11 @@ class Detector(nn.Module):
         self.register_buffer("level_starts", starts, persistent=False)
 
     @property
+    def resize_mode(self) -> str:
+        """How images reach the input size: "stretch" (SSD, RetinaNet) or "letterbox" (YOLO)."""
+        return self.config.get("resize", "stretch")
+
+    @property
     def cls_columns(self) -> int:
         """Columns per anchor of the classification output (K; YOLO: objectness + nc)."""
         return self.num_classes

@@ -159,7 +159,8 @@ def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postproc
         if a != default.levels[i].num_anchors:
             conv = fresh_detect_conv(conv.in_channels, a, detect.nc, strides[i])
         convs.append(conv)
-    cfg = {"image_size": list(image_size), "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0]}
+    cfg = {"image_size": list(image_size), "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+           "resize": "letterbox"}
     cfg.update(config or {})
     return YoloDetector(
         layers=list(net.model[:-1]), save=net.save, detect=SlimDetect(convs, detect.f, detect.i), arch=arch,

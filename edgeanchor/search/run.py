@@ -215,7 +215,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     search = replace(search, method=resolve_method(search.method, det))
     run = _SearchRun(det, data_dir, Path(out_dir), search, report_ann, batch_size, device, progress, log)
     check_search_folder(run.out_dir)
-    dataset = CocoDetection(data_dir, ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+    dataset = CocoDetection.for_detector(det, data_dir, ann)
     dataset.require_objects("search on")
     cache_path = Path(cache_path) if cache_path else default_cache_path(cache_key(det, dataset))
     if cache is None:
@@ -332,7 +332,7 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
 
 def _report_scorer(run: _SearchRun) -> SubsetScorer:
     det = run.det
-    dataset = CocoDetection(run.data_dir, run.report_ann, num_classes=det.num_classes, first_label=det.first_label, image_size=det.image_size)
+    dataset = CocoDetection.for_detector(det, run.data_dir, run.report_ann)
     cache = load_or_build_cache(det, dataset, default_cache_path(cache_key(det, dataset)), batch_size=run.batch_size,
                                 device=run.device, progress=run.progress, log=run.log)
     return SubsetScorer(cache, run.report_ann, backend=run.search.backend)
