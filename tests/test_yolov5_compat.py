@@ -72,3 +72,15 @@ def test_detections_equal_non_max_suppression(det, ref, images, preset):
         assert np.abs(o["boxes"].numpy() - expected[:, :4]).max() < 1e-3
         assert np.abs(o["scores"].numpy() - expected[:, 4]).max() < 1e-5
         assert np.array_equal(o["labels"].numpy(), expected[:, 5].astype(np.int64))
+
+
+def test_the_checkpoint_can_be_the_model_itself(det, images, capsys):
+    from edgeanchor.cli import main
+
+    own = build_detector(str(CKPT), image_size=(320, 320))  # its own definition (yaml), weights, anchors, nc
+    assert own.arch == "yolov5:n" and own.anchor_set == det.anchor_set and own.num_classes == 3
+    with torch.no_grad():
+        a, b = own.head(own.backbone(images)), det.head(det.backbone(images))
+    assert all(torch.equal(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
+    assert main(["inspect", "--model", str(CKPT), "--weights", str(CKPT)]) == 2
+    assert "drop --weights" in capsys.readouterr().err

@@ -82,7 +82,7 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "leave num_classes unset": "drop --num-classes", "give it as weights": "pass it as --weights",
             "with update set": "with 'edgeanchor regress --update'", "check the weights path": "check --weights",
             "give the matching image_size": "pass the matching --image-size", "use num_classes": "use --num-classes",
-            "set overwrite": "pass --overwrite", "or resume to continue": "or --resume to continue"}
+            "set overwrite": "pass --overwrite", "drop weights": "drop --weights", "or resume to continue": "or --resume to continue"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
 
 

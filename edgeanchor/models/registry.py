@@ -110,6 +110,12 @@ def build_detector(
         return build_yolo(name, num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size)
     if name in SHIPPED or (name not in ARCHS and (name.endswith(".pt") or Path(name).is_file())):
         path = SHIPPED.get(name, Path(name))
+        if path.is_file() and not is_checkpoint(path) and _is_yolov5_pickle(path):
+            from .yolo_build import yolo_from_train_checkpoint
+
+            if weights is not None:
+                raise EdgeAnchorError(f"{name} is a yolov5 checkpoint with its own weights; drop weights")
+            return yolo_from_train_checkpoint(path, num_classes=num_classes, anchors=anchors, image_size=image_size)
         if anchors is not None or image_size is not None:
             raise EdgeAnchorError(
                 f"anchors and image_size cannot change a checkpoint ({name}); prune it to slice its anchors"
@@ -301,6 +307,18 @@ def is_checkpoint(path) -> bool:
     except EdgeAnchorError:  # missing, unreadable or someone else's: not ours
         return False
     return True
+
+
+def _is_yolov5_pickle(path) -> bool:
+    """True if ``path`` is a torch zip whose pickle names yolov5's model classes (read, never unpickled)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            return pkl is not None and b"models.yolo" in z.read(pkl)
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def checkpoint_meta(path) -> dict:

@@ -63,11 +63,11 @@ def _read_yolo_weights(path) -> dict:
     return {"kind": "state_dict", "state": state}
 
 
-def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_size) -> YoloDetector:
-    """A YOLOv5 detector by name (see the module docstring)."""
+def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_size, layout=None) -> YoloDetector:
+    """A YOLOv5 detector by name (see the module docstring); ``layout`` = (definition, gd, gw) if known."""
     from .registry import _load_state, resolve_anchors
 
-    layout, gd, gw = layout_for(_spec_name(name))
+    layout, gd, gw = layout or layout_for(_spec_name(name))
     if image_size is not None and (len(tuple(image_size)) != 2 or not all(isinstance(v, int) and v >= 32
                                                                            for v in image_size)):
         raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
@@ -137,3 +137,26 @@ def yolo_from_checkpoint(obj: dict, path) -> YoloDetector:
     _load_state(det, obj["state_dict"], path)
     det.postprocess_spec = PostprocessSpec.from_json(obj["postprocess"])
     return det.eval()
+
+
+def yolo_from_train_checkpoint(path, *, num_classes, anchors, image_size) -> YoloDetector:
+    """A yolov5 ``train.py`` checkpoint given as the model: its own definition, weights, anchors and nc.
+
+    Raises:
+        EdgeAnchorError: not a yolov5 checkpoint, or one without a model definition.
+    """
+    from .yolov5_arch import V7_LAYOUT, normalise_layout
+    from .yolov5_checkpoint import read_yolov5_checkpoint
+
+    ck = read_yolov5_checkpoint(path)
+    doc = ck.yaml
+    if not isinstance(doc, dict) or not {"backbone", "head", "anchors"} <= set(doc):
+        raise EdgeAnchorError(f"{path} holds no model definition; give the model as yolov5:SIZE or yolov5:MODEL.yaml "
+                              f"and pass {path} as weights")
+    doc = normalise_layout(doc)
+    gd, gw = float(doc.get("depth_multiple", 1.0)), float(doc.get("width_multiple", 1.0))
+    standard = [s for s, m in SIZES.items() if m == (gd, gw) and doc["backbone"] == V7_LAYOUT["backbone"]
+                and doc["head"] == V7_LAYOUT["head"]]
+    name = f"yolov5:{standard[0]}" if standard else "yolov5:custom"
+    return build_yolo(name, num_classes=num_classes, weights=path, anchors=anchors, image_size=image_size,
+                      layout=(doc, gd, gw))

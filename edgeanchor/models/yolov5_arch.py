@@ -257,6 +257,14 @@ class YoloV5(nn.Module):
             conv.bias.data.copy_(b.view(-1))
 
 
+def normalise_layout(doc: dict) -> dict:
+    """A model definition with yolov5's YAML spelling of None (the string 'None', which yolov5 evaluates) as None."""
+    doc = deepcopy(doc)
+    for key in ("backbone", "head"):
+        doc[key] = [[f, n, m, [None if a == "None" else a for a in args]] for f, n, m, args in doc[key]]
+    return doc
+
+
 def layout_for(size_or_yaml: str) -> tuple[dict, float, float]:
     """(model definition, depth multiple, width multiple) for ``n``..``x`` or a yolov5 YAML file."""
     if size_or_yaml in SIZES:
@@ -272,7 +280,7 @@ def layout_for(size_or_yaml: str) -> tuple[dict, float, float]:
         raise EdgeAnchorError(f"cannot read model definition {path} ({str(exc).splitlines()[0][:100]})") from None
     if not isinstance(doc, dict) or not {"backbone", "head", "anchors"} <= set(doc):
         raise EdgeAnchorError(f"{path} is not a yolov5 model definition (needs anchors, backbone and head)")
-    return doc, float(doc.get("depth_multiple", 1.0)), float(doc.get("width_multiple", 1.0))
+    return normalise_layout(doc), float(doc.get("depth_multiple", 1.0)), float(doc.get("width_multiple", 1.0))
 
 
 def build_yolov5(size_or_yaml: str = "s", nc: int = 80) -> YoloV5:
