@@ -138,7 +138,8 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     t0 = time.perf_counter()
     timings = {}
     report: dict = {"model": pipeline.model_name, "arch": det.arch, "data": pipeline.data,
-                    "search_ann": pipeline.ann, "report_ann": pipeline.report_ann, "image_size": list(det.image_size)}
+                    "search_ann": pipeline.ann, "report_ann": pipeline.report_ann, "image_size": list(det.image_size),
+                    "resize": det.resize_mode}
     # 1-3. search and choose, or take the given anchors
     keep, report["chosen"] = _choose_keep_set(det, pipeline, folder, log, progress)
     timings["search"] = time.perf_counter() - t0
@@ -323,6 +324,7 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
         export = export_pair(folder, reference, pruned, opset=opset, parity_images=images, log=log)
         folder.write_report({"model": model_name or reference.arch, "arch": reference.arch, "data": str(data),
                              "report_ann": str(report_ann), "image_size": list(pruned.image_size),
+                             "resize": pruned.resize_mode,
                              "chosen": {"source": "given"}, "cost": {"baseline": cost_json(reference),
                                                                      "pruned": cost_json(pruned)},
                              "export": export})

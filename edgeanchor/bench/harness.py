@@ -62,8 +62,8 @@ def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[
             raise EdgeAnchorError(f"{folder.report_ann} lists no images; give a folder of images to time on")
         files = [Path(folder.data) / im["file_name"] for im in ann["images"]]
         source = folder.report_ann
-    resize = folder.load_detector("pruned").resize_mode  # as the model sees images (YOLO: letterboxed)
-    images = [load_image(f, (h, w), resize)[0][None].numpy() for f in files[:limit]]  # (1, 3, H, W) float32
+    # as the model sees images (YOLO: letterboxed)
+    images = [load_image(f, (h, w), folder.resize)[0][None].numpy() for f in files[:limit]]  # (1, 3, H, W) float32
     return images, source
 
 

@@ -108,6 +108,11 @@ class ExportFolder:
         return int(h), int(w)
 
     @property
+    def resize(self) -> str:
+        """How images reach the input size ("stretch", or "letterbox" for YOLO); older reports: stretch."""
+        return self.report.get("resize", "stretch")
+
+    @property
     def data(self) -> str:
         """Image folder of the report split (the default images of bench and regress)."""
         return self.report["data"]
