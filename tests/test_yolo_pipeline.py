@@ -1,0 +1,81 @@
+"""prune-and-export, bench and regress on the shipped YOLO demo (demo-yolo), on a small synthetic split."""
+
+import json
+
+import pytest
+import torch
+
+from edgeanchor.cli import main
+from edgeanchor.data.coco import CocoDetection
+from edgeanchor.data.synth import generate
+from edgeanchor.evaluate.coco_map import coco_map
+from edgeanchor.evaluate.predict import predict
+from edgeanchor.models import build_detector, load_checkpoint
+from edgeanchor.models.registry import DEMO_YOLO_CHECKPOINT
+
+from tests.test_pipeline import conv_out_channels
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("yolo_pe_split")
+    info = generate(root, num_images=24, seed=31, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
+    return info["image_dir"], info["annotations"]
+
+
+@pytest.fixture(scope="module")
+def yolo_export(split, tmp_path_factory):
+    images, anns = split
+    out = tmp_path_factory.mktemp("pe") / "demo-yolo"
+    assert main(["prune-and-export", "--model", "demo-yolo", "--data", images, "--ann", anns["val"], "--report-ann",
+                 anns["test"], "--max-evals", "40", "--workers", "1", "--parity-images", "2", "--out", str(out),
+                 "--json"]) == 0
+    return out
+
+
+def test_demo_yolo_is_a_trained_yolov5n_at_320():
+    det = build_detector("demo-yolo")
+    assert det.arch == "yolov5:n" and det.image_size == (320, 320) and det.num_classes == 5
+    assert det.anchor_set.anchors_per_level() == [3, 3, 3]
+    assert DEMO_YOLO_CHECKPOINT.stat().st_size < 10e6
+    meta = torch.load(DEMO_YOLO_CHECKPOINT, weights_only=True)["meta"]
+    assert len(meta["train"]["epochs"]) == 30 and meta["train"]["epochs"][-1]["val"]["mAP"] > 0.5
+
+
+def test_export_prunes_detect_and_reports(yolo_export, split):
+    images, anns = split
+    report = json.loads((yolo_export / "report.json").read_text())
+    pruned = load_checkpoint(yolo_export / "pruned.pt")
+    base = build_detector("demo-yolo")
+    assert report["cost"]["pruned"]["head_macs"] < report["cost"]["baseline"]["head_macs"]
+    assert report["cost"]["pruned"]["num_boxes"] < report["cost"]["baseline"]["num_boxes"]
+    # the graphs' Detect convolutions have na * (5 + nc) channels of the kept anchors
+    graph = conv_out_channels(yolo_export / "head.onnx")
+    for ch in report["export"]["pruned"]["head_channels"]:
+        a = pruned.anchor_set.levels[ch["level"]].num_anchors
+        assert ch["one_conv"] and ch["cls_channels"] == graph[f"cls_{ch['level']}"] == a * 10
+    assert sum(graph.values()) < sum(conv_out_channels(yolo_export / "baseline" / "head.onnx").values())
+    # graphs: deploy rule; checkpoint: val rule; ONNX Runtime matched PyTorch
+    assert report["export"]["pruned"]["postprocess"]["score_thresh"] == 0.25
+    assert pruned.postprocess_spec.score_thresh == 0.001
+    assert all(report["export"][v]["parity"]["passed"] for v in ("pruned", "baseline"))
+    # the reported mAP is the pruned checkpoint's mAP on the report split, with labels 0..nc-1
+    data = CocoDetection(images, anns["test"], num_classes=5, first_label=0, image_size=pruned.image_size)
+    assert coco_map(anns["test"], predict(pruned, data, progress=False))["mAP"] == report["mAP"]["pruned"]
+    assert report["mAP"]["baseline"] == coco_map(anns["test"], predict(base, data, progress=False))["mAP"] > 0.3
+    md = (yolo_export / "report.md").read_text()
+    assert "Detect conv" in md and "deploy rule" in md
+
+
+def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):
+    assert main(["bench", str(yolo_export), "--iters", "3", "--warmup", "1", "--threads", "1", "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert set(bench["stages"]["pruned"]) >= {"backbone", "head", "postprocess", "end_to_end"}
+    # boxes entering NMS are counted with the graphs' deploy rule: the pruned model has no more
+    assert bench["nms_input_boxes"]["pruned"]["mean"] <= bench["nms_input_boxes"]["baseline"]["mean"]
+    base = tmp_path / "base.json"
+    args = ["regress", "--baseline", str(base), "--export", str(yolo_export), "--iters", "3", "--warmup", "1"]
+    assert main([*args, "--update"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--latency-tol", "100"]) == 0
+    assert json.loads(base.read_text())["identity"]["arch"] == "yolov5:n"
