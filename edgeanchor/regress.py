@@ -142,7 +142,9 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
 
 
 def _channels(chs: list[dict]) -> str:
-    return " ".join(f"L{c['level']}:{c['cls_channels']}/{c['box_channels']}" for c in chs)
+    from .export.onnx_export import channels_text
+
+    return " ".join(f"L{c['level']}:{channels_text(c)}" for c in chs)
 
 
 def markdown(rows: list[dict], measured: dict) -> str:

@@ -1,6 +1,7 @@
 """prune-and-export, bench and regress on the shipped YOLO demo (demo-yolo), on a small synthetic split."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -78,4 +79,6 @@ def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):
     assert main([*args, "--update"]) == 0
     capsys.readouterr()
     assert main([*args, "--latency-tol", "100"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("head channels"))
+    assert re.search(r"L\d:\d+ ", line) and "/" not in line  # one Detect count per level, not cls/box
     assert json.loads(base.read_text())["identity"]["arch"] == "yolov5:n"
