@@ -175,7 +175,8 @@ def test_dropped_level_leaves_no_conv_behind(exported, name):
 def test_files_are_written_atomically_and_only_the_graphs(exported):
     _, result = exported(("edgeanchor:demo_ssd", True))
     out = Path(result["files"]["model"]).parent
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.onnx", "head.onnx", "model.onnx", "postprocess.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.onnx", "head.onnx", "model.onnx", "model_nonms.onnx",
+                                                    "postprocess.onnx"]
     assert result["opset"] == 17 and result["input_shape"] == [1, 3, 320, 320]
 
 
@@ -398,3 +399,32 @@ def test_build_engine(trt_graph, tmp_path, precision):
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(result["engine"]).read_bytes())
     names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
     assert names == {"images", *trt_export.TRT_OUTPUTS}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{n.split(':')[1]}-{'pruned' if p else 'full'}" for n, p in CASES])
+def test_nms_free_graph_gives_the_best_candidates_in_fixed_shapes(exported, case):
+    det, result = exported(case)
+    model = onnx.load(result["files"]["model_nonms"])
+    ops = {n.op_type for n in model.graph.node}
+    assert "NonMaxSuppression" not in ops and "NonZero" not in ops  # nothing data-dependent
+    k = result["nonms_topk"]
+    assert k == min(1000, det.anchor_set.num_boxes * (det.num_classes - (det.postprocess_spec.score_fn == "softmax")))
+    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert shapes == {"boxes": [1, k, 4], "scores": [1, k], "labels": [1, k]}
+    images = images_for(det.image_size)
+    parity = check_parity(det, result["out_dir"], images)["model_nonms"]
+    assert parity["passed"] and parity["counts_torch"] == parity["counts_onnx"]
+    assert sum(parity["counts_torch"]) > 0  # real candidates were compared
+    out = run_session(make_session(result["files"]["model_nonms"]), {"images": images[:1]})
+    scores = out["scores"][0]
+    assert np.all(scores[:-1] >= scores[1:]) and np.all(scores >= 0)  # best first, zero padding
+
+
+def test_nms_free_topk_is_configurable(detectors, tmp_path):
+    det = detectors[("edgeanchor:demo_ssd", True)]
+    result = export_onnx(det, tmp_path, nonms_topk=7)
+    assert result["nonms_topk"] == 7
+    out = run_session(make_session(result["files"]["model_nonms"]), {"images": images_for(det.image_size)[:1]})
+    assert out["boxes"].shape == (1, 7, 4)
+    with pytest.raises(EdgeAnchorError, match="nonms_topk must be at least 1"):
+        export_onnx(det, tmp_path / "x", nonms_topk=0)

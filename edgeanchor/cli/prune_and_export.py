@@ -5,7 +5,8 @@
       --data coco/val2017 --ann instances_val2017.json --max-drop 0.005 --out exports/ssd300
 
 The output folder holds anchors.json, pruned.pt, model.onnx (image -> [1, max_det, 6]
-detections), backbone.onnx / head.onnx / postprocess.onnx, the same for the
+detections), model_nonms.onnx (image -> the best 1000 candidates before NMS, fixed
+shapes), backbone.onnx / head.onnx / postprocess.onnx, the same for the
 unpruned model in baseline/, report.json, report.md and pareto.png. It is built
 in a temporary folder and renamed into place at the end.
 """

@@ -31,7 +31,7 @@ from ..io import atomic_dir, peek_json, read_json, write_json, write_text
 FORMAT = "edgeanchor.export"
 FORMAT_VERSION = 1
 VARIANTS = ("pruned", "baseline")
-GRAPHS = ("backbone", "head", "postprocess", "model", "model_trt")
+GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_trt")
 # The stage each timed stage runs from, per runtime (bench's four stages).
 STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "postprocess": "postprocess", "end_to_end": "model"}
 # Which runtimes each graph is for. model_trt holds the EfficientNMS_TRT plugin, which only TensorRT has.
@@ -40,6 +40,7 @@ GRAPH_RUNTIMES = {
     "head": ("onnxruntime", "tensorrt"),
     "postprocess": ("onnxruntime", "tensorrt"),
     "model": ("onnxruntime", "tensorrt"),
+    "model_nonms": ("onnxruntime", "tensorrt"),  # no NMS inside: for runtimes without NonMaxSuppression
     "model_trt": ("tensorrt",),
 }
 _CHECKPOINT = {"pruned": "pruned.pt", "baseline": "baseline.pt"}

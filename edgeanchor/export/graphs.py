@@ -228,3 +228,36 @@ class DecodedGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         boxes, probs = self.decoder(list(self.head(*self.backbone(images))))
         return boxes.unsqueeze(0), probs.unsqueeze(0)
+
+
+class NoNmsGraph(nn.Module):
+    """``images`` -> the best K candidates before NMS, in fixed shapes, for runtimes without NMS.
+
+    Outputs ``boxes`` (1, K, 4) xyxy in input pixels, ``scores`` (1, K) and ``labels`` (1, K) int64:
+    the K best (box, class) pairs by score after decoding and the score threshold, best first; rows
+    past the last candidate have score 0 (their boxes and labels mean nothing). K is
+    min(``topk``, boxes x classes). The model's own top-k and NMS are left to the application (for
+    example OpenCV's ``NMSBoxesBatched`` at the model's IoU threshold). Only plain ops: decode, Where,
+    TopK, Gather, integer arithmetic; no NonMaxSuppression, no data-dependent shapes.
+    """
+
+    def __init__(self, detector: Detector, topk: int = 1000):
+        super().__init__()
+        self.backbone = BackboneGraph(detector)
+        self.head = HeadGraph(detector)
+        self.decoder = DecodeBoxes(detector)
+        spec = detector.postprocess_spec
+        self.score_thresh = float(spec.score_thresh)
+        self.label_offset = 1 if spec.score_fn == "softmax" else 0
+        self.num_classes = detector.num_classes - self.label_offset  # real classes
+        self.k = min(int(topk), int(detector.level_starts[-1]) * self.num_classes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, probs = self.decoder(list(self.head(*self.backbone(images))))  # (B, 4), (B, K)
+        probs = probs[:, self.label_offset:]  # (B, C): SSD's background column dropped
+        flat = probs.reshape(-1)  # (B*C,), (box, class) order
+        flat = torch.where(flat > self.score_thresh, flat, torch.zeros_like(flat))
+        top, idx = flat.topk(self.k)  # (K,)
+        box_idx = torch.div(idx, self.num_classes, rounding_mode="floor")
+        labels = idx - box_idx * self.num_classes + self.label_offset
+        return boxes[box_idx].unsqueeze(0), top.unsqueeze(0), labels.unsqueeze(0)

@@ -31,9 +31,10 @@ import torch
 from ..errors import EdgeAnchorError
 from ..io import atomic_path
 from ..models.base import Detector
-from .graphs import BackboneGraph, DecodedGraph, EndToEndGraph, ExportPostprocess, HeadGraph, level_names
+from .graphs import BackboneGraph, DecodedGraph, EndToEndGraph, ExportPostprocess, HeadGraph, NoNmsGraph, level_names
 
-GRAPHS = ("backbone", "head", "postprocess", "model")
+GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms")
+NONMS_TOPK = 1000  # default K of model_nonms.onnx
 MIN_OPSET = 11  # NonMaxSuppression with a score threshold, ScatterElements
 
 
@@ -45,8 +46,9 @@ def export_onnx(
     simplify: bool = True,
     trace_images: torch.Tensor | None = None,
     decoded: bool = False,
+    nonms_topk: int = NONMS_TOPK,
 ) -> dict:
-    """Write ``backbone.onnx``, ``head.onnx``, ``postprocess.onnx`` and ``model.onnx``.
+    """Write ``backbone.onnx``, ``head.onnx``, ``postprocess.onnx``, ``model.onnx`` and ``model_nonms.onnx``.
 
     Args:
         detector: the (possibly pruned) detector; exported in eval mode.
@@ -59,6 +61,7 @@ def export_onnx(
         decoded: also write ``model_decoded.onnx`` (images -> ``boxes_xyxy``
             (1, B, 4), ``scores`` (1, B, K)), the input of
             :func:`edgeanchor.export.tensorrt.make_trt_graph`.
+        nonms_topk: K of ``model_nonms.onnx`` (see :class:`~edgeanchor.export.graphs.NoNmsGraph`).
 
     Returns:
         Dict with ``files`` (graph name -> path), ``opset``, ``exporter``,
@@ -74,7 +77,10 @@ def export_onnx(
     targets = {g: out_dir / f"{g}.onnx" for g in GRAPHS}
     if decoded:
         targets["decoded"] = out_dir / "model_decoded.onnx"
-    result = export_graphs(detector, targets, opset=opset, simplify=simplify, trace_images=trace_images)
+    if nonms_topk < 1:
+        raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {nonms_topk})")
+    result = export_graphs(detector, targets, opset=opset, simplify=simplify, trace_images=trace_images,
+                           nonms_topk=nonms_topk)
     result["out_dir"] = str(out_dir)
     result["head_channels"] = read_head_channels(onnx.load(result["files"]["head"]), detector.active_levels)
     return result
@@ -85,7 +91,8 @@ def export_decoded_onnx(detector: Detector, path, *, opset: int = 17, simplify: 
     return export_graphs(detector, {"decoded": Path(path)}, opset=opset, simplify=simplify, trace_images=trace_images)
 
 
-def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, simplify: bool, trace_images) -> dict:
+def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, simplify: bool, trace_images,
+                  nonms_topk: int = NONMS_TOPK) -> dict:
     """Export the named graphs (``GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
     if opset < MIN_OPSET:
         raise EdgeAnchorError(f"ONNX opset {opset} is too old for the postprocess graph; use opset {MIN_OPSET} or newer")
@@ -95,7 +102,7 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
     result = {"opset": opset, "exporter": "torchscript (torch.onnx.export, dynamo=False)",
               "files": {}, "simplified": {}, "simplify_notes": {}}
     try:
-        plan = _plan(detector, images)
+        plan = _plan(detector, images, nonms_topk)
         for name, path in targets.items():
             module, args, inputs, outputs = plan[name]
             model = remove_dead_nodes(trace_to_onnx(module.eval(), args, inputs, list(outputs), opset))
@@ -110,11 +117,12 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
     finally:
         detector.train(was_training)
     result.update(input_shape=list(images.shape), active_levels=list(detector.active_levels),
-                  max_detections=int(detector.postprocess_spec.detections_per_img))
+                  max_detections=int(detector.postprocess_spec.detections_per_img),
+                  nonms_topk=int(plan["model_nonms"][0].k))
     return result
 
 
-def _plan(detector: Detector, images: torch.Tensor) -> dict:
+def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK) -> dict:
     """Graph name -> (module, trace inputs, input names, {output name: static shape})."""
     names = level_names(detector)
     with torch.no_grad():
@@ -122,11 +130,14 @@ def _plan(detector: Detector, images: torch.Tensor) -> dict:
         head = tuple(t for pair in detector.head(list(feats)) for t in pair)
     det_out = {"detections": [1, int(detector.postprocess_spec.detections_per_img), 6], "num_detections": [1]}
     num_boxes = int(detector.level_starts[-1])
+    nonms = NoNmsGraph(detector, nonms_topk)
     return {
         "backbone": (BackboneGraph(detector), (images,), ["images"], _shapes(names["features"], feats)),
         "head": (HeadGraph(detector), feats, names["features"], _shapes(names["head"], head)),
         "postprocess": (ExportPostprocess(detector), head, names["head"], det_out),
         "model": (EndToEndGraph(detector), (images,), ["images"], det_out),
+        "model_nonms": (nonms, (images,), ["images"], {"boxes": [1, nonms.k, 4], "scores": [1, nonms.k],
+                                                       "labels": [1, nonms.k]}),
         "decoded": (DecodedGraph(detector), (images,), ["images"],
                     {"boxes_xyxy": [1, num_boxes, 4], "scores": [1, num_boxes, detector.num_classes]}),
     }

@@ -136,6 +136,44 @@ def match_detections(ref: dict[str, torch.Tensor], rows: np.ndarray, count: int,
     return {"num_torch": n_ref, "num_onnx": int(count), "num_matched": matched, "max_score_diff": score_diff}
 
 
+def compare_nonms(cands, out: dict[str, np.ndarray], k: int, box_tol: float, score_tol: float = 1e-4) -> dict:
+    """The NMS-free graph's rows against the detector's best ``k`` candidates of one image.
+
+    Rows with score 0 are padding. Rows are matched one to one (same label, score within
+    ``score_tol``, box within ``box_tol``), so exactly tied scores may come in any order; a row left
+    unmatched is allowed only at the top-k cut (score within ``score_tol`` of the k-th), where a tie
+    can let either candidate in.
+
+    Returns:
+        Dict with ``num_torch``, ``num_onnx``, ``num_matched``, ``max_score_diff``, ``max_box_diff``
+        (over matched rows) and ``passed``.
+    """
+    order = torch.argsort(cands.scores, descending=True, stable=True)[:k]
+    ref_s = cands.scores[order].double().numpy()
+    ref_b, ref_l = cands.boxes_xyxy[order].double().numpy(), cands.labels[order].numpy()
+    real = out["scores"][0] > 0
+    got_s = out["scores"][0][real].astype(np.float64)
+    got_b, got_l = out["boxes"][0][real].astype(np.float64), out["labels"][0][real]
+    score_d = np.abs(ref_s[:, None] - got_s[None, :])  # (R, G)
+    box_d = np.abs(ref_b[:, None, :] - got_b[None, :, :]).max(-1) if len(ref_s) and len(got_s) else score_d
+    ok = (ref_l[:, None] == got_l[None, :]) & (score_d <= score_tol) & (box_d <= box_tol)
+    taken = np.zeros(len(got_s), dtype=bool)
+    matched, s_max, b_max, unmatched = 0, 0.0, 0.0, []
+    for i in range(len(ref_s)):  # best first
+        js = np.flatnonzero(ok[i] & ~taken)
+        if len(js):
+            j = js[np.argmin(box_d[i, js])]
+            taken[j] = True
+            matched += 1
+            s_max, b_max = max(s_max, float(score_d[i, j])), max(b_max, float(box_d[i, j]))
+        else:
+            unmatched.append(ref_s[i])
+    cut = ref_s[-1] if len(ref_s) else 0.0
+    at_cut = all(abs(s - cut) <= score_tol for s in unmatched + got_s[~taken].tolist())
+    return {"num_torch": len(ref_s), "num_onnx": len(got_s), "num_matched": matched, "max_score_diff": s_max,
+            "max_box_diff": b_max, "passed": len(ref_s) == len(got_s) and at_cut}
+
+
 def summarise_matches(per_image: list[dict]) -> dict:
     """Per-image counts, matched fraction, and pass: counts within one and at most one unmatched each side."""
     n_torch = [m["num_torch"] for m in per_image]
@@ -185,10 +223,13 @@ def check_parity(
     out_dir = Path(out_dir)
     detector = detector.eval()
     names = level_names(detector)
-    sessions = {g: make_session(out_dir / f"{g}.onnx", intra_op_num_threads=intra_op_num_threads)
-                for g in ("backbone", "head", "postprocess", "model")}
+    graphs = ["backbone", "head", "postprocess", "model"]
+    if (out_dir / "model_nonms.onnx").is_file():
+        graphs.append("model_nonms")
+    sessions = {g: make_session(out_dir / f"{g}.onnx", intra_op_num_threads=intra_op_num_threads) for g in graphs}
     raw = {"backbone": [], "head": []}
     matches = {"postprocess": [], "model": []}
+    nonms = []
     for image in images.float():
         image = image[None].to(detector.anchors_xyxy.device)  # (3, H, W) -> (1, 3, H, W)
         feats = detector.backbone(image)
@@ -201,6 +242,10 @@ def check_parity(
         for graph, feeds in (("postprocess", torch_head), ("model", {"images": image})):
             out = run_session(sessions[graph], feeds)
             matches[graph].append(match_detections(ref, out["detections"][0], int(out["num_detections"][0]), match_iou))
+        if "model_nonms" in sessions:
+            out = run_session(sessions["model_nonms"], {"images": image})
+            cands = detector.image_candidates(detector.head(feats))[0]
+            nonms.append(compare_nonms(cands, out, out["scores"].shape[1], box_tol=1e-3 * max(detector.image_size)))
     result = {
         g: {
             "max_abs_diff": max(r["max_abs_diff"] for r in rs),
@@ -211,6 +256,15 @@ def check_parity(
         for g, rs in raw.items()
     }
     result.update({g: summarise_matches(ms) for g, ms in matches.items()})
+    if nonms:
+        result["model_nonms"] = {
+            "counts_torch": [m["num_torch"] for m in nonms], "counts_onnx": [m["num_onnx"] for m in nonms],
+            "matched": [m["num_matched"] for m in nonms],
+            "max_score_diff": max(m["max_score_diff"] for m in nonms),
+            "max_box_diff": max(m["max_box_diff"] for m in nonms),
+            "passed": all(m["passed"] for m in nonms),
+        }
     result["num_images"] = int(images.shape[0])
-    result["passed"] = all(result[g]["allclose"] for g in raw) and all(result[g]["passed"] for g in matches)
+    result["passed"] = (all(result[g]["allclose"] for g in raw) and all(result[g]["passed"] for g in matches)
+                        and result.get("model_nonms", {}).get("passed", True))
     return result
