@@ -55,6 +55,7 @@ class PipelineSpec:
         model_name: the model as the user named it (recorded in the report).
         deploy_score_thresh, deploy_nms_thresh: the exported graphs' thresholds (default: the searched
             rule's; YOLO: its deploy preset, 0.25 / 0.45).
+        nonms_topk: K of model_nonms.onnx, the best candidates before NMS.
     """
 
     data: str
@@ -74,6 +75,7 @@ class PipelineSpec:
     model_name: str = "demo"
     deploy_score_thresh: float | None = None
     deploy_nms_thresh: float | None = None
+    nonms_topk: int = 1000
 
     @property
     def deploy(self) -> dict:
@@ -106,6 +108,8 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
     if pipeline.target_head_macs is not None and not pipeline.target_head_macs > 0:
         raise EdgeAnchorError(f"target_head_macs must be a positive number (got {pipeline.target_head_macs})")
     check_search_spec(pipeline.search)
+    if pipeline.nonms_topk < 1:
+        raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {pipeline.nonms_topk})")
     if pipeline.deploy_score_thresh is not None and not 0.0 <= pipeline.deploy_score_thresh < 1.0:
         raise EdgeAnchorError(f"deploy_score_thresh must be in [0, 1) (got {pipeline.deploy_score_thresh})")
     if pipeline.deploy_nms_thresh is not None and not 0.0 < pipeline.deploy_nms_thresh <= 1.0:
@@ -168,6 +172,7 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     # 7. export and parity
     t = time.perf_counter()
     report["export"] = export_pair(folder, det, pruned, opset=pipeline.opset, deploy=pipeline.deploy,
+                                   nonms_topk=pipeline.nonms_topk,
                                    parity_images=parity_images(report_set, pipeline.parity_images), log=log)
     timings["export"] = time.perf_counter() - t
     if pipeline.tensorrt:
@@ -246,10 +251,11 @@ def deployed(model, deploy: dict | None = None):
 
 
 def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, parity_images: torch.Tensor | None,
-                deploy: dict | None = None, log=log) -> dict:
+                deploy: dict | None = None, nonms_topk: int = 1000, log=log) -> dict:
     """Export both variants' graphs into ``folder``; check parity on ``parity_images`` unless None.
 
     The graphs use the deployment rule (``deploy``: optional score_thresh / nms_thresh overrides);
+    ``model_nonms.onnx`` keeps the best ``nonms_topk`` candidates;
     the checkpoints keep the model's own rule, which evaluation uses.
 
     Returns:
@@ -266,7 +272,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
         model = deployed(model, deploy)
         log(f"exporting the {variant} model to ONNX (opset {opset})")
         vdir = folder.variant_dir(variant)
-        exported = export_onnx(model, vdir, opset=opset, decoded=True)
+        exported = export_onnx(model, vdir, opset=opset, decoded=True, nonms_topk=nonms_topk)
         # The TensorRT variant (EfficientNMS_TRT in place of NonMaxSuppression) is written
         # even without TensorRT here, so the export can be built into an engine on the device.
         decoded = Path(exported["files"].pop("decoded"))

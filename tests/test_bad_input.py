@@ -316,6 +316,8 @@ CASES = [
          "--deploy-score-thresh must be in [0, 1) (got 1.5)"),
     Case("pe-deploy-nms-0", ["prune-and-export", *VAL, "--deploy-nms-thresh", "0", "--out", "{root}/e"],
          "--deploy-nms-thresh must be in (0, 1] (got 0.0)"),
+    Case("pe-nonms-topk-0", ["prune-and-export", *VAL, "--nonms-topk", "0", "--out", "{root}/e"],
+         "--nonms-topk must be at least 1 (got 0)"),
     Case("evaluate-score-thresh-negative", ["evaluate", "--model", "demo", *VAL, "--score-thresh", "-0.1"],
          "--score-thresh must be in [0, 1) (got -0.1)"),
     Case("evaluate-max-det-0", ["evaluate", "--model", "demo", *VAL, "--max-det", "0"],

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.export import check_parity, export_decoded_onnx, export_onnx, make_session, run_session
 from edgeanchor.export import onnx_export, tensorrt as trt_export
-from edgeanchor.export.graphs import NMS_SCORE_FLOOR, NonMaxSuppression
+from edgeanchor.export.graphs import NMS_SCORE_FLOOR, SENTINEL, NonMaxSuppression
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.prune import prune
 
@@ -257,7 +257,19 @@ def test_onnxruntime_nms_thresholds_match_torchvision(tmp_path):
     model = onnx_export.trace_to_onnx(Nms(), (boxes, scores), ["boxes", "scores"], ["selected"], 17)
     got = onnx_export.run_model(model, {"boxes": boxes.numpy(), "scores": scores.numpy()})["selected"]
     assert got[:, 2].tolist() == [0, 1] == Nms()(boxes, scores)[:, 2].tolist()
-    assert NMS_SCORE_FLOOR > -1.0  # the sentinel of non-candidates is below the floor
+    assert SENTINEL < NMS_SCORE_FLOOR == 0.0  # non-candidates below; a threshold >= 0, as OpenCV requires
+
+
+def test_model_graph_nms_threshold_is_not_negative(exported):
+    _, result = exported(("edgeanchor:demo_ssd", True))
+    model = onnx.load(result["files"]["model"])
+    consts = {o: n for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    nms = [n for n in model.graph.node if n.op_type == "NonMaxSuppression"]
+    assert len(nms) == 1
+    name = nms[0].input[4]
+    tensor = inits[name] if name in inits else consts[name].attribute[0].t
+    assert float(onnx.numpy_helper.to_array(tensor).reshape(-1)[0]) >= 0.0
 
 
 # ---- TensorRT graph and command (no TensorRT needed) --------------------

@@ -30,7 +30,7 @@ def yolo_export(split, tmp_path_factory):
     out = tmp_path_factory.mktemp("pe") / "demo-yolo"
     assert main(["prune-and-export", "--model", "demo-yolo", "--data", images, "--ann", anns["val"], "--report-ann",
                  anns["test"], "--max-evals", "40", "--workers", "1", "--parity-images", "2", "--out", str(out),
-                 "--json"]) == 0
+                 "--nonms-topk", "50", "--json"]) == 0
     return out
 
 
@@ -66,6 +66,12 @@ def test_export_prunes_detect_and_reports(yolo_export, split):
     assert report["mAP"]["baseline"] == coco_map(anns["test"], predict(base, data, progress=False))["mAP"] > 0.3
     md = (yolo_export / "report.md").read_text()
     assert "Detect conv" in md and "deploy rule" in md
+    # the graph without NMS keeps --nonms-topk candidates, and matched PyTorch's candidates
+    import onnx
+
+    nonms = onnx.load(str(yolo_export / "model_nonms.onnx"))
+    assert [d.dim_value for d in nonms.graph.output[0].type.tensor_type.shape.dim] == [1, 50, 4]
+    assert report["export"]["pruned"]["parity"]["model_nonms"]["passed"]
 
 
 def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):

@@ -73,7 +73,7 @@ _PARAM_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "min_map", "max_drop", "target_head_macs", "finetune_epochs", "finetune_lr", "train_ann", "report_ann",
     "parity_images", "latency_model", "image_size", "num_classes", "max_evals", "max_per_level", "batch_size",
     "keep_anchors", "opset", "tol", "workers", "iters", "warmup", "threads", "score_thresh", "nms_thresh", "max_det",
-    "deploy_score_thresh", "deploy_nms_thresh")}
+    "deploy_score_thresh", "deploy_nms_thresh", "nonms_topk")}
 _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N", "use device cpu": "use --device cpu",
             "lower lr": "lower --lr", "method 'shared'": "'--method shared'", "choose shared": "pass --method shared",
             "give train_ann": "pass --train-ann", "choose a writable output folder": "choose a writable --out",

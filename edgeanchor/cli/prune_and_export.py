@@ -38,6 +38,8 @@ def add_arguments(parser) -> None:
                         "preset 0.25)")
     parser.add_argument("--deploy-nms-thresh", type=float, default=None,
                         help="NMS IoU threshold of the exported graphs (default: the searched rule's; YOLO 0.45)")
+    parser.add_argument("--nonms-topk", type=int, default=1000,
+                        help="candidates kept by model_nonms.onnx, the graph without NMS (default 1000)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--tensorrt", choices=["fp32", "fp16", "int8"], default=None,
                         help="also build a TensorRT engine (needs TensorRT and a CUDA GPU)")
@@ -108,7 +110,8 @@ def pipeline_spec_from_args(args, *, generate: bool = True):
                         finetune_lr=args.finetune_lr, opset=args.opset, tensorrt=args.tensorrt,
                         parity_images=args.parity_images, search=search_spec_from_args(args), cache=args.cache,
                         latency_model=args.latency_model, model_name=args.model,
-                        deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh)
+                        deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh,
+                        nonms_topk=args.nonms_topk)
 
 
 def default_out(model: str) -> str:

@@ -28,12 +28,12 @@ from torchvision.ops import boxes as box_ops
 from ..models.base import Detector
 from ..postprocess import decode, flatten_level, yolo_scores
 
-# Score of a (class, box) pair that is not a candidate. Real scores are
-# probabilities (>= 0), so NMS_SCORE_FLOOR sits strictly between the two and
-# the result does not depend on whether NMS compares scores with > or >=
-# (ONNX Runtime keeps score > score_threshold; checked in the tests).
+# Score of a (class, box) pair that is not a candidate, and the NMS score threshold. A candidate's score is
+# above the rule's threshold (>= 0), so it is > 0 = NMS_SCORE_FLOOR > SENTINEL: the result does not depend on
+# whether NMS compares scores with > or >= (ONNX Runtime keeps score > score_threshold; checked in the
+# tests), and the threshold is >= 0, which runtimes such as OpenCV require (its NMSBoxes asserts it).
 SENTINEL = -1.0
-NMS_SCORE_FLOOR = -0.5
+NMS_SCORE_FLOOR = 0.0
 
 
 def level_names(detector: Detector) -> dict[str, list[str]]:
