@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from copy import copy as copy_module
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .evaluate.predict import predict
 from .evaluate.subset import SubsetScorer
 from .export.folder import ExportFolder
 from .io import cache_root, log
+from .postprocess import check_rule_values
 from .prune import keep_ids_from_file, prune
 from .search.run import (SearchSpec, check_search_spec, check_target_head_macs, choose_point, default_cache_path,
                          resolve_method, run_search, search_outputs)
@@ -110,10 +110,7 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
     check_search_spec(pipeline.search)
     if pipeline.nonms_topk < 1:
         raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {pipeline.nonms_topk})")
-    if pipeline.deploy_score_thresh is not None and not 0.0 <= pipeline.deploy_score_thresh < 1.0:
-        raise EdgeAnchorError(f"deploy_score_thresh must be in [0, 1) (got {pipeline.deploy_score_thresh})")
-    if pipeline.deploy_nms_thresh is not None and not 0.0 < pipeline.deploy_nms_thresh <= 1.0:
-        raise EdgeAnchorError(f"deploy_nms_thresh must be in (0, 1] (got {pipeline.deploy_nms_thresh})")
+    check_rule_values(pipeline.deploy_score_thresh, pipeline.deploy_nms_thresh, prefix="deploy_")
     if pipeline.tensorrt:
         from .export.tensorrt import require_tensorrt
 
@@ -242,12 +239,7 @@ def deployed(model, deploy: dict | None = None):
 
     A shallow copy shares the weights; only its rule differs (YOLO: the "deploy" preset).
     """
-    spec = model.postprocess_spec.for_deployment(**(deploy or {}))
-    if spec == model.postprocess_spec:
-        return model
-    copy = copy_module(model)
-    copy.postprocess_spec = spec
-    return copy
+    return model.with_postprocess(model.postprocess_spec.for_deployment(**(deploy or {})))
 
 
 def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, parity_images: torch.Tensor | None,

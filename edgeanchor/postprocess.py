@@ -73,29 +73,20 @@ class PostprocessSpec:
         )
 
     @classmethod
-    def yolo(cls, preset: str = "val", *, score_thresh: float | None = None, nms_thresh: float | None = None,
-             max_det: int = 300, max_nms: int = 30000) -> "PostprocessSpec":
-        """YOLOv5's rule with a preset ("val": 0.001 / 0.6, "deploy": 0.25 / 0.45), each value overridable."""
+    def yolo(cls, preset: str = "val", *, max_det: int = 300, max_nms: int = 30000) -> "PostprocessSpec":
+        """YOLOv5's rule with a preset ("val": 0.001 / 0.6, "deploy": 0.25 / 0.45); see :meth:`with_overrides`."""
         conf, iou = YOLO_PRESETS[preset]
-        return cls(score_fn="yolo", topk_scope="all", score_thresh=float(conf if score_thresh is None else score_thresh),
-                   topk_candidates=int(max_nms), nms_thresh=float(iou if nms_thresh is None else nms_thresh),
-                   detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
+        return cls(score_fn="yolo", topk_scope="all", score_thresh=float(conf), topk_candidates=int(max_nms),
+                   nms_thresh=float(iou), detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
 
     def with_overrides(self, score_thresh: float | None = None, nms_thresh: float | None = None,
                        max_det: int | None = None) -> "PostprocessSpec":
         """This rule with the given values replaced (None keeps a value).
 
         Raises:
-            EdgeAnchorError: a threshold outside [0, 1) / (0, 1], or max_det below 1.
+            EdgeAnchorError: see :func:`check_rule_values`.
         """
-        from .errors import EdgeAnchorError
-
-        if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
-            raise EdgeAnchorError(f"score_thresh must be in [0, 1) (got {score_thresh})")
-        if nms_thresh is not None and not 0.0 < nms_thresh <= 1.0:
-            raise EdgeAnchorError(f"nms_thresh must be in (0, 1] (got {nms_thresh})")
-        if max_det is not None and max_det < 1:
-            raise EdgeAnchorError(f"max_det must be at least 1 (got {max_det})")
+        check_rule_values(score_thresh, nms_thresh, max_det)
         values = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": max_det}
         return replace(self, **{k: type(getattr(self, k))(v) for k, v in values.items() if v is not None})
 
@@ -112,6 +103,25 @@ class PostprocessSpec:
     @classmethod
     def from_json(cls, obj: dict) -> "PostprocessSpec":
         return cls(**{**obj, "box_weights": tuple(obj["box_weights"])})
+
+
+def check_rule_values(score_thresh: float | None = None, nms_thresh: float | None = None,
+                      max_det: int | None = None, *, prefix: str = "") -> None:
+    """Refuse a score threshold outside [0, 1), an IoU threshold outside (0, 1] or max_det below 1.
+
+    ``prefix`` names the parameters in the message (e.g. "deploy_" for the exported graphs' rule).
+
+    Raises:
+        EdgeAnchorError: naming the parameter and the accepted range.
+    """
+    from .errors import EdgeAnchorError
+
+    if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
+        raise EdgeAnchorError(f"{prefix}score_thresh must be in [0, 1) (got {score_thresh})")
+    if nms_thresh is not None and not 0.0 < nms_thresh <= 1.0:
+        raise EdgeAnchorError(f"{prefix}nms_thresh must be in (0, 1] (got {nms_thresh})")
+    if max_det is not None and max_det < 1:
+        raise EdgeAnchorError(f"{prefix}max_det must be at least 1 (got {max_det})")
 
 
 @dataclass

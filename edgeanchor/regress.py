@@ -142,7 +142,7 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
 
 
 def _channels(chs: list[dict]) -> str:
-    from .export.onnx_export import channels_text
+    from .export.report_md import channels_text
 
     return " ".join(f"L{c['level']}:{channels_text(c)}" for c in chs)
 

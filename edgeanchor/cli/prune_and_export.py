@@ -163,7 +163,7 @@ def summary_table(report: dict) -> str:
         rows.append(["mAP fine-tuned", "", round(maps["finetuned"], 4)])
     rows += [["head MACs", base["head_macs"], pr["head_macs"]], ["boxes", base["num_boxes"], pr["num_boxes"]],
              ["anchors", base["num_anchors"], pr["num_anchors"]]]
-    from ..export.onnx_export import channels_text
+    from ..export.report_md import channels_text
 
     pruned_ch = {c["level"]: c for c in report["export"]["pruned"]["head_channels"]}
     for c in report["export"]["baseline"]["head_channels"]:

@@ -115,8 +115,7 @@ def scale_boxes(boxes_xyxy: torch.Tensor, orig_size: tuple[int, int], new_size: 
     Returns:
         float tensor (N, 4) in pixels of the resized image.
     """
-    sy = new_size[0] / orig_size[0]
-    sx = new_size[1] / orig_size[1]
+    sx, sy, _, _ = to_input(orig_size, new_size, "stretch")
     factors = torch.tensor([sx, sy, sx, sy], dtype=boxes_xyxy.dtype)
     return boxes_xyxy * factors
 
@@ -137,6 +136,15 @@ def letterbox_params(orig_size: tuple[int, int], size: tuple[int, int]) -> tuple
     new_w, new_h = int(round(ow * gain)), int(round(oh * gain))
     left, top = int(round((w - new_w) / 2 - 0.1)), int(round((h - new_h) / 2 - 0.1))
     return gain, left, top, new_h, new_w
+
+
+def to_input(orig_size: tuple[int, int], input_size: tuple[int, int], resize: str) -> tuple[float, ...]:
+    """(scale_x, scale_y, pad_x, pad_y): a box in the file's pixels maps to the input as xyxy * scale + pad."""
+    (oh, ow), (in_h, in_w) = orig_size, input_size
+    if resize == "letterbox":
+        gain, left, top, _, _ = letterbox_params(orig_size, input_size)
+        return gain, gain, float(left), float(top)
+    return in_w / ow, in_h / oh, 0.0, 0.0
 
 
 def to_original(orig_size: tuple[int, int], input_size: tuple[int, int], resize: str) -> tuple[float, ...]:
@@ -458,12 +466,10 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes_xyxy = torch.from_numpy(self._targets[image_id][0].copy())  # (N, 4)
         labels = torch.from_numpy(self._targets[image_id][1].copy())  # (N,)
         size = (image.shape[1], image.shape[2])
-        if size != orig_size and self.resize == "letterbox":
-            gain, left, top, _, _ = letterbox_params(orig_size, size)
-            offset = torch.tensor([left, top, left, top], dtype=boxes_xyxy.dtype)
-            boxes_xyxy = boxes_xyxy * gain + offset
-        elif size != orig_size:
-            boxes_xyxy = scale_boxes(boxes_xyxy, orig_size, size)
+        if size != orig_size:
+            sx, sy, px, py = to_input(orig_size, size, self.resize)
+            boxes_xyxy = boxes_xyxy * torch.tensor([sx, sy, sx, sy], dtype=boxes_xyxy.dtype) + torch.tensor(
+                [px, py, px, py], dtype=boxes_xyxy.dtype)
         if self.train:
             image, boxes_xyxy = _augment(image, boxes_xyxy, self._augment_generator(index))
         target = {"boxes": boxes_xyxy, "labels": labels, "image_id": image_id, "orig_size": orig_size}
@@ -494,10 +500,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 with Image.open(self.image_dir / info["file_name"]) as im:
                     w, h = im.size
             wh = xyxy[:, 2:] - xyxy[:, :2]  # (N, 2) in file pixels
-            if self.image_size is not None and self.resize == "letterbox":
-                wh = wh * letterbox_params((h, w), self.image_size)[0]
-            elif self.image_size is not None:
-                wh = wh * np.array([self.image_size[1] / w, self.image_size[0] / h], dtype=np.float64)
+            if self.image_size is not None:
+                sx, sy, _, _ = to_input((h, w), self.image_size, self.resize)
+                wh = wh * np.array([sx, sy], dtype=np.float64)
             sizes.append(wh)
         return np.concatenate(sizes).astype(np.float64) if sizes else np.zeros((0, 2))
 

@@ -34,8 +34,11 @@ def to_coco_results(det_out: dict, image_id: int, orig_size, input_size, label_t
     return results
 
 
-def clip_original(boxes, height: float, width: float):
-    """Clip (D, 4) xyxy boxes (a float64 torch tensor or NumPy array) to an image of the given size."""
+def clip_original(boxes, height, width):
+    """Clip (D, 4) xyxy boxes (a float64 torch tensor or NumPy array) to an image of the given size.
+
+    ``height`` and ``width`` are numbers, or (D, 1) NumPy arrays with one size per box.
+    """
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return boxes

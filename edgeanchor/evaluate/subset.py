@@ -28,6 +28,7 @@ from ..data.coco import to_original
 from ..postprocess import Candidates, PostprocessSpec, select
 from .cache import CandidateCache
 from .coco_map import coco_map, load_gt
+from .predict import clip_original
 
 _EMPTY = np.zeros((0, 7), dtype=np.float64)
 # Per-image detections: boxes float32 (D, 4) xyxy input pixels, scores float32 (D,), labels int64 (D,).
@@ -168,9 +169,8 @@ class SubsetScorer:
         ok = self.has_cat[labels] if labels.size else np.zeros(0, dtype=bool)
         image, labels = image[ok], labels[ok]
         boxes = (np.concatenate([d[0] for d in dets]).astype(np.float64)[ok] - self.pads[image]) * self.scales[image]
-        sizes = self.cache.orig_sizes[image].astype(np.float64)  # (D, 2) h, w: clipped as predict clips
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, sizes[:, 1:2])
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, sizes[:, 0:1])
+        sizes = self.cache.orig_sizes[image].astype(np.float64)  # (D, 2) h, w
+        boxes = clip_original(boxes, sizes[:, 0:1], sizes[:, 1:2])  # as predict clips
         rows = np.empty((boxes.shape[0], 7), dtype=np.float64)
         rows[:, 0] = self.cache.image_ids[image]
         rows[:, 1:3] = boxes[:, :2]

@@ -18,8 +18,6 @@ when complete); bench, regress and the benchmark scripts open it with
 
 from __future__ import annotations
 
-import copy
-
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,11 +171,7 @@ class ExportFolder:
 
         det = self.load_detector(variant)
         rule = ((self.report.get("export") or {}).get(variant) or {}).get("postprocess")
-        if rule is None or PostprocessSpec.from_json(rule) == det.postprocess_spec:
-            return det
-        graph_det = copy.copy(det)  # shares the weights; only the rule differs
-        graph_det.postprocess_spec = PostprocessSpec.from_json(rule)
-        return graph_det
+        return det if rule is None else det.with_postprocess(PostprocessSpec.from_json(rule))
 
     # ---------------------------------------------------------------------------------------- writing
 

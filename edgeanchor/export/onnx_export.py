@@ -312,11 +312,3 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
         result.append(entry)
     return result
 
-
-def channels_text(entry: dict | None, sep: str = "/") -> str:
-    """A level's head channels as shown in reports: "cls/box", or one count for YOLO's single convolution."""
-    if entry is None:
-        return "dropped"
-    if entry.get("one_conv"):
-        return str(entry["cls_channels"])
-    return f"{entry['cls_channels']}{sep}{entry['box_channels']}"

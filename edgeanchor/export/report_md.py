@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .onnx_export import channels_text
-
 
 def render_markdown(report: dict) -> str:
     """The human-readable report."""
@@ -52,3 +50,12 @@ def render_markdown(report: dict) -> str:
                      "place of NonMaxSuppression) is in the folder; to build the engines on a Jetson, from this folder:")
     lines += ["", "```", report["trtexec"]["pruned"], report["trtexec"]["baseline"], "```", ""]
     return "\n".join(lines)
+
+
+def channels_text(entry: dict | None, sep: str = "/") -> str:
+    """A level's head channels as shown in reports: "cls/box", or one count for YOLO's single convolution."""
+    if entry is None:
+        return "dropped"
+    if entry.get("one_conv"):
+        return str(entry["cls_channels"])
+    return f"{entry['cls_channels']}{sep}{entry['box_channels']}"

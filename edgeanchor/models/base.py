@@ -18,6 +18,7 @@ input pixels.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -153,6 +154,15 @@ class Detector(nn.Module):
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "Detector":
         """A copy whose head keeps, per active level, the given anchor positions."""
         raise NotImplementedError  # pragma: no cover
+
+    def with_postprocess(self, spec: PostprocessSpec) -> "Detector":
+        """This detector with another post-processing rule: itself if the rule is the same, else a
+        shallow copy that shares every weight (e.g. the exported graphs' deploy rule)."""
+        if spec == self.postprocess_spec:
+            return self
+        other = copy.copy(self)
+        other.postprocess_spec = spec
+        return other
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {

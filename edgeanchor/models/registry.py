@@ -110,7 +110,7 @@ def build_detector(
         return build_yolo(name, num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size)
     if name in SHIPPED or (name not in ARCHS and (name.endswith(".pt") or Path(name).is_file())):
         path = SHIPPED.get(name, Path(name))
-        if path.is_file() and not is_checkpoint(path) and _is_yolov5_pickle(path):
+        if path.is_file() and _is_yolov5_pickle(path):
             from .yolo_build import yolo_from_train_checkpoint
 
             if weights is not None:
@@ -137,9 +137,7 @@ def build_detector(
             f"num_classes must be at least {min_classes} for {name} (got {num_classes}"
             f"{'; it counts the background class' if arch.family == 'ssd' else ''})"
         )
-    if image_size is not None:
-        if len(tuple(image_size)) != 2 or not all(isinstance(v, int) and v >= 32 for v in image_size):
-            raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
+    check_image_size(image_size)
     num_classes = num_classes or arch.num_classes
     image_size = tuple(image_size) if image_size else arch.image_size
     try:
@@ -160,6 +158,13 @@ def build_detector(
     if ckpt_anchors is not None:
         _load_state(det, state["state_dict"], weights)
     return det
+
+
+def check_image_size(image_size) -> None:
+    """Refuse an image_size that is not None or two integers >= 32 (height, width)."""
+    if image_size is not None and (len(tuple(image_size)) != 2
+                                   or not all(isinstance(v, int) and v >= 32 for v in image_size)):
+        raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
 
 
 def _size_does_not_fit(name: str, image_size, exc: Exception) -> EdgeAnchorError:
@@ -310,13 +315,17 @@ def is_checkpoint(path) -> bool:
 
 
 def _is_yolov5_pickle(path) -> bool:
-    """True if ``path`` is a torch zip whose pickle names yolov5's model classes (read, never unpickled)."""
+    """True if ``path`` is a torch zip whose pickle names yolov5's model classes (read, never unpickled).
+
+    torch.save pickles with protocol 2, where a class is the GLOBAL opcode ``c`` + module + newline;
+    strings are length-prefixed, so no path or name stored in a checkpoint of ours can look like this.
+    """
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as z:
             pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
-            return pkl is not None and b"models.yolo" in z.read(pkl)
+            return pkl is not None and b"cmodels.yolo\n" in z.read(pkl)
     except (OSError, zipfile.BadZipFile):
         return False
 

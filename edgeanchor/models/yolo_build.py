@@ -65,12 +65,10 @@ def _read_yolo_weights(path) -> dict:
 
 def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_size, layout=None) -> YoloDetector:
     """A YOLOv5 detector by name (see the module docstring); ``layout`` = (definition, gd, gw) if known."""
-    from .registry import _load_state, resolve_anchors
+    from .registry import _load_state, check_image_size, resolve_anchors
 
     layout, gd, gw = layout or layout_for(_spec_name(name))
-    if image_size is not None and (len(tuple(image_size)) != 2 or not all(isinstance(v, int) and v >= 32
-                                                                           for v in image_size)):
-        raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
+    check_image_size(image_size)
     image_size = tuple(image_size) if image_size else DEFAULT_IMAGE_SIZE
     if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 1):
         raise EdgeAnchorError(f"num_classes must be at least 1 for {name} (got {num_classes}; it is nc, "
@@ -81,8 +79,7 @@ def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_si
         if not str(obj["arch"]).startswith("yolov5:"):
             raise EdgeAnchorError(f"{weights} is a {obj['arch']} checkpoint, not a yolov5 one; give it as the model")
         return yolo_from_checkpoint(obj, weights)
-    nc_default = int(layout.get("nc", DEFAULT_NUM_CLASSES)) if isinstance(layout.get("nc"), int) else DEFAULT_NUM_CLASSES
-    nc = num_classes or nc_default
+    nc = num_classes or (layout["nc"] if isinstance(layout.get("nc"), int) else DEFAULT_NUM_CLASSES)
     ckpt_anchors = None
     detect_index = len(layout["backbone"]) + len(layout["head"]) - 1
     if read is not None:
