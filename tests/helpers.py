@@ -18,3 +18,12 @@ def randomize_head_biases(tv_model, std: float = 2.0) -> None:
     with torch.no_grad():
         for conv in convs:
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * std)
+
+
+def synth_split(tmp_path_factory, name: str, *, num_images: int, seed: int, splits, image_size: int = 320):
+    """A small synthetic data set in a fresh temporary folder: (image folder, {split: annotation file})."""
+    from edgeanchor.data.synth import generate
+
+    info = generate(tmp_path_factory.mktemp(name), num_images=num_images, seed=seed, image_size=image_size,
+                    splits=splits, workers=1)
+    return info["image_dir"], info["annotations"]

@@ -8,17 +8,16 @@ import torch
 
 import edgeanchor.pipeline as pipeline_module
 from edgeanchor.cli import build_parser, main
-from edgeanchor.data.synth import generate
 from edgeanchor.models import build_detector
 from edgeanchor.pipeline import PipelineSpec
 from edgeanchor.search.run import SearchSpec
 
+from tests.helpers import synth_split
+
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flags_split")
-    info = generate(root, num_images=30, seed=5, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
-    return info["image_dir"], info["annotations"]
+    return synth_split(tmp_path_factory, "flags_split", num_images=30, seed=5, splits=(0.2, 0.4, 0.4))
 
 
 def fake_report(det) -> dict:

@@ -11,12 +11,12 @@ from edgeanchor.cli import main
 from edgeanchor.data.synth import generate
 from edgeanchor.models import load_checkpoint
 
+from tests.helpers import synth_split
+
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pe_split")
-    info = generate(root, num_images=30, seed=21, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
-    return info["image_dir"], info["annotations"]
+    return synth_split(tmp_path_factory, "pe_split", num_images=30, seed=21, splits=(0.2, 0.4, 0.4))
 
 
 def demo_args(split, out, *extra):

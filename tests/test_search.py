@@ -9,7 +9,6 @@ import torch
 from edgeanchor.cli import main
 from edgeanchor.cost import measure_cost
 from edgeanchor.data.coco import CocoDetection
-from edgeanchor.data.synth import generate
 from edgeanchor.evaluate.cache import CandidateCache, build_cache, load_or_build_cache
 from edgeanchor.evaluate.coco_map import coco_map
 from edgeanchor.evaluate.predict import predict
@@ -22,12 +21,12 @@ from edgeanchor.search.costs import build_cost_model
 from edgeanchor.search.run import SearchSpec, run_search
 from edgeanchor.search.tree import pareto_front
 
+from tests.helpers import synth_split
+
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("split")
-    info = generate(root, num_images=48, seed=11, image_size=320, splits=(0.34, 0.33, 0.33), workers=1)
-    return info["image_dir"], info["annotations"]
+    return synth_split(tmp_path_factory, "split", num_images=48, seed=11, splits=(0.34, 0.33, 0.33))
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,19 @@ import torch
 
 from edgeanchor.cli import main
 from edgeanchor.data.coco import CocoDetection, detection_collate
-from edgeanchor.data.synth import generate
 from edgeanchor.models import build_detector, load_checkpoint, save_checkpoint
 from edgeanchor.prune import prune
 from edgeanchor.train import loop
 from edgeanchor.train.losses import detection_loss
+
+from tests.helpers import synth_split
 
 SIZE = ["--image-size", "128", "128"]
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    info = generate(root, num_images=20, seed=3, image_size=128, splits=(0.6, 0.2, 0.2), workers=1)
-    return info["image_dir"], info["annotations"]
+    return synth_split(tmp_path_factory, "synth", num_images=20, seed=3, splits=(0.6, 0.2, 0.2), image_size=128)
 
 
 def train_args(synth, out, *extra):

@@ -10,7 +10,6 @@ import torch
 from edgeanchor.cli import main
 from edgeanchor.cost import measure_cost
 from edgeanchor.data.coco import CocoDetection, make_label_map
-from edgeanchor.data.synth import generate
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.evaluate.cache import build_cache
 from edgeanchor.evaluate.coco_map import coco_map
@@ -22,6 +21,8 @@ from edgeanchor.models.yolov5_arch import build_yolov5
 from edgeanchor.postprocess import select, yolo_decode, yolo_grid
 from edgeanchor.prune import prune
 from edgeanchor.search.costs import build_cost_model
+
+from tests.helpers import synth_split
 
 SIZE = (128, 160)
 
@@ -210,9 +211,7 @@ def test_yolo_labels_have_no_background():
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ysplit")
-    info = generate(root, num_images=16, seed=4, image_size=160, splits=(0.5, 0.25, 0.25), workers=1)
-    return info["image_dir"], info["annotations"]
+    return synth_split(tmp_path_factory, "ysplit", num_images=16, seed=4, splits=(0.5, 0.25, 0.25), image_size=160)
 
 
 def test_cached_score_equals_sliced_model(split):

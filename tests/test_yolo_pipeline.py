@@ -8,20 +8,18 @@ import torch
 
 from edgeanchor.cli import main
 from edgeanchor.data.coco import CocoDetection
-from edgeanchor.data.synth import generate
 from edgeanchor.evaluate.coco_map import coco_map
 from edgeanchor.evaluate.predict import predict
 from edgeanchor.models import build_detector, load_checkpoint
 from edgeanchor.models.registry import DEMO_YOLO_CHECKPOINT
 
+from tests.helpers import synth_split
 from tests.test_pipeline import conv_out_channels
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("yolo_pe_split")
-    info = generate(root, num_images=24, seed=31, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
-    return info["image_dir"], info["annotations"]
+    return synth_split(tmp_path_factory, "yolo_pe_split", num_images=24, seed=31, splits=(0.2, 0.4, 0.4))
 
 
 @pytest.fixture(scope="module")
