@@ -79,6 +79,27 @@ class NonMaxSuppression(torch.autograd.Function):
         )
 
 
+class KeepSelected(torch.autograd.Function):
+    """``scores`` (1, C, B) where NMS selected (batch, class, box) rows, SENTINEL elsewhere.
+
+    Exports as ``ScatterND(SENTINEL, selected, GatherND(scores, selected))``: the selected rows index
+    the score tensor as they are.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, selected):
+        kept = torch.full_like(scores, SENTINEL)
+        b, c, i = selected[:, 0], selected[:, 1], selected[:, 2]
+        kept[b, c, i] = scores[b, c, i]
+        return kept
+
+    @staticmethod
+    def symbolic(g, scores, selected):
+        fill = g.op("Expand", g.op("Constant", value_t=torch.tensor(SENTINEL, dtype=torch.float32)),
+                    g.op("Shape", scores))
+        return g.op("ScatterND", fill, selected, g.op("GatherND", scores, selected))
+
+
 class DecodeBoxes(nn.Module):
     """Head outputs -> decoded boxes and per-class probabilities (all boxes)."""
 
@@ -158,21 +179,24 @@ class ExportPostprocess(nn.Module):
         selected = NonMaxSuppression.apply(
             boxes.unsqueeze(0), scores.unsqueeze(0), max_per_class, float(self.postprocess_spec.nms_thresh), NMS_SCORE_FLOOR
         )  # (S, 3): (batch, class, box)
-        cls_idx, box_idx = selected[:, 1], selected[:, 2]
-        det_scores = scores.reshape(-1)[cls_idx * self.num_boxes + box_idx]  # (S,)
-        det_boxes = boxes[box_idx]  # (S, 4)
-        det_labels = (cls_idx + self.label_offset).to(boxes.dtype)  # (S,)
-        return self.keep_best(det_boxes, det_scores, det_labels)
+        # The survivors' scores in a static (1, C, B) tensor, SENTINEL elsewhere, indexed by NMS's own
+        # (batch, class, box) rows: no arithmetic on the data-dependent (S, 3) tensor, and every op after
+        # this one has a fixed shape whatever S is (OpenCV 5 keeps the shapes of an op's first run).
+        kept = KeepSelected.apply(scores.unsqueeze(0), selected).reshape(-1)  # (C*B,)
+        return self.keep_best(boxes, kept)
 
-    def keep_best(self, boxes, scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best max_det rows, best first, zero-padded: static output shape whatever S is."""
+    def keep_best(self, boxes: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best max_det survivors of ``kept`` (C*B,), best first, zero-padded rows (x1, y1, x2, y2, score, label)."""
         n = self.max_det
-        scores = torch.cat([scores, scores.new_full((n,), SENTINEL)])  # (S + n,)
-        boxes = torch.cat([boxes, boxes.new_zeros((n, 4))])  # (S + n, 4)
-        labels = torch.cat([labels, labels.new_zeros((n,))])  # (S + n,)
-        top, order = scores.topk(n)  # (n,)
+        pairs = (self.num_classes - self.label_offset) * self.num_boxes  # C*B, from the anchor set (see above)
+        if pairs < n:  # fewer (class, box) pairs than max_det: pad to a static n
+            kept = torch.cat([kept, kept.new_full((n - pairs,), SENTINEL)])
+        top, order = kept.topk(n)  # (n,)
+        cls_idx = torch.div(order, self.num_boxes, rounding_mode="floor")
+        box_idx = order - cls_idx * self.num_boxes  # in [0, B) for padding rows too
         valid = top > NMS_SCORE_FLOOR  # (n,)
-        rows = torch.cat([boxes[order], top[:, None], labels[order][:, None]], dim=1)  # (n, 6)
+        labels = (cls_idx + self.label_offset).to(boxes.dtype)
+        rows = torch.cat([boxes[box_idx], top[:, None], labels[:, None]], dim=1)  # (n, 6)
         rows = rows * valid[:, None].to(rows.dtype)
         return rows.unsqueeze(0), valid.sum().reshape(1).to(torch.int64)  # (1, n, 6), (1,)
 
