@@ -261,8 +261,17 @@ class NoNmsGraph(nn.Module):
     the K best (box, class) pairs by score after decoding and the score threshold, best first; rows
     past the last candidate have score 0 (their boxes and labels mean nothing). K is
     min(``topk``, boxes x classes). The model's own top-k and NMS are left to the application (for
-    example OpenCV's ``NMSBoxesBatched`` at the model's IoU threshold). Only plain ops: decode, Where,
-    TopK, Gather, integer arithmetic; no NonMaxSuppression, no data-dependent shapes.
+    example OpenCV's ``NMSBoxesBatched`` at the model's IoU threshold); :meth:`metadata` gives that
+    rule, which the export writes into the file's metadata_props.
+
+    Only ops that OpenCV DNN 4.x and 5.x run with ONNX Runtime's results: decode, Where, TopK,
+    GreaterOrEqual, ReduceSum, Gather, Reshape; static shapes; no NonMaxSuppression. Two plainer-looking
+    forms fail in OpenCV 4.x: a floor division of the TopK index (exported as integer Div, Mod and a
+    boolean constant, which OpenCV 4.x cannot parse; and it computes integer Div in float32, so the
+    quotient is not an integer) and 1-D tensors (OpenCV 4.x returned zero scores for them). So pairs are
+    ranked class-major in one (1, C*B) row, and a pair's class is the number of class start offsets at
+    or below its index: comparisons, sums and products of integers, exact in float32 too while
+    C*B < 2**24.
     """
 
     def __init__(self, detector: Detector, topk: int = 1000):
@@ -271,17 +280,56 @@ class NoNmsGraph(nn.Module):
         self.head = HeadGraph(detector)
         self.decoder = DecodeBoxes(detector)
         spec = detector.postprocess_spec
+        self.postprocess_spec = spec
+        self.resize_mode = detector.resize_mode
+        self.first_label = int(detector.first_label)
+        self.image_size = tuple(int(v) for v in detector.image_size)
         self.score_thresh = float(spec.score_thresh)
         self.label_offset = 1 if spec.score_fn == "softmax" else 0
-        self.num_classes = detector.num_classes - self.label_offset  # real classes
-        self.k = min(int(topk), int(detector.level_starts[-1]) * self.num_classes)
+        self.num_classes = detector.num_classes - self.label_offset  # score columns kept
+        self.num_boxes = int(detector.level_starts[-1])
+        self.k = min(int(topk), self.num_boxes * self.num_classes)
+        # Index of pair (class c, box 0) in forward()'s class-major order, for c = 1 .. C-1.
+        self.register_buffer("class_starts", torch.arange(1, self.num_classes) * self.num_boxes, persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         boxes, probs = self.decoder(list(self.head(*self.backbone(images))))  # (B, 4), (B, K)
-        probs = probs[:, self.label_offset:]  # (B, C): SSD's background column dropped
-        flat = probs.reshape(-1)  # (B*C,), (box, class) order
-        flat = torch.where(flat > self.score_thresh, flat, torch.zeros_like(flat))
-        top, idx = flat.topk(self.k)  # (K,)
-        box_idx = torch.div(idx, self.num_classes, rounding_mode="floor")
-        labels = idx - box_idx * self.num_classes + self.label_offset
-        return boxes[box_idx].unsqueeze(0), top.unsqueeze(0), labels.unsqueeze(0)
+        scores = probs[:, self.label_offset:].t().reshape(1, -1)  # (B, C) -> (C, B) -> (1, C*B): pair c*B + b
+        scores = torch.where(scores > self.score_thresh, scores, torch.zeros_like(scores))
+        top, pair = scores.topk(self.k, dim=1)  # (1, K) each
+        if self.num_classes > 1:
+            at_or_above = pair.unsqueeze(-1) >= self.class_starts  # (1, K, 1) vs (C-1,) -> (1, K, C-1)
+            one, zero = torch.ones_like(pair).unsqueeze(-1), torch.zeros_like(pair).unsqueeze(-1)  # (1, K, 1)
+            cls = torch.where(at_or_above, one, zero).sum(-1)  # (1, K)
+        else:
+            cls = torch.zeros_like(pair)
+        box_idx = pair - cls * self.num_boxes  # (1, K)
+        picked = boxes[box_idx.reshape(-1)].reshape(1, self.k, 4)  # (K,) rows of (B, 4) -> (1, K, 4)
+        return picked, top, cls + self.label_offset
+
+    def metadata(self) -> dict[str, str]:
+        """The rule an application needs to finish the job, as ONNX metadata_props (all strings).
+
+        Keys: ``nms_iou_threshold`` and ``detections_per_img`` (class-aware NMS, then the best that many,
+        as ``model.onnx`` does), ``score_threshold`` (already applied in the graph), ``topk`` (K),
+        ``topk_scope`` and ``topk_candidates`` (the model's own candidate top-k, which the graph's one
+        global top-K stands in for), ``first_label`` (label of the first category: 1 when 0 is the
+        background, SSD), ``input_size`` ("height,width" in pixels), ``resize`` ("stretch", or
+        "letterbox": YOLOv5's, aspect kept, padded with grey ``letterbox_fill``) and ``boxes``.
+        """
+        spec = self.postprocess_spec
+        meta = {
+            "nms_iou_threshold": repr(float(spec.nms_thresh)),
+            "detections_per_img": str(int(spec.detections_per_img)),
+            "score_threshold": repr(self.score_thresh),
+            "topk": str(self.k),
+            "topk_scope": str(spec.topk_scope),
+            "topk_candidates": str(int(spec.topk_candidates)),
+            "first_label": str(self.first_label),
+            "input_size": f"{self.image_size[0]},{self.image_size[1]}",
+            "resize": self.resize_mode,
+            "boxes": "xyxy in input pixels",
+        }
+        if self.resize_mode == "letterbox":
+            meta["letterbox_fill"] = "114"  # YOLOv5's grey, edgeanchor.data.coco.LETTERBOX_FILL
+        return meta

@@ -112,6 +112,8 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
                 if note:
                     result["simplify_notes"][name] = note
             result["simplified"][name] = bool(simplify and name not in result["simplify_notes"])
+            if name == "model_nonms":  # the rule the application finishes the job with
+                set_metadata(model, module.metadata())
             save_onnx(model, path)
             result["files"][name] = str(path)
     finally:
@@ -270,6 +272,14 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str,
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Set ``props`` in the graph's metadata_props: a key already there gets the new value, others are kept."""
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        entry = existing.get(key) or model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> None:
