@@ -251,7 +251,8 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
     the checkpoints keep the model's own rule, which evaluation uses.
 
     Returns:
-        Per variant: head channels read from head.onnx, simplification, exporter, opset, parity, files.
+        Per variant: head channels read from head.onnx, ``fused_head`` (whether head.onnx and the end-to-end
+        graphs run each level's cls and box convolutions as one), simplification, exporter, opset, parity, files.
 
     Raises:
         CheckFailed: ONNX Runtime does not match PyTorch.
@@ -271,7 +272,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
         make_trt_graph(decoded, folder.graph_path(variant, "model_trt"), model.postprocess_spec)
         decoded.unlink()
         exported["files"]["model_trt"] = str(folder.graph_path(variant, "model_trt"))
-        entry = {"postprocess": model.postprocess_spec.to_json(),
+        entry = {"postprocess": model.postprocess_spec.to_json(), "fused_head": exported["fused_head"],
                  "head_channels": exported["head_channels"], "simplified": exported["simplified"],
                  "simplify_notes": exported["simplify_notes"], "exporter": exported["exporter"],
                  "opset": exported["opset"],

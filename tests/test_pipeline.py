@@ -33,6 +33,10 @@ def conv_out_channels(path: Path) -> dict[str, int]:
     out = {}
     for o in model.graph.output:
         node = producer[o.name]
+        if node.op_type == "Slice" and producer[node.input[0]].op_type == "Conv":
+            # the fused SSD head (export/fused_head.py): cls and box are slices of one conv; count the slice
+            out[o.name] = o.type.tensor_type.shape.dim[1].dim_value
+            continue
         while node.op_type != "Conv":
             node = producer[node.input[0]]
         out[o.name] = inits[node.input[1]].dims[0]

@@ -27,6 +27,7 @@ from torchvision.ops import boxes as box_ops
 
 from ..models.base import Detector
 from ..postprocess import decode, flatten_level, yolo_scores
+from .fused_head import FUSED_HEAD, FusedHead, can_fuse
 
 # Score of a (class, box) pair that is not a candidate, and the NMS score threshold. A candidate's score is
 # above the rule's threshold (>= 0), so it is > 0 = NMS_SCORE_FLOOR > SENTINEL: the result does not depend on
@@ -213,14 +214,26 @@ class BackboneGraph(nn.Module):
 
 
 class HeadGraph(nn.Module):
-    """``features_L`` -> ``cls_L, box_L`` per active level (raw head convolutions)."""
+    """``features_L`` -> ``cls_L, box_L`` per active level (raw head convolutions).
 
-    def __init__(self, detector: Detector):
+    With ``fused`` (default :data:`~edgeanchor.export.fused_head.FUSED_HEAD`) and a head that allows
+    it (:func:`~edgeanchor.export.fused_head.can_fuse`: SSD300, the demo), each level's cls and box
+    convolutions run as one convolution whose output is sliced into ``cls_L`` and ``box_L``; other
+    heads run as they are. ``is_fused`` says which; the outputs are the same either way.
+    """
+
+    def __init__(self, detector: Detector, fused: bool = FUSED_HEAD):
         super().__init__()
         self.detector = detector
+        self.fused_head = FusedHead(detector) if fused and can_fuse(detector) else None
+
+    @property
+    def is_fused(self) -> bool:
+        return self.fused_head is not None
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t for pair in self.detector.head(list(features)) for t in pair)
+        head = self.fused_head if self.fused_head is not None else self.detector.head
+        return tuple(t for pair in head(list(features)) for t in pair)
 
 
 class EndToEndGraph(nn.Module):

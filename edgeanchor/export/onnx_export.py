@@ -31,6 +31,7 @@ import torch
 from ..errors import EdgeAnchorError
 from ..io import atomic_path
 from ..models.base import Detector
+from .fused_head import FUSED_HEAD
 from .graphs import BackboneGraph, DecodedGraph, EndToEndGraph, ExportPostprocess, HeadGraph, NoNmsGraph, level_names
 
 GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms")
@@ -47,6 +48,7 @@ def export_onnx(
     trace_images: torch.Tensor | None = None,
     decoded: bool = False,
     nonms_topk: int = NONMS_TOPK,
+    fused_head: bool = FUSED_HEAD,
 ) -> dict:
     """Write ``backbone.onnx``, ``head.onnx``, ``postprocess.onnx``, ``model.onnx`` and ``model_nonms.onnx``.
 
@@ -62,12 +64,14 @@ def export_onnx(
             (1, B, 4), ``scores`` (1, B, K)), the input of
             :func:`edgeanchor.export.tensorrt.make_trt_graph`.
         nonms_topk: K of ``model_nonms.onnx`` (see :class:`~edgeanchor.export.graphs.NoNmsGraph`).
+        fused_head: run each level's cls and box convolutions as one where the head allows it
+            (:mod:`edgeanchor.export.fused_head`; same outputs); ``result["fused_head"]`` says if it did.
 
     Returns:
         Dict with ``files`` (graph name -> path), ``opset``, ``exporter``,
         ``simplified`` (graph name -> bool), ``simplify_notes`` (why a graph
         was left unsimplified), ``input_shape``, ``active_levels``,
-        ``max_detections`` and ``head_channels`` (per active level: ``level``,
+        ``max_detections``, ``fused_head`` and ``head_channels`` (per active level: ``level``,
         ``cls_channels``, ``box_channels``, read from head.onnx).
 
     Raises:
@@ -80,19 +84,21 @@ def export_onnx(
     if nonms_topk < 1:
         raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {nonms_topk})")
     result = export_graphs(detector, targets, opset=opset, simplify=simplify, trace_images=trace_images,
-                           nonms_topk=nonms_topk)
+                           nonms_topk=nonms_topk, fused_head=fused_head)
     result["out_dir"] = str(out_dir)
     result["head_channels"] = read_head_channels(onnx.load(result["files"]["head"]), detector.active_levels)
     return result
 
 
-def export_decoded_onnx(detector: Detector, path, *, opset: int = 17, simplify: bool = True, trace_images=None) -> dict:
+def export_decoded_onnx(detector: Detector, path, *, opset: int = 17, simplify: bool = True, trace_images=None,
+                        fused_head: bool = FUSED_HEAD) -> dict:
     """Write only the decoded graph of ``export_onnx(decoded=True)`` to ``path``; returns its export record."""
-    return export_graphs(detector, {"decoded": Path(path)}, opset=opset, simplify=simplify, trace_images=trace_images)
+    return export_graphs(detector, {"decoded": Path(path)}, opset=opset, simplify=simplify, trace_images=trace_images,
+                         fused_head=fused_head)
 
 
 def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, simplify: bool, trace_images,
-                  nonms_topk: int = NONMS_TOPK) -> dict:
+                  nonms_topk: int = NONMS_TOPK, fused_head: bool = FUSED_HEAD) -> dict:
     """Export the named graphs (``GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
     if opset < MIN_OPSET:
         raise EdgeAnchorError(f"ONNX opset {opset} is too old for the postprocess graph; use opset {MIN_OPSET} or newer")
@@ -102,7 +108,7 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
     result = {"opset": opset, "exporter": "torchscript (torch.onnx.export, dynamo=False)",
               "files": {}, "simplified": {}, "simplify_notes": {}}
     try:
-        plan = _plan(detector, images, nonms_topk)
+        plan = _plan(detector, images, nonms_topk, fused_head)
         for name, path in targets.items():
             module, args, inputs, outputs = plan[name]
             model = remove_dead_nodes(trace_to_onnx(module.eval(), args, inputs, list(outputs), opset))
@@ -120,11 +126,11 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
         detector.train(was_training)
     result.update(input_shape=list(images.shape), active_levels=list(detector.active_levels),
                   max_detections=int(detector.postprocess_spec.detections_per_img),
-                  nonms_topk=int(plan["model_nonms"][0].k))
+                  nonms_topk=int(plan["model_nonms"][0].k), fused_head=plan["head"][0].is_fused)
     return result
 
 
-def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK) -> dict:
+def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK, fused_head: bool = FUSED_HEAD) -> dict:
     """Graph name -> (module, trace inputs, input names, {output name: static shape})."""
     names = level_names(detector)
     with torch.no_grad():
@@ -133,9 +139,10 @@ def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK
     det_out = {"detections": [1, int(detector.postprocess_spec.detections_per_img), 6], "num_detections": [1]}
     num_boxes = int(detector.level_starts[-1])
     nonms = NoNmsGraph(detector, nonms_topk)
-    return {
+    head_graph = HeadGraph(detector, fused=fused_head)
+    plan = {
         "backbone": (BackboneGraph(detector), (images,), ["images"], _shapes(names["features"], feats)),
-        "head": (HeadGraph(detector), feats, names["features"], _shapes(names["head"], head)),
+        "head": (head_graph, feats, names["features"], _shapes(names["head"], head)),
         "postprocess": (ExportPostprocess(detector), head, names["head"], det_out),
         "model": (EndToEndGraph(detector), (images,), ["images"], det_out),
         "model_nonms": (nonms, (images,), ["images"], {"boxes": [1, nonms.k, 4], "scores": [1, nonms.k],
@@ -143,6 +150,10 @@ def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK
         "decoded": (DecodedGraph(detector), (images,), ["images"],
                     {"boxes_xyxy": [1, num_boxes, 4], "scores": [1, num_boxes, detector.num_classes]}),
     }
+    for module, *_ in plan.values():  # every graph that runs the head runs head.onnx's (fused or not)
+        if isinstance(getattr(module, "head", None), HeadGraph):
+            module.head = head_graph
+    return plan
 
 
 def _trace_images(detector: Detector, images: torch.Tensor | None) -> torch.Tensor:
@@ -297,7 +308,8 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
 
     Returns:
         Per level ``{"level", "cls_channels", "box_channels"}``; for YOLO both are the one Detect
-        convolution's na*(5+nc), and ``"one_conv": True`` says so.
+        convolution's na*(5+nc), and ``"one_conv": True`` says so. A fused SSD head's one convolution
+        per level reads as its two slices, A*K and A*4, the same entry as the unfused head's.
     """
     graph = head.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -312,12 +324,22 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
             raise AssertionError(f"head output {output} is not produced by a Conv with constant weights")
         return node
 
+    def sliced_from(output: str, conv) -> bool:
+        """True if ``output`` is a channel slice taken straight off ``conv`` (the fused SSD head)."""
+        node = producer.get(output)
+        return node is not None and node.op_type in ("Slice", "Split") and producer.get(node.input[0]) is conv
+
+    declared = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
     result = []
     for i in levels:
         cls_conv, box_conv = conv_of(f"cls_{i}"), conv_of(f"box_{i}")
         entry = {"level": i, "cls_channels": int(weights[cls_conv.input[1]][0]),
                  "box_channels": int(weights[box_conv.input[1]][0])}
-        if cls_conv is box_conv:
+        if cls_conv is box_conv and sliced_from(f"cls_{i}", cls_conv) and sliced_from(f"box_{i}", box_conv):
+            # the fused head (export/fused_head.py): one conv of A*(K+4) channels sliced into cls A*K and box A*4;
+            # the counts are the outputs' (static, declared) channels, as for the unfused head's two convs
+            entry.update(cls_channels=int(declared[f"cls_{i}"][1]), box_channels=int(declared[f"box_{i}"][1]))
+        elif cls_conv is box_conv:
             entry["one_conv"] = True  # YOLO's Detect: both counts are the one convolution's na*(5+nc)
         result.append(entry)
     return result
