@@ -48,10 +48,10 @@ def preprocess(image, size, resize):
         nw, nh = int(round(iw * gain)), int(round(ih * gain))
         left, top = int(round((w - nw) / 2 - 0.1)), int(round((h - nh) / 2 - 0.1))
         canvas = np.full((h, w, 3), 114, np.uint8)
-        canvas[top:top + nh, left:left + nw] = image if (nh, nw) == (ih, iw) else cv2.resize(image, (nw, nh))
+        canvas[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh))  # bilinear
         image, scale, pad = canvas, (1 / gain, 1 / gain), (left, top)
-    else:
-        image, scale, pad = image if (ih, iw) == (h, w) else cv2.resize(image, (w, h)), (iw / w, ih / h), (0, 0)
+    else:  # both axes to the input size
+        image, scale, pad = cv2.resize(image, (w, h)), (iw / w, ih / h), (0, 0)
     rgb = image[:, :, ::-1].astype(np.float32) / 255.0  # (H, W, 3) BGR -> RGB
     return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]), scale, pad
 
@@ -65,8 +65,6 @@ def detect(net, meta, image):
     boxes, scores = boxes.reshape(-1, 4).astype(np.float64), scores.reshape(-1)
     labels = np.rint(labels.reshape(-1)).astype(np.int32)  # OpenCV 4.x gives int64 outputs as float32
     real = scores > 0  # rows past the last candidate are padding with score 0
-    if not real.any():
-        return np.zeros((0, 6))
     boxes, scores, labels = boxes[real], scores[real], labels[real]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     keep = cv2.dnn.NMSBoxesBatched(xywh, scores, labels, 0.0, float(meta["nms_iou_threshold"]))
