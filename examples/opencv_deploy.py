@@ -45,8 +45,8 @@ def preprocess(image, size, resize):
     (h, w), (ih, iw) = size, image.shape[:2]
     if resize == "letterbox":  # YOLOv5's: one gain for both axes, centred on grey 114
         gain = min(h / ih, w / iw)
-        nw, nh = int(round(iw * gain)), int(round(ih * gain))
-        left, top = int(round((w - nw) / 2 - 0.1)), int(round((h - nh) / 2 - 0.1))
+        nw, nh = round(iw * gain), round(ih * gain)
+        left, top = round((w - nw) / 2 - 0.1), round((h - nh) / 2 - 0.1)
         canvas = np.full((h, w, 3), 114, np.uint8)
         canvas[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh))  # bilinear
         image, scale, pad = canvas, (1 / gain, 1 / gain), (left, top)
