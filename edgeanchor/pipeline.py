@@ -56,6 +56,8 @@ class PipelineSpec:
         deploy_score_thresh, deploy_nms_thresh: the exported graphs' thresholds (default: the searched
             rule's; YOLO: its deploy preset, 0.25 / 0.45).
         nonms_topk: K of model_nonms.onnx, the best candidates before NMS.
+        int8: also write int8 (QDQ) backbone, head and end-to-end graphs per variant, calibrated on search-split
+            images, and report their mAP against model.onnx's (see export/int8.py).
     """
 
     data: str
@@ -76,6 +78,7 @@ class PipelineSpec:
     deploy_score_thresh: float | None = None
     deploy_nms_thresh: float | None = None
     nonms_topk: int = 1000
+    int8: bool = False
 
     @property
     def deploy(self) -> dict:
@@ -110,6 +113,10 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
     check_search_spec(pipeline.search)
     if pipeline.nonms_topk < 1:
         raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {pipeline.nonms_topk})")
+    if pipeline.int8:
+        from .export.int8 import Int8Spec, check_int8_spec
+
+        check_int8_spec(Int8Spec(), opset=pipeline.opset)
     check_rule_values(pipeline.deploy_score_thresh, pipeline.deploy_nms_thresh, prefix="deploy_")
     if pipeline.tensorrt:
         from .export.tensorrt import require_tensorrt
@@ -172,6 +179,10 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
                                    nonms_topk=pipeline.nonms_topk,
                                    parity_images=parity_images(report_set, pipeline.parity_images), log=log)
     timings["export"] = time.perf_counter() - t
+    if pipeline.int8:
+        t = time.perf_counter()
+        report["int8"] = _int8(folder, det, pipeline, report_set, report["mAP"], log, progress)
+        timings["int8"] = time.perf_counter() - t
     if pipeline.tensorrt:
         report["tensorrt"] = _tensorrt(folder, pipeline, report_set, log)
     report["trtexec"] = _trtexec_lines(pipeline.tensorrt or "fp16")
@@ -343,6 +354,23 @@ def _tensorrt(folder: ExportFolder, pipeline: PipelineSpec, report_set, log) -> 
                                        precision=precision, calib_images=calib, timing_cache=vdir / "timing.cache",
                                        calib_cache=vdir / "calib.cache" if calib is not None else None,
                                        log_path=vdir / "trt_build.log")
+    return result
+
+
+def _int8(folder: ExportFolder, det, pipeline: PipelineSpec, report_set, maps: dict, log, progress: bool) -> dict:
+    """int8 graphs of both variants and their mAP through ONNX Runtime, beside model.onnx's (export/int8.py).
+
+    ``map_pytorch`` is the detector's mAP from ``maps`` when the graphs use the rule it was measured with
+    (not YOLO, whose graphs use the deploy preset), so model.onnx's mAP can be checked against it.
+    """
+    from .export.int8 import quantize_and_evaluate
+
+    calib_set = CocoDetection.for_detector(det, pipeline.data, pipeline.ann)
+    result = quantize_and_evaluate(folder, calib_set, report_set, progress=progress, log=log)
+    same_rule = deployed(det, pipeline.deploy).postprocess_spec == det.postprocess_spec
+    torch_maps = {"baseline": maps["baseline"], "pruned": maps.get("finetuned", maps["pruned"])}
+    for variant in ("pruned", "baseline"):
+        result[variant]["map_pytorch"] = torch_maps[variant] if same_rule else None
     return result
 
 

@@ -318,6 +318,8 @@ CASES = [
          "--deploy-nms-thresh must be in (0, 1] (got 0.0)"),
     Case("pe-nonms-topk-0", ["prune-and-export", *VAL, "--nonms-topk", "0", "--out", "{root}/e"],
          "--nonms-topk must be at least 1 (got 0)"),
+    Case("pe-int8-opset-11", ["prune-and-export", *VAL, "--int8", "--opset", "11", "--out", "{root}/e"],
+         "--opset 11 is too old for int8 (per-channel quantization needs 13 or newer); choose --opset 13 or newer"),
     Case("evaluate-score-thresh-negative", ["evaluate", "--model", "demo", *VAL, "--score-thresh", "-0.1"],
          "--score-thresh must be in [0, 1) (got -0.1)"),
     Case("evaluate-max-det-0", ["evaluate", "--model", "demo", *VAL, "--max-det", "0"],

@@ -122,6 +122,7 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
         "--deploy-score-thresh": (["--deploy-score-thresh", "0.4"], field("deploy_score_thresh"), 0.4),
         "--deploy-nms-thresh": (["--deploy-nms-thresh", "0.5"], field("deploy_nms_thresh"), 0.5),
         "--nonms-topk": (["--nonms-topk", "50"], field("nonms_topk"), 50),
+        "--int8": (["--int8"], field("int8"), True),
     }
     for flag, (extra, get, expected) in cases.items():
         argv = base + extra

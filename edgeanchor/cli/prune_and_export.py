@@ -7,8 +7,11 @@
 The output folder holds anchors.json, pruned.pt, model.onnx (image -> [1, max_det, 6]
 detections), model_nonms.onnx (image -> the best 1000 candidates before NMS, fixed
 shapes), backbone.onnx / head.onnx / postprocess.onnx, the same for the
-unpruned model in baseline/, report.json, report.md and pareto.png. It is built
-in a temporary folder and renamed into place at the end.
+unpruned model in baseline/, report.json, report.md and pareto.png. With
+--int8 it also holds backbone_int8.onnx, head_int8.onnx and model_int8.onnx
+(post-training static quantization, QDQ; post-processing stays fp32) and
+reports their mAP. It is built in a temporary folder and renamed into place
+at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nonms-topk", type=int, default=1000,
                         help="candidates kept by model_nonms.onnx, the graph without NMS (default 1000)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write int8 graphs (backbone_int8, head_int8, model_int8: QDQ, calibrated on 64 "
+                        "images of the search split) for both variants, and report their mAP against model.onnx's")
     parser.add_argument("--tensorrt", choices=["fp32", "fp16", "int8"], default=None,
                         help="also build a TensorRT engine (needs TensorRT and a CUDA GPU)")
     parser.add_argument("--parity-images", type=int, default=4)
@@ -111,7 +117,7 @@ def pipeline_spec_from_args(args, *, generate: bool = True):
                         parity_images=args.parity_images, search=search_spec_from_args(args), cache=args.cache,
                         latency_model=args.latency_model, model_name=args.model,
                         deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh,
-                        nonms_topk=args.nonms_topk)
+                        nonms_topk=args.nonms_topk, int8=args.int8)
 
 
 def default_out(model: str) -> str:
@@ -161,6 +167,10 @@ def summary_table(report: dict) -> str:
     rows = [["mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
     if "finetuned" in maps:
         rows.append(["mAP fine-tuned", "", round(maps["finetuned"], 4)])
+    if "int8" in report:
+        b, p = report["int8"]["baseline"], report["int8"]["pruned"]
+        rows += [["mAP model.onnx", round(b["map_fp32_onnx"], 4), round(p["map_fp32_onnx"], 4)],
+                 ["mAP model_int8.onnx", round(b["map_int8"], 4), round(p["map_int8"], 4)]]
     rows += [["head MACs", base["head_macs"], pr["head_macs"]], ["boxes", base["num_boxes"], pr["num_boxes"]],
              ["anchors", base["num_anchors"], pr["num_anchors"]]]
     from ..export.report_md import channels_text

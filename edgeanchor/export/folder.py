@@ -7,6 +7,7 @@ Layout (format_version 1)::
     OUT/pruned.pt              pruned checkpoint            OUT/baseline/baseline.pt
     OUT/anchors.json           pruned anchor set            OUT/baseline/anchors.json
     OUT/{backbone,head,postprocess,model,model_trt}.onnx     OUT/baseline/<the same>
+    OUT/{backbone,head,model}_int8.onnx                     OUT/baseline/<the same>   (with --int8)
     OUT/pareto.png, OUT/search.json                         (when the anchors came from a search)
     OUT/bench_<runtime>.json/.png                           (written by bench)
 
@@ -29,7 +30,8 @@ from ..io import atomic_dir, peek_json, read_json, write_json, write_text
 FORMAT = "edgeanchor.export"
 FORMAT_VERSION = 1
 VARIANTS = ("pruned", "baseline")
-GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_trt")
+GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_trt",
+          "backbone_int8", "head_int8", "model_int8")  # the int8 graphs: prune-and-export --int8 (export/int8.py)
 # The stage each timed stage runs from, per runtime (bench's four stages).
 STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "postprocess": "postprocess", "end_to_end": "model"}
 # Which runtimes each graph is for. model_trt holds the EfficientNMS_TRT plugin, which only TensorRT has.
@@ -40,6 +42,10 @@ GRAPH_RUNTIMES = {
     "model": ("onnxruntime", "tensorrt"),
     "model_nonms": ("onnxruntime", "tensorrt"),  # no NMS inside: for runtimes without NonMaxSuppression
     "model_trt": ("tensorrt",),
+    # QDQ int8 (export/int8.py): ONNX Runtime and OpenVINO run them in int8; TensorRT is untested with them.
+    "backbone_int8": ("onnxruntime", "openvino"),
+    "head_int8": ("onnxruntime", "openvino"),
+    "model_int8": ("onnxruntime", "openvino"),
 }
 _CHECKPOINT = {"pruned": "pruned.pt", "baseline": "baseline.pt"}
 

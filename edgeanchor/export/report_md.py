@@ -41,6 +41,8 @@ def render_markdown(report: dict) -> str:
                      f"(allclose rtol 1e-3 atol 1e-5: {par['head']['allclose']}); end-to-end detections matched "
                      f"{par['model']['matched_fraction']:.3f} at IoU >= 0.99, counts {par['model']['counts_torch']} "
                      f"vs {par['model']['counts_onnx']}; passed: {par['passed']}")
+    if "int8" in report:
+        lines += int8_lines(report["int8"])
     lines += ["", "## TensorRT", ""]
     if "tensorrt" in report:
         lines.append(f"Engines built: {report['tensorrt']}")
@@ -50,6 +52,26 @@ def render_markdown(report: dict) -> str:
                      "place of NonMaxSuppression) is in the folder; to build the engines on a Jetson, from this folder:")
     lines += ["", "```", report["trtexec"]["pruned"], report["trtexec"]["baseline"], "```", ""]
     return "\n".join(lines)
+
+
+def int8_lines(int8: dict) -> list[str]:
+    """The int8 section: mAP through model.onnx and model_int8.onnx per variant, and how they were made."""
+    cfg, cal = int8["settings"], int8["pruned"]["calibration"]
+    lines = ["", "## int8 (post-training static quantization, ONNX Runtime)", "",
+             f"Backbone and head quantized to {cfg['format']} ({cfg['weights']} weights, {cfg['activations']} "
+             f"activations), {cal['method']} calibration on {cal['images']} images of `{cal['split']}`; the "
+             "post-processing stays fp32. mAP on the report split through the graphs, in ONNX Runtime:", "",
+             "| | baseline | pruned |", "| --- | ---: | ---: |"]
+    rows = [("mAP fp32 (model.onnx)", "map_fp32_onnx"), ("mAP int8 (model_int8.onnx)", "map_int8"),
+            ("int8 - fp32", "delta")]
+    if int8["pruned"].get("map_pytorch") is not None:
+        rows.insert(0, ("mAP PyTorch", "map_pytorch"))
+    for name, key in rows:
+        lines.append(f"| {name} | {int8['baseline'][key]:+.4f} | {int8['pruned'][key]:+.4f} |" if key == "delta"
+                     else f"| {name} | {int8['baseline'][key]:.4f} | {int8['pruned'][key]:.4f} |")
+    files = ", ".join(f"`{f}`" for f in int8["pruned"]["files"].values())
+    lines += ["", f"Files: {files} (and the same in baseline/); their latency is not measured here."]
+    return lines
 
 
 def channels_text(entry: dict | None, sep: str = "/") -> str:
