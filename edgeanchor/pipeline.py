@@ -24,6 +24,7 @@ from .evaluate.coco_map import coco_map
 from .evaluate.predict import predict
 from .evaluate.subset import SubsetScorer
 from .export.folder import ExportFolder
+from .export.runtimes import is_installed
 from .io import cache_root, log
 from .postprocess import check_rule_values
 from .prune import keep_ids_from_file, prune
@@ -58,6 +59,8 @@ class PipelineSpec:
         nonms_topk: K of model_nonms.onnx, the best candidates before NMS.
         int8: also write int8 (QDQ) backbone, head and end-to-end graphs per variant, calibrated on search-split
             images, and report their mAP against model.onnx's (see export/int8.py).
+        matrix_iters: timed runs per graph of the runtime matrix (every installed runtime x graph: loads,
+            parity, latency pruned vs baseline; see export/matrix.py); 0 leaves the matrix out.
     """
 
     data: str
@@ -79,6 +82,7 @@ class PipelineSpec:
     deploy_nms_thresh: float | None = None
     nonms_topk: int = 1000
     int8: bool = False
+    matrix_iters: int = 20
 
     @property
     def deploy(self) -> dict:
@@ -113,6 +117,8 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
     check_search_spec(pipeline.search)
     if pipeline.nonms_topk < 1:
         raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {pipeline.nonms_topk})")
+    if pipeline.matrix_iters < 0:
+        raise EdgeAnchorError(f"matrix_iters must be >= 0 (got {pipeline.matrix_iters}); 0 leaves the runtime matrix out")
     if pipeline.int8:
         from .export.int8 import Int8Spec, check_int8_spec
 
@@ -183,6 +189,16 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
         t = time.perf_counter()
         report["int8"] = _int8(folder, det, pipeline, report_set, report["mAP"], log, progress)
         timings["int8"] = time.perf_counter() - t
+    # 8. every graph in every installed runtime: loads, parity, latency pruned vs baseline
+    if pipeline.matrix_iters > 0:
+        from .export.matrix import runtime_matrix
+
+        t = time.perf_counter()
+        report["runtimes"] = runtime_matrix(folder, parity_images(report_set, pipeline.parity_images),
+                                            iters=pipeline.matrix_iters, threads=1, log=log,
+                                            detectors={"pruned": deployed(pruned, pipeline.deploy),
+                                                       "baseline": deployed(det, pipeline.deploy)})
+        timings["runtime_matrix"] = time.perf_counter() - t
     if pipeline.tensorrt:
         report["tensorrt"] = _tensorrt(folder, pipeline, report_set, log)
     report["trtexec"] = _trtexec_lines(pipeline.tensorrt or "fp16")
@@ -269,6 +285,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
         CheckFailed: ONNX Runtime does not match PyTorch.
     """
     from .export import check_parity, export_onnx
+    from .export.ncnn_graph import export_ncnn_graph
     from .export.tensorrt import make_trt_graph
 
     result = {}
@@ -283,6 +300,9 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
         make_trt_graph(decoded, folder.graph_path(variant, "model_trt"), model.postprocess_spec)
         decoded.unlink()
         exported["files"]["model_trt"] = str(folder.graph_path(variant, "model_trt"))
+        # ncnn has no TopK/Gather/Where: its graph stops after the decode (export/ncnn_graph.py)
+        export_ncnn_graph(model, folder.graph_path(variant, "model_ncnn"), opset=opset)
+        exported["files"]["model_ncnn"] = str(folder.graph_path(variant, "model_ncnn"))
         entry = {"postprocess": model.postprocess_spec.to_json(), "fused_head": exported["fused_head"],
                  "head_channels": exported["head_channels"], "simplified": exported["simplified"],
                  "simplify_notes": exported["simplify_notes"], "exporter": exported["exporter"],
@@ -297,8 +317,36 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
                     f"{p['head']['max_abs_diff']:.3g}, detections matched {p['model']['matched_fraction']:.3f}; "
                     "the export was not written"
                 )
+        if is_installed("openvino"):  # the OpenVINO IR of the graphs, checked as ONNX Runtime's are
+            entry["openvino"] = _openvino_ir(folder, variant, model, exported["files"], parity_images, log)
         result[variant] = entry
     return result
+
+
+def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images, log) -> dict:
+    """Write ``openvino/<graph>.xml`` for the variant's graphs; parity of the IR at f32 unless ``images`` is None.
+
+    Raises:
+        CheckFailed: OpenVINO's f32 results do not match PyTorch.
+    """
+    from .export import check_parity
+    from .export.openvino_ir import write_ir
+    from .export.runtimes import version
+
+    log(f"writing the {variant} model's OpenVINO IR (OpenVINO {version('openvino')})")
+    written = write_ir({g: Path(f) for g, f in files.items()})
+    entry = {"version": version("openvino"), "files": {g: str(Path(x).relative_to(folder.root)) for g, x in written.items()}}
+    if images is not None:
+        entry["parity"] = check_parity(model, folder.variant_dir(variant), images, runtime="openvino",
+                                       files={g: Path(x) for g, x in written.items()})
+        if not entry["parity"]["passed"]:
+            p = entry["parity"]
+            raise CheckFailed(
+                f"OpenVINO (f32) does not match PyTorch for the {variant} model: head max abs diff "
+                f"{p['head']['max_abs_diff']:.3g}, detections matched {p['model']['matched_fraction']:.3f}; "
+                "the export was not written"
+            )
+    return entry
 
 
 def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: int = 17, num_parity_images: int = 4,

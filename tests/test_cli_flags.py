@@ -123,6 +123,7 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
         "--deploy-nms-thresh": (["--deploy-nms-thresh", "0.5"], field("deploy_nms_thresh"), 0.5),
         "--nonms-topk": (["--nonms-topk", "50"], field("nonms_topk"), 50),
         "--int8": (["--int8"], field("int8"), True),
+        "--matrix-iters": (["--matrix-iters", "0"], field("matrix_iters"), 0),
     }
     for flag, (extra, get, expected) in cases.items():
         argv = base + extra

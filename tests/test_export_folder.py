@@ -71,9 +71,15 @@ def test_variants_detectors_and_runtime_table(tmp_path):
     assert opened.checkpoint_path("baseline").parent.name == "baseline"
     assert opened.load_detector("pruned").anchor_set == pruned.anchor_set
     assert opened.load_detector("pruned") is opened.load_detector("pruned")  # loaded once
-    assert opened.runtimes() == {"onnxruntime": ["backbone", "head", "postprocess", "model"],
-                                 "tensorrt": ["backbone", "head", "postprocess", "model"]}
+    four = ["backbone", "head", "postprocess", "model"]
+    assert opened.runtimes() == {"onnxruntime": four, "openvino": four, "opencv": four, "tensorrt": four}
     assert set(opened.report["graphs"]["baseline"]) == {"backbone", "head", "postprocess", "model"}
+    assert opened.graphs_for_runtime("onnxruntime", "pruned")["end_to_end"].name == "model.onnx"
+    with pytest.raises(EdgeAnchorError, match="has no int8 graphs"):
+        opened.graphs_for_runtime("onnxruntime", "pruned", precision="int8")
+    (opened.variant_dir("pruned") / "openvino").mkdir()
+    (opened.variant_dir("pruned") / "openvino" / "model.xml").write_text("<net/>")
+    assert opened.graphs_for_runtime("openvino", "pruned")["end_to_end"].name == "model.xml"  # the IR when there
     assert opened.graphs_for_runtime("onnxruntime", "pruned")["end_to_end"].name == "model.onnx"
     opened.graph_path("baseline", "head").unlink()
     with pytest.raises(EdgeAnchorError, match="no baseline head graph"):

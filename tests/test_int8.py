@@ -221,11 +221,13 @@ def test_int8_settings_that_cannot_be_quantized_are_refused():
 
 def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
     ov = pytest.importorskip("openvino")
+    from edgeanchor.export.runtimes import compile_off_thread
+
     core = ov.Core()
     image = report_images(export, 1)[0]
     for variant in VARIANTS:
         for graph in ("backbone_int8", "head_int8", "model_int8"):
-            compiled = core.compile_model(core.read_model(str(export.graph_path(variant, graph))), "CPU",
+            compiled = compile_off_thread(core, core.read_model(str(export.graph_path(variant, graph))),
                                           {"INFERENCE_PRECISION_HINT": "f32"})
             precisions = {op.get_rt_info()["runtimePrecision"].astype(str)
                           for op in compiled.get_runtime_model().get_ordered_ops()

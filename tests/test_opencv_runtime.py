@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeanchor.bench.opencv_runner import MISSING, OpenCvRunner, import_cv2, opencv_parity
+from edgeanchor.bench.opencv_runner import OpenCvRunner, import_cv2, opencv_parity
 from edgeanchor.data.coco import letterbox_params, load_image, to_original
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.evaluate.predict import clip_original
@@ -76,7 +76,7 @@ def test_missing_opencv_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
     with pytest.raises(EdgeAnchorError) as err:
         import_cv2()
-    assert str(err.value) == MISSING == 'OpenCV is not installed; pip install "edgeanchor[opencv]"'
+    assert str(err.value) == 'OpenCV is not installed; pip install "edgeanchor[opencv]"'
     with pytest.raises(EdgeAnchorError, match="OpenCV is not installed"):
         OpenCvRunner({})
 
@@ -227,3 +227,11 @@ def test_runner_times_three_stages_and_records_its_settings(cv2, exports):
         OpenCvRunner({**graphs, "end_to_end": graphs["head"]})
     with pytest.raises(EdgeAnchorError, match="does not exist"):
         OpenCvRunner({**graphs, "head": Path("nowhere/head.onnx")})
+
+
+def test_readme_shows_the_example_verbatim():
+    """The README's OpenCV deployment example is examples/opencv_deploy.py, character for character."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    example = (root / "examples" / "opencv_deploy.py").read_text()
+    assert "```python\n" + example + "```" in readme

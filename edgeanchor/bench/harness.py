@@ -80,13 +80,26 @@ def count_nms_inputs(det, images: list[np.ndarray]) -> list[int]:
 
 
 def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
-              image_dir=None, opt_level: str = "all", progress: bool = True) -> dict:
-    """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result."""
+              image_dir=None, opt_level: str = "all", progress: bool = True, precision: str = "f32",
+              end_to_end: str | None = None) -> dict:
+    """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result.
+
+    ``precision`` (f32, bf16, f16 or int8) is what the runtime runs the graphs at; int8 runs the
+    export's int8 graphs. It is recorded in the result, with the runtime's settings. ``end_to_end`` names
+    the graph of the end-to-end stage (default: model.onnx; OpenCV: model_nonms.onnx + NMSBoxesBatched).
+    """
+    from ..export.runtimes import check_graph_for_runtime, check_precision
+
     check_timing(iters, warmup, threads)
+    check_precision(runtime, precision)
+    if end_to_end:
+        check_graph_for_runtime(f"{end_to_end}.onnx", runtime)
     folder = open_export(export)
     images, source = load_images(folder, image_dir)
-    runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level) for v in VARIANTS}
-    samples = {v: {s: [] for s in STAGES} for v in VARIANTS}
+    runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level, precision=precision,
+                              end_to_end=end_to_end) for v in VARIANTS}
+    stages = [s for s in STAGES if s in getattr(runners["pruned"], "stages", STAGES)]
+    samples = {v: {s: [] for s in stages} for v in VARIANTS}
     from tqdm import tqdm
 
     for i in tqdm(range(warmup + iters), desc=f"bench {runtime}", disable=not progress, leave=False):
@@ -95,14 +108,15 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
         for v in order:
             times = runners[v].run_all(image)
             if i >= warmup:
-                for s in STAGES:
+                for s in stages:
                     samples[v][s].append(times[s])
-    result = {"export_dir": str(folder.root), "runtime": runtime, "settings": runners["pruned"].settings,
+    result = {"export_dir": str(folder.root), "runtime": runtime, "precision": precision,
+              "settings": runners["pruned"].settings,
               "machine": machine_info(), "warmup": warmup, "iters": iters, "images": source,
               "num_images": len(images), "stages": {}, "ratio_of_medians": {}}
     for v in VARIANTS:
-        result["stages"][v] = {s: stats_ms(samples[v][s]) for s in STAGES}
-    for s in STAGES:
+        result["stages"][v] = {s: stats_ms(samples[v][s]) for s in stages}
+    for s in stages:
         result["ratio_of_medians"][s] = result["stages"]["pruned"][s]["median"] / \
             result["stages"]["baseline"][s]["median"]
     nms = {v: count_nms_inputs(folder.graph_detector(v), images) for v in VARIANTS}
@@ -114,7 +128,7 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
 def format_result(result: dict) -> str:
     """The readable table."""
     rows = []
-    for s in STAGES:
+    for s in result["ratio_of_medians"]:
         b, p = result["stages"]["baseline"][s], result["stages"]["pruned"][s]
         rows.append([s, f"{b['median']:.3f}", f"{b['p90']:.3f}", f"{p['median']:.3f}", f"{p['p90']:.3f}",
                      f"{result['ratio_of_medians'][s]:.3f}"])
@@ -122,11 +136,18 @@ def format_result(result: dict) -> str:
     lines = [format_table(["stage", "baseline med ms", "p90", "pruned med ms", "p90", "pruned/baseline"], rows),
              f"boxes entering NMS per image (median): baseline {nms['baseline']['median']:.0f}, "
              f"pruned {nms['pruned']['median']:.0f}",
-             f"{result['runtime']} {result['settings'].get('version')}, threads "
-             f"{result['settings'].get('intra_op_num_threads')}, on {result['machine']['cpu']} "
+             f"{result['runtime']} {result['settings'].get('version')} at {result.get('precision', 'f32')}, threads "
+             f"{_threads(result['settings'])}, on {result['machine']['cpu']} "
              f"({result['machine']['logical_cores']} cores); {result['iters']} iterations after "
              f"{result['warmup']} warm-up, interleaved"]
     return "\n".join(lines)
+
+
+def _threads(settings: dict):
+    for key in ("intra_op_num_threads", "inference_num_threads", "threads"):
+        if key in settings:
+            return settings[key]
+    return "default"
 
 
 def plot_result(result: dict, path) -> None:
@@ -138,18 +159,20 @@ def plot_result(result: dict, path) -> None:
 
     from ..io import atomic_path
 
+    stages = list(result["ratio_of_medians"])
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    x = np.arange(len(STAGES))
+    x = np.arange(len(stages))
     for k, (v, color) in enumerate((("baseline", "tab:gray"), ("pruned", "tab:blue"))):
-        med = [result["stages"][v][s]["median"] for s in STAGES]
-        p90 = [result["stages"][v][s]["p90"] - m for s, m in zip(STAGES, med)]
+        med = [result["stages"][v][s]["median"] for s in stages]
+        p90 = [result["stages"][v][s]["p90"] - m for s, m in zip(stages, med)]
         ax.bar(x + (k - 0.5) * 0.38, med, 0.38, yerr=[np.zeros(len(med)), p90], capsize=3, color=color, label=v)
-    for i, s in enumerate(STAGES):
+    for i, s in enumerate(stages):
         top = max(result["stages"][v][s]["p90"] for v in VARIANTS)
         ax.text(i, top * 1.02, f"x{result['ratio_of_medians'][s]:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(x, STAGES)
+    ax.set_xticks(x, stages)
     ax.set_ylabel("median latency (ms), bar to p90")
-    ax.set_title(f"{result['runtime']} on {result['machine']['cpu'][:48]}", fontsize=9)
+    ax.set_title(f"{result['runtime']} ({result.get('precision', 'f32')}) on {result['machine']['cpu'][:48]}",
+                 fontsize=9)
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -5,12 +5,10 @@ a user of OpenCV does: ``model_nonms.onnx`` (the best K candidates, fixed shapes
 ``cv2.dnn.NMSBoxesBatched`` at the model's IoU threshold and the best ``detections_per_img``, both
 read from the graph's metadata_props (:meth:`edgeanchor.export.graphs.NoNmsGraph.metadata`).
 
-Two OpenCV behaviours shape the settings:
-
-- OpenCV 4.x runs 3x3 convolutions with Winograd by default; on the demo exports that moves
-  model_nonms's boxes up to 1.5e-4 px from ONNX Runtime (6.1e-5 px without), so Winograd is off
-  unless asked for (``winograd=True``). OpenCV 5.0's default engine gives 6.1e-5 px either way.
-- OpenCV 4.x returns int64 outputs as float32; ``labels`` is rounded back to int64 here.
+Graphs are opened by :func:`edgeanchor.export.runtimes.open_graph` (OpenCV backend, CPU target,
+Winograd off unless asked for: on the demo exports OpenCV 4.x's Winograd moves model_nonms's boxes
+up to 1.5e-4 px from ONNX Runtime, 6.1e-5 px without; OpenCV 5.0 gives 6.1e-5 px either way).
+OpenCV 4.x returns int64 outputs as float32; ``labels`` is rounded back to int64 here.
 
 ``cv2`` is imported when a runner is made, so everything else works without OpenCV.
 """
@@ -26,31 +24,17 @@ import numpy as np
 from ..errors import EdgeAnchorError
 
 OPENCV_STAGES = ("backbone", "head", "end_to_end")
-MISSING = 'OpenCV is not installed; pip install "edgeanchor[opencv]"'
 
 
 def import_cv2():
     """The ``cv2`` module, or a one-line :class:`EdgeAnchorError` naming the extra to install."""
-    try:
-        import cv2
-    except ImportError:
-        raise EdgeAnchorError(MISSING) from None
-    return cv2
+    from ..export.runtimes import require
+
+    return require("opencv")
 
 
 def _now() -> int:
     return time.perf_counter_ns()
-
-
-def graph_io(path: Path) -> tuple[list[str], dict[str, list[int]], dict[str, str]]:
-    """(input names, {output name: static shape}, metadata_props) of an ONNX file."""
-    import onnx
-
-    model = onnx.load(str(path))
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    return inputs, outputs, {p.key: p.value for p in model.metadata_props}
 
 
 def nms_rule(path: Path, meta: dict[str, str]) -> tuple[float, int]:
@@ -96,6 +80,8 @@ def nms_detections(cv2, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
 class OpenCvRunner:
     """OpenCV DNN nets of backbone, head and model_nonms (+ NMSBoxesBatched), with recorded settings."""
 
+    stages = OPENCV_STAGES
+
     def __init__(self, graphs: dict[str, Path], *, threads: int = 0, winograd: bool = False):
         """Load the graphs.
 
@@ -108,48 +94,21 @@ class OpenCvRunner:
             EdgeAnchorError: OpenCV missing, a graph missing, a graph OpenCV cannot load, or a
                 model_nonms.onnx without its NMS rule.
         """
-        cv2 = import_cv2()
-        self.cv2 = cv2
-        cv2.setNumThreads(int(threads) if threads > 0 else -1)  # 0 would mean "no threads" to OpenCV
-        self.nets, self._inputs, self._outputs = {}, {}, {}
-        meta = {}
-        for stage in OPENCV_STAGES:
-            path = Path(graphs[stage])
-            if not path.is_file():
-                raise EdgeAnchorError(f"ONNX file {path} does not exist; export the model first")
-            self._inputs[stage], self._outputs[stage], meta[stage] = graph_io(path)
-            self.nets[stage] = self._load(path, winograd)
-        self.iou_thresh, self.max_det = nms_rule(Path(graphs["end_to_end"]), meta["end_to_end"])
-        major = int(cv2.__version__.split(".")[0])
-        self.settings = {
-            "runtime": "opencv", "version": cv2.__version__, "backend": "DNN_BACKEND_OPENCV", "target": "DNN_TARGET_CPU",
-            "engine": "ENGINE_AUTO (new engine, classic fallback)" if major >= 5 else "classic",
-            "threads": cv2.getNumThreads() if threads > 0 else f"default ({cv2.getNumThreads()})",
-            "winograd": bool(winograd), "end_to_end": "model_nonms.onnx + cv2.dnn.NMSBoxesBatched",
-            "nms_iou_threshold": self.iou_thresh, "detections_per_img": self.max_det,
-        }
+        from ..export.runtimes import open_graph
 
-    def _load(self, path: Path, winograd: bool):
-        cv2 = self.cv2
-        try:
-            net = cv2.dnn.readNetFromONNX(str(path))
-        except cv2.error as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {path}: {' '.join(lines)[:300]}") from None
-        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        if hasattr(net, "enableWinograd"):
-            net.enableWinograd(bool(winograd))
-        return net
+        self.cv2 = import_cv2()
+        self.graphs = {stage: open_graph("opencv", graphs[stage], threads=threads, winograd=winograd)
+                       for stage in OPENCV_STAGES}
+        end = self.graphs["end_to_end"]
+        self.iou_thresh, self.max_det = nms_rule(end.path, end.metadata)
+        self.settings = {**self.graphs["backbone"].settings,
+                         "graphs": {s: g.path.name for s, g in self.graphs.items()},
+                         "end_to_end": f"{end.path.name} + cv2.dnn.NMSBoxesBatched",
+                         "nms_iou_threshold": self.iou_thresh, "detections_per_img": self.max_det}
 
     def forward(self, stage: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one graph; outputs get the graph's declared shapes (OpenCV 4.x may add unit axes)."""
-        net = self.nets[stage]
-        for name in self._inputs[stage]:
-            net.setInput(np.ascontiguousarray(feeds[name], dtype=np.float32), name)
-        names = list(self._outputs[stage])
-        out = dict(zip(names, net.forward(names)))
-        return {n: out[n].reshape(shape) if all(shape) else out[n] for n, shape in self._outputs[stage].items()}
+        return self.graphs[stage].run(feeds)
 
     def run_nonms(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """model_nonms.onnx on a float32 (1, 3, H, W) image: ``boxes`` (1, K, 4), ``scores`` (1, K), ``labels`` (1, K) int64."""

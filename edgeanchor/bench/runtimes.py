@@ -25,40 +25,30 @@ def _now() -> int:
     return time.perf_counter_ns()
 
 
-class OrtRunner:
-    """ONNX Runtime sessions of the four stage graphs, with explicit, recorded options."""
+class GraphRunner:
+    """The four stage graphs of one variant in one runtime (ONNX Runtime or OpenVINO), explicit options.
 
-    def __init__(self, graphs: dict[str, Path], *, threads: int = 0, opt_level: str = "all"):
-        """``graphs``: stage -> ONNX file, for the stages in ``STAGES``."""
-        import onnxruntime as ort
+    Graphs are opened by :func:`edgeanchor.export.runtimes.open_graph`, the same way parity opens them.
+    """
 
-        from ..export.parity import make_session
+    def __init__(self, runtime: str, graphs: dict[str, Path], *, threads: int = 0, opt_level: str = "all",
+                 precision: str = "f32"):
+        """``graphs``: stage -> graph file, for the stages in ``STAGES``."""
+        from ..export.runtimes import open_graph
 
-        self.sessions = {}
-        for stage in STAGES:
-            self.sessions[stage] = make_session(graphs[stage], intra_op_num_threads=threads,
-                                                inter_op_num_threads=1, graph_optimization_level=opt_level)
-        self.settings = {
-            "runtime": "onnxruntime", "version": ort.__version__,
-            "providers": self.sessions["backbone"].get_providers(),
-            "intra_op_num_threads": threads or "default (one per physical core)", "inter_op_num_threads": 1,
-            "graph_optimization_level": opt_level, "execution_mode": "ORT_SEQUENTIAL",
-        }
-        self._names = {s: [o.name for o in sess.get_outputs()] for s, sess in self.sessions.items()}
-        self._inputs = {s: [i.name for i in sess.get_inputs()] for s, sess in self.sessions.items()}
-
-    def _run(self, stage: str, feeds: dict) -> tuple[dict, int]:
-        sess = self.sessions[stage]
-        t0 = _now()
-        out = sess.run(self._names[stage], feeds)
-        return dict(zip(self._names[stage], out)), _now() - t0
+        kwargs = {"opt_level": opt_level} if runtime == "onnxruntime" else {}
+        self.graphs = {stage: open_graph(runtime, graphs[stage], threads=threads, precision=precision, **kwargs)
+                       for stage in STAGES}
+        self.settings = {**self.graphs["backbone"].settings,
+                         "graphs": {s: Path(g.path).name for s, g in self.graphs.items()}}
 
     def run_all(self, image: np.ndarray) -> dict[str, int]:
         """Nanoseconds per stage for one image."""
-        feats, t_b = self._run("backbone", {"images": image})
-        head, t_h = self._run("head", {k: feats[k] for k in self._inputs["head"]})
-        _, t_p = self._run("postprocess", {k: head[k] for k in self._inputs["postprocess"]})
-        _, t_e = self._run("end_to_end", {"images": image})
+        g = self.graphs
+        feats, t_b = g["backbone"].timed({"images": image})
+        head, t_h = g["head"].timed({k: feats[k] for k in g["head"].input_names})
+        _, t_p = g["postprocess"].timed({k: head[k] for k in g["postprocess"].input_names})
+        _, t_e = g["end_to_end"].timed({"images": image})
         return {"backbone": t_b, "head": t_h, "postprocess": t_p, "end_to_end": t_e}
 
 
@@ -87,17 +77,40 @@ class TorchRunner:
         return {"backbone": t1 - t0, "head": t2 - t1, "postprocess": t3 - t2, "end_to_end": t4 - t3}
 
 
-def make_runner(runtime: str, folder, variant: str, *, threads: int, opt_level: str = "all"):
-    """The runner for ``runtime`` over one variant of an :class:`~edgeanchor.export.folder.ExportFolder`."""
-    if runtime == "onnxruntime":
-        return OrtRunner(folder.graphs_for_runtime(runtime, variant), threads=threads, opt_level=opt_level)
+def make_runner(runtime: str, folder, variant: str, *, threads: int, opt_level: str = "all", precision: str = "f32",
+                end_to_end: str | None = None):
+    """The runner for ``runtime`` over one variant of an :class:`~edgeanchor.export.folder.ExportFolder`.
+
+    ``end_to_end``: the graph of the end-to-end stage (default model; OpenCV: model_nonms).
+    """
+    from ..export.folder import STAGE_GRAPHS
+    from ..export.runtimes import check_graph_for_runtime, check_precision
+
+    check_precision(runtime, precision)
+    stage_graphs = dict(OPENCV_STAGE_GRAPHS if runtime == "opencv" else STAGE_GRAPHS)
+    if end_to_end:
+        check_graph_for_runtime(f"{end_to_end}.onnx", runtime)
+        stage_graphs["end_to_end"] = end_to_end
+    if runtime in ("onnxruntime", "openvino"):
+        return GraphRunner(runtime, folder.graphs_for_runtime(runtime, variant, precision, stage_graphs), threads=threads,
+                           opt_level=opt_level, precision=precision)
+    if runtime == "opencv":
+        from .opencv_runner import OpenCvRunner
+
+        return OpenCvRunner(folder.graphs_for_runtime(runtime, variant, precision, stage_graphs), threads=threads)
     if runtime == "torch":
         return TorchRunner(folder.graph_detector(variant), threads=threads)
     if runtime == "tensorrt":
         from .tensorrt_runner import TrtRunner
 
-        return TrtRunner(folder.graphs_for_runtime(runtime, variant))
-    raise EdgeAnchorError(f"unknown runtime {runtime!r}; choose onnxruntime, torch or tensorrt")
+        return TrtRunner(folder.graphs_for_runtime(runtime, variant, precision, stage_graphs),
+                         precision=_TRT_PRECISION[precision])
+    raise EdgeAnchorError(f"unknown runtime {runtime!r}; choose onnxruntime, openvino, opencv, torch or tensorrt")
+
+
+# OpenCV: the deployment path of model_nonms.onnx; its end to end is the graph plus cv2.dnn.NMSBoxesBatched.
+OPENCV_STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "end_to_end": "model_nonms"}
+_TRT_PRECISION = {"f32": "fp32", "f16": "fp16"}
 
 
 def machine_info() -> dict:

@@ -44,6 +44,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nonms-topk", type=int, default=1000,
                         help="candidates kept by model_nonms.onnx, the graph without NMS (default 1000)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--matrix-iters", type=int, default=20,
+                        help="timed runs per graph in the report's runtime matrix (every installed runtime: "
+                        "onnxruntime, openvino, opencv, tensorrt x every graph: loads, parity, latency); 0 leaves "
+                        "it out")
     parser.add_argument("--int8", action="store_true",
                         help="also write int8 graphs (backbone_int8, head_int8, model_int8: QDQ, calibrated on 64 "
                         "images of the search split) for both variants, and report their mAP against model.onnx's")
@@ -117,7 +121,8 @@ def pipeline_spec_from_args(args, *, generate: bool = True):
                         parity_images=args.parity_images, search=search_spec_from_args(args), cache=args.cache,
                         latency_model=args.latency_model, model_name=args.model,
                         deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh,
-                        nonms_topk=args.nonms_topk, int8=args.int8)
+                        nonms_topk=args.nonms_topk, int8=args.int8,
+                        matrix_iters=args.matrix_iters)
 
 
 def default_out(model: str) -> str:

@@ -6,8 +6,9 @@ Layout (format_version 1)::
     OUT/report.md              the human-readable report
     OUT/pruned.pt              pruned checkpoint            OUT/baseline/baseline.pt
     OUT/anchors.json           pruned anchor set            OUT/baseline/anchors.json
-    OUT/{backbone,head,postprocess,model,model_trt}.onnx     OUT/baseline/<the same>
+    OUT/{backbone,head,postprocess,model,model_nonms,model_ncnn,model_trt}.onnx   OUT/baseline/<the same>
     OUT/{backbone,head,model}_int8.onnx                     OUT/baseline/<the same>   (with --int8)
+    OUT/openvino/<graph>.xml/.bin                           OUT/baseline/openvino/... (when OpenVINO is installed)
     OUT/pareto.png, OUT/search.json                         (when the anchors came from a search)
     OUT/bench_<runtime>.json/.png                           (written by bench)
 
@@ -30,17 +31,20 @@ from ..io import atomic_dir, peek_json, read_json, write_json, write_text
 FORMAT = "edgeanchor.export"
 FORMAT_VERSION = 1
 VARIANTS = ("pruned", "baseline")
-GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_trt",
+GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn", "model_trt",
           "backbone_int8", "head_int8", "model_int8")  # the int8 graphs: prune-and-export --int8 (export/int8.py)
 # The stage each timed stage runs from, per runtime (bench's four stages).
 STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "postprocess": "postprocess", "end_to_end": "model"}
 # Which runtimes each graph is for. model_trt holds the EfficientNMS_TRT plugin, which only TensorRT has.
 GRAPH_RUNTIMES = {
-    "backbone": ("onnxruntime", "tensorrt"),
-    "head": ("onnxruntime", "tensorrt"),
-    "postprocess": ("onnxruntime", "tensorrt"),
-    "model": ("onnxruntime", "tensorrt"),
-    "model_nonms": ("onnxruntime", "tensorrt"),  # no NMS inside: for runtimes without NonMaxSuppression
+    "backbone": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    "head": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    # NonMaxSuppression: OpenCV 5 runs these, OpenCV 4 has no such layer (see the report's runtime matrix)
+    "postprocess": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    "model": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    "model_nonms": ("onnxruntime", "openvino", "opencv", "tensorrt"),  # no NMS inside: for any runtime
+    # decoded boxes and scores only (no TopK/Gather/Where/comparisons): for ncnn via pnnx, and any runtime
+    "model_ncnn": ("onnxruntime", "openvino", "opencv"),
     "model_trt": ("tensorrt",),
     # QDQ int8 (export/int8.py): ONNX Runtime and OpenVINO run them in int8; TensorRT is untested with them.
     "backbone_int8": ("onnxruntime", "openvino"),
@@ -95,9 +99,9 @@ class ExportFolder:
     def pareto_path(self) -> Path:
         return self.root / "pareto.png"
 
-    def bench_path(self, runtime: str) -> Path:
+    def bench_path(self, runtime: str, precision: str = "f32") -> Path:
         """Default place of ``edgeanchor bench``'s JSON for ``runtime`` (its plot goes beside it)."""
-        return self.root / f"bench_{runtime}.json"
+        return self.root / (f"bench_{runtime}.json" if precision == "f32" else f"bench_{runtime}_{precision}.json")
 
     # ---------------------------------------------------------------------------------------- contents
 
@@ -130,22 +134,33 @@ class ExportFolder:
         """The graphs of one variant that exist, by name."""
         return {g: self.graph_path(variant, g) for g in GRAPHS if self.graph_path(variant, g).is_file()}
 
-    def graphs_for_runtime(self, runtime: str, variant: str) -> dict[str, Path]:
-        """Stage -> graph path of the four timed stages on ``runtime``.
+    def graphs_for_runtime(self, runtime: str, variant: str, precision: str = "f32",
+                           stage_graphs: dict[str, str] | None = None) -> dict[str, Path]:
+        """Stage -> graph file of the timed stages on ``runtime``.
+
+        ``stage_graphs`` maps stage -> graph name (default ``STAGE_GRAPHS``). At int8 the backbone, head
+        and end-to-end stages run the ``*_int8`` graphs. OpenVINO runs a graph's IR
+        (``openvino/<graph>.xml``) when the export has it.
 
         Raises:
             EdgeAnchorError: a graph the runtime needs is missing from the folder.
         """
         paths = {}
-        for stage, graph in STAGE_GRAPHS.items():
+        for stage, graph in (stage_graphs or STAGE_GRAPHS).items():
+            if precision == "int8" and f"{graph}_int8" in GRAPHS:
+                graph = f"{graph}_int8"
             path = self.graph_path(variant, graph)
             if runtime not in GRAPH_RUNTIMES[graph]:
                 raise EdgeAnchorError(f"the {graph} graph of {self.root} is not for runtime {runtime}")
             if not path.is_file():
+                if graph.endswith("_int8"):
+                    raise EdgeAnchorError(f"{self.root} has no int8 graphs ({path.name}); re-run prune-and-export "
+                                          "with int8 on to write them")
                 raise EdgeAnchorError(
                     f"{self.root} has no {variant} {graph} graph ({path.name}); re-run prune-and-export to rebuild it"
                 )
-            paths[stage] = path
+            ir = path.parent / "openvino" / f"{graph}.xml"
+            paths[stage] = ir if runtime == "openvino" and ir.is_file() else path
         return paths
 
     def runtimes(self) -> dict[str, list[str]]:

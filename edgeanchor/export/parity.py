@@ -1,4 +1,4 @@
-"""ONNX Runtime against eager PyTorch on the exported graphs.
+"""The exported graphs, in ONNX Runtime (or another runtime), against eager PyTorch.
 
 :func:`check_parity` runs every graph that :func:`~edgeanchor.export.export_onnx`
 wrote on images other than the tracing input and compares:
@@ -25,7 +25,7 @@ from torchvision.ops import box_iou
 
 from ..errors import EdgeAnchorError
 from ..models.base import Detector
-from .graphs import level_names
+from .graphs import DecodeBoxes, level_names
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
@@ -190,6 +190,9 @@ def summarise_matches(per_image: list[dict]) -> dict:
     }
 
 
+PARITY_GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn")
+
+
 @torch.no_grad()
 def check_parity(
     detector: Detector,
@@ -200,8 +203,11 @@ def check_parity(
     atol: float = 1e-5,
     match_iou: float = 0.99,
     intra_op_num_threads: int = 0,
+    runtime: str = "onnxruntime",
+    precision: str = "f32",
+    files: dict[str, Path] | None = None,
 ) -> dict:
-    """Compare the graphs in ``out_dir`` with eager PyTorch on ``images``.
+    """Compare the graphs in ``out_dir`` (run in ``runtime``) with eager PyTorch on ``images``.
 
     Args:
         detector: the detector that was exported.
@@ -210,7 +216,10 @@ def check_parity(
         rtol, atol: tolerance of the raw-tensor check (np.allclose; atol is multiplied
             by each tensor's max |value| when that exceeds 1).
         match_iou: IoU for a detection match (labels must be equal too).
-        intra_op_num_threads: ORT threads; 0 lets ORT choose.
+        intra_op_num_threads: runtime threads; 0 lets the runtime choose.
+        runtime, precision: where and how the graphs run (:func:`~edgeanchor.export.runtimes.open_graph`).
+        files: graph name -> file to check instead of ``out_dir/<name>.onnx`` (e.g. OpenVINO IR); graphs
+            not named are left out.
 
     Returns:
         Dict with ``backbone`` and ``head`` (``max_abs_diff``,
@@ -218,17 +227,25 @@ def check_parity(
         magnitude, ``strict_allclose`` with atol as given; see
         :func:`compare_tensors`),
         ``postprocess`` and ``model`` (``counts_torch``, ``counts_onnx``,
-        ``matched_fraction``, ``max_score_diff``, ``passed``), and ``passed``.
+        ``matched_fraction``, ``max_score_diff``, ``passed``), ``model_nonms`` and ``model_ncnn``
+        (decoded boxes and scores, as backbone and head) when those graphs exist, ``runtime``,
+        ``precision`` and ``passed``.
     """
+    from .runtimes import open_graph
+
     out_dir = Path(out_dir)
     detector = detector.eval()
     names = level_names(detector)
-    graphs = ["backbone", "head", "postprocess", "model"]
-    if (out_dir / "model_nonms.onnx").is_file():
-        graphs.append("model_nonms")
-    sessions = {g: make_session(out_dir / f"{g}.onnx", intra_op_num_threads=intra_op_num_threads) for g in graphs}
-    raw = {"backbone": [], "head": []}
-    matches = {"postprocess": [], "model": []}
+    if files is None:
+        files = {g: out_dir / f"{g}.onnx" for g in PARITY_GRAPHS}
+        for g in ("model_nonms", "model_ncnn"):  # exports older than these graphs
+            if not files[g].is_file():
+                del files[g]
+    sessions = {g: open_graph(runtime, path, threads=intra_op_num_threads, precision=precision)
+                for g, path in files.items()}
+    raw = {g: [] for g in ("backbone", "head", "model_ncnn") if g in sessions}
+    decoder = DecodeBoxes(detector) if "model_ncnn" in sessions else None
+    matches = {g: [] for g in ("postprocess", "model") if g in sessions}
     nonms = []
     for image in images.float():
         image = image[None].to(detector.anchors_xyxy.device)  # (3, H, W) -> (1, 3, H, W)
@@ -237,13 +254,25 @@ def check_parity(
         ref = {k: v.cpu() for k, v in detector.postprocess(detector.head(feats))[0].items()}
         torch_feats = {n: f.cpu().numpy() for n, f in zip(names["features"], feats)}
         torch_head = {n: t.cpu().numpy() for n, t in zip(names["head"], head)}
-        raw["backbone"].append(compare_tensors(torch_feats, run_session(sessions["backbone"], {"images": image}), rtol, atol))
-        raw["head"].append(compare_tensors(torch_head, run_session(sessions["head"], torch_feats), rtol, atol))
+        if "backbone" in raw:
+            raw["backbone"].append(compare_tensors(torch_feats, sessions["backbone"].run({"images": image}), rtol, atol))
+        if "head" in raw:
+            raw["head"].append(compare_tensors(torch_head, sessions["head"].run(torch_feats), rtol, atol))
+        if decoder is not None:  # every box decoded and scored (SSD: background column dropped)
+            boxes, probs = decoder(head)
+            first = 1 if detector.postprocess_spec.score_fn == "softmax" else 0
+            ref_dec = {"boxes": boxes[None].cpu().numpy(), "scores": probs[None, :, first:].cpu().numpy()}
+            raw["model_ncnn"].append(compare_tensors(ref_dec, sessions["model_ncnn"].run({"images": image}), rtol, atol))
         for graph, feeds in (("postprocess", torch_head), ("model", {"images": image})):
-            out = run_session(sessions[graph], feeds)
-            matches[graph].append(match_detections(ref, out["detections"][0], int(out["num_detections"][0]), match_iou))
+            if graph in matches:
+                out = sessions[graph].run(feeds)
+                matches[graph].append(match_detections(ref, np.asarray(out["detections"]).reshape(-1, 6),
+                                                       int(np.asarray(out["num_detections"]).reshape(-1)[0]),
+                                                       match_iou))
         if "model_nonms" in sessions:
-            out = run_session(sessions["model_nonms"], {"images": image})
+            out = sessions["model_nonms"].run({"images": image})
+            out = {"boxes": np.asarray(out["boxes"]).reshape(1, -1, 4), "scores": np.asarray(out["scores"]).reshape(1, -1),
+                   "labels": np.asarray(out["labels"]).reshape(1, -1)}
             cands = detector.image_candidates(detector.head(feats))[0]
             nonms.append(compare_nonms(cands, out, out["scores"].shape[1], box_tol=1e-3 * max(detector.image_size)))
     result = {
@@ -265,6 +294,7 @@ def check_parity(
             "passed": all(m["passed"] for m in nonms),
         }
     result["num_images"] = int(images.shape[0])
+    result["runtime"], result["precision"] = runtime, precision
     result["passed"] = (all(result[g]["allclose"] for g in raw) and all(result[g]["passed"] for g in matches)
                         and result.get("model_nonms", {}).get("passed", True))
     return result

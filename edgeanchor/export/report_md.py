@@ -43,6 +43,19 @@ def render_markdown(report: dict) -> str:
                      f"vs {par['model']['counts_onnx']}; passed: {par['passed']}")
     if "int8" in report:
         lines += int8_lines(report["int8"])
+    if any("openvino" in exp[name] for name in ("baseline", "pruned")):
+        lines += ["", "## OpenVINO IR (openvino/*.xml beside each variant's graphs; f32 parity against PyTorch)", ""]
+        for name in ("baseline", "pruned"):
+            ov = exp[name].get("openvino")
+            par = (ov or {}).get("parity")
+            if par:
+                lines.append(f"- {name}: OpenVINO {ov['version']}, head max abs diff {par['head']['max_abs_diff']:.2e}, "
+                             f"end-to-end detections matched {par['model']['matched_fraction']:.3f}; "
+                             f"passed: {par['passed']}")
+    if "runtimes" in report:
+        from .matrix import matrix_markdown
+
+        lines += ["", "## Runtime matrix", "", *matrix_markdown(report["runtimes"])]
     lines += ["", "## TensorRT", ""]
     if "tensorrt" in report:
         lines.append(f"Engines built: {report['tensorrt']}")
