@@ -1,10 +1,20 @@
 """Export: ONNX graphs (backbone, head, postprocess, end to end), parity checks, TensorRT.
 
 TensorRT is optional and loads lazily: importing this package never imports
-``tensorrt``.
+``tensorrt``. The names below load on first use, so ``edgeanchor.export.runtimes``
+(and the OpenCV runner built on it) import without torch, as the runtime workers of
+``benchmarks/nonms_runtimes.py`` need.
 """
 
-from .onnx_export import export_decoded_onnx, export_onnx
-from .parity import check_parity, make_session, run_session
+import importlib
 
-__all__ = ["check_parity", "export_decoded_onnx", "export_onnx", "make_session", "run_session"]
+_LAZY = {"export_decoded_onnx": ".onnx_export", "export_onnx": ".onnx_export", "check_parity": ".parity",
+         "make_session": ".parity", "run_session": ".parity"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -97,6 +97,10 @@ def _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_par
         return {"loads": False, "why": f"{graph}.onnx is for TensorRT only (EfficientNMS_TRT plugin)"}
     if runtime == "tensorrt":
         return {"loads": None, "why": "TensorRT engines are built and timed by edgeanchor bench with runtime tensorrt"}
+    from .folder import GRAPH_RUNTIMES
+
+    if runtime not in GRAPH_RUNTIMES.get(graph, ()):
+        return {"loads": False, "why": f"{graph}.onnx is for {', '.join(GRAPH_RUNTIMES[graph])}"}
     int8 = graph.endswith(INT8_SUFFIX)
     precision = "int8" if int8 else "f32"
     try:

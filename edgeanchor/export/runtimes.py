@@ -233,6 +233,11 @@ class OpenCvGraph(Graph):
         self.output_names = [o.name for o in model.graph.output]
         self._shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
         self.metadata = {m.key: m.value for m in model.metadata_props}
+        major = int(cv2.__version__.split(".")[0])
+        if major < 5 and any(n.op_type == "NonMaxSuppression" for n in model.graph.node):
+            raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {Path(path).name} (OpenCV 4 has no "
+                                  "NonMaxSuppression layer); use model_nonms.onnx with cv2.dnn.NMSBoxesBatched, "
+                                  "or OpenCV 5")
         try:
             self.net = cv2.dnn.readNetFromONNX(str(path))
         except cv2.error as exc:
@@ -242,7 +247,6 @@ class OpenCvGraph(Graph):
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         if hasattr(self.net, "enableWinograd"):
             self.net.enableWinograd(bool(winograd))
-        major = int(cv2.__version__.split(".")[0])
         self.settings = {"runtime": self.runtime, "version": cv2.__version__, "precision": precision,
                          "backend": "DNN_BACKEND_OPENCV", "target": "DNN_TARGET_CPU",
                          "engine": "ENGINE_AUTO (new engine, classic fallback)" if major >= 5 else "classic",
