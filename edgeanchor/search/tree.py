@@ -79,12 +79,42 @@ def _children(node: Node, moves, all_ids: frozenset) -> list[tuple]:
     return list(dict.fromkeys(out))
 
 
+class EvalRate:
+    """Evaluations per second since the search started, and the time left to ``max_evals`` at that rate.
+
+    The ETA is an upper bound: a search stops earlier when no node is left to expand.
+    """
+
+    def __init__(self, evaluator: Evaluator, clock=None):
+        import time
+
+        self.clock = clock or time.perf_counter
+        self.evaluator = evaluator
+        self.start, self.start_evals = self.clock(), evaluator.num_evals
+
+    def per_second(self) -> float:
+        elapsed = self.clock() - self.start
+        done = self.evaluator.num_evals - self.start_evals
+        return done / elapsed if elapsed > 0 else 0.0
+
+    def eta_seconds(self) -> float | None:
+        rate = self.per_second()
+        left = max(0, self.evaluator.max_evals - self.evaluator.num_evals)
+        return left / rate if rate > 0 else None
+
+    def text(self) -> str:
+        eta = self.eta_seconds()
+        when = "unknown" if eta is None else f"{int(eta // 60)}:{int(eta % 60):02d}"
+        return f"{self.per_second():.1f} evals/s, at most {when} left (max_evals {self.evaluator.max_evals})"
+
+
 def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: float, tol: float, log=None) -> Front:
     """The Pareto tree search from ``root`` (see the module docstring)."""
     front = Front()
     front.offer(root)
     queue = deque([root])
     expanded = set()
+    rate = EvalRate(evaluator)
     while queue and not evaluator.exhausted:
         parent = queue.popleft()
         if parent.removed in expanded:
@@ -106,7 +136,7 @@ def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: floa
                 queue.append(child)
         if log:
             log(f"expanded {len(parent.removed)} removed (mAP {parent.map:.4f}): {len(children)} children, "
-                f"{len(valid)} above floor, front {len(front.nodes)}, evals {evaluator.num_evals}")
+                f"{len(valid)} above floor, front {len(front.nodes)}, evals {evaluator.num_evals}, {rate.text()}")
     return front
 
 
@@ -117,6 +147,7 @@ def layerwise_search(evaluator: Evaluator, root: Node, anchor_set: AnchorSet, *,
     front.offer(root)
     node = root
     all_ids = frozenset(anchor_set.ids)
+    rate = EvalRate(evaluator)
     for i, level in enumerate(anchor_set.levels):
         while not evaluator.exhausted:
             remaining = [a.id for a in level.anchors if a.id not in node.removed]
@@ -132,5 +163,5 @@ def layerwise_search(evaluator: Evaluator, root: Node, anchor_set: AnchorSet, *,
             node = min(children, key=lambda c: (-c.map, c.cost, c.removed))
         if log:
             log(f"level {i}: {len([a for a in level.anchors if a.id not in node.removed])} anchors left, "
-                f"mAP {node.map:.4f}, evals {evaluator.num_evals}")
+                f"mAP {node.map:.4f}, evals {evaluator.num_evals}, {rate.text()}")
     return front
