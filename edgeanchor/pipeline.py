@@ -309,14 +309,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
                  "opset": exported["opset"],
                  "files": {k: str(Path(v).relative_to(folder.root)) for k, v in exported["files"].items()}}
         if parity_images is not None:
-            entry["parity"] = check_parity(model, vdir, parity_images)
-            if not entry["parity"]["passed"]:
-                p = entry["parity"]
-                raise CheckFailed(
-                    f"ONNX Runtime does not match PyTorch for the {variant} model: head max abs diff "
-                    f"{p['head']['max_abs_diff']:.3g}, detections matched {p['model']['matched_fraction']:.3f}; "
-                    "the export was not written"
-                )
+            entry["parity"] = require_parity(check_parity(model, vdir, parity_images), "ONNX Runtime", variant)
         if is_installed("openvino"):  # the OpenVINO IR of the graphs, checked as ONNX Runtime's are
             entry["openvino"] = _openvino_ir(folder, variant, model, exported["files"], parity_images, log)
         result[variant] = entry
@@ -334,19 +327,28 @@ def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images,
     from .export.runtimes import version
 
     log(f"writing the {variant} model's OpenVINO IR (OpenVINO {version('openvino')})")
-    written = write_ir({g: Path(f) for g, f in files.items()})
+    written = write_ir({g: (Path(f), folder.ir_path(variant, g)) for g, f in files.items()})
     entry = {"version": version("openvino"), "files": {g: str(Path(x).relative_to(folder.root)) for g, x in written.items()}}
     if images is not None:
-        entry["parity"] = check_parity(model, folder.variant_dir(variant), images, runtime="openvino",
-                                       files={g: Path(x) for g, x in written.items()})
-        if not entry["parity"]["passed"]:
-            p = entry["parity"]
-            raise CheckFailed(
-                f"OpenVINO (f32) does not match PyTorch for the {variant} model: head max abs diff "
-                f"{p['head']['max_abs_diff']:.3g}, detections matched {p['model']['matched_fraction']:.3f}; "
-                "the export was not written"
-            )
+        parity = check_parity(model, folder.variant_dir(variant), images, runtime="openvino",
+                              files={g: Path(x) for g, x in written.items()})
+        entry["parity"] = require_parity(parity, "OpenVINO (f32)", variant)
     return entry
+
+
+def require_parity(parity: dict, runtime: str, variant: str) -> dict:
+    """``parity`` (a :func:`~edgeanchor.export.parity.check_parity` result) if it passed.
+
+    Raises:
+        CheckFailed: naming the runtime, the variant, the head's max abs diff and the matched detections.
+    """
+    if not parity["passed"]:
+        raise CheckFailed(
+            f"{runtime} does not match PyTorch for the {variant} model: head max abs diff "
+            f"{parity['head']['max_abs_diff']:.3g}, detections matched {parity['model']['matched_fraction']:.3f}; "
+            "the export was not written"
+        )
+    return parity
 
 
 def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: int = 17, num_parity_images: int = 4,

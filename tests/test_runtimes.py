@@ -9,7 +9,6 @@ import pytest
 
 from edgeanchor.cli import main
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.export.folder import ExportFolder
 from edgeanchor.export.parity import check_parity
 from edgeanchor.export.runtimes import check_precision, open_graph, require
 from edgeanchor.models import build_detector

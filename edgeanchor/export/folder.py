@@ -52,6 +52,7 @@ GRAPH_RUNTIMES = {
     "model_int8": ("onnxruntime", "openvino"),
 }
 _CHECKPOINT = {"pruned": "pruned.pt", "baseline": "baseline.pt"}
+IR_DIR = "openvino"  # OpenVINO IR of each variant's graphs, beside them
 
 
 class ExportFolder:
@@ -76,6 +77,15 @@ class ExportFolder:
         if graph not in GRAPHS:
             raise ValueError(f"unknown graph {graph!r}; one of {GRAPHS}")
         return self.variant_dir(variant) / f"{graph}.onnx"
+
+    def ir_path(self, variant: str, graph: str) -> Path:
+        """Where a graph's OpenVINO IR goes: ``openvino/<graph>.xml`` (+ ``.bin``) beside its ONNX file."""
+        return self.graph_path(variant, graph).parent / IR_DIR / f"{graph}.xml"
+
+    def runtime_file(self, runtime: str, variant: str, graph: str) -> Path:
+        """The file ``runtime`` runs for ``graph``: OpenVINO its IR when the export has one, else the ONNX file."""
+        ir = self.ir_path(variant, graph)
+        return ir if runtime == "openvino" and ir.is_file() else self.graph_path(variant, graph)
 
     def checkpoint_path(self, variant: str) -> Path:
         return self.variant_dir(variant) / _CHECKPOINT[variant]
@@ -159,8 +169,7 @@ class ExportFolder:
                 raise EdgeAnchorError(
                     f"{self.root} has no {variant} {graph} graph ({path.name}); re-run prune-and-export to rebuild it"
                 )
-            ir = path.parent / "openvino" / f"{graph}.xml"
-            paths[stage] = ir if runtime == "openvino" and ir.is_file() else path
+            paths[stage] = self.runtime_file(runtime, variant, graph)
         return paths
 
     def runtimes(self) -> dict[str, list[str]]:

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import EdgeAnchorError
-from .folder import VARIANTS, ExportFolder
+from .folder import GRAPH_RUNTIMES, GRAPHS, VARIANTS, ExportFolder
 from .graphs import level_names
-from .openvino_ir import ir_path
-from .runtimes import RUNTIMES, _MODULES, TRT_ONLY, is_installed, open_graph, version
+from .runtimes import RUNTIMES, TRT_ONLY, open_graph, require, version
 
 INT8_SUFFIX = "_int8"
 
@@ -43,18 +42,13 @@ def _feeds_for(graph: str) -> str:
     return _INPUTS.get(graph.removesuffix(INT8_SUFFIX), "images")
 
 
-def _file(folder: ExportFolder, runtime: str, variant: str, graph: str):
-    path = folder.graph_path(variant, graph)
-    if runtime == "openvino" and ir_path(path).is_file():
-        return ir_path(path)
-    return path
-
-
-def _why_not_installed(runtime: str) -> str:
-    if runtime == "tensorrt":
-        return "TensorRT is not installed here or there is no CUDA GPU; build on the device with the trtexec commands"
-    module, extra, name = _MODULES[runtime]
-    return f'{name} is not installed (pip install "edgeanchor[{extra}]")'
+def _not_installed(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run here (its one-line error: the extra to install), or None."""
+    try:
+        require(runtime)
+    except EdgeAnchorError as exc:
+        return str(exc)
+    return None
 
 
 def runtime_matrix(folder: ExportFolder, images: torch.Tensor, *, iters: int = 20, threads: int = 1,
@@ -74,14 +68,13 @@ def runtime_matrix(folder: ExportFolder, images: torch.Tensor, *, iters: int = 2
 
     dets = detectors or {v: folder.graph_detector(v) for v in VARIANTS}
     feeds = {v: [graph_feeds(dets[v], img[None]) for img in images.float()] for v in VARIANTS}
-    from . import folder as folder_mod
-
-    graphs = [g for g in folder_mod.GRAPHS if all(folder.graph_path(v, g).is_file() for v in VARIANTS)]
+    graphs = [g for g in GRAPHS if all(folder.graph_path(v, g).is_file() for v in VARIANTS)]
     out = {"machine": machine_info(), "threads": threads, "iters": iters, "num_images": int(images.shape[0]),
            "precision": "f32 (int8 graphs: int8)", "runtimes": {}}
     for runtime in runtimes:
-        if not is_installed(runtime):
-            out["runtimes"][runtime] = {"installed": False, "why": _why_not_installed(runtime)}
+        why = _not_installed(runtime)
+        if why:
+            out["runtimes"][runtime] = {"installed": False, "why": why}
             continue
         entry = {"installed": True, "version": version(runtime), "graphs": {}}
         if log:
@@ -97,16 +90,14 @@ def _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_par
         return {"loads": False, "why": f"{graph}.onnx is for TensorRT only (EfficientNMS_TRT plugin)"}
     if runtime == "tensorrt":
         return {"loads": None, "why": "TensorRT engines are built and timed by edgeanchor bench with runtime tensorrt"}
-    from .folder import GRAPH_RUNTIMES
-
     if runtime not in GRAPH_RUNTIMES.get(graph, ()):
         return {"loads": False, "why": f"{graph}.onnx is for {', '.join(GRAPH_RUNTIMES[graph])}"}
     int8 = graph.endswith(INT8_SUFFIX)
     precision = "int8" if int8 else "f32"
+    kind = _feeds_for(graph)
     try:
-        opened = {v: open_graph(runtime, _file(folder, runtime, v, graph), threads=threads, precision=precision)
+        opened = {v: open_graph(runtime, folder.runtime_file(runtime, v, graph), threads=threads, precision=precision)
                   for v in VARIANTS}
-        kind = _feeds_for(graph)
         for v in VARIANTS:  # one run per image: loads and runs on every image, and warms up
             for f in feeds[v]:
                 opened[v].run(f[kind])
@@ -120,14 +111,13 @@ def _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_par
         for v in VARIANTS:
             try:
                 res = check_parity(dets[v], folder.variant_dir(v), images, runtime=runtime, intra_op_num_threads=threads,
-                                   files={graph: _file(folder, runtime, v, graph)})
+                                   files={graph: folder.runtime_file(runtime, v, graph)})
             except EdgeAnchorError as exc:
                 return {"loads": False, "why": str(exc)}
             passed = passed and res["passed"]
             detail[v] = _parity_summary(res[graph])
         cell["parity"] = {"passed": passed, **detail}
     times = {v: [] for v in VARIANTS}
-    kind = _feeds_for(graph)
     for i in range(iters):
         order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
         for v in order:

@@ -75,10 +75,10 @@ def make_session(
 
 def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
     """Run ``session`` once; tensors become contiguous numpy arrays. Returns output name -> array."""
-    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-              for k, v in feeds.items()}
+    from .runtimes import as_arrays
+
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, arrays)))
+    return dict(zip(names, session.run(names, as_arrays(feeds))))
 
 
 def compare_tensors(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float, atol: float) -> dict:

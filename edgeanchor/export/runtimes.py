@@ -141,7 +141,8 @@ class Graph:
         return out, time.perf_counter_ns() - t0
 
 
-def _arrays(feeds: dict) -> dict[str, np.ndarray]:
+def as_arrays(feeds: dict) -> dict[str, np.ndarray]:
+    """Feeds as contiguous numpy arrays (torch tensors are detached and moved to the CPU)."""
     out = {}
     for k, v in feeds.items():
         if hasattr(v, "detach"):  # a torch tensor
@@ -170,7 +171,7 @@ class OrtGraph(Graph):
                          "execution_mode": "ORT_SEQUENTIAL"}
 
     def run(self, feeds):
-        return dict(zip(self.output_names, self.session.run(self.output_names, _arrays(feeds))))
+        return dict(zip(self.output_names, self.session.run(self.output_names, as_arrays(feeds))))
 
 
 class OpenVinoGraph(Graph):
@@ -198,14 +199,14 @@ class OpenVinoGraph(Graph):
         self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
-        self.settings = {"runtime": self.runtime, "version": ov.get_version().split("-")[0], "device": "CPU",
+        self.settings = {"runtime": self.runtime, "version": version("openvino"), "device": "CPU",
                          "precision": precision,
                          "inference_precision_hint": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
                          "performance_hint": "LATENCY", "num_streams": 1,
                          "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS"))}
 
     def run(self, feeds):
-        arrays = _arrays(feeds)
+        arrays = as_arrays(feeds)
         self.request.infer({name: arrays[name] for name in self.input_names})
         return {name: np.array(self.request.get_tensor(name).data) for name in self.output_names}
 
@@ -256,7 +257,7 @@ class OpenCvGraph(Graph):
     def run(self, feeds):
         import cv2
 
-        arrays = _arrays(feeds)
+        arrays = as_arrays(feeds)
         for name in self.input_names:
             self.net.setInput(np.ascontiguousarray(arrays[name], dtype=np.float32), name)
         try:
