@@ -331,6 +331,19 @@ def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.T
     return kept
 
 
+def select_indices(cands: Candidates, spec: PostprocessSpec,
+                   level_starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows :func:`select` keeps: ``kept_idx`` (T,) rows of ``cands`` that entered NMS (see
+    :func:`topk_indices`), and ``keep`` (D,) positions in ``kept_idx`` of the detections, in output order."""
+    kept_idx = topk_indices(cands, spec, level_starts)
+    boxes, scores, labels = cands.boxes_xyxy[kept_idx], cands.scores[kept_idx], cands.labels[kept_idx]
+    if spec.score_fn == "yolo":  # YOLOv5: one NMS over boxes shifted by class
+        keep = box_ops.nms(boxes + labels[:, None].to(boxes.dtype) * YOLO_CLASS_OFFSET, scores, spec.nms_thresh)
+    else:
+        keep = box_ops.batched_nms(boxes, scores, labels, spec.nms_thresh)
+    return kept_idx, keep[: spec.detections_per_img]
+
+
 def select(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> dict[str, torch.Tensor]:
     """Top-k, class-aware NMS and max-detections on one image's candidates.
 
@@ -344,13 +357,8 @@ def select(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor)
         ``box_index`` (D,) of the detections, and ``topk_box_index`` (T,), the
         boxes that entered NMS.
     """
-    kept_idx = topk_indices(cands, spec, level_starts)
+    kept_idx, keep = select_indices(cands, spec, level_starts)
     boxes, scores, labels = cands.boxes_xyxy[kept_idx], cands.scores[kept_idx], cands.labels[kept_idx]
-    if spec.score_fn == "yolo":  # YOLOv5: one NMS over boxes shifted by class
-        keep = box_ops.nms(boxes + labels[:, None].to(boxes.dtype) * YOLO_CLASS_OFFSET, scores, spec.nms_thresh)
-    else:
-        keep = box_ops.batched_nms(boxes, scores, labels, spec.nms_thresh)
-    keep = keep[: spec.detections_per_img]
     box_index = cands.box_index[kept_idx]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "box_index": box_index[keep],
             "topk_box_index": box_index}
