@@ -118,6 +118,10 @@ def test_shards_merge_exactly(demo):
         whole = ShardScorer(cache, gt).map(removed)
         shards = [ShardScorer(cache, gt, shard=(i, 3)) for i in range(3)]
         assert merge_map([s.partials(removed) for s in shards]) == whole
+        cut = [ShardScorer(cache.take_images(shard_images(cache.image_ids, (i, 3))), gt) for i in range(3)]
+        assert merge_map([s.partials(removed) for s in cut]) == whole  # what a remote worker holds
+    part = cache.take_images(shard_images(cache.image_ids, (1, 3)))
+    assert part.num_candidates < cache.num_candidates and part.scores.base is None  # a copy of the shard only
     with pytest.raises(ValueError, match="shard"):
         shard_images(cache.image_ids, (3, 3))
 

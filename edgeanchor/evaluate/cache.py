@@ -88,6 +88,23 @@ class CandidateCache:
                   self.scores, self.boxes_xyxy)
         return int(sum(a.nbytes for a in arrays))
 
+    def take_images(self, indices) -> "CandidateCache":
+        """A cache of the images at ``indices`` (in that order) and only their candidates.
+
+        The key and meta stay those of the whole cache (a shard is part of it, not another cache);
+        the meta's image manifest is not carried, as it describes the whole.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        lo, hi = self.offsets[idx], self.offsets[idx + 1]
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())]) if idx.size else \
+            np.zeros(0, dtype=np.int64)
+        meta = {k: v for k, v in self.meta.items() if k != "images"}
+        return CandidateCache(
+            key=self.key, image_ids=self.image_ids[idx], orig_sizes=self.orig_sizes[idx],
+            offsets=np.concatenate([[0], np.cumsum(hi - lo)]).astype(self.offsets.dtype),
+            box_index=self.box_index[rows], anchor_id=self.anchor_id[rows], labels=self.labels[rows],
+            scores=self.scores[rows], boxes_xyxy=self.boxes_xyxy[rows], meta=meta)
+
     def save(self, path) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:

@@ -532,18 +532,23 @@ class ShardScorer:
     """Exact mAP of keep sets (given as removed anchor ids) on a shard of a candidate cache's images.
 
     Args:
-        cache: the candidate cache.
+        cache: the candidate cache. A cache already cut to one shard
+            (``cache.take_images(shard_images(cache.image_ids, shard))``, what a remote worker is sent)
+            is scored with shard (0, 1).
         ann: its annotations (path, dict or COCO object).
         shard: (index, count): this scorer holds the index-th of count contiguous image ranges in
-            ascending image-id order; (0, 1) is every image.
+            ascending image-id order, and only their candidates; (0, 1) is every image.
         memo_size: recent keep sets whose state is kept (besides a pinned parent).
     """
 
     def __init__(self, cache: CandidateCache, ann, *, shard: tuple[int, int] = (0, 1), memo_size: int = 2):
+        images = shard_images(cache.image_ids, shard)
+        if shard[1] > 1 or not np.array_equal(images, np.arange(cache.num_images)):
+            cache = cache.take_images(images)  # only the shard's candidates are held
         self.cache = cache
         self.spec = PostprocessSpec.from_json(cache.meta["postprocess_spec"])
         self.level_starts = torch.tensor(cache.meta["level_starts"], dtype=torch.int64)
-        self.images = shard_images(cache.image_ids, shard)  # (P,) cache image indices
+        self.images = np.arange(cache.num_images, dtype=np.int64)  # (P,) indices into self.cache, ascending ids
         self.shard = shard
         self.memo_size = memo_size
         self._memo: OrderedDict[frozenset, _State] = OrderedDict()
