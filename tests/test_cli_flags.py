@@ -1,7 +1,9 @@
 """Every prune-and-export flag reaches the pipeline; search and prune-and-export share one method rule;
 --json prints only JSON; --cost latency with a given latency model works end to end."""
 
+import importlib.util
 import json
+import socket
 
 import pytest
 import torch
@@ -73,6 +75,8 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
     assert ref["pipeline"] == PipelineSpec(data=images, ann=anns["val"], report_ann=anns["val"],
                                            search=SearchSpec(), model_name="edgeanchor:demo_ssd")
     wpath, wdet = weights_file(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener_address = f"127.0.0.1:{listener.getsockname()[1]}"
 
     def field(path):
         def get(call):
@@ -113,6 +117,10 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
         "--max-evals": (["--max-evals", "17"], field("search.max_evals"), 17),
         "--workers": (["--workers", "1"], field("search.workers"), 1),
         "--backend": (["--backend", "pycocotools"], field("search.backend"), "pycocotools"),
+        # a listening socket stands in for a Ray cluster: the flags are checked (the address answers), not run
+        "--executor": (["--executor", "ray"], field("search.executor"), "ray"),
+        "--ray-address": (["--executor", "ray", "--ray-address", listener_address], field("search.ray_address"),
+                          listener_address),
         "--cache": (["--cache", str(tmp_path / "c.npz")], field("cache"), str(tmp_path / "c.npz")),
         "--latency-model": (["--latency-model", str(tmp_path / "lm.json")], field("latency_model"),
                             str(tmp_path / "lm.json")),
@@ -125,12 +133,16 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
         "--int8": (["--int8"], field("int8"), True),
         "--matrix-iters": (["--matrix-iters", "0"], field("matrix_iters"), 0),
     }
+    without_ray = importlib.util.find_spec("ray") is None  # the [ray] extra: checked when installed
     for flag, (extra, get, expected) in cases.items():
+        if without_ray and "ray" in extra:
+            continue
         argv = base + extra
         assert main(argv) == 0, flag
         call = captured[-1]
         assert get(call) == expected, flag
         assert get(call) != get(ref), f"{flag} did not change anything"
+    listener.close()
     # --json: the report as JSON on stdout; without it, a table and a summary line
     capsys.readouterr()
     assert main(base) == 0 and json.loads(capsys.readouterr().out)["mAP"]["pruned"] == 0.5

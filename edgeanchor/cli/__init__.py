@@ -73,7 +73,7 @@ _PARAM_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "min_map", "max_drop", "target_head_macs", "finetune_epochs", "finetune_lr", "train_ann", "report_ann",
     "parity_images", "latency_model", "image_size", "num_classes", "max_evals", "max_per_level", "batch_size",
     "keep_anchors", "opset", "tol", "workers", "iters", "warmup", "threads", "score_thresh", "nms_thresh", "max_det",
-    "deploy_score_thresh", "deploy_nms_thresh", "nonms_topk", "matrix_iters")}
+    "deploy_score_thresh", "deploy_nms_thresh", "nonms_topk", "matrix_iters", "ray_address")}
 _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N", "use device cpu": "use --device cpu",
             "lower lr": "lower --lr", "method 'shared'": "'--method shared'", "choose shared": "pass --method shared",
             "give train_ann": "pass --train-ann", "choose a writable output folder": "choose a writable --out",
@@ -83,7 +83,9 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "with update set": "with 'edgeanchor regress --update'", "check the weights path": "check --weights",
             "give the matching image_size": "pass the matching --image-size", "use num_classes": "use --num-classes",
             "set overwrite": "pass --overwrite", "drop weights": "drop --weights", "or resume to continue": "or --resume to continue",
-            "with int8 on": "with --int8", "choose precision": "pass --precision"}
+            "with int8 on": "with --int8", "choose precision": "pass --precision",
+            "needs executor ray": "needs --executor ray", "choose executor ray": "pass --executor ray",
+            "with ray start": "with 'ray start --head'"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
 
 

@@ -41,7 +41,13 @@ def add_search_arguments(parser) -> None:
     g.add_argument("--tol", type=float, default=1e-4, help="two mAPs within this are equal (default 1e-4)")
     g.add_argument("--max-per-level", type=int, default=1, help="layerwise: anchors left per level")
     g.add_argument("--max-evals", type=int, default=3000, help="evaluation budget")
-    g.add_argument("--workers", type=int, default=2, help="scoring processes")
+    g.add_argument("--workers", type=int, default=2, help="scoring processes, or Ray actors with --executor ray")
+    g.add_argument("--executor", choices=["processes", "ray"], default="processes",
+                   help="processes: this machine's worker processes; ray: actors sharding the images, on a local "
+                        "Ray or a cluster (--ray-address)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="the Ray cluster for --executor ray: HOST:PORT, ray://HOST:PORT or auto (default: start a "
+                        "local Ray)")
     g.add_argument("--backend", choices=["faster", "pycocotools"], default="faster")
     g.add_argument("--cache", default=None, help="candidate cache file (default: keyed file in the cache folder)")
     g.add_argument("--latency-model", default=None,
@@ -55,7 +61,7 @@ def search_spec_from_args(args):
     max_drop = args.max_drop if args.max_drop is not None else (None if args.min_map is not None else 0.005)
     return SearchSpec(method=args.method, cost=args.cost, min_map=args.min_map, max_drop=max_drop, tol=args.tol,
                       max_per_level=args.max_per_level, max_evals=args.max_evals, workers=args.workers,
-                      backend=args.backend)
+                      backend=args.backend, executor=args.executor, ray_address=args.ray_address)
 
 
 def resolve_data(args):

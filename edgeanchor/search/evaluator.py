@@ -114,14 +114,18 @@ class Evaluator:
         cost_model: head MACs and boxes of keep sets.
         cost_fn: node cost for the front, from (removed, head_macs, boxes).
         workers: processes for parallel scoring (<= 1: in-process).
-        cache_path, ann: what worker processes load.
+        cache_path, ann: what worker processes (or Ray actors) load.
         on_batch: called after each evaluated batch (e.g. to persist).
         max_evals: evaluations allowed (memo hits are free).
+        executor: "processes" (this machine's worker processes) or "ray" (``max(workers, 1)`` Ray actors,
+            one image shard each, for every batch: :class:`~edgeanchor.search.ray_executor.RayShardExecutor`).
+        ray_address: the Ray cluster for executor "ray" (None: a local Ray).
     """
 
     def __init__(self, scorer, cost_model: CostModel, cost_fn: Callable, *, workers: int = 1,
                  cache_path: str | None = None, ann: str | None = None, on_batch: Callable | None = None,
-                 max_evals: int = 5000, known: Iterable[Node] = ()):
+                 max_evals: int = 5000, known: Iterable[Node] = (), executor: str = "processes",
+                 ray_address: str | None = None):
         self.scorer = scorer
         self.cost_model = cost_model
         self.cost_fn = cost_fn
@@ -130,7 +134,12 @@ class Evaluator:
         self.num_evals = 0
         self.on_batch = on_batch
         self._pool = None
-        if workers > 1 and cache_path:
+        self.shard_executor = None
+        if executor == "ray":
+            from .ray_executor import RayShardExecutor
+
+            self.shard_executor = RayShardExecutor(cache_path, ann, max(workers, 1), ray_address)
+        elif workers > 1 and cache_path:
             ctx = multiprocessing.get_context("spawn")  # torch in the parent makes fork unsafe
             self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                              initargs=(str(cache_path), str(ann), scorer.backend, os.getpid()))
@@ -147,7 +156,9 @@ class Evaluator:
         todo = todo[: max(0, self.max_evals - self.num_evals)]
         if todo:
             parent = tuple(sorted(parent))
-            if self._pool is not None and len(todo) > 1:
+            if self.shard_executor is not None:
+                results = self.shard_executor.score(todo, parent)
+            elif self._pool is not None and len(todo) > 1:
                 size = -(-len(todo) // self._workers)  # one contiguous share per worker, one pin each
                 shares = [(todo[i:i + size], parent) for i in range(0, len(todo), size)]
                 results = [m for part in self._pool.map(_score_task, shares) for m in part]
@@ -163,6 +174,9 @@ class Evaluator:
         return [self.memo[k] for k in keys if k in self.memo]
 
     def close(self) -> None:
+        if self.shard_executor is not None:
+            self.shard_executor.close()
+            self.shard_executor = None
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

@@ -25,6 +25,7 @@ from .tree import anchor_moves, layerwise_search, pareto_front, shared_moves, tr
 
 METHODS = ("greedy", "layerwise", "shared")
 COSTS = ("head_macs", "boxes", "latency")
+EXECUTORS = ("processes", "ray")
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,12 @@ class SearchSpec:
         tol: two mAPs within tol are equal.
         max_per_level: layerwise target.
         max_evals: evaluation budget.
-        workers: scoring processes.
+        workers: scoring processes (executor "processes"), or Ray actors, one image shard each (executor "ray").
         backend: COCO evaluation backend.
+        executor: "processes" (this machine's worker processes) or "ray" (actors sharding the images, on a
+            local Ray or the cluster at ``ray_address``); both give the same results.
+        ray_address: the Ray cluster (``host:port``, ``ray://host:port`` or ``auto``) for executor "ray";
+            None starts a local Ray.
     """
 
     method: str | None = None
@@ -52,17 +57,25 @@ class SearchSpec:
     max_evals: int = 3000
     workers: int = 2
     backend: str = "faster"
+    executor: str = "processes"
+    ray_address: str | None = None
 
     def settings_key(self) -> dict:
         """The settings that must match for a stored search to be resumed."""
         d = asdict(self)
         d.pop("workers")
         d.pop("max_evals")
+        d.pop("executor")  # where the nodes are scored does not change their scores
+        d.pop("ray_address")
         return d
 
 
 def check_search_spec(search: SearchSpec) -> None:
     """Settings that are wrong whatever the data, checked before any work.
+
+    For executor "ray" this also imports Ray and, given a ``ray_address``, checks that the cluster
+    answers (:func:`~edgeanchor.search.ray_executor.check_ray_address`), so neither fails after the
+    candidate cache is built.
 
     Raises:
         EdgeAnchorError: naming the parameter and the accepted values.
@@ -87,6 +100,17 @@ def check_search_spec(search: SearchSpec) -> None:
         value = getattr(search, name)
         if not (isinstance(value, int) and value >= 1):
             raise EdgeAnchorError(f"{name} must be an integer >= 1 (got {value})")
+    if search.executor not in EXECUTORS:
+        raise EdgeAnchorError(f"unknown executor {search.executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if search.ray_address is not None and search.executor != "ray":
+        raise EdgeAnchorError(f"ray_address {search.ray_address!r} needs executor ray; choose executor ray, "
+                              "or leave ray_address unset")
+    if search.executor == "ray":
+        from .ray_executor import check_ray_address, require_ray
+
+        require_ray()
+        if search.ray_address is not None:
+            check_ray_address(search.ray_address)
 
 
 def check_target_head_macs(det, target_head_macs: float | None) -> None:
@@ -228,8 +252,8 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     known, state_path = _resume(run.out_dir, search, cache.content_key, log)
     state: dict = {}
     evaluator = Evaluator(scorer, cost_model, cost_fn, workers=search.workers, cache_path=cache_path, ann=ann,
-                          max_evals=search.max_evals, known=known,
-                          on_batch=lambda: _save_state(state_path, state, evaluator))
+                          max_evals=search.max_evals, known=known, executor=search.executor,
+                          ray_address=search.ray_address, on_batch=lambda: _save_state(state_path, state, evaluator))
     try:
         root = evaluator.evaluate([()])[0]
         floor = floor_of(search, root.map)
