@@ -204,6 +204,14 @@ def test_greedy_search_is_deterministic_resumable_and_writes_outputs(demo, split
     b = run_search(demo, images, anns["val"], tmp_path / "b", _spec(workers=2), progress=False, log=lambda m: None)
     assert [n["removed"] for n in a["front"]] == [n["removed"] for n in b["front"]]
     assert all("report" in n for n in a["front"])
+    for r, workers in ((a, 1), (b, 2)):  # this run's scoring: every node, re-matching fewer pairs than from scratch
+        sc = r["scoring"]
+        assert (sc["executor"], sc["workers"], sc["nodes_scored"]) == ("processes", workers, r["num_evals"])
+        assert sc["evals_per_s"] > 0
+    root_pairs = SubsetScorer(build_cache(demo, CocoDetection(images, anns["val"], num_classes=demo.num_classes,
+                                                              image_size=demo.image_size), progress=False),
+                              anns["val"]).shard.num_pairs(())
+    assert 0 < a["scoring"]["pairs_recomputed_per_node"] < root_pairs
     front = a["front"]
     assert all(n["mAP"] >= a["floor"] for n in front)
     # no front point is dominated by any evaluated node

@@ -99,4 +99,9 @@ def run(args) -> int:
     print(format_table(["anchors", "mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
     print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {search.cost}); baseline mAP "
           f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {args.out}")
+    sc = result.get("scoring") or {}
+    if sc.get("nodes_scored"):
+        print(f"scored {sc['nodes_scored']} subsets this run on {sc['workers']} {sc['executor']} worker(s), "
+              f"{sc['evals_per_s']} evaluations/s; {sc['pairs_recomputed_per_node']} (image, class) pairs "
+              "re-matched per subset on average")
     return 0

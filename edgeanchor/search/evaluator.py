@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -94,16 +95,18 @@ def _init_worker(cache_path: str, ann: str, backend: str, parent_pid: int) -> No
     _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend)
 
 
-def _score_task(task) -> list[dict]:
+def _score_task(task) -> tuple[list[dict], int]:
     children, parent = task
     return _score_children(_WORKER["scorer"], children, parent)
 
 
-def _score_children(scorer, children: list, parent: tuple) -> list[dict]:
-    """mAP of each child, the parent's per-image results computed (or reused) once for all of them."""
+def _score_children(scorer, children: list, parent: tuple) -> tuple[list[dict], int]:
+    """(mAP of each child, (image, class) pairs re-matched): the parent's state is computed (or reused)
+    once for all of them, and each child redoes only what its removed anchors can change."""
+    before = scorer.pairs_recomputed
     if len(children) > 1:
         scorer.pin(parent)
-    return [scorer.score(k, parent, full=False) for k in children]
+    return [scorer.score(k, parent, full=False) for k in children], scorer.pairs_recomputed - before
 
 
 class Evaluator:
@@ -134,6 +137,10 @@ class Evaluator:
         self.num_evals = 0
         self.on_batch = on_batch
         self._pool = None
+        self.executor, self.workers = executor, workers
+        self.pairs_recomputed = 0  # (image, class) pairs re-matched by this run's scoring, all workers
+        self.children_scored = 0  # nodes scored by this run (memo hits and resumed nodes excluded)
+        self.scoring_s = 0.0  # wall time spent scoring batches
         self.shard_executor = None
         if executor == "ray":
             from .ray_executor import RayShardExecutor
@@ -156,14 +163,22 @@ class Evaluator:
         todo = todo[: max(0, self.max_evals - self.num_evals)]
         if todo:
             parent = tuple(sorted(parent))
+            started = time.perf_counter()
             if self.shard_executor is not None:
+                before = self.shard_executor.pairs_recomputed
                 results = self.shard_executor.score(todo, parent)
+                self.pairs_recomputed += self.shard_executor.pairs_recomputed - before
             elif self._pool is not None and len(todo) > 1:
                 size = -(-len(todo) // self._workers)  # one contiguous share per worker, one pin each
                 shares = [(todo[i:i + size], parent) for i in range(0, len(todo), size)]
-                results = [m for part in self._pool.map(_score_task, shares) for m in part]
+                parts = list(self._pool.map(_score_task, shares))
+                results = [m for part, _ in parts for m in part]
+                self.pairs_recomputed += sum(pairs for _, pairs in parts)
             else:
-                results = _score_children(self.scorer, todo, parent)
+                results, pairs = _score_children(self.scorer, todo, parent)
+                self.pairs_recomputed += pairs
+            self.scoring_s += time.perf_counter() - started
+            self.children_scored += len(todo)
             for k, metrics in zip(todo, results):
                 macs, boxes = self.cost_model.head_macs(k), self.cost_model.boxes(k)
                 self.memo[k] = Node(k, {m: round(v, 6) for m, v in metrics.items()}, macs, boxes,
@@ -172,6 +187,15 @@ class Evaluator:
             if self.on_batch:
                 self.on_batch()
         return [self.memo[k] for k in keys if k in self.memo]
+
+    def scoring_stats(self) -> dict:
+        """How this run scored its nodes: executor, workers, nodes, evaluations per second, and the mean
+        (image, class) pairs re-matched per node (a node scored from scratch re-matches all of its pairs)."""
+        n = self.children_scored
+        return {"executor": self.executor, "workers": self.workers, "nodes_scored": n,
+                "evals_per_s": round(n / self.scoring_s, 3) if self.scoring_s > 0 else None,
+                "pairs_recomputed": self.pairs_recomputed,
+                "pairs_recomputed_per_node": round(self.pairs_recomputed / n, 1) if n else None}
 
     def close(self) -> None:
         if self.shard_executor is not None:

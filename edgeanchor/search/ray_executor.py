@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
@@ -251,7 +252,9 @@ class RayShardExecutor:
         parent = tuple(int(r) for r in parent)
         refs = [a.score.remote(children, parent) for a in self._actors]
         shards = [self._shard_result(i, ref, children, parent) for i, ref in enumerate(refs)]
-        maps = [merge_map([parts[j] for parts, _ in shards]) for j in range(len(children))]
+        # children merge in parallel threads: the merge's sorts and compiled code release the GIL
+        with ThreadPoolExecutor(max(1, min(len(children), os.cpu_count() or 1))) as pool:
+            maps = list(pool.map(lambda j: merge_map([parts[j] for parts, _ in shards]), range(len(children))))
         self.pairs_recomputed += sum(pairs for _, pairs in shards)
         self.num_scored += len(children)
         return [{"mAP": m} for m in maps]

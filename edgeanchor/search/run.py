@@ -347,7 +347,8 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
         front_json.append(entry)
     nodes = [n.to_json() for n in evaluator.memo.values()]
     result = {**state, "complete": not evaluator.exhausted, "num_evals": len(nodes), "front": front_json,
-              "nodes": nodes, "report_ann": str(run.report_ann) if run.report_ann else None}
+              "nodes": nodes, "report_ann": str(run.report_ann) if run.report_ann else None,
+              "scoring": evaluator.scoring_stats()}
     write_json(search_outputs(out_dir)["result"], result)
     plot_pareto(nodes, front_json, state["baseline"], search_outputs(out_dir)["plot"], floor=floor,
                 title=f"{det.arch}: {run.search.method} search, cost {run.search.cost}")
