@@ -229,7 +229,8 @@ def _choose_keep_set(det, pipeline: PipelineSpec, folder: ExportFolder, log, pro
     shutil.copy(search_outputs(search_folder)["result"], folder.search_json_path)
     chosen = {"source": "search", "search_dir": str(search_folder), "removed": point["removed"],
               "search_mAP": point["mAP"], "floor": result["floor"], "method": search.method, "cost": search.cost,
-              "num_front_points": len(result["front"])}
+              "num_front_points": len(result["front"]), "num_evals": result["num_evals"],
+              "scoring": result.get("scoring")}
     return set(det.anchor_set.ids) - set(point["removed"]), chosen
 
 

@@ -293,3 +293,17 @@ def test_eval_rate_and_eta_are_hand_worked():
     assert rate.text() == "5.0 evals/s, at most 0:15 left (max_evals 100)"
     ev.num_evals = 100
     assert rate.eta_seconds() == 0.0
+
+
+def test_report_says_how_the_search_scored():
+    from edgeanchor.export.report_md import search_lines
+
+    chosen = {"source": "search", "method": "greedy", "cost": "head_macs", "num_evals": 120, "search_dir": "S",
+              "num_front_points": 7, "scoring": {"executor": "ray", "workers": 2, "nodes_scored": 80,
+                                                 "evals_per_s": 3.5, "pairs_recomputed_per_node": 41.2}}
+    text = " ".join(search_lines(chosen))
+    assert "120 subsets in `S`, 7 on the front" in text
+    assert "scored 80 of them on 2 ray worker(s) at 3.5 evaluations/s, re-matching 41.2 (image, class)" in text
+    resumed = " ".join(search_lines({**chosen, "scoring": {"nodes_scored": 0}}))
+    assert "nothing scored this run" in resumed
+    assert search_lines({"source": "anchors"}) == []

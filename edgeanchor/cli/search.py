@@ -48,7 +48,9 @@ def add_search_arguments(parser) -> None:
     g.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="the Ray cluster for --executor ray: HOST:PORT, ray://HOST:PORT or auto (default: start a "
                         "local Ray)")
-    g.add_argument("--backend", choices=["faster", "pycocotools"], default="faster")
+    g.add_argument("--backend", choices=["faster", "pycocotools"], default="faster",
+                   help="COCO evaluator of the front's full metrics; the search ranks subsets by the exact "
+                        "incremental mAP (pycocotools' arithmetic) whatever this is")
     g.add_argument("--cache", default=None, help="candidate cache file (default: keyed file in the cache folder)")
     g.add_argument("--latency-model", default=None,
                    help="latency model JSON for --cost latency (default: calibrate one now on this machine)")

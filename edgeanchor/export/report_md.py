@@ -9,7 +9,7 @@ def render_markdown(report: dict) -> str:
     maps = report["mAP"]
     lines = [f"# prune-and-export report: {report['model']} ({report['arch']})", "",
              f"Input {report['image_size'][0]}x{report['image_size'][1]}; searched on `{report['search_ann']}`, "
-             f"reported on `{report['report_ann']}`.", "",
+             f"reported on `{report['report_ann']}`.", *search_lines(report.get("chosen") or {}), "",
              "| | baseline | pruned | pruned / baseline |", "| --- | ---: | ---: | ---: |"]
     rows = [("mAP@[.5:.95]", maps["baseline"], maps["pruned"], None),
             ("head MACs", base["head_macs"], pr["head_macs"], pr["head_macs"] / base["head_macs"]),
@@ -94,3 +94,19 @@ def channels_text(entry: dict | None, sep: str = "/") -> str:
     if entry.get("one_conv"):
         return str(entry["cls_channels"])
     return f"{entry['cls_channels']}{sep}{entry['box_channels']}"
+
+
+def search_lines(chosen: dict) -> list[str]:
+    """How the keep set was chosen, and how this run scored the search's subsets."""
+    if chosen.get("source") != "search":
+        return []
+    line = (f"Keep set from a {chosen['method']} search (cost {chosen['cost']}): {chosen.get('num_evals', '?')} "
+            f"subsets in `{chosen['search_dir']}`, {chosen['num_front_points']} on the front.")
+    sc = chosen.get("scoring") or {}
+    if sc.get("nodes_scored"):
+        line += (f" This run scored {sc['nodes_scored']} of them on {sc['workers']} {sc['executor']} worker(s) at "
+                 f"{sc['evals_per_s']} evaluations/s, re-matching {sc['pairs_recomputed_per_node']} (image, class) "
+                 "pairs per subset on average.")
+    else:
+        line += " All of them came from the stored search (resumed, nothing scored this run)."
+    return ["", line]
