@@ -25,7 +25,7 @@ from .evaluate.predict import predict
 from .evaluate.subset import SubsetScorer
 from .export.folder import ExportFolder
 from .export.runtimes import is_installed
-from .io import cache_root, log
+from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
 from .prune import keep_ids_from_file, prune
 from .search.run import (SearchSpec, check_search_spec, check_target_head_macs, choose_point, default_cache_path,
@@ -133,7 +133,8 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
 def search_dir(key: str, search: SearchSpec) -> Path:
     """A persistent search folder per (candidate cache content key, settings), so reruns reuse it."""
     floor = f"min{search.min_map}" if search.min_map is not None else f"drop{search.max_drop}"
-    return cache_root() / "searches" / f"{key[:16]}-{search.method}-{search.cost}-{floor}-tol{search.tol}"
+    metric = "" if search.metric == "coco" else f"-{search.metric}"  # COCO searches keep their old folders
+    return cache_root() / "searches" / f"{key[:16]}-{search.method}-{search.cost}-{floor}-tol{search.tol}{metric}"
 
 
 def run_pipeline(det, pipeline: PipelineSpec, out, *, overwrite: bool = False, log=log, progress: bool = True) -> dict:
@@ -163,9 +164,10 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     report_set = CocoDetection.for_detector(det, pipeline.data, pipeline.report_ann)
     cache = load_or_build_cache(det, report_set, default_cache_path(cache_key(det, report_set)), progress=progress,
                                 log=log)
-    scorer = SubsetScorer(cache, pipeline.report_ann)
+    scorer = SubsetScorer(cache, pipeline.report_ann, metric=pipeline.search.metric)
     removed = sorted(set(det.anchor_set.ids) - keep)
-    # Only mAP is reported; the mAP-only evaluation equals the full one's mAP exactly.
+    # Only mAP is reported (in the search's metric); the mAP-only evaluation equals the full one's mAP exactly.
+    report["metric"] = pipeline.search.metric
     report["mAP"] = {"baseline": scorer.score((), full=False)["mAP"],
                      "pruned": scorer.score(removed, full=False)["mAP"]}
     timings["evaluate"] = time.perf_counter() - t
@@ -173,7 +175,8 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     if pipeline.finetune_epochs > 0:
         t = time.perf_counter()
         pruned = _finetune(pruned, pipeline, report_set, folder.root, progress)
-        report["mAP"]["finetuned"] = coco_map(pipeline.report_ann, predict(pruned, report_set, progress=False))["mAP"]
+        report["mAP"]["finetuned"] = _map(pipeline.report_ann, predict(pruned, report_set, progress=False),
+                                          pipeline.search.metric)
         timings["finetune"] = time.perf_counter() - t
     # 6. checkpoints, anchors, costs
     folder.write_variant("pruned", pruned, meta={"pruned_from": pipeline.model_name, "kept_ids": sorted(keep)})
@@ -419,10 +422,20 @@ def _int8(folder: ExportFolder, det, pipeline: PipelineSpec, report_set, maps: d
     calib_set = CocoDetection.for_detector(det, pipeline.data, pipeline.ann)
     result = quantize_and_evaluate(folder, calib_set, report_set, progress=progress, log=log)
     same_rule = deployed(det, pipeline.deploy).postprocess_spec == det.postprocess_spec
+    same_rule = same_rule and pipeline.search.metric == "coco"  # the int8 mAPs are COCO's
     torch_maps = {"baseline": maps["baseline"], "pruned": maps.get("finetuned", maps["pruned"])}
     for variant in ("pruned", "baseline"):
         result[variant]["map_pytorch"] = torch_maps[variant] if same_rule else None
     return result
+
+
+def _map(ann, detections: list, metric: str) -> float:
+    """mAP of COCO results in ``metric`` ("coco", or VOC's "voc07" / "voc")."""
+    if metric == "coco":
+        return coco_map(ann, detections)["mAP"]
+    from .evaluate.voc_map import voc_map
+
+    return voc_map(read_json(ann, "annotation file"), detections, metric)["mAP"]
 
 
 def _trtexec_lines(precision: str) -> dict:

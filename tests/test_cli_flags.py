@@ -117,6 +117,7 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
         "--max-evals": (["--max-evals", "17"], field("search.max_evals"), 17),
         "--workers": (["--workers", "1"], field("search.workers"), 1),
         "--backend": (["--backend", "pycocotools"], field("search.backend"), "pycocotools"),
+        "--metric": (["--metric", "voc07"], field("search.metric"), "voc07"),
         # a listening socket stands in for a Ray cluster: the flags are checked (the address answers), not run
         "--executor": (["--executor", "ray"], field("search.executor"), "ray"),
         "--ray-address": (["--executor", "ray", "--ray-address", listener_address], field("search.ray_address"),

@@ -4,10 +4,14 @@ Actions:
   synth   write a deterministic synthetic COCO-format data set (5 shape
           classes whose aspect ratios h/w and sizes differ, so anchor shapes
           matter) to --out: images/{train,val,test}/*.jpg and
-          annotations/{train,val,test}.json.
+          annotations/{train,val,test}.json; with --format voc, a Pascal VOC
+          folder instead: JPEGImages/, Annotations/*.xml,
+          ImageSets/Main/{train,val,test}.txt and classes.txt (same images,
+          same boxes; read it with --data DIR --split SPLIT).
 
 Example:
   edgeanchor data synth --out data/synth --num-images 2000 --seed 0
+  edgeanchor data synth --out data/synth-voc --num-images 2000 --seed 0 --format voc
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, required=True, help="non-negative seed; same seed, same files")
     synth.add_argument("--image-size", type=int, default=320, help="side of the square images in pixels")
     synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (output is the same)")
+    synth.add_argument("--format", choices=["coco", "voc"], default="coco",
+                       help="coco (images/ + annotations/*.json) or voc (a VOCdevkit-style folder; default coco)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing synthetic data set at --out")
     synth.add_argument("--json", action="store_true", help="print a JSON result on stdout")
 
@@ -62,6 +68,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _is_synth_output(out: Path) -> bool:
+    from ..data.voc_writer import is_synth_voc
+
+    if is_synth_voc(out):
+        return True
     try:
         info = json.loads((out / "annotations" / "train.json").read_text()).get("info", {})
     except (OSError, ValueError, AttributeError):
@@ -88,6 +98,8 @@ def _run_synth(args: argparse.Namespace) -> int:
                 tmp, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
                 workers=args.workers, progress=bar.update,
             )
+        if args.format == "voc":
+            result = _as_voc(tmp, result)
     seconds = time.perf_counter() - start
     result = _relocate(result, tmp, out)
     result["seconds"] = round(seconds, 2)
@@ -102,6 +114,20 @@ def _run_synth(args: argparse.Namespace) -> int:
     else:
         print(summary)
     return 0
+
+
+def _as_voc(tmp: Path, result: dict) -> dict:
+    """Turn the COCO synthetic set just written in ``tmp`` into a VOC folder in its place."""
+    import shutil
+
+    from ..data.voc_writer import write_voc
+
+    splits = {split: json.loads(Path(path).read_text()) for split, path in result["annotations"].items()}
+    voc = write_voc(splits, result["image_dir"], tmp, move=True)
+    shutil.rmtree(tmp / "images")
+    shutil.rmtree(tmp / "annotations")
+    split_files = {split: str(tmp / "ImageSets" / "Main" / f"{split}.txt") for split in splits}
+    return {**result, **voc, "annotations": split_files, "format": "voc"}
 
 
 def _relocate(result: dict, tmp: Path, out: Path) -> dict:

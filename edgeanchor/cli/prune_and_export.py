@@ -22,8 +22,8 @@ from .search import add_search_arguments
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--data", default=None, help="image folder, or a YOLO DATA.yaml (default: the demo's "
-                        "synthetic data)")
+    parser.add_argument("--data", default=None, help="image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit "
+                        "year folder, or images with XML beside them) (default: the demo's synthetic data)")
     add_split_argument(parser, "val; reported on test if the data set has it, fine-tuned on train")
     parser.add_argument("--ann", default=None, help="COCO annotations searched on (default: demo val split)")
     parser.add_argument("--report-ann", default=None, help="split the results are reported on (default: --ann, "
@@ -77,12 +77,14 @@ def resolve_data(args, *, generate: bool = True):
     that must run before any long work.
     """
     from ..data.demo_data import demo_split
-    from .common import data_or_demo, is_yolo_data
+    from .common import data_or_demo, is_voc_data, is_yolo_data
 
     if not generate and not args.data and not args.ann:
         return "<demo>", "<demo val>", args.report_ann or "<demo test>", args.train_ann or "<demo train>"
     if is_yolo_data(args):
         return _yolo_splits(args, generate)
+    if is_voc_data(args):
+        return _voc_splits(args, generate)
     data, ann, demo = data_or_demo(args, "val")
     if not demo:
         return data, ann, args.report_ann or ann, args.train_ann
@@ -106,6 +108,28 @@ def _yolo_splits(args, generate: bool):
         return str(args.data), f"<{search_split}>", f"<{report_split}>", f"<{train_split}>" if train_split else None
     data, anns = yolo_data(args, search_split, report_split, *([train_split] if train_split else []))
     return data, anns[0], anns[1], anns[2] if train_split else None
+
+
+def _voc_splits(args, generate: bool):
+    """Pascal VOC: a VOCdevkit is searched on --split (val), reported on test if it has a test split, fine-tuned
+    on train; a plain folder of images with XML is all three (no fine-tuning data)."""
+    from ..data.voc import available_splits, is_devkit
+    from ..errors import EdgeAnchorError
+    from .common import voc_data
+
+    if args.report_ann or args.train_ann:
+        raise EdgeAnchorError("--report-ann and --train-ann are not used with Pascal VOC data (its splits are in "
+                              "ImageSets/Main); choose the search split with --split")
+    if not is_devkit(args.data):
+        names = [args.split, args.split]  # searched and reported on the whole folder
+    else:
+        have = available_splits(args.data)
+        search_split = args.split or "val"
+        names = [search_split, "test" if "test" in have else search_split, *(["train"] if "train" in have else [])]
+    if not generate:
+        return str(args.data), *[f"<{n or 'all'}>" for n in names[:2]], (f"<{names[2]}>" if len(names) > 2 else None)
+    data, anns = voc_data(args, *names)
+    return data, anns[0], anns[1], anns[2] if len(anns) > 2 else None
 
 
 def pipeline_spec_from_args(args, *, generate: bool = True):

@@ -2,9 +2,11 @@
 
   edgeanchor search --model demo --out runs/search          (the demo's synthetic val split)
   edgeanchor search --model ckpt.pt --data DIR --ann val.json --method greedy --max-drop 0.005 --out DIR
+  edgeanchor search --model ckpt.pt --data VOCdevkit/VOC2007 --split val --metric voc07 --out DIR
 
 The model runs once over the data; every candidate subset is then scored from
-the cached candidates with the model's own post-processing and COCO mAP. The
+the cached candidates with the model's own post-processing and COCO mAP (or
+Pascal VOC mAP@0.5 with --metric voc07|voc). The
 search is resumable: rerun the same command and it continues from the nodes
 stored in --out/search.json. Writes search.json, pareto.png and, for each
 front point, front/point_NN.anchors.json for 'edgeanchor prune --anchors'.
@@ -18,8 +20,8 @@ from .common import add_model_arguments, add_split_argument
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     add_search_arguments(parser)
-    parser.add_argument("--data", default=None, help="image folder, or a YOLO DATA.yaml (default: the demo's "
-                        "synthetic data)")
+    parser.add_argument("--data", default=None, help="image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit "
+                        "year folder, or images with XML beside them) (default: the demo's synthetic data)")
     parser.add_argument("--ann", default=None, help="COCO annotations searched on (default: demo val split)")
     parser.add_argument("--report-ann", default=None,
                         help="also report the front on this split (avoids selection bias; default for the demo: test)")
@@ -35,9 +37,12 @@ def add_search_arguments(parser) -> None:
                         "default: shared for RetinaNet, else greedy")
     g.add_argument("--cost", choices=["head_macs", "boxes", "latency"], default="head_macs")
     floor = g.add_mutually_exclusive_group()
-    floor.add_argument("--min-map", type=float, default=None, help="absolute accuracy floor (COCO mAP)")
+    floor.add_argument("--min-map", type=float, default=None, help="absolute accuracy floor (in --metric's mAP)")
     floor.add_argument("--max-drop", type=float, default=None,
                        help="floor relative to the unpruned mAP, in mAP units (default 0.005 = 0.5 points)")
+    g.add_argument("--metric", choices=["coco", "voc07", "voc"], default="coco",
+                   help="what subsets are ranked by: coco (mAP@[.5:.95]), voc07 (Pascal VOC mAP@0.5, 11-point) or "
+                        "voc (VOC2010+ all-point); default coco")
     g.add_argument("--tol", type=float, default=1e-4, help="two mAPs within this are equal (default 1e-4)")
     g.add_argument("--max-per-level", type=int, default=1, help="layerwise: anchors left per level")
     g.add_argument("--max-evals", type=int, default=3000, help="evaluation budget")
@@ -63,7 +68,8 @@ def search_spec_from_args(args):
     max_drop = args.max_drop if args.max_drop is not None else (None if args.min_map is not None else 0.005)
     return SearchSpec(method=args.method, cost=args.cost, min_map=args.min_map, max_drop=max_drop, tol=args.tol,
                       max_per_level=args.max_per_level, max_evals=args.max_evals, workers=args.workers,
-                      backend=args.backend, executor=args.executor, ray_address=args.ray_address)
+                      backend=args.backend, executor=args.executor, ray_address=args.ray_address,
+                      metric=args.metric)
 
 
 def resolve_data(args):
@@ -99,7 +105,8 @@ def run(args) -> int:
         rows.append([n["num_anchors"], n["mAP"], n.get("report", {}).get("mAP", ""), n["head_macs"],
                      f"{n['head_macs'] / base['head_macs']:.3f}", n["boxes"], n["anchors_file"]])
     print(format_table(["anchors", "mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
-    print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {search.cost}); baseline mAP "
+    print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {search.cost}, metric "
+          f"{search.metric}); baseline mAP "
           f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {args.out}")
     sc = result.get("scoring") or {}
     if sc.get("nodes_scored"):

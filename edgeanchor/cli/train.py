@@ -22,8 +22,9 @@ from .common import add_model_arguments, add_split_argument
 def add_arguments(parser) -> None:
     add_model_arguments(parser, default_model=None)
     parser.add_argument("--init", default=None, help="start from this checkpoint (e.g. a pruned one), keeping its anchors")
-    parser.add_argument("--data", required=True, help="image folder, or a YOLO DATA.yaml (then its train split "
-                        "is trained on and its val split, if any, evaluated after each epoch)")
+    parser.add_argument("--data", required=True, help="image folder, a YOLO DATA.yaml, or a Pascal VOC folder "
+                        "(VOCdevkit/VOC2007, or images with XML beside them) (then its train split is trained on and "
+                        "its val split, if any, evaluated after each epoch)")
     parser.add_argument("--ann", default=None, help="COCO annotations of the training split (not with DATA.yaml)")
     parser.add_argument("--val-ann", default=None, help="COCO annotations evaluated after each epoch")
     add_split_argument(parser, "train")
@@ -132,8 +133,10 @@ def _resume_state(args):
 def resolve_train_data(args) -> None:
     """--data DATA.yaml (a YOLO data set) becomes --data/--ann/--val-ann of its train and val splits."""
     from ..errors import EdgeAnchorError
-    from .common import is_yolo_data, yolo_data
+    from .common import is_voc_data, is_yolo_data, yolo_data
 
+    if is_voc_data(args):
+        return _resolve_voc_train_data(args)
     if not is_yolo_data(args):
         if not args.ann:
             raise EdgeAnchorError("give --ann (COCO annotations of the training images), or --data DATA.yaml")
@@ -147,6 +150,23 @@ def resolve_train_data(args) -> None:
     split = args.split or "train"
     with_val = has_val and split != "val"
     root, anns = yolo_data(args, split, *(["val"] if with_val else []))
+    args.data, args.ann = root, anns[0]  # --data becomes the image root
+    args.val_ann = anns[1] if with_val else None
+
+
+def _resolve_voc_train_data(args) -> None:
+    """Pascal VOC --data: a VOCdevkit's --split (train) is trained on and its val split evaluated (when it is
+    another split); a plain folder of images with XML is trained on whole."""
+    from ..data.voc import available_splits, is_devkit
+    from ..errors import EdgeAnchorError
+    from .common import voc_data
+
+    if args.val_ann:
+        raise EdgeAnchorError("--val-ann is not used with Pascal VOC data (its splits are in ImageSets/Main); "
+                              "choose the training split with --split")
+    split = args.split or "train"
+    with_val = is_devkit(args.data) and "val" in available_splits(args.data) and split not in ("val", "trainval")
+    root, anns = voc_data(args, split, *(["val"] if with_val else []))
     args.data, args.ann = root, anns[0]  # --data becomes the image root
     args.val_ann = anns[1] if with_val else None
 

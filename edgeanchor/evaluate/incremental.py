@@ -62,8 +62,10 @@ from ..data.coco import to_original
 from ..postprocess import YOLO_CLASS_OFFSET, Candidates, PostprocessSpec, select_indices
 from .cache import CandidateCache
 from .decomposed import AREA_ALL, IOU_THRS, REC_THRS
+from .voc_map import COCO, METRICS, VOC_METRICS, accumulate_voc, is_difficult, match_pair_voc
 
 MAX_DET = 100  # COCO's maxDets for mAP
+_NO_MAX_DET = 1 << 40  # VOC evaluates every detection of a pair
 _EPS = float(np.spacing(1))
 _BATCHED_NMS_VANILLA_ABOVE = 1000  # batched_nms on the CPU loops over classes above 4000 box coordinates
 _MODE_BATCHED, _MODE_YOLO = 0, 1
@@ -316,8 +318,11 @@ def _match_pair(dx, dy, dw, dh, gx, gy, gw, gh, g_crowd, g_ign, g_zero, thrs, lo
 
 @numba.njit(cache=True, nogil=True)
 def _match_pairs(pair_img, pair_cat, det_ptr, det_row, labels, kidx_of_label, scores, boxes, pads, scales, sizes,
-                 gt_ptr, gt_cat, gt_xywh, gt_crowd, gt_ign, gt_zero, thrs, lo, hi, max_det, det_m, det_ig, det_eval):
-    """Match the listed (image position, category index) pairs as pycocotools' evaluateImg does.
+                 gt_ptr, gt_cat, gt_xywh, gt_crowd, gt_ign, gt_zero, thrs, lo, hi, max_det, det_m, det_ig, det_eval,
+                 voc):
+    """Match the listed (image position, category index) pairs as pycocotools' evaluateImg does
+    (``voc``: as the VOC devkit does, :func:`~edgeanchor.evaluate.voc_map.match_pair_voc`; ``gt_ign`` is then
+    the difficult flag and the boxes are in file order).
 
     Each detection is first written as the COCO results row gives it: (box - pad) * scale, clipped to
     the original image, as [x, y, w, h]. Per detection, writes the match / ignore bits and ``det_eval``
@@ -370,8 +375,13 @@ def _match_pairs(pair_img, pair_cat, det_ptr, det_row, labels, kidx_of_label, sc
         ga, gb = gt_ptr[p], gt_ptr[p + 1]
         g0 = ga + np.searchsorted(gt_cat[ga:gb], k, side="left")
         g1 = ga + np.searchsorted(gt_cat[ga:gb], k, side="right")
-        _match_pair(dx[:D], dy[:D], dw[:D], dh[:D], gt_xywh[g0:g1, 0], gt_xywh[g0:g1, 1], gt_xywh[g0:g1, 2],
-                    gt_xywh[g0:g1, 3], gt_crowd[g0:g1], gt_ign[g0:g1], gt_zero[g0:g1], thrs, lo, hi, m_out, ig_out)
+        if voc:
+            match_pair_voc(dx[:D], dy[:D], dw[:D], dh[:D], gt_xywh[g0:g1, 0], gt_xywh[g0:g1, 1], gt_xywh[g0:g1, 2],
+                           gt_xywh[g0:g1, 3], gt_ign[g0:g1], m_out, ig_out)
+        else:
+            _match_pair(dx[:D], dy[:D], dw[:D], dh[:D], gt_xywh[g0:g1, 0], gt_xywh[g0:g1, 1], gt_xywh[g0:g1, 2],
+                        gt_xywh[g0:g1, 3], gt_crowd[g0:g1], gt_ign[g0:g1], gt_zero[g0:g1], thrs, lo, hi, m_out,
+                        ig_out)
         for d in range(D):
             det_eval[srt[d]] = True
             det_m[srt[d]] = m_out[d]
@@ -475,8 +485,9 @@ class Partials:
     score: np.ndarray  # (n,) float64, each category's sorted by -score
     matched: np.ndarray  # (n,) uint16 bits per IoU threshold
     ignored: np.ndarray  # (n,) uint16
-    npig: np.ndarray  # (K,) int64 non-ignored ground truth per category
+    npig: np.ndarray  # (K,) int64 non-ignored ground truth per category (VOC: non-difficult)
     pairs_recomputed: int = 0
+    metric: str = COCO  # "coco": bits per IoU threshold; "voc07" / "voc": bit 0 at IoU 0.5, VOC's rules
 
     @property
     def nbytes(self) -> int:
@@ -486,7 +497,8 @@ class Partials:
 def merge_map(partials: list[Partials]) -> float:
     """mAP@[.5:.95] (area all, 100 detections) from every shard's :class:`Partials`, in shard order.
 
-    Equal to pycocotools' stats[0]; -1 when no category has ground truth.
+    Equal to pycocotools' stats[0]; -1 when no category has ground truth. Partials of a VOC metric give
+    that metric's mAP@0.5 (equal to :func:`edgeanchor.evaluate.voc_map.voc_map`).
     """
     if len(partials) == 1:
         p = partials[0]
@@ -506,6 +518,8 @@ def merge_map(partials: list[Partials]) -> float:
             score[ptr[k]:ptr[k + 1]] = s[o]
             m[ptr[k]:ptr[k + 1]] = np.concatenate([p.matched[sl] for p, sl in zip(partials, parts)])[o]
             ig[ptr[k]:ptr[k + 1]] = np.concatenate([p.ignored[sl] for p, sl in zip(partials, parts)])[o]
+    if partials[0].metric in VOC_METRICS:
+        return accumulate_voc(ptr, m, ig, npig, partials[0].metric)
     precision = _precision(ptr, m, ig, npig.astype(np.int64), len(IOU_THRS), REC_THRS)
     valid = precision[precision > -1]  # (T, R, K) flattened as summarize() does
     return float(np.mean(valid)) if valid.size else -1.0
@@ -539,9 +553,15 @@ class ShardScorer:
         shard: (index, count): this scorer holds the index-th of count contiguous image ranges in
             ascending image-id order, and only their candidates; (0, 1) is every image.
         memo_size: recent keep sets whose state is kept (besides a pinned parent).
+        metric: "coco" (mAP@[.5:.95], pycocotools' stats[0]), "voc07" or "voc" (VOC mAP@0.5, 11-point or
+            all-point; :mod:`edgeanchor.evaluate.voc_map`).
     """
 
-    def __init__(self, cache: CandidateCache, ann, *, shard: tuple[int, int] = (0, 1), memo_size: int = 2):
+    def __init__(self, cache: CandidateCache, ann, *, shard: tuple[int, int] = (0, 1), memo_size: int = 2,
+                 metric: str = COCO):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.metric = metric
         images = shard_images(cache.image_ids, shard)
         if shard[1] > 1 or not np.array_equal(images, np.arange(cache.num_images)):
             cache = cache.take_images(images)  # only the shard's candidates are held
@@ -599,10 +619,13 @@ class ShardScorer:
             crowd = bool(a.get("iscrowd", 0))
             area = float(a["area"])
             ign = crowd or area < AREA_ALL[0] or area > AREA_ALL[1]
+            if self.metric in VOC_METRICS:  # difficult boxes, kept in file order (the devkit's tie order)
+                ign = is_difficult(a)
             rows.append((p, k, ign, n, *[float(v) for v in a["bbox"]], crowd, int(a["id"]) == 0))
         P = len(self.images)
         arr = np.array(rows, dtype=np.float64).reshape(-1, 10)
-        order = np.lexsort((arr[:, 3], arr[:, 2], arr[:, 1], arr[:, 0]))  # image, category, ignored last, file
+        ignored_last = arr[:, 2] if self.metric == COCO else np.zeros(len(arr))
+        order = np.lexsort((arr[:, 3], ignored_last, arr[:, 1], arr[:, 0]))  # image, category, ignored last, file
         arr = arr[order]
         img = arr[:, 0].astype(np.int64)
         self.gt_ptr = np.searchsorted(img, np.arange(P + 1), side="left").astype(np.int64)
@@ -677,7 +700,8 @@ class ShardScorer:
         _match_pairs(pair_img, pair_cat, state.det_ptr, state.det_row, self._labels, self.kidx_of_label, self._scores,
                      self._boxes, self._pads, self._scales, self._sizes, self.gt_ptr, self.gt_cat, self.gt_xywh,
                      self.gt_crowd, self.gt_ign, self.gt_zero, IOU_THRS, float(AREA_ALL[0]), float(AREA_ALL[1]),
-                     MAX_DET, state.det_m, state.det_ig, state.det_eval)
+                     MAX_DET if self.metric == COCO else _NO_MAX_DET, state.det_m, state.det_ig, state.det_eval,
+                     self.metric != COCO)
         self.pairs_recomputed += len(pair_img)
 
     def _scratch(self, removed: frozenset) -> _State:
@@ -760,7 +784,7 @@ class ShardScorer:
         kidx = self.kidx_of_label[self._labels[s.det_row]]
         ptr, score, m, ig = _class_lists(kidx, self._scores[s.det_row].astype(np.float64), s.det_m, s.det_ig,
                                          s.det_eval & (kidx >= 0), self.num_cats)
-        return Partials(ptr, score, m, ig, self.npig.copy(), self.pairs_recomputed - before)
+        return Partials(ptr, score, m, ig, self.npig.copy(), self.pairs_recomputed - before, self.metric)
 
     def num_pairs(self, removed, parent=None) -> int:
         """(image, category) pairs with detections of ``removed``: what scoring it from scratch matches."""
@@ -769,7 +793,8 @@ class ShardScorer:
                                 self.num_cats)[0])
 
     def map(self, removed, parent=None) -> float:
-        """mAP@[.5:.95] of ``removed`` on this shard alone (pycocotools' stats[0]; -1: no ground truth)."""
+        """mAP of ``removed`` on this shard alone (COCO: pycocotools' stats[0]; VOC: mAP@0.5; -1: no ground
+        truth)."""
         return merge_map([self.partials(removed, parent)])
 
     def rows(self, removed, parent=None) -> np.ndarray:

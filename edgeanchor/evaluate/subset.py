@@ -9,6 +9,9 @@ detections), the number the search ranks nodes by: exactly pycocotools'
 stats[0], computed by :class:`edgeanchor.evaluate.incremental.ShardScorer`,
 incrementally from a parent (:meth:`SubsetScorer.pin`) when one is given.
 The full twelve metrics use the COCO backend on the same detections.
+With ``metric="voc07"`` or ``"voc"`` the mAP is VOC's mAP@0.5 (11-point or
+all-point), incremental in the same way; the full result is that mAP
+(:func:`edgeanchor.evaluate.voc_map.voc_map` on the same detections).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from .cache import CandidateCache
 from .coco_map import coco_map, load_gt
 from .incremental import ShardScorer, merge_map
+from .voc_map import COCO, voc_map
 
 
 class SubsetScorer:
@@ -29,13 +33,16 @@ class SubsetScorer:
         backend: "faster" (faster-coco-eval) or "pycocotools", for the full metrics.
         memo_size: number of recent keep sets whose per-image results are kept for incremental
             scoring (a pinned parent is kept besides these).
+        metric: "coco" (mAP@[.5:.95]), "voc07" or "voc" (VOC mAP@0.5, 11-point or all-point).
     """
 
-    def __init__(self, cache: CandidateCache, ann, *, backend: str = "faster", memo_size: int = 2):
+    def __init__(self, cache: CandidateCache, ann, *, backend: str = "faster", memo_size: int = 2,
+                 metric: str = COCO):
         self.cache = cache
         self.backend = backend
+        self.metric = metric
         self.gt = load_gt(ann, backend)
-        self.shard = ShardScorer(cache, self.gt.dataset, memo_size=memo_size)
+        self.shard = ShardScorer(cache, self.gt.dataset, memo_size=memo_size, metric=metric)
 
     @property
     def images_recomputed(self) -> int:
@@ -59,15 +66,18 @@ class SubsetScorer:
         return self.shard.rows(removed, parent)
 
     def score(self, removed=(), parent=None, *, full: bool = True) -> dict[str, float]:
-        """COCO metrics of the model with the anchors in ``removed`` taken out.
+        """Metrics of the model with the anchors in ``removed`` taken out.
 
         Args:
             removed: anchor ids taken out.
             parent: a subset of ``removed`` whose results can be reused (see :meth:`pin`).
-            full: every metric of :data:`~edgeanchor.evaluate.coco_map.METRIC_NAMES`;
-                False: only ``{"mAP": ...}`` (pycocotools' stats[0], exactly), incremental from ``parent``.
+            full: every metric of :data:`~edgeanchor.evaluate.coco_map.METRIC_NAMES` (a VOC metric: its mAP);
+                False: only ``{"mAP": ...}`` (pycocotools' stats[0], or the VOC mAP, exactly), incremental from
+                ``parent``.
         """
         if not full:
             return {"mAP": max(merge_map([self.shard.partials(removed, parent)]), 0.0)}
+        if self.metric != COCO:
+            return {"mAP": max(voc_map(self.gt.dataset, self.detections(removed, parent), self.metric)["mAP"], 0.0)}
         return coco_map(self.gt, self.detections(removed, parent), backend=self.backend,
                         image_ids=self.cache.image_ids.tolist(), full=True)

@@ -84,7 +84,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="edgeanchor-parent-watch", daemon=True).start()
 
 
-def _init_worker(cache_path: str, ann: str, backend: str, parent_pid: int) -> None:
+def _init_worker(cache_path: str, ann: str, backend: str, parent_pid: int, metric: str = "coco") -> None:
     import torch
 
     from ..evaluate.cache import CandidateCache
@@ -92,7 +92,7 @@ def _init_worker(cache_path: str, ann: str, backend: str, parent_pid: int) -> No
 
     _exit_with_parent(parent_pid)
     torch.set_num_threads(1)
-    _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend)
+    _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend, metric=metric)
 
 
 def _score_task(task) -> tuple[list[dict], int]:
@@ -113,7 +113,8 @@ class Evaluator:
     """Scores nodes, with a memo, optional worker processes, and a save hook.
 
     Args:
-        scorer: a :class:`edgeanchor.evaluate.subset.SubsetScorer` (used in-process).
+        scorer: a :class:`edgeanchor.evaluate.subset.SubsetScorer` (used in-process; workers and actors
+            score its ``metric``).
         cost_model: head MACs and boxes of keep sets.
         cost_fn: node cost for the front, from (removed, head_macs, boxes).
         workers: processes for parallel scoring (<= 1: in-process).
@@ -145,11 +146,13 @@ class Evaluator:
         if executor == "ray":
             from .ray_executor import RayShardExecutor
 
-            self.shard_executor = RayShardExecutor(cache_path, ann, max(workers, 1), ray_address)
+            self.shard_executor = RayShardExecutor(cache_path, ann, max(workers, 1), ray_address,
+                                                   metric=getattr(scorer, "metric", "coco"))
         elif workers > 1 and cache_path:
             ctx = multiprocessing.get_context("spawn")  # torch in the parent makes fork unsafe
             self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(str(cache_path), str(ann), scorer.backend, os.getpid()))
+                                             initargs=(str(cache_path), str(ann), scorer.backend, os.getpid(),
+                                                       getattr(scorer, "metric", "coco")))
             self._workers = workers
 
     @property

@@ -124,9 +124,10 @@ class ShardWorker:
             (``cache.take_images(shard_images(cache.image_ids, shard))``).
         ann: the annotation file's bytes, or its parsed dict.
         shard: (shard index, shard count), for messages.
+        metric: what the partials score: "coco", "voc07" or "voc".
     """
 
-    def __init__(self, shard_cache, ann, shard: tuple[int, int]):
+    def __init__(self, shard_cache, ann, shard: tuple[int, int], metric: str = "coco"):
         import torch
 
         from ..evaluate.incremental import ShardScorer
@@ -135,7 +136,7 @@ class ShardWorker:
         if isinstance(ann, (bytes, bytearray)):
             ann = json.loads(ann)
         self.shard = tuple(shard)
-        self.scorer = ShardScorer(shard_cache, ann, shard=(0, 1))  # the cache is this shard alone
+        self.scorer = ShardScorer(shard_cache, ann, shard=(0, 1), metric=metric)  # the cache is this shard alone
 
     def ready(self) -> bool:
         return True
@@ -161,6 +162,7 @@ class RayShardExecutor:
             running by :meth:`close`.
         retries: restarts of a dead actor per batch before the batch fails.
         log: where notices go.
+        metric: what the actors score: "coco", "voc07" or "voc".
 
     Attributes:
         pairs_recomputed: (image, class) pairs re-matched over all shards so far.
@@ -170,12 +172,12 @@ class RayShardExecutor:
     worker_class = ShardWorker  # the actor body (tests swap in one that dies)
 
     def __init__(self, cache_path, ann, workers: int, address: str | None = None, *, retries: int = 2,
-                 log=default_log):
+                 log=default_log, metric: str = "coco"):
         if not (isinstance(workers, int) and workers >= 1):
             raise EdgeAnchorError(f"workers must be an integer >= 1 (got {workers})")
         self._ray = ray = require_ray()
         self._exceptions = ray.exceptions
-        self.workers, self.retries, self._log = workers, retries, log
+        self.workers, self.retries, self._log, self.metric = workers, retries, log, metric
         self.pairs_recomputed = 0
         self.num_scored = 0
         self._started = False
@@ -220,7 +222,7 @@ class RayShardExecutor:
                                   "(one actor per image shard, one CPU each); lower workers or add nodes")
 
     def _new_actor(self, i: int):
-        return self._remote.remote(self._shards[i], self._ann, (i, self.workers))
+        return self._remote.remote(self._shards[i], self._ann, (i, self.workers), self.metric)
 
     def _wait_ready(self) -> None:
         refs = [a.ready.remote() for a in self._actors]

@@ -17,6 +17,7 @@ from ..data.coco import CocoDetection
 from ..errors import EdgeAnchorError
 from ..evaluate.cache import cache_key, load_or_build_cache
 from ..evaluate.subset import SubsetScorer
+from ..evaluate.voc_map import METRICS
 from ..io import cache_root, log, read_json, write_json
 from .costs import build_cost_model
 from .evaluator import Evaluator, Node
@@ -46,6 +47,8 @@ class SearchSpec:
             local Ray or the cluster at ``ray_address``); both give the same results.
         ray_address: the Ray cluster (``host:port``, ``ray://host:port`` or ``auto``) for executor "ray";
             None starts a local Ray.
+        metric: what nodes are ranked by (and ``min_map`` / ``max_drop`` are in): "coco" (mAP@[.5:.95]),
+            "voc07" or "voc" (Pascal VOC mAP@0.5, 11-point or all-point); part of the resume key.
     """
 
     method: str | None = None
@@ -59,6 +62,7 @@ class SearchSpec:
     backend: str = "faster"
     executor: str = "processes"
     ray_address: str | None = None
+    metric: str = "coco"
 
     def settings_key(self) -> dict:
         """The settings that must match for a stored search to be resumed."""
@@ -67,6 +71,8 @@ class SearchSpec:
         d.pop("max_evals")
         d.pop("executor")  # where the nodes are scored does not change their scores
         d.pop("ray_address")
+        if d["metric"] == "coco":  # searches stored before there was a choice resume as they were
+            d.pop("metric")
         return d
 
 
@@ -87,10 +93,13 @@ def check_search_spec(search: SearchSpec) -> None:
 
     if search.method is not None and search.method not in METHODS:
         raise EdgeAnchorError(f"unknown search method {search.method!r}; choose one of {', '.join(METHODS)}")
+    if search.metric not in METRICS:
+        raise EdgeAnchorError(f"unknown metric {search.metric!r}; choose one of {', '.join(METRICS)}")
     if search.cost not in COSTS:
         raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
     if search.min_map is not None and not (number(search.min_map) and 0 <= search.min_map <= 1):
-        raise EdgeAnchorError(f"min_map must be a COCO mAP between 0 and 1 (got {search.min_map})")
+        kind = "COCO" if search.metric == "coco" else "VOC"
+        raise EdgeAnchorError(f"min_map must be a {kind} mAP between 0 and 1 (got {search.min_map})")
     if search.max_drop is not None and not (number(search.max_drop) and 0 <= search.max_drop <= 1):
         raise EdgeAnchorError(f"max_drop must be between 0 and 1 in mAP units, 0.005 = half a point "
                               f"(got {search.max_drop})")
@@ -245,7 +254,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     if cache is None:
         cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device,
                                     progress=progress, log=log)
-    scorer = SubsetScorer(cache, ann, backend=search.backend)
+    scorer = SubsetScorer(cache, ann, backend=search.backend, metric=search.metric)
     cost_model = build_cost_model(det)
     latency = resolve_latency_model(search.cost, latency_model, det, data_dir, ann, run.out_dir, log=log)
     cost_fn = _cost_fn(search.cost, latency)
@@ -257,7 +266,8 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
     try:
         root = evaluator.evaluate([()])[0]
         floor = floor_of(search, root.map)
-        state.update(settings=search.settings_key(), cache_key=cache.content_key, model=det.arch, ann=str(ann),
+        state.update(settings=search.settings_key(), metric=search.metric, cache_key=cache.content_key,
+                     model=det.arch, ann=str(ann),
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
         if search.method == "layerwise":
@@ -360,7 +370,7 @@ def _report_scorer(run: _SearchRun) -> SubsetScorer:
     dataset = CocoDetection.for_detector(det, run.data_dir, run.report_ann)
     cache = load_or_build_cache(det, dataset, default_cache_path(cache_key(det, dataset)), batch_size=run.batch_size,
                                 device=run.device, progress=run.progress, log=run.log)
-    return SubsetScorer(cache, run.report_ann, backend=run.search.backend)
+    return SubsetScorer(cache, run.report_ann, backend=run.search.backend, metric=run.search.metric)
 
 
 def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict:
