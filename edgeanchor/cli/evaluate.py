@@ -1,7 +1,12 @@
-"""Evaluate a detector's COCO box mAP on COCO-format data.
+"""Evaluate a detector's box mAP: COCO's, or Pascal VOC's mAP@0.5 (--metric voc07 | voc).
 
   edgeanchor evaluate --model demo --data DIR/images --ann DIR/annotations/test.json --json
   edgeanchor evaluate --model demo --data ... --ann ... --detections dets.json
+  edgeanchor evaluate --model ckpt.pt --data VOCdevkit/VOC2007 --split test --metric voc07
+
+--metric coco gives the twelve COCO metrics (mAP = mAP@[.5:.95]); voc07 the
+VOC2007 devkit's 11-point AP at IoU > 0.5, voc the VOC2010+ all-point AP, both
+ignoring 'difficult' objects as the devkit does, with the AP of each class.
 
 With --detections, the COCO results-format detections are written too (any
 COCO tool, pycocotools included, can load them).
@@ -14,10 +19,13 @@ from .common import add_model_arguments, add_split_argument
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--data", default=None, help="image folder, or a YOLO DATA.yaml (default: the demo's "
-                        "synthetic test split)")
+    parser.add_argument("--data", default=None, help="image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit "
+                        "year folder, or images with XML beside them) (default: the demo's synthetic test split)")
     parser.add_argument("--ann", default=None, help="COCO annotation file")
-    add_split_argument(parser, "val for a YOLO data set")
+    add_split_argument(parser, "val for a YOLO or VOC data set")
+    parser.add_argument("--metric", choices=["coco", "voc07", "voc"], default="coco",
+                        help="coco (mAP@[.5:.95] and the other COCO metrics), voc07 (Pascal VOC mAP@0.5, 11-point) "
+                        "or voc (VOC2010+ all-point); default coco")
     parser.add_argument("--detections", default=None, help="write COCO results-format detections here")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing detections file (only one edgeanchor wrote)")
@@ -53,6 +61,8 @@ def run(args) -> int:
     dataset = CocoDetection.for_detector(det, args.data, args.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=args.batch_size, device=args.device)
+    if args.metric != "coco":
+        return _report_voc(args, dataset, dets)
     metrics = coco_map(args.ann, dets, backend=args.backend)
     if args.detections:
         write_json(args.detections, dets)
@@ -63,4 +73,27 @@ def run(args) -> int:
     else:
         print(f"{args.model} on {args.ann}: mAP {metrics['mAP']:.4f}, mAP50 {metrics['mAP50']:.4f}, "
               f"mAP75 {metrics['mAP75']:.4f} ({len(dataset)} images, {len(dets)} detections)")
+    return 0
+
+
+def _report_voc(args, dataset, dets: list) -> int:
+    """Print (or --json) the VOC mAP@0.5 of ``dets`` and each class's AP; write --detections if asked."""
+    from ..evaluate.voc_map import METRIC_TITLES, voc_map
+    from ..io import read_json, write_json
+    from .common import print_json
+
+    gt = read_json(args.ann, "annotation file")
+    result = voc_map(gt, dets, args.metric)
+    if args.detections:
+        write_json(args.detections, dets)
+    names = {int(c["id"]): c["name"] for c in gt["categories"]}
+    per_class = {names[k]: (round(v, 6) if v is not None else None) for k, v in result["AP"].items()}
+    out = {"model": args.model, "ann": str(args.ann), "num_images": len(dataset), "num_detections": len(dets),
+           "metric": args.metric, "mAP": round(result["mAP"], 6), "AP_per_class": per_class}
+    if args.json:
+        print_json(out)
+        return 0
+    aps = ", ".join(f"{n} {v:.4f}" for n, v in per_class.items() if v is not None)
+    print(f"{args.model} on {args.ann}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} ({len(dataset)} images, "
+          f"{len(dets)} detections; per class: {aps})")
     return 0
