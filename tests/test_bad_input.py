@@ -105,6 +105,28 @@ def duplicate_ids(d):
     d["annotations"][1]["id"] = d["annotations"][0]["id"]
 
 
+def voc_xml(name: str, box=(10, 10, 40, 50)) -> str:
+    return (f"<annotation>\n<filename>a.jpg</filename>\n<object>\n<name>{name}</name>\n<bndbox><xmin>{box[0]}"
+            f"</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox>\n</object>\n"
+            "</annotation>\n")
+
+
+def voc(files: dict):
+    """A VOCdevkit folder ``voc`` with one good image ``a`` in split val (classes: the synthetic set's), then
+    ``files`` (path -> text) written over it."""
+    def make(root: Path) -> None:
+        base = root / "voc"
+        for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(next((root / "synth" / "images").rglob("*.jpg")), base / "JPEGImages" / "a.jpg")
+        (base / "classes.txt").write_text("pole\nplank\ncoin\ncrate\nkite\n")
+        (base / "Annotations" / "a.xml").write_text(voc_xml("coin"))
+        (base / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+        for name, text in files.items():
+            (base / name).write_text(text)
+    return make
+
+
 def write(name, content):
     def make(root: Path) -> None:
         path = root / name
@@ -245,6 +267,31 @@ CASES = [
     Case("coco-ann-is-a-folder", ["evaluate", "--model", "demo", *D, "--ann", "{root}/stuff"], "is a folder"),
     Case("coco-missing-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/nope.json"], "does not exist"),
     Case("coco-only-data", ["evaluate", "--model", "demo", *D], "give both --data and --ann"),
+    # Pascal VOC data (a VOCdevkit folder, or images with XML beside them)
+    Case("voc-malformed-xml", ["evaluate", "--model", "demo", "--data", "{root}/voc"],
+         "a.xml:4: malformed XML", setup=voc({"Annotations/a.xml": "<annotation>\n<object>\n<name>coin</name>\n"
+                                                                     "</annotation>\n"})),
+    Case("voc-malformed-xml-search", ["search", "--model", "demo", "--data", "{root}/voc", "--metric", "voc07",
+                                      "--out", "{root}/s", *FAST_SEARCH],
+         "a.xml:1: malformed XML", setup=voc({"Annotations/a.xml": "<annotation><object>"})),
+    Case("voc-class-not-in-list", ["evaluate", "--model", "demo", "--data", "{root}/voc", "--metric", "voc"],
+         "class 'dragon' is not in the class list", setup=voc({"Annotations/a.xml": voc_xml("dragon")})),
+    Case("voc-empty-split-file", ["search", "--model", "demo", "--data", "{root}/voc", "--out", "{root}/s",
+                                  *FAST_SEARCH], "lists no images", setup=voc({"ImageSets/Main/val.txt": "\n"})),
+    Case("voc-missing-split-file", ["evaluate", "--model", "demo", "--data", "{root}/voc", "--split", "test"],
+         "ImageSets/Main/test.txt does not exist", setup=voc({})),
+    Case("voc-missing-image", ["evaluate", "--model", "demo", "--data", "{root}/voc"], "is missing",
+         setup=voc({"ImageSets/Main/val.txt": "a\nb\n", "Annotations/b.xml": voc_xml("coin")})),
+    Case("voc-missing-xml", ["evaluate", "--model", "demo", "--data", "{root}/voc"], "b.xml is missing",
+         setup=voc({"ImageSets/Main/val.txt": "a\nb\n"})),
+    Case("voc-xml-without-image", ["evaluate", "--model", "demo", "--data", "{root}/shots"], "is missing",
+         setup=write("shots/lonely.xml", voc_xml("coin"))),
+    Case("voc-split-of-plain-folder", ["evaluate", "--model", "demo", "--data", "{root}/shots", "--split", "val"],
+         "has no splits", setup=write("shots/lonely.xml", voc_xml("coin"))),
+    Case("voc-bad-box", ["evaluate", "--model", "demo", "--data", "{root}/voc"], "xmax < xmin",
+         setup=voc({"Annotations/a.xml": voc_xml("coin", box=(50, 10, 40, 20))})),
+    Case("pe-voc-report-ann", ["prune-and-export", "--data", "{root}/voc", "--report-ann", "{root}/x.json",
+                               "--out", "{root}/e"], "not used with Pascal VOC data", setup=voc({})),
     # anchor files
     Case("anchors-binary", ["inspect", "--model", "edgeanchor:demo_ssd", "--anchors", "{root}/binary.bin"],
          "not a text file"),

@@ -145,9 +145,11 @@ def with_difficult(gt: dict, every: int = 4) -> dict:
 @pytest.mark.parametrize("metric", ["voc07", "voc"])
 def test_incremental_voc_equals_reference(demo, metric):
     det, cache, gt = demo
+    plain = ShardScorer(cache, gt, metric=metric).map(())
     gt = with_difficult(gt)
     scorer = ShardScorer(cache, gt, metric=metric)
     subsets = random_subsets(det, 10, seed=1)
+    assert 0.3 < scorer.map(()) < 1 and scorer.map(()) != plain  # difficult boxes change the score
     for removed in subsets:
         expected = voc_map(gt, reference_results(cache, removed), metric)["mAP"]
         assert scorer.map(removed) == expected, removed
@@ -246,3 +248,82 @@ def test_writer_round_trip(tmp_path, monkeypatch):
         assert sorted((back_names[a["image_id"]], a["category_id"], a["bbox"]) for a in back["annotations"]) == \
             sorted((names[a["image_id"]], a["category_id"], a["bbox"]) for a in coco["annotations"])
         assert [(c["id"], c["name"]) for c in back["categories"]] == [(c["id"], c["name"]) for c in coco["categories"]]
+
+
+# ---- the CLI: the same data as COCO and as VOC ---------------------------------------------
+@pytest.fixture(scope="module")
+def synth_pair(tmp_path_factory):
+    """The same synthetic set written as COCO and as VOC (``data synth --format voc``)."""
+    root = tmp_path_factory.mktemp("voc-synth")
+    for fmt in ("coco", "voc"):
+        assert main(["data", "synth", "--out", str(root / fmt), "--num-images", "80", "--seed", "4", "--format", fmt,
+                     "--workers", "1"]) == 0
+    return root
+
+
+def coco_args(root: Path, split: str) -> list[str]:
+    return ["--data", str(root / "coco" / "images"), "--ann", str(root / "coco" / "annotations" / f"{split}.json")]
+
+
+def voc_args(root: Path, split: str) -> list[str]:
+    return ["--data", str(root / "voc"), "--split", split]
+
+
+def test_synth_voc_layout(synth_pair):
+    voc = synth_pair / "voc"
+    assert sorted(p.name for p in voc.iterdir()) == ["Annotations", "ImageSets", "JPEGImages", "classes.txt"]
+    assert (voc / "classes.txt").read_text().split() == ["pole", "plank", "coin", "crate", "kite"]
+    ids = {s: (voc / "ImageSets" / "Main" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    assert [len(v) for v in ids.values()] == [64, 8, 8] and ids["val"][0] == "000065"
+    assert len(list((voc / "JPEGImages").glob("*.jpg"))) == len(list((voc / "Annotations").glob("*.xml"))) == 80
+
+
+@pytest.mark.parametrize("metric", ["coco", "voc07", "voc"])
+def test_evaluate_gives_the_same_on_voc_and_coco(synth_pair, metric, capsys):
+    results = []
+    for data in (coco_args(synth_pair, "test"), voc_args(synth_pair, "test")):
+        assert main(["evaluate", "--model", "demo", *data, "--metric", metric, "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    coco, voc = results
+    assert coco["mAP"] == voc["mAP"] and 0.2 < coco["mAP"] <= 1.0
+    if metric != "coco":
+        assert coco["AP_per_class"] == voc["AP_per_class"] and set(voc["AP_per_class"]) == {
+            "pole", "plank", "coin", "crate", "kite"}
+
+
+def front_of(out: Path) -> tuple:
+    result = json.loads((out / "search.json").read_text())
+    key = ("removed", "mAP", "head_macs", "boxes", "cost")
+    return (result["baseline"]["mAP"], [tuple(json.dumps(n[k]) for k in key) for n in result["front"]],
+            sorted(tuple(json.dumps(n[k]) for k in key) for n in result["nodes"]))
+
+
+@pytest.mark.parametrize("metric", ["coco", "voc07"])
+def test_demo_search_same_front_on_voc_and_coco(synth_pair, tmp_path, metric):
+    """Same images, same boxes: with the same metric, the search on the VOC copy finds the same front."""
+    fronts = []
+    # the VOC copy is scored by two worker processes, which must score the same metric
+    for name, data, workers in (("coco", coco_args(synth_pair, "val"), "1"), ("voc", voc_args(synth_pair, "val"), "2")):
+        out = tmp_path / name
+        assert main(["search", "--model", "demo", *data, "--metric", metric, "--out", str(out), "--max-evals", "60",
+                     "--workers", workers, "--json"]) == 0
+        fronts.append(front_of(out))
+        settings = json.loads((out / "search.json").read_text())["settings"]
+        assert settings.get("metric", "coco") == metric
+    assert fronts[0] == fronts[1]
+    assert len(fronts[0][2]) > 30 and fronts[0][1]  # a real search: every node (and its mAP) the same both ways
+    # the metric is part of the resume key: the same folder with another metric is refused
+    other = "voc" if metric == "voc07" else "voc07"
+    assert main(["search", "--model", "demo", *voc_args(synth_pair, "val"), "--metric", other, "--out",
+                 str(tmp_path / "voc"), "--max-evals", "40", "--workers", "1"]) == 2
+
+
+def test_box_outside_the_image_is_clipped_with_one_warning(tmp_path, capsys):
+    root = devkit(tmp_path / "VOC2007")
+    (root / "classes.txt").write_text("cat\ndog\nperson\nbee\nant\n")  # 5 classes, as the demo model's
+    assert main(["evaluate", "--model", "demo", "--data", str(root), "--split", "test",
+                 "--metric", "voc07", "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [ln for ln in captured.err.splitlines() if "outside the image" in ln]
+    assert len(warnings) == 1 and "2 boxes outside the image" in warnings[0]
+    assert json.loads(captured.out)["num_images"] == 2

@@ -182,11 +182,8 @@ def split_ids(root: Path, split: str) -> list[str]:
 
 
 def _devkit_image(root: Path, image_id: str, record: VocRecord) -> Path:
-    folder = root / "JPEGImages"
-    candidates = [folder / f"{image_id}.jpg"]
-    if record.filename:
-        candidates.append(folder / record.filename)
-    candidates += [folder / f"{image_id}{s}" for s in IMAGE_SUFFIXES]
+    folder = root / "JPEGImages"  # the devkit's rule: the image is named by its id (<filename> is not trusted)
+    candidates = [folder / f"{image_id}.jpg", *[folder / f"{image_id}{s}" for s in IMAGE_SUFFIXES]]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise EdgeAnchorError(f"the image of {record.path} is missing (looked for {candidates[0]}); add it or "
