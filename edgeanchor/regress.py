@@ -1,10 +1,13 @@
 """Accuracy and latency regression checks against a stored baseline.
 
 Measures an export (or a model, exported on the fly): COCO mAP of the pruned
-checkpoint, per-stage latency ratios pruned/unpruned measured in the same run
-with the benchmark harness (absolute times drift between runs and machines;
-ratios of interleaved measurements do not), and the exported head's output
-channels per level. Then compares each metric with its bound.
+model's deployed graph in the chosen runtime (and of the pruned checkpoint in
+PyTorch where torch is installed), per-stage latency ratios pruned/unpruned
+measured in the same run with the benchmark harness (absolute times drift
+between runs and machines; ratios of interleaved measurements do not), and
+the exported head's output channels per level. Then compares each metric
+with its bound. Without torch everything but the PyTorch mAP is measured,
+from the export folder alone.
 """
 
 from __future__ import annotations
@@ -44,34 +47,57 @@ def is_summary(path) -> bool:
 
 
 def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
-            progress: bool = True) -> dict:
-    """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path)."""
+            runtime: str = "onnxruntime", precision: str = "f32", progress: bool = True) -> dict:
+    """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path).
+
+    ``deployed_mAP`` is the pruned model.onnx's (``model_int8`` at int8) in ``runtime`` at ``precision``;
+    ``mAP`` the pruned checkpoint's in PyTorch, measured only where torch is installed.
+    """
+    from .bench.accuracy import evaluate_export
     from .bench.harness import check_timing, open_export, run_bench
-    from .data.coco import CocoDetection
-    from .evaluate.coco_map import coco_map
-    from .evaluate.predict import predict
 
     check_timing(iters, warmup, threads)  # before the (slower) mAP evaluation
     folder = open_export(export)
     data = data or folder.data
     ann = ann or folder.report_ann
-    det = folder.load_detector("pruned")
     identity = measured_identity(folder, ann)
-    dataset = CocoDetection.for_detector(det, data, ann)
-    metrics = coco_map(ann, predict(det, dataset, progress=progress))
-    bench = run_bench(folder, threads=threads, iters=iters, warmup=warmup, progress=progress)
-    return {
+    deployed = evaluate_export(folder, runtime=runtime, precision=precision, data=data, ann=ann, progress=progress)
+    bench = run_bench(folder, runtime=runtime, precision=precision, threads=threads, iters=iters, warmup=warmup,
+                      progress=progress)
+    measured = {
         "format": FORMAT,
         "identity": identity,
-        "mAP": metrics["mAP"],
-        "mAP50": metrics["mAP50"],
+        "deployed_mAP": {"runtime": runtime, "precision": precision, "graph": deployed["graph"],
+                         "mAP": deployed["mAP"], "mAP50": deployed["mAP50"]},
         "ann": str(ann),
         "latency_ratios": {s: bench["ratio_of_medians"][s] for s in GATED_STAGES},
         "absolute_ms": {v: {s: bench["stages"][v][s]["median"] for s in GATED_STAGES} for v in bench["stages"]},
         "head_channels": read_head_channels(folder),
-        "bench_settings": {"runtime": "onnxruntime", "threads": threads, "iters": iters, "warmup": warmup},
+        "bench_settings": {"runtime": runtime, "precision": precision, "threads": threads, "iters": iters,
+                           "warmup": warmup},
         "machine": bench["machine"],
     }
+    if torch_installed():
+        measured.update(pytorch_map(folder, data, ann, progress))
+    return measured
+
+
+def torch_installed() -> bool:
+    """True if torch can be imported here (the PyTorch mAP is measured only then)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def pytorch_map(folder, data, ann, progress: bool) -> dict:
+    """``mAP`` and ``mAP50`` of the pruned checkpoint in PyTorch (its evaluation rule)."""
+    from .data.coco import CocoDetection
+    from .evaluate.coco_map import coco_map
+    from .evaluate.predict import predict
+
+    det = folder.load_detector("pruned")
+    metrics = coco_map(ann, predict(det, CocoDetection.for_detector(det, data, ann), progress=progress))
+    return {"mAP": metrics["mAP"], "mAP50": metrics["mAP50"]}
 
 
 def measured_identity(folder, ann) -> dict:
@@ -85,13 +111,28 @@ def measured_identity(folder, ann) -> dict:
     from .bench.harness import open_export
 
     folder = open_export(folder)
-    base = folder.load_detector("baseline")
+    info = folder.model_info  # format 2: from report.json, no torch
     try:
         digest = hashlib.sha256(Path(ann).read_bytes()).hexdigest()
     except OSError as exc:
         raise EdgeAnchorError(f"cannot read the annotations {ann}: {exc.strerror}; check the path") from None
-    return {"arch": base.arch, "num_classes": base.num_classes, "image_size": list(base.image_size),
-            "baseline_anchors": base.anchor_set.num_anchors, "ann_sha256": digest}
+    return {"arch": info["arch"], "num_classes": info["num_classes"], "image_size": list(info["image_size"]),
+            "baseline_anchors": info["baseline_anchors"], "ann_sha256": digest}
+
+
+def check_runtime(baseline: dict, runtime: str, precision: str, path) -> None:
+    """Latency ratios of another runtime or precision are no baseline for these: a usage error, before measuring.
+
+    Raises:
+        EdgeAnchorError: naming both.
+    """
+    settings = baseline.get("bench_settings") or {}
+    stored = (settings.get("runtime", "onnxruntime"), settings.get("precision", "f32"))
+    if stored != (runtime, precision):
+        raise EdgeAnchorError(
+            f"{path} was measured with {stored[0]} at {stored[1]}, not {runtime} at {precision}; choose runtime "
+            f"{stored[0]} and precision {stored[1]}, or write a baseline for {runtime} by measuring with update set"
+        )
 
 
 def check_identity(baseline: dict, folder, ann, path) -> None:
@@ -119,7 +160,7 @@ def read_head_channels(folder) -> list[dict]:
     """Per active level, (cls, box) output channels read from the pruned head.onnx of an export folder."""
     import onnx
 
-    from .export.onnx_export import read_head_channels as from_graph
+    from .export.head_channels import read_head_channels as from_graph
 
     model = onnx.load(str(folder.graph_path("pruned", "head")))
     levels = sorted(int(o.name.split("_")[1]) for o in model.graph.output if o.name.startswith("cls_"))
@@ -127,9 +168,19 @@ def read_head_channels(folder) -> list[dict]:
 
 
 def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: float) -> list[dict]:
-    """One row per metric: value, bound, passed."""
-    rows = [{"metric": "mAP", "value": measured["mAP"], "baseline": baseline["mAP"],
-             "bound": f">= {baseline['mAP'] - map_tol:.4f}", "passed": measured["mAP"] >= baseline["mAP"] - map_tol}]
+    """One row per metric: value, bound, passed.
+
+    The deployed mAP is held to the baseline's deployed mAP of the same runtime and precision, or to its
+    PyTorch mAP where the baseline has none; the PyTorch mAP (measured only with torch) to the baseline's.
+    """
+    rows = []
+    if "mAP" in measured and _is_number(baseline.get("mAP")):
+        rows.append({"metric": "mAP (PyTorch)", "value": measured["mAP"], "baseline": baseline["mAP"],
+                     "bound": f">= {baseline['mAP'] - map_tol:.4f}",
+                     "passed": measured["mAP"] >= baseline["mAP"] - map_tol})
+    got, ref = measured["deployed_mAP"], deployed_reference(baseline, measured["deployed_mAP"])
+    rows.append({"metric": f"mAP deployed ({got['graph']}, {got['runtime']} {got['precision']})", "value": got["mAP"],
+                 "baseline": ref, "bound": f">= {ref - map_tol:.4f}", "passed": got["mAP"] >= ref - map_tol})
     for stage in GATED_STAGES:
         value, ref = measured["latency_ratios"][stage], baseline["latency_ratios"][stage]
         limit = ref * (1 + latency_tol)
@@ -139,6 +190,15 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
     rows.append({"metric": "head channels per level", "value": _channels(measured["head_channels"]),
                  "baseline": _channels(baseline["head_channels"]), "bound": "equal", "passed": same})
     return rows
+
+
+def deployed_reference(baseline: dict, deployed: dict) -> float:
+    """The baseline's deployed mAP for the same runtime and precision, else its PyTorch mAP."""
+    stored = baseline.get("deployed_mAP")
+    if isinstance(stored, dict) and (stored.get("runtime"), stored.get("precision")) == \
+            (deployed["runtime"], deployed["precision"]) and _is_number(stored.get("mAP")):
+        return float(stored["mAP"])
+    return float(baseline["mAP"] if _is_number(baseline.get("mAP")) else stored["mAP"])
 
 
 def _channels(chs: list[dict]) -> str:
@@ -157,7 +217,7 @@ def markdown(rows: list[dict], measured: dict) -> str:
         lines.append(f"| {r['metric']} | {fmt(r['value'])} | {fmt(r['baseline'])} | {r['bound']} | "
                      f"{'pass' if r['passed'] else '**FAIL**'} |")
     m = measured["machine"]
-    lines += ["", f"Latency ratios are medians of interleaved onnxruntime runs "
+    lines += ["", f"Latency ratios are medians of interleaved {measured['bench_settings']['runtime']} runs "
               f"({measured['bench_settings']['iters']} iterations, {measured['bench_settings']['threads']} thread(s)) "
               f"on {m.get('cpu')} ({m.get('logical_cores')} cores); absolute medians (ms, for information): "
               + json.dumps({v: {s: round(t, 3) for s, t in d.items()} for v, d in measured["absolute_ms"].items()}),
@@ -175,7 +235,10 @@ def load_baseline(path) -> dict:
     fix = "write one by measuring with update set"
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise EdgeAnchorError(f"{path} is not an edgeanchor regression baseline ({FORMAT}); {fix}")
-    if not _is_number(obj.get("mAP")):
+    deployed = obj.get("deployed_mAP")
+    if "deployed_mAP" in obj and not (isinstance(deployed, dict) and _is_number(deployed.get("mAP"))):
+        raise EdgeAnchorError(f"{path}: deployed_mAP must hold runtime, precision and mAP; {fix}")
+    if not _is_number(obj.get("mAP")) and not (deployed and "mAP" not in obj):
         raise EdgeAnchorError(f"{path}: mAP must be a number, got {obj.get('mAP')!r}; {fix}")
     ratios = obj.get("latency_ratios")
     if not isinstance(ratios, dict) or any(not _is_number(ratios.get(s)) or ratios[s] <= 0 for s in GATED_STAGES):

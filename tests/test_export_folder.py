@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -18,19 +20,42 @@ def minimal_report(**extra):
     return {"data": "imgs", "report_ann": "ann.json", "image_size": [320, 320], **extra}
 
 
+_DEMO = []
+
+
+def write_minimal(folder, tmp_path, variants=True, **extra):
+    """Both variants (the demo, unpruned, unless ``variants`` is False) and a report over a one-image split
+    whose image is missing."""
+    if not _DEMO:
+        _DEMO.append(build_detector("demo"))
+    ann = Path(tempfile.mkdtemp(dir=tmp_path.parent)) / "ann.json"  # not in tmp_path: its listing is tested
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}],
+                               "annotations": [], "categories": [{"id": c, "name": str(c)} for c in range(1, 6)]}))
+    if variants:
+        folder.write_variant("pruned", _DEMO[0])
+        folder.write_variant("baseline", _DEMO[0])
+    return folder.write_report({**minimal_report(report_ann=str(ann)), **extra},
+                               render=lambda r: f"# {r.get('model')} v{r['format_version']}\n")
+
+
 def test_report_is_stamped_versioned_and_round_trips(tmp_path):
     with ExportFolder.build(tmp_path / "e") as folder:
-        folder.write_report(minimal_report(model="x"), render=lambda r: f"# {r['model']} v{r['format_version']}\n")
+        write_minimal(folder, tmp_path, model="x")
     assert folder.root == tmp_path / "e"
     opened = ExportFolder.open(tmp_path / "e")
-    assert opened.report["format"] == FORMAT and opened.report["format_version"] == FORMAT_VERSION == 1
-    assert opened.image_size == (320, 320) and opened.data == "imgs" and opened.report_ann == "ann.json"
-    assert (tmp_path / "e" / "report.md").read_text() == "# x v1\n"
+    assert opened.report["format"] == FORMAT and opened.report["format_version"] == FORMAT_VERSION == 2
+    # the annotations are copied in; the image (missing here) is not, so data stays the recorded folder
+    assert opened.image_size == (320, 320) and opened.data == "imgs"
+    assert opened.report_ann == str(tmp_path / "e" / "data" / "annotations.json")
+    assert opened.label_to_category() == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}  # 5 categories, 6 classes: contiguous
+    assert opened.model_info["num_classes"] == 6 and opened.preprocess["resize"] == "stretch"
+    assert (tmp_path / "e" / "report.md").read_text() == "# x v2\n"
     assert is_export_folder(tmp_path / "e") and not is_export_folder(tmp_path)
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda r: r.update(format_version=2), "newer than this edgeanchor reads"),
+    (lambda r: r.update(format_version=3), "newer than this edgeanchor reads"),
+    (lambda r: r.update(format_version=2), "device must hold preprocess, label_to_category and model"),
     (lambda r: r.pop("format_version"), "no valid format_version"),
     (lambda r: r.update(format_version="1"), "no valid format_version"),
     (lambda r: r.update(format="other"), "not an edgeanchor export report"),
@@ -66,7 +91,7 @@ def test_variants_detectors_and_runtime_table(tmp_path):
         for v in ("pruned", "baseline"):
             for g in ("backbone", "head", "postprocess", "model"):
                 folder.graph_path(v, g).write_bytes(b"")
-        folder.write_report(minimal_report())
+        write_minimal(folder, tmp_path, variants=False)
     opened = ExportFolder.open(tmp_path / "e")
     assert opened.checkpoint_path("baseline").parent.name == "baseline"
     assert opened.load_detector("pruned").anchor_set == pruned.anchor_set
@@ -90,7 +115,7 @@ def test_build_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
     out = tmp_path / "e"
     with ExportFolder.build(out) as folder:
         (folder.root / "marker").write_text("old")
-        folder.write_report(minimal_report())
+        write_minimal(folder, tmp_path)
     with pytest.raises(RuntimeError, match="boom"):
         with ExportFolder.build(out, overwrite=True) as folder:
             (folder.root / "marker").write_text("new")
@@ -100,7 +125,7 @@ def test_build_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no build folder left behind
     with ExportFolder.build(out, overwrite=True) as folder:
         (folder.root / "marker").write_text("new")
-        folder.write_report(minimal_report())
+        write_minimal(folder, tmp_path)
     assert (out / "marker").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
     with pytest.raises(RuntimeError, match="without a report"):
@@ -123,7 +148,7 @@ def test_check_output_refuses_what_is_not_ours(tmp_path):
     (tmp_path / "empty").mkdir()
     check_output(tmp_path / "empty", overwrite=False)  # an empty folder is reused
     with ExportFolder.build(tmp_path / "ours") as folder:
-        folder.write_report(minimal_report())
+        write_minimal(folder, tmp_path)
     with pytest.raises(EdgeAnchorError, match="set overwrite"):
         check_output(tmp_path / "ours", overwrite=False)
     check_output(tmp_path / "ours", overwrite=True)

@@ -180,7 +180,7 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
     common = ["--export", str(demo_export), "--iters", "6", "--warmup", "1"]
     assert main(["regress", "--baseline", str(base), "--update", *common]) == 0
     stored = json.loads(base.read_text())
-    assert {"mAP", "latency_ratios", "head_channels", "absolute_ms"} <= set(stored)
+    assert {"mAP", "deployed_mAP", "latency_ratios", "head_channels", "absolute_ms"} <= set(stored)
     # Its own output passes (timing noise is not under test: the latency bound is wide here).
     summary = tmp_path / "summary.md"
     verdict = tmp_path / "verdict.json"
@@ -188,7 +188,8 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
                  "--summary", str(summary), "--json-out", str(verdict)]) == 0
     assert "regress: passed" in capsys.readouterr().out
     assert json.loads(verdict.read_text())["passed"] is True
-    assert "| mAP |" in summary.read_text()
+    assert "| mAP (PyTorch) |" in summary.read_text() and "| mAP deployed (model.onnx, onnxruntime f32) |" in \
+        summary.read_text()
 
     def fails_with(change, metric):
         bad = dict(stored)
@@ -201,7 +202,9 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
         failed = [line for line in out.splitlines() if line.rstrip().endswith("FAIL")]
         assert len(failed) == 1 and failed[0].startswith(metric)
 
-    fails_with(lambda b: b.update(mAP=b["mAP"] + 0.05), "mAP")
+    fails_with(lambda b: b.update(mAP=b["mAP"] + 0.05), "mAP (PyTorch)")
+    fails_with(lambda b: b.update(deployed_mAP={**b["deployed_mAP"], "mAP": b["deployed_mAP"]["mAP"] + 0.05}),
+               "mAP deployed")
     fails_with(lambda b: b.update(head_channels=[{**c, "cls_channels": c["cls_channels"] + 6}
                                                  for c in b["head_channels"]]), "head channels")
     fails_with(lambda b: b.update(latency_ratios={**b["latency_ratios"], "head": 1e-6}), "latency ratio head")

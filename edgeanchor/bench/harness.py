@@ -5,7 +5,8 @@ real image, in alternating order (baseline first on even iterations, pruned
 first on odd ones), so drift of the machine hits both alike. The stages are
 fed the outputs of the previous stage, so the NMS workload is the one the
 model really produces; the number of candidate boxes entering NMS is counted
-per image with the checkpoints.
+per image from ``model.onnx`` itself (:mod:`.nms_count`). Nothing here imports
+torch: bench runs on a device with only a runtime installed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import EdgeAnchorError
 from ..export.folder import ExportFolder
@@ -47,7 +47,7 @@ def open_export(export) -> ExportFolder:
 
 def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[list[np.ndarray], str]:
     """Real images resized to the model input: from ``image_dir``, else the export's report split."""
-    from ..data.coco import load_image
+    from ..data.imaging import load_image_array
     from ..io import read_json
 
     h, w = folder.image_size
@@ -63,20 +63,27 @@ def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[
         files = [Path(folder.data) / im["file_name"] for im in ann["images"]]
         source = folder.report_ann
     # as the model sees images (YOLO: letterboxed)
-    images = [load_image(f, (h, w), folder.resize)[0][None].numpy() for f in files[:limit]]  # (1, 3, H, W) float32
+    images = [load_image_array(f, (h, w), folder.resize)[0][None] for f in files[:limit]]  # (1, 3, H, W) float32
     return images, source
 
 
-def count_nms_inputs(det, images: list[np.ndarray]) -> list[int]:
-    """Boxes entering NMS (after threshold and top-k) per image."""
-    from ..postprocess import topk_indices
+def count_nms_inputs(folder: ExportFolder, variant: str, images: list[np.ndarray], runtime: str) -> dict:
+    """Boxes entering NMS (after threshold and top-k) per image, from the variant's model.onnx.
 
-    counts = []
-    with torch.no_grad():
-        for image in images:
-            cands = det.image_candidates(det.head(det.backbone(torch.from_numpy(image))))[0]
-            counts.append(int(topk_indices(cands, det.postprocess_spec, det.level_starts).numel()))
-    return counts
+    Counted in ``runtime`` when it is ONNX Runtime or OpenVINO, else in whichever of them is installed.
+
+    Returns:
+        ``per_image``, ``median``, ``mean`` and ``counted_with``; or only a ``note`` when neither is installed.
+    """
+    from .nms_count import NmsCounter, counting_runtime
+
+    counter_runtime = counting_runtime(runtime)
+    if counter_runtime is None:
+        return {"note": "not counted: needs onnxruntime or openvino to run model.onnx with its NMS input exposed"}
+    counter = NmsCounter(folder.graph_path(variant, "model"), counter_runtime)
+    counts = [counter.count(image) for image in images]
+    return {"per_image": counts, "median": float(np.median(counts)), "mean": float(np.mean(counts)),
+            "counted_with": counter_runtime}
 
 
 def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
@@ -100,9 +107,7 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
                               end_to_end=end_to_end) for v in VARIANTS}
     stages = [s for s in STAGES if s in getattr(runners["pruned"], "stages", STAGES)]
     samples = {v: {s: [] for s in stages} for v in VARIANTS}
-    from tqdm import tqdm
-
-    for i in tqdm(range(warmup + iters), desc=f"bench {runtime}", disable=not progress, leave=False):
+    for i in progress_bar(range(warmup + iters), desc=f"bench {runtime}", disable=not progress):
         image = images[i % len(images)]
         order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
         for v in order:
@@ -119,10 +124,24 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     for s in stages:
         result["ratio_of_medians"][s] = result["stages"]["pruned"][s]["median"] / \
             result["stages"]["baseline"][s]["median"]
-    nms = {v: count_nms_inputs(folder.graph_detector(v), images) for v in VARIANTS}
-    result["nms_input_boxes"] = {v: {"per_image": c, "median": float(np.median(c)), "mean": float(np.mean(c))}
-                                 for v, c in nms.items()}
+    result["nms_input_boxes"] = {v: count_nms_inputs(folder, v, images, runtime) for v in VARIANTS}
     return result
+
+
+def progress_bar(iterable, *, desc: str, disable: bool = False):
+    """tqdm's bar over ``iterable`` when tqdm is installed (the device path does not need it), else ``iterable``."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, disable=disable, leave=False)
+
+
+def can_plot() -> bool:
+    """True if matplotlib (for :func:`plot_result`) is installed; the device path does not need it."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def format_result(result: dict) -> str:
@@ -133,9 +152,10 @@ def format_result(result: dict) -> str:
         rows.append([s, f"{b['median']:.3f}", f"{b['p90']:.3f}", f"{p['median']:.3f}", f"{p['p90']:.3f}",
                      f"{result['ratio_of_medians'][s]:.3f}"])
     nms = result["nms_input_boxes"]
+    counted = ("median" in nms["baseline"] and f"boxes entering NMS per image (median): baseline "
+               f"{nms['baseline']['median']:.0f}, pruned {nms['pruned']['median']:.0f}")
     lines = [format_table(["stage", "baseline med ms", "p90", "pruned med ms", "p90", "pruned/baseline"], rows),
-             f"boxes entering NMS per image (median): baseline {nms['baseline']['median']:.0f}, "
-             f"pruned {nms['pruned']['median']:.0f}",
+             counted or f"boxes entering NMS: {nms['baseline']['note']}",
              f"{result['runtime']} {result['settings'].get('version')} at {result.get('precision', 'f32')}, threads "
              f"{_threads(result['settings'])}, on {result['machine']['cpu']} "
              f"({result['machine']['logical_cores']} cores); {result['iters']} iterations after "

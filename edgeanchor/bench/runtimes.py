@@ -3,41 +3,40 @@ postprocess and end to end separately, on one runtime.
 
 All runners take a float32 (1, 3, H, W) image in [0, 1] and keep each
 stage's outputs to feed the next, so every stage sees the real workload
-(the NMS sees the candidates the model really produces).
+(the NMS sees the candidates the model really produces). Nothing here
+imports torch (the device path): the eager PyTorch runner is in
+:mod:`.torch_runner`, loaded only for runtime torch.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import EdgeAnchorError
 
 STAGES = ("backbone", "head", "postprocess", "end_to_end")
 
 
-def _now() -> int:
-    return time.perf_counter_ns()
-
-
 class GraphRunner:
-    """The four stage graphs of one variant in one runtime (ONNX Runtime or OpenVINO), explicit options.
+    """The four stage graphs of one variant in one runtime (ONNX Runtime, OpenVINO or TensorRT), explicit options.
 
     Graphs are opened by :func:`edgeanchor.export.runtimes.open_graph`, the same way parity opens them.
     """
 
     def __init__(self, runtime: str, graphs: dict[str, Path], *, threads: int = 0, opt_level: str = "all",
-                 precision: str = "f32"):
-        """``graphs``: stage -> graph file, for the stages in ``STAGES``."""
+                 precision: str = "f32", engines: dict[str, Path] | None = None):
+        """``graphs``: stage -> graph file, for the stages in ``STAGES``; ``engines``: TensorRT's engine files."""
         from ..export.runtimes import open_graph
 
         kwargs = {"opt_level": opt_level} if runtime == "onnxruntime" else {}
-        self.graphs = {stage: open_graph(runtime, graphs[stage], threads=threads, precision=precision, **kwargs)
+        self.graphs = {stage: open_graph(runtime, graphs[stage], threads=threads, precision=precision,
+                                         engine_path=(engines or {}).get(stage), **kwargs)
                        for stage in STAGES}
         self.settings = {**self.graphs["backbone"].settings,
                          "graphs": {s: Path(g.path).name for s, g in self.graphs.items()}}
@@ -50,31 +49,6 @@ class GraphRunner:
         _, t_p = g["postprocess"].timed({k: head[k] for k in g["postprocess"].input_names})
         _, t_e = g["end_to_end"].timed({"images": image})
         return {"backbone": t_b, "head": t_h, "postprocess": t_p, "end_to_end": t_e}
-
-
-class TorchRunner:
-    """Eager PyTorch stages of a checkpoint."""
-
-    def __init__(self, det, *, threads: int = 0):
-        if threads:
-            torch.set_num_threads(threads)
-        self.det = det.eval()
-        self.settings = {"runtime": "torch", "version": torch.__version__, "mode": "eager, no_grad",
-                         "intra_op_num_threads": torch.get_num_threads()}
-
-    @torch.no_grad()
-    def run_all(self, image: np.ndarray) -> dict[str, int]:
-        x = torch.from_numpy(image)
-        t0 = _now()
-        feats = self.det.backbone(x)
-        t1 = _now()
-        head = self.det.head(feats)
-        t2 = _now()
-        self.det.postprocess(head)
-        t3 = _now()
-        self.det(x)
-        t4 = _now()
-        return {"backbone": t1 - t0, "head": t2 - t1, "postprocess": t3 - t2, "end_to_end": t4 - t3}
 
 
 def make_runner(runtime: str, folder, variant: str, *, threads: int, opt_level: str = "all", precision: str = "f32",
@@ -99,18 +73,33 @@ def make_runner(runtime: str, folder, variant: str, *, threads: int, opt_level: 
 
         return OpenCvRunner(folder.graphs_for_runtime(runtime, variant, precision, stage_graphs), threads=threads)
     if runtime == "torch":
+        from .torch_runner import TorchRunner
+
         return TorchRunner(folder.graph_detector(variant), threads=threads)
     if runtime == "tensorrt":
-        from .tensorrt_runner import TrtRunner
-
-        return TrtRunner(folder.graphs_for_runtime(runtime, variant, precision, stage_graphs),
-                         precision=_TRT_PRECISION[precision])
+        graphs = folder.graphs_for_runtime(runtime, variant, precision, stage_graphs)
+        return GraphRunner(runtime, graphs, precision=precision, engines=engine_paths(folder, variant, graphs, precision))
     raise EdgeAnchorError(f"unknown runtime {runtime!r}; choose onnxruntime, openvino, opencv, torch or tensorrt")
 
 
 # OpenCV: the deployment path of model_nonms.onnx; its end to end is the graph plus cv2.dnn.NMSBoxesBatched.
 OPENCV_STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "end_to_end": "model_nonms"}
-_TRT_PRECISION = {"f32": "fp32", "f16": "fp16"}
+
+
+def engine_paths(folder, variant: str, graphs: dict[str, Path], precision: str) -> dict[str, Path]:
+    """Stage -> the TensorRT engine of its graph for this TensorRT version and GPU (imports TensorRT).
+
+    Raises:
+        EdgeAnchorError: TensorRT, cuda-python or a GPU missing; a precision TensorRT graphs are not built in.
+    """
+    from ..export.tensorrt import check_gpu, require_tensorrt
+    from ..export.tensorrt_graph import require_engine_precision
+
+    builder_precision = require_engine_precision(precision)
+    trt = require_tensorrt()
+    gpu = check_gpu()
+    return {stage: folder.engine_path(variant, Path(path).stem, builder_precision, trt_version=trt.__version__,
+                                      gpu=gpu) for stage, path in graphs.items()}
 
 
 def machine_info() -> dict:
@@ -136,19 +125,38 @@ def machine_info() -> dict:
         load = None
     info = {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gib": mem, "load_average_1_5_15min": load,
             "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+            "python": platform.python_version(), "numpy": np.__version__}
+    torch = sys.modules.get("torch")  # recorded when this process uses it; never imported here
+    if torch is not None:
+        info["torch"] = torch.__version__
     try:
         import onnxruntime
 
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:  # pragma: no cover
         pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    gpu = _gpu_name()
+    if gpu:
+        info["gpu"] = gpu
     nvp = _nvpmodel()
     if nvp:
         info["jetson_power_mode"] = nvp
     return info
+
+
+def _gpu_name() -> str | None:
+    """The first NVIDIA GPU's name from ``nvidia-smi`` when there is one (no CUDA library needed)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _nvpmodel() -> str | None:

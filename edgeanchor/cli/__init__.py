@@ -83,7 +83,7 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "with update set": "with 'edgeanchor regress --update'", "check the weights path": "check --weights",
             "give the matching image_size": "pass the matching --image-size", "use num_classes": "use --num-classes",
             "set overwrite": "pass --overwrite", "drop weights": "drop --weights", "or resume to continue": "or --resume to continue",
-            "with int8 on": "with --int8", "choose precision": "pass --precision",
+            "with int8 on": "with --int8", "choose precision": "pass --precision", "choose runtime": "pass --runtime",
             "needs executor ray": "needs --executor ray", "choose executor ray": "pass --executor ray",
             "with ray start": "with 'ray start --head'"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")

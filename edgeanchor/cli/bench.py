@@ -44,7 +44,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..bench.harness import check_timing, format_result, is_bench_result, is_png, plot_result, run_bench
+    from ..bench.harness import (can_plot, check_timing, format_result, is_bench_result, is_png, plot_result,
+                                 run_bench)
     from ..export.folder import ExportFolder, default_export_dir
     from ..io import check_output_file, log, write_json
     from .common import print_json
@@ -66,11 +67,16 @@ def run(args) -> int:
                        iters=args.iters, image_dir=args.images, opt_level=args.opt_level, precision=args.precision,
                        end_to_end=args.end_to_end)
     write_json(json_path, result)
-    plot_result(result, plot_path)
+    wrote = f"wrote {json_path}"
+    if can_plot():
+        plot_result(result, plot_path)
+        wrote += f" and {plot_path}"
+    else:
+        log("matplotlib is not installed: no plot (the JSON has every figure)")
     if args.json:
         print_json(result)
-        log(f"wrote {json_path} and {plot_path}")
+        log(wrote)
         return 0
     print(format_result(result))
-    print(f"wrote {json_path} and {plot_path}")
+    print(wrote)
     return 0

@@ -10,11 +10,19 @@ ignoring 'difficult' objects as the devkit does, with the AP of each class.
 
 With --detections, the COCO results-format detections are written too (any
 COCO tool, pycocotools included, can load them).
+
+  edgeanchor evaluate --export exports/demo [--runtime onnxruntime|openvino|tensorrt] [--precision f32|int8]
+
+With --export, the deployed graph (model.onnx; model_int8.onnx at int8;
+TensorRT: its engine) runs in the runtime over the export's report split, and
+its COCO mAP is given beside PyTorch's from the export's report. This needs
+only numpy, pillow, onnx, the runtime and a COCO evaluator (no torch).
 """
 
 from __future__ import annotations
 
 from .common import add_model_arguments, add_split_argument
+from .evaluate_export import add_export_arguments, run_export
 
 
 def add_arguments(parser) -> None:
@@ -33,9 +41,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
+    add_export_arguments(parser)
 
 
 def run(args) -> int:
+    if args.export:
+        return run_export(args)
     from ..data.coco import CocoDetection
     from ..evaluate.coco_map import coco_map
     from ..evaluate.predict import predict

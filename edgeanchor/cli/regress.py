@@ -4,6 +4,15 @@
   edgeanchor regress --baseline base.json --model pruned.pt --reference demo --data DIR --ann val.json
   edgeanchor regress --baseline base.json --export exports/demo --update      (rewrite the baseline)
 
+  edgeanchor regress --baseline base-ov.json --export exports/demo --runtime openvino   (on the device)
+
+The deployed mAP is model.onnx's (model_int8.onnx at --precision int8) in
+--runtime on the export's report split, held to the baseline's deployed mAP
+for that runtime and precision (or to its PyTorch mAP); where torch is
+installed the pruned checkpoint's PyTorch mAP is checked too. With an export
+folder (format 2) regress needs no torch: numpy, pillow, onnx, the runtime
+and a COCO evaluator are enough.
+
 Exit codes: 0 all metrics within bounds (or --update written); 1 a regression
 (mAP dropped more than --map-tol, a pruned/unpruned latency ratio rose more
 than --latency-tol relative, or the exported head's channel counts changed),
@@ -25,6 +34,10 @@ def add_arguments(parser) -> None:
                         help="with --model: the unpruned reference model (default: the checkpoint's source)")
     parser.add_argument("--data", default=None, help="image folder (default: the export's report data)")
     parser.add_argument("--ann", default=None, help="COCO annotations (default: the export's report split)")
+    parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
+                        help="where the deployed graph is evaluated and timed (default onnxruntime)")
+    parser.add_argument("--precision", choices=["f32", "bf16", "f16", "int8"], default="f32",
+                        help="what the runtime computes in (default f32; int8: the int8 graphs)")
     parser.add_argument("--map-tol", type=float, default=0.005, help="allowed mAP drop (default 0.005)")
     parser.add_argument("--latency-tol", type=float, default=0.10,
                         help="allowed relative rise of a latency ratio (default 0.10)")
@@ -62,7 +75,11 @@ def _check_args(args) -> None:
     from ..errors import EdgeAnchorError
     from ..io import check_output_file
 
+    from ..export.runtimes import check_precision, require
+
     check_timing(args.iters, args.warmup, args.threads)
+    require(args.runtime)  # one line naming what to install
+    check_precision(args.runtime, args.precision)
     if not (args.map_tol >= 0 and args.latency_tol >= 0):
         raise EdgeAnchorError(f"--map-tol and --latency-tol must be >= 0 (got {args.map_tol}, {args.latency_tol})")
     # Results of ours are rewritten on every run (as a CI step does); anything else is refused.
@@ -94,13 +111,14 @@ def run(args) -> int:
             folder = _export_model(args, tmp)
         else:
             folder = ExportFolder.open(args.export or default_export_dir())
-        if baseline is not None:  # a baseline of another model or split: exit 2 before measuring
+        if baseline is not None:  # a baseline of another model, split or runtime: exit 2 before measuring
             regress.check_identity(baseline, folder, args.ann or folder.report_ann, args.baseline)
+            regress.check_runtime(baseline, args.runtime, args.precision, args.baseline)
         measured = regress.measure(folder, data=args.data, ann=args.ann, iters=args.iters, warmup=args.warmup,
-                                   threads=args.threads)
+                                   threads=args.threads, runtime=args.runtime, precision=args.precision)
     if args.update:
         regress.save_baseline(args.baseline, measured, map_tol=args.map_tol, latency_tol=args.latency_tol)
-        print(f"wrote baseline {args.baseline}: mAP {measured['mAP']:.4f}, latency ratios "
+        print(f"wrote baseline {args.baseline}: deployed mAP {measured['deployed_mAP']['mAP']:.4f}, latency ratios "
               + ", ".join(f"{s} {r:.3f}" for s, r in measured["latency_ratios"].items()))
         return 0
     rows = regress.compare(measured, baseline, map_tol=args.map_tol, latency_tol=args.latency_tol)

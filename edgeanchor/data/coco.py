@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import EdgeAnchorError
 from ..io import read_json
+from .imaging import (LETTERBOX_FILL, RESIZE_MODES, letterbox_params, load_image_array,  # noqa: F401 - re-exported
+                      to_input, to_original)
+from .imaging import to_rgb8 as _to_rgb8  # noqa: F401 - re-exported
+from .labels import invert_label_map, make_label_map  # noqa: F401 - re-exported
 
 SKIP_CROWD = "crowd"
 SKIP_DEGENERATE = "degenerate box (w or h <= 0)"
@@ -28,66 +31,6 @@ SKIP_DEGENERATE = "degenerate box (w or h <= 0)"
 # Colour jitter range for train=True: factors in [1 - J, 1 + J]. Kept mild so
 # that the colour families of the synthetic classes stay recognisable.
 JITTER = 0.15
-
-
-def make_label_map(category_ids: list[int], num_classes: int, first_label: int = 1) -> dict[int, int]:
-    """Map COCO category ids to model labels.
-
-    With ``first_label=1`` (label 0 is background): contiguous when
-    ``num_classes == K + 1`` (sorted ids get labels 1..K); otherwise identity
-    when every id fits below ``num_classes`` (torchvision's COCO convention:
-    91 classes, ids 1..90 with gaps).
-
-    With ``first_label=0`` (YOLO: no background class): sorted ids get labels
-    0..K-1 when ``num_classes == K`` (so COCO's 80 gapped ids become YOLO's
-    coco80 classes); a YOLO data set converted by :mod:`.yolo` has ids 1..nc.
-
-    Args:
-        category_ids: the K category ids of the annotation file, any order.
-        num_classes: number of model classes (background included when ``first_label`` is 1).
-        first_label: the label of the first category, 1 or 0.
-
-    Returns:
-        dict category id -> label.
-
-    Raises:
-        EdgeAnchorError: no categories, duplicate ids, or ids that fit neither rule.
-    """
-    ids = sorted(int(c) for c in category_ids)
-    if not ids:
-        raise EdgeAnchorError("the annotation file has no categories; add a 'categories' list")
-    if len(set(ids)) != len(ids):
-        dup = next(c for c, n in Counter(ids).items() if n > 1)
-        raise EdgeAnchorError(f"category id {dup} appears twice in 'categories'; make category ids unique")
-    k = len(ids)
-    if first_label == 0:
-        if num_classes == k:
-            return {cat: label for label, cat in enumerate(ids)}
-        raise EdgeAnchorError(f"{k} categories do not fit a model with {num_classes} classes (nc; no background "
-                              f"class): use num_classes {k}")
-    if num_classes == k + 1:
-        return {cat: label for label, cat in enumerate(ids, start=1)}
-    if ids[-1] < num_classes and ids[0] >= 1:
-        return {cat: cat for cat in ids}
-    raise EdgeAnchorError(
-        f"{k} categories (ids {ids[0]}..{ids[-1]}) do not fit a model with {num_classes} classes: "
-        f"need {k + 1} for contiguous labels or more than {ids[-1]} for labels equal to category ids "
-        f"(with ids >= 1); use num_classes {k + 1}"
-    )
-
-
-def invert_label_map(label_map: dict[int, int]) -> dict[int, int]:
-    """Invert :func:`make_label_map`: model label -> COCO category id.
-
-    Args:
-        label_map: dict category id -> label, one-to-one.
-
-    Returns:
-        dict label -> category id.
-    """
-    inverse = {label: cat for cat, label in label_map.items()}
-    assert len(inverse) == len(label_map), "label map is not one-to-one"
-    return inverse
 
 
 def xywh_to_xyxy(boxes_xywh: np.ndarray) -> np.ndarray:
@@ -118,42 +61,6 @@ def scale_boxes(boxes_xyxy: torch.Tensor, orig_size: tuple[int, int], new_size: 
     sx, sy, _, _ = to_input(orig_size, new_size, "stretch")
     factors = torch.tensor([sx, sy, sx, sy], dtype=boxes_xyxy.dtype)
     return boxes_xyxy * factors
-
-
-RESIZE_MODES = ("stretch", "letterbox")
-LETTERBOX_FILL = 114  # YOLOv5's grey padding
-
-
-def letterbox_params(orig_size: tuple[int, int], size: tuple[int, int]) -> tuple[float, int, int, int, int]:
-    """YOLOv5's fixed-size letterbox of an image of ``orig_size`` (H, W) into ``size`` (H, W).
-
-    Returns:
-        (gain, left, top, new_h, new_w): the image is resized by ``gain`` (the same on both axes) to
-        (new_h, new_w) and placed at (left, top) on a grey canvas; a box maps as xyxy * gain + (left, top).
-    """
-    (oh, ow), (h, w) = orig_size, size
-    gain = min(h / oh, w / ow)
-    new_w, new_h = int(round(ow * gain)), int(round(oh * gain))
-    left, top = int(round((w - new_w) / 2 - 0.1)), int(round((h - new_h) / 2 - 0.1))
-    return gain, left, top, new_h, new_w
-
-
-def to_input(orig_size: tuple[int, int], input_size: tuple[int, int], resize: str) -> tuple[float, ...]:
-    """(scale_x, scale_y, pad_x, pad_y): a box in the file's pixels maps to the input as xyxy * scale + pad."""
-    (oh, ow), (in_h, in_w) = orig_size, input_size
-    if resize == "letterbox":
-        gain, left, top, _, _ = letterbox_params(orig_size, input_size)
-        return gain, gain, float(left), float(top)
-    return in_w / ow, in_h / oh, 0.0, 0.0
-
-
-def to_original(orig_size: tuple[int, int], input_size: tuple[int, int], resize: str) -> tuple[float, ...]:
-    """(scale_x, scale_y, pad_x, pad_y): a box in input pixels maps to the file as (xyxy - pad) * scale."""
-    (oh, ow), (in_h, in_w) = orig_size, input_size
-    if resize == "letterbox":
-        gain, left, top, _, _ = letterbox_params(orig_size, input_size)
-        return 1.0 / gain, 1.0 / gain, float(left), float(top)
-    return ow / in_w, oh / in_h, 0.0, 0.0
 
 
 def hflip_boxes(boxes_xyxy: torch.Tensor, width: int) -> torch.Tensor:
@@ -197,51 +104,9 @@ def jitter_colour(image: torch.Tensor, brightness: float, contrast: float, satur
 
 def load_image(path: Path, image_size: tuple[int, int] | None,
                resize: str = "stretch") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Read an image file as RGB, optionally resized (bilinear) to ``image_size``.
-
-    Grayscale, palette and RGBA images are converted to RGB (alpha is dropped).
-
-    Args:
-        path: image file (any format PIL reads).
-        image_size: (H, W) to resize to, or None to keep the file's size.
-        resize: "stretch" (both axes to the size) or "letterbox" (YOLOv5's: aspect kept, grey padding;
-            see :func:`letterbox_params`).
-
-    Returns:
-        (float32 tensor (3, H, W) in [0, 1], (H, W) of the file).
-    """
-    try:
-        with Image.open(path) as img:
-            rgb = _to_rgb8(img)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
-    orig_size = (rgb.height, rgb.width)
-    if image_size is not None and tuple(image_size) != orig_size:
-        if resize == "letterbox":
-            _, left, top, new_h, new_w = letterbox_params(orig_size, tuple(image_size))
-            canvas = Image.new("RGB", (image_size[1], image_size[0]), (LETTERBOX_FILL,) * 3)
-            canvas.paste(rgb.resize((new_w, new_h), Image.BILINEAR) if (new_h, new_w) != orig_size else rgb,
-                         (left, top))
-            rgb = canvas
-        else:
-            rgb = rgb.resize((image_size[1], image_size[0]), Image.BILINEAR)
-    array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
-    image = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-    return image.float().div_(255.0), orig_size
-
-
-def _to_rgb8(img: Image.Image) -> Image.Image:
-    """8-bit RGB of any PIL image, 16-bit greyscale included.
-
-    PIL's ``convert("RGB")`` clips 16-bit ("I;16", "I") values at 255, so a
-    16-bit PNG would come out almost white; those are scaled by 1/257
-    (65535 -> 255) first.
-    """
-    if img.mode.startswith("I;16") or img.mode == "I":
-        wide = np.asarray(img, dtype=np.float64)  # (H, W) in 0..65535
-        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    return img.convert("RGB")
+    """:func:`edgeanchor.data.imaging.load_image_array` as a tensor: (float32 (3, H, W) in [0, 1], (H, W) of the file)."""
+    array, orig_size = load_image_array(path, image_size, resize)
+    return torch.from_numpy(array), orig_size
 
 
 def _require_list(data: dict, key: str, ann_file: Path) -> list:

@@ -1,6 +1,6 @@
 """The export folder: one versioned format with one owner.
 
-Layout (format_version 1)::
+Layout (format_version 2)::
 
     OUT/report.json            the validated, versioned report (format, format_version, graphs, ...)
     OUT/report.md              the human-readable report
@@ -11,6 +11,17 @@ Layout (format_version 1)::
     OUT/openvino/<graph>.xml/.bin                           OUT/baseline/openvino/... (when OpenVINO is installed)
     OUT/pareto.png, OUT/search.json                         (when the anchors came from a search)
     OUT/bench_<runtime>.json/.png                           (written by bench)
+    OUT/data/annotations.json  the report split's annotations        (format 2)
+    OUT/data/images/<file_name>  its images, up to BUNDLE_IMAGES_MAX_BYTES in all (format 2)
+    OUT/tensorrt/<graph>_<precision>_trt<version>_<gpu>.engine  OUT/baseline/tensorrt/...   (built by bench)
+
+Format 2 makes the folder self-contained for the device: ``report.json``'s
+``device`` section holds the input preprocessing (size, resize mode, scaling,
+channel order, layout), the label map (model label -> category id) and the
+model's identity, and ``data/`` holds the report split, so ``bench``,
+``regress`` and ``evaluate --export`` need no torch, checkpoint or original
+data there. A format-1 folder still opens; what it lacks comes from its
+checkpoints (torch needed) and the recorded data paths.
 
 :class:`ExportFolder` alone knows these names. The pipeline writes through
 :meth:`ExportFolder.build` (built beside the final path, renamed into place
@@ -21,6 +32,7 @@ when complete); bench, regress and the benchmark scripts open it with
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +41,10 @@ from ..errors import EdgeAnchorError
 from ..io import atomic_dir, peek_json, read_json, write_json, write_text
 
 FORMAT = "edgeanchor.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+BUNDLE_IMAGES_MAX_BYTES = 256 * 2**20  # report-split images up to this size are copied into data/images
+DATA_DIR = "data"
+TRT_DIR = "tensorrt"  # TensorRT engines bench builds on the device, beside each variant's graphs
 VARIANTS = ("pruned", "baseline")
 GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn", "model_trt",
           "backbone_int8", "head_int8", "model_int8")  # the int8 graphs: prune-and-export --int8 (export/int8.py)
@@ -109,6 +124,16 @@ class ExportFolder:
     def pareto_path(self) -> Path:
         return self.root / "pareto.png"
 
+    def engine_path(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> Path:
+        """Where bench keeps a graph's TensorRT engine: one per precision, TensorRT version and GPU model.
+
+        An engine runs only with the TensorRT version and GPU it was built for, so both are in its name.
+        """
+        import re
+
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-").lower() or "gpu"
+        return self.variant_dir(variant) / TRT_DIR / f"{graph}_{precision}_trt{trt_version}_{slug}.engine"
+
     def bench_path(self, runtime: str, precision: str = "f32") -> Path:
         """Default place of ``edgeanchor bench``'s JSON for ``runtime`` (its plot goes beside it)."""
         return self.root / (f"bench_{runtime}.json" if precision == "f32" else f"bench_{runtime}_{precision}.json")
@@ -133,12 +158,45 @@ class ExportFolder:
 
     @property
     def data(self) -> str:
-        """Image folder of the report split (the default images of bench and regress)."""
-        return self.report["data"]
+        """Image folder of the report split (the default images of bench and regress): the copy in the folder
+        (format 2), else the path recorded at export."""
+        bundled = (self.report.get("device") or {}).get("images")
+        return str(self.root / bundled) if bundled else self.report["data"]
 
     @property
     def report_ann(self) -> str:
-        return self.report["report_ann"]
+        """The report split's annotations: the copy in the folder (format 2), else the recorded path."""
+        bundled = (self.report.get("device") or {}).get("annotations")
+        return str(self.root / bundled) if bundled else self.report["report_ann"]
+
+    @property
+    def preprocess(self) -> dict:
+        """How an image becomes the graphs' ``images`` input (see :func:`preprocess_json`)."""
+        device = self.report.get("device")
+        return device["preprocess"] if device else preprocess_json(self.image_size, self.resize)
+
+    @property
+    def model_info(self) -> dict:
+        """arch, num_classes, first_label, image_size and the baseline's anchor count.
+
+        Format 1 records them only in the checkpoints, read with torch.
+
+        Raises:
+            EdgeAnchorError: a format-1 folder on a machine without torch.
+        """
+        device = self.report.get("device")
+        if device:
+            return device["model"]
+        _require_torch(self, "its model's classes")
+        return model_json(self.load_detector("baseline"))
+
+    def label_to_category(self) -> dict[int, int]:
+        """Model label -> category id of the report split (from the folder; format 1: its checkpoint)."""
+        device = self.report.get("device")
+        if device:
+            return {int(k): int(v) for k, v in device["label_to_category"].items()}
+        info = self.model_info
+        return label_map_json(self.report_ann, info["num_classes"], info["first_label"])
 
     def graphs(self, variant: str) -> dict[str, Path]:
         """The graphs of one variant that exist, by name."""
@@ -215,21 +273,47 @@ class ExportFolder:
         self._detectors[variant] = detector
 
     def write_report(self, report: dict, render=None) -> dict:
-        """Stamp ``report`` with the format, its version and the graph table; write report.json.
+        """Stamp ``report`` with the format, its version, the graph table and the device section; write report.json.
+
+        The device section needs both variants written (:meth:`write_variant`); the report split's
+        annotations (and its images, up to ``BUNDLE_IMAGES_MAX_BYTES``) are copied into ``data/``.
 
         Args:
-            report: the report's contents (needs image_size, data and report_ann).
+            report: the report's contents (needs image_size, data, report_ann and resize).
             render: a function of the stamped report returning Markdown, written as report.md.
         """
         graphs = {v: {g: {"file": str(p.relative_to(self.root)), "runtimes": list(GRAPH_RUNTIMES[g])}
                       for g, p in self.graphs(v).items()} for v in VARIANTS}
-        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs}
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs,
+                "device": self._write_device_data(report)}
         full = validate_report(full, self.report_path)
         write_json(self.report_path, full)
         if render is not None:
             write_text(self.report_md_path, render(full))
         self._report = full
         return full
+
+    def _write_device_data(self, report: dict) -> dict:
+        """Copy the report split into ``data/``; returns the report's device section."""
+        base = self._detectors["baseline"]
+        ann = read_json(report["report_ann"], "report annotations")
+        images = [im["file_name"] for im in ann.get("images", [])]
+        sources = [Path(report["data"]) / name for name in images]
+        size = sum(p.stat().st_size for p in sources if p.is_file())
+        data = self.root / DATA_DIR
+        data.mkdir(parents=True, exist_ok=True)
+        write_json(data / "annotations.json", ann)
+        bundled = size <= BUNDLE_IMAGES_MAX_BYTES and all(p.is_file() for p in sources)
+        for name, src in zip(images, sources) if bundled else ():
+            dst = data / "images" / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        return {"preprocess": preprocess_json(report["image_size"], report.get("resize", "stretch")),
+                "label_to_category": {str(k): v for k, v in label_map_json(
+                    data / "annotations.json", base.num_classes, base.first_label).items()},
+                "model": model_json(base), "annotations": f"{DATA_DIR}/annotations.json",
+                "images": f"{DATA_DIR}/images" if bundled else None, "num_images": len(images),
+                "images_bytes": size}
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
@@ -271,6 +355,40 @@ class ExportFolder:
 def default_export_dir(name: str = "demo") -> Path:
     """Where an export of the model ``name`` goes by default: ``exports/<name>``."""
     return Path("exports") / name
+
+
+def preprocess_json(image_size, resize: str) -> dict:
+    """The graphs' input, as a device application must build it (what :mod:`edgeanchor.data.imaging` does)."""
+    return {"image_size": [int(v) for v in image_size], "resize": resize, "interpolation": "bilinear",
+            "letterbox_fill": 114 if resize == "letterbox" else None, "channel_order": "RGB", "layout": "NCHW",
+            "dtype": "float32", "scale": "1/255 (pixels in [0, 1])", "mean": None, "std": None,
+            "input_name": "images"}
+
+
+def model_json(detector) -> dict:
+    """What a device needs to know of the model: architecture, classes, label start, input size, anchors."""
+    return {"arch": detector.arch, "num_classes": int(detector.num_classes),
+            "first_label": int(detector.first_label), "image_size": [int(v) for v in detector.image_size],
+            "baseline_anchors": int(detector.anchor_set.num_anchors)}
+
+
+def label_map_json(ann_path, num_classes: int, first_label: int) -> dict[int, int]:
+    """Model label -> category id for the categories of an annotation file."""
+    from ..data.labels import invert_label_map, make_label_map
+
+    ann = read_json(ann_path, "annotation file")
+    cats = [c["id"] for c in ann.get("categories", [])] if isinstance(ann, dict) else []
+    return invert_label_map(make_label_map(cats, num_classes, first_label))
+
+
+def _require_torch(folder: "ExportFolder", what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise EdgeAnchorError(
+            f"{folder.root} is export format 1, which keeps {what} only in its checkpoints (torch needed); "
+            "re-run prune-and-export with this edgeanchor to write format 2, which runs without torch"
+        )
 
 
 def _check_variant(variant: str) -> None:
@@ -343,4 +461,18 @@ def validate_report(report, path) -> dict:
     for key in ("data", "report_ann"):
         if not isinstance(report.get(key), str):
             raise EdgeAnchorError(f"{path}: {key} must be a path, got {report.get(key)!r}")
+    if version >= 2:
+        _validate_device(report.get("device"), path)
     return report
+
+
+def _validate_device(device, path) -> None:
+    """The format-2 device section (preprocessing, label map, model identity, bundled data)."""
+    fix = "re-run prune-and-export to write it anew"
+    if not isinstance(device, dict) or not all(isinstance(device.get(k), dict)
+                                               for k in ("preprocess", "label_to_category", "model")):
+        raise EdgeAnchorError(f"{path}: device must hold preprocess, label_to_category and model; {fix}")
+    if device["preprocess"].get("resize") not in ("stretch", "letterbox"):
+        raise EdgeAnchorError(f"{path}: device.preprocess.resize must be stretch or letterbox; {fix}")
+    if not isinstance(device.get("annotations"), str):
+        raise EdgeAnchorError(f"{path}: device.annotations must be a path in the folder; {fix}")

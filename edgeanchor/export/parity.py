@@ -26,52 +26,7 @@ from torchvision.ops import box_iou
 from ..errors import EdgeAnchorError
 from ..models.base import Detector
 from .graphs import DecodeBoxes, level_names
-
-OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-              "all": "ORT_ENABLE_ALL"}
-
-
-def make_session(
-    path: str | os.PathLike,
-    *,
-    intra_op_num_threads: int = 0,
-    inter_op_num_threads: int = 0,
-    graph_optimization_level: str = "all",
-    providers=("CPUExecutionProvider",),
-):
-    """An ONNX Runtime session with explicit options.
-
-    Args:
-        path: an .onnx file.
-        intra_op_num_threads: threads inside one op; 0 lets ORT choose.
-        inter_op_num_threads: threads across ops; 0 lets ORT choose.
-        graph_optimization_level: "disable", "basic", "extended" or "all".
-        providers: execution providers, in order of preference.
-
-    Raises:
-        EdgeAnchorError: missing file or unknown optimisation level.
-    """
-    import onnxruntime as ort
-
-    if graph_optimization_level not in OPT_LEVELS:
-        raise EdgeAnchorError(
-            f"unknown graph optimisation level {graph_optimization_level!r}; choose one of {', '.join(OPT_LEVELS)}"
-        )
-    if not Path(path).is_file():
-        raise EdgeAnchorError(f"ONNX file {path} does not exist; export the model first")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(intra_op_num_threads)
-    opts.inter_op_num_threads = int(inter_op_num_threads)
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization_level])
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeAnchorError(
-            f"ONNX Runtime cannot load {path} ({first[:200]}); the file is damaged or not an ONNX graph: "
-            "export it again"
-        ) from None
-
+from .runtimes import OPT_LEVELS, make_session  # noqa: F401 - torch-free, in runtimes; re-exported here
 
 def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
     """Run ``session`` once; tensors become contiguous numpy arrays. Returns output name -> array."""

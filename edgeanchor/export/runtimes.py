@@ -4,8 +4,9 @@
 names to numpy arrays and returns output name -> numpy array, whatever the
 runtime: ONNX Runtime, OpenVINO (ONNX or IR ``.xml``) or OpenCV DNN. Parity
 checks, the runtime matrix of the report and ``edgeanchor bench`` all open
-graphs here, so what is timed is what is checked. TensorRT builds engines and
-has its own runner (:mod:`edgeanchor.bench.tensorrt_runner`).
+graphs here, so what is timed is what is checked. TensorRT runs a graph as an
+engine built on first use (:mod:`edgeanchor.export.tensorrt_graph`, with
+cuda-python for memory and timing). Nothing here imports torch.
 
 Optional runtimes are imported lazily; a missing one is a one-line
 :class:`~edgeanchor.errors.EdgeAnchorError` naming the extra to install.
@@ -46,6 +47,52 @@ RUNTIME_PRECISIONS = {
 # OpenVINO CPU capability that a precision needs (ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")).
 _OV_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 TRT_ONLY = "model_trt"  # holds the EfficientNMS_TRT plugin
+
+
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+
+
+def make_session(
+    path: str | os.PathLike,
+    *,
+    intra_op_num_threads: int = 0,
+    inter_op_num_threads: int = 0,
+    graph_optimization_level: str = "all",
+    providers=("CPUExecutionProvider",),
+):
+    """An ONNX Runtime session with explicit options.
+
+    Args:
+        path: an .onnx file.
+        intra_op_num_threads: threads inside one op; 0 lets ORT choose.
+        inter_op_num_threads: threads across ops; 0 lets ORT choose.
+        graph_optimization_level: "disable", "basic", "extended" or "all".
+        providers: execution providers, in order of preference.
+
+    Raises:
+        EdgeAnchorError: missing file or unknown optimisation level.
+    """
+    import onnxruntime as ort
+
+    if graph_optimization_level not in OPT_LEVELS:
+        raise EdgeAnchorError(
+            f"unknown graph optimisation level {graph_optimization_level!r}; choose one of {', '.join(OPT_LEVELS)}"
+        )
+    if not Path(path).is_file():
+        raise EdgeAnchorError(f"ONNX file {path} does not exist; export the model first")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(intra_op_num_threads)
+    opts.inter_op_num_threads = int(inter_op_num_threads)
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization_level])
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeAnchorError(
+            f"ONNX Runtime cannot load {path} ({first[:200]}); the file is damaged or not an ONNX graph: "
+            "export it again"
+        ) from None
 
 
 def require(runtime: str):
@@ -157,8 +204,6 @@ class OrtGraph(Graph):
     def __init__(self, path, *, threads: int = 0, opt_level: str = "all", precision: str = "f32"):
         super().__init__(path, precision)
         import onnxruntime as ort
-
-        from .parity import make_session
 
         self.session = make_session(path, intra_op_num_threads=threads, inter_op_num_threads=1,
                                     graph_optimization_level=opt_level)
@@ -299,10 +344,11 @@ def compile_off_thread(core, model, config: dict):
 
 
 def open_graph(runtime: str, path: str | os.PathLike, *, threads: int = 0, precision: str = "f32",
-               opt_level: str = "all", winograd: bool = False) -> Graph:
-    """Open ``path`` in ``runtime`` (onnxruntime, openvino or opencv) at ``precision``.
+               opt_level: str = "all", winograd: bool = False, engine_path: str | os.PathLike | None = None) -> Graph:
+    """Open ``path`` in ``runtime`` (onnxruntime, openvino, opencv or tensorrt) at ``precision``.
 
-    ``opt_level`` is ONNX Runtime's graph optimisation level; ``winograd`` is OpenCV's (off: exact).
+    ``opt_level`` is ONNX Runtime's graph optimisation level; ``winograd`` is OpenCV's (off: exact);
+    ``engine_path`` is where TensorRT keeps the graph's engine (built there when missing; required for it).
 
     Raises:
         EdgeAnchorError: runtime not installed, precision it cannot run, a TensorRT-only graph, a missing
@@ -319,7 +365,11 @@ def open_graph(runtime: str, path: str | os.PathLike, *, threads: int = 0, preci
     if runtime == "opencv":
         return OpenCvGraph(path, threads=threads, precision=precision, winograd=winograd)
     if runtime == "tensorrt":
-        raise EdgeAnchorError("TensorRT graphs are built into engines by edgeanchor bench with runtime tensorrt")
+        from .tensorrt_graph import TrtGraph
+
+        if engine_path is None:
+            raise ValueError("engine_path is needed to open a graph in TensorRT")
+        return TrtGraph(path, engine_path, precision=precision)
     raise EdgeAnchorError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 

@@ -26,13 +26,16 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import TensorProto, helper
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, write_text
-from ..postprocess import PostprocessSpec
+
+if TYPE_CHECKING:  # torch-free at run time: the device path imports this module
+    from ..postprocess import PostprocessSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PLUGIN_OP = "EfficientNMS_TRT"
@@ -54,14 +57,32 @@ def require_tensorrt():
             "install it (pip install tensorrt, or JetPack on a Jetson), or build on the device with the "
             "trtexec command from the export"
         ) from None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise EdgeAnchorError(
-            "TensorRT needs a CUDA GPU, but torch.cuda.is_available() is False; run on a machine with an NVIDIA GPU, "
-            "or build on the device with the trtexec command from the export"
-        )
+    check_gpu()
     return trt
+
+
+def check_gpu() -> str:
+    """The CUDA GPU's name, found with cuda-python (the device path has no torch), else with torch.
+
+    Raises:
+        EdgeAnchorError: no CUDA GPU, or neither cuda-python nor torch to look for one with.
+    """
+    from .cudart import gpu_name, require_cudart
+
+    try:
+        require_cudart()
+    except EdgeAnchorError:
+        try:
+            import torch
+        except ImportError:
+            raise  # the device path: cuda-python is what is missing
+        if not torch.cuda.is_available():
+            raise EdgeAnchorError(
+                "TensorRT needs a CUDA GPU, but torch.cuda.is_available() is False; run on a machine with an NVIDIA "
+                "GPU, or build on the device with the trtexec command from the export"
+            ) from None
+        return torch.cuda.get_device_name(0)
+    return gpu_name()
 
 
 # ---- graph rewrite (no TensorRT needed) ----------------------------------
