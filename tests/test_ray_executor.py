@@ -99,6 +99,22 @@ def test_shards_give_exactly_the_in_process_map(local_ray, cache_file, demo):
     assert ray.is_initialized()  # the executor did not start this Ray, so it left it running
 
 
+@pytest.mark.parametrize("metric", ["voc07", "voc"])
+def test_shards_give_exactly_the_in_process_voc_map(local_ray, cache_file, demo, metric):
+    """The actors score the search's metric: Pascal VOC mAP@0.5 merges over shards exactly too."""
+    from edgeanchor.evaluate.subset import SubsetScorer
+
+    path, ann, cache = cache_file
+    scorer = SubsetScorer(cache, ann, metric=metric)
+    want = [[scorer.score(k, parent, full=False)["mAP"] for k in children] for children, parent in batches(demo)]
+    assert want != expected(cache, ann, demo)  # not COCO's numbers
+    ex = RayShardExecutor(path, ann, 2, metric=metric)
+    try:
+        assert scored(ex, demo) == want
+    finally:
+        ex.close()
+
+
 def test_more_workers_than_the_cluster_has_cpus_is_one_line(local_ray, cache_file):
     path, ann, _ = cache_file
     with pytest.raises(EdgeAnchorError, match="has 2 CPUs, fewer than workers 3"):

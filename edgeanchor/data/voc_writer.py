@@ -27,7 +27,7 @@ def _number(v: float) -> str:
 
 def voc_xml(image: dict, objects: list[dict], names: dict[int, str], database: str) -> str:
     """The VOC XML of one COCO image and its annotations."""
-    lines = ["<annotation>", f"\t<folder>JPEGImages</folder>", f"\t<filename>{escape(Path(image['file_name']).name)}"
+    lines = ["<annotation>", "\t<folder>JPEGImages</folder>", f"\t<filename>{escape(Path(image['file_name']).name)}"
              "</filename>", f"\t<source><database>{escape(database)}</database></source>",
              f"\t<size><width>{image['width']}</width><height>{image['height']}</height><depth>3</depth></size>",
              "\t<segmented>0</segmented>"]
