@@ -327,3 +327,37 @@ def test_box_outside_the_image_is_clipped_with_one_warning(tmp_path, capsys):
     warnings = [ln for ln in captured.err.splitlines() if "outside the image" in ln]
     assert len(warnings) == 1 and "2 boxes outside the image" in warnings[0]
     assert json.loads(captured.out)["num_images"] == 2
+
+
+def test_which_splits_prune_and_export_and_train_use(synth_pair, tmp_path, monkeypatch):
+    """A VOCdevkit: prune-and-export searches val (or --split), reports on test, fine-tunes on train; train trains
+    on train and evaluates val; a plain folder is all of one split."""
+    import argparse
+
+    import edgeanchor.pipeline as pipeline_module
+    from edgeanchor.cli.train import resolve_train_data
+    from tests.test_cli_flags import fake_report
+
+    calls = []
+    monkeypatch.setattr(pipeline_module, "run_pipeline",
+                        lambda det, pipeline, out, **kw: calls.append(pipeline) or fake_report(det))
+    voc = synth_pair / "voc"
+    _, (train, val, test) = voc_splits(voc, ["train", "val", "test"])
+    base = ["prune-and-export", "--data", str(voc), "--out", str(tmp_path / "e"), "--json"]
+    assert main([*base, "--metric", "voc"]) == 0
+    assert (calls[-1].ann, calls[-1].report_ann, calls[-1].train_ann) == (val, test, train)
+    assert calls[-1].data == str(voc / "JPEGImages") and calls[-1].search.metric == "voc"
+    assert main([*base, "--split", "train"]) == 0 and calls[-1].ann == train
+    args = argparse.Namespace(data=str(voc), ann=None, val_ann=None, split=None)
+    resolve_train_data(args)
+    assert (args.data, args.ann, args.val_ann) == (str(voc / "JPEGImages"), train, val)
+    # a plain folder of images with XML beside them: searched and reported on whole, no training split
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for xml_file in sorted((voc / "Annotations").glob("*.xml"))[:5]:
+        (plain / xml_file.name).write_text(xml_file.read_text())
+        (plain / f"{xml_file.stem}.jpg").write_bytes((voc / "JPEGImages" / f"{xml_file.stem}.jpg").read_bytes())
+    (plain / "classes.txt").write_text((voc / "classes.txt").read_text())
+    assert main(["prune-and-export", "--data", str(plain), "--out", str(tmp_path / "f"), "--json"]) == 0
+    assert calls[-1].ann == calls[-1].report_ann and calls[-1].train_ann is None and calls[-1].data == str(plain)
+    assert len(json.loads(Path(calls[-1].ann).read_text())["images"]) == 5
