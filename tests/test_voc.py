@@ -15,6 +15,7 @@ from edgeanchor.data.synth import generate
 from edgeanchor.data.voc import VOC_CLASSES, voc_splits
 from edgeanchor.data.voc_writer import write_voc
 from edgeanchor.evaluate.incremental import ShardScorer, merge_map, shard_images
+from edgeanchor.evaluate.subset import SubsetScorer
 from edgeanchor.evaluate.voc_map import voc_map
 
 from tests.test_incremental_eval import demo_cache, random_subsets, reference_results
@@ -150,9 +151,11 @@ def test_incremental_voc_equals_reference(demo, metric):
     scorer = ShardScorer(cache, gt, metric=metric)
     subsets = random_subsets(det, 10, seed=1)
     assert 0.3 < scorer.map(()) < 1 and scorer.map(()) != plain  # difficult boxes change the score
+    full = SubsetScorer(cache, gt, metric=metric)  # what the search and prune-and-export hold
     for removed in subsets:
         expected = voc_map(gt, reference_results(cache, removed), metric)["mAP"]
         assert scorer.map(removed) == expected, removed
+        assert full.score(removed) == full.score(removed, full=False) == {"mAP": expected}
     parent = subsets[5]  # children scored incrementally from a pinned parent
     scorer.pin(parent)
     for extra in det.anchor_set.ids[:6]:

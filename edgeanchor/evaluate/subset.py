@@ -10,8 +10,8 @@ stats[0], computed by :class:`edgeanchor.evaluate.incremental.ShardScorer`,
 incrementally from a parent (:meth:`SubsetScorer.pin`) when one is given.
 The full twelve metrics use the COCO backend on the same detections.
 With ``metric="voc07"`` or ``"voc"`` the mAP is VOC's mAP@0.5 (11-point or
-all-point), incremental in the same way; the full result is that mAP
-(:func:`edgeanchor.evaluate.voc_map.voc_map` on the same detections).
+all-point), incremental in the same way, and the full result is that mAP
+(equal to :func:`edgeanchor.evaluate.voc_map.voc_map` on the same detections, tested).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from .cache import CandidateCache
 from .coco_map import coco_map, load_gt
 from .incremental import ShardScorer, merge_map
-from .voc_map import COCO, voc_map
+from .voc_map import COCO
 
 
 class SubsetScorer:
@@ -75,9 +75,7 @@ class SubsetScorer:
                 False: only ``{"mAP": ...}`` (pycocotools' stats[0], or the VOC mAP, exactly), incremental from
                 ``parent``.
         """
-        if not full:
+        if not full or self.metric != COCO:
             return {"mAP": max(merge_map([self.shard.partials(removed, parent)]), 0.0)}
-        if self.metric != COCO:
-            return {"mAP": max(voc_map(self.gt.dataset, self.detections(removed, parent), self.metric)["mAP"], 0.0)}
         return coco_map(self.gt, self.detections(removed, parent), backend=self.backend,
                         image_ids=self.cache.image_ids.tolist(), full=True)

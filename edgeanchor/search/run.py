@@ -361,7 +361,8 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
               "scoring": evaluator.scoring_stats()}
     write_json(search_outputs(out_dir)["result"], result)
     plot_pareto(nodes, front_json, state["baseline"], search_outputs(out_dir)["plot"], floor=floor,
-                title=f"{det.arch}: {run.search.method} search, cost {run.search.cost}")
+                title=f"{det.arch}: {run.search.method} search, cost {run.search.cost}"
+                + (f", metric {run.search.metric}" if run.search.metric != "coco" else ""))
     return result
 
 
