@@ -219,6 +219,8 @@ class YoloV5(nn.Module):
     def __init__(self, layout: dict, nc: int, depth_multiple: float, width_multiple: float):
         super().__init__()
         layers, self.save = build_layers(layout, nc, depth_multiple, width_multiple)
+        # kept so that a model object can be wrapped and checkpointed without its YAML (edgeanchor.wrap)
+        self.layout, self.depth_multiple, self.width_multiple = deepcopy(layout), depth_multiple, width_multiple
         self.model = nn.Sequential(*layers)
         self.nc = nc
         detect = self.detect

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..io import atomic_path
 
-from ..io import atomic_path  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_pareto(nodes: list[dict], front: list[dict], baseline: dict, path, *, floor: float | None = None,
-                title: str = "") -> None:
-    """Write ``path`` (PNG): every evaluated node, the front as a step line, the baseline as a star."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+def pareto_figure(nodes: list[dict], front: list[dict], baseline: dict, *, floor: float | None = None,
+                  title: str = "") -> Figure:
+    """Every evaluated node, the front as a step line, the baseline as a star, the floor as a dashed line.
+
+    A plain :class:`matplotlib.figure.Figure` (no pyplot state, any backend), for a notebook or a file.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     ax.scatter([n["head_macs"] / 1e6 for n in nodes], [n["mAP"] for n in nodes], s=8, c="0.7",
                label=f"evaluated ({len(nodes)})")
     pts = sorted(front, key=lambda n: n["head_macs"])
@@ -30,6 +36,12 @@ def plot_pareto(nodes: list[dict], front: list[dict], baseline: dict, path, *, f
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    return fig
+
+
+def plot_pareto(nodes: list[dict], front: list[dict], baseline: dict, path, *, floor: float | None = None,
+                title: str = "") -> None:
+    """Write :func:`pareto_figure` to ``path`` (PNG), atomically."""
+    fig = pareto_figure(nodes, front, baseline, floor=floor, title=title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)

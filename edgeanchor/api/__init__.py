@@ -1,0 +1,20 @@
+"""The public Python API (``import edgeanchor as ea``), one module per concern.
+
+- :mod:`.loading`: :func:`load`, :func:`wrap`, :func:`inspect`;
+- :mod:`.data`: :func:`data` and :class:`Data`;
+- :mod:`.workflow`: :func:`evaluate`, :func:`search`, :func:`prune`, :func:`save`, :func:`finetune`;
+- :mod:`.deploy`: :func:`export`, :func:`bench`, :func:`prune_and_export`;
+- :mod:`.results`: :class:`SearchResult`, :class:`FrontPoint`, :class:`BenchResult`.
+
+Importing these modules is light (no torch): each function imports what it needs when called. The CLI
+is a thin layer over them.
+"""
+
+from .data import Data, data
+from .deploy import bench, export, prune_and_export
+from .loading import inspect, load, wrap
+from .results import BenchResult, FrontPoint, SearchResult
+from .workflow import evaluate, finetune, prune, save, search
+
+__all__ = ["BenchResult", "Data", "FrontPoint", "SearchResult", "bench", "data", "evaluate", "export", "finetune",
+           "inspect", "load", "prune", "prune_and_export", "save", "search", "wrap"]

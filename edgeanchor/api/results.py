@@ -1,0 +1,183 @@
+"""Results of the Python API's search and bench: plain values over the JSON the commands write."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EdgeAnchorError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One point of a search's Pareto front.
+
+    Attributes:
+        keep: global ids of the anchors kept (see :func:`edgeanchor.inspect`).
+        removed: global ids of the anchors removed.
+        map: COCO mAP@[.5:.95] on the searched split (exact, from the candidate cache).
+        head_macs: head multiply-accumulates at batch 1 with these anchors.
+        boxes: boxes (anchors x grid cells, all levels) entering post-processing per image.
+        num_anchors: anchors kept.
+        anchors_file: the kept anchor set as JSON (w, h in input pixels; ratio h/w).
+        report_map: mAP on the report split, when the search was given one.
+    """
+
+    keep: frozenset[int]
+    removed: tuple[int, ...]
+    map: float
+    head_macs: int
+    boxes: int
+    num_anchors: int
+    anchors_file: str
+    report_map: float | None = None
+
+
+class SearchResult:
+    """The outcome of :func:`edgeanchor.search`: the front, the baseline, the floor, and the search folder."""
+
+    def __init__(self, result: dict, anchor_ids: list[int], out: str | Path):
+        self._result = result
+        self._ids = frozenset(anchor_ids)
+        self.out = Path(out)
+
+    @property
+    def front(self) -> list[FrontPoint]:
+        """Front points, cheapest first (every one at or above the search's floor)."""
+        points = []
+        for n in self._result["front"]:
+            removed = tuple(sorted(n["removed"]))
+            points.append(FrontPoint(keep=self._ids - set(removed), removed=removed, map=n["mAP"],
+                                     head_macs=int(n["head_macs"]), boxes=int(n["boxes"]),
+                                     num_anchors=int(n["num_anchors"]), anchors_file=n["anchors_file"],
+                                     report_map=n.get("report", {}).get("mAP")))
+        return points
+
+    @property
+    def baseline(self) -> dict:
+        """The unpruned model's ``mAP``, ``head_macs`` and ``boxes``."""
+        return dict(self._result["baseline"])
+
+    @property
+    def floor(self) -> float:
+        """The accuracy floor the search kept to (mAP)."""
+        return float(self._result["floor"])
+
+    @property
+    def num_evals(self) -> int:
+        """Anchor subsets scored (this run and the runs it resumed)."""
+        return int(self._result["num_evals"])
+
+    def choose(self, *, max_drop: float | None = None, min_map: float | None = None,
+               target_head_macs: float | None = None) -> FrontPoint:
+        """The front point to deploy.
+
+        With ``max_drop`` (mAP units, 0.005 = half a point below the baseline) or ``min_map`` (absolute):
+        the cheapest point at or above that floor. With ``target_head_macs``: the most accurate point with
+        at most that many head MACs. With none: the cheapest point above the search's own floor.
+
+        Raises:
+            EdgeAnchorError: more than one criterion, or no front point meets it.
+        """
+        given = [k for k, v in (("max_drop", max_drop), ("min_map", min_map),
+                                ("target_head_macs", target_head_macs)) if v is not None]
+        if len(given) > 1:
+            raise EdgeAnchorError(f"choose with one of max_drop, min_map or target_head_macs (got {', '.join(given)})")
+        front = sorted(self.front, key=lambda p: (p.head_macs, -p.map))
+        if target_head_macs is not None:
+            meeting = [p for p in front if p.head_macs <= target_head_macs]
+            if not meeting:
+                raise EdgeAnchorError(f"no front point has head MACs <= {target_head_macs:,.0f} (the cheapest has "
+                                      f"{front[0].head_macs:,.0f}); raise target_head_macs")
+            return max(meeting, key=lambda p: (p.map, -p.head_macs))
+        floor = self.floor
+        if max_drop is not None:
+            floor = self.baseline["mAP"] - max_drop
+        elif min_map is not None:
+            floor = min_map
+        meeting = [p for p in front if p.map >= floor - 1e-12]
+        if not meeting:
+            raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {max(p.map for p in front):.4f})"
+                                  f"; lower the floor")
+        return meeting[0]
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """mAP against head MACs: every scored subset, the front, the baseline and the floor.
+
+        Args:
+            path: also write the figure here as PNG.
+
+        Returns:
+            The matplotlib figure (not closed; the caller owns it).
+        """
+        from ..search.plot import pareto_figure
+
+        r = self._result
+        settings = r.get("settings", {})
+        metric = r.get("metric", "coco")
+        title = f"{r.get('model', '')}: {settings.get('method')} search, cost {settings.get('cost')}" + (
+            f", metric {metric}" if metric != "coco" else "")
+        fig = pareto_figure(r["nodes"], r["front"], r["baseline"], floor=r["floor"], title=title)
+        if path is not None:
+            _save_png(fig, path)
+        return fig
+
+    def to_json(self) -> dict:
+        """The search result as written to ``search.json`` (settings, baseline, floor, front, every node)."""
+        return copy.deepcopy(self._result)
+
+    def __repr__(self) -> str:
+        return (f"SearchResult({len(self._result['front'])} front points, {self.num_evals} evaluations, "
+                f"baseline mAP {self.baseline['mAP']:.4f}, floor {self.floor:.4f}, out={str(self.out)!r})")
+
+
+class BenchResult:
+    """Per-stage latency of an export's baseline and pruned variants (:func:`edgeanchor.bench`)."""
+
+    def __init__(self, result: dict):
+        self._result = result
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Pruned / baseline ratio of median latency per stage (backbone, head, postprocess, end_to_end)."""
+        return dict(self._result["ratio_of_medians"])
+
+    @property
+    def stages(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per variant and stage: ``median``, ``p90``, ``p99``, ``min``, ``mean`` in milliseconds and ``n``."""
+        return copy.deepcopy(self._result["stages"])
+
+    def table(self) -> str:
+        """The readable table ``edgeanchor bench`` prints."""
+        from ..bench.harness import format_result
+
+        return format_result(self._result)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Per-stage median latency (bars to p90), baseline against pruned; also written to ``path`` as PNG."""
+        from ..bench.plot import bench_figure
+
+        fig = bench_figure(self._result)
+        if path is not None:
+            _save_png(fig, path)
+        return fig
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as ``edgeanchor bench`` writes it."""
+        return copy.deepcopy(self._result)
+
+    def __repr__(self) -> str:
+        ratios = ", ".join(f"{s} x{r:.2f}" for s, r in self.ratios.items())
+        return f"BenchResult({self._result['runtime']}: {ratios})"
+
+
+def _save_png(fig: Figure, path: str | Path) -> None:
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,0 +1,294 @@
+"""The Python API's steps on a detector: evaluate, search, prune, save, fine-tune.
+
+Each step takes plain values, raises :class:`~edgeanchor.errors.EdgeAnchorError` for a user mistake, shows
+progress bars on stderr unless ``progress=False``, and prints nothing to stdout.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EdgeAnchorError
+from .data import Data, data as as_data
+from .results import FrontPoint, SearchResult
+
+if TYPE_CHECKING:
+    from ..anchors import AnchorSet
+    from ..models.base import Detector
+
+
+
+def evaluate(det: Detector, data: Any, *, metric: str = "coco", backend: str = "faster", batch_size: int = 16,
+             device: str = "cpu", progress: bool = True, detections: str | os.PathLike | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Box mAP of ``det`` on a split.
+
+    Args:
+        det: the detector.
+        data: the split (a :class:`Data`, or anything :func:`edgeanchor.data` accepts as its first argument).
+        metric: "coco" (mAP@[.5:.95] and the other 11 COCO box metrics), "voc07" (Pascal VOC mAP@0.5,
+            11-point) or "voc" (VOC2010+ all-point).
+        backend: the COCO evaluator, "faster" (faster-coco-eval) or "pycocotools".
+        batch_size, device: of the inference pass ("cpu", "cuda", "cuda:N").
+        progress: show a progress bar.
+        detections: also write the detections here, in COCO results format (boxes ``[x, y, w, h]`` in
+            original image pixels).
+        overwrite: replace an existing detections file (only one edgeanchor wrote).
+
+    Returns:
+        COCO: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ... ``AR_large``; VOC: ``mAP`` and ``AP_per_class``
+        (class name -> AP, None for a class without objects); both with ``num_images`` and ``num_detections``.
+    """
+    from ..data.coco import CocoDetection
+    from ..device import resolve_device
+    from ..evaluate.coco_map import coco_map
+    from ..evaluate.predict import is_detections_file, predict
+    from ..evaluate.voc_map import METRICS
+    from ..io import check_output_file, read_json, write_json
+
+    if metric not in METRICS:
+        raise EdgeAnchorError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if batch_size < 1:
+        raise EdgeAnchorError(f"batch_size must be at least 1 (got {batch_size})")
+    resolve_device(device)
+    split = as_data(data)
+    if detections:
+        check_output_file(detections, overwrite=overwrite, is_ours=is_detections_file, what="detections file",
+                          inputs=[split.images, split.ann])
+    dataset = CocoDetection.for_detector(det, split.images, split.ann)
+    dataset.require_objects("evaluate on")
+    dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
+    if metric == "coco":
+        metrics = coco_map(split.ann, dets, backend=backend)
+    else:
+        from ..evaluate.voc_map import voc_map
+
+        gt = read_json(split.ann, "annotation file")
+        result = voc_map(gt, dets, metric)
+        names = {int(c["id"]): c["name"] for c in gt["categories"]}
+        metrics = {"mAP": result["mAP"], "AP_per_class": {names[k]: v for k, v in result["AP"].items()}}
+    if detections:
+        write_json(detections, dets)
+    return {**metrics, "num_images": len(dataset), "num_detections": len(dets)}
+
+
+def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "head_macs", metric: str = "coco",
+           max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4, max_per_level: int = 1,
+           max_evals: int = 3000, workers: int = 2, executor: str = "processes", ray_address: str | None = None,
+           backend: str = "faster", report: Any = None, out: str | os.PathLike | None = None,
+           cache: str | os.PathLike | None = None, latency_model: Any = None, progress: bool = True) -> SearchResult:
+    """Search anchor subsets of ``det`` for the Pareto front of mAP against cost.
+
+    The model runs once over the split, keeping every candidate above its score threshold; each subset
+    is then scored exactly from that cache. The search folder is resumed when rerun with the same settings.
+
+    Args:
+        det: the unpruned detector.
+        data: the split searched on (see :func:`evaluate`).
+        method: greedy, layerwise or shared (default: shared for a head shared across levels, else greedy).
+        cost: head_macs, boxes or latency (needs ``latency_model``, or calibrates one).
+        metric: what subsets are ranked by (and the floors are in): coco (mAP@[.5:.95]), voc07 or voc
+            (Pascal VOC mAP@0.5, 11-point or all-point).
+        max_drop: accuracy floor below the unpruned mAP, in mAP units (0.005 = half a point; the default
+            when ``min_map`` is not given).
+        min_map: absolute accuracy floor (COCO mAP).
+        tol: two mAPs within ``tol`` are equal.
+        max_per_level: layerwise: anchors left per level.
+        max_evals: the evaluation budget.
+        workers: scoring processes, or Ray actors with ``executor="ray"``.
+        executor: "processes" or "ray"; ray_address: the Ray cluster (default: a local Ray).
+        backend: the COCO evaluator of the front's full metrics.
+        report: also score the front on this split (same image folder).
+        out: the search folder (default: one under the cache root keyed by the candidates and settings).
+        cache: the candidate cache file (default: a keyed file under the cache root).
+        latency_model: for cost "latency": a LatencyModel or its JSON path.
+        progress: show progress bars.
+
+    Returns:
+        The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
+        point are in ``out``.
+    """
+    from ..search.run import SearchSpec, check_search_folder, check_search_spec, resolve_method, run_search
+
+    if max_drop is None and min_map is None:
+        max_drop = 0.005
+    spec = SearchSpec(method=method, cost=cost, min_map=min_map, max_drop=max_drop, tol=tol,
+                      max_per_level=max_per_level, max_evals=max_evals, workers=workers, backend=backend,
+                      executor=executor, ray_address=ray_address, metric=metric)
+    check_search_spec(spec)
+    if out is not None:
+        check_search_folder(Path(out))
+    method = resolve_method(spec.method, det)  # before the data is generated or read
+    split = as_data(data)
+    report_split = None if report is None else as_data(report)
+    if report_split is not None and Path(report_split.images) != Path(split.images):
+        raise EdgeAnchorError(f"the report split's images ({report_split.images}) are not in the searched split's "
+                              f"folder ({split.images}); give a report annotation file over the same images")
+    loaded = None
+    if out is None:
+        loaded, cache = _load_cache(det, split, cache, progress)
+        from ..pipeline import search_dir
+
+        out = search_dir(loaded.content_key, replace(spec, method=method))
+    result = run_search(det, split.images, split.ann, out, spec, report_ann=report_split.ann if report_split else None,
+                        cache_path=cache, cache=loaded, latency_model=latency_model, progress=progress)
+    return SearchResult(result, det.anchor_set.ids, out)
+
+
+def _load_cache(det, split: Data, cache, progress: bool):
+    from ..data.coco import CocoDetection
+    from ..evaluate.cache import cache_key, load_or_build_cache
+    from ..search.run import default_cache_path
+
+    dataset = CocoDetection.for_detector(det, split.images, split.ann)
+    dataset.require_objects("search on")
+    path = Path(cache) if cache else default_cache_path(cache_key(det, dataset))
+    return load_or_build_cache(det, dataset, path, progress=progress), path
+
+
+def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | AnchorSet | None = None, *,
+          remove: Iterable[int] | None = None) -> Detector:
+    """Slice ``det``'s head to a subset of its anchors (exactly: the kept anchors' outputs do not change).
+
+    Args:
+        det: the detector (left unchanged; the result has its own weights).
+        keep: the anchors to keep: global anchor ids (see :func:`edgeanchor.inspect`), a search's
+            :class:`FrontPoint`, or an anchor set / anchor file (edgeanchor or reference form) whose anchors
+            are matched to ``det``'s.
+        remove: instead of ``keep``, the global anchor ids to remove.
+
+    Returns:
+        The pruned detector: heads of levels left without anchors are dropped.
+
+    Raises:
+        EdgeAnchorError: neither or both of keep and remove, unknown ids, nothing kept, or a shared head
+            (RetinaNet) keeping different anchors per level.
+    """
+    from ..anchors import AnchorSet
+    from ..prune import check_ids, keep_from_remove, keep_ids_from_file, prune as slice_head
+
+    if (keep is None) == (remove is None):
+        raise EdgeAnchorError("give the anchors to keep or the anchors to remove, not both or neither")
+    if remove is not None:
+        ids = keep_from_remove(det, remove)
+    elif isinstance(keep, FrontPoint):
+        ids = check_ids(det, keep.keep)
+    elif isinstance(keep, (str, os.PathLike, AnchorSet)):
+        ids = keep_ids_from_file(det, keep)
+    else:
+        ids = check_ids(det, keep)
+    return slice_head(det, ids)
+
+
+def anchors_path_of(path: str | os.PathLike) -> Path:
+    """The anchor file written beside a checkpoint: ``<path without .pt>.anchors.json``."""
+    return Path(str(path).removesuffix(".pt") + ".anchors.json")
+
+
+def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = ()) -> None:
+    """Refuse a checkpoint path (or its anchor file) that :func:`save` must not write, before any work.
+
+    Raises:
+        EdgeAnchorError: the file exists and ``overwrite`` is off, it is not one edgeanchor wrote, it is a
+            folder, or it is one of ``inputs``.
+    """
+    from ..anchors import is_anchor_file
+    from ..io import check_output_file
+    from ..models.registry import is_checkpoint
+
+    inputs = list(inputs)
+    check_output_file(path, overwrite=overwrite, is_ours=is_checkpoint, what="checkpoint", inputs=inputs)
+    check_output_file(anchors_path_of(path), overwrite=overwrite, is_ours=is_anchor_file, what="anchor file",
+                      inputs=inputs)
+
+
+def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, meta: dict | None = None) -> Path:
+    """Write ``det`` as an edgeanchor checkpoint, and its anchor set beside it (``<path>.anchors.json``).
+
+    The checkpoint holds the architecture, the anchor set, the post-processing rule and the weights:
+    :func:`edgeanchor.load` rebuilds it exactly. Both files are written atomically.
+
+    Returns:
+        The anchor file's path.
+    """
+    from ..io import write_json
+    from ..models import save_checkpoint
+
+    check_save_path(path, overwrite=overwrite)
+    save_checkpoint(det, path, meta=meta)
+    anchors = anchors_path_of(path)
+    write_json(anchors, det.anchor_set.to_json())
+    return anchors
+
+
+def finetune(det: Detector, train_data: Any, *, epochs: int, lr: float | None = None, val_data: Any = None,
+             batch_size: int = 32, weight_decay: float = 5e-4, warmup_iters: int = 20, device: str = "cpu",
+             workers: int = 1, seed: int = 0, max_iters_per_epoch: int | None = None,
+             progress: bool = True) -> Detector:
+    """Train a copy of ``det`` (e.g. a pruned one) with AdamW, warm-up and cosine decay.
+
+    Args:
+        det: the detector (left unchanged).
+        train_data: the training split (see :func:`evaluate`); it must hold objects.
+        epochs: passes over ``train_data``.
+        lr: peak learning rate (default 5e-4, prune-and-export's fine-tuning rate).
+        val_data: evaluated with COCO mAP after each epoch (logged).
+        batch_size, weight_decay, warmup_iters, device, workers, seed: as ``edgeanchor train``.
+        max_iters_per_epoch: stop each epoch after this many batches.
+        progress: show progress bars.
+
+    Returns:
+        The trained detector, in eval mode on the CPU.
+    """
+    from ..data.coco import CocoDetection
+    from ..train.loop import TrainConfig, train
+
+    lr = 5e-4 if lr is None else lr
+    check_train_settings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         warmup_iters=warmup_iters, workers=workers, seed=seed, device=device)
+    tuned = copy.deepcopy(det)
+    split = as_data(train_data)
+    train_set = CocoDetection.for_detector(tuned, split.images, split.ann, train=True)
+    train_set.require_objects("train on")
+    val_set = None
+    if val_data is not None:
+        val = as_data(val_data)
+        val_set = CocoDetection.for_detector(tuned, val.images, val.ann)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      warmup_iters=warmup_iters, device=device, workers=workers, seed=seed,
+                      max_iters_per_epoch=max_iters_per_epoch, progress=progress,
+                      extra_meta={"command": "edgeanchor.finetune"})
+    with tempfile.TemporaryDirectory(prefix="edgeanchor-finetune-") as tmp:
+        train(tuned, train_set, cfg, out=str(Path(tmp) / "finetune.pt"), val_set=val_set)
+    return tuned.eval()
+
+
+def check_train_settings(*, epochs: int, batch_size: int, lr: float, weight_decay: float, warmup_iters: int,
+                         workers: int, seed: int, device: str) -> None:
+    """Training settings that are wrong whatever the data, checked before any work.
+
+    Raises:
+        EdgeAnchorError: naming the setting and its value.
+    """
+    import math
+
+    from ..device import resolve_device
+
+    checks = [(epochs >= 1, f"epochs must be at least 1 (got {epochs})"),
+              (batch_size >= 1, f"batch_size must be at least 1 (got {batch_size})"),
+              (math.isfinite(lr) and lr > 0, f"lr must be a positive number (got {lr})"),
+              (math.isfinite(weight_decay) and weight_decay >= 0,
+               f"weight_decay must be a number >= 0 (got {weight_decay})"),
+              (warmup_iters >= 0, f"warmup_iters must be >= 0 (got {warmup_iters})"),
+              (workers >= 0, f"workers must be >= 0 (got {workers})"),
+              (seed >= 0, f"seed must be >= 0 (got {seed})")]
+    for ok, message in checks:
+        if not ok:
+            raise EdgeAnchorError(message)
+    resolve_device(device)

@@ -1,0 +1,231 @@
+"""The public Python API (``import edgeanchor as ea``): its names, its light import, and what each step does."""
+
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import edgeanchor as ea
+from edgeanchor.models import build_detector
+from edgeanchor.search.run import choose_point
+
+from tests.helpers import synth_split
+
+PUBLIC = ["AnchorSet", "BenchResult", "CheckFailed", "Data", "Detector", "EdgeAnchorError", "ExportFolder",
+          "FrontPoint", "SearchResult", "__version__", "bench", "data", "evaluate", "export", "finetune", "inspect",
+          "load", "prune", "prune_and_export", "save", "search", "wrap"]
+
+
+def test_the_public_names_are_pinned():
+    # A name removed or added here is a deliberate change of the public surface.
+    assert ea.__all__ == PUBLIC
+    for name in PUBLIC:
+        assert getattr(ea, name) is not None
+    for name in ("load", "wrap", "data", "evaluate", "search", "prune", "save", "finetune", "export", "bench",
+                 "prune_and_export", "inspect"):
+        fn = getattr(ea, name)
+        assert callable(fn)
+        assert inspect.signature(fn).parameters, name  # the API function's own signature
+    assert issubclass(ea.EdgeAnchorError, Exception)
+
+
+def test_typed_package():
+    from pathlib import Path
+
+    assert (Path(ea.__file__).parent / "py.typed").is_file()
+    assert "py.typed" in (Path(ea.__file__).parent.parent / "pyproject.toml").read_text()
+
+
+NO_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_import_is_light_and_help_needs_no_torch():
+    code = NO_TORCH + """
+import edgeanchor as ea
+assert "torch" not in sys.modules
+ea.data, ea.bench, ea.export, ea.evaluate, ea.search, ea.ExportFolder, ea.EdgeAnchorError, ea.Data
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("edgeanchor"))
+from edgeanchor.cli import main
+assert main(["--help"]) == 0
+assert main(["bench", "--help"]) == 0
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "prune-and-export" in proc.stdout
+
+
+def test_packages_named_like_api_functions_stay_importable():
+    # ea.search is the API function's entry and still the package edgeanchor.search (imports, pickling)
+    import pickle
+
+    import edgeanchor.data.demo_data as demo_data
+    import edgeanchor.search.run as search_run
+
+    assert ea.search.run is search_run and ea.data.demo_data is demo_data
+    assert pickle.loads(pickle.dumps(search_run.choose_point)) is choose_point
+    assert "max_drop" in inspect.signature(ea.search).parameters
+    with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
+        ea.data("some/folder")
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    images, anns = synth_split(tmp_path_factory, "api_split", num_images=30, seed=7, splits=(0.34, 0.33, 0.33))
+    return images, anns
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return ea.load("demo")
+
+
+def test_data_splits_and_errors(split, tmp_path):
+    images, anns = split
+    val = ea.data(images, anns["val"])
+    assert (val.images, val.ann, val.source) == (images, anns["val"], "coco")
+    assert ea.data(val) is val
+    with pytest.raises(ea.EdgeAnchorError, match="single COCO annotation file"):
+        val.other_split("test")
+    with pytest.raises(ea.EdgeAnchorError, match="split 'test' needs a YOLO data.yaml"):
+        ea.data(images, anns["val"], split="test")
+    with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
+        ea.data(None, anns["val"])
+    with pytest.raises(ea.EdgeAnchorError, match="annotation file"):
+        ea.evaluate(ea.load("demo"), ea.data(images, tmp_path / "missing.json"), progress=False)
+
+
+def test_search_choose_prune_and_evaluate_agree(demo, split, tmp_path, capsys):
+    images, anns = split
+    val = ea.data(images, anns["val"])
+    result = ea.search(demo, val, max_drop=0.02, max_evals=25, workers=1, out=tmp_path / "s", progress=False)
+    stored = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert result.to_json() == stored and result.num_evals == stored["num_evals"] <= 25 + 30
+    front = result.front
+    assert front and [p.head_macs for p in front] == sorted(p.head_macs for p in front)
+    assert all(p.keep | set(p.removed) == set(demo.anchor_set.ids) and not p.keep & set(p.removed) for p in front)
+    # choose() with no criterion is the search's own rule
+    assert result.choose().removed == tuple(sorted(choose_point(stored)["removed"]))
+    cheapest_above = [p for p in front if p.map >= result.baseline["mAP"] - 0.5]
+    assert result.choose(max_drop=0.5) == cheapest_above[0]
+    with pytest.raises(ea.EdgeAnchorError, match="no front point reaches"):
+        result.choose(min_map=result.baseline["mAP"] + 0.5)
+    with pytest.raises(ea.EdgeAnchorError, match="one of max_drop, min_map or target_head_macs"):
+        result.choose(max_drop=0.1, min_map=0.1)
+    target = front[-1].head_macs
+    best = max((p for p in front if p.head_macs <= target), key=lambda p: (p.map, -p.head_macs))
+    assert result.choose(target_head_macs=target) == best
+    # the pruned model's measured mAP equals the search's cached score of its keep set (exact slicing)
+    point = result.choose()
+    pruned = ea.prune(demo, point)
+    assert set(pruned.anchor_set.ids) == set(point.keep)
+    metrics = ea.evaluate(pruned, val, backend="pycocotools", progress=False)
+    assert metrics["mAP"] == pytest.approx(point.map, abs=1e-6)
+    assert metrics["num_images"] == 10
+    fig = result.plot(tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG" and fig.axes[0].get_xlabel() == "head MACs (M)"
+    assert capsys.readouterr().out == ""  # nothing on stdout
+
+
+def test_prune_forms_and_save_round_trip(demo, tmp_path):
+    ids = demo.anchor_set.ids
+    a = ea.prune(demo, ids[:10])
+    b = ea.prune(demo, remove=ids[10:])
+    assert a.anchor_set == b.anchor_set
+    path = tmp_path / "p.pt"
+    anchors = ea.save(a, path)
+    assert anchors == tmp_path / "p.anchors.json"
+    assert ea.prune(demo, anchors).anchor_set == a.anchor_set  # an anchor file as keep
+    with pytest.raises(ea.EdgeAnchorError, match="exists"):
+        ea.save(a, path)
+    loaded = ea.load(str(path))
+    x = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0]["boxes"], a(x)[0]["boxes"])
+    with pytest.raises(ea.EdgeAnchorError, match="not both or neither"):
+        ea.prune(demo)
+    with pytest.raises(ea.EdgeAnchorError, match="not in the model"):
+        ea.prune(demo, [999])
+
+
+def _same_detections(a, b, size):
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for da, db in zip(a(x), b(x)):
+            assert torch.equal(da["boxes"], db["boxes"]) and torch.equal(da["labels"], db["labels"])
+
+
+def test_wrap_a_torchvision_object_equals_loading_it_by_name(tmp_path):
+    from edgeanchor.models.registry import ARCHS
+
+    tv = ARCHS["edgeanchor:demo_ssd"].builder(6, (320, 320))
+    torch.save(tv.state_dict(), tmp_path / "sd.pt")
+    det = ea.wrap(tv)
+    assert det.arch == "edgeanchor:demo_ssd" and det.image_size == (320, 320)
+    assert det.extractor is tv.backbone  # the object's own modules and weights, no copy
+    _same_detections(det, build_detector("edgeanchor:demo_ssd", num_classes=6, weights=str(tmp_path / "sd.pt")),
+                     (320, 320))
+    ea.save(det, tmp_path / "w.pt")
+    _same_detections(det, ea.load(str(tmp_path / "w.pt")), (320, 320))
+
+
+def test_wrap_names_torchvision_architectures_and_refuses_others():
+    import torchvision.models.detection as tvd
+
+    from edgeanchor.models.demo import build_demo_ssd
+
+    ssdlite = tvd.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4)
+    assert ea.wrap(ssdlite).arch == "torchvision:ssdlite320_mobilenet_v3_large"
+    retina = tvd.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=3)
+    det = ea.wrap(retina, image_size=(128, 128))
+    assert det.arch == "torchvision:retinanet_resnet50_fpn_v2" and det.image_size == (128, 128)
+    with pytest.raises(ea.EdgeAnchorError, match="cannot wrap a Conv2d"):
+        ea.wrap(torch.nn.Conv2d(3, 3, 1))
+    odd = build_demo_ssd(6, widths=(8, 16, 24, 32, 48, 64, 64))  # the demo's layout, other widths
+    with pytest.raises(ea.EdgeAnchorError, match="not a standard edgeanchor:demo_ssd"):
+        ea.wrap(odd)
+
+
+def test_wrap_a_yolov5_object_round_trips(tmp_path):
+    from edgeanchor.models.yolov5_arch import build_yolov5
+
+    net = build_yolov5("n", nc=3)
+    det = ea.wrap(net, image_size=(128, 160))
+    assert det.arch == "yolov5:n" and det.num_classes == 3 and det.image_size == (128, 160)
+    ea.save(det, tmp_path / "y.pt")
+    _same_detections(det, ea.load(str(tmp_path / "y.pt")), (128, 160))
+
+
+def test_finetune_trains_a_copy(demo, split):
+    images, anns = split
+    pruned = ea.prune(demo, demo.anchor_set.ids[:12])
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    tuned = ea.finetune(pruned, ea.data(images, anns["train"]), epochs=1, batch_size=4, max_iters_per_epoch=2,
+                        workers=0, progress=False)
+    assert tuned is not pruned and tuned.anchor_set == pruned.anchor_set
+    assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())  # the input is unchanged
+    assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+    with pytest.raises(ea.EdgeAnchorError, match="epochs must be at least 1"):
+        ea.finetune(pruned, ea.data(images, anns["train"]), epochs=0)
+
+
+def test_errors_are_raised_in_api_terms(demo, split):
+    images, anns = split
+    val = ea.data(images, anns["val"])
+    with pytest.raises(ea.EdgeAnchorError, match="max_drop must be between 0 and 1"):
+        ea.search(demo, val, max_drop=2.0)
+    with pytest.raises(ea.EdgeAnchorError, match="unknown model"):
+        ea.load("no-such-model")
+    with pytest.raises(ea.EdgeAnchorError, match="unknown metric"):
+        ea.evaluate(demo, val, metric="banana")
+    with pytest.raises(ea.EdgeAnchorError, match="iters must be >= 1"):
+        ea.bench("nowhere", iters=0)
