@@ -99,6 +99,21 @@ def test_format_1_folder_still_works_with_torch_and_gives_the_same_map(export, t
     assert evaluate_export(v1, progress=False)["mAP"] == evaluate_export(export, progress=False)["mAP"]
 
 
+def test_an_export_without_its_images_says_where_to_point(export, tmp_path, capsys):
+    bare = tmp_path / "bare"  # as a split too large to bundle, on a machine without its recorded folder
+    shutil.copytree(export.root, bare, ignore=shutil.ignore_patterns("images"))
+    report = json.loads((bare / "report.json").read_text())
+    report["device"]["images"], report["data"] = None, str(tmp_path / "elsewhere")
+    (bare / "report.json").write_text(json.dumps(report))
+    assert main(["bench", str(bare), "--iters", "1", "--warmup", "0"]) == 2
+    assert "is not here; pass --images, a folder of images to time on" in capsys.readouterr().err
+    assert not list(bare.glob("bench_*"))
+    assert main(["evaluate", "--export", str(bare)]) == 2
+    assert "(this export does not hold its images); pass --data, the folder that holds them" in capsys.readouterr().err
+    assert main(["evaluate", "--export", str(bare), "--data", export.data, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mAP"] == evaluate_export(export, progress=False)["mAP"]
+
+
 # ---------------------------------------------------------------------------------------- preprocessing
 
 

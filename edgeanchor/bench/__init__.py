@@ -1,1 +1,2 @@
-"""Per-stage latency: backbone, head, postprocess (decode + NMS) and end to end, baseline against pruned."""
+"""Measuring an export on the target: per-stage latency, baseline against pruned, and the deployed graph's
+mAP (torch-free except the eager PyTorch runner)."""

@@ -62,6 +62,10 @@ def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[
             raise EdgeAnchorError(f"{folder.report_ann} lists no images; give a folder of images to time on")
         files = [Path(folder.data) / im["file_name"] for im in ann["images"]]
         source = folder.report_ann
+        missing = next((f for f in files[:limit] if not f.is_file()), None)
+        if missing is not None:  # a split too large to bundle, its recorded folder not on this machine
+            raise EdgeAnchorError(f"image {missing} of the export's report split is not here; give image_dir, a "
+                                  "folder of images to time on")
     # as the model sees images (YOLO: letterboxed)
     images = [load_image_array(f, (h, w), folder.resize)[0][None] for f in files[:limit]]  # (1, 3, H, W) float32
     return images, source
