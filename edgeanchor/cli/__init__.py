@@ -86,13 +86,7 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "with int8 on": "with --int8", "choose precision": "pass --precision", "choose runtime": "pass --runtime",
             "give image_dir,": "pass --images,", "give data,": "pass --data,",
             "needs executor ray": "needs --executor ray", "choose executor ray": "pass --executor ray",
-            "with ray start": "with 'ray start --head'",
-            # the Python API's data errors (edgeanchor.api.data / deploy), in the flags' words
-            "give both data and ann (or data as a YOLO data.yaml, or data as a Pascal VOC folder:":
-            "give both --data and --ann (or --data DATA.yaml for a YOLO data set, or --data DIR for Pascal VOC:",
-            "the ann argument is not used": "--ann is not used", "choose one with split": "choose one with --split",
-            "ann, report_ann and train_ann are not used": "--ann, --report-ann and --train-ann are not used",
-            "choose the search split with split": "choose the search split with --split"}
+            "with ray start": "with 'ray start --head'"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
 
 
