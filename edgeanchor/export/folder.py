@@ -303,7 +303,8 @@ class ExportFolder:
         data = self.root / DATA_DIR
         data.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(report["report_ann"], data / "annotations.json")  # byte for byte: regress hashes it
-        bundled = size <= BUNDLE_IMAGES_MAX_BYTES and all(p.is_file() for p in sources)
+        inside = all(not Path(n).is_absolute() and ".." not in Path(n).parts for n in images)  # stays in data/
+        bundled = inside and size <= BUNDLE_IMAGES_MAX_BYTES and all(p.is_file() for p in sources)
         for name, src in zip(images, sources) if bundled else ():
             dst = data / "images" / name
             dst.parent.mkdir(parents=True, exist_ok=True)
