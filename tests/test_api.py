@@ -75,7 +75,7 @@ def test_packages_named_like_api_functions_stay_importable():
     assert pickle.loads(pickle.dumps(search_run.choose_point)) is choose_point
     assert "max_drop" in inspect.signature(ea.search).parameters
     with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
-        ea.data("some/folder")
+        ea.data("some/folder").resolve()
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +89,25 @@ def demo():
     return ea.load("demo")
 
 
-def test_data_splits_and_errors(split, tmp_path):
+def test_data_splits_and_errors(split, tmp_path, monkeypatch):
     images, anns = split
     val = ea.data(images, anns["val"])
     assert (val.images, val.ann, val.source) == (images, anns["val"], "coco")
-    assert ea.data(val) is val
+    assert ea.data(val) is val and val.with_ann(anns["test"]).ann == anns["test"]
     with pytest.raises(ea.EdgeAnchorError, match="single COCO annotation file"):
         val.other_split("test")
+    # nothing is read or generated until the split is used, so a step checks its own settings first
+    import edgeanchor.data.demo_data as demo_data
+
+    monkeypatch.setattr(demo_data, "ensure_demo_data", lambda *a, **k: pytest.fail("generated too early"))
+    demo = ea.data("demo", split="test")
+    with pytest.raises(ea.EdgeAnchorError, match="max_drop must be between 0 and 1"):
+        ea.search(ea.load("demo"), demo, max_drop=3.0)
+    bad = ea.data(images, anns["val"], split="test")
     with pytest.raises(ea.EdgeAnchorError, match="split 'test' needs a YOLO data.yaml"):
-        ea.data(images, anns["val"], split="test")
+        bad.resolve()
     with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
-        ea.data(None, anns["val"])
+        ea.data(None, anns["val"]).resolve()
     with pytest.raises(ea.EdgeAnchorError, match="annotation file"):
         ea.evaluate(ea.load("demo"), ea.data(images, tmp_path / "missing.json"), progress=False)
 

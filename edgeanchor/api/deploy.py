@@ -57,7 +57,8 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
 
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,
           iters: int = 100, warmup: int = 10, precision: str = "f32", images: str | os.PathLike | None = None,
-          end_to_end: str | None = None, opt_level: str = "all", progress: bool = True) -> BenchResult:
+          end_to_end: str | None = None, opt_level: str = "all", progress: bool = True, write: bool = False,
+          json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None) -> BenchResult:
     """Time backbone, head, postprocess (decode + NMS) and end to end, baseline against pruned, interleaved.
 
     Args:
@@ -70,9 +71,14 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
         end_to_end: the graph of the end-to-end stage (model, model_nonms or model_trt).
         opt_level: onnxruntime's graph optimisation level (disable, basic, extended, all).
         progress: show a progress bar.
+        write: also write the result JSON (``json_path``, default ``bench_<runtime>[_<precision>].json`` in the
+            export folder) and, where matplotlib is installed, its plot (``plot_path``, default beside the
+            JSON); files of ours are rewritten, anything else is refused before the timing. A ``json_path``
+            implies ``write``.
 
     Returns:
-        Per stage and variant, latency statistics in milliseconds, and the pruned/baseline ratios.
+        Per stage and variant, latency statistics in milliseconds, and the pruned/baseline ratios (with
+        ``json_path`` and ``plot_path`` set to the files written, if any).
 
     Raises:
         EdgeAnchorError: bad settings, a runtime that is not installed, or a missing or malformed export.
@@ -87,9 +93,39 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
     check_precision(runtime, precision)
     if not isinstance(folder, ExportFolder):
         folder = ExportFolder.open(folder or default_export_dir())
-    return BenchResult(run_bench(folder, runtime=runtime, threads=threads, warmup=warmup, iters=iters,
-                                 image_dir=images, opt_level=opt_level, progress=progress, precision=precision,
-                                 end_to_end=end_to_end))
+    outputs = _bench_outputs(folder, runtime, precision, images, json_path, plot_path) if write or json_path else None
+    result = BenchResult(run_bench(folder, runtime=runtime, threads=threads, warmup=warmup, iters=iters,
+                                   image_dir=images, opt_level=opt_level, progress=progress, precision=precision,
+                                   end_to_end=end_to_end))
+    if outputs:
+        _write_bench(result, *outputs)
+    return result
+
+
+def _bench_outputs(folder, runtime: str, precision: str, images, json_path, plot_path) -> tuple[Path, Path]:
+    """Where bench writes its JSON and plot; refused now (before the timing) unless new or bench's own."""
+    from ..bench.harness import is_bench_result, is_png
+    from ..io import check_output_file
+
+    json_path = Path(json_path) if json_path else folder.bench_path(runtime, precision)
+    plot_path = Path(plot_path or json_path.with_suffix(".png"))
+    check_output_file(json_path, overwrite=True, is_ours=is_bench_result, what="bench result",
+                      inputs=[folder.report_path, images])
+    check_output_file(plot_path, overwrite=True, is_ours=is_png, what="bench plot", inputs=[images])
+    return json_path, plot_path
+
+
+def _write_bench(result: BenchResult, json_path: Path, plot_path: Path) -> None:
+    from ..bench.harness import can_plot, plot_result
+    from ..io import log, write_json
+
+    write_json(json_path, result.to_json())
+    result.json_path = json_path
+    if can_plot():
+        plot_result(result.to_json(), plot_path)
+        result.plot_path = plot_path
+    else:
+        log("matplotlib is not installed: no plot (the JSON has every figure)")
 
 
 def prune_and_export(model: str = "demo", *, num_classes: int | None = None, weights: str | None = None,
@@ -161,8 +197,8 @@ def prune_and_export(model: str = "demo", *, num_classes: int | None = None, wei
         resolve_method(method, det)
         check_target_head_macs(det, target_head_macs)
     pipeline = PipelineSpec(**_pipeline_splits(**splits), **settings)
-    run_pipeline(det, pipeline, out, overwrite=overwrite, progress=progress)
-    return ExportFolder.open(out)
+    report = run_pipeline(det, pipeline, out, overwrite=overwrite, progress=progress)
+    return ExportFolder(out, report)  # the report written (and validated) by the pipeline
 
 
 def _pipeline_splits(*, data, ann, split, report_ann, train_ann, generate: bool = True) -> dict:

@@ -141,6 +141,8 @@ class BenchResult:
 
     def __init__(self, result: dict):
         self._result = result
+        self.json_path: Path | None = None  # the files bench wrote, if asked to
+        self.plot_path: Path | None = None
 
     @property
     def ratios(self) -> dict[str, float]:

@@ -104,7 +104,8 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         workers: scoring processes, or Ray actors with ``executor="ray"``.
         executor: "processes" or "ray"; ray_address: the Ray cluster (default: a local Ray).
         backend: the COCO evaluator of the front's full metrics.
-        report: also score the front on this split (same image folder).
+        report: also score the front on this split: a :class:`Data` over the same image folder, a split name
+            of the same data set (e.g. "test"), or a COCO annotation file over the searched split's images.
         out: the search folder (default: one under the cache root keyed by the candidates and settings).
         cache: the candidate cache file (default: a keyed file under the cache root).
         latency_model: for cost "latency": a LatencyModel or its JSON path.
@@ -114,19 +115,14 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
         point are in ``out``.
     """
-    from ..search.run import SearchSpec, check_search_folder, check_search_spec, resolve_method, run_search
+    from ..search.run import resolve_method, run_search
 
-    if max_drop is None and min_map is None:
-        max_drop = 0.005
-    spec = SearchSpec(method=method, cost=cost, min_map=min_map, max_drop=max_drop, tol=tol,
-                      max_per_level=max_per_level, max_evals=max_evals, workers=workers, backend=backend,
-                      executor=executor, ray_address=ray_address, metric=metric)
-    check_search_spec(spec)
-    if out is not None:
-        check_search_folder(Path(out))
+    spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
+                                 tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
+                                 executor=executor, ray_address=ray_address, backend=backend, out=out)
     method = resolve_method(spec.method, det)  # before the data is generated or read
     split = as_data(data)
-    report_split = None if report is None else as_data(report)
+    report_split = _report_split(split, report)
     if report_split is not None and Path(report_split.images) != Path(split.images):
         raise EdgeAnchorError(f"the report split's images ({report_split.images}) are not in the searched split's "
                               f"folder ({split.images}); give a report annotation file over the same images")
@@ -139,6 +135,41 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
     result = run_search(det, split.images, split.ann, out, spec, report_ann=report_split.ann if report_split else None,
                         cache_path=cache, cache=loaded, latency_model=latency_model, progress=progress)
     return SearchResult(result, det.anchor_set.ids, out)
+
+
+def check_search_settings(*, method: str | None = None, cost: str = "head_macs", metric: str = "coco",
+                          max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4,
+                          max_per_level: int = 1, max_evals: int = 3000, workers: int = 2, executor: str = "processes",
+                          ray_address: str | None = None, backend: str = "faster",
+                          out: str | os.PathLike | None = None) -> Any:
+    """The search settings :func:`search` takes, checked before any model or data is touched.
+
+    Returns:
+        The :class:`~edgeanchor.search.run.SearchSpec` (``max_drop`` 0.005 when no floor is given).
+
+    Raises:
+        EdgeAnchorError: a setting out of range, Ray missing or not answering, or an output folder that
+            holds something other than a search.
+    """
+    from ..search.run import SearchSpec, check_search_folder, check_search_spec
+
+    if max_drop is None and min_map is None:
+        max_drop = 0.005
+    spec = SearchSpec(method=method, cost=cost, min_map=min_map, max_drop=max_drop, tol=tol,
+                      max_per_level=max_per_level, max_evals=max_evals, workers=workers, backend=backend,
+                      executor=executor, ray_address=ray_address, metric=metric)
+    check_search_spec(spec)
+    if out is not None:
+        check_search_folder(Path(out))
+    return spec
+
+
+def _report_split(split: Data, report: Any) -> Data | None:
+    if report is None or isinstance(report, Data):
+        return report
+    if str(report) in ("train", "val", "test", "trainval"):
+        return split.other_split(str(report))
+    return split.with_ann(report)
 
 
 def _load_cache(det, split: Data, cache, progress: bool):
@@ -186,9 +217,9 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     return slice_head(det, ids)
 
 
-def anchors_path_of(path: str | os.PathLike) -> Path:
+def anchors_path_of(path: str | os.PathLike) -> str:
     """The anchor file written beside a checkpoint: ``<path without .pt>.anchors.json``."""
-    return Path(str(path).removesuffix(".pt") + ".anchors.json")
+    return str(path).removesuffix(".pt") + ".anchors.json"
 
 
 def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = ()) -> None:
@@ -224,7 +255,7 @@ def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, met
     save_checkpoint(det, path, meta=meta)
     anchors = anchors_path_of(path)
     write_json(anchors, det.anchor_set.to_json())
-    return anchors
+    return Path(anchors)
 
 
 def finetune(det: Detector, train_data: Any, *, epochs: int, lr: float | None = None, val_data: Any = None,

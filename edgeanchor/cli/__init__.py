@@ -73,7 +73,8 @@ _PARAM_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "min_map", "max_drop", "target_head_macs", "finetune_epochs", "finetune_lr", "train_ann", "report_ann",
     "parity_images", "latency_model", "image_size", "num_classes", "max_evals", "max_per_level", "batch_size",
     "keep_anchors", "opset", "tol", "workers", "iters", "warmup", "threads", "score_thresh", "nms_thresh", "max_det",
-    "deploy_score_thresh", "deploy_nms_thresh", "nonms_topk", "matrix_iters", "ray_address")}
+    "deploy_score_thresh", "deploy_nms_thresh", "nonms_topk", "matrix_iters", "ray_address", "epochs", "lr",
+    "weight_decay", "warmup_iters", "seed", "val_ann", "max_iters_per_epoch")}
 _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N", "use device cpu": "use --device cpu",
             "lower lr": "lower --lr", "method 'shared'": "'--method shared'", "choose shared": "pass --method shared",
             "give train_ann": "pass --train-ann", "choose a writable output folder": "choose a writable --out",
@@ -86,7 +87,30 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "with int8 on": "with --int8", "choose precision": "pass --precision", "choose runtime": "pass --runtime",
             "give image_dir,": "pass --images,", "give data,": "pass --data,",
             "needs executor ray": "needs --executor ray", "choose executor ray": "pass --executor ray",
-            "with ray start": "with 'ray start --head'"}
+            "with ray start": "with 'ray start --head'",
+            # the Python API's data errors (edgeanchor.api.data / deploy), in the flags' words
+            "give both data and ann (or data as a YOLO data.yaml, or data as a Pascal VOC folder:":
+            "give both --data and --ann (or --data DATA.yaml for a YOLO data set, or --data DIR for Pascal VOC:",
+            "the ann argument is not used": "--ann is not used", "choose one with split": "choose one with --split",
+            "ann, report_ann and train_ann are not used": "--ann, --report-ann and --train-ann are not used",
+            "choose the search split with split": "choose the search split with --split",
+            # edgeanchor.api.training (the train command)
+            "the init checkpoint keeps its anchors; drop anchors": "--init keeps the checkpoint's anchors; drop --anchors",
+            "the init checkpoint ": "--init ", "checkpoint but model is": "checkpoint but --model is",
+            "drop model or pass": "drop --model or pass",
+            "give model (e.g. edgeanchor:demo_ssd) or an init checkpoint":
+            "give --model (e.g. edgeanchor:demo_ssd) or --init CHECKPOINT",
+            "the train output ": "--out ", "resume: no checkpoint at": "--resume: no checkpoint at",
+            "leave resume off to start afresh": "drop --resume to start afresh", "resume: the checkpoint file ": "--resume: ",
+            "resume: the training state in": "--resume: the training state in",
+            "start afresh with overwrite": "start afresh with --overwrite", "resume: the run in": "--resume: the run in",
+            "or overwrite to start afresh": "or --overwrite to start afresh",
+            "give either resume (continue the run at out) or overwrite (start afresh)":
+            "give either --resume (continue the run at --out) or --overwrite (start afresh)",
+            "give the training annotations as ann (a COCO file of the training images), or data as a DATA.yaml":
+            "give --ann (COCO annotations of the training images), or --data DATA.yaml",
+            "ann and val_ann are not used": "--ann and --val-ann are not used",
+            "choose the training split with split": "choose the training split with --split"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
 
 

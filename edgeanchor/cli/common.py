@@ -36,19 +36,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str |
                         "model's own; YOLO 300)")
 
 
+def model_kwargs(args) -> dict:
+    """The shared model flags as :func:`edgeanchor.load`'s keywords."""
+    return {"num_classes": args.num_classes, "weights": args.weights, "anchors": args.anchors,
+            "image_size": args.image_size, "score_thresh": args.score_thresh, "nms_thresh": args.nms_thresh,
+            "max_det": args.max_det}
+
+
 def build_from_args(args):
     """Build the detector the shared model flags describe."""
-    from ..models import build_detector
+    from .. import api
 
-    det = build_detector(
-        args.model,
-        num_classes=args.num_classes,
-        weights=args.weights,
-        anchors=args.anchors,
-        image_size=tuple(args.image_size) if args.image_size else None,
-    )
-    det.postprocess_spec = det.postprocess_spec.with_overrides(args.score_thresh, args.nms_thresh, args.max_det)
-    return det
+    return api.load(args.model, **model_kwargs(args))
 
 
 def add_split_argument(parser, default: str) -> None:

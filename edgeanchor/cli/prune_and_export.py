@@ -60,124 +60,27 @@ def add_arguments(parser) -> None:
     add_search_arguments(parser)
 
 
-def _normalise_keep_flag(args) -> None:
+def run(args) -> int:
+    from .. import api
+    from ..errors import EdgeAnchorError
+    from .common import model_kwargs, print_json
+    from .search import search_kwargs
+
     # '--anchors' belongs to the shared model flags (it replaces a model's anchors);
     # for this command a keep file given as --anchors means "keep these", as in the issue's usage.
     if args.keep_anchors and args.anchors:
-        from ..errors import EdgeAnchorError
-
         raise EdgeAnchorError("give the anchors to keep once, with --anchors KEEP.json")
-    args.keep_anchors, args.anchors = args.keep_anchors or args.anchors, None
-
-
-def resolve_data(args, *, generate: bool = True):
-    """(data, ann, report_ann, train_ann) from flags, defaulting to the demo's synthetic splits.
-
-    With ``generate=False`` the demo's paths are placeholders (nothing is generated): for checks
-    that must run before any long work.
-    """
-    from ..data.demo_data import demo_split
-    from .common import data_or_demo, is_voc_data, is_yolo_data
-
-    if not generate and not args.data and not args.ann:
-        return "<demo>", "<demo val>", args.report_ann or "<demo test>", args.train_ann or "<demo train>"
-    if is_yolo_data(args):
-        return _yolo_splits(args, generate)
-    if is_voc_data(args):
-        return _voc_splits(args, generate)
-    data, ann, demo = data_or_demo(args, "val")
-    if not demo:
-        return data, ann, args.report_ann or ann, args.train_ann
-    return data, ann, args.report_ann or demo_split("test")[1], args.train_ann or demo_split("train")[1]
-
-
-def _yolo_splits(args, generate: bool):
-    """A YOLO data.yaml: search on --split (val), report on test if present, fine-tune on train."""
-    from ..data.yolo import read_data_yaml
-    from ..errors import EdgeAnchorError
-    from .common import yolo_data
-
-    if args.ann or args.report_ann or args.train_ann:
-        raise EdgeAnchorError("--ann, --report-ann and --train-ann are not used with a YOLO data.yaml (its splits "
-                              "are in the file); choose the search split with --split")
-    spec = read_data_yaml(args.data)
-    search_split = args.split or "val"
-    report_split = "test" if "test" in spec.splits else search_split
-    train_split = "train" if "train" in spec.splits else None
-    if not generate:
-        return str(args.data), f"<{search_split}>", f"<{report_split}>", f"<{train_split}>" if train_split else None
-    data, anns = yolo_data(args, search_split, report_split, *([train_split] if train_split else []))
-    return data, anns[0], anns[1], anns[2] if train_split else None
-
-
-def _voc_splits(args, generate: bool):
-    """Pascal VOC: a VOCdevkit is searched on --split (val), reported on test if it has a test split, fine-tuned
-    on train; a plain folder of images with XML is all three (no fine-tuning data)."""
-    from ..data.voc import available_splits, is_devkit
-    from ..errors import EdgeAnchorError
-    from .common import voc_data
-
-    if args.report_ann or args.train_ann:
-        raise EdgeAnchorError("--report-ann and --train-ann are not used with Pascal VOC data (its splits are in "
-                              "ImageSets/Main); choose the search split with --split")
-    if not is_devkit(args.data):
-        names = [args.split, args.split]  # searched and reported on the whole folder
-    else:
-        have = available_splits(args.data)
-        search_split = args.split or "val"
-        names = [search_split, "test" if "test" in have else search_split, *(["train"] if "train" in have else [])]
-    if not generate:
-        return str(args.data), *[f"<{n or 'all'}>" for n in names[:2]], (f"<{names[2]}>" if len(names) > 2 else None)
-    data, anns = voc_data(args, *names)
-    return data, anns[0], anns[1], anns[2] if len(anns) > 2 else None
-
-
-def pipeline_spec_from_args(args, *, generate: bool = True):
-    """The pipeline settings every flag of this command describes (the model flags build the detector)."""
-    from ..pipeline import PipelineSpec
-    from .search import search_spec_from_args
-
-    _normalise_keep_flag(args)
-    data, ann, report_ann, train_ann = resolve_data(args, generate=generate)
-    return PipelineSpec(data=data, ann=ann, report_ann=report_ann, train_ann=train_ann, anchors=args.keep_anchors,
-                        target_head_macs=args.target_head_macs, finetune_epochs=args.finetune_epochs,
-                        finetune_lr=args.finetune_lr, opset=args.opset, tensorrt=args.tensorrt,
-                        parity_images=args.parity_images, search=search_spec_from_args(args), cache=args.cache,
-                        latency_model=args.latency_model, model_name=args.model,
-                        deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh,
-                        nonms_topk=args.nonms_topk, int8=args.int8,
-                        matrix_iters=args.matrix_iters)
-
-
-def default_out(model: str) -> str:
-    """exports/<model name>: the checkpoint's stem, or the name after the family prefix."""
-    from pathlib import Path
-
-    from ..export.folder import default_export_dir
-
-    name = Path(model).stem if model.endswith(".pt") else model.split(":")[-1]
-    if model.startswith("yolov5:"):  # yolov5:n -> yolov5n, yolov5:path/custom.yaml -> custom
-        name = Path(name).stem if name.endswith((".yaml", ".yml")) else f"yolov5{name}"
-    return str(default_export_dir(name))
-
-
-def run(args) -> int:
-    from ..export.folder import check_output
-    from ..pipeline import check_pipeline_spec, run_pipeline
-    from ..search.run import check_target_head_macs, resolve_method
-    from .common import build_from_args, print_json
-
-    # Every check that needs no data runs before the data is generated or read.
-    preliminary = pipeline_spec_from_args(args, generate=False)
-    check_pipeline_spec(preliminary)
-    out = args.out or default_out(args.model)
-    check_output(out, overwrite=args.overwrite, inputs=[*preliminary.inputs(), args.weights])
-    det = build_from_args(args)
-    if not args.keep_anchors:
-        resolve_method(args.method, det)
-        check_target_head_macs(det, args.target_head_macs)
-    pipeline = pipeline_spec_from_args(args)
-    report = run_pipeline(det, pipeline, out, overwrite=args.overwrite)
+    model = {k: v for k, v in model_kwargs(args).items() if k != "anchors"}
+    out = args.out or api.default_out(args.model)
+    folder = api.prune_and_export(
+        args.model, **model, data=args.data, ann=args.ann, split=args.split, report_ann=args.report_ann,
+        train_ann=args.train_ann, keep_anchors=args.keep_anchors or args.anchors,
+        target_head_macs=args.target_head_macs, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+        deploy_score_thresh=args.deploy_score_thresh, deploy_nms_thresh=args.deploy_nms_thresh,
+        nonms_topk=args.nonms_topk, opset=args.opset, matrix_iters=args.matrix_iters, int8=args.int8,
+        tensorrt=args.tensorrt, parity_images=args.parity_images, out=out, overwrite=args.overwrite,
+        cache=args.cache, latency_model=args.latency_model, **search_kwargs(args))
+    report = folder.report
     if args.json:
         print_json(report)
         return 0

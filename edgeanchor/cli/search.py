@@ -61,41 +61,32 @@ def add_search_arguments(parser) -> None:
                    help="latency model JSON for --cost latency (default: calibrate one now on this machine)")
 
 
-def search_spec_from_args(args):
-    """The search settings the flags describe (the method is resolved for the model by the search)."""
-    from ..search.run import SearchSpec
-
-    max_drop = args.max_drop if args.max_drop is not None else (None if args.min_map is not None else 0.005)
-    return SearchSpec(method=args.method, cost=args.cost, min_map=args.min_map, max_drop=max_drop, tol=args.tol,
-                      max_per_level=args.max_per_level, max_evals=args.max_evals, workers=args.workers,
-                      backend=args.backend, executor=args.executor, ray_address=args.ray_address,
-                      metric=args.metric)
+def search_kwargs(args) -> dict:
+    """The search flags as :func:`edgeanchor.search`'s keywords (``max_drop`` defaults there)."""
+    return {"method": args.method, "cost": args.cost, "metric": args.metric, "min_map": args.min_map,
+            "max_drop": args.max_drop, "tol": args.tol, "max_per_level": args.max_per_level,
+            "max_evals": args.max_evals, "workers": args.workers, "executor": args.executor,
+            "ray_address": args.ray_address, "backend": args.backend}
 
 
-def resolve_data(args):
-    """(data, ann, report_ann) from flags, defaulting to the demo's synthetic splits."""
-    from ..data.demo_data import demo_split
-    from .common import data_or_demo
-
-    data, ann, demo = data_or_demo(args, "val")
-    return data, ann, args.report_ann or (demo_split("test")[1] if demo else None)  # YOLO: --report-ann is a COCO file
+def data_arguments(args, default_split: str) -> dict:
+    """--data/--ann/--split as :func:`edgeanchor.data`'s arguments; the demo's split is the command's own."""
+    if not args.data and not args.ann:
+        return {"images": "demo", "ann": None, "split": default_split}
+    return {"images": args.data, "ann": args.ann, "split": None if args.ann else args.split}
 
 
 def run(args) -> int:
-    from pathlib import Path
-
+    from .. import api
     from ..io import format_table
-    from ..search.run import check_search_folder, check_search_spec, resolve_method, run_search
     from .common import build_from_args, print_json
 
-    search = search_spec_from_args(args)
-    check_search_spec(search)
-    check_search_folder(Path(args.out))
-    det = build_from_args(args)
-    resolve_method(search.method, det)  # before the data is generated or read
-    data, ann, report_ann = resolve_data(args)
-    result = run_search(det, data, ann, args.out, search, report_ann=report_ann, cache_path=args.cache,
-                        latency_model=args.latency_model)
+    api.check_search_settings(out=args.out, **search_kwargs(args))  # before the model is built
+    split = api.data(**data_arguments(args, "val"))  # read (or generated) by the search, after its checks
+    report = args.report_ann or ("test" if not args.data and not args.ann else None)  # the demo: its test split
+    search = api.search(build_from_args(args), split, report=report, out=args.out, cache=args.cache,
+                        latency_model=args.latency_model, **search_kwargs(args))
+    result = search.to_json()
     if args.json:
         print_json({k: result[k] for k in ("baseline", "floor", "front", "num_evals", "complete")})
         return 0
@@ -105,8 +96,8 @@ def run(args) -> int:
         rows.append([n["num_anchors"], n["mAP"], n.get("report", {}).get("mAP", ""), n["head_macs"],
                      f"{n['head_macs'] / base['head_macs']:.3f}", n["boxes"], n["anchors_file"]])
     print(format_table(["anchors", "mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
-    print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {search.cost}, metric "
-          f"{search.metric}); baseline mAP "
+    print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {args.cost}, metric "
+          f"{args.metric}); baseline mAP "
           f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {args.out}")
     sc = result.get("scoring") or {}
     if sc.get("nodes_scored"):
