@@ -7,7 +7,8 @@
 - :mod:`.results`: :class:`SearchResult`, :class:`FrontPoint`, :class:`BenchResult`.
 
 Beside the public names (``edgeanchor.__all__``), the CLI uses a few helpers from here
-(:func:`check_save_path`, :func:`check_search_settings`, :func:`anchors_path_of`, :func:`default_out`).
+(:func:`check_save_path`, :func:`check_search_settings`, :func:`check_evaluate_settings`,
+:func:`anchors_path_of`, :func:`default_out`).
 
 Importing these modules is light (no torch): each function imports what it needs when called. The CLI
 is a thin layer over them.
@@ -17,7 +18,8 @@ from .data import Data, data
 from .deploy import bench, default_out, export, prune_and_export
 from .loading import inspect, load, wrap
 from .results import BenchResult, FrontPoint, SearchResult
-from .workflow import anchors_path_of, check_save_path, check_search_settings, evaluate, finetune, prune, save, search
+from .workflow import (anchors_path_of, check_evaluate_settings, check_save_path, check_search_settings, evaluate,
+                       finetune, prune, save, search)
 
 __all__ = ["BenchResult", "Data", "FrontPoint", "SearchResult", "bench", "data", "evaluate", "export", "finetune",
            "inspect", "load", "prune", "prune_and_export", "save", "search", "wrap"]

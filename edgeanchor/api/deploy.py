@@ -138,7 +138,8 @@ def prune_and_export(model: str = "demo", *, num_classes: int | None = None, wei
                      nonms_topk: int = 1000, opset: int = 17, matrix_iters: int = 20, int8: bool = False,
                      tensorrt: str | None = None, parity_images: int = 4, out: str | os.PathLike | None = None,
                      overwrite: bool = False, method: str | None = None, cost: str = "head_macs",
-                     metric: str = "coco", min_map: float | None = None, max_drop: float | None = None, tol: float = 1e-4,
+                     metric: str = "coco", min_map: float | None = None, max_drop: float | None = None,
+                     tol: float = 1e-4,
                      max_per_level: int = 1, max_evals: int = 3000, workers: int = 2, executor: str = "processes",
                      ray_address: str | None = None, backend: str = "faster", cache: str | None = None,
                      latency_model: str | None = None, progress: bool = True) -> ExportFolder:

@@ -102,8 +102,8 @@ class SearchResult:
             floor = min_map
         meeting = [p for p in front if p.map >= floor - 1e-12]
         if not meeting:
-            raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {max(p.map for p in front):.4f})"
-                                  f"; lower the floor")
+            best = max(p.map for p in front)
+            raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {best:.4f}); lower the floor")
         return meeting[0]
 
     def plot(self, path: str | Path | None = None) -> Figure:

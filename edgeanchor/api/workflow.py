@@ -46,21 +46,14 @@ def evaluate(det: Detector, data: Any, *, metric: str = "coco", backend: str = "
         (class name -> AP, None for a class without objects); both with ``num_images`` and ``num_detections``.
     """
     from ..data.coco import CocoDetection
-    from ..device import resolve_device
     from ..evaluate.coco_map import coco_map
-    from ..evaluate.predict import is_detections_file, predict
-    from ..evaluate.voc_map import METRICS
-    from ..io import check_output_file, read_json, write_json
+    from ..evaluate.predict import predict
+    from ..io import read_json, write_json
 
-    if metric not in METRICS:
-        raise EdgeAnchorError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if batch_size < 1:
-        raise EdgeAnchorError(f"batch_size must be at least 1 (got {batch_size})")
-    resolve_device(device)
+    check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
     split = as_data(data)
-    if detections:
-        check_output_file(detections, overwrite=overwrite, is_ours=is_detections_file, what="detections file",
-                          inputs=[split.images, split.ann])
+    if detections:  # never over the split's own files
+        check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
     dataset = CocoDetection.for_detector(det, split.images, split.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
@@ -76,6 +69,30 @@ def evaluate(det: Detector, data: Any, *, metric: str = "coco", backend: str = "
     if detections:
         write_json(detections, dets)
     return {**metrics, "num_images": len(dataset), "num_detections": len(dets)}
+
+
+def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, device: str = "cpu",
+                            detections: str | os.PathLike | None = None, overwrite: bool = False,
+                            inputs: Iterable = ()) -> None:
+    """The settings :func:`evaluate` takes, checked before any model or data is touched.
+
+    Raises:
+        EdgeAnchorError: an unknown metric, batch_size < 1, an unusable device, or a detections file that
+            must not be written (someone else's file, or one of ``inputs``).
+    """
+    from ..device import resolve_device
+    from ..evaluate.predict import is_detections_file
+    from ..evaluate.voc_map import METRICS
+    from ..io import check_output_file
+
+    if metric not in METRICS:
+        raise EdgeAnchorError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if batch_size < 1:
+        raise EdgeAnchorError(f"batch_size must be at least 1 (got {batch_size})")
+    resolve_device(device)
+    if detections:
+        check_output_file(detections, overwrite=overwrite, is_ours=is_detections_file, what="detections file",
+                          inputs=[p for p in inputs if p])
 
 
 def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "head_macs", metric: str = "coco",

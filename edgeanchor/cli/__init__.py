@@ -95,15 +95,18 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "ann, report_ann and train_ann are not used": "--ann, --report-ann and --train-ann are not used",
             "choose the search split with split": "choose the search split with --split",
             # edgeanchor.api.training (the train command)
-            "the init checkpoint keeps its anchors; drop anchors": "--init keeps the checkpoint's anchors; drop --anchors",
+            "the init checkpoint keeps its anchors; drop anchors":
+            "--init keeps the checkpoint's anchors; drop --anchors",
             "the init checkpoint ": "--init ", "checkpoint but model is": "checkpoint but --model is",
             "drop model or pass": "drop --model or pass",
             "give model (e.g. edgeanchor:demo_ssd) or an init checkpoint":
             "give --model (e.g. edgeanchor:demo_ssd) or --init CHECKPOINT",
             "the train output ": "--out ", "resume: no checkpoint at": "--resume: no checkpoint at",
-            "leave resume off to start afresh": "drop --resume to start afresh", "resume: the checkpoint file ": "--resume: ",
+            "leave resume off to start afresh": "drop --resume to start afresh",
+            "resume: the checkpoint file ": "--resume: ",
             "resume: the training state in": "--resume: the training state in",
-            "start afresh with overwrite": "start afresh with --overwrite", "resume: the run in": "--resume: the run in",
+            "start afresh with overwrite": "start afresh with --overwrite",
+            "resume: the run in": "--resume: the run in",
             "or overwrite to start afresh": "or --overwrite to start afresh",
             "give either resume (continue the run at out) or overwrite (start afresh)":
             "give either --resume (continue the run at --out) or --overwrite (start afresh)",

@@ -42,41 +42,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from ..bench.harness import (can_plot, check_timing, format_result, is_bench_result, is_png, plot_result,
-                                 run_bench)
-    from ..export.folder import ExportFolder, default_export_dir
-    from ..io import check_output_file, log, write_json
+    from .. import api
+    from ..io import log
     from .common import print_json
 
-    from ..export.runtimes import check_precision, require
-
-    check_timing(args.iters, args.warmup, args.threads)  # before the export is opened
-    if args.runtime != "torch":
-        require(args.runtime)  # one line naming the extra to install
-    check_precision(args.runtime, args.precision)
-    folder = ExportFolder.open(args.export_dir or default_export_dir())
-    json_path = Path(args.json_out) if args.json_out else folder.bench_path(args.runtime, args.precision)
-    plot_path = Path(args.plot or json_path.with_suffix(".png"))
-    # Results of ours are rewritten on every run; anything else is refused, before the timing.
-    check_output_file(json_path, overwrite=True, is_ours=is_bench_result, what="bench result",
-                      inputs=[folder.report_path, args.images])
-    check_output_file(plot_path, overwrite=True, is_ours=is_png, what="bench plot", inputs=[args.images])
-    result = run_bench(folder, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
-                       iters=args.iters, image_dir=args.images, opt_level=args.opt_level, precision=args.precision,
-                       end_to_end=args.end_to_end)
-    write_json(json_path, result)
-    wrote = f"wrote {json_path}"
-    if can_plot():
-        plot_result(result, plot_path)
-        wrote += f" and {plot_path}"
-    else:
-        log("matplotlib is not installed: no plot (the JSON has every figure)")
+    result = api.bench(args.export_dir, runtime=args.runtime, threads=args.threads, iters=args.iters,
+                       warmup=args.warmup, precision=args.precision, images=args.images, end_to_end=args.end_to_end,
+                       opt_level=args.opt_level, write=True, json_path=args.json_out, plot_path=args.plot)
+    wrote = f"wrote {result.json_path}" + (f" and {result.plot_path}" if result.plot_path else "")
     if args.json:
-        print_json(result)
+        print_json(result.to_json())
         log(wrote)
         return 0
-    print(format_result(result))
+    print(result.table())
     print(wrote)
     return 0

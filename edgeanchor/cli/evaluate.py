@@ -47,64 +47,39 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.export:
         return run_export(args)
-    from ..data.coco import CocoDetection
-    from ..evaluate.coco_map import coco_map
-    from ..evaluate.predict import predict
-    from ..io import write_json
+    from .. import api
     from .common import build_from_args, data_or_demo, print_json
 
-    from ..device import resolve_device
-    from ..errors import EdgeAnchorError
-    from ..evaluate.predict import is_detections_file
-    from ..io import check_output_file
-
-    if args.batch_size < 1:
-        raise EdgeAnchorError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    resolve_device(args.device)
-    if args.detections:
-        check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
-                          what="detections file", inputs=[args.data, args.ann, args.model, args.weights, args.anchors])
-    args.data, args.ann, demo = data_or_demo(args, "val" if args.data else "test")
-    if args.detections and demo:  # the demo's paths are known only now
-        check_output_file(args.detections, overwrite=args.overwrite, is_ours=is_detections_file,
-                          what="detections file", inputs=[args.data, args.ann])
-    det = build_from_args(args)
-    dataset = CocoDetection.for_detector(det, args.data, args.ann)
-    dataset.require_objects("evaluate on")
-    dets = predict(det, dataset, batch_size=args.batch_size, device=args.device)
+    api.check_evaluate_settings(metric=args.metric, batch_size=args.batch_size, device=args.device,
+                                detections=args.detections, overwrite=args.overwrite,
+                                inputs=[args.data, args.ann, args.model, args.weights, args.anchors])
+    args.data, args.ann, _ = data_or_demo(args, "val" if args.data else "test")
+    result = api.evaluate(build_from_args(args), api.data(args.data, args.ann), metric=args.metric,
+                          backend=args.backend, batch_size=args.batch_size, device=args.device,
+                          detections=args.detections, overwrite=args.overwrite)
+    counts = f"{result['num_images']} images, {result['num_detections']} detections"
+    head = {"model": args.model, "ann": str(args.ann), "num_images": result["num_images"],
+            "num_detections": result["num_detections"]}
     if args.metric != "coco":
-        return _report_voc(args, dataset, dets)
-    metrics = coco_map(args.ann, dets, backend=args.backend)
-    if args.detections:
-        write_json(args.detections, dets)
-    result = {"model": args.model, "ann": str(args.ann), "num_images": len(dataset), "num_detections": len(dets),
-              "backend": args.backend, **{k: round(v, 6) for k, v in metrics.items()}}
+        return _report_voc(args, head, result, counts)
+    metrics = {k: v for k, v in result.items() if k not in ("num_images", "num_detections")}
     if args.json:
-        print_json(result)
+        print_json({**head, "backend": args.backend, **{k: round(v, 6) for k, v in metrics.items()}})
     else:
         print(f"{args.model} on {args.ann}: mAP {metrics['mAP']:.4f}, mAP50 {metrics['mAP50']:.4f}, "
-              f"mAP75 {metrics['mAP75']:.4f} ({len(dataset)} images, {len(dets)} detections)")
+              f"mAP75 {metrics['mAP75']:.4f} ({counts})")
     return 0
 
 
-def _report_voc(args, dataset, dets: list) -> int:
-    """Print (or --json) the VOC mAP@0.5 of ``dets`` and each class's AP; write --detections if asked."""
-    from ..evaluate.voc_map import METRIC_TITLES, voc_map
-    from ..io import read_json, write_json
+def _report_voc(args, head: dict, result: dict, counts: str) -> int:
+    """Print (or --json) the VOC mAP@0.5 and each class's AP."""
+    from ..evaluate.voc_map import METRIC_TITLES
     from .common import print_json
 
-    gt = read_json(args.ann, "annotation file")
-    result = voc_map(gt, dets, args.metric)
-    if args.detections:
-        write_json(args.detections, dets)
-    names = {int(c["id"]): c["name"] for c in gt["categories"]}
-    per_class = {names[k]: (round(v, 6) if v is not None else None) for k, v in result["AP"].items()}
-    out = {"model": args.model, "ann": str(args.ann), "num_images": len(dataset), "num_detections": len(dets),
-           "metric": args.metric, "mAP": round(result["mAP"], 6), "AP_per_class": per_class}
+    per_class = {n: (round(v, 6) if v is not None else None) for n, v in result["AP_per_class"].items()}
     if args.json:
-        print_json(out)
+        print_json({**head, "metric": args.metric, "mAP": round(result["mAP"], 6), "AP_per_class": per_class})
         return 0
     aps = ", ".join(f"{n} {v:.4f}" for n, v in per_class.items() if v is not None)
-    print(f"{args.model} on {args.ann}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} ({len(dataset)} images, "
-          f"{len(dets)} detections; per class: {aps})")
+    print(f"{args.model} on {args.ann}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} ({counts}; per class: {aps})")
     return 0
