@@ -11,8 +11,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str |
     parser.add_argument(
         "--model",
         default=default_model,
-        help="model name (demo, demo-yolo, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
-        "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml) "
+        help="model name (demo, demo-yolo, demo-over, torchvision:ssd300_vgg16, "
+        "torchvision:ssdlite320_mobilenet_v3_large, torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml) "
         f"or a checkpoint path (default: {default_model})",
     )
     parser.add_argument("--num-classes", type=int, default=None,

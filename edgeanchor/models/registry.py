@@ -11,7 +11,8 @@ Names:
   ``train.py`` checkpoint, a plain state dict, or an edgeanchor checkpoint); num_classes is nc
   (YOLO has no background class);
 - ``demo``: the trained demo checkpoint shipped inside the package; ``demo-yolo``: the shipped
-  YOLOv5n-sized demo;
+  YOLOv5n-sized demo; ``demo-over``: the demo architecture with an overanchorized set (3 scales x 5
+  ratios per level, 75 anchors), trained on the same schedule as ``demo`` (the paper's starting point);
 - a path to an edgeanchor checkpoint (``.pt``).
 """
 
@@ -34,7 +35,8 @@ CHECKPOINT_FORMAT = "edgeanchor.checkpoint/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo.pt"
 DEMO_YOLO_CHECKPOINT = ASSETS / "demo-yolo.pt"
-SHIPPED = {"demo": DEMO_CHECKPOINT, "demo-yolo": DEMO_YOLO_CHECKPOINT}
+DEMO_OVER_CHECKPOINT = ASSETS / "demo-over.pt"
+SHIPPED = {"demo": DEMO_CHECKPOINT, "demo-yolo": DEMO_YOLO_CHECKPOINT, "demo-over": DEMO_OVER_CHECKPOINT}
 
 
 @dataclass(frozen=True)
