@@ -29,6 +29,7 @@ _LAZY = {
     "evaluate": ".api.workflow", "search": ".api.workflow", "prune": ".api.workflow", "save": ".api.workflow",
     "finetune": ".api.workflow",
     "export": ".api.deploy", "bench": ".api.deploy", "prune_and_export": ".api.deploy",
+    "regress": ".api.gate", "synth": ".api.synth",
     "SearchResult": ".api.results", "FrontPoint": ".api.results", "BenchResult": ".api.results",
     "Detector": ".models.base", "AnchorSet": ".anchors", "ExportFolder": ".export.folder",
     "EdgeAnchorError": ".errors", "CheckFailed": ".errors",
@@ -37,7 +38,7 @@ _LAZY = {
 # ``edgeanchor.search`` must stay the package for imports (``import edgeanchor.search.run``, pickling,
 # monkeypatching), and Python binds it on this module whenever it is imported; so the package itself
 # becomes callable, and calling it calls the API function.
-_CALLABLE_PACKAGES = ("data", "evaluate", "search", "prune", "export", "bench")
+_CALLABLE_PACKAGES = ("data", "evaluate", "search", "prune", "export", "bench", "regress")
 
 __all__ = sorted([*_LAZY, "__version__"])
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from .anchors import AnchorSet
     from .api.data import Data, data
     from .api.deploy import bench, export, prune_and_export
+    from .api.gate import regress
+    from .api.synth import synth
     from .api.loading import inspect, load, wrap
     from .api.results import BenchResult, FrontPoint, SearchResult
     from .api.workflow import evaluate, finetune, prune, save, search

@@ -16,7 +16,7 @@ from tests.helpers import synth_split
 
 PUBLIC = ["AnchorSet", "BenchResult", "CheckFailed", "Data", "Detector", "EdgeAnchorError", "ExportFolder",
           "FrontPoint", "SearchResult", "__version__", "bench", "data", "evaluate", "export", "finetune", "inspect",
-          "load", "prune", "prune_and_export", "save", "search", "wrap"]
+          "load", "prune", "prune_and_export", "regress", "save", "search", "synth", "wrap"]
 
 
 def test_the_public_names_are_pinned():
@@ -25,7 +25,7 @@ def test_the_public_names_are_pinned():
     for name in PUBLIC:
         assert getattr(ea, name) is not None
     for name in ("load", "wrap", "data", "evaluate", "search", "prune", "save", "finetune", "export", "bench",
-                 "prune_and_export", "inspect"):
+                 "prune_and_export", "inspect", "regress", "synth"):
         fn = getattr(ea, name)
         assert callable(fn)
         assert inspect.signature(fn).parameters, name  # the API function's own signature
@@ -237,3 +237,26 @@ def test_errors_are_raised_in_api_terms(demo, split):
         ea.evaluate(demo, val, metric="banana")
     with pytest.raises(ea.EdgeAnchorError, match="iters must be >= 1"):
         ea.bench("nowhere", iters=0)
+    with pytest.raises(ea.EdgeAnchorError, match="map_tol and latency_tol must be >= 0"):
+        ea.regress("nowhere", baseline="b.json", map_tol=-1)
+
+
+def test_synth_writes_the_same_set_as_the_command_and_guards_its_output(tmp_path):
+    from edgeanchor.cli import main
+
+    result = ea.synth(tmp_path / "a", num_images=6, seed=3, workers=1, progress=False)
+    assert main(["data", "synth", "--out", str(tmp_path / "b"), "--num-images", "6", "--seed", "3",
+                 "--workers", "1"]) == 0
+    assert sum(result["num_images"].values()) == 6 and result["out_dir"] == str(tmp_path / "a")
+    for split in ("train", "val", "test"):
+        a = json.loads((tmp_path / "a" / "annotations" / f"{split}.json").read_text())
+        b = json.loads((tmp_path / "b" / "annotations" / f"{split}.json").read_text())
+        assert a["annotations"] == b["annotations"]  # same seed, same boxes, API or command
+    with pytest.raises(ea.EdgeAnchorError, match="exists and is not empty; set overwrite"):
+        ea.synth(tmp_path / "a", num_images=6, seed=3, workers=1, progress=False)
+    ea.synth(tmp_path / "a", num_images=4, seed=1, workers=1, progress=False, overwrite=True)  # ours: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ea.EdgeAnchorError, match="does not look like a synthetic data set"):
+        ea.synth(tmp_path / "mine", num_images=4, seed=1, workers=1, progress=False, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

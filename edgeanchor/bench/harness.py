@@ -175,33 +175,13 @@ def _threads(settings: dict):
 
 
 def plot_result(result: dict, path) -> None:
-    """Bar chart of per-stage medians, baseline against pruned."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write :func:`edgeanchor.bench.plot.bench_figure` of ``result`` to ``path`` as a PNG (atomically)."""
     from ..io import atomic_path
+    from .plot import bench_figure
 
-    stages = list(result["ratio_of_medians"])
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    x = np.arange(len(stages))
-    for k, (v, color) in enumerate((("baseline", "tab:gray"), ("pruned", "tab:blue"))):
-        med = [result["stages"][v][s]["median"] for s in stages]
-        p90 = [result["stages"][v][s]["p90"] - m for s, m in zip(stages, med)]
-        ax.bar(x + (k - 0.5) * 0.38, med, 0.38, yerr=[np.zeros(len(med)), p90], capsize=3, color=color, label=v)
-    for i, s in enumerate(stages):
-        top = max(result["stages"][v][s]["p90"] for v in VARIANTS)
-        ax.text(i, top * 1.02, f"x{result['ratio_of_medians'][s]:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(x, stages)
-    ax.set_ylabel("median latency (ms), bar to p90")
-    ax.set_title(f"{result['runtime']} ({result.get('precision', 'f32')}) on {result['machine']['cpu'][:48]}",
-                 fontsize=9)
-    ax.legend()
-    fig.tight_layout()
+    fig = bench_figure(result)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def is_bench_result(path) -> bool:

@@ -74,7 +74,8 @@ _PARAM_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "parity_images", "latency_model", "image_size", "num_classes", "max_evals", "max_per_level", "batch_size",
     "keep_anchors", "opset", "tol", "workers", "iters", "warmup", "threads", "score_thresh", "nms_thresh", "max_det",
     "deploy_score_thresh", "deploy_nms_thresh", "nonms_topk", "matrix_iters", "ray_address", "epochs", "lr",
-    "weight_decay", "warmup_iters", "seed", "val_ann", "max_iters_per_epoch")}
+    "weight_decay", "warmup_iters", "seed", "val_ann", "max_iters_per_epoch", "num_images", "map_tol",
+    "latency_tol")}
 _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N", "use device cpu": "use --device cpu",
             "lower lr": "lower --lr", "method 'shared'": "'--method shared'", "choose shared": "pass --method shared",
             "give train_ann": "pass --train-ann", "choose a writable output folder": "choose a writable --out",
@@ -113,7 +114,13 @@ _PHRASES = {"use device cpu, cuda or cuda:N": "use --device cpu, cuda or cuda:N"
             "give the training annotations as ann (a COCO file of the training images), or data as a DATA.yaml":
             "give --ann (COCO annotations of the training images), or --data DATA.yaml",
             "ann and val_ann are not used": "--ann and --val-ann are not used",
-            "choose the training split with split": "choose the training split with --split"}
+            "choose the training split with split": "choose the training split with --split",
+            # edgeanchor.api.gate (regress) and edgeanchor.api.synth (data synth)
+            "a pruned model needs data and ann": "--model needs --data and --ann",
+            "; give its reference model": "; pass --reference",
+            "the synth output ": "--out ", "choose another synth folder": "choose another folder",
+            "need num_images >= 1, seed >= 0, image_size >= 64, workers >= 1":
+            "need num-images >= 1, seed >= 0, image-size >= 64, workers >= 1"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(_PARAM_FLAGS, key=len, reverse=True)) + r")(?![\w-])")
 
 

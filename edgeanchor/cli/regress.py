@@ -50,91 +50,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--summary", default=None, help="write the Markdown summary here")
 
 
-def _export_model(args, tmp):
-    """Export --model and its reference into an export folder under ``tmp``."""
-    from pathlib import Path
-
-    from ..errors import EdgeAnchorError
-    from ..models import build_detector, load_checkpoint
-    from ..models.registry import checkpoint_meta
-    from ..pipeline import write_export
-
-    if not (args.data and args.ann):
-        raise EdgeAnchorError("--model needs --data and --ann to evaluate on")
-    pruned = load_checkpoint(args.model)
-    reference = args.reference or checkpoint_meta(args.model).get("pruned_from")
-    if not reference:
-        raise EdgeAnchorError(f"{args.model} does not record the model it was pruned from; pass --reference")
-    return write_export(build_detector(reference), pruned, Path(tmp) / "export", data=args.data,
-                        report_ann=args.ann, model_name=str(reference))
-
-
-def _check_args(args) -> None:
-    from .. import regress
-    from ..bench.harness import check_timing
-    from ..errors import EdgeAnchorError
-    from ..io import check_output_file
-
-    from ..export.runtimes import check_precision, require
-
-    check_timing(args.iters, args.warmup, args.threads)
-    require(args.runtime)  # one line naming what to install
-    check_precision(args.runtime, args.precision)
-    if not (args.map_tol >= 0 and args.latency_tol >= 0):
-        raise EdgeAnchorError(f"--map-tol and --latency-tol must be >= 0 (got {args.map_tol}, {args.latency_tol})")
-    # Results of ours are rewritten on every run (as a CI step does); anything else is refused.
-    inputs = [args.baseline, args.export, args.model, args.data, args.ann]
-    if args.update:  # --update is the request to replace a baseline of ours, and only that
-        check_output_file(args.baseline, overwrite=True, is_ours=regress.is_baseline, what="regression baseline",
-                          inputs=inputs[1:])
-    if args.json_out:
-        check_output_file(args.json_out, overwrite=True, is_ours=regress.is_verdict, what="regress verdict",
-                          inputs=inputs)
-    if args.summary:
-        check_output_file(args.summary, overwrite=True, is_ours=regress.is_summary, what="regress summary",
-                          inputs=inputs)
-
-
 def run(args) -> int:
-    import os
-    import tempfile
-
-    from .. import regress
-    from ..export.folder import ExportFolder, default_export_dir
-    from ..io import format_table, write_json, write_text
+    from .. import api
+    from ..io import format_table
     from .common import print_json
 
-    _check_args(args)
-    baseline = None if args.update else regress.load_baseline(args.baseline)
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
-            folder = _export_model(args, tmp)
-        else:
-            folder = ExportFolder.open(args.export or default_export_dir())
-        if baseline is not None:  # a baseline of another model, split or runtime: exit 2 before measuring
-            regress.check_identity(baseline, folder, args.ann or folder.report_ann, args.baseline)
-            regress.check_runtime(baseline, args.runtime, args.precision, args.baseline)
-        measured = regress.measure(folder, data=args.data, ann=args.ann, iters=args.iters, warmup=args.warmup,
-                                   threads=args.threads, runtime=args.runtime, precision=args.precision)
+    result = api.regress(args.export, baseline=args.baseline, model=args.model, reference=args.reference,
+                         data=args.data, ann=args.ann, runtime=args.runtime, precision=args.precision,
+                         map_tol=args.map_tol, latency_tol=args.latency_tol, iters=args.iters, warmup=args.warmup,
+                         threads=args.threads, update=args.update, json_path=args.json_out,
+                         summary_path=args.summary)
     if args.update:
-        regress.save_baseline(args.baseline, measured, map_tol=args.map_tol, latency_tol=args.latency_tol)
+        measured = result["measured"]
         print(f"wrote baseline {args.baseline}: deployed mAP {measured['deployed_mAP']['mAP']:.4f}, latency ratios "
               + ", ".join(f"{s} {r:.3f}" for s, r in measured["latency_ratios"].items()))
         return 0
-    rows = regress.compare(measured, baseline, map_tol=args.map_tol, latency_tol=args.latency_tol)
-    passed = all(r["passed"] for r in rows)
-    md = regress.markdown(rows, measured)
-    verdict = {"passed": passed, "rows": rows, "measured": measured,
-               "tolerances": {"map_tol": args.map_tol, "latency_tol": args.latency_tol}}
-    if args.json_out:
-        write_json(args.json_out, verdict)
-    if args.summary:
-        write_text(args.summary, md)
-    if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as fh:
-            fh.write(md + "\n")
+    rows, passed = result["rows"], result["passed"]
     if args.json:
-        print_json(verdict)
+        print_json({k: result[k] for k in ("passed", "rows", "measured", "tolerances")})
         return 0 if passed else 1
     table = [[r["metric"], r["value"] if not isinstance(r["value"], float) else round(r["value"], 4),
               r["baseline"] if not isinstance(r["baseline"], float) else round(r["baseline"], 4), r["bound"],
