@@ -132,9 +132,8 @@ def _default_size(model: Any) -> tuple[int, int]:
 
 
 def _wrap_yolo(net: Any, image_size, anchors) -> Detector:
-    from ..models.registry import check_image_size, resolve_anchors
-    from ..models.yolo import wrap_yolov5
-    from ..models.yolo_build import DEFAULT_IMAGE_SIZE
+    from ..models.registry import check_image_size
+    from ..models.yolo_build import DEFAULT_IMAGE_SIZE, wrap_with_anchors
     from ..models.yolov5_arch import SIZES, V7_LAYOUT
 
     check_image_size(image_size)
@@ -143,12 +142,7 @@ def _wrap_yolo(net: Any, image_size, anchors) -> Detector:
     standard = [s for s, m in SIZES.items() if m == (gd, gw) and layout["backbone"] == V7_LAYOUT["backbone"]
                 and layout["head"] == V7_LAYOUT["head"]]
     arch = f"yolov5:{standard[0]}" if standard else "yolov5:custom"
-    config = {"yolo_layout": layout, "depth_multiple": gd, "width_multiple": gw}
-    det = wrap_yolov5(net, arch=arch, image_size=size, config=config)
-    anchor_set = resolve_anchors(anchors, det.anchor_set)
-    if anchor_set is det.anchor_set:
-        return det
-    return wrap_yolov5(net, arch=arch, image_size=size, anchor_set=anchor_set, config=config)
+    return wrap_with_anchors(net, arch=arch, image_size=size, anchors=anchors)
 
 
 def inspect(det: Detector) -> dict:

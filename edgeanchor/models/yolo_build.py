@@ -65,7 +65,7 @@ def _read_yolo_weights(path) -> dict:
 
 def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_size, layout=None) -> YoloDetector:
     """A YOLOv5 detector by name (see the module docstring); ``layout`` = (definition, gd, gw) if known."""
-    from .registry import _load_state, check_image_size, resolve_anchors
+    from .registry import _load_state, check_image_size
 
     layout, gd, gw = layout or layout_for(_spec_name(name))
     check_image_size(image_size)
@@ -113,12 +113,20 @@ def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_si
                 raise EdgeAnchorError(f"weights {weights} have anchors of shape {list(anchors_t.shape)}, the model "
                                       f"{list(net.detect.anchors.shape)}; check the model definition")
             net.detect.anchors.copy_(anchors_t / net.detect.stride.view(-1, 1, 1))
-    config = {"yolo_layout": layout, "depth_multiple": gd, "width_multiple": gw}
-    det = wrap_yolov5(net, arch=name, image_size=image_size, config=config)
+    return wrap_with_anchors(net, arch=name, image_size=image_size, anchors=anchors)
+
+
+def wrap_with_anchors(net: YoloV5, *, arch: str, image_size, anchors) -> YoloDetector:
+    """``net`` as a detector that records its definition, with ``anchors`` (a file, overanchorized, or None:
+    the network's own)."""
+    from .registry import resolve_anchors
+
+    config = {"yolo_layout": net.layout, "depth_multiple": net.depth_multiple, "width_multiple": net.width_multiple}
+    det = wrap_yolov5(net, arch=arch, image_size=image_size, config=config)
     anchor_set = resolve_anchors(anchors, det.anchor_set)
     if anchor_set is det.anchor_set:
         return det
-    return wrap_yolov5(net, arch=name, image_size=image_size, anchor_set=anchor_set, config=config)
+    return wrap_yolov5(net, arch=arch, image_size=image_size, anchor_set=anchor_set, config=config)
 
 
 def yolo_from_checkpoint(obj: dict, path) -> YoloDetector:
