@@ -53,7 +53,7 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
     ``deployed_mAP`` is the pruned model.onnx's (``model_int8`` at int8) in ``runtime`` at ``precision``;
     ``mAP`` the pruned checkpoint's in PyTorch, measured only where torch is installed.
     """
-    from .bench.accuracy import evaluate_export
+    from .bench.accuracy import evaluate_export, graphs_use_reported_rule
     from .bench.harness import check_timing, open_export, run_bench
 
     check_timing(iters, warmup, threads)  # before the (slower) mAP evaluation
@@ -68,7 +68,8 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
         "format": FORMAT,
         "identity": identity,
         "deployed_mAP": {"runtime": runtime, "precision": precision, "graph": deployed["graph"],
-                         "mAP": deployed["mAP"], "mAP50": deployed["mAP50"]},
+                         "mAP": deployed["mAP"], "mAP50": deployed["mAP50"],
+                         "same_rule_as_pytorch": graphs_use_reported_rule(folder)},
         "ann": str(ann),
         "latency_ratios": {s: bench["ratio_of_medians"][s] for s in GATED_STAGES},
         "absolute_ms": {v: {s: bench["stages"][v][s]["median"] for s in GATED_STAGES} for v in bench["stages"]},
@@ -192,13 +193,26 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
     return rows
 
 
-def deployed_reference(baseline: dict, deployed: dict) -> float:
-    """The baseline's deployed mAP for the same runtime and precision, else its PyTorch mAP."""
+def deployed_reference(baseline: dict, deployed: dict, path="the baseline") -> float:
+    """The baseline's deployed mAP for the same runtime and precision, else its PyTorch mAP where comparable.
+
+    The PyTorch mAP is the checkpoint's, with its own rule; it is a reference for the deployed graph only where
+    the graphs use that rule (``same_rule_as_pytorch``; not YOLO's deploy preset).
+
+    Raises:
+        EdgeAnchorError: the baseline holds no comparable mAP.
+    """
     stored = baseline.get("deployed_mAP")
     if isinstance(stored, dict) and (stored.get("runtime"), stored.get("precision")) == \
             (deployed["runtime"], deployed["precision"]) and _is_number(stored.get("mAP")):
         return float(stored["mAP"])
-    return float(baseline["mAP"] if _is_number(baseline.get("mAP")) else stored["mAP"])
+    if _is_number(baseline.get("mAP")) and deployed.get("same_rule_as_pytorch", True):
+        return float(baseline["mAP"])
+    raise EdgeAnchorError(
+        f"{path} holds no deployed mAP for {deployed['runtime']} at {deployed['precision']}, and its PyTorch "
+        "mAP is no reference for this export's graphs (they use another post-processing rule than the checkpoint, "
+        "e.g. YOLO's deploy preset); write the baseline anew by measuring with update set"
+    )
 
 
 def _channels(chs: list[dict]) -> str:

@@ -78,6 +78,15 @@ def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
         assert parity["model"]["matched_fraction"] == 1.0
     md = (demo_export / "report.md").read_text()
     assert "Head output channels per level" in md and "trtexec --onnx=model_trt.onnx" in md
+    # the SSD graphs use the checkpoints' rule and the metric is COCO's: the reported mAPs are the deployed
+    # graphs' reference, not measured twice; model.onnx in ONNX Runtime agrees with them
+    as_deployed = report["mAP_as_deployed"]
+    assert as_deployed == {"metric": "coco", "same_as_reported": True, "baseline": report["mAP"]["baseline"],
+                           "pruned": report["mAP"]["pruned"]}
+    from edgeanchor.bench.accuracy import evaluate_export
+
+    got = evaluate_export(demo_export, progress=False)
+    assert got["pytorch_mAP"] == report["mAP"]["pruned"] and abs(got["mAP"] - got["pytorch_mAP"]) <= 0.001
 
 
 def test_detections_output_is_fixed_shape(demo_export):

@@ -86,3 +86,43 @@ def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("head channels"))
     assert re.search(r"L\d:\d+ ", line) and "/" not in line  # one Detect count per level, not cls/box
     assert json.loads(base.read_text())["identity"]["arch"] == "yolov5:n"
+
+
+def test_deployed_map_is_checked_against_pytorch_with_the_graphs_rule(yolo_export, split, tmp_path, capsys):
+    from edgeanchor.bench.accuracy import evaluate_export
+    from edgeanchor.export.folder import ExportFolder
+
+    images, anns = split
+    folder = ExportFolder.open(yolo_export)
+    report = folder.report
+    # the graphs use the deploy preset, the checkpoints the val preset: the report measures both
+    as_deployed = report["mAP_as_deployed"]
+    assert as_deployed["same_as_reported"] is False and as_deployed["metric"] == "coco"
+    for variant in ("pruned", "baseline"):
+        det = folder.graph_detector(variant)
+        assert det.postprocess_spec.score_thresh == 0.25
+        data = CocoDetection(images, anns["test"], num_classes=5, first_label=0, image_size=det.image_size)
+        assert as_deployed[variant] == coco_map(anns["test"], predict(det, data, progress=False))["mAP"]
+        got = evaluate_export(folder, variant=variant, progress=False)
+        assert got["pytorch_mAP"] == as_deployed[variant]  # not the val-rule mAP of report["mAP"]
+        assert abs(got["mAP"] - got["pytorch_mAP"]) <= 0.001
+    assert as_deployed["pruned"] != report["mAP"]["pruned"]
+    assert "With the graphs' rule, PyTorch's COCO mAP" in (yolo_export / "report.md").read_text()
+    # another annotation file: no reported figure to compare with
+    assert evaluate_export(folder, data=images, ann=anns["val"], progress=False)["pytorch_mAP"] is None
+
+
+def test_regress_refuses_a_yolo_baseline_without_a_deployed_map(yolo_export, tmp_path, capsys):
+    base = tmp_path / "base.json"
+    args = ["regress", "--baseline", str(base), "--export", str(yolo_export), "--iters", "2", "--warmup", "0"]
+    assert main([*args, "--update"]) == 0
+    stored = json.loads(base.read_text())
+    assert stored["deployed_mAP"]["same_rule_as_pytorch"] is False
+    # an older baseline held only the PyTorch (val rule) mAP, no reference for the deploy-rule graph
+    del stored["deployed_mAP"]
+    base.write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main([*args, "--latency-tol", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no deployed mAP for onnxruntime at f32" in err
+    assert "write the baseline anew" in err

@@ -49,6 +49,7 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
             are not regress's own; all found before anything is measured.
     """
     from .. import regress as core
+    from ..bench.accuracy import graphs_use_reported_rule
     from ..export.folder import ExportFolder, default_export_dir
     from ..io import write_json, write_text
 
@@ -66,6 +67,8 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         if stored is not None:  # a baseline of another model, split or runtime: refused before measuring
             core.check_identity(stored, folder, ann or folder.report_ann, baseline)
             core.check_runtime(stored, runtime, precision, baseline)
+            core.deployed_reference(stored, {"runtime": runtime, "precision": precision,
+                                             "same_rule_as_pytorch": graphs_use_reported_rule(folder)}, baseline)
         measured = core.measure(folder, data=data, ann=ann, iters=iters, warmup=warmup, threads=threads,
                                 runtime=runtime, precision=precision)
     if update:

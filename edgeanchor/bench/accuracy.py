@@ -91,7 +91,9 @@ def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f
 
     Returns:
         JSON-ready dict: the metrics (mAP, mAP50, ...), runtime, its version and settings, precision, graph,
-        images, detections, backend, and ``pytorch_mAP`` as the export's report recorded it.
+        images, detections, backend, and ``pytorch_mAP``: the variant's PyTorch mAP with the graphs' rule as
+        the export's report recorded it (:func:`reported_map`; None where it is not recorded or ``ann`` is not
+        the report split).
     """
     from ..data.imaging import load_image_array
     from ..evaluate.coco_map import coco_map
@@ -115,16 +117,44 @@ def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f
     return {"export": str(folder.root), "variant": variant, "runtime": runtime, "precision": precision,
             "graph": graph.path.name, "settings": graph.settings, "ann": str(ann), "num_images": len(images),
             "num_detections": len(results), "backend": backend, **{k: float(v) for k, v in metrics.items()},
-            "pytorch_mAP": reported_map(folder, variant)}
+            "pytorch_mAP": reported_map(folder, variant) if str(ann) == folder.report_ann else None}
 
 
 def reported_map(folder: ExportFolder, variant: str) -> float | None:
-    """The variant's PyTorch mAP on the report split as prune-and-export recorded it (fine-tuned if it was)."""
-    maps = folder.report.get("mAP")
-    if not isinstance(maps, dict):
-        return None
-    value = maps.get("finetuned", maps.get("pruned")) if variant == "pruned" else maps.get("baseline")
-    return float(value) if isinstance(value, (int, float)) else None
+    """The variant's PyTorch COCO mAP on the report split with its graphs' rule, as prune-and-export recorded it.
+
+    This is ``mAP_as_deployed`` (fine-tuned if it was): the figure the deployed graph's mAP must equal up to
+    runtime rounding. A report without it (written before it was recorded) gives its reported mAP where
+    :func:`graphs_use_reported_rule`; else None.
+    """
+    report = folder.report
+    as_deployed = report.get("mAP_as_deployed")
+    if isinstance(as_deployed, dict):
+        value = as_deployed.get(variant)
+    elif graphs_use_reported_rule(folder) and isinstance(report.get("mAP"), dict):
+        maps = report["mAP"]
+        value = maps.get("finetuned", maps.get("pruned")) if variant == "pruned" else maps.get("baseline")
+    else:
+        value = None
+    return float(value) if _is_number(value) else None
+
+
+def graphs_use_reported_rule(folder: ExportFolder) -> bool:
+    """True if the report's mAP is comparable with the deployed graphs': COCO's, with the graphs' own rule.
+
+    Not for YOLO exports (graphs: the deploy preset; checkpoints: the val preset), other deploy thresholds, or a
+    VOC metric. Reports without ``mAP_as_deployed`` are judged by their metric and rule.
+    """
+    report = folder.report
+    as_deployed = report.get("mAP_as_deployed")
+    if isinstance(as_deployed, dict):
+        return bool(as_deployed.get("same_as_reported"))
+    rule = ((report.get("export") or {}).get("pruned") or {}).get("postprocess") or {}
+    return report.get("metric", "coco") == "coco" and rule.get("score_fn") != "yolo"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _images(ann, path) -> list[dict]:

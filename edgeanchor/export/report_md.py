@@ -34,6 +34,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"The exported graphs use YOLOv5's deploy rule (confidence > {rule['score_thresh']:g}, "
                   f"IoU {rule['nms_thresh']:g}, at most {rule['detections_per_img']} detections); mAP is measured "
                   "with the val rule of the checkpoints."]
+    as_deployed = report.get("mAP_as_deployed")
+    if as_deployed and not as_deployed.get("same_as_reported"):
+        lines += ["", f"With the graphs' rule, PyTorch's COCO mAP on the report split is {as_deployed['baseline']:.4f} "
+                  f"(baseline) and {as_deployed['pruned']:.4f} (pruned): what the deployed graphs' mAP "
+                  "(`edgeanchor evaluate --export`, `edgeanchor regress`) is checked against."]
     lines += ["", "## Parity (ONNX Runtime against PyTorch, images not used for tracing)", ""]
     for name in ("baseline", "pruned"):
         par = exp[name]["parity"]
@@ -78,7 +83,7 @@ def int8_lines(int8: dict) -> list[str]:
     rows = [("mAP fp32 (model.onnx)", "map_fp32_onnx"), ("mAP int8 (model_int8.onnx)", "map_int8"),
             ("int8 - fp32", "delta")]
     if int8["pruned"].get("map_pytorch") is not None:
-        rows.insert(0, ("mAP PyTorch", "map_pytorch"))
+        rows.insert(0, ("mAP PyTorch (the graphs' rule)", "map_pytorch"))
     for name, key in rows:
         lines.append(f"| {name} | {int8['baseline'][key]:+.4f} | {int8['pruned'][key]:+.4f} |" if key == "delta"
                      else f"| {name} | {int8['baseline'][key]:.4f} | {int8['pruned'][key]:.4f} |")
