@@ -49,7 +49,7 @@ def run_export(args) -> int:
         print_json(result)
         return 0
     torch_map = result["pytorch_mAP"]
-    reference = f"; PyTorch (report.json) {torch_map:.4f}" if torch_map is not None else ""
+    reference = f"; PyTorch with the graph's rule (report.json) {torch_map:.4f}" if torch_map is not None else ""
     print(f"{result['graph']} ({args.variant}) in {result['runtime']} {result['settings'].get('version', '')} at "
           f"{result['precision']} on {result['ann']}: mAP {result['mAP']:.4f}, mAP50 {result['mAP50']:.4f}"
           f"{reference} ({result['num_images']} images, {result['num_detections']} detections)")
