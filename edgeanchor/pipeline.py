@@ -204,7 +204,7 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
                                                        "baseline": deployed(det, pipeline.deploy)})
         timings["runtime_matrix"] = time.perf_counter() - t
     if pipeline.tensorrt:
-        report["tensorrt"] = _tensorrt(folder, pipeline, report_set, log)
+        report["tensorrt"] = _tensorrt(folder, pipeline.tensorrt, report_set, log)
     report["trtexec"] = _trtexec_lines(pipeline.tensorrt or "fp16")
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t0, 1)}
     report["out"] = str(out)
@@ -275,12 +275,13 @@ def deployed(model, deploy: dict | None = None):
 
 
 def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, parity_images: torch.Tensor | None,
-                deploy: dict | None = None, nonms_topk: int = 1000, log=log) -> dict:
+                deploy: dict | None = None, nonms_topk: int = 1000, openvino: bool | None = None, log=log) -> dict:
     """Export both variants' graphs into ``folder``; check parity on ``parity_images`` unless None.
 
     The graphs use the deployment rule (``deploy``: optional score_thresh / nms_thresh overrides);
     ``model_nonms.onnx`` keeps the best ``nonms_topk`` candidates;
-    the checkpoints keep the model's own rule, which evaluation uses.
+    the checkpoints keep the model's own rule, which evaluation uses. The OpenVINO IR is written where
+    ``openvino`` is True, or None and OpenVINO is installed.
 
     Returns:
         Per variant: head channels read from head.onnx, ``fused_head`` (whether head.onnx and the end-to-end
@@ -315,7 +316,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
                  "files": {k: str(Path(v).relative_to(folder.root)) for k, v in exported["files"].items()}}
         if parity_images is not None:
             entry["parity"] = require_parity(check_parity(model, vdir, parity_images), "ONNX Runtime", variant)
-        if is_installed("openvino"):  # the OpenVINO IR of the graphs, checked as ONNX Runtime's are
+        if openvino or (openvino is None and is_installed("openvino")):  # the IR, checked as ONNX Runtime's are
             entry["openvino"] = _openvino_ir(folder, variant, model, exported["files"], parity_images, log)
         result[variant] = entry
     return result
@@ -357,7 +358,9 @@ def require_parity(parity: dict, runtime: str, variant: str) -> dict:
 
 
 def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: int = 17, num_parity_images: int = 4,
-                 check: bool = True, overwrite: bool = False, model_name: str | None = None, log=log) -> ExportFolder:
+                 check: bool = True, overwrite: bool = False, model_name: str | None = None,
+                 openvino: bool | None = None, int8_calib: tuple[str, str] | None = None,
+                 tensorrt: str | None = None, log=log) -> ExportFolder:
     """Export ``reference`` (as the baseline) and ``pruned`` into a new export folder; no search.
 
     Args:
@@ -370,6 +373,10 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
         check: run the parity check (raises :class:`CheckFailed` if it fails).
         overwrite: replace an existing export folder at ``out``.
         model_name: recorded in the report.
+        openvino: write the OpenVINO IR (None: where OpenVINO is installed).
+        int8_calib: (images, COCO annotations) to calibrate int8 graphs on; they are written, and their mAP
+            and model.onnx's measured on the report split, only when given.
+        tensorrt: build TensorRT engines at this precision (fp32, fp16, int8; needs TensorRT and a GPU).
 
     Returns:
         The opened export folder.
@@ -379,28 +386,36 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
             f"the pruned model ({pruned.arch}, {pruned.num_classes} classes) is not a pruned "
             f"{reference.arch} with {reference.num_classes} classes; give its unpruned reference"
         )
-    images = None
-    if check:
-        dataset = CocoDetection.for_detector(pruned, data, report_ann)
-        images = parity_images(dataset, num_parity_images)
-    with ExportFolder.build(out, overwrite=overwrite, inputs=[data, report_ann]) as folder:
+    report_set = CocoDetection.for_detector(pruned, data, report_ann)
+    images = parity_images(report_set, num_parity_images) if check else None
+    inputs = [data, report_ann, *(int8_calib or ())]
+    with ExportFolder.build(out, overwrite=overwrite, inputs=inputs) as folder:
         folder.write_variant("pruned", pruned, meta={"pruned_from": model_name or reference.arch})
         folder.write_variant("baseline", reference, meta={"model": model_name or reference.arch})
-        export = export_pair(folder, reference, pruned, opset=opset, parity_images=images, log=log)
-        folder.write_report({"model": model_name or reference.arch, "arch": reference.arch, "data": str(data),
-                             "report_ann": str(report_ann), "image_size": list(pruned.image_size),
-                             "resize": pruned.resize_mode,
-                             "chosen": {"source": "given"}, "cost": {"baseline": cost_json(reference),
-                                                                     "pruned": cost_json(pruned)},
-                             "export": export})
+        export = export_pair(folder, reference, pruned, opset=opset, parity_images=images, openvino=openvino,
+                             log=log)
+        report = {"model": model_name or reference.arch, "arch": reference.arch, "data": str(data),
+                  "report_ann": str(report_ann), "image_size": list(pruned.image_size),
+                  "resize": pruned.resize_mode, "chosen": {"source": "given"},
+                  "cost": {"baseline": cost_json(reference), "pruned": cost_json(pruned)}, "export": export}
+        if int8_calib:
+            from .export.int8 import quantize_and_evaluate
+
+            calib_set = CocoDetection.for_detector(reference, *int8_calib)
+            report["int8"] = quantize_and_evaluate(folder, calib_set, report_set, progress=False, log=log)
+            for variant in ("pruned", "baseline"):
+                report["int8"][variant]["map_pytorch"] = None  # no PyTorch mAP is measured here
+        if tensorrt:
+            report["tensorrt"] = _tensorrt(folder, tensorrt, report_set, log)
+        report["trtexec"] = _trtexec_lines(tensorrt or "fp16")
+        folder.write_report(report)
     return ExportFolder.open(out)
 
 
-def _tensorrt(folder: ExportFolder, pipeline: PipelineSpec, report_set, log) -> dict:
+def _tensorrt(folder: ExportFolder, precision: str, report_set, log) -> dict:
     from .export.tensorrt import build_engine
 
     result = {}
-    precision = pipeline.tensorrt
     calib = parity_images(report_set, 64) if precision == "int8" else None
     for variant in ("pruned", "baseline"):
         vdir = folder.variant_dir(variant)

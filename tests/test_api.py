@@ -260,3 +260,52 @@ def test_synth_writes_the_same_set_as_the_command_and_guards_its_output(tmp_path
     with pytest.raises(ea.EdgeAnchorError, match="does not look like a synthetic data set"):
         ea.synth(tmp_path / "mine", num_images=4, seed=1, workers=1, progress=False, overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
+    from edgeanchor.bench.accuracy import evaluate_export
+    from edgeanchor.export.runtimes import is_installed
+
+    images, anns = split
+    test, val = ea.data(images, anns["test"]), ea.data(images, anns["val"])
+    pruned = ea.prune(demo, sorted(demo.anchor_set.ids)[::3])
+    # settings are refused before anything is exported
+    for formats, message in ((("onnx", "coreml"), "unknown format 'coreml'"), (("openvino",), "must include onnx")):
+        with pytest.raises(ea.EdgeAnchorError, match=message):
+            ea.export(pruned, tmp_path / "bad", baseline=demo, data=test, formats=formats)
+    with pytest.raises(ea.EdgeAnchorError, match="too old for int8"):
+        ea.export(pruned, tmp_path / "bad", baseline=demo, data=test, int8=True, opset=11)
+    if not is_installed("tensorrt"):
+        with pytest.raises(ea.EdgeAnchorError, match="TensorRT is not available here"):
+            ea.export(pruned, tmp_path / "bad", baseline=demo, data=test, formats=("onnx", "tensorrt"))
+    assert not (tmp_path / "bad").exists()
+
+    folder = ea.export(pruned, tmp_path / "exp", baseline=demo, data=test, formats=["onnx"], int8=True,
+                       calib_data=val, parity_images=2)
+    assert not (folder.root / "openvino").exists() and "openvino" not in folder.report["export"]["pruned"]
+    int8 = folder.report["int8"]
+    assert int8["settings"]["calibration_split"] == anns["val"]
+    for variant in ("pruned", "baseline"):
+        assert (folder.variant_dir(variant) / "model_int8.onnx").is_file()
+        assert int8[variant]["delta"] == pytest.approx(int8[variant]["map_int8"] - int8[variant]["map_fp32_onnx"])
+        # model.onnx's mAP measured by the int8 step is the one evaluating the export gives
+        got = ea.evaluate(folder, variant=variant, progress=False)
+        assert got["mAP"] == pytest.approx(int8[variant]["map_fp32_onnx"], abs=1e-9)
+        assert got["pytorch_mAP"] is None  # export() measures no PyTorch mAP
+    # evaluating the export folder is the deployed graph in the runtime, by path or object, on any split
+    by_path = ea.evaluate(str(folder.root), progress=False)
+    assert by_path["graph"] == "model.onnx" and by_path["runtime"] == "onnxruntime"
+    assert by_path["mAP"] == evaluate_export(folder, progress=False)["mAP"]
+    on_val = ea.evaluate(folder, val, progress=False)
+    assert on_val["ann"] == anns["val"] and on_val["num_images"] == len(json.loads(open(anns["val"]).read())["images"])
+    int8_map = ea.evaluate(folder, precision="int8", progress=False)
+    assert int8_map["graph"] == "model_int8.onnx" and int8_map["mAP"] == pytest.approx(int8["pruned"]["map_int8"])
+    # settings of the other path are refused, naming them
+    with pytest.raises(ea.EdgeAnchorError, match="batch_size apply to a detector in PyTorch"):
+        ea.evaluate(folder, batch_size=4)
+    with pytest.raises(ea.EdgeAnchorError, match="metric voc07 is not available for an export folder"):
+        ea.evaluate(folder, metric="voc07")
+    with pytest.raises(ea.EdgeAnchorError, match="runtime, variant apply to an export folder"):
+        ea.evaluate(demo, test, runtime="onnxruntime", variant="baseline")
+    with pytest.raises(ea.EdgeAnchorError, match="is not an edgeanchor export folder"):
+        ea.evaluate(tmp_path)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import EdgeAnchorError
+from ..export.runtimes import require
 from .data import data as as_data
 from .results import BenchResult
 
@@ -15,15 +16,19 @@ if TYPE_CHECKING:
     from ..models.base import Detector
 
 
-def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data: Any, opset: int = 17,
+FORMATS = ("onnx", "openvino", "tensorrt")
+
+
+def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data: Any,
+           formats: Sequence[str] | None = None, int8: bool = False, calib_data: Any = None, opset: int = 17,
            parity_images: int = 4, check: bool = True, overwrite: bool = False,
            model_name: str | None = None) -> ExportFolder:
     """Export a pruned detector and its unpruned baseline into a new export folder, checked against PyTorch.
 
     Per variant: ``backbone.onnx``, ``head.onnx``, ``postprocess.onnx``, ``model.onnx`` (image (1, 3, H, W)
     float32 RGB in [0, 1] -> detections (1, max_det, 6): x1, y1, x2, y2 in input pixels, score, label),
-    ``model_nonms.onnx``, ``model_ncnn.onnx``, ``model_trt.onnx`` (TensorRT's EfficientNMS), the OpenVINO IR
-    when OpenVINO is installed, the checkpoint and the anchor set (w, h in input pixels; ratio h/w).
+    ``model_nonms.onnx``, ``model_ncnn.onnx``, ``model_trt.onnx`` (TensorRT's EfficientNMS), the checkpoint
+    and the anchor set (w, h in input pixels; ratio h/w), and what ``formats`` and ``int8`` add.
     The folder is built beside ``out`` and renamed into place when complete.
 
     Args:
@@ -31,7 +36,14 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
         baseline: the detector it was pruned from (same architecture and classes); bench compares the two.
         out: the export folder to create.
         data: the split bench and regress measure on (parity images are its first ``parity_images``).
-        opset: ONNX opset (11 to 20).
+        formats: what to write beside the ONNX graphs, which are always written: "openvino" (the IR,
+            ``openvino/*.xml``, checked against PyTorch at f32) and "tensorrt" (an engine per variant, built
+            here: needs TensorRT and an NVIDIA GPU; fp16, int8 with ``int8``). Default: ("onnx", "openvino")
+            where OpenVINO is installed, else ("onnx",).
+        int8: also write int8 graphs (``model_int8.onnx`` and its stages: QDQ, calibrated on ``calib_data``)
+            and measure model.onnx's and model_int8.onnx's mAP on ``data`` in ONNX Runtime (``report["int8"]``).
+        calib_data: the split int8 calibrates on (default ``data``; better a split other than the one measured).
+        opset: ONNX opset (11 to 20; int8 needs 13 or later).
         parity_images: images for the ONNX Runtime parity check.
         check: run the parity check.
         overwrite: replace an existing export folder at ``out`` (only one edgeanchor wrote).
@@ -41,18 +53,54 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
         The opened export folder (its ``report`` holds costs, head channels and parity).
 
     Raises:
-        EdgeAnchorError: a baseline of another architecture, a bad opset or output folder.
-        CheckFailed: ONNX Runtime does not match PyTorch (nothing is written).
+        EdgeAnchorError: a baseline of another architecture, a bad opset, format or output folder, or a
+            format whose runtime is not installed here; all before anything is exported.
+        CheckFailed: a runtime does not match PyTorch (nothing is written).
     """
     from ..export.folder import check_output
     from ..pipeline import MAX_OPSET, MIN_OPSET, write_export
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise EdgeAnchorError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
+    wanted = _check_formats(formats)
+    calib = None
+    if int8:
+        from ..export.int8 import Int8Spec, check_int8_spec
+
+        check_int8_spec(Int8Spec(), opset=opset)
+        require("onnxruntime")
     split = as_data(data)
-    check_output(out, overwrite=overwrite, inputs=[split.images, split.ann])
+    if int8:
+        calib_split = as_data(calib_data) if calib_data is not None else split
+        calib = (calib_split.images, calib_split.ann)
+    check_output(out, overwrite=overwrite, inputs=[split.images, split.ann, *(calib or ())])
     return write_export(baseline, pruned, out, data=split.images, report_ann=split.ann, opset=opset,
-                        num_parity_images=parity_images, check=check, overwrite=overwrite, model_name=model_name)
+                        num_parity_images=parity_images, check=check, overwrite=overwrite, model_name=model_name,
+                        openvino="openvino" in wanted, int8_calib=calib,
+                        tensorrt=("int8" if int8 else "fp16") if "tensorrt" in wanted else None)
+
+
+def _check_formats(formats: Sequence[str] | None) -> set[str]:
+    """The formats to write; the runtimes they need are imported now (a one-line error naming the install).
+
+    Raises:
+        EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
+    """
+    from ..export.runtimes import is_installed
+
+    if formats is None:
+        return {"onnx", "openvino"} if is_installed("openvino") else {"onnx"}
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise EdgeAnchorError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if "onnx" not in formats:
+        raise EdgeAnchorError("formats must include onnx (every other format is built from the ONNX graphs)")
+    for fmt in formats:
+        if fmt != "onnx":
+            require(fmt)
+    return set(formats)
 
 
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,

@@ -20,31 +20,60 @@ from .results import FrontPoint, SearchResult
 
 if TYPE_CHECKING:
     from ..anchors import AnchorSet
+    from ..export.folder import ExportFolder
     from ..models.base import Detector
 
 
 
-def evaluate(det: Detector, data: Any, *, metric: str = "coco", backend: str = "faster", batch_size: int = 16,
-             device: str = "cpu", progress: bool = True, detections: str | os.PathLike | None = None,
-             overwrite: bool = False) -> dict[str, Any]:
-    """Box mAP of ``det`` on a split.
+def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None, *, metric: str = "coco",
+             backend: str = "faster", batch_size: int = 16, device: str = "cpu", progress: bool = True,
+             detections: str | os.PathLike | None = None, overwrite: bool = False, runtime: str | None = None,
+             precision: str = "f32", variant: str = "pruned", threads: int = 0) -> dict[str, Any]:
+    """Box mAP of a detector in PyTorch, or of an export folder's deployed graph in a runtime.
 
     Args:
-        det: the detector.
+        det: the detector; or an export folder (an :class:`~edgeanchor.ExportFolder` or its path), whose
+            end-to-end graph (``model.onnx``; ``model_int8.onnx`` at int8; TensorRT: its engine) runs in
+            ``runtime``. An export needs no torch.
         data: the split (a :class:`Data`, or anything :func:`edgeanchor.data` accepts as its first argument).
+            For an export: default its report split (the images it bundles); an image folder alone is where
+            the report split's images are, for a folder that does not bundle them.
         metric: "coco" (mAP@[.5:.95] and the other 11 COCO box metrics), "voc07" (Pascal VOC mAP@0.5,
-            11-point) or "voc" (VOC2010+ all-point).
+            11-point) or "voc" (VOC2010+ all-point); an export: coco.
         backend: the COCO evaluator, "faster" (faster-coco-eval) or "pycocotools".
-        batch_size, device: of the inference pass ("cpu", "cuda", "cuda:N").
+        batch_size, device: of the PyTorch inference pass ("cpu", "cuda", "cuda:N").
         progress: show a progress bar.
         detections: also write the detections here, in COCO results format (boxes ``[x, y, w, h]`` in
-            original image pixels).
+            original image pixels); PyTorch only.
         overwrite: replace an existing detections file (only one edgeanchor wrote).
+        runtime: an export's runtime, "onnxruntime" (default), "openvino" or "tensorrt".
+        precision: an export's precision in that runtime ("f32", "bf16", "f16", "int8").
+        variant: an export's "pruned" (default) or "baseline" model.
+        threads: intra-op threads of the runtime (0: its default).
 
     Returns:
         COCO: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ... ``AR_large``; VOC: ``mAP`` and ``AP_per_class``
         (class name -> AP, None for a class without objects); both with ``num_images`` and ``num_detections``.
+        An export adds the runtime, its settings, precision, graph, annotation file, COCO backend and
+        ``pytorch_mAP``: PyTorch's mAP with the graph's post-processing rule as the export's report recorded
+        it (None on other annotations), which the deployed mAP should equal up to runtime rounding.
+
+    Raises:
+        EdgeAnchorError: a bad setting, a runtime that is not installed, an export setting given with a
+            detector (or the reverse), a folder that is not an export.
     """
+    from ..export.folder import ExportFolder
+
+    if isinstance(det, (ExportFolder, str, os.PathLike)):
+        return _evaluate_export(det, data, metric=metric, backend=backend, batch_size=batch_size, device=device,
+                                detections=detections, runtime=runtime or "onnxruntime", precision=precision,
+                                variant=variant, threads=threads, progress=progress)
+    given = ["runtime"] if runtime is not None else []
+    given += [name for name, value, default in (("precision", precision, "f32"), ("variant", variant, "pruned"),
+                                                ("threads", threads, 0)) if value != default]
+    if given:
+        raise EdgeAnchorError(f"{', '.join(given)} apply to an export folder, not to a detector in PyTorch; "
+                              "drop them, or evaluate the export folder")
     from ..data.coco import CocoDetection
     from ..evaluate.coco_map import coco_map
     from ..evaluate.predict import predict
@@ -69,6 +98,46 @@ def evaluate(det: Detector, data: Any, *, metric: str = "coco", backend: str = "
     if detections:
         write_json(detections, dets)
     return {**metrics, "num_images": len(dataset), "num_detections": len(dets)}
+
+
+def _evaluate_export(export, data, *, metric, backend, batch_size, device, detections, runtime, precision, variant,
+                     threads, progress) -> dict[str, Any]:
+    """:func:`evaluate` on an export folder: settings checked first, then the deployed graph in ``runtime``."""
+    from ..bench.accuracy import evaluate_export
+    from ..export.folder import ExportFolder
+    from ..export.runtimes import check_precision, require
+
+    given = [name for name, value, default in (("batch_size", batch_size, 16), ("device", device, "cpu"),
+                                               ("detections", detections, None)) if value != default]
+    if given:
+        raise EdgeAnchorError(f"{', '.join(given)} apply to a detector in PyTorch, not to an export folder "
+                              "(its graph runs in the runtime); drop them")
+    if metric != "coco":
+        raise EdgeAnchorError(f"metric {metric} is not available for an export folder yet; use metric coco")
+    if variant not in ("pruned", "baseline"):
+        raise EdgeAnchorError(f"unknown variant {variant!r}; choose pruned or baseline")
+    if threads < 0:
+        raise EdgeAnchorError(f"threads must be 0 (the runtime's default) or more, got {threads}")
+    require(runtime)  # one line naming what to install
+    check_precision(runtime, precision)
+    folder = export if isinstance(export, ExportFolder) else ExportFolder.open(export)
+    images, ann = _export_split(data)
+    return evaluate_export(folder, runtime=runtime, precision=precision, variant=variant, data=images, ann=ann,
+                           backend=backend, threads=threads, progress=progress)
+
+
+def _export_split(data) -> tuple[str | None, str | None]:
+    """(images, ann) an export is evaluated on: (None, None) for its report split; a folder alone (not Pascal
+    VOC) holds the report split's images."""
+    if data is None:
+        return None, None
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        from ..data.voc import is_voc_data
+
+        if not is_voc_data(data):
+            return str(data), None
+    split = as_data(data)
+    return split.images, split.ann
 
 
 def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, device: str = "cpu",

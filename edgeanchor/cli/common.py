@@ -56,68 +56,6 @@ def add_split_argument(parser, default: str) -> None:
                         f"ImageSets/Main/SPLIT.txt): the split to use (default {default})")
 
 
-def is_yolo_data(args) -> bool:
-    from ..data.yolo import is_yolo_yaml
-
-    return bool(args.data) and is_yolo_yaml(args.data)
-
-
-def yolo_data(args, *splits: str) -> tuple[str, list[str]]:
-    """(image root, a COCO annotation file per split) of the YOLO data.yaml given as --data."""
-    from ..data.yolo import yolo_splits
-
-    return yolo_splits(args.data, splits)
-
-
-def is_voc_data(args) -> bool:
-    """--data is Pascal VOC (a VOCdevkit year folder, or images with XML beside them) and --ann is not given."""
-    from ..data.voc import is_voc_data as is_voc_folder
-
-    return bool(args.data) and not getattr(args, "ann", None) and is_voc_folder(args.data)
-
-
-def voc_data(args, *splits: str) -> tuple[str, list[str]]:
-    """(image root, a COCO annotation file per split) of the VOC data given as --data.
-
-    A plain folder of images with XML beside them is one split: every split asked for is the whole
-    folder, and an explicit --split is an error.
-    """
-    from ..data.voc import is_devkit, voc_splits
-
-    if not is_devkit(args.data):
-        splits = tuple(getattr(args, "split", None) for _ in splits)
-    return voc_splits(args.data, splits)
-
-
-def data_or_demo(args, split: str) -> tuple[str, str, bool]:
-    """(image folder, annotation file, is_demo) from --data/--ann, a YOLO --data DATA.yaml, Pascal VOC --data,
-    or the demo's ``split``.
-
-    Raises:
-        EdgeAnchorError: if only one of --data and --ann is given, or --ann with a YOLO data.yaml.
-    """
-    from ..errors import EdgeAnchorError
-
-    if is_voc_data(args):
-        root, (ann,) = voc_data(args, getattr(args, "split", None) or split)
-        return root, ann, False
-    if is_yolo_data(args):
-        if args.ann:
-            raise EdgeAnchorError("--ann is not used with a YOLO data.yaml (its splits are in the file); "
-                                  "choose one with --split")
-        root, (ann,) = yolo_data(args, getattr(args, "split", None) or split)
-        return root, ann, False
-    if bool(args.data) != bool(args.ann):
-        raise EdgeAnchorError("give both --data and --ann (or --data DATA.yaml for a YOLO data set, or --data DIR "
-                              "for Pascal VOC: a VOCdevkit folder or images with XML beside them), or neither to "
-                              "use the demo's synthetic data")
-    if args.data:
-        return args.data, args.ann, False
-    from ..data.demo_data import demo_split
-
-    return (*demo_split(split), True)
-
-
 def print_json(obj) -> None:
     """The result as JSON on stdout (``--json``); nothing else goes to stdout then."""
     json.dump(obj, sys.stdout, indent=2)

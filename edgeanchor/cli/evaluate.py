@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", default=None, help="image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit "
                         "year folder, or images with XML beside them) (default: the demo's synthetic test split)")
     parser.add_argument("--ann", default=None, help="COCO annotation file")
-    add_split_argument(parser, "val for a YOLO or VOC data set")
+    add_split_argument(parser, "val for a YOLO or VOC data set, test for the demo")
     parser.add_argument("--metric", choices=["coco", "voc07", "voc"], default="coco",
                         help="coco (mAP@[.5:.95] and the other COCO metrics), voc07 (Pascal VOC mAP@0.5, 11-point) "
                         "or voc (VOC2010+ all-point); default coco")
@@ -48,15 +48,16 @@ def run(args) -> int:
     if args.export:
         return run_export(args)
     from .. import api
-    from .common import build_from_args, data_or_demo, print_json
+    from .common import build_from_args, print_json
 
     api.check_evaluate_settings(metric=args.metric, batch_size=args.batch_size, device=args.device,
                                 detections=args.detections, overwrite=args.overwrite,
                                 inputs=[args.data, args.ann, args.model, args.weights, args.anchors])
-    args.data, args.ann, _ = data_or_demo(args, "val" if args.data else "test")
-    result = api.evaluate(build_from_args(args), api.data(args.data, args.ann), metric=args.metric,
-                          backend=args.backend, batch_size=args.batch_size, device=args.device,
-                          detections=args.detections, overwrite=args.overwrite)
+    split = api.data(args.data, args.ann, split=args.split if args.data else args.split or "test")
+    result = api.evaluate(build_from_args(args), split, metric=args.metric, backend=args.backend,
+                          batch_size=args.batch_size, device=args.device, detections=args.detections,
+                          overwrite=args.overwrite)
+    args.ann = split.ann  # resolved: printed below
     counts = f"{result['num_images']} images, {result['num_detections']} detections"
     head = {"model": args.model, "ann": str(args.ann), "num_images": result["num_images"],
             "num_detections": result["num_detections"]}

@@ -28,23 +28,19 @@ _MODEL_FLAGS = {"weights": "--weights", "anchors": "--anchors", "image_size": "-
 
 def run_export(args) -> int:
     """Evaluate ``args.export``; prints one summary line, or the result with --json."""
-    from ..bench.accuracy import evaluate_export
+    from .. import api
     from ..errors import EdgeAnchorError
-    from ..export.folder import ExportFolder
-    from ..export.runtimes import check_precision, require
     from .common import print_json
 
     given = [flag for name, flag in _MODEL_FLAGS.items() if getattr(args, name, None) not in (None, False)]
     if given:
         raise EdgeAnchorError(f"{', '.join(given)} cannot be used with --export (the export carries its model, "
                               "rule and preprocessing); drop them")
-    if getattr(args, "metric", "coco") != "coco":
-        raise EdgeAnchorError(f"--metric {args.metric} is not available with --export yet; use --metric coco")
-    require(args.runtime)
-    check_precision(args.runtime, args.precision)
-    folder = ExportFolder.open(args.export)
-    result = evaluate_export(folder, runtime=args.runtime, precision=args.precision, variant=args.variant,
-                             data=args.data, ann=args.ann, backend=args.backend)
+    if args.ann and not args.data:
+        raise EdgeAnchorError("--ann needs --data, the folder of the images it lists")
+    data = api.data(args.data, args.ann) if args.ann else args.data
+    result = api.evaluate(args.export, data, metric=args.metric, runtime=args.runtime, precision=args.precision,
+                          variant=args.variant, backend=args.backend)
     if args.json:
         print_json(result)
         return 0
