@@ -70,6 +70,16 @@ class _CallableModule(types.ModuleType):
     def __wrapped__(self):  # inspect.signature(ea.search) gives the API function's signature
         return _api_function(self.__name__.rpartition(".")[2])
 
+    @property
+    def __doc__(self) -> str:  # type: ignore[override]  # help(ea.search): the API function first
+        import inspect
+
+        name = self.__name__.rpartition(".")[2]
+        fn = _api_function(name)
+        own = self.__dict__.get("__doc__") or ""
+        return (f"ea.{name}{inspect.signature(fn)}\n\n{inspect.getdoc(fn)}\n\n"
+                f"(Called, this package is the API function above; as a package, {self.__name__}: {own.strip()})")
+
 
 class _Package(types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:

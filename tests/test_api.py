@@ -74,6 +74,13 @@ def test_packages_named_like_api_functions_stay_importable():
     assert ea.search.run is search_run and ea.data.demo_data is demo_data
     assert pickle.loads(pickle.dumps(search_run.choose_point)) is choose_point
     assert "max_drop" in inspect.signature(ea.search).parameters
+    # help(ea.search) leads with the API function: its signature and docstring, then the package's line
+    import pydoc
+
+    text = pydoc.render_doc(ea.export, renderer=pydoc.plaintext)
+    assert "ea.export(pruned: 'Detector', out:" in text and "formats: what to write beside the ONNX graphs" in text
+    assert ea.search.__doc__.startswith("ea.search(det") and "as a package, edgeanchor.search: Anchor-subset" in \
+        ea.search.__doc__
     with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
         ea.data("some/folder").resolve()
 
