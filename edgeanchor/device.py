@@ -16,12 +16,12 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise EdgeAnchorError(f"device {name!r} is not a device name; use device cpu, cuda or cuda:N") from None
+        raise EdgeAnchorError(f"device {name!r} is not a device name; use `device` cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise EdgeAnchorError(f"device {name!r} is not supported; use device cpu, cuda or cuda:N")
+        raise EdgeAnchorError(f"device {name!r} is not supported; use `device` cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise EdgeAnchorError(f"device {name} was asked for but no CUDA GPU is available; use device cpu")
+            raise EdgeAnchorError(f"device {name} was asked for but no CUDA GPU is available; use `device` cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise EdgeAnchorError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -7,8 +7,11 @@ input (ONNX parity not holding, a loss that became NaN) raises
 :class:`CheckFailed`: one line, ``error: ...``, exit code 1. Bugs raise
 ordinary exceptions and show a traceback.
 
-Core messages name parameters as the Python API spells them (``min_map``,
-``target_head_macs``); the CLI turns those names into its flags.
+Core messages mark each parameter they name with backticks, as the Python API
+spells it (`min_map`, `data`); the CLI renders each marked name as the flag
+its subcommand's parser defines for that parameter (``--min-map``, ``--data``).
+Unmarked words are prose: a stage called end_to_end or a file report_ann.json
+stays as it is.
 """
 
 

@@ -194,7 +194,7 @@ def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Callable[[Path], bool], what: str,
-                      inputs: Iterable = (), flag: str = "overwrite") -> None:
+                      inputs: Iterable = (), flag: str = "`overwrite`") -> None:
     """Refuse an output file that would lose something of the user's; call before the long work.
 
     An existing file is replaced only if ``is_ours(path)`` recognises it as
@@ -226,7 +226,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Call
             "choose another output path or remove the file yourself"
         )
     if not overwrite:
-        raise EdgeAnchorError(f"the output {what} {path} exists; set {flag} to replace it, or choose another path")
+        raise EdgeAnchorError(f"the output {what} {path} exists; pass {flag} to replace it, or choose another path")
 
 
 def cache_root() -> Path:

@@ -103,22 +103,22 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
         EdgeAnchorError: naming the parameter and the accepted values.
     """
     if not MIN_OPSET <= pipeline.opset <= MAX_OPSET:
-        raise EdgeAnchorError(f"opset {pipeline.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
+        raise EdgeAnchorError(f"`opset` {pipeline.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
     if pipeline.finetune_epochs < 0:
-        raise EdgeAnchorError(f"finetune_epochs must be >= 0 (got {pipeline.finetune_epochs})")
+        raise EdgeAnchorError(f"`finetune_epochs` must be >= 0 (got {pipeline.finetune_epochs})")
     if pipeline.finetune_epochs > 0 and not pipeline.train_ann:
-        raise EdgeAnchorError("finetune_epochs needs training data: give train_ann (a COCO file of the image folder)")
+        raise EdgeAnchorError("`finetune_epochs` needs training data: pass `train_ann` (a COCO file of the image folder)")
     if not pipeline.finetune_lr > 0:
-        raise EdgeAnchorError(f"finetune_lr must be a positive number (got {pipeline.finetune_lr})")
+        raise EdgeAnchorError(f"`finetune_lr` must be a positive number (got {pipeline.finetune_lr})")
     if pipeline.parity_images < 1:
-        raise EdgeAnchorError(f"parity_images must be >= 1 (got {pipeline.parity_images})")
+        raise EdgeAnchorError(f"`parity_images` must be >= 1 (got {pipeline.parity_images})")
     if pipeline.target_head_macs is not None and not pipeline.target_head_macs > 0:
-        raise EdgeAnchorError(f"target_head_macs must be a positive number (got {pipeline.target_head_macs})")
+        raise EdgeAnchorError(f"`target_head_macs` must be a positive number (got {pipeline.target_head_macs})")
     check_search_spec(pipeline.search)
     if pipeline.nonms_topk < 1:
-        raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {pipeline.nonms_topk})")
+        raise EdgeAnchorError(f"`nonms_topk` must be at least 1 (got {pipeline.nonms_topk})")
     if pipeline.matrix_iters < 0:
-        raise EdgeAnchorError(f"matrix_iters must be >= 0 (got {pipeline.matrix_iters}); 0 leaves the runtime matrix out")
+        raise EdgeAnchorError(f"`matrix_iters` must be >= 0 (got {pipeline.matrix_iters}); 0 leaves the runtime matrix out")
     if pipeline.int8:
         from .export.int8 import Int8Spec, check_int8_spec
 

@@ -117,11 +117,11 @@ def check_rule_values(score_thresh: float | None = None, nms_thresh: float | Non
     from .errors import EdgeAnchorError
 
     if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
-        raise EdgeAnchorError(f"{prefix}score_thresh must be in [0, 1) (got {score_thresh})")
+        raise EdgeAnchorError(f"`{prefix}score_thresh` must be in [0, 1) (got {score_thresh})")
     if nms_thresh is not None and not 0.0 < nms_thresh <= 1.0:
-        raise EdgeAnchorError(f"{prefix}nms_thresh must be in (0, 1] (got {nms_thresh})")
+        raise EdgeAnchorError(f"`{prefix}nms_thresh` must be in (0, 1] (got {nms_thresh})")
     if max_det is not None and max_det < 1:
-        raise EdgeAnchorError(f"{prefix}max_det must be at least 1 (got {max_det})")
+        raise EdgeAnchorError(f"`{prefix}max_det` must be at least 1 (got {max_det})")
 
 
 @dataclass

@@ -131,8 +131,8 @@ def check_runtime(baseline: dict, runtime: str, precision: str, path) -> None:
     stored = (settings.get("runtime", "onnxruntime"), settings.get("precision", "f32"))
     if stored != (runtime, precision):
         raise EdgeAnchorError(
-            f"{path} was measured with {stored[0]} at {stored[1]}, not {runtime} at {precision}; choose runtime "
-            f"{stored[0]} and precision {stored[1]}, or write a baseline for {runtime} by measuring with update set"
+            f"{path} was measured with {stored[0]} at {stored[1]}, not {runtime} at {precision}; pass `runtime` "
+            f"{stored[0]} and `precision` {stored[1]}, or write a baseline for {runtime} by measuring with `update` set"
         )
 
 
@@ -145,7 +145,7 @@ def check_identity(baseline: dict, folder, ann, path) -> None:
     stored = baseline.get("identity")
     if not isinstance(stored, dict):
         raise EdgeAnchorError(f"{path} does not record which model and data it measured (an older baseline); "
-                              "write one by measuring with update set")
+                              "write one by measuring with `update` set")
     identity = measured_identity(folder, ann)
     for key, value in identity.items():
         if stored.get(key) != value:
@@ -153,7 +153,7 @@ def check_identity(baseline: dict, folder, ann, path) -> None:
             raise EdgeAnchorError(
                 f"{path} was measured for another model or data ({what}: baseline {stored.get(key)!r}, "
                 f"this export {value!r}); compare against a baseline of this export, or write one by measuring "
-                "with update set"
+                "with `update` set"
             )
 
 
@@ -211,7 +211,7 @@ def deployed_reference(baseline: dict, deployed: dict, path="the baseline") -> f
     raise EdgeAnchorError(
         f"{path} holds no deployed mAP for {deployed['runtime']} at {deployed['precision']}, and its PyTorch "
         "mAP is no reference for this export's graphs (they use another post-processing rule than the checkpoint, "
-        "e.g. YOLO's deploy preset); write the baseline anew by measuring with update set"
+        "e.g. YOLO's deploy preset); write the baseline anew by measuring with `update` set"
     )
 
 
@@ -246,7 +246,7 @@ def load_baseline(path) -> dict:
         EdgeAnchorError: not a baseline of this format, or a field of the wrong type.
     """
     obj = read_json(path, "regression baseline")
-    fix = "write one by measuring with update set"
+    fix = "write one by measuring with `update` set"
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise EdgeAnchorError(f"{path} is not an edgeanchor regression baseline ({FORMAT}); {fix}")
     deployed = obj.get("deployed_mAP")

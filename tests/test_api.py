@@ -81,7 +81,7 @@ def test_packages_named_like_api_functions_stay_importable():
     assert "ea.export(pruned: 'Detector', out:" in text and "formats: what to write beside the ONNX graphs" in text
     assert ea.search.__doc__.startswith("ea.search(det") and "as a package, edgeanchor.search: Anchor-subset" in \
         ea.search.__doc__
-    with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
+    with pytest.raises(ea.EdgeAnchorError, match="give both `data` and `ann`"):
         ea.data("some/folder").resolve()
 
 
@@ -108,12 +108,12 @@ def test_data_splits_and_errors(split, tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_data, "ensure_demo_data", lambda *a, **k: pytest.fail("generated too early"))
     demo = ea.data("demo", split="test")
-    with pytest.raises(ea.EdgeAnchorError, match="max_drop must be between 0 and 1"):
+    with pytest.raises(ea.EdgeAnchorError, match="`max_drop` must be between 0 and 1"):
         ea.search(ea.load("demo"), demo, max_drop=3.0)
     bad = ea.data(images, anns["val"], split="test")
     with pytest.raises(ea.EdgeAnchorError, match="split 'test' needs a YOLO data.yaml"):
         bad.resolve()
-    with pytest.raises(ea.EdgeAnchorError, match="give both data and ann"):
+    with pytest.raises(ea.EdgeAnchorError, match="give both `data` and `ann`"):
         ea.data(None, anns["val"]).resolve()
     with pytest.raises(ea.EdgeAnchorError, match="annotation file"):
         ea.evaluate(ea.load("demo"), ea.data(images, tmp_path / "missing.json"), progress=False)
@@ -134,7 +134,7 @@ def test_search_choose_prune_and_evaluate_agree(demo, split, tmp_path, capsys):
     assert result.choose(max_drop=0.5) == cheapest_above[0]
     with pytest.raises(ea.EdgeAnchorError, match="no front point reaches"):
         result.choose(min_map=result.baseline["mAP"] + 0.5)
-    with pytest.raises(ea.EdgeAnchorError, match="one of max_drop, min_map or target_head_macs"):
+    with pytest.raises(ea.EdgeAnchorError, match="one of `max_drop`, `min_map` or `target_head_macs`"):
         result.choose(max_drop=0.1, min_map=0.1)
     target = front[-1].head_macs
     best = max((p for p in front if p.head_macs <= target), key=lambda p: (p.map, -p.head_macs))
@@ -229,22 +229,22 @@ def test_finetune_trains_a_copy(demo, split):
     assert tuned is not pruned and tuned.anchor_set == pruned.anchor_set
     assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())  # the input is unchanged
     assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
-    with pytest.raises(ea.EdgeAnchorError, match="epochs must be at least 1"):
+    with pytest.raises(ea.EdgeAnchorError, match="`epochs` must be at least 1"):
         ea.finetune(pruned, ea.data(images, anns["train"]), epochs=0)
 
 
 def test_errors_are_raised_in_api_terms(demo, split):
     images, anns = split
     val = ea.data(images, anns["val"])
-    with pytest.raises(ea.EdgeAnchorError, match="max_drop must be between 0 and 1"):
+    with pytest.raises(ea.EdgeAnchorError, match="`max_drop` must be between 0 and 1"):
         ea.search(demo, val, max_drop=2.0)
     with pytest.raises(ea.EdgeAnchorError, match="unknown model"):
         ea.load("no-such-model")
     with pytest.raises(ea.EdgeAnchorError, match="unknown metric"):
         ea.evaluate(demo, val, metric="banana")
-    with pytest.raises(ea.EdgeAnchorError, match="iters must be >= 1"):
+    with pytest.raises(ea.EdgeAnchorError, match="`iters` must be >= 1"):
         ea.bench("nowhere", iters=0)
-    with pytest.raises(ea.EdgeAnchorError, match="map_tol and latency_tol must be >= 0"):
+    with pytest.raises(ea.EdgeAnchorError, match="`map_tol` and `latency_tol` must be >= 0"):
         ea.regress("nowhere", baseline="b.json", map_tol=-1)
 
 
@@ -259,7 +259,7 @@ def test_synth_writes_the_same_set_as_the_command_and_guards_its_output(tmp_path
         a = json.loads((tmp_path / "a" / "annotations" / f"{split}.json").read_text())
         b = json.loads((tmp_path / "b" / "annotations" / f"{split}.json").read_text())
         assert a["annotations"] == b["annotations"]  # same seed, same boxes, API or command
-    with pytest.raises(ea.EdgeAnchorError, match="exists and is not empty; set overwrite"):
+    with pytest.raises(ea.EdgeAnchorError, match="exists and is not empty; pass `overwrite`"):
         ea.synth(tmp_path / "a", num_images=6, seed=3, workers=1, progress=False)
     ea.synth(tmp_path / "a", num_images=4, seed=1, workers=1, progress=False, overwrite=True)  # ours: replaced
     (tmp_path / "mine").mkdir()
@@ -308,11 +308,11 @@ def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
     int8_map = ea.evaluate(folder, precision="int8", progress=False)
     assert int8_map["graph"] == "model_int8.onnx" and int8_map["mAP"] == pytest.approx(int8["pruned"]["map_int8"])
     # settings of the other path are refused, naming them
-    with pytest.raises(ea.EdgeAnchorError, match="batch_size apply to a detector in PyTorch"):
+    with pytest.raises(ea.EdgeAnchorError, match="`batch_size` apply to a detector in PyTorch"):
         ea.evaluate(folder, batch_size=4)
-    with pytest.raises(ea.EdgeAnchorError, match="metric voc07 is not available for an export folder"):
+    with pytest.raises(ea.EdgeAnchorError, match="`metric` voc07 is not available for an export folder"):
         ea.evaluate(folder, metric="voc07")
-    with pytest.raises(ea.EdgeAnchorError, match="runtime, variant apply to an export folder"):
+    with pytest.raises(ea.EdgeAnchorError, match="`runtime`, `variant` apply to an export folder"):
         ea.evaluate(demo, test, runtime="onnxruntime", variant="baseline")
     with pytest.raises(ea.EdgeAnchorError, match="is not an edgeanchor export folder"):
         ea.evaluate(tmp_path)

@@ -406,7 +406,7 @@ CASES = [
     Case("bench-iters-0", ["bench", "{root}/exp", "--iters", "0"], "--iters must be >= 1",
          setup=fake_export(good_report)),
     Case("synth-num-images-0", ["data", "synth", "--out", "{root}/new", "--num-images", "0", "--seed", "0"],
-         "need num-images >= 1"),
+         "need --num-images >= 1"),
     # resume files
     Case("train-resume-not-a-checkpoint", ["train", "--model", "edgeanchor:demo_ssd", *TRAIN, "--epochs", "1",
                                            "--out", "{root}/notes.txt", "--resume"], "not a checkpoint written by"),

@@ -58,7 +58,7 @@ def test_label_map_mismatch_says_fix():
 
 def test_label_map_identity_rejects_category_zero():
     # id 0 would collide with background label 0, so only contiguous works.
-    with pytest.raises(EdgeAnchorError, match="num_classes 3"):
+    with pytest.raises(EdgeAnchorError, match="`num_classes` 3"):
         make_label_map([0, 1], 10)
     assert make_label_map([0, 1], 3) == {0: 1, 1: 2}
 
@@ -267,7 +267,7 @@ def test_unknown_image_and_category_ids(tiny):
 
 
 def test_num_classes_mismatch(tiny):
-    with pytest.raises(EdgeAnchorError, match="num_classes 4"):
+    with pytest.raises(EdgeAnchorError, match="`num_classes` 4"):
         CocoDetection(*tiny, num_classes=50)
 
 

@@ -266,7 +266,7 @@ def test_tensorrt_without_its_parts_is_one_line(export, monkeypatch, no_torch_en
     from edgeanchor.export import cudart
     from edgeanchor.export.tensorrt_graph import require_engine_precision
 
-    with pytest.raises(EdgeAnchorError, match="choose precision f32 or f16"):
+    with pytest.raises(EdgeAnchorError, match="pass `precision` f32 or f16"):
         require_engine_precision("int8")
     # cuda-python is installed here, but there is no GPU driver: the real binding says so
     with pytest.raises(EdgeAnchorError, match="TensorRT needs a CUDA GPU, and cuda-python finds none"):

@@ -198,7 +198,7 @@ def test_opset_is_configurable(detectors, tmp_path):
 
 def test_old_opset_and_bad_trace_image_are_user_errors(detectors, tmp_path):
     det = detectors[("edgeanchor:demo_ssd", True)]
-    with pytest.raises(EdgeAnchorError, match="opset 10"):
+    with pytest.raises(EdgeAnchorError, match="`opset` 10"):
         export_onnx(det, tmp_path, opset=10)
     with pytest.raises(EdgeAnchorError, match=r"\[1, 3, 320, 320\]"):
         export_onnx(det, tmp_path, trace_images=torch.rand(2, 3, 320, 320))
@@ -442,5 +442,5 @@ def test_nms_free_topk_is_configurable(detectors, tmp_path):
     assert result["nonms_topk"] == 7
     out = run_session(make_session(result["files"]["model_nonms"]), {"images": images_for(det.image_size)[:1]})
     assert out["boxes"].shape == (1, 7, 4)
-    with pytest.raises(EdgeAnchorError, match="nonms_topk must be at least 1"):
+    with pytest.raises(EdgeAnchorError, match="`nonms_topk` must be at least 1"):
         export_onnx(det, tmp_path / "x", nonms_topk=0)

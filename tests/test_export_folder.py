@@ -149,7 +149,7 @@ def test_check_output_refuses_what_is_not_ours(tmp_path):
     check_output(tmp_path / "empty", overwrite=False)  # an empty folder is reused
     with ExportFolder.build(tmp_path / "ours") as folder:
         write_minimal(folder, tmp_path)
-    with pytest.raises(EdgeAnchorError, match="set overwrite"):
+    with pytest.raises(EdgeAnchorError, match="pass `overwrite`"):
         check_output(tmp_path / "ours", overwrite=False)
     check_output(tmp_path / "ours", overwrite=True)
 

@@ -209,7 +209,7 @@ def test_calibration_is_seeded_and_quantization_deterministic(export, tmp_path):
 
 def test_int8_settings_that_cannot_be_quantized_are_refused():
     check_int8_spec(Int8Spec(), opset=13)
-    with pytest.raises(EdgeAnchorError, match="opset 11 is too old for int8"):
+    with pytest.raises(EdgeAnchorError, match="`opset` 11 is too old for int8"):
         check_int8_spec(Int8Spec(), opset=11)
     with pytest.raises(EdgeAnchorError, match="unknown int8 calibration method 'entropy'"):
         check_int8_spec(Int8Spec(method="entropy"))

@@ -117,7 +117,7 @@ def test_shards_give_exactly_the_in_process_voc_map(local_ray, cache_file, demo,
 
 def test_more_workers_than_the_cluster_has_cpus_is_one_line(local_ray, cache_file):
     path, ann, _ = cache_file
-    with pytest.raises(EdgeAnchorError, match="has 2 CPUs, fewer than workers 3"):
+    with pytest.raises(EdgeAnchorError, match="has 2 CPUs, fewer than `workers` 3"):
         RayShardExecutor(path, ann, 3)
     assert ray.is_initialized()
 
@@ -212,7 +212,7 @@ def test_unreachable_address_fails_fast_in_one_line():
     # the same through the client's form, and a form that is no address at all
     with pytest.raises(EdgeAnchorError, match="cannot reach the Ray cluster at ray://"):
         check_ray_address(f"ray://{address}")
-    with pytest.raises(EdgeAnchorError, match="ray_address must be host:port"):
+    with pytest.raises(EdgeAnchorError, match="`ray_address` must be host:port"):
         check_ray_address("localhost")
 
 

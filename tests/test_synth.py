@@ -124,7 +124,7 @@ def test_split_counts_and_bad_input(tmp_path):
     assert synth.split_counts(2000, (0.8, 0.1, 0.1)) == {"train": 1600, "val": 200, "test": 200}
     with pytest.raises(EdgeAnchorError, match="summing to 1"):
         synth.split_counts(10, (0.8, 0.1, 0.2))
-    with pytest.raises(EdgeAnchorError, match="num_images >= 1"):
+    with pytest.raises(EdgeAnchorError, match="`num_images` >= 1"):
         synth.generate(tmp_path, num_images=0, seed=0)
 
 
@@ -165,7 +165,7 @@ def test_cli_refuses_bad_input(tmp_path, capsys):
     assert (other / "keep.txt").read_text() == "precious"
 
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--num-images", "0", "--seed", "0"]) == 2
-    assert "need num-images >= 1" in capsys.readouterr().err
+    assert "need --num-images >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert main(["data"]) == 2
     assert capsys.readouterr().err.startswith("error: choose an action")

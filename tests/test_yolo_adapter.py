@@ -195,7 +195,7 @@ def test_weight_mismatches_are_one_line_errors(tmp_path):
     torch.save(build_yolov5("n", nc=4).state_dict(), tmp_path / "n.pt")
     with pytest.raises(EdgeAnchorError, match=r"yolov5:n model, not yolov5:s; use model yolov5:n"):
         build_detector("yolov5:s", weights=tmp_path / "n.pt")
-    with pytest.raises(EdgeAnchorError, match="have nc 4, not num_classes 80"):
+    with pytest.raises(EdgeAnchorError, match="have nc 4, not `num_classes` 80"):
         build_detector("yolov5:n", weights=tmp_path / "n.pt", num_classes=80)
     with pytest.raises(EdgeAnchorError, match="not a multiple of the largest stride 32"):
         build_detector("yolov5:n", image_size=(320, 300))
@@ -205,7 +205,7 @@ def test_weight_mismatches_are_one_line_errors(tmp_path):
 
 def test_yolo_labels_have_no_background():
     assert make_label_map([3, 1, 7], 3, first_label=0) == {1: 0, 3: 1, 7: 2}
-    with pytest.raises(EdgeAnchorError, match="use num_classes 3"):
+    with pytest.raises(EdgeAnchorError, match="use `num_classes` 3"):
         make_label_map([3, 1, 7], 4, first_label=0)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import EdgeAnchorError
 
 DEMO = "demo"
-BOTH = ("give both data and ann (or data as a YOLO data.yaml, or data as a Pascal VOC folder: a VOCdevkit folder or "
+BOTH = ("give both `data` and `ann` (or `data` as a YOLO data.yaml, or `data` as a Pascal VOC folder: a VOCdevkit folder or "
         "images with XML beside them), or neither to use the demo's synthetic data")
 
 
@@ -138,8 +138,8 @@ def _resolve(images, ann, split) -> Split:
         return voc_data(images, split)
     if is_yolo_yaml(images):
         if ann is not None:
-            raise EdgeAnchorError("the ann argument is not used with a YOLO data.yaml (its splits are in the file); "
-                                  "choose one with split")
+            raise EdgeAnchorError("`ann` is not used with a YOLO data.yaml (its splits are in the file); "
+                                  "choose one with `split`")
         return yolo_data(images, split or "val")
     if ann is None:
         raise EdgeAnchorError(BOTH)

@@ -61,7 +61,7 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
     from ..pipeline import MAX_OPSET, MIN_OPSET, write_export
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EdgeAnchorError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
+        raise EdgeAnchorError(f"`opset` {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
     wanted = _check_formats(formats)
     calib = None
     if int8:
@@ -279,8 +279,8 @@ def _yolo_splits(data_yaml, ann, split, report_ann, train_ann, generate: bool) -
     from ..data.yolo import read_data_yaml, yolo_splits
 
     if ann or report_ann or train_ann:
-        raise EdgeAnchorError("ann, report_ann and train_ann are not used with a YOLO data.yaml (its splits "
-                              "are in the file); choose the search split with split")
+        raise EdgeAnchorError("`ann`, `report_ann` and `train_ann` are not used with a YOLO data.yaml (its splits "
+                              "are in the file); choose the search split with `split`")
     spec = read_data_yaml(data_yaml)
     search_split = split or "val"
     report_split = "test" if "test" in spec.splits else search_split
@@ -298,8 +298,8 @@ def _voc_splits(folder, split, report_ann, train_ann, generate: bool) -> dict:
     from ..data.voc import available_splits, is_devkit, voc_splits
 
     if report_ann or train_ann:
-        raise EdgeAnchorError("report_ann and train_ann are not used with Pascal VOC data (its splits are in "
-                              "ImageSets/Main); choose the search split with split")
+        raise EdgeAnchorError("`report_ann` and `train_ann` are not used with Pascal VOC data (its splits are in "
+                              "ImageSets/Main); choose the search split with `split`")
     if not is_devkit(folder):
         names = [split, split]  # searched and reported on the whole folder
     else:

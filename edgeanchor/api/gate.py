@@ -102,7 +102,7 @@ def _check(*, export, baseline, model, data, ann, runtime, precision, map_tol, l
     require(runtime)  # one line naming what to install
     check_precision(runtime, precision)
     if not (map_tol >= 0 and latency_tol >= 0):
-        raise EdgeAnchorError(f"map_tol and latency_tol must be >= 0 (got {map_tol}, {latency_tol})")
+        raise EdgeAnchorError(f"`map_tol` and `latency_tol` must be >= 0 (got {map_tol}, {latency_tol})")
     # Results of ours are rewritten on every run (as a CI step does); anything else is refused.
     inputs = [baseline, getattr(export, "root", export), model, data, ann]
     if update:  # update is the request to replace a baseline of ours, and only that
@@ -122,10 +122,10 @@ def _export_model(model, reference, data, ann, tmp) -> ExportFolder:
     from ..pipeline import write_export
 
     if not (data and ann):
-        raise EdgeAnchorError("a pruned model needs data and ann to evaluate on")
+        raise EdgeAnchorError("a pruned `model` needs `data` and `ann` to evaluate on")
     pruned = load_checkpoint(model)
     reference = reference or checkpoint_meta(model).get("pruned_from")
     if not reference:
-        raise EdgeAnchorError(f"{model} does not record the model it was pruned from; give its reference model")
+        raise EdgeAnchorError(f"{model} does not record the model it was pruned from; give its `reference` model")
     return write_export(build_detector(reference), pruned, Path(tmp) / "export", data=data, report_ann=ann,
                         model_name=str(reference))

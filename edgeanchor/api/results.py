@@ -87,13 +87,13 @@ class SearchResult:
         given = [k for k, v in (("max_drop", max_drop), ("min_map", min_map),
                                 ("target_head_macs", target_head_macs)) if v is not None]
         if len(given) > 1:
-            raise EdgeAnchorError(f"choose with one of max_drop, min_map or target_head_macs (got {', '.join(given)})")
+            raise EdgeAnchorError(f"choose with one of `max_drop`, `min_map` or `target_head_macs` (got {', '.join(f'`{k}`' for k in given)})")
         front = sorted(self.front, key=lambda p: (p.head_macs, -p.map))
         if target_head_macs is not None:
             meeting = [p for p in front if p.head_macs <= target_head_macs]
             if not meeting:
                 raise EdgeAnchorError(f"no front point has head MACs <= {target_head_macs:,.0f} (the cheapest has "
-                                      f"{front[0].head_macs:,.0f}); raise target_head_macs")
+                                      f"{front[0].head_macs:,.0f}); raise `target_head_macs`")
             return max(meeting, key=lambda p: (p.map, -p.head_macs))
         floor = self.floor
         if max_drop is not None:

@@ -45,8 +45,8 @@ def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int
     out = Path(out)
     if num_images < 1 or seed < 0 or image_size < 64 or workers < 1:
         raise EdgeAnchorError(
-            f"num_images {num_images}, seed {seed}, image_size {image_size}, workers {workers}: need "
-            "num_images >= 1, seed >= 0, image_size >= 64, workers >= 1")
+            f"`num_images` {num_images}, `seed` {seed}, `image_size` {image_size}, `workers` {workers}: need "
+            "`num_images` >= 1, `seed` >= 0, `image_size` >= 64, `workers` >= 1")
     if format not in ("coco", "voc"):
         raise EdgeAnchorError(f"format {format!r} is not known; choose coco or voc")
     _check_out(out, overwrite)
@@ -72,17 +72,17 @@ def _bar(total: int, progress: bool):
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an output folder we would clobber by mistake."""
     if out.exists() and not out.is_dir():
-        raise EdgeAnchorError(f"the synth output {out} is a file; choose a folder")
+        raise EdgeAnchorError(f"`out` {out} is a file; choose a folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not overwrite:
-        raise EdgeAnchorError(f"the synth output {out} exists and is not empty; set overwrite or choose another "
+        raise EdgeAnchorError(f"`out` {out} exists and is not empty; pass `overwrite` or choose another "
                               "synth folder")
     # overwrite deletes the old folder, so only do it for something this function made.
     if not is_synth_output(out):
         raise EdgeAnchorError(
-            f"the synth output {out} does not look like a synthetic data set (no annotations/train.json from "
-            "edgeanchor); refusing to delete it, remove it yourself or choose another synth folder")
+            f"`out` {out} does not look like a synthetic data set (no annotations/train.json from "
+            "edgeanchor); refusing to delete it, remove it yourself or choose another folder")
 
 
 def is_synth_output(out: Path) -> bool:

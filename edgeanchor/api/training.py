@@ -63,7 +63,7 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
     if not resume:
         _check_out(out, overwrite, [data, ann, val_ann, init, weights, model, anchors])
     if resume and overwrite:
-        raise EdgeAnchorError("give either resume (continue the run at out) or overwrite (start afresh)")
+        raise EdgeAnchorError("give either `resume` (continue the run at `out`) or `overwrite` (start afresh)")
     resume_state = None
     if resume:
         det, resume_state = _resume_state(out)
@@ -93,13 +93,13 @@ def _build_model(*, model, init, num_classes, weights, anchors, image_size, data
     if init:
         det = load_checkpoint(init)
         if model and model != det.arch:
-            raise EdgeAnchorError(f"the init checkpoint {init} is a {det.arch} checkpoint but model is {model}; "
-                                  "drop model or pass a checkpoint of the same architecture")
+            raise EdgeAnchorError(f"the `init` checkpoint {init} is a {det.arch} checkpoint but `model` is {model}; "
+                                  "drop `model` or pass a checkpoint of the same architecture")
         if anchors:
-            raise EdgeAnchorError("the init checkpoint keeps its anchors; drop anchors")
+            raise EdgeAnchorError("`init` keeps the checkpoint's anchors; drop `anchors`")
         return det
     if not model:
-        raise EdgeAnchorError("give model (e.g. edgeanchor:demo_ssd) or an init checkpoint")
+        raise EdgeAnchorError("give `model` (e.g. edgeanchor:demo_ssd) or an `init` checkpoint")
     image_size = tuple(image_size) if image_size else None
     if str(model).startswith("yolov5:") and anchors and str(anchors).startswith("overanchorized") \
             and not Path(anchors).is_file():
@@ -133,20 +133,20 @@ def _resume_state(out) -> tuple[Detector, dict]:
 
     path = Path(out)
     if path.is_dir():
-        raise EdgeAnchorError(f"the train output {path} is a folder; give the checkpoint file to resume")
+        raise EdgeAnchorError(f"`out` {path} is a folder; give the checkpoint file to resume")
     if not path.is_file():
-        raise EdgeAnchorError(f"resume: no checkpoint at {path} to resume from; leave resume off to start afresh")
+        raise EdgeAnchorError(f"`resume`: no checkpoint at {path} to resume from; drop `resume` to start afresh")
     try:
         obj = read_checkpoint(path)  # read once: the training state and the detector come from it
     except EdgeAnchorError:
-        raise EdgeAnchorError(f"resume: the checkpoint file {path} is not a checkpoint written by edgeanchor train; "
+        raise EdgeAnchorError(f"`resume`: the checkpoint file {path} is not a checkpoint written by edgeanchor train; "
                               "cannot resume it") from None
     state = obj.get("train_state")
     if not state:
-        raise EdgeAnchorError(f"resume: the checkpoint file {path} holds a finished run (no training state left); "
+        raise EdgeAnchorError(f"`resume`: the checkpoint file {path} holds a finished run (no training state left); "
                               "nothing to resume")
     if not isinstance(state, dict) or not {"epoch", "optimizer", "scheduler", "record"} <= set(state):
-        raise EdgeAnchorError(f"resume: the training state in {path} is incomplete; start afresh with overwrite")
+        raise EdgeAnchorError(f"`resume`: the training state in {path} is incomplete; start afresh with `overwrite`")
     return detector_from_checkpoint(obj, path), state
 
 
@@ -163,14 +163,14 @@ def train_splits(data, ann, val_ann, split) -> tuple[str, str, str | None]:
         return _voc_train_splits(data, val_ann, split)
     if not (data and is_yolo_yaml(data)):
         if not ann:
-            raise EdgeAnchorError("give the training annotations as ann (a COCO file of the training images), "
+            raise EdgeAnchorError("give the training annotations as `ann` (a COCO file of the training images), "
                                   "or data as a DATA.yaml")
         return data, ann, val_ann
     from ..data.yolo import read_data_yaml, yolo_splits
 
     if ann or val_ann:
-        raise EdgeAnchorError("ann and val_ann are not used with a YOLO data.yaml (its splits are in the file); "
-                              "choose the training split with split")
+        raise EdgeAnchorError("`ann` and `val_ann` are not used with a YOLO data.yaml (its splits are in the file); "
+                              "choose the training split with `split`")
     split = split or "train"
     with_val = "val" in read_data_yaml(data).splits and split != "val"
     root, anns = yolo_splits(data, [split, *(["val"] if with_val else [])])
@@ -181,8 +181,8 @@ def _voc_train_splits(data, val_ann, split) -> tuple[str, str, str | None]:
     from ..data.voc import available_splits, is_devkit, voc_splits
 
     if val_ann:
-        raise EdgeAnchorError("val_ann is not used with Pascal VOC data (its splits are in ImageSets/Main); "
-                              "choose the training split with split")
+        raise EdgeAnchorError("`val_ann` is not used with Pascal VOC data (its splits are in ImageSets/Main); "
+                              "choose the training split with `split`")
     devkit = is_devkit(data)
     train_split = split or "train"
     with_val = devkit and "val" in available_splits(data) and train_split not in ("val", "trainval")
@@ -197,8 +197,8 @@ def _check_same_run(cfg, resume_state: dict, out) -> None:
     for key in SAME_RUN_SETTINGS:
         if key in stored and stored[key] != getattr(cfg, key):
             raise EdgeAnchorError(
-                f"resume: the run in {out} was started with {key} {stored[key]}, not {getattr(cfg, key)}; "
-                "give the same settings to continue it, or overwrite to start afresh")
+                f"`resume`: the run in {out} was started with `{key}` {stored[key]}, not {getattr(cfg, key)}; "
+                "give the same settings to continue it, or `overwrite` to start afresh")
 
 
 def _check_out(out, overwrite: bool, inputs: list) -> None:
@@ -207,4 +207,4 @@ def _check_out(out, overwrite: bool, inputs: list) -> None:
     from ..models.registry import is_checkpoint
 
     check_output_file(out, overwrite=overwrite, is_ours=is_checkpoint, what="checkpoint", inputs=inputs,
-                      flag="overwrite (or resume to continue the run)")
+                      flag="`overwrite` (or `resume` to continue the run)")

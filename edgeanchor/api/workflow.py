@@ -72,7 +72,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
     given += [name for name, value, default in (("precision", precision, "f32"), ("variant", variant, "pruned"),
                                                 ("threads", threads, 0)) if value != default]
     if given:
-        raise EdgeAnchorError(f"{', '.join(given)} apply to an export folder, not to a detector in PyTorch; "
+        raise EdgeAnchorError(f"{', '.join(f'`{n}`' for n in given)} apply to an export folder, not to a detector in PyTorch; "
                               "drop them, or evaluate the export folder")
     from ..data.coco import CocoDetection
     from ..evaluate.coco_map import coco_map
@@ -110,14 +110,14 @@ def _evaluate_export(export, data, *, metric, backend, batch_size, device, detec
     given = [name for name, value, default in (("batch_size", batch_size, 16), ("device", device, "cpu"),
                                                ("detections", detections, None)) if value != default]
     if given:
-        raise EdgeAnchorError(f"{', '.join(given)} apply to a detector in PyTorch, not to an export folder "
+        raise EdgeAnchorError(f"{', '.join(f'`{n}`' for n in given)} apply to a detector in PyTorch, not to an export folder "
                               "(its graph runs in the runtime); drop them")
     if metric != "coco":
-        raise EdgeAnchorError(f"metric {metric} is not available for an export folder yet; use metric coco")
+        raise EdgeAnchorError(f"`metric` {metric} is not available for an export folder yet; use `metric` coco")
     if variant not in ("pruned", "baseline"):
-        raise EdgeAnchorError(f"unknown variant {variant!r}; choose pruned or baseline")
+        raise EdgeAnchorError(f"unknown `variant` {variant!r}; choose pruned or baseline")
     if threads < 0:
-        raise EdgeAnchorError(f"threads must be 0 (the runtime's default) or more, got {threads}")
+        raise EdgeAnchorError(f"`threads` must be 0 (the runtime's default) or more, got {threads}")
     require(runtime)  # one line naming what to install
     check_precision(runtime, precision)
     folder = export if isinstance(export, ExportFolder) else ExportFolder.open(export)
@@ -157,7 +157,7 @@ def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, devic
     if metric not in METRICS:
         raise EdgeAnchorError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if batch_size < 1:
-        raise EdgeAnchorError(f"batch_size must be at least 1 (got {batch_size})")
+        raise EdgeAnchorError(f"`batch_size` must be at least 1 (got {batch_size})")
     resolve_device(device)
     if detections:
         check_output_file(detections, overwrite=overwrite, is_ours=is_detections_file, what="detections file",
@@ -397,14 +397,14 @@ def check_train_settings(*, epochs: int, batch_size: int, lr: float, weight_deca
 
     from ..device import resolve_device
 
-    checks = [(epochs >= 1, f"epochs must be at least 1 (got {epochs})"),
-              (batch_size >= 1, f"batch_size must be at least 1 (got {batch_size})"),
-              (math.isfinite(lr) and lr > 0, f"lr must be a positive number (got {lr})"),
+    checks = [(epochs >= 1, f"`epochs` must be at least 1 (got {epochs})"),
+              (batch_size >= 1, f"`batch_size` must be at least 1 (got {batch_size})"),
+              (math.isfinite(lr) and lr > 0, f"`lr` must be a positive number (got {lr})"),
               (math.isfinite(weight_decay) and weight_decay >= 0,
-               f"weight_decay must be a number >= 0 (got {weight_decay})"),
-              (warmup_iters >= 0, f"warmup_iters must be >= 0 (got {warmup_iters})"),
-              (workers >= 0, f"workers must be >= 0 (got {workers})"),
-              (seed >= 0, f"seed must be >= 0 (got {seed})")]
+               f"`weight_decay` must be a number >= 0 (got {weight_decay})"),
+              (warmup_iters >= 0, f"`warmup_iters` must be >= 0 (got {warmup_iters})"),
+              (workers >= 0, f"`workers` must be >= 0 (got {workers})"),
+              (seed >= 0, f"`seed` must be >= 0 (got {seed})")]
     for ok, message in checks:
         if not ok:
             raise EdgeAnchorError(message)

@@ -168,6 +168,6 @@ def _image_path(data, name: str):
 
     path = Path(data) / name
     if not path.is_file():
-        raise EdgeAnchorError(f"image {path} does not exist (this export does not hold its images); give data, the "
+        raise EdgeAnchorError(f"image {path} does not exist (this export does not hold its images); pass `data`, the "
                               "folder that holds them")
     return path

@@ -37,7 +37,7 @@ def check_timing(iters: int, warmup: int, threads: int) -> None:
         EdgeAnchorError: iters < 1, warmup < 0 or threads < 0.
     """
     if iters < 1 or warmup < 0 or threads < 0:
-        raise EdgeAnchorError(f"iters must be >= 1, warmup >= 0 and threads >= 0 (got {iters}, {warmup}, {threads})")
+        raise EdgeAnchorError(f"`iters` must be >= 1, `warmup` >= 0 and `threads` >= 0 (got {iters}, {warmup}, {threads})")
 
 
 def open_export(export) -> ExportFolder:
@@ -64,7 +64,7 @@ def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[
         source = folder.report_ann
         missing = next((f for f in files[:limit] if not f.is_file()), None)
         if missing is not None:  # a split too large to bundle, its recorded folder not on this machine
-            raise EdgeAnchorError(f"image {missing} of the export's report split is not here; give image_dir, a "
+            raise EdgeAnchorError(f"image {missing} of the export's report split is not here; pass `images`, a "
                                   "folder of images to time on")
     # as the model sees images (YOLO: letterboxed)
     images = [load_image_array(f, (h, w), folder.resize)[0][None] for f in files[:limit]]  # (1, 3, H, W) float32

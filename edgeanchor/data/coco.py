@@ -416,7 +416,7 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Ten
     sizes = {tuple(image.shape) for image, _ in batch}
     if len(sizes) > 1:
         raise EdgeAnchorError(
-            f"images in a batch have different sizes {sorted(sizes)}; set image_size=(H, W) on the data set"
+            f"images in a batch have different sizes {sorted(sizes)}; set `image_size`=(H, W) on the data set"
         )
     images = torch.stack([image for image, _ in batch])  # B x (3, H, W) -> (B, 3, H, W)
     return images, [target for _, target in batch]

@@ -41,7 +41,7 @@ def make_label_map(category_ids: list[int], num_classes: int, first_label: int =
         if num_classes == k:
             return {cat: label for label, cat in enumerate(ids)}
         raise EdgeAnchorError(f"{k} categories do not fit a model with {num_classes} classes (nc; no background "
-                              f"class): use num_classes {k}")
+                              f"class): use `num_classes` {k}")
     if num_classes == k + 1:
         return {cat: label for label, cat in enumerate(ids, start=1)}
     if ids[-1] < num_classes and ids[0] >= 1:
@@ -49,7 +49,7 @@ def make_label_map(category_ids: list[int], num_classes: int, first_label: int =
     raise EdgeAnchorError(
         f"{k} categories (ids {ids[0]}..{ids[-1]}) do not fit a model with {num_classes} classes: "
         f"need {k + 1} for contiguous labels or more than {ids[-1]} for labels equal to category ids "
-        f"(with ids >= 1); use num_classes {k + 1}"
+        f"(with ids >= 1); use `num_classes` {k + 1}"
     )
 
 

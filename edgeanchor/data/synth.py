@@ -370,8 +370,8 @@ def generate(
     """
     if num_images < 1 or seed < 0 or image_size < 64:
         raise EdgeAnchorError(
-            f"num_images={num_images}, seed={seed}, image_size={image_size}: need num_images >= 1, "
-            "seed >= 0 and image_size >= 64"
+            f"`num_images`={num_images}, `seed`={seed}, `image_size`={image_size}: need `num_images` >= 1, "
+            "`seed` >= 0 and `image_size` >= 64"
         )
     counts = split_counts(num_images, splits)
     out_dir = Path(out_dir)

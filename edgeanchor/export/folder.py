@@ -223,7 +223,7 @@ class ExportFolder:
             if not path.is_file():
                 if graph.endswith("_int8"):
                     raise EdgeAnchorError(f"{self.root} has no int8 graphs ({path.name}); re-run prune-and-export "
-                                          "with int8 on to write them")
+                                          "with `int8` on to write them")
                 raise EdgeAnchorError(
                     f"{self.root} has no {variant} {graph} graph ({path.name}); re-run prune-and-export to rebuild it"
                 )
@@ -397,7 +397,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
             continue
         if Path(item).resolve().is_relative_to(resolved):  # the output is the input, or holds it
             raise EdgeAnchorError(
-                f"the output folder {out} is also an input of this run ({item}); choose another output folder"
+                f"the output folder {out} is also an input of this run ({item}); choose another `out` folder"
             )
     if not out.exists():
         return
@@ -408,7 +408,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
     if not is_export_folder(out):
         raise EdgeAnchorError(
             f"the output folder {out} exists and is not an edgeanchor export folder (no report.json of ours); "
-            "refusing to replace it: choose another output folder or remove it yourself"
+            "refusing to replace it: choose another `out` folder or remove it yourself"
         )
     if not overwrite:
-        raise EdgeAnchorError(f"the output folder {out} exists; set overwrite to replace it, or choose another folder")
+        raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another folder")

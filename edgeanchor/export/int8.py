@@ -98,15 +98,15 @@ def check_int8_spec(spec: Int8Spec, opset: int | None = None) -> None:
         EdgeAnchorError: naming the parameter and the accepted values.
     """
     if spec.num_images < 1:
-        raise EdgeAnchorError(f"int8 calibration needs at least 1 image (got num_images {spec.num_images})")
+        raise EdgeAnchorError(f"int8 calibration needs at least 1 image (got `num_images` {spec.num_images})")
     if spec.head_outputs not in HEAD_OUTPUTS:
         raise EdgeAnchorError(f"unknown int8 head_outputs {spec.head_outputs!r}; choose one of {', '.join(HEAD_OUTPUTS)}")
     if spec.method not in CALIBRATION_METHODS:
         raise EdgeAnchorError(f"unknown int8 calibration method {spec.method!r}; choose one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
     if opset is not None and opset < MIN_INT8_OPSET:
-        raise EdgeAnchorError(f"opset {opset} is too old for int8 (per-channel quantization needs "
-                              f"{MIN_INT8_OPSET} or newer); choose opset {MIN_INT8_OPSET} or newer")
+        raise EdgeAnchorError(f"`opset` {opset} is too old for int8 (per-channel quantization needs "
+                              f"{MIN_INT8_OPSET} or newer); choose `opset` {MIN_INT8_OPSET} or newer")
 
 
 # ------------------------------------------------------------------------------------------------ calibration

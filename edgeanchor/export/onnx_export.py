@@ -83,7 +83,7 @@ def export_onnx(
     if decoded:
         targets["decoded"] = out_dir / "model_decoded.onnx"
     if nonms_topk < 1:
-        raise EdgeAnchorError(f"nonms_topk must be at least 1 (got {nonms_topk})")
+        raise EdgeAnchorError(f"`nonms_topk` must be at least 1 (got {nonms_topk})")
     result = export_graphs(detector, targets, opset=opset, simplify=simplify, trace_images=trace_images,
                            nonms_topk=nonms_topk, fused_head=fused_head)
     result["out_dir"] = str(out_dir)
@@ -102,7 +102,7 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
                   nonms_topk: int = NONMS_TOPK, fused_head: bool = FUSED_HEAD) -> dict:
     """Export the named graphs (``GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
     if opset < MIN_OPSET:
-        raise EdgeAnchorError(f"ONNX opset {opset} is too old for the postprocess graph; use opset {MIN_OPSET} or newer")
+        raise EdgeAnchorError(f"ONNX `opset` {opset} is too old for the postprocess graph; use `opset` {MIN_OPSET} or newer")
     images = _trace_images(detector, trace_images)
     was_training = detector.training
     detector.eval()

@@ -57,7 +57,7 @@ def validate_report(report, path) -> dict:
         raise EdgeAnchorError(f"{path} has unknown export format version {version}; re-run prune-and-export")
     size = report.get("image_size")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        raise EdgeAnchorError(f"{path}: image_size must be [height, width] in pixels, got {size!r}")
+        raise EdgeAnchorError(f"{path}: `image_size` must be [height, width] in pixels, got {size!r}")
     for key in ("data", "report_ann"):
         if not isinstance(report.get(key), str):
             raise EdgeAnchorError(f"{path}: {key} must be a path, got {report.get(key)!r}")

@@ -133,16 +133,16 @@ def check_precision(runtime: str, precision: str) -> None:
     allowed = RUNTIME_PRECISIONS.get(runtime, ("f32",))
     if precision not in allowed:
         raise EdgeAnchorError(
-            f"runtime {runtime} cannot run the exported graphs in {precision}; choose precision "
+            f"runtime {runtime} cannot run the exported graphs in {precision}; pass `precision` "
             f"{' or '.join(allowed)}"
-            + (" (int8 needs the int8 graphs of an export made with int8 on)" if "int8" in allowed else "")
+            + (" (int8 needs the int8 graphs of an export made with `int8` on)" if "int8" in allowed else "")
         )
     if runtime == "openvino" and precision in _OV_CAPABILITY:
         caps = openvino_capabilities()
         if _OV_CAPABILITY[precision] not in caps:
             raise EdgeAnchorError(
                 f"this CPU has no {precision} support in OpenVINO (its capabilities: {', '.join(caps)}); "
-                "choose precision f32"
+                "pass `precision` f32"
             )
 
 

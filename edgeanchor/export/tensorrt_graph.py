@@ -24,7 +24,7 @@ ENGINE_PRECISION = {"f32": "fp32", "f16": "fp16"}
 def require_engine_precision(precision: str) -> str:
     """The builder's name of ``precision``; one line for a precision TensorRT graphs are not built in here."""
     if precision not in ENGINE_PRECISION:
-        raise EdgeAnchorError(f"runtime tensorrt cannot run the exported graphs in {precision}; choose precision "
+        raise EdgeAnchorError(f"runtime tensorrt cannot run the exported graphs in {precision}; pass `precision` "
                               f"{' or '.join(ENGINE_PRECISION)}")
     return ENGINE_PRECISION[precision]
 

@@ -116,15 +116,15 @@ def build_detector(
             from .yolo_build import yolo_from_train_checkpoint
 
             if weights is not None:
-                raise EdgeAnchorError(f"{name} is a yolov5 checkpoint with its own weights; drop weights")
+                raise EdgeAnchorError(f"{name} is a yolov5 checkpoint with its own weights; drop `weights`")
             return yolo_from_train_checkpoint(path, num_classes=num_classes, anchors=anchors, image_size=image_size)
         if anchors is not None or image_size is not None:
             raise EdgeAnchorError(
-                f"anchors and image_size cannot change a checkpoint ({name}); prune it to slice its anchors"
+                f"anchors and `image_size` cannot change a checkpoint ({name}); prune it to slice its anchors"
             )
         det = load_checkpoint(path)
         if num_classes is not None and num_classes != det.num_classes:
-            raise EdgeAnchorError(f"{name} has {det.num_classes} classes, not {num_classes}; leave num_classes unset")
+            raise EdgeAnchorError(f"{name} has {det.num_classes} classes, not {num_classes}; leave `num_classes` unset")
         if weights is not None:
             load_weights(det, weights)
         return det
@@ -136,7 +136,7 @@ def build_detector(
     min_classes = 2 if arch.family == "ssd" else 1  # SSD counts the background class
     if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= min_classes):
         raise EdgeAnchorError(
-            f"num_classes must be at least {min_classes} for {name} (got {num_classes}"
+            f"`num_classes` must be at least {min_classes} for {name} (got {num_classes}"
             f"{'; it counts the background class' if arch.family == 'ssd' else ''})"
         )
     check_image_size(image_size)
@@ -166,12 +166,12 @@ def check_image_size(image_size) -> None:
     """Refuse an image_size that is not None or two integers >= 32 (height, width)."""
     if image_size is not None and (len(tuple(image_size)) != 2
                                    or not all(isinstance(v, int) and v >= 32 for v in image_size)):
-        raise EdgeAnchorError(f"image_size must be two integers >= 32 (height, width), got {list(image_size)}")
+        raise EdgeAnchorError(f"`image_size` must be two integers >= 32 (height, width), got {list(image_size)}")
 
 
 def _size_does_not_fit(name: str, image_size, exc: Exception) -> EdgeAnchorError:
-    return EdgeAnchorError(f"image_size {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
-                           "choose a larger image_size")
+    return EdgeAnchorError(f"`image_size` {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
+                           "choose a larger `image_size`")
 
 
 def wrap(name: str, tv_model, *, image_size, anchors=None) -> Detector:
@@ -213,7 +213,7 @@ def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
         raise EdgeAnchorError(
             f"the anchor set is for input {list(result.image_size)} with feature sizes "
             f"{[list(lv.feature_size) for lv in result.levels]}, but the model has input "
-            f"{list(template.image_size)} and {[list(s) for s in sizes]}; give the matching image_size"
+            f"{list(template.image_size)} and {[list(s) for s in sizes]}; give the matching `image_size`"
         )
     if result.num_anchors == 0:
         raise EdgeAnchorError("the anchor set has no anchors; keep at least one")
@@ -224,7 +224,7 @@ def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
 def _read_weights(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise EdgeAnchorError(f"weights file {path} does not exist; check the weights path")
+        raise EdgeAnchorError(f"weights file {path} does not exist; check the `weights` path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
@@ -248,7 +248,7 @@ def _load_state(module: torch.nn.Module, state: dict, source) -> None:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
         raise EdgeAnchorError(
-            f"weights {source} do not fit the model ({detail[:300]}); check the model name and num_classes"
+            f"weights {source} do not fit the model ({detail[:300]}); check the model name and `num_classes`"
         ) from None
 
 
@@ -284,7 +284,7 @@ def read_checkpoint(path) -> dict:
     obj = _read_weights(path)
     if obj.get("format") != CHECKPOINT_FORMAT:
         raise EdgeAnchorError(
-            f"{path} is not an edgeanchor checkpoint; give it as weights with the matching model name"
+            f"{path} is not an edgeanchor checkpoint; give it as `weights` with the matching `model` name"
         )
     return obj
 

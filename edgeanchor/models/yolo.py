@@ -147,7 +147,7 @@ def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postproc
     strides = [float(s) for s in detect.stride.tolist()]
     biggest = int(max(strides))
     if any(v % biggest for v in image_size):
-        raise EdgeAnchorError(f"image_size {list(image_size)} is not a multiple of the largest stride {biggest}; "
+        raise EdgeAnchorError(f"`image_size` {list(image_size)} is not a multiple of the largest stride {biggest}; "
                               f"choose e.g. {[max(biggest, round(v / biggest) * biggest) for v in image_size]}")
     anchors_px = (detect.anchors * detect.stride.view(-1, 1, 1)).tolist()
     default = yolo_anchor_set(image_size, strides, anchors_px)

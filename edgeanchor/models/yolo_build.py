@@ -45,7 +45,7 @@ def _read_yolo_weights(path) -> dict:
     from .registry import CHECKPOINT_FORMAT, _state_dict_of
 
     if not Path(path).is_file():
-        raise EdgeAnchorError(f"weights file {path} does not exist; check the weights path")
+        raise EdgeAnchorError(f"weights file {path} does not exist; check the `weights` path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError):
@@ -71,7 +71,7 @@ def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_si
     check_image_size(image_size)
     image_size = tuple(image_size) if image_size else DEFAULT_IMAGE_SIZE
     if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 1):
-        raise EdgeAnchorError(f"num_classes must be at least 1 for {name} (got {num_classes}; it is nc, "
+        raise EdgeAnchorError(f"`num_classes` must be at least 1 for {name} (got {num_classes}; it is nc, "
                               "YOLO has no background class)")
     read = _read_yolo_weights(weights) if weights is not None else None
     if read is not None and read["kind"] == "edgeanchor":
@@ -95,8 +95,8 @@ def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_si
             weights_nc = conv.shape[0] // na - 5
         if weights_nc is not None:
             if num_classes is not None and num_classes != weights_nc:
-                raise EdgeAnchorError(f"weights {weights} have nc {weights_nc}, not num_classes {num_classes}; "
-                                      "leave num_classes unset or give the matching value")
+                raise EdgeAnchorError(f"weights {weights} have nc {weights_nc}, not `num_classes` {num_classes}; "
+                                      "leave `num_classes` unset or give the matching value")
             nc = weights_nc
         ckpt_anchors = read.get("anchors_px")
     net = YoloV5(layout, nc, gd, gw)

@@ -152,7 +152,7 @@ def read_yolov5_checkpoint(path) -> YoloV5Checkpoint:
     except _Disallowed as exc:
         raise EdgeAnchorError(f"refusing to load {path}: {exc}; only yolov5 checkpoints are read") from None
     except FileNotFoundError:
-        raise EdgeAnchorError(f"weights file {path} does not exist; check the weights path") from None
+        raise EdgeAnchorError(f"weights file {path} does not exist; check the `weights` path") from None
     except Exception as exc:  # a damaged or foreign file: torch raises many types
         raise EdgeAnchorError(f"cannot read {path} as a yolov5 checkpoint ({str(exc).splitlines()[0][:120]})") from None
     model = None

@@ -67,12 +67,12 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         address = _auto_address()
     match = _ADDRESS_RE.match(address.strip())
     if not match:
-        raise EdgeAnchorError(f"ray_address must be host:port, ray://host:port or auto (got {address!r})")
+        raise EdgeAnchorError(f"`ray_address` must be host:port, ray://host:port or auto (got {address!r})")
     host, port = match.group("ip6") or match.group("host"), int(match.group("port"))
     reason = _try_connect(host, port, timeout_s)
     if reason:
         raise EdgeAnchorError(f"cannot reach the Ray cluster at {address} ({reason}); start a head node there "
-                              "with ray start, or give a reachable ray_address")
+                              "with 'ray start --head', or give a reachable `ray_address`")
 
 
 def _try_connect(host: str, port: int, timeout_s: float) -> str | None:
@@ -112,8 +112,8 @@ def _auto_address() -> str:
         raise EdgeAnchorError(_NO_AUTO_CLUSTER) from None
 
 
-_NO_AUTO_CLUSTER = ("found no running Ray cluster on this machine for ray_address auto; start a head node with "
-                    "ray start, or give the cluster's ray_address (host:port)")
+_NO_AUTO_CLUSTER = ("found no running Ray cluster on this machine for `ray_address` auto; start a head node with "
+                    "'ray start --head', or give the cluster's `ray_address` (host:port)")
 
 
 class ShardWorker:
@@ -174,7 +174,7 @@ class RayShardExecutor:
     def __init__(self, cache_path, ann, workers: int, address: str | None = None, *, retries: int = 2,
                  log=default_log, metric: str = "coco"):
         if not (isinstance(workers, int) and workers >= 1):
-            raise EdgeAnchorError(f"workers must be an integer >= 1 (got {workers})")
+            raise EdgeAnchorError(f"`workers` must be an integer >= 1 (got {workers})")
         self._ray = ray = require_ray()
         self._exceptions = ray.exceptions
         self.workers, self.retries, self._log, self.metric = workers, retries, log, metric
@@ -211,15 +211,15 @@ class RayShardExecutor:
             raise EdgeAnchorError(f"cannot connect to the Ray cluster at {address} ({_first_line(exc)}); if it "
                                   "uses token authentication, set RAY_AUTH_MODE=token here and give it the cluster's "
                                   "token (ray get-auth-token); else check that it runs this machine's Ray and "
-                                  "Python, or give another ray_address") from None
+                                  "Python, or give another `ray_address`") from None
         self._started = True
 
     def _check_cpus(self, address: str | None) -> None:
         cpus = self._ray.cluster_resources().get("CPU", 0)
         if cpus < self.workers:
             where = f"at {address}" if address else "this process is connected to"
-            raise EdgeAnchorError(f"the Ray cluster {where} has {cpus:g} CPUs, fewer than workers {self.workers} "
-                                  "(one actor per image shard, one CPU each); lower workers or add nodes")
+            raise EdgeAnchorError(f"the Ray cluster {where} has {cpus:g} CPUs, fewer than `workers` {self.workers} "
+                                  "(one actor per image shard, one CPU each); lower `workers` or add nodes")
 
     def _new_actor(self, i: int):
         return self._remote.remote(self._shards[i], self._ann, (i, self.workers), self.metric)
@@ -229,7 +229,7 @@ class RayShardExecutor:
         done, pending = self._ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
         if pending:
             raise EdgeAnchorError(f"{len(pending)} of {self.workers} Ray actors did not start within "
-                                  f"{STARTUP_TIMEOUT_S:g} s (too few free CPUs in the cluster?); lower workers "
+                                  f"{STARTUP_TIMEOUT_S:g} s (too few free CPUs in the cluster?); lower `workers` "
                                   "or free the cluster")
         self._ray.get(done)  # an actor whose start failed raises here
 

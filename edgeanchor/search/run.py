@@ -99,21 +99,21 @@ def check_search_spec(search: SearchSpec) -> None:
         raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
     if search.min_map is not None and not (number(search.min_map) and 0 <= search.min_map <= 1):
         kind = "COCO" if search.metric == "coco" else "VOC"
-        raise EdgeAnchorError(f"min_map must be a {kind} mAP between 0 and 1 (got {search.min_map})")
+        raise EdgeAnchorError(f"`min_map` must be a {kind} mAP between 0 and 1 (got {search.min_map})")
     if search.max_drop is not None and not (number(search.max_drop) and 0 <= search.max_drop <= 1):
-        raise EdgeAnchorError(f"max_drop must be between 0 and 1 in mAP units, 0.005 = half a point "
+        raise EdgeAnchorError(f"`max_drop` must be between 0 and 1 in mAP units, 0.005 = half a point "
                               f"(got {search.max_drop})")
     if not (number(search.tol) and search.tol >= 0):
-        raise EdgeAnchorError(f"tol must be a number >= 0 (got {search.tol})")
+        raise EdgeAnchorError(f"`tol` must be a number >= 0 (got {search.tol})")
     for name in ("max_per_level", "max_evals", "workers"):
         value = getattr(search, name)
         if not (isinstance(value, int) and value >= 1):
-            raise EdgeAnchorError(f"{name} must be an integer >= 1 (got {value})")
+            raise EdgeAnchorError(f"`{name}` must be an integer >= 1 (got {value})")
     if search.executor not in EXECUTORS:
         raise EdgeAnchorError(f"unknown executor {search.executor!r}; choose one of {', '.join(EXECUTORS)}")
     if search.ray_address is not None and search.executor != "ray":
-        raise EdgeAnchorError(f"ray_address {search.ray_address!r} needs executor ray; choose executor ray, "
-                              "or leave ray_address unset")
+        raise EdgeAnchorError(f"`ray_address` {search.ray_address!r} needs `executor` ray; pass `executor` ray, "
+                              "or leave `ray_address` unset")
     if search.executor == "ray":
         from .ray_executor import check_ray_address, require_ray
 
@@ -139,8 +139,8 @@ def check_target_head_macs(det, target_head_macs: float | None) -> None:
     cheapest = min(model.head_macs(tuple(sorted(set(ids) - {a}))) for a in ids)
     if target_head_macs < cheapest:
         raise EdgeAnchorError(
-            f"target_head_macs {target_head_macs:,.0f} is below the cheapest head this search can reach "
-            f"({cheapest:,.0f} MACs with one anchor kept); raise target_head_macs"
+            f"`target_head_macs` {target_head_macs:,.0f} is below the cheapest head this search can reach "
+            f"({cheapest:,.0f} MACs with one anchor kept); raise `target_head_macs`"
         )
 
 
@@ -159,8 +159,8 @@ def resolve_method(method: str | None, det) -> str:
         raise EdgeAnchorError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
     if det.shared_head and method != "shared":
         raise EdgeAnchorError(
-            f"{det.arch} shares its head across levels, so only method 'shared' can prune it "
-            "(the same anchors removed on every level, or whole levels); leave method unset or choose shared"
+            f"{det.arch} shares its head across levels, so only '`method` shared' can prune it "
+            "(the same anchors removed on every level, or whole levels); leave `method` unset or pass `method` shared"
         )
     return method
 
@@ -196,14 +196,14 @@ def floor_of(search: SearchSpec, baseline_map: float) -> float:
     """The accuracy floor; an error if it is above the baseline."""
     if search.min_map is not None:
         floor = search.min_map
-        what = f"min_map {search.min_map}"
+        what = f"`min_map` {search.min_map}"
     else:
         floor = baseline_map - (search.max_drop or 0.0)
-        what = f"max_drop {search.max_drop}"
+        what = f"`max_drop` {search.max_drop}"
     if floor > baseline_map + 1e-12:
         raise EdgeAnchorError(
             f"the accuracy floor {floor:.4f} ({what}) is above the unpruned model's mAP {baseline_map:.4f}; "
-            "lower it, or use max_drop"
+            "lower it, or use `max_drop`"
         )
     return floor
 
@@ -289,7 +289,7 @@ def _cost_fn(cost: str, latency_model):
     if cost == "boxes":
         return lambda removed, macs, boxes: float(boxes)
     if latency_model is None:
-        raise EdgeAnchorError("cost latency needs a calibrated latency model (give latency_model)")
+        raise EdgeAnchorError("cost latency needs a calibrated latency model (give `latency_model`)")
     return lambda removed, macs, boxes: float(latency_model.predict(removed))
 
 
@@ -304,13 +304,13 @@ def check_search_folder(out_dir: Path) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not search_outputs(out_dir)["result"].is_file():
         raise EdgeAnchorError(
             f"the search folder {out_dir} is not empty and holds no search of ours (no search.json); "
-            "choose another search folder"
+            "choose another `out` folder"
         )
 
 
 def _stored_nodes(stored, path: Path) -> list[Node]:
     """The nodes of a stored search, or a one-line error if the file is not a search of ours."""
-    bad = EdgeAnchorError(f"{path} is not a search written by edgeanchor; choose another search folder")
+    bad = EdgeAnchorError(f"{path} is not a search written by edgeanchor; choose another `out` folder")
     if not isinstance(stored, dict) or not isinstance(stored.get("nodes", []), list):
         raise bad
     try:
@@ -388,7 +388,7 @@ def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict
         best = min(n["head_macs"] for n in front)
         raise EdgeAnchorError(
             f"no front point has head MACs <= {target_head_macs:,.0f} (the cheapest above the floor has "
-            f"{best:,.0f}); raise target_head_macs or lower the accuracy floor"
+            f"{best:,.0f}); raise `target_head_macs` or lower the accuracy floor"
         )
     return max(meeting, key=lambda n: (n["mAP"], -n["head_macs"]))
 

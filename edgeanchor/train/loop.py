@@ -199,7 +199,7 @@ def _train_epoch(step_module, det, loader, optimizer, scheduler, num_iters, epoc
         loss_dict = detection_loss(det, head_outputs, targets)
         loss = sum(loss_dict.values())
         if not torch.isfinite(loss):
-            raise CheckFailed(f"training diverged: the loss became {loss.item()} at epoch {epoch} iteration {it}; lower lr")
+            raise CheckFailed(f"training diverged: the loss became {loss.item()} at epoch {epoch} iteration {it}; lower `lr`")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)
