@@ -7,7 +7,7 @@ For (a) the demo (baseline and pruned checkpoints of a prune-and-export
 folder) and (b) SSD300-VGG16 (81 classes, random weights) baseline against
 the paper's configuration B counts (per level, the first n of torchvision's
 anchors, sliced; as benchmarks/latency.py), exports ``head.onnx`` four ways
-(baseline/pruned x unfused/fused: :mod:`edgeanchor.export.fused_head`) and
+(baseline/pruned x unfused/fused: :mod:`edgeanchor.exporting.fused_head`) and
 times the four ONNX Runtime CPU sessions (``make_session``, ``--threads``
 intra-op threads, 1 inter-op) on the same backbone features of one real image
 of the export's report split (resized for SSD300). Each iteration runs all four
@@ -37,15 +37,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeanchor.anchors import from_reference  # noqa: E402
-from edgeanchor.bench.harness import load_images, stats_ms  # noqa: E402
-from edgeanchor.bench.runtimes import machine_info  # noqa: E402
+from edgeanchor.benchmark.harness import load_images, stats_ms  # noqa: E402
+from edgeanchor.benchmark.runtimes import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
-from edgeanchor.export.folder import ExportFolder  # noqa: E402
-from edgeanchor.export.onnx_export import export_graphs  # noqa: E402
-from edgeanchor.export.parity import make_session, run_session  # noqa: E402
+from edgeanchor.exporting.folder import ExportFolder  # noqa: E402
+from edgeanchor.exporting.onnx_export import export_graphs  # noqa: E402
+from edgeanchor.exporting.parity import make_session, run_session  # noqa: E402
 from edgeanchor.io import write_json  # noqa: E402
 from edgeanchor.models import build_detector  # noqa: E402
-from edgeanchor.prune import prune  # noqa: E402
+from edgeanchor.pruning import prune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_head_cost import SSD_CONFIG_B  # noqa: E402

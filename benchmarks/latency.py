@@ -35,19 +35,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeanchor.anchors import from_reference  # noqa: E402
-from edgeanchor.bench.harness import run_bench  # noqa: E402
-from edgeanchor.bench.latency_model import time_session  # noqa: E402
-from edgeanchor.bench.runtimes import machine_info  # noqa: E402
+from edgeanchor.benchmark.harness import run_bench  # noqa: E402
+from edgeanchor.benchmark.latency_model import time_session  # noqa: E402
+from edgeanchor.benchmark.runtimes import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
-from edgeanchor.data.demo_data import demo_split  # noqa: E402
-from edgeanchor.export import export_onnx  # noqa: E402
-from edgeanchor.export.parity import make_session  # noqa: E402
-from edgeanchor.export.folder import ExportFolder  # noqa: E402
+from edgeanchor.datasets.demo_data import demo_split  # noqa: E402
+from edgeanchor.exporting import export_onnx  # noqa: E402
+from edgeanchor.exporting.parity import make_session  # noqa: E402
+from edgeanchor.exporting.folder import ExportFolder  # noqa: E402
 from edgeanchor.io import configure_logging, write_json  # noqa: E402
 from edgeanchor.models import build_detector  # noqa: E402
 from edgeanchor.pipeline import write_export  # noqa: E402
 from edgeanchor.postprocess import topk_indices  # noqa: E402
-from edgeanchor.prune import prune  # noqa: E402
+from edgeanchor.pruning import prune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_head_cost import SSD_CONFIG_B  # noqa: E402
@@ -172,7 +172,7 @@ def nms_scaling(images, threads, tmp: Path) -> list[dict]:
 @torch.no_grad()
 def latency_model_check(demo_export: ExportFolder, images, threads: int, tmp: Path) -> dict:
     """Calibrate the demo's latency model, then compare its predictions with measured head + postprocess time."""
-    from edgeanchor.bench.latency_model import calibrate
+    from edgeanchor.benchmark.latency_model import calibrate
 
     det = demo_export.load_detector("baseline")
     model = calibrate(det, images, threads=threads)
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     configure_logging()
     torch.set_num_threads(args.threads)
     data, ann = demo_split("test")
-    from edgeanchor.data.coco import CocoDetection
+    from edgeanchor.datasets.coco import CocoDetection
 
     images = torch.stack([CocoDetection(data, ann)[i][0] for i in range(8)])
     result = {"benchmark": "latency", "date": datetime.date.today().isoformat(), "machine": machine_info(),

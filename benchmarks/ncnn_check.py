@@ -1,4 +1,4 @@
-"""The ncnn decoded graph (edgeanchor.export.ncnn_graph) through pnnx into ncnn, against ONNX Runtime and PyTorch.
+"""The ncnn decoded graph (edgeanchor.exporting.ncnn_graph) through pnnx into ncnn, against ONNX Runtime and PyTorch.
 
   python benchmarks/ncnn_check.py [EXPORT ...] [--num-images 8] [--ncnn-python PY] [--pnnx PNNX]
       [--out benchmarks/results/ncnn_check.json]
@@ -7,7 +7,7 @@ Run by the project's interpreter (edgeanchor, torch, onnxruntime), for each expo
 exports/demo and exports/demo-yolo) and both variants (pruned, baseline; the detector with the rule
 its graphs use, ``ExportFolder.graph_detector``) it:
 
-1. exports :class:`~edgeanchor.export.ncnn_graph.NcnnDecodedGraph` to ONNX in a temporary folder and
+1. exports :class:`~edgeanchor.exporting.ncnn_graph.NcnnDecodedGraph` to ONNX in a temporary folder and
    records its op types;
 2. runs ONNX Runtime on ``--num-images`` images of the report split (as the model sees them) and
    compares with PyTorch (``DecodeBoxes`` on the detector's own head outputs, background column
@@ -138,9 +138,9 @@ def check_variant(folder, variant: str, num_images: int, pnnx: str, python: str 
     import onnxruntime as ort
     import torch
 
-    from edgeanchor.data.coco import load_image
-    from edgeanchor.export.graphs import DecodeBoxes
-    from edgeanchor.export.ncnn_graph import FORBIDDEN_OPS, export_ncnn_graph
+    from edgeanchor.datasets.coco import load_image
+    from edgeanchor.exporting.graphs import DecodeBoxes
+    from edgeanchor.exporting.ncnn_graph import FORBIDDEN_OPS, export_ncnn_graph
 
     det = folder.graph_detector(variant).eval()
     files = sorted(img["file_name"] for img in json.loads(Path(folder.report_ann).read_text())["images"])
@@ -208,7 +208,7 @@ def drive(argv) -> int:
     import onnxruntime
     import torch
 
-    from edgeanchor.export.folder import ExportFolder
+    from edgeanchor.exporting.folder import ExportFolder
 
     started = load_average()
     results = {}

@@ -11,14 +11,14 @@ Run by the project's interpreter (edgeanchor, torch, onnxruntime), it:
 2. runs itself as a worker (``worker --runtime opencv|ncnn REFS...``) under each interpreter given:
    every ``--opencv-python`` (default: this one, if it has cv2) and ``--ncnn-python`` (one with the
    ``ncnn`` and ``pnnx`` packages; skipped if not given). A worker needs NumPy and its runtime only
-   (OpenCV: also onnx, for :class:`edgeanchor.bench.opencv_runner.OpenCvRunner`), never torch, so
+   (OpenCV: also onnx, for :class:`edgeanchor.benchmark.opencv_runner.OpenCvRunner`), never torch, so
    OpenCV 5 or ncnn can live in scratch environments;
 3. writes one JSON: runtime versions and settings, per export/variant/graph whether it loads, max abs
    differences, pass/fail, and the load average before and after.
 
 Checks (tolerances as in issue 13): model_nonms's real rows (score > 0) matched one to one with ONNX
 Runtime's (same label, score within 1e-4, box within 1e-4 px; exactly tied scores may swap at the
-top-K cut), as ``edgeanchor.export.parity.compare_nonms`` does; backbone and head with
+top-K cut), as ``edgeanchor.exporting.parity.compare_nonms`` does; backbone and head with
 ``compare_tensors``'s rule (allclose, rtol 1e-3, atol 1e-5 times the tensor's max |value| when above
 1). OpenCV also runs end to end (model_nonms + NMSBoxesBatched, as examples/opencv_deploy.py does)
 against model.onnx's detections (every row matched). OpenCV runs with Winograd off (the runner's
@@ -53,7 +53,7 @@ BOX_TOL, SCORE_TOL = 1e-4, 1e-4
 # ------------------------------------------------------------------ comparisons (NumPy only)
 
 def compare_tensors(ref: dict, got: dict, rtol: float = 1e-3, atol: float = 1e-5) -> dict:
-    """Max abs diff and allclose over same-named arrays (edgeanchor.export.parity.compare_tensors's rule)."""
+    """Max abs diff and allclose over same-named arrays (edgeanchor.exporting.parity.compare_tensors's rule)."""
     diff, close = 0.0, True
     for name, r in ref.items():
         g = got[name]
@@ -70,7 +70,7 @@ def match_rows(ref: dict, got: dict, *, exact_count: bool = False) -> dict:
     """Real rows (score > 0) of ``got`` against ``ref``, one to one: same label, score and box within tolerance.
 
     An unmatched row is allowed only at the top-K cut (a tie there may let either in), as in
-    edgeanchor.export.parity.compare_nonms; with ``exact_count`` every row must match.
+    edgeanchor.exporting.parity.compare_nonms; with ``exact_count`` every row must match.
     """
     rs, gs = ref["scores"].reshape(-1), got["scores"].reshape(-1)
     rr, gr = rs > 0, gs > 0
@@ -123,9 +123,9 @@ def make_refs(export: Path, variant: str, num_images: int, out: Path) -> dict:
     """ONNX Runtime's outputs of one variant on the report split's first images, saved to ``out`` (.npz)."""
     import json as _json
 
-    from edgeanchor.data.coco import load_image
-    from edgeanchor.export.folder import ExportFolder
-    from edgeanchor.export.parity import make_session, run_session
+    from edgeanchor.datasets.coco import load_image
+    from edgeanchor.exporting.folder import ExportFolder
+    from edgeanchor.exporting.parity import make_session, run_session
 
     folder = ExportFolder.open(export)
     files = sorted(img["file_name"] for img in _json.loads(Path(folder.report_ann).read_text())["images"])
@@ -166,7 +166,7 @@ def check_opencv(refs: list[str]) -> dict:
     import cv2
 
     sys.path.insert(0, str(ROOT))
-    from edgeanchor.bench.opencv_runner import OpenCvRunner  # cv2, NumPy and onnx only
+    from edgeanchor.benchmark.opencv_runner import OpenCvRunner  # cv2, NumPy and onnx only
     from edgeanchor.errors import EdgeAnchorError
 
     result = {"runtime": "opencv", "version": cv2.__version__, "configs": {}}
@@ -353,7 +353,7 @@ def drive(argv) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nonms_runtimes.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from edgeanchor.bench.runtimes import machine_info
+    from edgeanchor.benchmark.runtimes import machine_info
 
     started = load_average()
     with tempfile.TemporaryDirectory() as tmp:

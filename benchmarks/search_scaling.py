@@ -3,7 +3,7 @@
 Workload: the search_speed benchmark's COCO-scale SSD300 cache (5000 images, 8732 boxes, 30 anchors, 80
 classes; built here with its code) and the batches a greedy search scores first: the root's children (one
 per anchor), then the children of one of them, and so on (--batches). Each configuration runs the search's
-own Evaluator (edgeanchor.search.evaluator) and must give every child the same mAP as the others, bit for
+own Evaluator (edgeanchor.subset_search.evaluator) and must give every child the same mAP as the others, bit for
 bit (checked).
 
 - processes x W: W spawned worker processes, each holding every image, scoring a contiguous share of the
@@ -35,12 +35,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_speed as S  # noqa: E402  (the benchmark's workload generator)
 
-from edgeanchor.data.coco import make_label_map  # noqa: E402
-from edgeanchor.evaluate.cache import CandidateCache  # noqa: E402
-from edgeanchor.evaluate.incremental import ShardScorer, merge_map  # noqa: E402
-from edgeanchor.evaluate.subset import SubsetScorer  # noqa: E402
+from edgeanchor.datasets.coco import make_label_map  # noqa: E402
+from edgeanchor.evaluation.cache import CandidateCache  # noqa: E402
+from edgeanchor.evaluation.incremental import ShardScorer, merge_map  # noqa: E402
+from edgeanchor.evaluation.subset import SubsetScorer  # noqa: E402
 from edgeanchor.io import write_json  # noqa: E402
-from edgeanchor.search.evaluator import Evaluator  # noqa: E402
+from edgeanchor.subset_search.evaluator import Evaluator  # noqa: E402
 
 NUM_ANCHORS = 30  # SSD300
 WARM_PARENT = 2  # a warm-up batch (children of (2,)) that no measured batch scores

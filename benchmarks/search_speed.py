@@ -48,10 +48,10 @@ import torch
 from torchvision.ops import batched_nms
 from tqdm import tqdm
 
-from edgeanchor.data.coco import make_label_map
-from edgeanchor.evaluate.cache import CACHE_FORMAT, CandidateCache
-from edgeanchor.evaluate.coco_map import coco_map, load_gt
-from edgeanchor.evaluate.subset import SubsetScorer
+from edgeanchor.datasets.coco import make_label_map
+from edgeanchor.evaluation.cache import CACHE_FORMAT, CandidateCache
+from edgeanchor.evaluation.coco_map import coco_map, load_gt
+from edgeanchor.evaluation.subset import SubsetScorer
 from edgeanchor.io import write_json
 from edgeanchor.postprocess import PostprocessSpec
 
@@ -706,7 +706,7 @@ def notes(args) -> list[str]:
         "(a) pycocotools runs as plain pycocotools (pycocotools_map: loadRes of the array, all 12 metrics, garbage "
         "collector untouched), as in earlier runs, so the reference does not change with the project's evaluator.",
         "(b) from scratch uses a SubsetScorer with memo_size=0 and score(removed, full=False): mAP only (area all, "
-        "maxDets 100), what the search computes per node: edgeanchor.evaluate.incremental (post-processing and "
+        "maxDets 100), what the search computes per node: edgeanchor.evaluation.incremental (post-processing and "
         "per-(image, class) matching compiled with Numba, accumulation per class), equal to pycocotools' stats[0]. "
         "(a) computes all 12 metrics, so ratio_a_over_b_* are not like for like: ratio_a_map_only_over_b restricts "
         "(a)'s pycocotools to the same mAP-only parameters, ratio_same_evaluator_map_only gives (a) the project's "

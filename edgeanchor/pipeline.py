@@ -1,6 +1,6 @@
 """prune-and-export: search, choose, slice, fine-tune, export, check, report.
 
-Everything is written through :class:`~edgeanchor.export.folder.ExportFolder`,
+Everything is written through :class:`~edgeanchor.exporting.folder.ExportFolder`,
 which builds the folder beside the output and renames it into place at the
 end, so a failure never leaves a half-written export. :func:`write_export`
 is the export step on its own (a reference and a pruned detector in, a
@@ -17,18 +17,18 @@ from pathlib import Path
 import torch
 
 from .cost import measure_cost
-from .data.coco import CocoDetection
+from .datasets.coco import CocoDetection
 from .errors import CheckFailed, EdgeAnchorError
-from .evaluate.cache import cache_key, load_or_build_cache
-from .evaluate.coco_map import coco_map
-from .evaluate.predict import predict
-from .evaluate.subset import SubsetScorer
-from .export.folder import ExportFolder
-from .export.runtimes import is_installed
+from .evaluation.cache import cache_key, load_or_build_cache
+from .evaluation.coco_map import coco_map
+from .evaluation.predict import predict
+from .evaluation.subset import SubsetScorer
+from .exporting.folder import ExportFolder
+from .exporting.runtimes import is_installed
 from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
-from .prune import keep_ids_from_file, prune
-from .search.run import (SearchSpec, check_search_spec, check_target_head_macs, choose_point, default_cache_path,
+from .pruning import keep_ids_from_file, prune
+from .subset_search.run import (SearchSpec, check_search_spec, check_target_head_macs, choose_point, default_cache_path,
                          resolve_method, run_search, search_outputs)
 
 # 11: NonMaxSuppression with a score threshold; 20: the TorchScript exporter's newest opset (torch 2.15).
@@ -58,9 +58,9 @@ class PipelineSpec:
             rule's; YOLO: its deploy preset, 0.25 / 0.45).
         nonms_topk: K of model_nonms.onnx, the best candidates before NMS.
         int8: also write int8 (QDQ) backbone, head and end-to-end graphs per variant, calibrated on search-split
-            images, and report their mAP against model.onnx's (see export/int8.py).
+            images, and report their mAP against model.onnx's (see exporting/int8.py).
         matrix_iters: timed runs per graph of the runtime matrix (every installed runtime x graph: loads,
-            parity, latency pruned vs baseline; see export/matrix.py); 0 leaves the matrix out.
+            parity, latency pruned vs baseline; see exporting/matrix.py); 0 leaves the matrix out.
     """
 
     data: str
@@ -120,12 +120,12 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
     if pipeline.matrix_iters < 0:
         raise EdgeAnchorError(f"`matrix_iters` must be >= 0 (got {pipeline.matrix_iters}); 0 leaves the runtime matrix out")
     if pipeline.int8:
-        from .export.int8 import Int8Spec, check_int8_spec
+        from .exporting.int8 import Int8Spec, check_int8_spec
 
         check_int8_spec(Int8Spec(), opset=pipeline.opset)
     check_rule_values(pipeline.deploy_score_thresh, pipeline.deploy_nms_thresh, prefix="deploy_")
     if pipeline.tensorrt:
-        from .export.tensorrt import require_tensorrt
+        from .exporting.tensorrt import require_tensorrt
 
         require_tensorrt()
 
@@ -195,7 +195,7 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
         timings["int8"] = time.perf_counter() - t
     # 8. every graph in every installed runtime: loads, parity, latency pruned vs baseline
     if pipeline.matrix_iters > 0:
-        from .export.matrix import runtime_matrix
+        from .exporting.matrix import runtime_matrix
 
         t = time.perf_counter()
         report["runtimes"] = runtime_matrix(folder, parity_images(report_set, pipeline.parity_images),
@@ -208,7 +208,7 @@ def _run(det, pipeline: PipelineSpec, folder: ExportFolder, out: Path, log, prog
     report["trtexec"] = _trtexec_lines(pipeline.tensorrt or "fp16")
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t0, 1)}
     report["out"] = str(out)
-    from .export.report_md import render_markdown
+    from .exporting.report_md import render_markdown
 
     return folder.write_report(report, render=render_markdown)
 
@@ -290,9 +290,9 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
     Raises:
         CheckFailed: ONNX Runtime does not match PyTorch.
     """
-    from .export import check_parity, export_onnx
-    from .export.ncnn_graph import export_ncnn_graph
-    from .export.tensorrt import make_trt_graph
+    from .exporting import check_parity, export_onnx
+    from .exporting.ncnn_graph import export_ncnn_graph
+    from .exporting.tensorrt import make_trt_graph
 
     result = {}
     for variant, model in (("pruned", pruned), ("baseline", reference)):
@@ -306,7 +306,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, par
         make_trt_graph(decoded, folder.graph_path(variant, "model_trt"), model.postprocess_spec)
         decoded.unlink()
         exported["files"]["model_trt"] = str(folder.graph_path(variant, "model_trt"))
-        # ncnn has no TopK/Gather/Where: its graph stops after the decode (export/ncnn_graph.py)
+        # ncnn has no TopK/Gather/Where: its graph stops after the decode (exporting/ncnn_graph.py)
         export_ncnn_graph(model, folder.graph_path(variant, "model_ncnn"), opset=opset)
         exported["files"]["model_ncnn"] = str(folder.graph_path(variant, "model_ncnn"))
         entry = {"postprocess": model.postprocess_spec.to_json(), "fused_head": exported["fused_head"],
@@ -328,9 +328,9 @@ def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images,
     Raises:
         CheckFailed: OpenVINO's f32 results do not match PyTorch.
     """
-    from .export import check_parity
-    from .export.openvino_ir import write_ir
-    from .export.runtimes import version
+    from .exporting import check_parity
+    from .exporting.openvino_ir import write_ir
+    from .exporting.runtimes import version
 
     log(f"writing the {variant} model's OpenVINO IR (OpenVINO {version('openvino')})")
     written = write_ir({g: (Path(f), folder.ir_path(variant, g)) for g, f in files.items()})
@@ -343,7 +343,7 @@ def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images,
 
 
 def require_parity(parity: dict, runtime: str, variant: str) -> dict:
-    """``parity`` (a :func:`~edgeanchor.export.parity.check_parity` result) if it passed.
+    """``parity`` (a :func:`~edgeanchor.exporting.parity.check_parity` result) if it passed.
 
     Raises:
         CheckFailed: naming the runtime, the variant, the head's max abs diff and the matched detections.
@@ -399,7 +399,7 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
                   "resize": pruned.resize_mode, "chosen": {"source": "given"},
                   "cost": {"baseline": cost_json(reference), "pruned": cost_json(pruned)}, "export": export}
         if int8_calib:
-            from .export.int8 import quantize_and_evaluate
+            from .exporting.int8 import quantize_and_evaluate
 
             calib_set = CocoDetection.for_detector(reference, *int8_calib)
             report["int8"] = quantize_and_evaluate(folder, calib_set, report_set, progress=False, log=log)
@@ -413,7 +413,7 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
 
 
 def _tensorrt(folder: ExportFolder, precision: str, report_set, log) -> dict:
-    from .export.tensorrt import build_engine
+    from .exporting.tensorrt import build_engine
 
     result = {}
     calib = parity_images(report_set, 64) if precision == "int8" else None
@@ -429,12 +429,12 @@ def _tensorrt(folder: ExportFolder, precision: str, report_set, log) -> dict:
 
 def _int8(folder: ExportFolder, det, pipeline: PipelineSpec, report_set, as_deployed: dict, log,
           progress: bool) -> dict:
-    """int8 graphs of both variants and their mAP through ONNX Runtime, beside model.onnx's (export/int8.py).
+    """int8 graphs of both variants and their mAP through ONNX Runtime, beside model.onnx's (exporting/int8.py).
 
     ``map_pytorch`` is each variant's PyTorch COCO mAP with the graphs' rule (``as_deployed``, from
     :func:`_map_as_deployed`), so model.onnx's and model_int8.onnx's mAPs can be checked against it.
     """
-    from .export.int8 import quantize_and_evaluate
+    from .exporting.int8 import quantize_and_evaluate
 
     calib_set = CocoDetection.for_detector(det, pipeline.data, pipeline.ann)
     result = quantize_and_evaluate(folder, calib_set, report_set, progress=progress, log=log)
@@ -468,14 +468,14 @@ def _map(ann, detections: list, metric: str) -> float:
     """mAP of COCO results in ``metric`` ("coco", or VOC's "voc07" / "voc")."""
     if metric == "coco":
         return coco_map(ann, detections)["mAP"]
-    from .evaluate.voc_map import voc_map
+    from .evaluation.voc_map import voc_map
 
     return voc_map(read_json(ann, "annotation file"), detections, metric)["mAP"]
 
 
 def _trtexec_lines(precision: str) -> dict:
     """trtexec command lines, relative to the export folder, for building the engines on the device."""
-    from .export.tensorrt import trtexec_command
+    from .exporting.tensorrt import trtexec_command
 
     relative = ExportFolder(Path("."))  # paths relative to the export folder's root
     lines = {}

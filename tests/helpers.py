@@ -22,7 +22,7 @@ def randomize_head_biases(tv_model, std: float = 2.0) -> None:
 
 def synth_split(tmp_path_factory, name: str, *, num_images: int, seed: int, splits, image_size: int = 320):
     """A small synthetic data set in a fresh temporary folder: (image folder, {split: annotation file})."""
-    from edgeanchor.data.synth import generate
+    from edgeanchor.datasets.synth import generate
 
     info = generate(tmp_path_factory.mktemp(name), num_images=num_images, seed=seed, image_size=image_size,
                     splits=splits, workers=1)

@@ -6,7 +6,7 @@ import torch
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.models.registry import ARCHS, load_checkpoint, save_checkpoint, wrap
 from edgeanchor.postprocess import select
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 from tests.helpers import randomize_head_biases
 

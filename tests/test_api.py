@@ -10,7 +10,7 @@ import torch
 
 import edgeanchor as ea
 from edgeanchor.models import build_detector
-from edgeanchor.search.run import choose_point
+from edgeanchor.subset_search.run import choose_point
 
 from tests.helpers import synth_split
 
@@ -64,25 +64,30 @@ assert main(["bench", "--help"]) == 0
     assert "prune-and-export" in proc.stdout
 
 
-def test_packages_named_like_api_functions_stay_importable():
-    # ea.search is the API function's entry and still the package edgeanchor.search (imports, pickling)
-    import pickle
+def test_api_functions_are_plain_functions_no_module_shadows():
+    # ea.search & co are the API functions themselves, before and after any internal module is imported
+    import pkgutil
+    import types
 
-    import edgeanchor.data.demo_data as demo_data
-    import edgeanchor.search.run as search_run
+    import edgeanchor.datasets.demo_data  # noqa: F401 - the packages once named like the functions
+    import edgeanchor.subset_search.run  # noqa: F401
 
-    assert ea.search.run is search_run and ea.data.demo_data is demo_data
-    assert pickle.loads(pickle.dumps(search_run.choose_point)) is choose_point
+    modules = {m.name for m in pkgutil.iter_modules(ea.__path__)}
+    assert not modules & set(ea.__all__), "a module named like a public name rebinds it on import"
+    for name in ("data", "evaluate", "search", "prune", "export", "bench", "regress"):
+        fn = getattr(ea, name)
+        assert isinstance(fn, types.FunctionType) and fn.__module__.startswith("edgeanchor.api."), name
     assert "max_drop" in inspect.signature(ea.search).parameters
-    # help(ea.search) leads with the API function: its signature and docstring, then the package's line
-    import pydoc
-
-    text = pydoc.render_doc(ea.export, renderer=pydoc.plaintext)
-    assert "ea.export(pruned: 'Detector', out:" in text and "formats: what to write beside the ONNX graphs" in text
-    assert ea.search.__doc__.startswith("ea.search(det") and "as a package, edgeanchor.search: Anchor-subset" in \
-        ea.search.__doc__
+    assert inspect.getdoc(ea.export).startswith("Export a pruned detector and its unpruned baseline")
+    assert pickle_round_trip(choose_point) is choose_point
     with pytest.raises(ea.EdgeAnchorError, match="give both `data` and `ann`"):
         ea.data("some/folder").resolve()
+
+
+def pickle_round_trip(obj):
+    import pickle
+
+    return pickle.loads(pickle.dumps(obj))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +109,7 @@ def test_data_splits_and_errors(split, tmp_path, monkeypatch):
     with pytest.raises(ea.EdgeAnchorError, match="single COCO annotation file"):
         val.other_split("test")
     # nothing is read or generated until the split is used, so a step checks its own settings first
-    import edgeanchor.data.demo_data as demo_data
+    import edgeanchor.datasets.demo_data as demo_data
 
     monkeypatch.setattr(demo_data, "ensure_demo_data", lambda *a, **k: pytest.fail("generated too early"))
     demo = ea.data("demo", split="test")
@@ -270,8 +275,8 @@ def test_synth_writes_the_same_set_as_the_command_and_guards_its_output(tmp_path
 
 
 def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
-    from edgeanchor.bench.accuracy import evaluate_export
-    from edgeanchor.export.runtimes import is_installed
+    from edgeanchor.benchmark.accuracy import evaluate_export
+    from edgeanchor.exporting.runtimes import is_installed
 
     images, anns = split
     test, val = ea.data(images, anns["test"]), ea.data(images, anns["val"])

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from edgeanchor.cli import main
-from edgeanchor.data.synth import generate
+from edgeanchor.datasets.synth import generate
 from edgeanchor.models import build_detector, save_checkpoint
 
 

@@ -12,7 +12,7 @@ import edgeanchor.pipeline as pipeline_module
 from edgeanchor.cli import build_parser, main
 from edgeanchor.models import build_detector
 from edgeanchor.pipeline import PipelineSpec
-from edgeanchor.search.run import SearchSpec
+from edgeanchor.subset_search.run import SearchSpec
 
 from tests.helpers import synth_split
 
@@ -173,7 +173,7 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
     (["--finetune-lr", "nan"], "--finetune-lr must be a positive number"),
 ])
 def test_bad_pipeline_flags_fail_before_any_work(argv, message, captured, capsys, tmp_path, monkeypatch):
-    import edgeanchor.data.demo_data as demo_data
+    import edgeanchor.datasets.demo_data as demo_data
 
     def no_data(*a, **k):
         raise AssertionError("the demo data was generated before the flags were checked")
@@ -195,7 +195,7 @@ def test_one_method_rule_for_search_and_prune_and_export(tmp_path, capsys):
 
 
 def test_search_json_on_a_fresh_cache_prints_only_json(tmp_path, monkeypatch, capsys):
-    import edgeanchor.data.demo_data as demo_data
+    import edgeanchor.datasets.demo_data as demo_data
 
     monkeypatch.setenv("EDGEANCHOR_CACHE", str(tmp_path / "fresh-cache"))
     monkeypatch.setattr(demo_data, "DEMO_NUM_IMAGES", 30)  # a small demo set, generated now
@@ -208,7 +208,7 @@ def test_search_json_on_a_fresh_cache_prints_only_json(tmp_path, monkeypatch, ca
 
 
 def demo_latency_model(det, path):
-    from edgeanchor.bench.latency_model import LatencyModel
+    from edgeanchor.benchmark.latency_model import LatencyModel
 
     levels = det.anchor_set.levels
     model = LatencyModel(

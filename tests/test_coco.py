@@ -1,4 +1,4 @@
-"""Tests for the COCO-format reader, edgeanchor.data.coco."""
+"""Tests for the COCO-format reader, edgeanchor.datasets.coco."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeanchor.data.coco import (
+from edgeanchor.datasets.coco import (
     SKIP_CROWD,
     SKIP_DEGENERATE,
     CocoDetection,
@@ -52,7 +52,7 @@ def test_label_map_round_trip():
 
 
 def test_label_map_mismatch_says_fix():
-    with pytest.raises(EdgeAnchorError, match=r"3 categories .* 3 classes.*num_classes 4"):
+    with pytest.raises(EdgeAnchorError, match=r"3 categories .* 3 classes.*`num_classes` 4"):
         make_label_map([1, 2, 3], 3)
 
 

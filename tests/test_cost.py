@@ -4,7 +4,7 @@ from torchprofile import profile_macs
 
 from edgeanchor.cost import measure_cost
 from edgeanchor.models import build_detector
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 
 @pytest.fixture(scope="module")

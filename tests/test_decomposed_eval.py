@@ -1,4 +1,4 @@
-"""The decomposed COCO evaluation (edgeanchor.evaluate.decomposed) equals pycocotools exactly."""
+"""The decomposed COCO evaluation (edgeanchor.evaluation.decomposed) equals pycocotools exactly."""
 
 import contextlib
 import copy
@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from edgeanchor.evaluate.decomposed import (
+from edgeanchor.evaluation.decomposed import (
     REC_THRS,
     accumulate_class,
     decomposed_map,
@@ -162,8 +162,8 @@ def test_no_detections_of_a_class_and_empty():
 
 @pytest.fixture(scope="module")
 def demo_outputs(tmp_path_factory):
-    from edgeanchor.data.coco import CocoDetection
-    from edgeanchor.evaluate.predict import predict
+    from edgeanchor.datasets.coco import CocoDetection
+    from edgeanchor.evaluation.predict import predict
     from edgeanchor.models import build_detector
     from tests.helpers import synth_split
 
@@ -174,7 +174,7 @@ def demo_outputs(tmp_path_factory):
 
 
 def test_demo_outputs_equal_coco_map_and_pycocotools(demo_outputs):
-    from edgeanchor.evaluate.coco_map import coco_map
+    from edgeanchor.evaluation.coco_map import coco_map
 
     ann, dets = demo_outputs
     assert len(dets) > 0

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from edgeanchor.bench.accuracy import evaluate_export, pick_backend
+from edgeanchor.benchmark.accuracy import evaluate_export, pick_backend
 from edgeanchor.cli import main
-from edgeanchor.data.coco import CocoDetection
-from edgeanchor.data.imaging import boxes_to_original, load_image_array
+from edgeanchor.datasets.coco import CocoDetection
+from edgeanchor.datasets.imaging import boxes_to_original, load_image_array
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.evaluate.coco_map import coco_map
-from edgeanchor.evaluate.predict import predict
-from edgeanchor.export.folder import FORMAT_VERSION, ExportFolder
-from edgeanchor.export.runtimes import is_installed
+from edgeanchor.evaluation.coco_map import coco_map
+from edgeanchor.evaluation.predict import predict
+from edgeanchor.exporting.folder import FORMAT_VERSION, ExportFolder
+from edgeanchor.exporting.runtimes import is_installed
 from edgeanchor.models import build_detector
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 from tests.helpers import synth_split
 
 # Makes torch and torchvision unimportable, as on a device where they are not installed:
@@ -151,8 +151,8 @@ def test_deployed_map_agrees_with_pytorch(export, runtime):
 
 
 def test_nms_input_counts_from_the_graph_equal_the_checkpoints(export):
-    from edgeanchor.bench.harness import load_images
-    from edgeanchor.bench.nms_count import NmsCounter
+    from edgeanchor.benchmark.harness import load_images
+    from edgeanchor.benchmark.nms_count import NmsCounter
     from edgeanchor.postprocess import topk_indices
 
     images, _ = load_images(export)
@@ -217,7 +217,7 @@ def test_a_format_1_folder_without_torch_is_one_line(export, no_torch_env, tmp_p
 
 
 def test_regress_gates_on_the_deployed_map():
-    from edgeanchor.regress import compare
+    from edgeanchor.regression import compare
 
     chans = [{"level": 0, "cls_channels": 6, "box_channels": 4}]
     measured = {"deployed_mAP": {"runtime": "onnxruntime", "precision": "f32", "graph": "model.onnx", "mAP": 0.700},
@@ -237,12 +237,12 @@ def test_regress_gates_on_the_deployed_map():
 
 
 def test_regress_refuses_a_baseline_of_another_runtime(export, tmp_path, capsys):
-    from edgeanchor.regress import FORMAT
+    from edgeanchor.regression import FORMAT
 
     base = {"format": FORMAT, "identity": {}, "mAP": 0.7,
             "latency_ratios": dict.fromkeys(("backbone", "head", "postprocess", "end_to_end"), 1.0),
             "head_channels": [], "bench_settings": {"runtime": "openvino", "precision": "f32"}}
-    from edgeanchor.regress import measured_identity
+    from edgeanchor.regression import measured_identity
 
     base["identity"] = measured_identity(export, export.report_ann)
     (tmp_path / "b.json").write_text(json.dumps(base))
@@ -263,8 +263,8 @@ def test_engine_paths_name_precision_tensorrt_version_and_gpu(export):
 
 
 def test_tensorrt_without_its_parts_is_one_line(export, monkeypatch, no_torch_env):
-    from edgeanchor.export import cudart
-    from edgeanchor.export.tensorrt_graph import require_engine_precision
+    from edgeanchor.exporting import cudart
+    from edgeanchor.exporting.tensorrt_graph import require_engine_precision
 
     with pytest.raises(EdgeAnchorError, match="pass `precision` f32 or f16"):
         require_engine_precision("int8")

@@ -12,11 +12,11 @@ import torch
 from onnx import TensorProto, helper
 
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.export import check_parity, export_decoded_onnx, export_onnx, make_session, run_session
-from edgeanchor.export import onnx_export, tensorrt as trt_export
-from edgeanchor.export.graphs import NMS_SCORE_FLOOR, SENTINEL, NonMaxSuppression
+from edgeanchor.exporting import check_parity, export_decoded_onnx, export_onnx, make_session, run_session
+from edgeanchor.exporting import onnx_export, tensorrt as trt_export
+from edgeanchor.exporting.graphs import NMS_SCORE_FLOOR, SENTINEL, NonMaxSuppression
 from edgeanchor.models.registry import ARCHS, wrap
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 from tests.helpers import randomize_head_biases
 
@@ -164,7 +164,7 @@ def test_dropped_level_leaves_no_conv_behind(exported, name):
         expected = {"backbone": before["backbone"] - 1, "head": before["head"] - per_level}
     else:
         # demo: the deepest extractor stage (one conv) and that level's head convs go: its cls and box convs,
-        # or the one convolution of the fused head (export/fused_head.py)
+        # or the one convolution of the fused head (exporting/fused_head.py)
         stage_convs = sum(isinstance(m, torch.nn.Conv2d) for m in det.extractor.stages[last].modules())
         assert stage_convs == 1
         per_level = before["head"] // det.anchor_set.num_levels
@@ -380,7 +380,7 @@ def test_build_engine_checks_its_arguments_first(tmp_path):
 def test_importing_export_does_not_import_tensorrt():
     import subprocess
 
-    code = "import sys, edgeanchor.export, edgeanchor.export.tensorrt; print('tensorrt' in sys.modules)"
+    code = "import sys, edgeanchor.exporting, edgeanchor.exporting.tensorrt; print('tensorrt' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.export.folder import FORMAT, FORMAT_VERSION, ExportFolder, check_output, is_export_folder
+from edgeanchor.exporting.folder import FORMAT, FORMAT_VERSION, ExportFolder, check_output, is_export_folder
 from edgeanchor.io import atomic_dir, clean_stale_builds
 from edgeanchor.models import build_detector
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 
 def minimal_report(**extra):
@@ -59,7 +59,7 @@ def test_report_is_stamped_versioned_and_round_trips(tmp_path):
     (lambda r: r.pop("format_version"), "no valid format_version"),
     (lambda r: r.update(format_version="1"), "no valid format_version"),
     (lambda r: r.update(format="other"), "not an edgeanchor export report"),
-    (lambda r: r.update(image_size=[0, 320]), "image_size must be"),
+    (lambda r: r.update(image_size=[0, 320]), "`image_size` must be"),
     (lambda r: r.update(report_ann=None), "report_ann must be a path"),
 ])
 def test_open_rejects_unknown_or_malformed_reports(tmp_path, change, message):

@@ -1,4 +1,4 @@
-"""The fused SSD head (edgeanchor/export/fused_head.py): same outputs, one Conv per level, parity, fallback."""
+"""The fused SSD head (edgeanchor/exporting/fused_head.py): same outputs, one Conv per level, parity, fallback."""
 
 from pathlib import Path
 
@@ -7,15 +7,15 @@ import onnx
 import pytest
 import torch
 
-from edgeanchor.export import make_session, run_session
-from edgeanchor.export.folder import ExportFolder
-from edgeanchor.export.fused_head import FUSED_HEAD, FusedHead, can_fuse
-from edgeanchor.export.graphs import HeadGraph, level_names
-from edgeanchor.export.onnx_export import export_graphs, read_head_channels
+from edgeanchor.exporting import make_session, run_session
+from edgeanchor.exporting.folder import ExportFolder
+from edgeanchor.exporting.fused_head import FUSED_HEAD, FusedHead, can_fuse
+from edgeanchor.exporting.graphs import HeadGraph, level_names
+from edgeanchor.exporting.onnx_export import export_graphs, read_head_channels
 from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.pipeline import export_pair
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 from tests.helpers import randomize_head_biases
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgeanchor.data.coco import CocoDetection, to_original
-from edgeanchor.evaluate.cache import CACHE_FORMAT, CandidateCache, build_cache
-from edgeanchor.evaluate.decomposed import pycocotools_map
-from edgeanchor.evaluate.incremental import ShardScorer, merge_map, shard_images
+from edgeanchor.datasets.coco import CocoDetection, to_original
+from edgeanchor.evaluation.cache import CACHE_FORMAT, CandidateCache, build_cache
+from edgeanchor.evaluation.decomposed import pycocotools_map
+from edgeanchor.evaluation.incremental import ShardScorer, merge_map, shard_images
 from edgeanchor.models import build_detector
 from edgeanchor.postprocess import Candidates, PostprocessSpec, select
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from edgeanchor.cli import build_parser, main
-from edgeanchor.data.coco import CocoDetection
+from edgeanchor.datasets.coco import CocoDetection
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.export import make_session, run_session
-from edgeanchor.export.folder import ExportFolder
-from edgeanchor.export.int8 import (CalibrationReader, Int8Spec, calibration_images, calibration_indices,
+from edgeanchor.exporting import make_session, run_session
+from edgeanchor.exporting.folder import ExportFolder
+from edgeanchor.exporting.int8 import (CalibrationReader, Int8Spec, calibration_images, calibration_indices,
                                     check_int8_spec, join_graphs, op_counts, quantize_graph)
-from edgeanchor.export.parity import match_detections
+from edgeanchor.exporting.parity import match_detections
 from edgeanchor.models import build_detector
 
 from tests.helpers import synth_split
@@ -221,7 +221,7 @@ def test_int8_settings_that_cannot_be_quantized_are_refused():
 
 def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
     ov = pytest.importorskip("openvino")
-    from edgeanchor.export.runtimes import compile_off_thread
+    from edgeanchor.exporting.runtimes import compile_off_thread
 
     core = ov.Core()
     image = report_images(export, 1)[0]

@@ -38,7 +38,7 @@ def imported_modules(path: Path, tree: ast.AST) -> set[str]:
 
 def test_imports_resolve_relative_names():
     tree = ast.parse("from ..cli.common import x\nfrom .. import cli\nimport edgeanchor.cli\n")
-    names = imported_modules(PACKAGE / "bench" / "harness.py", tree)
+    names = imported_modules(PACKAGE / "benchmark" / "harness.py", tree)
     assert {"edgeanchor.cli.common", "edgeanchor.cli", "edgeanchor.cli.common.x"} <= names
 
 
@@ -129,7 +129,7 @@ def _code_strings(tree: ast.AST):
 
 
 def test_only_the_export_folder_knows_its_file_names():
-    owner = PACKAGE / "export" / "folder.py"
+    owner = PACKAGE / "exporting" / "folder.py"
     offenders = []
     for root in (PACKAGE, REPO / "benchmarks"):
         for path, tree in modules(root):
@@ -140,4 +140,4 @@ def test_only_the_export_folder_knows_its_file_names():
                 # help texts may describe the folder to the user; code may not build paths from the names
                 if hits and "cli" not in path.relative_to(REPO).parts:
                     offenders.append(f"{path.relative_to(REPO)}:{line}: {text!r}")
-    assert not offenders, "export file names outside export/folder.py: " + "; ".join(offenders)
+    assert not offenders, "export file names outside exporting/folder.py: " + "; ".join(offenders)

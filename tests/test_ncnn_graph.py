@@ -1,4 +1,4 @@
-"""The ncnn decoded graph (edgeanchor.export.ncnn_graph): ONNX Runtime against PyTorch's decode, and only ops ncnn has.
+"""The ncnn decoded graph (edgeanchor.exporting.ncnn_graph): ONNX Runtime against PyTorch's decode, and only ops ncnn has.
 
 No ncnn needed: benchmarks/ncnn_check.py runs the pnnx conversion and ncnn itself.
 """
@@ -10,11 +10,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgeanchor.export.graphs import DecodeBoxes
-from edgeanchor.export.ncnn_graph import FORBIDDEN_OPS, NCNN_OPS, NcnnDecodedGraph, export_ncnn_graph
+from edgeanchor.exporting.graphs import DecodeBoxes
+from edgeanchor.exporting.ncnn_graph import FORBIDDEN_OPS, NCNN_OPS, NcnnDecodedGraph, export_ncnn_graph
 from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 from tests.helpers import randomize_head_biases
 

@@ -15,15 +15,15 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeanchor.bench.opencv_runner import OpenCvRunner, import_cv2, opencv_parity
-from edgeanchor.data.coco import letterbox_params, load_image, to_original
+from edgeanchor.benchmark.opencv_runner import OpenCvRunner, import_cv2, opencv_parity
+from edgeanchor.datasets.coco import letterbox_params, load_image, to_original
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.evaluate.predict import clip_original
-from edgeanchor.export.folder import ExportFolder
-from edgeanchor.export.parity import make_session, run_session
+from edgeanchor.evaluation.predict import clip_original
+from edgeanchor.exporting.folder import ExportFolder
+from edgeanchor.exporting.parity import make_session, run_session
 from edgeanchor.models import build_detector
 from edgeanchor.pipeline import write_export
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 from tests.helpers import synth_split
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgeanchor.cli import main
-from edgeanchor.data.synth import generate
+from edgeanchor.datasets.synth import generate
 from edgeanchor.models import load_checkpoint
 
 from tests.helpers import synth_split
@@ -34,7 +34,7 @@ def conv_out_channels(path: Path) -> dict[str, int]:
     for o in model.graph.output:
         node = producer[o.name]
         if node.op_type == "Slice" and producer[node.input[0]].op_type == "Conv":
-            # the fused SSD head (export/fused_head.py): cls and box are slices of one conv; count the slice
+            # the fused SSD head (exporting/fused_head.py): cls and box are slices of one conv; count the slice
             out[o.name] = o.type.tensor_type.shape.dim[1].dim_value
             continue
         while node.op_type != "Conv":
@@ -83,7 +83,7 @@ def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
     as_deployed = report["mAP_as_deployed"]
     assert as_deployed == {"metric": "coco", "same_as_reported": True, "baseline": report["mAP"]["baseline"],
                            "pruned": report["mAP"]["pruned"]}
-    from edgeanchor.bench.accuracy import evaluate_export
+    from edgeanchor.benchmark.accuracy import evaluate_export
 
     got = evaluate_export(demo_export, progress=False)
     assert got["pytorch_mAP"] == report["mAP"]["pruned"] and abs(got["mAP"] - got["pytorch_mAP"]) <= 0.001
@@ -168,7 +168,7 @@ def test_bad_input(split, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(demo_args(split, blocker / "out")) == 2
-    assert "choose a writable --out" in capsys.readouterr().err
+    assert "choose a writable output folder" in capsys.readouterr().err
     assert main(demo_args(split, tmp_path / "t", "--tensorrt", "fp16")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "TensorRT" in err and "\n" not in err

@@ -22,8 +22,8 @@ from tests.helpers import synth_split
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "edgeanchor[ray]")')
 
-from edgeanchor.search import ray_executor  # noqa: E402  (after the skip: needs nothing of Ray at import)
-from edgeanchor.search.ray_executor import RayShardExecutor, ShardWorker, check_ray_address  # noqa: E402
+from edgeanchor.subset_search import ray_executor  # noqa: E402  (after the skip: needs nothing of Ray at import)
+from edgeanchor.subset_search.ray_executor import RayShardExecutor, ShardWorker, check_ray_address  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def demo():
 @pytest.fixture(scope="module")
 def cache_file(demo, split, tmp_path_factory):
     """(cache path, annotation file, the cache) of the demo model on the val split."""
-    from edgeanchor.data.coco import CocoDetection
-    from edgeanchor.evaluate.cache import build_cache
+    from edgeanchor.datasets.coco import CocoDetection
+    from edgeanchor.evaluation.cache import build_cache
 
     images, anns = split
     data = CocoDetection(images, anns["val"], num_classes=demo.num_classes, image_size=demo.image_size)
@@ -72,7 +72,7 @@ def batches(det):
 
 
 def expected(cache, ann, det) -> list[list[float]]:
-    from edgeanchor.evaluate.subset import SubsetScorer
+    from edgeanchor.evaluation.subset import SubsetScorer
 
     scorer = SubsetScorer(cache, ann)
     return [[scorer.score(k, parent, full=False)["mAP"] for k in children] for children, parent in batches(det)]
@@ -102,7 +102,7 @@ def test_shards_give_exactly_the_in_process_map(local_ray, cache_file, demo):
 @pytest.mark.parametrize("metric", ["voc07", "voc"])
 def test_shards_give_exactly_the_in_process_voc_map(local_ray, cache_file, demo, metric):
     """The actors score the search's metric: Pascal VOC mAP@0.5 merges over shards exactly too."""
-    from edgeanchor.evaluate.subset import SubsetScorer
+    from edgeanchor.evaluation.subset import SubsetScorer
 
     path, ann, cache = cache_file
     scorer = SubsetScorer(cache, ann, metric=metric)

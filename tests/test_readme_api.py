@@ -25,7 +25,7 @@ def test_the_section_has_both_examples():
 @pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1], ids=["demo-to-bench", "wrap-torchvision"])
 def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
-    import edgeanchor.data.demo_data as demo_data
+    import edgeanchor.datasets.demo_data as demo_data
 
     # The code runs exactly as written; only the environment is smaller: the demo data set is generated
     # with 60 images instead of 3000 (into this session's test cache), and files land in tmp_path.

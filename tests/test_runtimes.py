@@ -9,10 +9,10 @@ import pytest
 
 from edgeanchor.cli import main
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.export.parity import check_parity
-from edgeanchor.export.runtimes import check_precision, open_graph, require
+from edgeanchor.exporting.parity import check_parity
+from edgeanchor.exporting.runtimes import check_precision, open_graph, require
 from edgeanchor.models import build_detector
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 
 from tests.helpers import synth_split
 
@@ -27,8 +27,8 @@ def split(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export(split, tmp_path_factory):
     """A demo export (random weights with a keep set that drops the last level), IR and matrix included."""
-    from edgeanchor.data.coco import CocoDetection
-    from edgeanchor.export.matrix import runtime_matrix
+    from edgeanchor.datasets.coco import CocoDetection
+    from edgeanchor.exporting.matrix import runtime_matrix
     from edgeanchor.pipeline import parity_images, write_export
 
     images, anns = split
@@ -73,7 +73,7 @@ def test_openvino_f32_matches_onnxruntime_and_precision_is_recorded(export):
 
 
 def test_openvino_bf16_drifts_where_the_cpu_has_it(export):
-    from edgeanchor.export.runtimes import openvino_capabilities
+    from edgeanchor.exporting.runtimes import openvino_capabilities
 
     folder, imgs, _ = export
     if "BF16" not in openvino_capabilities():
@@ -92,7 +92,7 @@ def test_openvino_bf16_drifts_where_the_cpu_has_it(export):
 
 def test_parity_catches_a_runtime_that_differs(export):
     """bf16 is not f32: check_parity on OpenVINO bf16 fails the raw-tensor checks (when the CPU has bf16)."""
-    from edgeanchor.export.runtimes import openvino_capabilities
+    from edgeanchor.exporting.runtimes import openvino_capabilities
 
     if "BF16" not in openvino_capabilities():
         pytest.skip("this CPU has no bf16 in OpenVINO")
@@ -123,7 +123,7 @@ def test_runtime_matrix_rows(export):
 
 
 def test_runtime_matrix_in_report_md(export):
-    from edgeanchor.export.matrix import matrix_markdown
+    from edgeanchor.exporting.matrix import matrix_markdown
 
     folder, _, matrix = export
     text = "\n".join(matrix_markdown(matrix))

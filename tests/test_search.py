@@ -8,18 +8,18 @@ import torch
 
 from edgeanchor.cli import main
 from edgeanchor.cost import measure_cost
-from edgeanchor.data.coco import CocoDetection
-from edgeanchor.evaluate.cache import CandidateCache, build_cache, load_or_build_cache
-from edgeanchor.evaluate.coco_map import coco_map
-from edgeanchor.evaluate.predict import predict
-from edgeanchor.evaluate.subset import SubsetScorer
+from edgeanchor.datasets.coco import CocoDetection
+from edgeanchor.evaluation.cache import CandidateCache, build_cache, load_or_build_cache
+from edgeanchor.evaluation.coco_map import coco_map
+from edgeanchor.evaluation.predict import predict
+from edgeanchor.evaluation.subset import SubsetScorer
 from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.postprocess import Candidates, PostprocessSpec, topk_indices
-from edgeanchor.prune import prune
-from edgeanchor.search.costs import build_cost_model
-from edgeanchor.search.run import SearchSpec, run_search
-from edgeanchor.search.tree import pareto_front
+from edgeanchor.pruning import prune
+from edgeanchor.subset_search.costs import build_cost_model
+from edgeanchor.subset_search.run import SearchSpec, run_search
+from edgeanchor.subset_search.tree import pareto_front
 
 from tests.helpers import synth_split
 
@@ -244,7 +244,7 @@ def test_layerwise_and_shared_modes(demo, split, tmp_path):
 
 
 def test_pareto_front_helper():
-    from edgeanchor.search.evaluator import Node
+    from edgeanchor.subset_search.evaluator import Node
 
     nodes = [Node((i,), {"mAP": m}, c, 0, c) for i, (m, c) in enumerate([(0.5, 10), (0.6, 20), (0.55, 25), (0.4, 5)])]
     assert [n.removed for n in pareto_front(nodes)] == [(3,), (0,), (1,)]
@@ -273,7 +273,7 @@ def test_greedy_on_shared_head_is_refused(split, tmp_path):
     images, anns = split
     det = wrap("torchvision:retinanet_resnet50_fpn", ARCHS["torchvision:retinanet_resnet50_fpn"].builder(6, (128, 128)),
                image_size=(128, 128))
-    with pytest.raises(EdgeAnchorError, match="only method 'shared'"):
+    with pytest.raises(EdgeAnchorError, match="only '`method` shared'"):
         run_search(det, images, anns["val"], tmp_path / "r", _spec(method="greedy"), progress=False)
 
 
@@ -281,7 +281,7 @@ def test_eval_rate_and_eta_are_hand_worked():
     """20 evaluations in 4 s: 5 evals/s; 75 left of max_evals 100 at that rate: 15 s."""
     from types import SimpleNamespace
 
-    from edgeanchor.search.tree import EvalRate
+    from edgeanchor.subset_search.tree import EvalRate
 
     now = [10.0]
     ev = SimpleNamespace(num_evals=5, max_evals=100)
@@ -296,7 +296,7 @@ def test_eval_rate_and_eta_are_hand_worked():
 
 
 def test_report_says_how_the_search_scored():
-    from edgeanchor.export.report_md import search_lines
+    from edgeanchor.exporting.report_md import search_lines
 
     chosen = {"source": "search", "method": "greedy", "cost": "head_macs", "num_evals": 120, "search_dir": "S",
               "num_front_points": 7, "scoring": {"executor": "ray", "workers": 2, "nodes_scored": 80,

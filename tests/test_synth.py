@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edgeanchor.cli import main
-from edgeanchor.data import synth
-from edgeanchor.data.coco import CocoDetection
+from edgeanchor.datasets import synth
+from edgeanchor.datasets.coco import CocoDetection
 from edgeanchor.errors import EdgeAnchorError
 
 NAMES = {c.category_id: c.name for c in synth.CLASSES}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from edgeanchor.cli import main
-from edgeanchor.data.coco import CocoDetection, detection_collate
+from edgeanchor.datasets.coco import CocoDetection, detection_collate
 from edgeanchor.models import build_detector, load_checkpoint, save_checkpoint
-from edgeanchor.prune import prune
+from edgeanchor.pruning import prune
 from edgeanchor.train import loop
 from edgeanchor.train.losses import detection_loss
 

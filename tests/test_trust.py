@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edgeanchor.cli import main
-from edgeanchor.data.coco import CocoDetection, load_image
-from edgeanchor.data.synth import generate
+from edgeanchor.datasets.coco import CocoDetection, load_image
+from edgeanchor.datasets.synth import generate
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.evaluate.cache import load_or_build_cache
+from edgeanchor.evaluation.cache import load_or_build_cache
 from edgeanchor.models import build_detector
 
 
@@ -195,7 +195,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(small, tmp_path, damage, caplog
 
 
 def test_16_bit_png_loads_at_its_true_brightness(tmp_path):
-    from edgeanchor.data.coco import _to_rgb8
+    from edgeanchor.datasets.coco import _to_rgb8
 
     values = np.full((20, 30), 32768, dtype=np.uint16)  # mid-grey in 16 bits
     values[:, :10] = 65535
@@ -214,7 +214,7 @@ def test_16_bit_png_loads_at_its_true_brightness(tmp_path):
 
 
 def test_a_failed_parity_check_exits_1_and_writes_nothing(small, tmp_path, capsys, monkeypatch):
-    import edgeanchor.export as export
+    import edgeanchor.exporting as export
 
     _, images, _, val = small
     real = export.check_parity

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from edgeanchor.cli import main
-from edgeanchor.data.synth import generate
-from edgeanchor.data.voc import VOC_CLASSES, voc_splits
-from edgeanchor.data.voc_writer import write_voc
-from edgeanchor.evaluate.incremental import ShardScorer, merge_map, shard_images
-from edgeanchor.evaluate.subset import SubsetScorer
-from edgeanchor.evaluate.voc_map import voc_map
+from edgeanchor.datasets.synth import generate
+from edgeanchor.datasets.voc import VOC_CLASSES, voc_splits
+from edgeanchor.datasets.voc_writer import write_voc
+from edgeanchor.evaluation.incremental import ShardScorer, merge_map, shard_images
+from edgeanchor.evaluation.subset import SubsetScorer
+from edgeanchor.evaluation.voc_map import voc_map
 
 from tests.test_incremental_eval import demo_cache, random_subsets, reference_results
 

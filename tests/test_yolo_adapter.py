@@ -9,18 +9,18 @@ import torch
 
 from edgeanchor.cli import main
 from edgeanchor.cost import measure_cost
-from edgeanchor.data.coco import CocoDetection, make_label_map
+from edgeanchor.datasets.coco import CocoDetection, make_label_map
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.evaluate.cache import build_cache
-from edgeanchor.evaluate.coco_map import coco_map
-from edgeanchor.evaluate.predict import predict
-from edgeanchor.evaluate.subset import SubsetScorer
+from edgeanchor.evaluation.cache import build_cache
+from edgeanchor.evaluation.coco_map import coco_map
+from edgeanchor.evaluation.predict import predict
+from edgeanchor.evaluation.subset import SubsetScorer
 from edgeanchor.models import build_detector, load_checkpoint, save_checkpoint
 from edgeanchor.models.yolo import needed_layers
 from edgeanchor.models.yolov5_arch import build_yolov5
 from edgeanchor.postprocess import select, yolo_decode, yolo_grid
-from edgeanchor.prune import prune
-from edgeanchor.search.costs import build_cost_model
+from edgeanchor.pruning import prune
+from edgeanchor.subset_search.costs import build_cost_model
 
 from tests.helpers import synth_split
 
@@ -234,7 +234,7 @@ def test_cached_score_equals_sliced_model(split):
 
 @pytest.fixture(scope="module")
 def yolo_export(det, tmp_path_factory):
-    from edgeanchor.export import export_onnx
+    from edgeanchor.exporting import export_onnx
     from edgeanchor.pipeline import deployed
 
     out = {}
@@ -256,7 +256,7 @@ def test_export_uses_the_deploy_rule_and_keeps_the_model_unchanged(det, yolo_exp
 
 @pytest.mark.parametrize("name", ["full", "pruned"])
 def test_onnxruntime_matches_pytorch(yolo_export, images, name):
-    from edgeanchor.export import check_parity
+    from edgeanchor.exporting import check_parity
 
     model, result = yolo_export[name]
     parity = check_parity(model, result["out_dir"], images)
@@ -276,8 +276,8 @@ def test_exported_detect_convs_shrink(yolo_export):
 def test_tensorrt_graph_takes_yolo_confidences(yolo_export, images, tmp_path):
     import onnx
 
-    from edgeanchor.export import make_session, run_session
-    from edgeanchor.export.tensorrt import make_trt_graph
+    from edgeanchor.exporting import make_session, run_session
+    from edgeanchor.exporting.tensorrt import make_trt_graph
 
     model, result = yolo_export["pruned"]
     decoded = result["files"]["decoded"]
@@ -355,7 +355,7 @@ def test_custom_model_definition_yaml(tmp_path, images):
 def test_letterbox_is_yolov5s_and_maps_back(tmp_path):
     from PIL import Image
 
-    from edgeanchor.data.coco import letterbox_params, to_original
+    from edgeanchor.datasets.coco import letterbox_params, to_original
 
     assert letterbox_params((480, 640), (320, 320)) == (0.5, 0, 40, 240, 320)  # hand-worked
     assert letterbox_params((100, 200), (64, 64)) == (0.32, 0, 16, 32, 64)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edgeanchor.cli import main
-from edgeanchor.data.coco import CocoDetection
-from edgeanchor.data.synth import generate
-from edgeanchor.data.yolo import label_path, read_data_yaml, to_coco, yolo_split
+from edgeanchor.datasets.coco import CocoDetection
+from edgeanchor.datasets.synth import generate
+from edgeanchor.datasets.yolo import label_path, read_data_yaml, to_coco, yolo_split
 from edgeanchor.errors import EdgeAnchorError
 
 NAMES = ["pole", "plank", "coin", "crate", "kite"]

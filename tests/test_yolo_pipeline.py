@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from edgeanchor.cli import main
-from edgeanchor.data.coco import CocoDetection
-from edgeanchor.evaluate.coco_map import coco_map
-from edgeanchor.evaluate.predict import predict
+from edgeanchor.datasets.coco import CocoDetection
+from edgeanchor.evaluation.coco_map import coco_map
+from edgeanchor.evaluation.predict import predict
 from edgeanchor.models import build_detector, load_checkpoint
 from edgeanchor.models.registry import DEMO_YOLO_CHECKPOINT
 
@@ -89,8 +89,8 @@ def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):
 
 
 def test_deployed_map_is_checked_against_pytorch_with_the_graphs_rule(yolo_export, split, tmp_path, capsys):
-    from edgeanchor.bench.accuracy import evaluate_export
-    from edgeanchor.export.folder import ExportFolder
+    from edgeanchor.benchmark.accuracy import evaluate_export
+    from edgeanchor.exporting.folder import ExportFolder
 
     images, anns = split
     folder = ExportFolder.open(yolo_export)

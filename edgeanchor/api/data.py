@@ -112,7 +112,7 @@ def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str
             ``split``); Pascal VOC: a VOCdevkit year folder (with ``split``) or a folder of images with
             their XML files beside them (no ``ann``, no split); ``"demo"`` or None for the demo's synthetic
             data set (generated on first use); or an already-open :class:`Data` or
-            :class:`~edgeanchor.data.coco.CocoDetection`.
+            :class:`~edgeanchor.datasets.coco.CocoDetection`.
         ann: the COCO annotation file of the split (image folder only).
         split: train, val or test of a YOLO data set, a VOCdevkit or the demo (default: val).
 
@@ -131,8 +131,8 @@ def _resolve(images, ann, split) -> Split:
         if ann is not None:
             raise EdgeAnchorError(BOTH)
         return demo_data(split or "val")
-    from ..data.voc import is_voc_data
-    from ..data.yolo import is_yolo_yaml
+    from ..datasets.voc import is_voc_data
+    from ..datasets.yolo import is_yolo_yaml
 
     if ann is None and is_voc_data(images):
         return voc_data(images, split)
@@ -151,7 +151,7 @@ def _resolve(images, ann, split) -> Split:
 
 def demo_data(split: str) -> Split:
     """A split of the demo's synthetic data set, generated into the cache root if it is not there yet."""
-    from ..data.demo_data import demo_split
+    from ..datasets.demo_data import demo_split
 
     if split not in ("train", "val", "test"):
         raise EdgeAnchorError(f"the demo data set has no split {split!r}; choose train, val or test")
@@ -161,7 +161,7 @@ def demo_data(split: str) -> Split:
 
 def yolo_data(data_yaml, split: str) -> Split:
     """A split of a YOLO data set (converted to COCO under the cache root)."""
-    from ..data.yolo import yolo_split
+    from ..datasets.yolo import yolo_split
 
     images, ann = yolo_split(data_yaml, split)
     return Split(images, ann, split, "yolo", str(data_yaml))
@@ -170,7 +170,7 @@ def yolo_data(data_yaml, split: str) -> Split:
 def voc_data(folder, split: str | None) -> Split:
     """A split of Pascal VOC data (converted to COCO under the cache root): a VOCdevkit's ``split``
     (default val), or a plain folder of images with XML beside them (which has no splits)."""
-    from ..data.voc import is_devkit, voc_splits
+    from ..datasets.voc import is_devkit, voc_splits
 
     if is_devkit(folder):
         split = split or "val"

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import EdgeAnchorError
-from ..export.runtimes import require
+from ..exporting.runtimes import require
 from .data import data as as_data
 from .results import BenchResult
 
 if TYPE_CHECKING:
-    from ..export.folder import ExportFolder
+    from ..exporting.folder import ExportFolder
     from ..models.base import Detector
 
 
@@ -57,7 +57,7 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
             format whose runtime is not installed here; all before anything is exported.
         CheckFailed: a runtime does not match PyTorch (nothing is written).
     """
-    from ..export.folder import check_output
+    from ..exporting.folder import check_output
     from ..pipeline import MAX_OPSET, MIN_OPSET, write_export
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -65,7 +65,7 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
     wanted = _check_formats(formats)
     calib = None
     if int8:
-        from ..export.int8 import Int8Spec, check_int8_spec
+        from ..exporting.int8 import Int8Spec, check_int8_spec
 
         check_int8_spec(Int8Spec(), opset=opset)
         require("onnxruntime")
@@ -86,7 +86,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
     Raises:
         EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
     """
-    from ..export.runtimes import is_installed
+    from ..exporting.runtimes import is_installed
 
     if formats is None:
         return {"onnx", "openvino"} if is_installed("openvino") else {"onnx"}
@@ -131,9 +131,9 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
     Raises:
         EdgeAnchorError: bad settings, a runtime that is not installed, or a missing or malformed export.
     """
-    from ..bench.harness import check_timing, run_bench
-    from ..export.folder import ExportFolder, default_export_dir
-    from ..export.runtimes import check_precision, require
+    from ..benchmark.harness import check_timing, run_bench
+    from ..exporting.folder import ExportFolder, default_export_dir
+    from ..exporting.runtimes import check_precision, require
 
     check_timing(iters, warmup, threads)
     if runtime != "torch":
@@ -152,7 +152,7 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
 
 def _bench_outputs(folder, runtime: str, precision: str, images, json_path, plot_path) -> tuple[Path, Path]:
     """Where bench writes its JSON and plot; refused now (before the timing) unless new or bench's own."""
-    from ..bench.harness import is_bench_result, is_png
+    from ..benchmark.harness import is_bench_result, is_png
     from ..io import check_output_file
 
     json_path = Path(json_path) if json_path else folder.bench_path(runtime, precision)
@@ -164,7 +164,7 @@ def _bench_outputs(folder, runtime: str, precision: str, images, json_path, plot
 
 
 def _write_bench(result: BenchResult, json_path: Path, plot_path: Path) -> None:
-    from ..bench.harness import can_plot, plot_result
+    from ..benchmark.harness import can_plot, plot_result
     from ..io import log, write_json
 
     write_json(json_path, result.to_json())
@@ -219,9 +219,9 @@ def prune_and_export(model: str = "demo", *, num_classes: int | None = None, wei
     Returns:
         The export folder; ``folder.report`` is report.json.
     """
-    from ..export.folder import ExportFolder, check_output
+    from ..exporting.folder import ExportFolder, check_output
     from ..pipeline import PipelineSpec, check_pipeline_spec, run_pipeline
-    from ..search.run import SearchSpec, check_target_head_macs, resolve_method
+    from ..subset_search.run import SearchSpec, check_target_head_macs, resolve_method
     from .loading import load
 
     if max_drop is None and min_map is None:
@@ -256,8 +256,8 @@ def _pipeline_splits(*, data, ann, split, report_ann, train_ann, generate: bool 
     With ``generate=False`` the demo's paths are placeholders (nothing is generated): for checks
     that must run before any long work.
     """
-    from ..data.voc import is_voc_data
-    from ..data.yolo import is_yolo_yaml
+    from ..datasets.voc import is_voc_data
+    from ..datasets.yolo import is_yolo_yaml
 
     if not generate and not data and not ann:
         return {"data": "<demo>", "ann": "<demo val>", "report_ann": report_ann or "<demo test>",
@@ -276,7 +276,7 @@ def _pipeline_splits(*, data, ann, split, report_ann, train_ann, generate: bool 
 
 def _yolo_splits(data_yaml, ann, split, report_ann, train_ann, generate: bool) -> dict:
     """A YOLO data.yaml: search on ``split`` (val), report on test if present, fine-tune on train."""
-    from ..data.yolo import read_data_yaml, yolo_splits
+    from ..datasets.yolo import read_data_yaml, yolo_splits
 
     if ann or report_ann or train_ann:
         raise EdgeAnchorError("`ann`, `report_ann` and `train_ann` are not used with a YOLO data.yaml (its splits "
@@ -295,7 +295,7 @@ def _yolo_splits(data_yaml, ann, split, report_ann, train_ann, generate: bool) -
 def _voc_splits(folder, split, report_ann, train_ann, generate: bool) -> dict:
     """Pascal VOC: a VOCdevkit is searched on ``split`` (val), reported on test if it has a test split,
     fine-tuned on train; a plain folder of images with XML is all three (no fine-tuning data)."""
-    from ..data.voc import available_splits, is_devkit, voc_splits
+    from ..datasets.voc import available_splits, is_devkit, voc_splits
 
     if report_ann or train_ann:
         raise EdgeAnchorError("`report_ann` and `train_ann` are not used with Pascal VOC data (its splits are in "
@@ -317,7 +317,7 @@ def _voc_splits(folder, split, report_ann, train_ann, generate: bool) -> dict:
 
 def default_out(model: str) -> str:
     """exports/<model name>: the checkpoint's stem, or the name after the family prefix."""
-    from ..export.folder import default_export_dir
+    from ..exporting.folder import default_export_dir
 
     name = Path(model).stem if model.endswith(".pt") else model.split(":")[-1]
     if model.startswith("yolov5:"):  # yolov5:n -> yolov5n, yolov5:path/custom.yaml -> custom

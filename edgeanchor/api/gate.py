@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EdgeAnchorError
 
 if TYPE_CHECKING:
-    from ..export.folder import ExportFolder
+    from ..exporting.folder import ExportFolder
 
 
 def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline: str | os.PathLike,
@@ -48,9 +48,9 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         EdgeAnchorError: bad settings, a missing runtime, a malformed or mismatched baseline, outputs that
             are not regress's own; all found before anything is measured.
     """
-    from .. import regress as core
-    from ..bench.accuracy import graphs_use_reported_rule
-    from ..export.folder import ExportFolder, default_export_dir
+    from .. import regression as core
+    from ..benchmark.accuracy import graphs_use_reported_rule
+    from ..exporting.folder import ExportFolder, default_export_dir
     from ..io import write_json, write_text
 
     _check(export=export, baseline=baseline, model=model, data=data, ann=ann, runtime=runtime,
@@ -91,9 +91,9 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
 def _check(*, export, baseline, model, data, ann, runtime, precision, map_tol, latency_tol, iters, warmup,
            threads, update, json_path, summary_path) -> None:
     """Every setting and output path, before anything is opened or measured."""
-    from .. import regress as core
-    from ..bench.harness import check_timing
-    from ..export.runtimes import check_precision, require
+    from .. import regression as core
+    from ..benchmark.harness import check_timing
+    from ..exporting.runtimes import check_precision, require
     from ..io import check_output_file
 
     if export is not None and model is not None:

@@ -115,7 +115,7 @@ class SearchResult:
         Returns:
             The matplotlib figure (not closed; the caller owns it).
         """
-        from ..search.plot import pareto_figure
+        from ..subset_search.plot import pareto_figure
 
         r = self._result
         settings = r.get("settings", {})
@@ -156,13 +156,13 @@ class BenchResult:
 
     def table(self) -> str:
         """The readable table ``edgeanchor bench`` prints."""
-        from ..bench.harness import format_result
+        from ..benchmark.harness import format_result
 
         return format_result(self._result)
 
     def plot(self, path: str | Path | None = None) -> Figure:
         """Per-stage median latency (bars to p90), baseline against pruned; also written to ``path`` as PNG."""
-        from ..bench.plot import bench_figure
+        from ..benchmark.plot import bench_figure
 
         fig = bench_figure(self._result)
         if path is not None:

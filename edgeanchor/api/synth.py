@@ -39,7 +39,7 @@ def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int
     Raises:
         EdgeAnchorError: a bad setting, or an ``out`` that is a file, not empty, or not ours to replace.
     """
-    from ..data import synth as generator
+    from ..datasets import synth as generator
 
     workers = (os.cpu_count() or 1) if workers is None else workers
     out = Path(out)
@@ -87,7 +87,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def is_synth_output(out: Path) -> bool:
     """True if ``out`` holds a synthetic data set this function wrote (COCO or VOC)."""
-    from ..data.voc_writer import is_synth_voc
+    from ..datasets.voc_writer import is_synth_voc
 
     if is_synth_voc(out):
         return True
@@ -100,7 +100,7 @@ def is_synth_output(out: Path) -> bool:
 
 def _as_voc(tmp: Path, result: dict) -> dict:
     """Turn the COCO synthetic set just written in ``tmp`` into a VOC folder in its place."""
-    from ..data.voc_writer import write_voc
+    from ..datasets.voc_writer import write_voc
 
     splits = {split: json.loads(Path(path).read_text()) for split, path in result["annotations"].items()}
     voc = write_voc(splits, result["image_dir"], tmp, move=True)

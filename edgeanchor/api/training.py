@@ -53,7 +53,7 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
 
     import torch
 
-    from ..data.coco import CocoDetection
+    from ..datasets.coco import CocoDetection
     from ..train.loop import TrainConfig, seed_everything, train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -112,7 +112,7 @@ def _fitted_overanchorized(model, num_classes, weights, image_size, text: str, d
     import numpy as np
 
     from ..anchors import parse_overanchorized
-    from ..data.coco import CocoDetection
+    from ..datasets.coco import CocoDetection
     from ..io import log
     from ..kmeans import anchor_fitness, fitted_anchor_set
     from ..models import build_detector
@@ -156,8 +156,8 @@ def train_splits(data, ann, val_ann, split) -> tuple[str, str, str | None]:
     A YOLO data.yaml: its ``split`` (train) is trained on and its val split, if any, evaluated. A VOCdevkit:
     the same with ImageSets/Main; a plain folder of images with XML is trained on whole.
     """
-    from ..data.voc import is_voc_data
-    from ..data.yolo import is_yolo_yaml
+    from ..datasets.voc import is_voc_data
+    from ..datasets.yolo import is_yolo_yaml
 
     if data and not ann and is_voc_data(data):
         return _voc_train_splits(data, val_ann, split)
@@ -166,7 +166,7 @@ def train_splits(data, ann, val_ann, split) -> tuple[str, str, str | None]:
             raise EdgeAnchorError("give the training annotations as `ann` (a COCO file of the training images), "
                                   "or data as a DATA.yaml")
         return data, ann, val_ann
-    from ..data.yolo import read_data_yaml, yolo_splits
+    from ..datasets.yolo import read_data_yaml, yolo_splits
 
     if ann or val_ann:
         raise EdgeAnchorError("`ann` and `val_ann` are not used with a YOLO data.yaml (its splits are in the file); "
@@ -178,7 +178,7 @@ def train_splits(data, ann, val_ann, split) -> tuple[str, str, str | None]:
 
 
 def _voc_train_splits(data, val_ann, split) -> tuple[str, str, str | None]:
-    from ..data.voc import available_splits, is_devkit, voc_splits
+    from ..datasets.voc import available_splits, is_devkit, voc_splits
 
     if val_ann:
         raise EdgeAnchorError("`val_ann` is not used with Pascal VOC data (its splits are in ImageSets/Main); "

@@ -20,7 +20,7 @@ from .results import FrontPoint, SearchResult
 
 if TYPE_CHECKING:
     from ..anchors import AnchorSet
-    from ..export.folder import ExportFolder
+    from ..exporting.folder import ExportFolder
     from ..models.base import Detector
 
 
@@ -62,7 +62,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         EdgeAnchorError: a bad setting, a runtime that is not installed, an export setting given with a
             detector (or the reverse), a folder that is not an export.
     """
-    from ..export.folder import ExportFolder
+    from ..exporting.folder import ExportFolder
 
     if isinstance(det, (ExportFolder, str, os.PathLike)):
         return _evaluate_export(det, data, metric=metric, backend=backend, batch_size=batch_size, device=device,
@@ -74,9 +74,9 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
     if given:
         raise EdgeAnchorError(f"{', '.join(f'`{n}`' for n in given)} apply to an export folder, not to a detector in PyTorch; "
                               "drop them, or evaluate the export folder")
-    from ..data.coco import CocoDetection
-    from ..evaluate.coco_map import coco_map
-    from ..evaluate.predict import predict
+    from ..datasets.coco import CocoDetection
+    from ..evaluation.coco_map import coco_map
+    from ..evaluation.predict import predict
     from ..io import read_json, write_json
 
     check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
@@ -89,7 +89,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
     if metric == "coco":
         metrics = coco_map(split.ann, dets, backend=backend)
     else:
-        from ..evaluate.voc_map import voc_map
+        from ..evaluation.voc_map import voc_map
 
         gt = read_json(split.ann, "annotation file")
         result = voc_map(gt, dets, metric)
@@ -103,9 +103,9 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
 def _evaluate_export(export, data, *, metric, backend, batch_size, device, detections, runtime, precision, variant,
                      threads, progress) -> dict[str, Any]:
     """:func:`evaluate` on an export folder: settings checked first, then the deployed graph in ``runtime``."""
-    from ..bench.accuracy import evaluate_export
-    from ..export.folder import ExportFolder
-    from ..export.runtimes import check_precision, require
+    from ..benchmark.accuracy import evaluate_export
+    from ..exporting.folder import ExportFolder
+    from ..exporting.runtimes import check_precision, require
 
     given = [name for name, value, default in (("batch_size", batch_size, 16), ("device", device, "cpu"),
                                                ("detections", detections, None)) if value != default]
@@ -132,7 +132,7 @@ def _export_split(data) -> tuple[str | None, str | None]:
     if data is None:
         return None, None
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
-        from ..data.voc import is_voc_data
+        from ..datasets.voc import is_voc_data
 
         if not is_voc_data(data):
             return str(data), None
@@ -150,8 +150,8 @@ def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, devic
             must not be written (someone else's file, or one of ``inputs``).
     """
     from ..device import resolve_device
-    from ..evaluate.predict import is_detections_file
-    from ..evaluate.voc_map import METRICS
+    from ..evaluation.predict import is_detections_file
+    from ..evaluation.voc_map import METRICS
     from ..io import check_output_file
 
     if metric not in METRICS:
@@ -201,7 +201,7 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
         point are in ``out``.
     """
-    from ..search.run import resolve_method, run_search
+    from ..subset_search.run import resolve_method, run_search
 
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
@@ -231,13 +231,13 @@ def check_search_settings(*, method: str | None = None, cost: str = "head_macs",
     """The search settings :func:`search` takes, checked before any model or data is touched.
 
     Returns:
-        The :class:`~edgeanchor.search.run.SearchSpec` (``max_drop`` 0.005 when no floor is given).
+        The :class:`~edgeanchor.subset_search.run.SearchSpec` (``max_drop`` 0.005 when no floor is given).
 
     Raises:
         EdgeAnchorError: a setting out of range, Ray missing or not answering, or an output folder that
             holds something other than a search.
     """
-    from ..search.run import SearchSpec, check_search_folder, check_search_spec
+    from ..subset_search.run import SearchSpec, check_search_folder, check_search_spec
 
     if max_drop is None and min_map is None:
         max_drop = 0.005
@@ -259,9 +259,9 @@ def _report_split(split: Data, report: Any) -> Data | None:
 
 
 def _load_cache(det, split: Data, cache, progress: bool):
-    from ..data.coco import CocoDetection
-    from ..evaluate.cache import cache_key, load_or_build_cache
-    from ..search.run import default_cache_path
+    from ..datasets.coco import CocoDetection
+    from ..evaluation.cache import cache_key, load_or_build_cache
+    from ..subset_search.run import default_cache_path
 
     dataset = CocoDetection.for_detector(det, split.images, split.ann)
     dataset.require_objects("search on")
@@ -288,7 +288,7 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
             (RetinaNet) keeping different anchors per level.
     """
     from ..anchors import AnchorSet
-    from ..prune import check_ids, keep_from_remove, keep_ids_from_file, prune as slice_head
+    from ..pruning import check_ids, keep_from_remove, keep_ids_from_file, prune as slice_head
 
     if (keep is None) == (remove is None):
         raise EdgeAnchorError("give the anchors to keep or the anchors to remove, not both or neither")
@@ -363,7 +363,7 @@ def finetune(det: Detector, train_data: Any, *, epochs: int, lr: float | None = 
     Returns:
         The trained detector, in eval mode on the CPU.
     """
-    from ..data.coco import CocoDetection
+    from ..datasets.coco import CocoDetection
     from ..train.loop import TrainConfig, train
 
     lr = 5e-4 if lr is None else lr

@@ -74,7 +74,7 @@ def run(args) -> int:
 
 def _report_voc(args, head: dict, result: dict, counts: str) -> int:
     """Print (or --json) the VOC mAP@0.5 and each class's AP."""
-    from ..evaluate.voc_map import METRIC_TITLES
+    from ..evaluation.voc_map import METRIC_TITLES
     from .common import print_json
 
     per_class = {n: (round(v, 6) if v is not None else None) for n, v in result["AP_per_class"].items()}

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from .. import api
-    from ..prune import parse_anchor_ids
+    from ..pruning import parse_anchor_ids
     from .common import print_json
 
     api.check_save_path(args.out, overwrite=args.overwrite, inputs=[args.model, args.weights, args.anchors])

@@ -105,7 +105,7 @@ def summary_table(report: dict) -> str:
                  ["mAP model_int8.onnx", round(b["map_int8"], 4), round(p["map_int8"], 4)]]
     rows += [["head MACs", base["head_macs"], pr["head_macs"]], ["boxes", base["num_boxes"], pr["num_boxes"]],
              ["anchors", base["num_anchors"], pr["num_anchors"]]]
-    from ..export.report_md import channels_text
+    from ..exporting.report_md import channels_text
 
     pruned_ch = {c["level"]: c for c in report["export"]["pruned"]["head_channels"]}
     for c in report["export"]["baseline"]["head_channels"]:

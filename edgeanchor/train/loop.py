@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.coco import CocoDetection
+from ..datasets.coco import CocoDetection
 from ..errors import CheckFailed
-from ..evaluate.coco_map import coco_map
-from ..evaluate.predict import make_loader, predict
+from ..evaluation.coco_map import coco_map
+from ..evaluation.predict import make_loader, predict
 from ..models.base import Detector
 from ..models.registry import save_checkpoint
 from .losses import detection_loss

@@ -1,0 +1,414 @@
+"""The export folder: one versioned format with one owner.
+
+Layout (format_version 2)::
+
+    OUT/report.json            the validated, versioned report (format, format_version, graphs, ...)
+    OUT/report.md              the human-readable report
+    OUT/pruned.pt              pruned checkpoint            OUT/baseline/baseline.pt
+    OUT/anchors.json           pruned anchor set            OUT/baseline/anchors.json
+    OUT/{backbone,head,postprocess,model,model_nonms,model_ncnn,model_trt}.onnx   OUT/baseline/<the same>
+    OUT/{backbone,head,model}_int8.onnx                     OUT/baseline/<the same>   (with --int8)
+    OUT/openvino/<graph>.xml/.bin                           OUT/baseline/openvino/... (when OpenVINO is installed)
+    OUT/pareto.png, OUT/search.json                         (when the anchors came from a search)
+    OUT/bench_<runtime>.json/.png                           (written by bench)
+    OUT/data/annotations.json  the report split's annotations        (format 2)
+    OUT/data/images/<file_name>  its images, up to BUNDLE_IMAGES_MAX_BYTES in all (format 2)
+    OUT/tensorrt/<graph>_<precision>_trt<version>_<gpu>.engine  OUT/baseline/tensorrt/...   (built by bench)
+
+Format 2 makes the folder self-contained for the device: ``report.json``'s
+``device`` section holds the input preprocessing (size, resize mode, scaling,
+channel order, layout), the label map (model label -> category id) and the
+model's identity, and ``data/`` holds the report split, so ``bench``,
+``regress`` and ``evaluate --export`` need no torch, checkpoint or original
+data there. A format-1 folder still opens; what it lacks comes from its
+checkpoints (torch needed) and the recorded data paths.
+
+:class:`ExportFolder` alone knows these names. The pipeline writes through
+:meth:`ExportFolder.build` (built beside the final path, renamed into place
+when complete); bench, regress and the benchmark scripts open it with
+:meth:`ExportFolder.open`, which validates ``report.json`` first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import EdgeAnchorError
+from ..io import atomic_dir, peek_json, read_json, write_json, write_text
+from .report_schema import (FORMAT, FORMAT_VERSION, label_map_json, model_json,  # noqa: F401 - re-exported
+                            preprocess_json, validate_report)
+
+BUNDLE_IMAGES_MAX_BYTES = 256 * 2**20  # report-split images up to this size are copied into data/images
+DATA_DIR = "data"
+TRT_DIR = "tensorrt"  # TensorRT engines bench builds on the device, beside each variant's graphs
+VARIANTS = ("pruned", "baseline")
+GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn", "model_trt",
+          "backbone_int8", "head_int8", "model_int8")  # the int8 graphs: prune-and-export --int8 (exporting/int8.py)
+# The stage each timed stage runs from, per runtime (bench's four stages).
+STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "postprocess": "postprocess", "end_to_end": "model"}
+# Which runtimes each graph is for. model_trt holds the EfficientNMS_TRT plugin, which only TensorRT has.
+GRAPH_RUNTIMES = {
+    "backbone": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    "head": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    # NonMaxSuppression: OpenCV 5 runs these, OpenCV 4 has no such layer (see the report's runtime matrix)
+    "postprocess": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    "model": ("onnxruntime", "openvino", "opencv", "tensorrt"),
+    "model_nonms": ("onnxruntime", "openvino", "opencv", "tensorrt"),  # no NMS inside: for any runtime
+    # decoded boxes and scores only (no TopK/Gather/Where/comparisons): for ncnn via pnnx, and any runtime
+    "model_ncnn": ("onnxruntime", "openvino", "opencv"),
+    "model_trt": ("tensorrt",),
+    # QDQ int8 (exporting/int8.py): ONNX Runtime and OpenVINO run them in int8; TensorRT is untested with them.
+    "backbone_int8": ("onnxruntime", "openvino"),
+    "head_int8": ("onnxruntime", "openvino"),
+    "model_int8": ("onnxruntime", "openvino"),
+}
+_CHECKPOINT = {"pruned": "pruned.pt", "baseline": "baseline.pt"}
+IR_DIR = "openvino"  # OpenVINO IR of each variant's graphs, beside them
+
+
+class ExportFolder:
+    """An export folder on disk: paths of its parts, its report, its detectors.
+
+    Use :meth:`open` for an existing folder and :meth:`build` for a new one.
+    """
+
+    def __init__(self, root: str | os.PathLike, report: dict | None = None):
+        self.root = Path(root)
+        self._report = report
+        self._detectors: dict = {}
+
+    # ---------------------------------------------------------------------------------------- paths
+
+    def variant_dir(self, variant: str) -> Path:
+        """The folder holding one variant's graphs, checkpoint and anchors."""
+        _check_variant(variant)
+        return self.root if variant == "pruned" else self.root / "baseline"
+
+    def graph_path(self, variant: str, graph: str) -> Path:
+        if graph not in GRAPHS:
+            raise ValueError(f"unknown graph {graph!r}; one of {GRAPHS}")
+        return self.variant_dir(variant) / f"{graph}.onnx"
+
+    def ir_path(self, variant: str, graph: str) -> Path:
+        """Where a graph's OpenVINO IR goes: ``openvino/<graph>.xml`` (+ ``.bin``) beside its ONNX file."""
+        return self.graph_path(variant, graph).parent / IR_DIR / f"{graph}.xml"
+
+    def runtime_file(self, runtime: str, variant: str, graph: str) -> Path:
+        """The file ``runtime`` runs for ``graph``: OpenVINO its IR when the export has one, else the ONNX file."""
+        ir = self.ir_path(variant, graph)
+        return ir if runtime == "openvino" and ir.is_file() else self.graph_path(variant, graph)
+
+    def checkpoint_path(self, variant: str) -> Path:
+        return self.variant_dir(variant) / _CHECKPOINT[variant]
+
+    def anchors_path(self, variant: str) -> Path:
+        return self.variant_dir(variant) / "anchors.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md_path(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def search_json_path(self) -> Path:
+        return self.root / "search.json"
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.root / "pareto.png"
+
+    def engine_path(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> Path:
+        """Where bench keeps a graph's TensorRT engine: one per precision, TensorRT version and GPU model.
+
+        An engine runs only with the TensorRT version and GPU it was built for, so both are in its name.
+        """
+        import re
+
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-").lower() or "gpu"
+        return self.variant_dir(variant) / TRT_DIR / f"{graph}_{precision}_trt{trt_version}_{slug}.engine"
+
+    def bench_path(self, runtime: str, precision: str = "f32") -> Path:
+        """Default place of ``edgeanchor bench``'s JSON for ``runtime`` (its plot goes beside it)."""
+        return self.root / (f"bench_{runtime}.json" if precision == "f32" else f"bench_{runtime}_{precision}.json")
+
+    # ---------------------------------------------------------------------------------------- contents
+
+    @property
+    def report(self) -> dict:
+        if self._report is None:
+            self._report = validate_report(read_json(self.report_path, "export report"), self.report_path)
+        return self._report
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.report["image_size"]
+        return int(h), int(w)
+
+    @property
+    def resize(self) -> str:
+        """How images reach the input size ("stretch", or "letterbox" for YOLO); older reports: stretch."""
+        return self.report.get("resize", "stretch")
+
+    @property
+    def data(self) -> str:
+        """Image folder of the report split (the default images of bench and regress): the copy in the folder
+        (format 2), else the path recorded at export."""
+        bundled = (self.report.get("device") or {}).get("images")
+        return str(self.root / bundled) if bundled else self.report["data"]
+
+    @property
+    def report_ann(self) -> str:
+        """The report split's annotations: the copy in the folder (format 2), else the recorded path."""
+        bundled = (self.report.get("device") or {}).get("annotations")
+        return str(self.root / bundled) if bundled else self.report["report_ann"]
+
+    @property
+    def preprocess(self) -> dict:
+        """How an image becomes the graphs' ``images`` input (see :func:`preprocess_json`)."""
+        device = self.report.get("device")
+        return device["preprocess"] if device else preprocess_json(self.image_size, self.resize)
+
+    @property
+    def model_info(self) -> dict:
+        """arch, num_classes, first_label, image_size and the baseline's anchor count.
+
+        Format 1 records them only in the checkpoints, read with torch.
+
+        Raises:
+            EdgeAnchorError: a format-1 folder on a machine without torch.
+        """
+        device = self.report.get("device")
+        if device:
+            return device["model"]
+        _require_torch(self, "its model's classes")
+        return model_json(self.load_detector("baseline"))
+
+    def label_to_category(self) -> dict[int, int]:
+        """Model label -> category id of the report split (from the folder; format 1: its checkpoint)."""
+        device = self.report.get("device")
+        if device:
+            return {int(k): int(v) for k, v in device["label_to_category"].items()}
+        info = self.model_info
+        return label_map_json(self.report_ann, info["num_classes"], info["first_label"])
+
+    def graphs(self, variant: str) -> dict[str, Path]:
+        """The graphs of one variant that exist, by name."""
+        return {g: self.graph_path(variant, g) for g in GRAPHS if self.graph_path(variant, g).is_file()}
+
+    def graphs_for_runtime(self, runtime: str, variant: str, precision: str = "f32",
+                           stage_graphs: dict[str, str] | None = None) -> dict[str, Path]:
+        """Stage -> graph file of the timed stages on ``runtime``.
+
+        ``stage_graphs`` maps stage -> graph name (default ``STAGE_GRAPHS``). At int8 the backbone, head
+        and end-to-end stages run the ``*_int8`` graphs. OpenVINO runs a graph's IR
+        (``openvino/<graph>.xml``) when the export has it.
+
+        Raises:
+            EdgeAnchorError: a graph the runtime needs is missing from the folder.
+        """
+        paths = {}
+        for stage, graph in (stage_graphs or STAGE_GRAPHS).items():
+            if precision == "int8" and f"{graph}_int8" in GRAPHS:
+                graph = f"{graph}_int8"
+            path = self.graph_path(variant, graph)
+            if runtime not in GRAPH_RUNTIMES[graph]:
+                raise EdgeAnchorError(f"the {graph} graph of {self.root} is not for runtime {runtime}")
+            if not path.is_file():
+                if graph.endswith("_int8"):
+                    raise EdgeAnchorError(f"{self.root} has no int8 graphs ({path.name}); re-run prune-and-export "
+                                          "with `int8` on to write them")
+                raise EdgeAnchorError(
+                    f"{self.root} has no {variant} {graph} graph ({path.name}); re-run prune-and-export to rebuild it"
+                )
+            paths[stage] = self.runtime_file(runtime, variant, graph)
+        return paths
+
+    def runtimes(self) -> dict[str, list[str]]:
+        """Runtime -> the graphs of this folder it can run (from the graphs present in both variants)."""
+        present = [g for g in GRAPHS if all(self.graph_path(v, g).is_file() for v in VARIANTS)]
+        out: dict[str, list[str]] = {}
+        for graph in present:
+            for runtime in GRAPH_RUNTIMES[graph]:
+                out.setdefault(runtime, []).append(graph)
+        return out
+
+    def load_detector(self, variant: str):
+        """The variant's detector from its checkpoint (loaded once per folder object)."""
+        if variant not in self._detectors:
+            from ..models import load_checkpoint
+
+            path = self.checkpoint_path(variant)
+            if not path.is_file():
+                raise EdgeAnchorError(f"{self.root} has no {variant} checkpoint ({path.name}); re-run prune-and-export")
+            self._detectors[variant] = load_checkpoint(path).eval()
+        return self._detectors[variant]
+
+    def graph_detector(self, variant: str):
+        """The variant's detector with the post-processing rule its graphs use (YOLO: the deploy preset).
+
+        :meth:`load_detector` keeps the checkpoint's own rule, which evaluation uses.
+        """
+        from ..postprocess import PostprocessSpec
+
+        det = self.load_detector(variant)
+        rule = ((self.report.get("export") or {}).get(variant) or {}).get("postprocess")
+        return det if rule is None else det.with_postprocess(PostprocessSpec.from_json(rule))
+
+    # ---------------------------------------------------------------------------------------- writing
+
+    def write_variant(self, variant: str, detector, *, meta: dict | None = None) -> None:
+        """Write one variant's checkpoint and anchor set."""
+        from ..models import save_checkpoint
+
+        self.variant_dir(variant).mkdir(parents=True, exist_ok=True)
+        save_checkpoint(detector, self.checkpoint_path(variant), meta=meta)
+        write_json(self.anchors_path(variant), detector.anchor_set.to_json())
+        self._detectors[variant] = detector
+
+    def write_report(self, report: dict, render=None) -> dict:
+        """Stamp ``report`` with the format, its version, the graph table and the device section; write report.json.
+
+        The device section needs both variants written (:meth:`write_variant`); the report split's
+        annotations (and its images, up to ``BUNDLE_IMAGES_MAX_BYTES``) are copied into ``data/``.
+
+        Args:
+            report: the report's contents (needs image_size, data, report_ann and resize).
+            render: a function of the stamped report returning Markdown, written as report.md.
+        """
+        graphs = {v: {g: {"file": str(p.relative_to(self.root)), "runtimes": list(GRAPH_RUNTIMES[g])}
+                      for g, p in self.graphs(v).items()} for v in VARIANTS}
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs,
+                "device": self._write_device_data(report)}
+        full = validate_report(full, self.report_path)
+        write_json(self.report_path, full)
+        if render is not None:
+            write_text(self.report_md_path, render(full))
+        self._report = full
+        return full
+
+    def _write_device_data(self, report: dict) -> dict:
+        """Copy the report split into ``data/``; returns the report's device section."""
+        base = self._detectors["baseline"]
+        ann = read_json(report["report_ann"], "report annotations")
+        images = [im["file_name"] for im in ann.get("images", [])]
+        sources = [Path(report["data"]) / name for name in images]
+        size = sum(p.stat().st_size for p in sources if p.is_file())
+        data = self.root / DATA_DIR
+        data.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report["report_ann"], data / "annotations.json")  # byte for byte: regress hashes it
+        inside = all(not Path(n).is_absolute() and ".." not in Path(n).parts for n in images)  # stays in data/
+        bundled = inside and size <= BUNDLE_IMAGES_MAX_BYTES and all(p.is_file() for p in sources)
+        for name, src in zip(images, sources) if bundled else ():
+            dst = data / "images" / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        return {"preprocess": preprocess_json(report["image_size"], report.get("resize", "stretch")),
+                "label_to_category": {str(k): v for k, v in label_map_json(
+                    data / "annotations.json", base.num_classes, base.first_label).items()},
+                "model": model_json(base), "annotations": f"{DATA_DIR}/annotations.json",
+                "images": f"{DATA_DIR}/images" if bundled else None, "num_images": len(images),
+                "images_bytes": size}
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ExportFolder":
+        """Open an existing export folder; its report is validated now.
+
+        Raises:
+            EdgeAnchorError: not a folder, no or malformed report.json, or a format version this edgeanchor
+                cannot read.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise EdgeAnchorError(f"export folder {path} does not exist; run prune-and-export first or check the path")
+        folder = cls(path)
+        if not folder.report_path.is_file():
+            raise EdgeAnchorError(f"{path} is not an edgeanchor export folder (no report.json); run prune-and-export")
+        folder.report  # validate now, before any long work
+        return folder
+
+    @classmethod
+    @contextmanager
+    def build(cls, out: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Iterator["ExportFolder"]:
+        """Build a new export folder beside ``out``; it replaces ``out`` only when the block succeeds.
+
+        The checks of :func:`check_output` run first. Inside the block the
+        folder object points at the build folder; afterwards at ``out``.
+        """
+        out = Path(out)
+        check_output(out, overwrite=overwrite, inputs=inputs)
+        with atomic_dir(out, replace=out.exists()) as tmp:
+            folder = cls(tmp)
+            yield folder
+            if folder._report is None:
+                raise RuntimeError("an export folder was built without a report; call write_report last")
+        folder.root = out
+
+
+def default_export_dir(name: str = "demo") -> Path:
+    """Where an export of the model ``name`` goes by default: ``exports/<name>``."""
+    return Path("exports") / name
+
+
+def _require_torch(folder: "ExportFolder", what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise EdgeAnchorError(
+            f"{folder.root} is export format 1, which keeps {what} only in its checkpoints (torch needed); "
+            "re-run prune-and-export with this edgeanchor to write format 2, which runs without torch"
+        )
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
+
+
+def is_export_folder(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a folder with a report.json that edgeanchor wrote (any format version)."""
+    report = peek_json(ExportFolder(path).report_path)
+    return isinstance(report, dict) and report.get("format") == FORMAT
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
+    """Refuse an output folder that would lose something of the user's.
+
+    An existing ``out`` is replaced only if it is an edgeanchor export folder
+    and ``overwrite`` is set; an empty folder is reused. An ``out`` that is,
+    or contains, one of ``inputs`` (image folder, annotation files, weights,
+    anchor files) is always refused, since replacing it would delete the input.
+
+    Raises:
+        EdgeAnchorError: naming the path and what to do.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        if Path(item).resolve().is_relative_to(resolved):  # the output is the input, or holds it
+            raise EdgeAnchorError(
+                f"the output folder {out} is also an input of this run ({item}); choose another `out` folder"
+            )
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgeAnchorError(f"the output {out} is a file, not a folder; choose a folder path")
+    if not any(out.iterdir()):
+        return
+    if not is_export_folder(out):
+        raise EdgeAnchorError(
+            f"the output folder {out} exists and is not an edgeanchor export folder (no report.json of ours); "
+            "refusing to replace it: choose another `out` folder or remove it yourself"
+        )
+    if not overwrite:
+        raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another folder")

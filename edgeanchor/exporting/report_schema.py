@@ -1,0 +1,78 @@
+"""What an export folder's report.json holds: its format, validation, and the device section's values.
+
+:class:`~edgeanchor.exporting.folder.ExportFolder` is this module's one user (and re-exports its names);
+the folder's layout (file names) stays there. No torch.
+"""
+
+from __future__ import annotations
+
+from ..errors import EdgeAnchorError
+from ..io import read_json
+
+FORMAT = "edgeanchor.export"
+FORMAT_VERSION = 2
+
+
+def preprocess_json(image_size, resize: str) -> dict:
+    """The graphs' input, as a device application must build it (what :mod:`edgeanchor.datasets.imaging` does)."""
+    return {"image_size": [int(v) for v in image_size], "resize": resize, "interpolation": "bilinear",
+            "letterbox_fill": 114 if resize == "letterbox" else None, "channel_order": "RGB", "layout": "NCHW",
+            "dtype": "float32", "scale": "1/255 (pixels in [0, 1])", "mean": None, "std": None,
+            "input_name": "images"}
+
+
+def model_json(detector) -> dict:
+    """What a device needs to know of the model: architecture, classes, label start, input size, anchors."""
+    return {"arch": detector.arch, "num_classes": int(detector.num_classes),
+            "first_label": int(detector.first_label), "image_size": [int(v) for v in detector.image_size],
+            "baseline_anchors": int(detector.anchor_set.num_anchors)}
+
+
+def label_map_json(ann_path, num_classes: int, first_label: int) -> dict[int, int]:
+    """Model label -> category id for the categories of an annotation file."""
+    from ..datasets.labels import invert_label_map, make_label_map
+
+    ann = read_json(ann_path, "annotation file")
+    cats = [c["id"] for c in ann.get("categories", [])] if isinstance(ann, dict) else []
+    return invert_label_map(make_label_map(cats, num_classes, first_label))
+
+
+def validate_report(report, path) -> dict:
+    """Check the fields readers rely on; return the report.
+
+    Raises:
+        EdgeAnchorError: not an edgeanchor export report, or an unknown format version.
+    """
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        raise EdgeAnchorError(f"{path} is not an edgeanchor export report; re-run prune-and-export to write one")
+    version = report.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise EdgeAnchorError(f"{path} has no valid format_version; re-run prune-and-export to write it anew")
+    if version > FORMAT_VERSION:
+        raise EdgeAnchorError(
+            f"{path} has export format version {version}, newer than this edgeanchor reads ({FORMAT_VERSION}); "
+            "upgrade edgeanchor"
+        )
+    if version < 1:
+        raise EdgeAnchorError(f"{path} has unknown export format version {version}; re-run prune-and-export")
+    size = report.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise EdgeAnchorError(f"{path}: `image_size` must be [height, width] in pixels, got {size!r}")
+    for key in ("data", "report_ann"):
+        if not isinstance(report.get(key), str):
+            raise EdgeAnchorError(f"{path}: {key} must be a path, got {report.get(key)!r}")
+    if version >= 2:
+        _validate_device(report.get("device"), path)
+    return report
+
+
+def _validate_device(device, path) -> None:
+    """The format-2 device section (preprocessing, label map, model identity, bundled data)."""
+    fix = "re-run prune-and-export to write it anew"
+    if not isinstance(device, dict) or not all(isinstance(device.get(k), dict)
+                                               for k in ("preprocess", "label_to_category", "model")):
+        raise EdgeAnchorError(f"{path}: device must hold preprocess, label_to_category and model; {fix}")
+    if device["preprocess"].get("resize") not in ("stretch", "letterbox"):
+        raise EdgeAnchorError(f"{path}: device.preprocess.resize must be stretch or letterbox; {fix}")
+    if not isinstance(device.get("annotations"), str):
+        raise EdgeAnchorError(f"{path}: device.annotations must be a path in the folder; {fix}")

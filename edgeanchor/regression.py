@@ -1,0 +1,275 @@
+"""Accuracy and latency regression checks against a stored baseline.
+
+Measures an export (or a model, exported on the fly): COCO mAP of the pruned
+model's deployed graph in the chosen runtime (and of the pruned checkpoint in
+PyTorch where torch is installed), per-stage latency ratios pruned/unpruned
+measured in the same run with the benchmark harness (absolute times drift
+between runs and machines; ratios of interleaved measurements do not), and
+the exported head's output channels per level. Then compares each metric
+with its bound. Without torch everything but the PyTorch mAP is measured,
+from the export folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .errors import EdgeAnchorError
+from .io import read_json, write_json
+
+FORMAT = "edgeanchor.regress/1"
+GATED_STAGES = ("backbone", "head", "postprocess", "end_to_end")
+
+
+def is_verdict(path) -> bool:
+    """True if ``path`` holds a verdict regress wrote (--json-out)."""
+    from .io import peek_json
+
+    obj = peek_json(path)
+    return isinstance(obj, dict) and {"passed", "rows", "measured"} <= set(obj)
+
+
+def is_baseline(path) -> bool:
+    """True if ``path`` holds a baseline regress wrote (--update)."""
+    from .io import peek_json
+
+    obj = peek_json(path)
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def is_summary(path) -> bool:
+    """True if ``path`` holds a Markdown summary regress wrote (--summary)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith("### edgeanchor regress")
+    except (OSError, ValueError):
+        return False
+
+
+def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
+            runtime: str = "onnxruntime", precision: str = "f32", progress: bool = True) -> dict:
+    """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path).
+
+    ``deployed_mAP`` is the pruned model.onnx's (``model_int8`` at int8) in ``runtime`` at ``precision``;
+    ``mAP`` the pruned checkpoint's in PyTorch, measured only where torch is installed.
+    """
+    from .benchmark.accuracy import evaluate_export, graphs_use_reported_rule
+    from .benchmark.harness import check_timing, open_export, run_bench
+
+    check_timing(iters, warmup, threads)  # before the (slower) mAP evaluation
+    folder = open_export(export)
+    data = data or folder.data
+    ann = ann or folder.report_ann
+    identity = measured_identity(folder, ann)
+    deployed = evaluate_export(folder, runtime=runtime, precision=precision, data=data, ann=ann, progress=progress)
+    bench = run_bench(folder, runtime=runtime, precision=precision, threads=threads, iters=iters, warmup=warmup,
+                      progress=progress)
+    measured = {
+        "format": FORMAT,
+        "identity": identity,
+        "deployed_mAP": {"runtime": runtime, "precision": precision, "graph": deployed["graph"],
+                         "mAP": deployed["mAP"], "mAP50": deployed["mAP50"],
+                         "same_rule_as_pytorch": graphs_use_reported_rule(folder)},
+        "ann": str(ann),
+        "latency_ratios": {s: bench["ratio_of_medians"][s] for s in GATED_STAGES},
+        "absolute_ms": {v: {s: bench["stages"][v][s]["median"] for s in GATED_STAGES} for v in bench["stages"]},
+        "head_channels": read_head_channels(folder),
+        "bench_settings": {"runtime": runtime, "precision": precision, "threads": threads, "iters": iters,
+                           "warmup": warmup},
+        "machine": bench["machine"],
+    }
+    if torch_installed():
+        measured.update(pytorch_map(folder, data, ann, progress))
+    return measured
+
+
+def torch_installed() -> bool:
+    """True if torch can be imported here (the PyTorch mAP is measured only then)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def pytorch_map(folder, data, ann, progress: bool) -> dict:
+    """``mAP`` and ``mAP50`` of the pruned checkpoint in PyTorch (its evaluation rule)."""
+    from .datasets.coco import CocoDetection
+    from .evaluation.coco_map import coco_map
+    from .evaluation.predict import predict
+
+    det = folder.load_detector("pruned")
+    metrics = coco_map(ann, predict(det, CocoDetection.for_detector(det, data, ann), progress=progress))
+    return {"mAP": metrics["mAP"], "mAP50": metrics["mAP50"]}
+
+
+def measured_identity(folder, ann) -> dict:
+    """What a measurement is of: the architecture, classes, input size, the unpruned anchors and the data.
+
+    The pruned anchors and the weights are not part of it: a change there is what regress is for.
+    """
+    import hashlib
+    from pathlib import Path
+
+    from .benchmark.harness import open_export
+
+    folder = open_export(folder)
+    info = folder.model_info  # format 2: from report.json, no torch
+    try:
+        digest = hashlib.sha256(Path(ann).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise EdgeAnchorError(f"cannot read the annotations {ann}: {exc.strerror}; check the path") from None
+    return {"arch": info["arch"], "num_classes": info["num_classes"], "image_size": list(info["image_size"]),
+            "baseline_anchors": info["baseline_anchors"], "ann_sha256": digest}
+
+
+def check_runtime(baseline: dict, runtime: str, precision: str, path) -> None:
+    """Latency ratios of another runtime or precision are no baseline for these: a usage error, before measuring.
+
+    Raises:
+        EdgeAnchorError: naming both.
+    """
+    settings = baseline.get("bench_settings") or {}
+    stored = (settings.get("runtime", "onnxruntime"), settings.get("precision", "f32"))
+    if stored != (runtime, precision):
+        raise EdgeAnchorError(
+            f"{path} was measured with {stored[0]} at {stored[1]}, not {runtime} at {precision}; pass `runtime` "
+            f"{stored[0]} and `precision` {stored[1]}, or write a baseline for {runtime} by measuring with `update` set"
+        )
+
+
+def check_identity(baseline: dict, folder, ann, path) -> None:
+    """A baseline of another model or split is a usage error, not a regression; checked before measuring.
+
+    Raises:
+        EdgeAnchorError: the baseline records no identity, or the first field that differs.
+    """
+    stored = baseline.get("identity")
+    if not isinstance(stored, dict):
+        raise EdgeAnchorError(f"{path} does not record which model and data it measured (an older baseline); "
+                              "write one by measuring with `update` set")
+    identity = measured_identity(folder, ann)
+    for key, value in identity.items():
+        if stored.get(key) != value:
+            what = "annotation file contents" if key == "ann_sha256" else key
+            raise EdgeAnchorError(
+                f"{path} was measured for another model or data ({what}: baseline {stored.get(key)!r}, "
+                f"this export {value!r}); compare against a baseline of this export, or write one by measuring "
+                "with `update` set"
+            )
+
+
+def read_head_channels(folder) -> list[dict]:
+    """Per active level, (cls, box) output channels read from the pruned head.onnx of an export folder."""
+    import onnx
+
+    from .exporting.head_channels import read_head_channels as from_graph
+
+    model = onnx.load(str(folder.graph_path("pruned", "head")))
+    levels = sorted(int(o.name.split("_")[1]) for o in model.graph.output if o.name.startswith("cls_"))
+    return from_graph(model, levels)
+
+
+def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: float) -> list[dict]:
+    """One row per metric: value, bound, passed.
+
+    The deployed mAP is held to the baseline's deployed mAP of the same runtime and precision, or to its
+    PyTorch mAP where the baseline has none; the PyTorch mAP (measured only with torch) to the baseline's.
+    """
+    rows = []
+    if "mAP" in measured and _is_number(baseline.get("mAP")):
+        rows.append({"metric": "mAP (PyTorch)", "value": measured["mAP"], "baseline": baseline["mAP"],
+                     "bound": f">= {baseline['mAP'] - map_tol:.4f}",
+                     "passed": measured["mAP"] >= baseline["mAP"] - map_tol})
+    got, ref = measured["deployed_mAP"], deployed_reference(baseline, measured["deployed_mAP"])
+    rows.append({"metric": f"mAP deployed ({got['graph']}, {got['runtime']} {got['precision']})", "value": got["mAP"],
+                 "baseline": ref, "bound": f">= {ref - map_tol:.4f}", "passed": got["mAP"] >= ref - map_tol})
+    for stage in GATED_STAGES:
+        value, ref = measured["latency_ratios"][stage], baseline["latency_ratios"][stage]
+        limit = ref * (1 + latency_tol)
+        rows.append({"metric": f"latency ratio {stage} (pruned/unpruned)", "value": value, "baseline": ref,
+                     "bound": f"<= {limit:.3f}", "passed": value <= limit})
+    same = measured["head_channels"] == baseline["head_channels"]
+    rows.append({"metric": "head channels per level", "value": _channels(measured["head_channels"]),
+                 "baseline": _channels(baseline["head_channels"]), "bound": "equal", "passed": same})
+    return rows
+
+
+def deployed_reference(baseline: dict, deployed: dict, path="the baseline") -> float:
+    """The baseline's deployed mAP for the same runtime and precision, else its PyTorch mAP where comparable.
+
+    The PyTorch mAP is the checkpoint's, with its own rule; it is a reference for the deployed graph only where
+    the graphs use that rule (``same_rule_as_pytorch``; not YOLO's deploy preset).
+
+    Raises:
+        EdgeAnchorError: the baseline holds no comparable mAP.
+    """
+    stored = baseline.get("deployed_mAP")
+    if isinstance(stored, dict) and (stored.get("runtime"), stored.get("precision")) == \
+            (deployed["runtime"], deployed["precision"]) and _is_number(stored.get("mAP")):
+        return float(stored["mAP"])
+    if _is_number(baseline.get("mAP")) and deployed.get("same_rule_as_pytorch", True):
+        return float(baseline["mAP"])
+    raise EdgeAnchorError(
+        f"{path} holds no deployed mAP for {deployed['runtime']} at {deployed['precision']}, and its PyTorch "
+        "mAP is no reference for this export's graphs (they use another post-processing rule than the checkpoint, "
+        "e.g. YOLO's deploy preset); write the baseline anew by measuring with `update` set"
+    )
+
+
+def _channels(chs: list[dict]) -> str:
+    from .exporting.report_md import channels_text
+
+    return " ".join(f"L{c['level']}:{channels_text(c)}" for c in chs)
+
+
+def markdown(rows: list[dict], measured: dict) -> str:
+    """A Markdown summary for a CI job summary."""
+    ok = all(r["passed"] for r in rows)
+    lines = [f"### edgeanchor regress: {'passed' if ok else 'FAILED'}", "",
+             "| metric | value | baseline | bound | result |", "| --- | ---: | ---: | --- | --- |"]
+    for r in rows:
+        fmt = (lambda v: f"{v:.4f}") if isinstance(r["value"], float) else str
+        lines.append(f"| {r['metric']} | {fmt(r['value'])} | {fmt(r['baseline'])} | {r['bound']} | "
+                     f"{'pass' if r['passed'] else '**FAIL**'} |")
+    m = measured["machine"]
+    lines += ["", f"Latency ratios are medians of interleaved {measured['bench_settings']['runtime']} runs "
+              f"({measured['bench_settings']['iters']} iterations, {measured['bench_settings']['threads']} thread(s)) "
+              f"on {m.get('cpu')} ({m.get('logical_cores')} cores); absolute medians (ms, for information): "
+              + json.dumps({v: {s: round(t, 3) for s, t in d.items()} for v, d in measured["absolute_ms"].items()}),
+              ""]
+    return "\n".join(lines)
+
+
+def load_baseline(path) -> dict:
+    """Read and validate a baseline before anything is measured.
+
+    Raises:
+        EdgeAnchorError: not a baseline of this format, or a field of the wrong type.
+    """
+    obj = read_json(path, "regression baseline")
+    fix = "write one by measuring with `update` set"
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise EdgeAnchorError(f"{path} is not an edgeanchor regression baseline ({FORMAT}); {fix}")
+    deployed = obj.get("deployed_mAP")
+    if "deployed_mAP" in obj and not (isinstance(deployed, dict) and _is_number(deployed.get("mAP"))):
+        raise EdgeAnchorError(f"{path}: deployed_mAP must hold runtime, precision and mAP; {fix}")
+    if not _is_number(obj.get("mAP")) and not (deployed and "mAP" not in obj):
+        raise EdgeAnchorError(f"{path}: mAP must be a number, got {obj.get('mAP')!r}; {fix}")
+    ratios = obj.get("latency_ratios")
+    if not isinstance(ratios, dict) or any(not _is_number(ratios.get(s)) or ratios[s] <= 0 for s in GATED_STAGES):
+        raise EdgeAnchorError(
+            f"{path}: latency_ratios must give a positive number for each of {', '.join(GATED_STAGES)}; {fix}"
+        )
+    chans = obj.get("head_channels")
+    keys = ("level", "cls_channels", "box_channels")
+    if not isinstance(chans, list) or not all(isinstance(c, dict) and all(isinstance(c.get(k), int) for k in keys)
+                                              for c in chans):
+        raise EdgeAnchorError(f"{path}: head_channels must list {{level, cls_channels, box_channels}} per level; {fix}")
+    return obj
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def save_baseline(path, measured: dict, *, map_tol: float, latency_tol: float) -> None:
+    write_json(path, {**measured, "tolerances_when_written": {"map_tol": map_tol, "latency_tol": latency_tol}})
