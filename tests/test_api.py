@@ -321,3 +321,5 @@ def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
         ea.evaluate(demo, test, runtime="onnxruntime", variant="baseline")
     with pytest.raises(ea.EdgeAnchorError, match="is not an edgeanchor export folder"):
         ea.evaluate(tmp_path)
+    with pytest.raises(ea.EdgeAnchorError, match=r"demo is not an export folder; evaluate a detector \(load"):
+        ea.evaluate("demo")

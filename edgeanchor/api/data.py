@@ -15,8 +15,8 @@ from typing import Any
 from ..errors import EdgeAnchorError
 
 DEMO = "demo"
-BOTH = ("give both `data` and `ann` (or `data` as a YOLO data.yaml, or `data` as a Pascal VOC folder: a VOCdevkit folder or "
-        "images with XML beside them), or neither to use the demo's synthetic data")
+BOTH = ("give both `data` and `ann` (or `data` as a YOLO data.yaml, or `data` as a Pascal VOC folder: a VOCdevkit "
+        "folder or images with XML beside them), or neither to use the demo's synthetic data")
 
 
 @dataclass(frozen=True)

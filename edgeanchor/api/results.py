@@ -87,7 +87,8 @@ class SearchResult:
         given = [k for k, v in (("max_drop", max_drop), ("min_map", min_map),
                                 ("target_head_macs", target_head_macs)) if v is not None]
         if len(given) > 1:
-            raise EdgeAnchorError(f"choose with one of `max_drop`, `min_map` or `target_head_macs` (got {', '.join(f'`{k}`' for k in given)})")
+            named = ", ".join(f"`{k}`" for k in given)
+            raise EdgeAnchorError(f"choose with one of `max_drop`, `min_map` or `target_head_macs` (got {named})")
         front = sorted(self.front, key=lambda p: (p.head_macs, -p.map))
         if target_head_macs is not None:
             meeting = [p for p in front if p.head_macs <= target_head_macs]

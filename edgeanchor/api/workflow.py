@@ -72,7 +72,8 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
     given += [name for name, value, default in (("precision", precision, "f32"), ("variant", variant, "pruned"),
                                                 ("threads", threads, 0)) if value != default]
     if given:
-        raise EdgeAnchorError(f"{', '.join(f'`{n}`' for n in given)} apply to an export folder, not to a detector in PyTorch; "
+        named = ", ".join(f"`{n}`" for n in given)
+        raise EdgeAnchorError(f"{named} apply to an export folder, not to a detector in PyTorch; "
                               "drop them, or evaluate the export folder")
     from ..datasets.coco import CocoDetection
     from ..evaluation.coco_map import coco_map
@@ -110,7 +111,8 @@ def _evaluate_export(export, data, *, metric, backend, batch_size, device, detec
     given = [name for name, value, default in (("batch_size", batch_size, 16), ("device", device, "cpu"),
                                                ("detections", detections, None)) if value != default]
     if given:
-        raise EdgeAnchorError(f"{', '.join(f'`{n}`' for n in given)} apply to a detector in PyTorch, not to an export folder "
+        named = ", ".join(f"`{n}`" for n in given)
+        raise EdgeAnchorError(f"{named} apply to a detector in PyTorch, not to an export folder "
                               "(its graph runs in the runtime); drop them")
     if metric != "coco":
         raise EdgeAnchorError(f"`metric` {metric} is not available for an export folder yet; use `metric` coco")
@@ -120,6 +122,9 @@ def _evaluate_export(export, data, *, metric, backend, batch_size, device, detec
         raise EdgeAnchorError(f"`threads` must be 0 (the runtime's default) or more, got {threads}")
     require(runtime)  # one line naming what to install
     check_precision(runtime, precision)
+    if not isinstance(export, ExportFolder) and not Path(export).is_dir():
+        raise EdgeAnchorError(f"{export} is not an export folder; evaluate a detector (load({str(export)!r}) first) "
+                              "or the path of a folder prune-and-export or export wrote")
     folder = export if isinstance(export, ExportFolder) else ExportFolder.open(export)
     images, ann = _export_split(data)
     return evaluate_export(folder, runtime=runtime, precision=precision, variant=variant, data=images, ann=ann,

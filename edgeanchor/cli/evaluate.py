@@ -15,8 +15,10 @@ COCO tool, pycocotools included, can load them).
 
 With --export, the deployed graph (model.onnx; model_int8.onnx at int8;
 TensorRT: its engine) runs in the runtime over the export's report split, and
-its COCO mAP is given beside PyTorch's from the export's report. This needs
-only numpy, pillow, onnx, the runtime and a COCO evaluator (no torch).
+its COCO mAP is given beside PyTorch's with the graph's post-processing rule
+(report.json's mAP_as_deployed; for YOLO the deploy preset, not the val rule
+of the reported mAP). This needs only numpy, pillow, onnx, the runtime and a
+COCO evaluator (no torch).
 """
 
 from __future__ import annotations
