@@ -279,6 +279,11 @@ def peek_json(path: str | os.PathLike) -> Any:
 # ---------------------------------------------------------------------------------------------- tables
 
 
+def is_number(value) -> bool:
+    """True for a JSON number read back as int or float (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 def format_table(headers: list[str], rows: list[list]) -> str:
     """A plain-text table with right-aligned numbers."""
     cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from .errors import EdgeAnchorError
-from .io import read_json, write_json
+from .io import is_number, read_json, write_json
 
 FORMAT = "edgeanchor.regress/1"
 GATED_STAGES = ("backbone", "head", "postprocess", "end_to_end")
@@ -175,11 +175,13 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
     PyTorch mAP where the baseline has none; the PyTorch mAP (measured only with torch) to the baseline's.
     """
     rows = []
-    if "mAP" in measured and _is_number(baseline.get("mAP")):
+    if "mAP" in measured and is_number(baseline.get("mAP")):
         rows.append({"metric": "mAP (PyTorch)", "value": measured["mAP"], "baseline": baseline["mAP"],
                      "bound": f">= {baseline['mAP'] - map_tol:.4f}",
                      "passed": measured["mAP"] >= baseline["mAP"] - map_tol})
-    got, ref = measured["deployed_mAP"], deployed_reference(baseline, measured["deployed_mAP"])
+    got = measured["deployed_mAP"]
+    ref = deployed_reference(baseline, runtime=got["runtime"], precision=got["precision"],
+                             same_rule_as_pytorch=got.get("same_rule_as_pytorch", True))
     rows.append({"metric": f"mAP deployed ({got['graph']}, {got['runtime']} {got['precision']})", "value": got["mAP"],
                  "baseline": ref, "bound": f">= {ref - map_tol:.4f}", "passed": got["mAP"] >= ref - map_tol})
     for stage in GATED_STAGES:
@@ -193,23 +195,25 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
     return rows
 
 
-def deployed_reference(baseline: dict, deployed: dict, path="the baseline") -> float:
+def deployed_reference(baseline: dict, *, runtime: str, precision: str, same_rule_as_pytorch: bool = True,
+                       path="the baseline") -> float:
     """The baseline's deployed mAP for the same runtime and precision, else its PyTorch mAP where comparable.
 
     The PyTorch mAP is the checkpoint's, with its own rule; it is a reference for the deployed graph only where
-    the graphs use that rule (``same_rule_as_pytorch``; not YOLO's deploy preset).
+    the graphs use that rule (``same_rule_as_pytorch``; not YOLO's deploy preset). Called before measuring
+    (for its error) and when comparing.
 
     Raises:
         EdgeAnchorError: the baseline holds no comparable mAP.
     """
     stored = baseline.get("deployed_mAP")
-    if isinstance(stored, dict) and (stored.get("runtime"), stored.get("precision")) == \
-            (deployed["runtime"], deployed["precision"]) and _is_number(stored.get("mAP")):
+    if isinstance(stored, dict) and (stored.get("runtime"), stored.get("precision")) == (runtime, precision) \
+            and is_number(stored.get("mAP")):
         return float(stored["mAP"])
-    if _is_number(baseline.get("mAP")) and deployed.get("same_rule_as_pytorch", True):
+    if is_number(baseline.get("mAP")) and same_rule_as_pytorch:
         return float(baseline["mAP"])
     raise EdgeAnchorError(
-        f"{path} holds no deployed mAP for {deployed['runtime']} at {deployed['precision']}, and its PyTorch "
+        f"{path} holds no deployed mAP for {runtime} at {precision}, and its PyTorch "
         "mAP is no reference for this export's graphs (they use another post-processing rule than the checkpoint, "
         "e.g. YOLO's deploy preset); write the baseline anew by measuring with `update` set"
     )
@@ -250,12 +254,12 @@ def load_baseline(path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise EdgeAnchorError(f"{path} is not an edgeanchor regression baseline ({FORMAT}); {fix}")
     deployed = obj.get("deployed_mAP")
-    if "deployed_mAP" in obj and not (isinstance(deployed, dict) and _is_number(deployed.get("mAP"))):
+    if "deployed_mAP" in obj and not (isinstance(deployed, dict) and is_number(deployed.get("mAP"))):
         raise EdgeAnchorError(f"{path}: deployed_mAP must hold runtime, precision and mAP; {fix}")
-    if not _is_number(obj.get("mAP")) and not (deployed and "mAP" not in obj):
+    if not is_number(obj.get("mAP")) and not (deployed and "mAP" not in obj):
         raise EdgeAnchorError(f"{path}: mAP must be a number, got {obj.get('mAP')!r}; {fix}")
     ratios = obj.get("latency_ratios")
-    if not isinstance(ratios, dict) or any(not _is_number(ratios.get(s)) or ratios[s] <= 0 for s in GATED_STAGES):
+    if not isinstance(ratios, dict) or any(not is_number(ratios.get(s)) or ratios[s] <= 0 for s in GATED_STAGES):
         raise EdgeAnchorError(
             f"{path}: latency_ratios must give a positive number for each of {', '.join(GATED_STAGES)}; {fix}"
         )
@@ -265,10 +269,6 @@ def load_baseline(path) -> dict:
                                               for c in chans):
         raise EdgeAnchorError(f"{path}: head_channels must list {{level, cls_channels, box_channels}} per level; {fix}")
     return obj
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def save_baseline(path, measured: dict, *, map_tol: float, latency_tol: float) -> None:

@@ -68,7 +68,6 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
         from ..exporting.int8 import Int8Spec, check_int8_spec
 
         check_int8_spec(Int8Spec(), opset=opset)
-        require("onnxruntime")
     split = as_data(data)
     if int8:
         calib_split = as_data(calib_data) if calib_data is not None else split
@@ -133,7 +132,7 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
     """
     from ..benchmark.harness import check_timing, run_bench
     from ..exporting.folder import ExportFolder, default_export_dir
-    from ..exporting.runtimes import check_precision, require
+    from ..exporting.runtimes import check_precision
 
     check_timing(iters, warmup, threads)
     if runtime != "torch":

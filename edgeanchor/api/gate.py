@@ -67,8 +67,8 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         if stored is not None:  # a baseline of another model, split or runtime: refused before measuring
             core.check_identity(stored, folder, ann or folder.report_ann, baseline)
             core.check_runtime(stored, runtime, precision, baseline)
-            core.deployed_reference(stored, {"runtime": runtime, "precision": precision,
-                                             "same_rule_as_pytorch": graphs_use_reported_rule(folder)}, baseline)
+            core.deployed_reference(stored, runtime=runtime, precision=precision,
+                                    same_rule_as_pytorch=graphs_use_reported_rule(folder), path=baseline)
         measured = core.measure(folder, data=data, ann=ann, iters=iters, warmup=warmup, threads=threads,
                                 runtime=runtime, precision=precision)
     if update:

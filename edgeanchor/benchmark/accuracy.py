@@ -127,16 +127,18 @@ def reported_map(folder: ExportFolder, variant: str) -> float | None:
     runtime rounding. A report without it (written before it was recorded) gives its reported mAP where
     :func:`graphs_use_reported_rule`; else None.
     """
+    from ..exporting.folder import variant_map
+    from ..io import is_number
+
     report = folder.report
     as_deployed = report.get("mAP_as_deployed")
     if isinstance(as_deployed, dict):
         value = as_deployed.get(variant)
     elif graphs_use_reported_rule(folder) and isinstance(report.get("mAP"), dict):
-        maps = report["mAP"]
-        value = maps.get("finetuned", maps.get("pruned")) if variant == "pruned" else maps.get("baseline")
+        value = variant_map(report["mAP"], variant)
     else:
         value = None
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 def graphs_use_reported_rule(folder: ExportFolder) -> bool:
@@ -151,10 +153,6 @@ def graphs_use_reported_rule(folder: ExportFolder) -> bool:
         return bool(as_deployed.get("same_as_reported"))
     rule = ((report.get("export") or {}).get("pruned") or {}).get("postprocess") or {}
     return report.get("metric", "coco") == "coco" and rule.get("score_fn") != "yolo"
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _images(ann, path) -> list[dict]:

@@ -59,9 +59,8 @@ def run(args) -> int:
     result = api.evaluate(build_from_args(args), split, metric=args.metric, backend=args.backend,
                           batch_size=args.batch_size, device=args.device, detections=args.detections,
                           overwrite=args.overwrite)
-    args.ann = split.ann  # resolved: printed below
     counts = f"{result['num_images']} images, {result['num_detections']} detections"
-    head = {"model": args.model, "ann": str(args.ann), "num_images": result["num_images"],
+    head = {"model": args.model, "ann": str(split.ann), "num_images": result["num_images"],
             "num_detections": result["num_detections"]}
     if args.metric != "coco":
         return _report_voc(args, head, result, counts)
@@ -69,7 +68,7 @@ def run(args) -> int:
     if args.json:
         print_json({**head, "backend": args.backend, **{k: round(v, 6) for k, v in metrics.items()}})
     else:
-        print(f"{args.model} on {args.ann}: mAP {metrics['mAP']:.4f}, mAP50 {metrics['mAP50']:.4f}, "
+        print(f"{args.model} on {head['ann']}: mAP {metrics['mAP']:.4f}, mAP50 {metrics['mAP50']:.4f}, "
               f"mAP75 {metrics['mAP75']:.4f} ({counts})")
     return 0
 
@@ -84,5 +83,5 @@ def _report_voc(args, head: dict, result: dict, counts: str) -> int:
         print_json({**head, "metric": args.metric, "mAP": round(result["mAP"], 6), "AP_per_class": per_class})
         return 0
     aps = ", ".join(f"{n} {v:.4f}" for n, v in per_class.items() if v is not None)
-    print(f"{args.model} on {args.ann}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} ({counts}; per class: {aps})")
+    print(f"{args.model} on {head['ann']}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} ({counts}; per class: {aps})")
     return 0

@@ -40,7 +40,7 @@ from typing import Iterator
 from ..errors import EdgeAnchorError
 from ..io import atomic_dir, peek_json, read_json, write_json, write_text
 from .report_schema import (FORMAT, FORMAT_VERSION, label_map_json, model_json,  # noqa: F401 - re-exported
-                            preprocess_json, validate_report)
+                            preprocess_json, validate_report, variant_map)
 
 BUNDLE_IMAGES_MAX_BYTES = 256 * 2**20  # report-split images up to this size are copied into data/images
 DATA_DIR = "data"

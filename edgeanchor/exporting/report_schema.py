@@ -37,6 +37,12 @@ def label_map_json(ann_path, num_classes: int, first_label: int) -> dict[int, in
     return invert_label_map(make_label_map(cats, num_classes, first_label))
 
 
+def variant_map(maps: dict, variant: str):
+    """A variant's PyTorch mAP in a report's ``mAP`` (or ``mAP_as_deployed``) dict: the pruned model's is the
+    fine-tuned one where it was fine-tuned."""
+    return maps.get("finetuned", maps.get("pruned")) if variant == "pruned" else maps.get("baseline")
+
+
 def validate_report(report, path) -> dict:
     """Check the fields readers rely on; return the report.
 
