@@ -6,13 +6,9 @@ import json
 import socket
 
 import pytest
-import torch
 
-import edgeanchor.pipeline as pipeline_module
 from edgeanchor.cli import build_parser, main
 from edgeanchor.models import build_detector
-from edgeanchor.pipeline import PipelineSpec
-from edgeanchor.subset_search.run import SearchSpec
 
 from tests.helpers import synth_split
 
@@ -31,14 +27,19 @@ def fake_report(det) -> dict:
 
 @pytest.fixture
 def captured(monkeypatch):
-    """main(['prune-and-export', ...]) with the pipeline replaced by a recorder."""
+    """main(['prune-and-export', ...]) with the run (after the settings are checked) replaced by a recorder."""
+    import edgeanchor.api.deploy as deploy
+    from edgeanchor.exporting.folder import ExportFolder
+
     calls = []
 
-    def record(det, pipeline, out, *, overwrite=False, **kwargs):
-        calls.append({"det": det, "pipeline": pipeline, "out": str(out), "overwrite": overwrite})
-        return fake_report(det)
+    def record(settings):
+        settings.validate()  # what the real run does first
+        calls.append(settings)
+        report = fake_report(None) | {"out": settings.out}
+        return ExportFolder(settings.out or "exports/x", report)
 
-    monkeypatch.setattr(pipeline_module, "run_pipeline", record)
+    monkeypatch.setattr(deploy, "_prune_and_export", record)
     return calls
 
 
@@ -48,102 +49,11 @@ def subparser(name):
     return sub.choices[name]
 
 
-def keep_file(tmp_path):
-    det = build_detector("edgeanchor:demo_ssd")
-    path = tmp_path / "keep.json"
-    path.write_text(json.dumps(det.anchor_set.subset([0, 1, 7]).to_json()))
-    return str(path)
-
-
-def weights_file(tmp_path):
-    """A torchvision-style state dict of the demo architecture, and the detector it gives."""
-    from edgeanchor.models.registry import ARCHS
-
-    torch.manual_seed(123)
-    tv = ARCHS["edgeanchor:demo_ssd"].builder(ARCHS["edgeanchor:demo_ssd"].num_classes, (320, 320))
-    path = tmp_path / "w.pth"
-    torch.save(tv.state_dict(), path)
-    return str(path), build_detector("edgeanchor:demo_ssd", weights=str(path))
-
-
-def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, captured, capsys):
+def test_prune_and_export_json_tensorrt_and_split(split, tmp_path, captured, capsys):
+    # (every flag reaching its setting: tests/test_one_path.py, over the settings' fields)
     images, anns = split
     base = ["prune-and-export", "--model", "edgeanchor:demo_ssd", "--data", images, "--ann", anns["val"],
             "--out", str(tmp_path / "o"), "--json"]
-    assert main(base) == 0
-    ref = captured[-1]
-    assert ref["pipeline"] == PipelineSpec(data=images, ann=anns["val"], report_ann=anns["val"],
-                                           search=SearchSpec(), model_name="edgeanchor:demo_ssd")
-    wpath, wdet = weights_file(tmp_path)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener_address = f"127.0.0.1:{listener.getsockname()[1]}"
-
-    def field(path):
-        def get(call):
-            obj = call["pipeline"]
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return obj
-        return get
-
-    cases = {  # flag: (extra argv, what it must change, expected value)
-        "--model": (["--model", "torchvision:ssdlite320_mobilenet_v3_large"], field("model_name"),
-                    "torchvision:ssdlite320_mobilenet_v3_large"),
-        "--num-classes": (["--num-classes", "4"], lambda c: c["det"].num_classes, 4),
-        "--weights": (["--weights", wpath],
-                      lambda c: all(torch.equal(a, b) for a, b in zip(c["det"].state_dict().values(),
-                                                                         wdet.state_dict().values())), True),
-        "--anchors": (["--anchors", keep_file(tmp_path)], field("anchors"), keep_file(tmp_path)),
-        "--keep-anchors": (["--keep-anchors", keep_file(tmp_path)], field("anchors"), keep_file(tmp_path)),
-        "--image-size": (["--image-size", "256", "256"], lambda c: tuple(c["det"].image_size), (256, 256)),
-        "--data": (["--data", str(tmp_path)], field("data"), str(tmp_path)),
-        "--ann": (["--ann", anns["test"]], field("ann"), anns["test"]),
-        "--report-ann": (["--report-ann", anns["test"]], field("report_ann"), anns["test"]),
-        "--train-ann": (["--train-ann", anns["train"]], field("train_ann"), anns["train"]),
-        "--target-head-macs": (["--target-head-macs", "2e7"], field("target_head_macs"), 2e7),
-        "--finetune-epochs": (["--finetune-epochs", "2", "--train-ann", anns["train"]], field("finetune_epochs"), 2),
-        "--finetune-lr": (["--finetune-lr", "0.01"], field("finetune_lr"), 0.01),
-        "--opset": (["--opset", "13"], field("opset"), 13),
-        "--parity-images": (["--parity-images", "7"], field("parity_images"), 7),
-        "--out": (["--out", str(tmp_path / "other")], lambda c: c["out"], str(tmp_path / "other")),
-        "--overwrite": (["--overwrite"], lambda c: c["overwrite"], True),
-        "--method": (["--method", "layerwise"], field("search.method"), "layerwise"),
-        "--cost": (["--cost", "boxes"], field("search.cost"), "boxes"),
-        "--min-map": (["--min-map", "0.3"], lambda c: (c["pipeline"].search.min_map, c["pipeline"].search.max_drop),
-                      (0.3, None)),
-        "--max-drop": (["--max-drop", "0.02"], field("search.max_drop"), 0.02),
-        "--tol": (["--tol", "0.001"], field("search.tol"), 0.001),
-        "--max-per-level": (["--max-per-level", "2"], field("search.max_per_level"), 2),
-        "--max-evals": (["--max-evals", "17"], field("search.max_evals"), 17),
-        "--workers": (["--workers", "1"], field("search.workers"), 1),
-        "--backend": (["--backend", "pycocotools"], field("search.backend"), "pycocotools"),
-        "--metric": (["--metric", "voc07"], field("search.metric"), "voc07"),
-        # a listening socket stands in for a Ray cluster: the flags are checked (the address answers), not run
-        "--executor": (["--executor", "ray"], field("search.executor"), "ray"),
-        "--ray-address": (["--executor", "ray", "--ray-address", listener_address], field("search.ray_address"),
-                          listener_address),
-        "--cache": (["--cache", str(tmp_path / "c.npz")], field("cache"), str(tmp_path / "c.npz")),
-        "--latency-model": (["--latency-model", str(tmp_path / "lm.json")], field("latency_model"),
-                            str(tmp_path / "lm.json")),
-        "--score-thresh": (["--score-thresh", "0.3"], lambda c: c["det"].postprocess_spec.score_thresh, 0.3),
-        "--nms-thresh": (["--nms-thresh", "0.5"], lambda c: c["det"].postprocess_spec.nms_thresh, 0.5),
-        "--max-det": (["--max-det", "50"], lambda c: c["det"].postprocess_spec.detections_per_img, 50),
-        "--deploy-score-thresh": (["--deploy-score-thresh", "0.4"], field("deploy_score_thresh"), 0.4),
-        "--deploy-nms-thresh": (["--deploy-nms-thresh", "0.5"], field("deploy_nms_thresh"), 0.5),
-        "--nonms-topk": (["--nonms-topk", "50"], field("nonms_topk"), 50),
-        "--int8": (["--int8"], field("int8"), True),
-        "--matrix-iters": (["--matrix-iters", "0"], field("matrix_iters"), 0),
-    }
-    without_ray = importlib.util.find_spec("ray") is None  # the [ray] extra: checked when installed
-    for flag, (extra, get, expected) in cases.items():
-        if without_ray and "ray" in extra:
-            continue
-        argv = base + extra
-        assert main(argv) == 0, flag
-        call = captured[-1]
-        assert get(call) == expected, flag
-        assert get(call) != get(ref), f"{flag} did not change anything"
-    listener.close()
     # --json: the report as JSON on stdout; without it, a table and a summary line
     capsys.readouterr()
     assert main(base) == 0 and json.loads(capsys.readouterr().out)["mAP"]["pruned"] == 0.5
@@ -153,16 +63,17 @@ def test_every_prune_and_export_flag_changes_what_it_should(split, tmp_path, cap
     n = len(captured)
     assert main(base + ["--tensorrt", "fp16"]) == 2 and len(captured) == n
     assert "TensorRT" in capsys.readouterr().err
-    # --split: which split of a YOLO data.yaml is searched on (here a one-split set made from the same images)
-    yaml = tmp_path / "data.yaml"
-    yaml.write_text(f"val: {images}\ntrain: {images}\nnames: [pole, plank, coin, crate, kite]\n")
-    yolo = [a for a in base if a not in ("--data", images, "--ann", anns["val"])] + ["--data", str(yaml)]
-    assert main(yolo) == 0 and main(yolo + ["--split", "train"]) == 0
-    assert captured[-1]["pipeline"].ann != captured[-2]["pipeline"].ann
-    assert captured[-1]["pipeline"].ann.endswith("train.json") and captured[-2]["pipeline"].ann.endswith("val.json")
-    handled = set(cases) | {"--json", "--tensorrt", "--split", "-h", "--help"}
-    flags = {s for a in subparser("prune-and-export")._actions for s in a.option_strings}
-    assert flags == handled, f"flags without a test row: {sorted(flags - handled)}"
+    # a listening socket stands in for a Ray cluster: the flags are checked (the address answers), not run
+    if importlib.util.find_spec("ray") is not None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        assert main(base + ["--executor", "ray", "--ray-address", address]) == 0
+        assert captured[-1].search_spec().ray_address == address
+        listener.close()
+    # --min-map replaces the default --max-drop; no floor means max_drop 0.005
+    assert main(base + ["--min-map", "0.3"]) == 0
+    assert (captured[-1].search_spec().min_map, captured[-1].search_spec().max_drop) == (0.3, None)
+    assert main(base) == 0 and captured[-1].search_spec().max_drop == 0.005
 
 
 @pytest.mark.parametrize("argv, message", [

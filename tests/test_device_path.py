@@ -147,7 +147,8 @@ def test_deployed_map_agrees_with_pytorch(export, runtime):
         assert got["num_images"] == 6 and got["num_detections"] > 0
         assert got["graph"] == {"onnxruntime": "model.onnx", "openvino": "model.xml"}[runtime]  # OpenVINO: the IR
         assert abs(got["mAP"] - ref["mAP"]) <= 0.001 and abs(got["mAP50"] - ref["mAP50"]) <= 0.001
-        assert got["pytorch_mAP"] is None  # write_export measures no mAP
+        # every export folder records each variant's PyTorch mAP with its graphs' rule (mAP_as_deployed)
+        assert got["pytorch_mAP"] == pytest.approx(ref["mAP"], abs=1e-9)
 
 
 def test_nms_input_counts_from_the_graph_equal_the_checkpoints(export):

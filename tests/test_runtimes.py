@@ -29,7 +29,7 @@ def export(split, tmp_path_factory):
     """A demo export (random weights with a keep set that drops the last level), IR and matrix included."""
     from edgeanchor.datasets.coco import CocoDetection
     from edgeanchor.exporting.matrix import runtime_matrix
-    from edgeanchor.pipeline import parity_images, write_export
+    from edgeanchor.pipeline import first_images, write_export
 
     images, anns = split
     det = build_detector("demo")
@@ -38,7 +38,7 @@ def export(split, tmp_path_factory):
     keep = [i for i in det.anchor_set.ids if level[i] < last][::2]  # half the anchors, the last level dropped
     out = tmp_path_factory.mktemp("rt") / "exp"
     folder = write_export(det, prune(det, keep), out, data=images, report_ann=anns["train"], num_parity_images=2)
-    imgs = parity_images(CocoDetection.for_detector(det, images, anns["train"]), 2)
+    imgs = first_images(CocoDetection.for_detector(det, images, anns["train"]), 2)
     return folder, imgs, runtime_matrix(folder, imgs, iters=3, threads=1)
 
 

@@ -337,20 +337,15 @@ def test_which_splits_prune_and_export_and_train_use(synth_pair, tmp_path, monke
     on train and evaluates val; a plain folder is all of one split."""
     import argparse
 
-    import edgeanchor.pipeline as pipeline_module
+    from edgeanchor.api.data import roles
     from edgeanchor.cli.train import resolve_train_data
-    from tests.test_cli_flags import fake_report
 
-    calls = []
-    monkeypatch.setattr(pipeline_module, "run_pipeline",
-                        lambda det, pipeline, out, **kw: calls.append(pipeline) or fake_report(det))
     voc = synth_pair / "voc"
     _, (train, val, test) = voc_splits(voc, ["train", "val", "test"])
-    base = ["prune-and-export", "--data", str(voc), "--out", str(tmp_path / "e"), "--json"]
-    assert main([*base, "--metric", "voc"]) == 0
-    assert (calls[-1].ann, calls[-1].report_ann, calls[-1].train_ann) == (val, test, train)
-    assert calls[-1].data == str(voc / "JPEGImages") and calls[-1].search.metric == "voc"
-    assert main([*base, "--split", "train"]) == 0 and calls[-1].ann == train
+    searched = roles(str(voc))  # the one resolver prune-and-export runs on --data/--split
+    assert (searched.search.ann, searched.report.ann, searched.train.ann) == (val, test, train)
+    assert searched.search.images == str(voc / "JPEGImages")
+    assert roles(str(voc), split="train").search.ann == train
     args = argparse.Namespace(data=str(voc), ann=None, val_ann=None, split=None)
     resolve_train_data(args)
     assert (args.data, args.ann, args.val_ann) == (str(voc / "JPEGImages"), train, val)
@@ -361,6 +356,6 @@ def test_which_splits_prune_and_export_and_train_use(synth_pair, tmp_path, monke
         (plain / xml_file.name).write_text(xml_file.read_text())
         (plain / f"{xml_file.stem}.jpg").write_bytes((voc / "JPEGImages" / f"{xml_file.stem}.jpg").read_bytes())
     (plain / "classes.txt").write_text((voc / "classes.txt").read_text())
-    assert main(["prune-and-export", "--data", str(plain), "--out", str(tmp_path / "f"), "--json"]) == 0
-    assert calls[-1].ann == calls[-1].report_ann and calls[-1].train_ann is None and calls[-1].data == str(plain)
-    assert len(json.loads(Path(calls[-1].ann).read_text())["images"]) == 5
+    whole = roles(str(plain))
+    assert whole.search.ann == whole.report.ann and whole.train is None and whole.search.images == str(plain)
+    assert len(json.loads(Path(whole.search.ann).read_text())["images"]) == 5

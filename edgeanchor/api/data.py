@@ -9,6 +9,7 @@ on first use (``$EDGEANCHOR_CACHE``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,11 @@ class Data:
     """
 
     def __init__(self, images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
-                 resolved: Split | None = None):
+                 resolved: Split | None = None, resolver: Callable[[], Split] | None = None):
         self._args = (images, ann, split)
         self._split = resolved
+        self._resolver = resolver
+        self._datasets: dict = {}
 
     def resolve(self) -> Split:
         """The split's paths (converting or generating the data set now if needed).
@@ -59,8 +62,21 @@ class Data:
                 the data set does not have, or a missing or malformed file.
         """
         if self._split is None:
-            self._split = _resolve(*self._args)
+            self._split = self._resolver() if self._resolver is not None else _resolve(*self._args)
         return self._split
+
+    def dataset(self, det: Any, *, train: bool = False) -> Any:
+        """The split as a :class:`~edgeanchor.datasets.coco.CocoDetection` for ``det``'s input, built once.
+
+        Every step of one run that reads this split for the same input size, resize mode and label start
+        shares the object, so its annotation file is parsed once.
+        """
+        from ..datasets.coco import CocoDetection
+
+        key = (tuple(det.image_size), det.resize_mode, det.num_classes, det.first_label, train)
+        if key not in self._datasets:
+            self._datasets[key] = CocoDetection.for_detector(det, self.images, self.ann, train=train)
+        return self._datasets[key]
 
     @property
     def images(self) -> str:
@@ -176,3 +192,156 @@ def voc_data(folder, split: str | None) -> Split:
         split = split or "val"
     images, (ann,) = voc_splits(folder, [split])
     return Split(images, ann, split, "voc", str(folder))
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The splits one run reads, each by its role; resolved (converted, generated) only when first used.
+
+    Attributes:
+        search: the split anchor subsets are searched (and int8 calibrated) on.
+        report: the split results are reported on (bench, regress and evaluate --export measure it).
+        train: the split fine-tuning (or training) runs on, where the data set has one.
+        val: the split training is validated on after each epoch (training only).
+    """
+
+    search: Data
+    report: Data
+    train: Data | None = None
+    val: Data | None = None
+
+    @property
+    def calibration(self) -> Data:
+        """The split int8 graphs are calibrated on: the search split (never the report split)."""
+        return self.search
+
+
+def roles(data: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
+          report_ann: str | os.PathLike | None = None, train_ann: str | os.PathLike | None = None) -> Roles:
+    """prune-and-export's splits: searched on ``split`` (val), reported on test, fine-tuned on train.
+
+    The one resolver of COCO, YOLO, VOC and demo data by role. A YOLO data set or a VOCdevkit gives its
+    test split for the report (else the searched split) and its train split for fine-tuning (if it has one);
+    a plain VOC folder is searched and reported on whole; COCO data takes ``report_ann`` (default ``ann``)
+    and ``train_ann``; the demo's synthetic data its test and train splits. Nothing is read until used.
+
+    Raises:
+        EdgeAnchorError: annotation files given with a YOLO data.yaml or VOC data (their splits are in the
+            data set), or a folder without ``ann``.
+    """
+    if not data and not ann:
+        search = data_or_demo(split or "val")
+        report = search.with_ann(report_ann) if report_ann else data_or_demo("test")
+        train = search.with_ann(train_ann) if train_ann else data_or_demo("train")
+        return Roles(search, report, train)
+    from ..datasets.voc import is_voc_data
+    from ..datasets.yolo import is_yolo_yaml
+
+    if data and is_yolo_yaml(data):
+        if ann or report_ann or train_ann:
+            raise EdgeAnchorError("`ann`, `report_ann` and `train_ann` are not used with a YOLO data.yaml (its "
+                                  "splits are in the file); choose the search split with `split`")
+        return _dataset_roles("yolo", data, split)
+    if data and not ann and is_voc_data(data):
+        if report_ann or train_ann:
+            raise EdgeAnchorError("`report_ann` and `train_ann` are not used with Pascal VOC data (its splits are "
+                                  "in ImageSets/Main); choose the search split with `split`")
+        return _dataset_roles("voc", data, split)
+    search = as_split(data, ann, split)
+    train = search.with_ann(train_ann) if train_ann else None
+    return Roles(search, search.with_ann(report_ann) if report_ann else search, train)
+
+
+def data_or_demo(split: str) -> Data:
+    """The demo's ``split``, generated on first use."""
+    return Data(DEMO, split=split)
+
+
+def as_split(images: Any, ann: Any, split: str | None) -> Data:
+    return data(images, ann, split=split)
+
+
+def _dataset_roles(kind: str, path: Any, split: str | None) -> Roles:
+    """Roles over a YOLO data set or Pascal VOC: every split converted together on first use (listed once)."""
+    from ..datasets.voc import available_splits, is_devkit
+    from ..datasets.yolo import read_data_yaml
+
+    if kind == "voc" and not is_devkit(path):
+        names: list[str | None] = [split, split]  # a plain folder: searched and reported on whole
+    else:
+        have = read_data_yaml(path).splits if kind == "yolo" else available_splits(path)
+        search_split = split or "val"
+        names = [search_split, "test" if "test" in have else search_split, *(["train"] if "train" in have else [])]
+    converted: dict[str | None, Split] = {}
+
+    def resolver(name: str | None) -> Callable[[], Split]:
+        def resolve() -> Split:
+            if not converted:
+                if kind == "yolo":
+                    from ..datasets.yolo import yolo_splits
+
+                    root, anns = yolo_splits(path, names)
+                else:
+                    from ..datasets.voc import voc_splits
+
+                    root, anns = voc_splits(path, names)
+                for n, a in zip(names, anns):
+                    converted[n] = Split(root, a, n, kind, str(path))
+            return converted[name]
+        return resolve
+
+    parts = [Data(path, split=n, resolver=resolver(n)) for n in names]
+    return Roles(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
+
+
+def train_roles(data: Any, ann: str | os.PathLike | None, val_ann: str | os.PathLike | None,
+                split: str | None) -> Roles:
+    """``edgeanchor train``'s splits: trained on ``split`` (train), validated on val where the data set has it.
+
+    A plain VOC folder is trained on whole; COCO data takes ``ann`` and ``val_ann``.
+
+    Raises:
+        EdgeAnchorError: annotation files with a YOLO data.yaml or VOC data, or COCO data without ``ann``.
+    """
+    from ..datasets.voc import available_splits, is_devkit, is_voc_data
+    from ..datasets.yolo import is_yolo_yaml, read_data_yaml
+
+    if data and not ann and is_voc_data(data):
+        if val_ann:
+            raise EdgeAnchorError("`val_ann` is not used with Pascal VOC data (its splits are in ImageSets/Main); "
+                                  "choose the training split with `split`")
+        devkit = is_devkit(data)
+        train_split = split or "train"
+        with_val = devkit and "val" in available_splits(data) and train_split not in ("val", "trainval")
+        names: list[str | None] = [train_split, *(["val"] if with_val else [])] if devkit else [split]
+        return _train_roles("voc", data, names)
+    if not (data and is_yolo_yaml(data)):
+        if not ann:
+            raise EdgeAnchorError("give the training annotations as `ann` (a COCO file of the training images), "
+                                  "or data as a DATA.yaml")
+        train = data_from_paths(data, ann)
+        return Roles(train, train, train, train.with_ann(val_ann) if val_ann else None)
+    if ann or val_ann:
+        raise EdgeAnchorError("`ann` and `val_ann` are not used with a YOLO data.yaml (its splits are in the file); "
+                              "choose the training split with `split`")
+    split = split or "train"
+    with_val = "val" in read_data_yaml(data).splits and split != "val"
+    return _train_roles("yolo", data, [split, *(["val"] if with_val else [])])
+
+
+def data_from_paths(images: Any, ann: Any) -> Data:
+    """A COCO split from its paths as given (no existence check until used)."""
+    return Data(resolved=Split(str(images), str(ann)))
+
+
+def _train_roles(kind: str, path: Any, names: list[str | None]) -> Roles:
+    if kind == "yolo":
+        from ..datasets.yolo import yolo_splits
+
+        root, anns = yolo_splits(path, names)
+    else:
+        from ..datasets.voc import voc_splits
+
+        root, anns = voc_splits(path, names)
+    parts = [Data(resolved=Split(root, a, n, kind, str(path))) for n, a in zip(names, anns)]
+    return Roles(parts[0], parts[0], parts[0], parts[1] if len(parts) > 1 else None)

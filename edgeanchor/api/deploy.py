@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import EdgeAnchorError
 from ..exporting.runtimes import require
+from .data import Data
 from .data import data as as_data
-from .results import BenchResult
+from .results import BenchResult, FrontPoint, SearchResult
 
 if TYPE_CHECKING:
     from ..exporting.folder import ExportFolder
@@ -22,20 +23,25 @@ FORMATS = ("onnx", "openvino", "tensorrt")
 def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data: Any,
            formats: Sequence[str] | None = None, int8: bool = False, calib_data: Any = None, opset: int = 17,
            parity_images: int = 4, check: bool = True, overwrite: bool = False,
-           model_name: str | None = None) -> ExportFolder:
+           model_name: str | None = None, metric: str = "coco", deploy_score_thresh: float | None = None,
+           deploy_nms_thresh: float | None = None, nonms_topk: int = 1000, matrix_iters: int = 20,
+           finetuned_from: Detector | None = None, progress: bool = True) -> ExportFolder:
     """Export a pruned detector and its unpruned baseline into a new export folder, checked against PyTorch.
 
     Per variant: ``backbone.onnx``, ``head.onnx``, ``postprocess.onnx``, ``model.onnx`` (image (1, 3, H, W)
     float32 RGB in [0, 1] -> detections (1, max_det, 6): x1, y1, x2, y2 in input pixels, score, label),
     ``model_nonms.onnx``, ``model_ncnn.onnx``, ``model_trt.onnx`` (TensorRT's EfficientNMS), the checkpoint
     and the anchor set (w, h in input pixels; ratio h/w), and what ``formats`` and ``int8`` add.
-    The folder is built beside ``out`` and renamed into place when complete.
+    The folder is built beside ``out`` and renamed into place when complete. Its ``report.json`` is the one
+    prune-and-export writes (both variants' mAP on ``data``, ``mAP_as_deployed``, costs, graphs, parity and
+    the runtime matrix), so bench, regress and evaluate treat both alike.
 
     Args:
         pruned: the pruned detector.
         baseline: the detector it was pruned from (same architecture and classes); bench compares the two.
         out: the export folder to create.
-        data: the split bench and regress measure on (parity images are its first ``parity_images``).
+        data: the report split: the variants' mAP, bench and regress measure on it, parity images are its
+            first ``parity_images``, and it is bundled into the folder.
         formats: what to write beside the ONNX graphs, which are always written: "openvino" (the IR,
             ``openvino/*.xml``, checked against PyTorch at f32) and "tensorrt" (an engine per variant, built
             here: needs TensorRT and an NVIDIA GPU; fp16, int8 with ``int8``). Default: ("onnx", "openvino")
@@ -48,35 +54,57 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
         check: run the parity check.
         overwrite: replace an existing export folder at ``out`` (only one edgeanchor wrote).
         model_name: recorded in the report (default: the architecture).
+        metric: the metric of the reported mAP: coco, voc07 or voc.
+        deploy_score_thresh, deploy_nms_thresh: the exported graphs' rule (default: the model's own; YOLO's
+            deploy preset 0.25 / 0.45).
+        nonms_topk: candidates kept by model_nonms.onnx.
+        matrix_iters: timed runs per graph in the report's runtime matrix (0 leaves it out).
+        finetuned_from: the pruned detector before fine-tuning, when ``pruned`` is fine-tuned; its mAP is
+            reported beside the fine-tuned one's.
+        progress: show progress bars.
 
     Returns:
-        The opened export folder (its ``report`` holds costs, head channels and parity).
+        The opened export folder (its ``report`` holds mAPs, costs, head channels and parity).
 
     Raises:
         EdgeAnchorError: a baseline of another architecture, a bad opset, format or output folder, or a
             format whose runtime is not installed here; all before anything is exported.
         CheckFailed: a runtime does not match PyTorch (nothing is written).
     """
-    from ..exporting.folder import check_output
-    from ..pipeline import MAX_OPSET, MIN_OPSET, write_export
+    from ..pipeline import ExportSettings
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EdgeAnchorError(f"`opset` {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
     wanted = _check_formats(formats)
-    calib = None
-    if int8:
-        from ..exporting.int8 import Int8Spec, check_int8_spec
+    tensorrt = ("int8" if int8 else "fp16") if "tensorrt" in wanted else None
+    settings = ExportSettings(opset=opset, parity_images=parity_images, check=check, openvino="openvino" in wanted,
+                              int8=int8, tensorrt=tensorrt, matrix_iters=matrix_iters, nonms_topk=nonms_topk,
+                              deploy_score_thresh=deploy_score_thresh, deploy_nms_thresh=deploy_nms_thresh,
+                              metric=metric)
+    settings.validate()
+    return export_checked(pruned, out, baseline=baseline, report=as_data(data),
+                          calib=as_data(calib_data) if calib_data is not None else None, settings=settings,
+                          overwrite=overwrite, model_name=model_name, finetuned_from=finetuned_from,
+                          progress=progress)
 
-        check_int8_spec(Int8Spec(), opset=opset)
-    split = as_data(data)
-    if int8:
-        calib_split = as_data(calib_data) if calib_data is not None else split
-        calib = (calib_split.images, calib_split.ann)
-    check_output(out, overwrite=overwrite, inputs=[split.images, split.ann, *(calib or ())])
-    return write_export(baseline, pruned, out, data=split.images, report_ann=split.ann, opset=opset,
-                        num_parity_images=parity_images, check=check, overwrite=overwrite, model_name=model_name,
-                        openvino="openvino" in wanted, int8_calib=calib,
-                        tensorrt=("int8" if int8 else "fp16") if "tensorrt" in wanted else None)
+
+def export_checked(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, report: Data,
+                   calib: Data | None, settings: Any, overwrite: bool = False, model_name: str | None = None,
+                   finetuned_from: Detector | None = None, progress: bool = True, log=None) -> ExportFolder:
+    """:func:`export` with its settings (an :class:`~edgeanchor.pipeline.ExportSettings`) already checked."""
+    from ..exporting.folder import ExportFolder
+    from ..io import log as default_log
+    from ..pipeline import write_export_folder
+
+    if baseline.arch != pruned.arch or baseline.num_classes != pruned.num_classes:
+        raise EdgeAnchorError(
+            f"the pruned model ({pruned.arch}, {pruned.num_classes} classes) is not a pruned "
+            f"{baseline.arch} with {baseline.num_classes} classes; give its unpruned reference"
+        )
+    inputs = [report.images, report.ann, *((calib.images, calib.ann) if calib is not None else ())]
+    with ExportFolder.build(out, overwrite=overwrite, inputs=inputs) as folder:
+        written = write_export_folder(folder, baseline, pruned, settings=settings, report_data=report,
+                                      calib_data=calib, model_name=model_name or baseline.arch, out=out,
+                                      finetuned_from=finetuned_from, progress=progress, log=log or default_log)
+    return ExportFolder(out, written)
 
 
 def _check_formats(formats: Sequence[str] | None) -> set[str]:
@@ -175,143 +203,89 @@ def _write_bench(result: BenchResult, json_path: Path, plot_path: Path) -> None:
         log("matplotlib is not installed: no plot (the JSON has every figure)")
 
 
-def prune_and_export(model: str = "demo", *, num_classes: int | None = None, weights: str | None = None,
-                     image_size: Sequence[int] | None = None, score_thresh: float | None = None,
-                     nms_thresh: float | None = None, max_det: int | None = None, data: str | None = None,
-                     ann: str | None = None, split: str | None = None, report_ann: str | None = None,
-                     train_ann: str | None = None, keep_anchors: str | None = None,
-                     target_head_macs: float | None = None, finetune_epochs: int = 0, finetune_lr: float = 5e-4,
-                     deploy_score_thresh: float | None = None, deploy_nms_thresh: float | None = None,
-                     nonms_topk: int = 1000, opset: int = 17, matrix_iters: int = 20, int8: bool = False,
-                     tensorrt: str | None = None, parity_images: int = 4, out: str | os.PathLike | None = None,
-                     overwrite: bool = False, method: str | None = None, cost: str = "head_macs",
-                     metric: str = "coco", min_map: float | None = None, max_drop: float | None = None,
-                     tol: float = 1e-4,
-                     max_per_level: int = 1, max_evals: int = 3000, workers: int = 2, executor: str = "processes",
-                     ray_address: str | None = None, backend: str = "faster", cache: str | None = None,
-                     latency_model: str | None = None, progress: bool = True) -> ExportFolder:
+def prune_and_export(model: str = "demo", **settings: Any) -> ExportFolder:
     """Search, choose, slice, optionally fine-tune, export and check: ``edgeanchor prune-and-export``.
 
-    The defaults are the command's: with no arguments it prunes the demo model on its synthetic data
-    (search on val, report on test) into ``exports/demo``. Every check that needs no data runs first.
+    A composition of the public steps: :func:`edgeanchor.search` -> :meth:`SearchResult.choose` ->
+    :func:`edgeanchor.prune` -> :func:`edgeanchor.finetune` -> :func:`edgeanchor.export`. The settings are
+    :class:`~edgeanchor.api.settings.PruneAndExportSettings`'s fields (the command's flags), checked once
+    before the model is built or any data is read. The defaults are the command's: with no arguments it
+    prunes the demo model on its synthetic data (search on val, report on test) into ``exports/demo``.
 
     Args:
-        model, num_classes, weights, image_size, score_thresh, nms_thresh, max_det: the model, as :func:`load`.
-        data: image folder, YOLO data.yaml or Pascal VOC folder (default: the demo's synthetic data); ann: the
-            COCO split searched on; split: a data.yaml's or VOCdevkit's search split (default val; reported on
-            test, fine-tuned on train, where the data set has them).
-        report_ann: the split results are reported on (default: ann, or the demo's test split).
-        train_ann: training split for ``finetune_epochs`` (default for the demo: its train split).
-        keep_anchors: skip the search and keep this anchor file's anchors.
-        target_head_macs: choose the most accurate front point with at most this many head MACs.
-        finetune_epochs, finetune_lr: fine-tune the pruned model.
-        deploy_score_thresh, deploy_nms_thresh: the exported graphs' rule (default: the searched one's;
-            YOLO's deploy preset 0.25 / 0.45).
-        nonms_topk: candidates kept by model_nonms.onnx.
-        opset: ONNX opset. matrix_iters: timed runs per graph in the runtime matrix (0 leaves it out).
-        int8: also write int8 graphs and report their mAP. tensorrt: also build an engine (fp32, fp16, int8).
-        parity_images: images of the parity check.
-        out: the export folder (default ``exports/<model name>``); overwrite: replace one edgeanchor wrote.
-        method ... latency_model: the search, as :func:`edgeanchor.search`.
-        progress: show progress bars.
+{args}
 
     Returns:
         The export folder; ``folder.report`` is report.json.
     """
-    from ..exporting.folder import ExportFolder, check_output
-    from ..pipeline import PipelineSpec, check_pipeline_spec, run_pipeline
-    from ..subset_search.run import SearchSpec, check_target_head_macs, resolve_method
+    from .settings import PruneAndExportSettings
+
+    return _prune_and_export(PruneAndExportSettings(model=model, **settings))
+
+
+def _prune_and_export(s: Any) -> ExportFolder:
+    import time
+    from dataclasses import replace
+
+    from ..exporting.folder import ExportFolder
+    from ..pipeline import write_export_folder
+    from ..subset_search.run import check_target_head_macs, resolve_method
+    from .data import roles
     from .loading import load
+    from .workflow import finetune_checked, prune, search_checked
 
-    if max_drop is None and min_map is None:
-        max_drop = 0.005
-    search = SearchSpec(method=method, cost=cost, min_map=min_map, max_drop=max_drop, tol=tol,
-                        max_per_level=max_per_level, max_evals=max_evals, workers=workers, backend=backend,
-                        executor=executor, ray_address=ray_address, metric=metric)
-    settings = dict(anchors=keep_anchors, target_head_macs=target_head_macs, finetune_epochs=finetune_epochs,
-                    finetune_lr=finetune_lr, opset=opset, tensorrt=tensorrt, parity_images=parity_images,
-                    search=search, cache=cache, latency_model=latency_model, model_name=model,
-                    deploy_score_thresh=deploy_score_thresh, deploy_nms_thresh=deploy_nms_thresh,
-                    nonms_topk=nonms_topk, int8=int8, matrix_iters=matrix_iters)
-    # Every check that needs no data runs before the data is generated or read.
-    splits = dict(data=data, ann=ann, split=split, report_ann=report_ann, train_ann=train_ann)
-    preliminary = PipelineSpec(**_pipeline_splits(**splits, generate=False), **settings)
-    check_pipeline_spec(preliminary)
-    out = out or default_out(model)
-    check_output(out, overwrite=overwrite, inputs=[*preliminary.inputs(), weights])
-    det = load(model, num_classes=num_classes, weights=weights, image_size=image_size, score_thresh=score_thresh,
-               nms_thresh=nms_thresh, max_det=max_det)
-    if not keep_anchors:
-        resolve_method(method, det)
-        check_target_head_macs(det, target_head_macs)
-    pipeline = PipelineSpec(**_pipeline_splits(**splits), **settings)
-    report = run_pipeline(det, pipeline, out, overwrite=overwrite, progress=progress)
-    return ExportFolder(out, report)  # the report written (and validated) by the pipeline
-
-
-def _pipeline_splits(*, data, ann, split, report_ann, train_ann, generate: bool = True) -> dict:
-    """The pipeline's data, ann, report_ann and train_ann, defaulting to the demo's synthetic splits.
-
-    With ``generate=False`` the demo's paths are placeholders (nothing is generated): for checks
-    that must run before any long work.
-    """
-    from ..datasets.voc import is_voc_data
-    from ..datasets.yolo import is_yolo_yaml
-
-    if not generate and not data and not ann:
-        return {"data": "<demo>", "ann": "<demo val>", "report_ann": report_ann or "<demo test>",
-                "train_ann": train_ann or "<demo train>"}
-    if data and is_yolo_yaml(data):
-        return _yolo_splits(data, ann, split, report_ann, train_ann, generate)
-    if data and not ann and is_voc_data(data):
-        return _voc_splits(data, split, report_ann, train_ann, generate)
-    searched = as_data(data, ann)
-    if searched.source != "demo":
-        return {"data": searched.images, "ann": searched.ann, "report_ann": report_ann or searched.ann,
-                "train_ann": train_ann}
-    return {"data": searched.images, "ann": searched.ann, "report_ann": report_ann or searched.other_split("test").ann,
-            "train_ann": train_ann or searched.other_split("train").ann}
+    # 1. Every setting is checked once, before the model is built or any data is read or generated.
+    s.validate()
+    spec, settings = s.search_spec(), s.export_settings()
+    splits = roles(s.data, s.ann, split=s.split, report_ann=s.report_ann, train_ann=s.train_ann)  # lazy
+    if s.finetune_epochs > 0 and splits.train is None:
+        raise EdgeAnchorError("`finetune_epochs` needs training data: pass `train_ann` (a COCO file of the image "
+                              "folder)")
+    out = s.out or default_out(s.model)
+    seconds: dict[str, float] = {}
+    with ExportFolder.build(out, overwrite=s.overwrite, inputs=s.inputs()) as folder:
+        det = load(s.model, **s.load_kwargs())
+        t = time.perf_counter()
+        if s.keep_anchors:  # 2. the anchors to keep: given ...
+            pruned = prune(det, s.keep_anchors)
+            chosen: dict[str, Any] = {"source": str(s.keep_anchors)}
+        else:  # ... or searched and chosen
+            spec = replace(spec, method=resolve_method(spec.method, det))
+            check_target_head_macs(det, s.target_head_macs)
+            result = search_checked(det, splits.search, spec, cache=s.cache, latency_model=s.latency_model,
+                                    progress=s.progress)
+            point = result.choose(target_head_macs=s.target_head_macs)
+            pruned = prune(det, point)
+            chosen = _chosen(result, point, spec, folder)
+        seconds["search"] = time.perf_counter() - t
+        tuned = None
+        if s.finetune_epochs > 0 and splits.train is not None:  # 3. optional fine-tuning
+            t = time.perf_counter()
+            tuned = finetune_checked(pruned, splits.train, epochs=s.finetune_epochs, lr=s.finetune_lr,
+                                     progress=s.progress)
+            seconds["finetune"] = time.perf_counter() - t
+        # 4. the export step: measure, export, check, report
+        report = write_export_folder(folder, det, tuned if tuned is not None else pruned, settings=settings,
+                                     report_data=splits.report, calib_data=splits.calibration, model_name=s.model,
+                                     out=out, chosen=chosen, search_ann=splits.search.ann,
+                                     finetuned_from=pruned if tuned is not None else None, seconds=seconds,
+                                     progress=s.progress)
+    return ExportFolder(out, report)  # the report written (and validated) by the export step
 
 
-def _yolo_splits(data_yaml, ann, split, report_ann, train_ann, generate: bool) -> dict:
-    """A YOLO data.yaml: search on ``split`` (val), report on test if present, fine-tune on train."""
-    from ..datasets.yolo import read_data_yaml, yolo_splits
+def _chosen(result: SearchResult, point: FrontPoint, spec: Any, folder: ExportFolder) -> dict[str, Any]:
+    """The report's ``chosen`` entry of a searched keep set; the search's plot and result go into the folder."""
+    import shutil
 
-    if ann or report_ann or train_ann:
-        raise EdgeAnchorError("`ann`, `report_ann` and `train_ann` are not used with a YOLO data.yaml (its splits "
-                              "are in the file); choose the search split with `split`")
-    spec = read_data_yaml(data_yaml)
-    search_split = split or "val"
-    report_split = "test" if "test" in spec.splits else search_split
-    train_split = "train" if "train" in spec.splits else None
-    if not generate:
-        return {"data": str(data_yaml), "ann": f"<{search_split}>", "report_ann": f"<{report_split}>",
-                "train_ann": f"<{train_split}>" if train_split else None}
-    root, anns = yolo_splits(data_yaml, [search_split, report_split, *([train_split] if train_split else [])])
-    return {"data": root, "ann": anns[0], "report_ann": anns[1], "train_ann": anns[2] if train_split else None}
+    from ..subset_search.run import search_outputs
 
-
-def _voc_splits(folder, split, report_ann, train_ann, generate: bool) -> dict:
-    """Pascal VOC: a VOCdevkit is searched on ``split`` (val), reported on test if it has a test split,
-    fine-tuned on train; a plain folder of images with XML is all three (no fine-tuning data)."""
-    from ..datasets.voc import available_splits, is_devkit, voc_splits
-
-    if report_ann or train_ann:
-        raise EdgeAnchorError("`report_ann` and `train_ann` are not used with Pascal VOC data (its splits are in "
-                              "ImageSets/Main); choose the search split with `split`")
-    if not is_devkit(folder):
-        names = [split, split]  # searched and reported on the whole folder
-    else:
-        have = available_splits(folder)
-        search_split = split or "val"
-        names = [search_split, "test" if "test" in have else search_split, *(["train"] if "train" in have else [])]
-    if not generate:
-        return {"data": str(folder), "ann": f"<{names[0] or 'all'}>", "report_ann": f"<{names[1] or 'all'}>",
-                "train_ann": f"<{names[2]}>" if len(names) > 2 else None}
-    if not is_devkit(folder):
-        names = [split for _ in names]
-    root, anns = voc_splits(folder, names)
-    return {"data": root, "ann": anns[0], "report_ann": anns[1], "train_ann": anns[2] if len(anns) > 2 else None}
+    outputs = search_outputs(result.out)
+    shutil.copy(outputs["plot"], folder.pareto_path)
+    shutil.copy(outputs["result"], folder.search_json_path)
+    raw = result.to_json()
+    return {"source": "search", "search_dir": str(result.out), "removed": list(point.removed),
+            "search_mAP": point.map, "floor": result.floor, "method": spec.method, "cost": spec.cost,
+            "num_front_points": len(raw["front"]), "num_evals": result.num_evals, "scoring": raw.get("scoring")}
 
 
 def default_out(model: str) -> str:
@@ -322,3 +296,16 @@ def default_out(model: str) -> str:
     if model.startswith("yolov5:"):  # yolov5:n -> yolov5n, yolov5:path/custom.yaml -> custom
         name = Path(name).stem if name.endswith((".yaml", ".yml")) else f"yolov5{name}"
     return str(default_export_dir(name))
+
+
+def _document_prune_and_export() -> None:
+    """prune_and_export's signature and Args: generated from its settings, the one place they are defined."""
+    from ..settings import api_signature, args_doc
+    from .settings import PruneAndExportSettings
+
+    prune_and_export.__signature__ = api_signature(  # type: ignore[attr-defined]
+        PruneAndExportSettings, positional=("model",), returns="ExportFolder")
+    prune_and_export.__doc__ = (prune_and_export.__doc__ or "").replace("{args}", args_doc(PruneAndExportSettings))
+
+
+_document_prune_and_export()

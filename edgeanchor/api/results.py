@@ -26,6 +26,7 @@ class FrontPoint:
         num_anchors: anchors kept.
         anchors_file: the kept anchor set as JSON (w, h in input pixels; ratio h/w).
         report_map: mAP on the report split, when the search was given one.
+        cost: the point's cost in the search's own cost (head MACs, boxes or predicted latency).
     """
 
     keep: frozenset[int]
@@ -36,6 +37,7 @@ class FrontPoint:
     num_anchors: int
     anchors_file: str
     report_map: float | None = None
+    cost: float | None = None
 
 
 class SearchResult:
@@ -55,7 +57,7 @@ class SearchResult:
             points.append(FrontPoint(keep=self._ids - set(removed), removed=removed, map=n["mAP"],
                                      head_macs=int(n["head_macs"]), boxes=int(n["boxes"]),
                                      num_anchors=int(n["num_anchors"]), anchors_file=n["anchors_file"],
-                                     report_map=n.get("report", {}).get("mAP")))
+                                     report_map=n.get("report", {}).get("mAP"), cost=n.get("cost")))
         return points
 
     @property
@@ -89,18 +91,14 @@ class SearchResult:
         if len(given) > 1:
             named = ", ".join(f"`{k}`" for k in given)
             raise EdgeAnchorError(f"choose with one of `max_drop`, `min_map` or `target_head_macs` (got {named})")
-        front = sorted(self.front, key=lambda p: (p.head_macs, -p.map))
-        if target_head_macs is not None:
-            meeting = [p for p in front if p.head_macs <= target_head_macs]
-            if not meeting:
-                raise EdgeAnchorError(f"no front point has head MACs <= {target_head_macs:,.0f} (the cheapest has "
-                                      f"{front[0].head_macs:,.0f}); raise `target_head_macs`")
-            return max(meeting, key=lambda p: (p.map, -p.head_macs))
-        floor = self.floor
-        if max_drop is not None:
-            floor = self.baseline["mAP"] - max_drop
-        elif min_map is not None:
-            floor = min_map
+        from ..subset_search.run import choose_point
+
+        if target_head_macs is not None or (max_drop is None and min_map is None):
+            chosen = choose_point(self._result, target_head_macs=target_head_macs)
+            return next(p for p in self.front if p.removed == tuple(sorted(chosen["removed"])))
+        floor = self.baseline["mAP"] - max_drop if max_drop is not None else float(min_map or 0.0)
+        # the cheapest in the search's own cost (head MACs, boxes or latency), as choose_point ranks them
+        front = sorted(self.front, key=lambda p: (p.cost if p.cost is not None else p.head_macs, -p.map))
         meeting = [p for p in front if p.map >= floor - 1e-12]
         if not meeting:
             best = max(p.map for p in front)

@@ -59,7 +59,7 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
     torch.set_num_threads(max(1, torch.get_num_threads()))
     check_train_settings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_iters=warmup_iters, workers=workers, seed=seed, device=device)
-    data, ann, val_ann = train_splits(data, ann, val_ann, split)
+    data, ann, val_ann = train_splits(data, ann, val_ann, split)  # the data roles of training
     if not resume:
         _check_out(out, overwrite, [data, ann, val_ann, init, weights, model, anchors])
     if resume and overwrite:
@@ -153,42 +153,13 @@ def _resume_state(out) -> tuple[Detector, dict]:
 def train_splits(data, ann, val_ann, split) -> tuple[str, str, str | None]:
     """(image root, training annotations, validation annotations or None) of COCO, YOLO or VOC data.
 
-    A YOLO data.yaml: its ``split`` (train) is trained on and its val split, if any, evaluated. A VOCdevkit:
-    the same with ImageSets/Main; a plain folder of images with XML is trained on whole.
+    See :func:`edgeanchor.api.data.train_roles`, the one resolver of training's splits.
     """
-    from ..datasets.voc import is_voc_data
-    from ..datasets.yolo import is_yolo_yaml
+    from .data import train_roles
 
-    if data and not ann and is_voc_data(data):
-        return _voc_train_splits(data, val_ann, split)
-    if not (data and is_yolo_yaml(data)):
-        if not ann:
-            raise EdgeAnchorError("give the training annotations as `ann` (a COCO file of the training images), "
-                                  "or data as a DATA.yaml")
-        return data, ann, val_ann
-    from ..datasets.yolo import read_data_yaml, yolo_splits
-
-    if ann or val_ann:
-        raise EdgeAnchorError("`ann` and `val_ann` are not used with a YOLO data.yaml (its splits are in the file); "
-                              "choose the training split with `split`")
-    split = split or "train"
-    with_val = "val" in read_data_yaml(data).splits and split != "val"
-    root, anns = yolo_splits(data, [split, *(["val"] if with_val else [])])
-    return root, anns[0], anns[1] if with_val else None
-
-
-def _voc_train_splits(data, val_ann, split) -> tuple[str, str, str | None]:
-    from ..datasets.voc import available_splits, is_devkit, voc_splits
-
-    if val_ann:
-        raise EdgeAnchorError("`val_ann` is not used with Pascal VOC data (its splits are in ImageSets/Main); "
-                              "choose the training split with `split`")
-    devkit = is_devkit(data)
-    train_split = split or "train"
-    with_val = devkit and "val" in available_splits(data) and train_split not in ("val", "trainval")
-    names = [train_split, *(["val"] if with_val else [])] if devkit else [split]
-    root, anns = voc_splits(data, names)
-    return root, anns[0], anns[1] if with_val else None
+    splits = train_roles(data, ann, val_ann, split)
+    assert splits.train is not None
+    return splits.train.images, splits.train.ann, splits.val.ann if splits.val is not None else None
 
 
 def _check_same_run(cfg, resume_state: dict, out) -> None:

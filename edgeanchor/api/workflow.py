@@ -206,25 +206,41 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
         point are in ``out``.
     """
-    from ..subset_search.run import resolve_method, run_search
+    from ..subset_search.run import resolve_method
 
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
                                  executor=executor, ray_address=ray_address, backend=backend, out=out)
-    method = resolve_method(spec.method, det)  # before the data is generated or read
+    spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)
     if report_split is not None and Path(report_split.images) != Path(split.images):
         raise EdgeAnchorError(f"the report split's images ({report_split.images}) are not in the searched split's "
                               f"folder ({split.images}); give a report annotation file over the same images")
-    loaded = None
+    return search_checked(det, split, spec, report=report_split, out=out, cache=cache, latency_model=latency_model,
+                          progress=progress)
+
+
+def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None = None,
+                   out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+                   latency_model: Any = None, progress: bool = True) -> SearchResult:
+    """:func:`search` with settings already checked and the method resolved (``spec``: a SearchSpec).
+
+    The split is read once (:meth:`Data.dataset`); the candidate cache is loaded once; the search folder
+    defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`).
+    """
+    from ..subset_search.run import run_search
+
+    dataset = split.dataset(det)
+    dataset.require_objects("search on")
+    loaded, cache_path = _load_cache(det, dataset, cache, progress)
     if out is None:
-        loaded, cache = _load_cache(det, split, cache, progress)
         from ..pipeline import search_dir
 
-        out = search_dir(loaded.content_key, replace(spec, method=method))
-    result = run_search(det, split.images, split.ann, out, spec, report_ann=report_split.ann if report_split else None,
-                        cache_path=cache, cache=loaded, latency_model=latency_model, progress=progress)
+        out = search_dir(loaded.content_key, spec)
+    result = run_search(det, split.images, split.ann, out, spec, report_ann=report.ann if report else None,
+                        cache_path=cache_path, cache=loaded, latency_model=latency_model, progress=progress,
+                        dataset=dataset, checked=True)
     return SearchResult(result, det.anchor_set.ids, out)
 
 
@@ -263,13 +279,10 @@ def _report_split(split: Data, report: Any) -> Data | None:
     return split.with_ann(report)
 
 
-def _load_cache(det, split: Data, cache, progress: bool):
-    from ..datasets.coco import CocoDetection
+def _load_cache(det, dataset, cache, progress: bool):
     from ..evaluation.cache import cache_key, load_or_build_cache
     from ..subset_search.run import default_cache_path
 
-    dataset = CocoDetection.for_detector(det, split.images, split.ann)
-    dataset.require_objects("search on")
     path = Path(cache) if cache else default_cache_path(cache_key(det, dataset))
     return load_or_build_cache(det, dataset, path, progress=progress), path
 
@@ -368,20 +381,26 @@ def finetune(det: Detector, train_data: Any, *, epochs: int, lr: float | None = 
     Returns:
         The trained detector, in eval mode on the CPU.
     """
-    from ..datasets.coco import CocoDetection
-    from ..train.loop import TrainConfig, train
-
     lr = 5e-4 if lr is None else lr
     check_train_settings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_iters=warmup_iters, workers=workers, seed=seed, device=device)
+    return finetune_checked(det, as_data(train_data), epochs=epochs, lr=lr,
+                            val_data=as_data(val_data) if val_data is not None else None, batch_size=batch_size,
+                            weight_decay=weight_decay, warmup_iters=warmup_iters, device=device, workers=workers,
+                            seed=seed, max_iters_per_epoch=max_iters_per_epoch, progress=progress)
+
+
+def finetune_checked(det: Detector, train_data: Data, *, epochs: int, lr: float, val_data: Data | None = None,
+                     batch_size: int = 32, weight_decay: float = 5e-4, warmup_iters: int = 20, device: str = "cpu",
+                     workers: int = 1, seed: int = 0, max_iters_per_epoch: int | None = None,
+                     progress: bool = True) -> Detector:
+    """:func:`finetune` with its settings already checked."""
+    from ..train.loop import TrainConfig, train
+
     tuned = copy.deepcopy(det)
-    split = as_data(train_data)
-    train_set = CocoDetection.for_detector(tuned, split.images, split.ann, train=True)
+    train_set = train_data.dataset(tuned, train=True)
     train_set.require_objects("train on")
-    val_set = None
-    if val_data is not None:
-        val = as_data(val_data)
-        val_set = CocoDetection.for_detector(tuned, val.images, val.ann)
+    val_set = val_data.dataset(tuned) if val_data is not None else None
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       warmup_iters=warmup_iters, device=device, workers=workers, seed=seed,
                       max_iters_per_epoch=max_iters_per_epoch, progress=progress,

@@ -31,42 +31,22 @@ def add_arguments(parser) -> None:
 
 
 def add_search_arguments(parser) -> None:
-    g = parser.add_argument_group("search")
-    g.add_argument("--method", choices=["greedy", "layerwise", "shared"], default=None,
-                   help="greedy (paper's Pareto tree search), layerwise, or shared (heads shared across levels); "
-                        "default: shared for RetinaNet, else greedy")
-    g.add_argument("--cost", choices=["head_macs", "boxes", "latency"], default="head_macs")
-    floor = g.add_mutually_exclusive_group()
-    floor.add_argument("--min-map", type=float, default=None, help="absolute accuracy floor (in --metric's mAP)")
-    floor.add_argument("--max-drop", type=float, default=None,
-                       help="floor relative to the unpruned mAP, in mAP units (default 0.005 = 0.5 points)")
-    g.add_argument("--metric", choices=["coco", "voc07", "voc"], default="coco",
-                   help="what subsets are ranked by: coco (mAP@[.5:.95]), voc07 (Pascal VOC mAP@0.5, 11-point) or "
-                        "voc (VOC2010+ all-point); default coco")
-    g.add_argument("--tol", type=float, default=1e-4, help="two mAPs within this are equal (default 1e-4)")
-    g.add_argument("--max-per-level", type=int, default=1, help="layerwise: anchors left per level")
-    g.add_argument("--max-evals", type=int, default=3000, help="evaluation budget")
-    g.add_argument("--workers", type=int, default=2, help="scoring processes, or Ray actors with --executor ray")
-    g.add_argument("--executor", choices=["processes", "ray"], default="processes",
-                   help="processes: this machine's worker processes; ray: actors sharding the images, on a local "
-                        "Ray or a cluster (--ray-address)")
-    g.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="the Ray cluster for --executor ray: HOST:PORT, ray://HOST:PORT or auto (default: start a "
-                        "local Ray)")
-    g.add_argument("--backend", choices=["faster", "pycocotools"], default="faster",
-                   help="COCO evaluator of the front's full metrics; the search ranks subsets by the exact "
-                        "incremental mAP (pycocotools' arithmetic) whatever this is")
-    g.add_argument("--cache", default=None, help="candidate cache file (default: keyed file in the cache folder)")
-    g.add_argument("--latency-model", default=None,
-                   help="latency model JSON for --cost latency (default: calibrate one now on this machine)")
+    """The search flags, defined once in :class:`~edgeanchor.api.settings.SearchSettings`."""
+    from ..api.settings import SearchSettings
+    from ..settings import add_arguments
+
+    add_arguments(parser, SearchSettings)
 
 
 def search_kwargs(args) -> dict:
     """The search flags as :func:`edgeanchor.search`'s keywords (``max_drop`` defaults there)."""
-    return {"method": args.method, "cost": args.cost, "metric": args.metric, "min_map": args.min_map,
-            "max_drop": args.max_drop, "tol": args.tol, "max_per_level": args.max_per_level,
-            "max_evals": args.max_evals, "workers": args.workers, "executor": args.executor,
-            "ray_address": args.ray_address, "backend": args.backend}
+    from ..api.settings import SearchSettings
+    from ..settings import from_args
+
+    values = from_args(SearchSettings, args)
+    values.pop("cache")
+    values.pop("latency_model")
+    return values
 
 
 def data_arguments(args, default_split: str) -> dict:

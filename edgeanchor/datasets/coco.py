@@ -266,6 +266,7 @@ class CocoDetection(torch.utils.data.Dataset):
         data = read_json(self.ann_file, "annotation file")
         if not isinstance(data, dict):
             raise EdgeAnchorError(f"annotation file {self.ann_file} is not a COCO JSON object; check the path")
+        self.coco_json = data  # the parsed file, shared read-only by the steps that score this split
         images = _require_list(data, "images", self.ann_file)
         annotations = _require_list(data, "annotations", self.ann_file)
         categories = _require_list(data, "categories", self.ann_file)

@@ -272,7 +272,7 @@ class ExportFolder:
         write_json(self.anchors_path(variant), detector.anchor_set.to_json())
         self._detectors[variant] = detector
 
-    def write_report(self, report: dict, render=None) -> dict:
+    def write_report(self, report: dict, render=None, *, annotations: dict | None = None) -> dict:
         """Stamp ``report`` with the format, its version, the graph table and the device section; write report.json.
 
         The device section needs both variants written (:meth:`write_variant`); the report split's
@@ -281,11 +281,12 @@ class ExportFolder:
         Args:
             report: the report's contents (needs image_size, data, report_ann and resize).
             render: a function of the stamped report returning Markdown, written as report.md.
+            annotations: the report split's annotation file, parsed (default: read from ``report_ann``).
         """
         graphs = {v: {g: {"file": str(p.relative_to(self.root)), "runtimes": list(GRAPH_RUNTIMES[g])}
                       for g, p in self.graphs(v).items()} for v in VARIANTS}
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs,
-                "device": self._write_device_data(report)}
+                "device": self._write_device_data(report, annotations)}
         full = validate_report(full, self.report_path)
         write_json(self.report_path, full)
         if render is not None:
@@ -293,10 +294,11 @@ class ExportFolder:
         self._report = full
         return full
 
-    def _write_device_data(self, report: dict) -> dict:
+    def _write_device_data(self, report: dict, ann: dict | None = None) -> dict:
         """Copy the report split into ``data/``; returns the report's device section."""
         base = self._detectors["baseline"]
-        ann = read_json(report["report_ann"], "report annotations")
+        if ann is None:
+            ann = read_json(report["report_ann"], "report annotations")
         images = [im["file_name"] for im in ann.get("images", [])]
         sources = [Path(report["data"]) / name for name in images]
         size = sum(p.stat().st_size for p in sources if p.is_file())
@@ -311,7 +313,7 @@ class ExportFolder:
             shutil.copyfile(src, dst)
         return {"preprocess": preprocess_json(report["image_size"], report.get("resize", "stretch")),
                 "label_to_category": {str(k): v for k, v in label_map_json(
-                    data / "annotations.json", base.num_classes, base.first_label).items()},
+                    ann, base.num_classes, base.first_label).items()},
                 "model": model_json(base), "annotations": f"{DATA_DIR}/annotations.json",
                 "images": f"{DATA_DIR}/images" if bundled else None, "num_images": len(images),
                 "images_bytes": size}

@@ -29,10 +29,10 @@ def model_json(detector) -> dict:
 
 
 def label_map_json(ann_path, num_classes: int, first_label: int) -> dict[int, int]:
-    """Model label -> category id for the categories of an annotation file."""
+    """Model label -> category id for the categories of an annotation file (a path, or its parsed contents)."""
     from ..datasets.labels import invert_label_map, make_label_map
 
-    ann = read_json(ann_path, "annotation file")
+    ann = ann_path if isinstance(ann_path, dict) else read_json(ann_path, "annotation file")
     cats = [c["id"] for c in ann.get("categories", [])] if isinstance(ann, dict) else []
     return invert_label_map(make_label_map(cats, num_classes, first_label))
 

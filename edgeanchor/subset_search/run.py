@@ -225,7 +225,7 @@ class _SearchRun:
 
 def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=None, cache_path=None, cache=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
-               log=log) -> dict:
+               log=log, dataset: CocoDetection | None = None, checked: bool = False) -> dict:
     """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``.
 
     Args:
@@ -240,21 +240,25 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
         batch_size, device: of the one inference pass.
         progress: show progress bars and messages.
         log: where progress messages go.
+        dataset: (data_dir, ann) already read for ``det``, if the caller has it.
+        checked: ``search`` was checked and its method resolved by the caller (not done again).
 
     Returns:
         The search result (also written to ``out_dir/search.json``).
     """
-    check_search_spec(search)
-    search = replace(search, method=resolve_method(search.method, det))
+    if not checked:
+        check_search_spec(search)
+        search = replace(search, method=resolve_method(search.method, det))
     run = _SearchRun(det, data_dir, Path(out_dir), search, report_ann, batch_size, device, progress, log)
     check_search_folder(run.out_dir)
-    dataset = CocoDetection.for_detector(det, data_dir, ann)
-    dataset.require_objects("search on")
+    if dataset is None:
+        dataset = CocoDetection.for_detector(det, data_dir, ann)
+        dataset.require_objects("search on")
     cache_path = Path(cache_path) if cache_path else default_cache_path(cache_key(det, dataset))
     if cache is None:
         cache = load_or_build_cache(det, dataset, cache_path, batch_size=batch_size, device=device,
                                     progress=progress, log=log)
-    scorer = SubsetScorer(cache, ann, backend=search.backend, metric=search.metric)
+    scorer = SubsetScorer(cache, dataset.coco_json, backend=search.backend, metric=search.metric)
     cost_model = build_cost_model(det)
     latency = resolve_latency_model(search.cost, latency_model, det, data_dir, ann, run.out_dir, log=log)
     cost_fn = _cost_fn(search.cost, latency)
@@ -371,7 +375,7 @@ def _report_scorer(run: _SearchRun) -> SubsetScorer:
     dataset = CocoDetection.for_detector(det, run.data_dir, run.report_ann)
     cache = load_or_build_cache(det, dataset, default_cache_path(cache_key(det, dataset)), batch_size=run.batch_size,
                                 device=run.device, progress=run.progress, log=run.log)
-    return SubsetScorer(cache, run.report_ann, backend=run.search.backend, metric=run.search.metric)
+    return SubsetScorer(cache, dataset.coco_json, backend=run.search.backend, metric=run.search.metric)
 
 
 def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict:

@@ -1,0 +1,180 @@
+"""One definition per setting: a command's settings are one frozen dataclass.
+
+Each field is a setting: its name is the Python API's keyword, and its metadata (:func:`setting`) holds
+the command-line flag, the help text, how the flag parses, and the check of its value. From the one
+dataclass come:
+
+- the command's argparse flags (:func:`add_arguments`), so the CLI defines no flag of its own;
+- the values the CLI passes to the API (:func:`from_args`);
+- the API function's signature and parameter docs (:func:`api_signature`), so ``help()`` and
+  ``inspect.signature`` show every setting with its default;
+- one validation (:func:`check_fields`), run once per call, before any model or data is touched.
+
+A new setting of a command is one field. Nothing here parses flags at import time or imports argparse for
+the API; :mod:`edgeanchor.cli` calls :func:`add_arguments` and :func:`from_args`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import EdgeAnchorError
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a setting appears on the command line, and what values it accepts.
+
+    Attributes:
+        help: the help text (also the API's parameter doc).
+        flags: the option strings (default ``--name-with-hyphens``); empty for an API-only setting.
+        type: argparse's conversion (default: the default value's type for int/float/str).
+        choices: the accepted values (checked for the API too).
+        nargs, metavar, action: as argparse's.
+        group: the argparse group title the flag is listed under.
+        exclusive: flags with the same value here form a mutually exclusive group.
+        check: a function of the value returning an error message (with the marked name) or None.
+    """
+
+    help: str
+    flags: tuple[str, ...] | None = None
+    type: Callable[[str], Any] | None = None
+    choices: Sequence[Any] | None = None
+    nargs: int | str | None = None
+    metavar: str | tuple[str, ...] | None = None
+    action: str | None = None
+    group: str | None = None
+    exclusive: str | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def setting(default: Any = None, help: str = "", **flag: Any) -> Any:
+    """A dataclass field that is a setting (see :class:`Flag` for the keywords)."""
+    return field(default=default, metadata={"setting": Flag(help=help, **flag)})
+
+
+def flag_of(f: dataclasses.Field) -> Flag:
+    meta = f.metadata.get("setting")
+    return meta if isinstance(meta, Flag) else Flag(help="", flags=())
+
+
+def option_strings(f: dataclasses.Field) -> tuple[str, ...]:
+    """The field's flags: given ones, else ``--name-with-hyphens``."""
+    spec = flag_of(f)
+    return spec.flags if spec.flags is not None else ("--" + f.name.replace("_", "-"),)
+
+
+def add_arguments(parser: Any, cls: type, *, exclude: Sequence[str] = ()) -> None:
+    """Add one argparse flag per field of the settings dataclass ``cls`` (in field order)."""
+    groups: dict[str, Any] = {}
+    exclusive: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        names = option_strings(f)
+        if f.name in exclude or not names:
+            continue
+        spec = flag_of(f)
+        target = parser
+        if spec.group:
+            if spec.group not in groups:
+                groups[spec.group] = parser.add_argument_group(spec.group)
+            target = groups[spec.group]
+        if spec.exclusive:
+            if spec.exclusive not in exclusive:
+                exclusive[spec.exclusive] = target.add_mutually_exclusive_group()
+            target = exclusive[spec.exclusive]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": spec.help or None}
+        if spec.action:
+            kwargs["action"] = spec.action
+        else:
+            kwargs["type"] = spec.type or _default_type(f.default)
+            for key in ("choices", "nargs", "metavar"):
+                if getattr(spec, key) is not None:
+                    kwargs[key] = getattr(spec, key)
+        target.add_argument(*names, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
+
+
+def _default_type(default: Any) -> Callable[[str], Any] | None:
+    if isinstance(default, bool) or default is None:
+        return None
+    if isinstance(default, (int, float)):
+        return type(default)
+    return None
+
+
+def from_args(cls: type, args: Any, **given: Any) -> dict[str, Any]:
+    """The keyword arguments of ``cls``'s API function from an argparse namespace (plus ``given``)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(given)
+    return values
+
+
+def check_fields(obj: Any) -> None:
+    """Each field's own check (choices, and the :class:`Flag`'s ``check``), in field order.
+
+    Raises:
+        EdgeAnchorError: the first failing setting, named as the API spells it (marked: `name`).
+    """
+    for f in dataclasses.fields(obj):
+        spec = flag_of(f)
+        value = getattr(obj, f.name)
+        if spec.choices is not None and value is not None and value not in spec.choices:
+            raise EdgeAnchorError(f"unknown `{f.name}` {value!r}; choose one of {', '.join(map(str, spec.choices))}")
+        if spec.check is not None:
+            message = spec.check(value)
+            if message:
+                raise EdgeAnchorError(message)
+
+
+def api_signature(cls: type, *, positional: Sequence[str] = (), returns: Any = inspect.Signature.empty
+                  ) -> inspect.Signature:
+    """The API function's signature: ``positional`` fields first, every other field keyword-only."""
+    params = []
+    for f in dataclasses.fields(cls):
+        kind = (inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name in positional
+                else inspect.Parameter.KEYWORD_ONLY)
+        params.append(inspect.Parameter(f.name, kind, default=f.default, annotation=f.type))
+    params.sort(key=lambda p: p.kind)
+    return inspect.Signature(params, return_annotation=returns)
+
+
+def args_doc(cls: type, indent: str = "        ") -> str:
+    """The fields' help texts as a docstring's ``Args:`` entries."""
+    import textwrap
+
+    lines = []
+    for f in dataclasses.fields(cls):
+        text = f"{f.name}: {flag_of(f).help}" if flag_of(f).help else f.name
+        lines += textwrap.wrap(text, 110, initial_indent=indent, subsequent_indent=indent + "    ")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def at_least(n: int | float, name: str, note: str = "") -> Callable[[Any], str | None]:
+    """A check: the value is a number >= ``n``."""
+    def check(value: Any) -> str | None:
+        if not _number(value) or value < n:
+            return f"`{name}` must be >= {n}{note} (got {value})" if n else f"`{name}` must be >= 0{note} (got {value})"
+        return None
+    return check
+
+
+def positive(name: str, *, optional: bool = False) -> Callable[[Any], str | None]:
+    """A check: the value is a finite number > 0 (or None where ``optional``)."""
+    def check(value: Any) -> str | None:
+        if optional and value is None:
+            return None
+        if not (_number(value) and value > 0):
+            return f"`{name}` must be a positive number (got {value})"
+        return None
+    return check
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
