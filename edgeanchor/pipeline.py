@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 
@@ -24,6 +24,7 @@ from .evaluation.coco_map import coco_map
 from .evaluation.predict import predict
 from .evaluation.subset import SubsetScorer
 from .exporting.folder import ExportFolder, variant_map
+from .exporting.report_schema import Chosen, Cost, DeployedMaps, Report, VariantMaps
 from .exporting.runtimes import is_installed
 from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
@@ -114,7 +115,7 @@ def search_dir(key: str, search) -> Path:
 def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: ExportSettings, report_data,
                         calib_data=None, model_name: str, out, chosen: dict | None = None,
                         search_ann: str | None = None, finetuned_from=None, seconds: dict | None = None,
-                        progress: bool = True, log=log) -> dict:
+                        progress: bool = True, log=log) -> Report:
     """Write both variants, measure and check them, and write the report; returns the report.
 
     Args:
@@ -137,10 +138,10 @@ def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: Exp
     t0 = time.perf_counter()
     timings = dict(seconds or {})
     report_set = report_data.dataset(baseline)
-    report: dict[str, Any] = {"model": model_name, "arch": baseline.arch, "data": report_data.images,
+    report: Report = {"model": model_name, "arch": baseline.arch, "data": report_data.images,
                               "search_ann": search_ann, "report_ann": report_data.ann,
                               "image_size": list(baseline.image_size), "resize": baseline.resize_mode,
-                              "chosen": chosen or {"source": "given"}, "metric": settings.metric}
+                              "chosen": cast(Chosen, chosen or {"source": "given"}), "metric": settings.metric}
     t = time.perf_counter()
     report["mAP"] = report_maps(baseline, pruned, report_set, metric=settings.metric, finetuned_from=finetuned_from,
                                 progress=progress, log=log)
@@ -182,7 +183,7 @@ def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: Exp
 
 
 def report_maps(baseline, pruned, report_set, *, metric: str = "coco", finetuned_from=None, progress: bool = True,
-                log=log) -> dict:
+                log=log) -> VariantMaps:
     """Each variant's PyTorch mAP on the report split, in ``metric``: ``baseline``, ``pruned`` and, for a
     fine-tuned model, ``finetuned``.
 
@@ -193,7 +194,7 @@ def report_maps(baseline, pruned, report_set, *, metric: str = "coco", finetuned
     cache = load_or_build_cache(baseline, report_set, default_cache_path(cache_key(baseline, report_set)),
                                 progress=progress, log=log)
     scorer = SubsetScorer(cache, report_set.coco_json, metric=metric)
-    maps = {"baseline": scorer.score((), full=False)["mAP"]}
+    maps: VariantMaps = {"baseline": scorer.score((), full=False)["mAP"]}
     sliced = finetuned_from if finetuned_from is not None else pruned
     if is_slice_of(baseline, sliced):
         removed = sorted(set(baseline.anchor_set.ids) - set(sliced.anchor_set.ids))
@@ -225,7 +226,7 @@ def default_cache_path(key: str) -> Path:
     return path(key)
 
 
-def cost_json(det) -> dict:
+def cost_json(det) -> Cost:
     """Head and total MACs, boxes and anchors of a detector, per level too."""
     cost = measure_cost(det)
     return {"head_macs": cost.head_macs, "total_macs": cost.total_macs, "num_boxes": cost.num_boxes,
@@ -365,7 +366,7 @@ def _tensorrt(folder: ExportFolder, precision: str, report_set, log) -> dict:
     return result
 
 
-def _int8(folder: ExportFolder, calib_set, report_set, as_deployed: dict, log, progress: bool) -> dict:
+def _int8(folder: ExportFolder, calib_set, report_set, as_deployed: DeployedMaps, log, progress: bool) -> dict:
     """int8 graphs of both variants and their mAP through ONNX Runtime, beside model.onnx's (exporting/int8.py).
 
     ``map_pytorch`` is each variant's PyTorch COCO mAP with the graphs' rule (``as_deployed``, from
@@ -379,7 +380,7 @@ def _int8(folder: ExportFolder, calib_set, report_set, as_deployed: dict, log, p
     return result
 
 
-def _map_as_deployed(det, pruned, settings: ExportSettings, report_set, maps: dict) -> dict:
+def _map_as_deployed(det, pruned, settings: ExportSettings, report_set, maps: VariantMaps) -> DeployedMaps:
     """Each variant's PyTorch COCO mAP on the report split with the rule of its exported graphs.
 
     This is what the deployed graph's mAP (``evaluate --export``, ``regress``) must equal up to runtime
@@ -388,15 +389,14 @@ def _map_as_deployed(det, pruned, settings: ExportSettings, report_set, maps: di
     deploy threshold may be given, and a VOC search reports VOC's mAP.
     """
     same = (deployed(det, settings.deploy).postprocess_spec == det.postprocess_spec and settings.metric == "coco")
-    result: dict[str, Any] = {"metric": "coco", "same_as_reported": same}
-    models = {"baseline": det, "pruned": pruned}
-    for variant, model in models.items():
+    values: dict[str, float | None] = {}
+    for variant, model in (("baseline", det), ("pruned", pruned)):
         if same:
-            result[variant] = variant_map(maps, variant)
+            values[variant] = variant_map(dict(maps), variant)
         else:
             detections = predict(deployed(model, settings.deploy), report_set, progress=False)
-            result[variant] = _map(report_set.coco_json, detections, "coco")
-    return result
+            values[variant] = _map(report_set.coco_json, detections, "coco")
+    return {"metric": "coco", "same_as_reported": same, "baseline": values["baseline"], "pruned": values["pruned"]}
 
 
 def _map(ann, detections: list, metric: str) -> float:

@@ -248,8 +248,8 @@ def roles(data: Any = None, ann: str | os.PathLike | None = None, *, split: str 
                                   "in ImageSets/Main); choose the search split with `split`")
         return _dataset_roles("voc", data, split)
     search = as_split(data, ann, split)
-    train = search.with_ann(train_ann) if train_ann else None
-    return Roles(search, search.with_ann(report_ann) if report_ann else search, train)
+    fine_tune = search.with_ann(train_ann) if train_ann else None
+    return Roles(search, search.with_ann(report_ann) if report_ann else search, fine_tune)
 
 
 def data_or_demo(split: str) -> Data:

@@ -35,11 +35,11 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_dir, peek_json, read_json, write_json, write_text
-from .report_schema import (FORMAT, FORMAT_VERSION, label_map_json, model_json,  # noqa: F401 - re-exported
+from .report_schema import (FORMAT, FORMAT_VERSION, Report, label_map_json, model_json,  # noqa: F401 - re-exported
                             preprocess_json, validate_report, variant_map)
 
 BUNDLE_IMAGES_MAX_BYTES = 256 * 2**20  # report-split images up to this size are copied into data/images
@@ -76,7 +76,7 @@ class ExportFolder:
     Use :meth:`open` for an existing folder and :meth:`build` for a new one.
     """
 
-    def __init__(self, root: str | os.PathLike, report: dict | None = None):
+    def __init__(self, root: str | os.PathLike, report: Report | None = None):
         self.root = Path(root)
         self._report = report
         self._detectors: dict = {}
@@ -141,9 +141,10 @@ class ExportFolder:
     # ---------------------------------------------------------------------------------------- contents
 
     @property
-    def report(self) -> dict:
+    def report(self) -> Report:
         if self._report is None:
-            self._report = validate_report(read_json(self.report_path, "export report"), self.report_path)
+            self._report = cast(Report, validate_report(read_json(self.report_path, "export report"),
+                                                        self.report_path))
         return self._report
 
     @property
@@ -272,7 +273,7 @@ class ExportFolder:
         write_json(self.anchors_path(variant), detector.anchor_set.to_json())
         self._detectors[variant] = detector
 
-    def write_report(self, report: dict, render=None, *, annotations: dict | None = None) -> dict:
+    def write_report(self, report: Report, render=None, *, annotations: dict | None = None) -> Report:
         """Stamp ``report`` with the format, its version, the graph table and the device section; write report.json.
 
         The device section needs both variants written (:meth:`write_variant`); the report split's
@@ -285,16 +286,16 @@ class ExportFolder:
         """
         graphs = {v: {g: {"file": str(p.relative_to(self.root)), "runtimes": list(GRAPH_RUNTIMES[g])}
                       for g, p in self.graphs(v).items()} for v in VARIANTS}
-        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs,
-                "device": self._write_device_data(report, annotations)}
-        full = validate_report(full, self.report_path)
+        stamped = {"format": FORMAT, "format_version": FORMAT_VERSION, **report, "graphs": graphs,
+                   "device": self._write_device_data(report, annotations)}
+        full = cast(Report, validate_report(stamped, self.report_path))
         write_json(self.report_path, full)
         if render is not None:
             write_text(self.report_md_path, render(full))
         self._report = full
         return full
 
-    def _write_device_data(self, report: dict, ann: dict | None = None) -> dict:
+    def _write_device_data(self, report: Report, ann: dict | None = None) -> dict:
         """Copy the report split into ``data/``; returns the report's device section."""
         base = self._detectors["baseline"]
         if ann is None:

@@ -396,8 +396,8 @@ def quantize_and_evaluate(folder, calib_set, report_set, spec: Int8Spec = Int8Sp
         log(f"quantizing the {variant} backbone and head to int8 ({spec.method}, {len(images)} calibration images)")
         quantized = quantize_variant(folder, variant, images, spec)
         log(f"measuring the {variant} mAP through model.onnx and model_int8.onnx")
-        fp32 = graph_map(folder.graph_path(variant, "model"), report_set, report_set.ann_file, progress=progress)
-        int8 = graph_map(quantized["files"]["model_int8"], report_set, report_set.ann_file, progress=progress)
+        fp32 = graph_map(folder.graph_path(variant, "model"), report_set, report_set.coco_json, progress=progress)
+        int8 = graph_map(quantized["files"]["model_int8"], report_set, report_set.coco_json, progress=progress)
         result[variant] = {"map_fp32_onnx": fp32, "map_int8": int8, "delta": int8 - fp32, "calibration": calibration,
                            "files": {k: str(Path(v).relative_to(folder.root)) for k, v in quantized["files"].items()},
                            "ops": quantized["ops"]}

@@ -6,11 +6,96 @@ the folder's layout (file names) stays there. No torch.
 
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 from ..errors import EdgeAnchorError
 from ..io import read_json
 
 FORMAT = "edgeanchor.export"
 FORMAT_VERSION = 2
+
+
+class VariantMaps(TypedDict, total=False):
+    """PyTorch mAP per variant on the report split, in the report's ``metric`` (``finetuned``: after
+    fine-tuning; ``pruned`` is then the sliced model before it)."""
+
+    baseline: float
+    pruned: float
+    finetuned: float
+
+
+class DeployedMaps(TypedDict):
+    """Each variant's PyTorch COCO mAP with its exported graphs' rule: what the deployed graph must equal."""
+
+    metric: str
+    same_as_reported: bool
+    baseline: float | None
+    pruned: float | None
+
+
+class Cost(TypedDict):
+    """Head and total MACs at batch 1, boxes entering post-processing and anchors, in all and per level."""
+
+    head_macs: int
+    total_macs: int
+    num_boxes: int
+    num_anchors: int
+    anchors_per_level: list[int]
+    head_macs_per_level: list[int]
+    boxes_per_level: list[int]
+
+
+class Chosen(TypedDict, total=False):
+    """How the kept anchors were chosen: ``source`` "search", "given" (ea.export) or the anchor file's path;
+    a search adds its folder, the removed ids, its mAP, floor, method, cost and counts."""
+
+    source: str
+    search_dir: str
+    removed: list[int]
+    search_mAP: float
+    floor: float
+    method: str
+    cost: str
+    num_front_points: int
+    num_evals: int
+    scoring: dict[str, Any] | None
+
+
+class Report(TypedDict, total=False):
+    """report.json of an export folder (format 2); every export folder has the same keys, whoever wrote it.
+
+    ``int8``, ``runtimes`` and ``tensorrt`` are present when they were asked for (int8 graphs, a runtime
+    matrix, TensorRT engines); ``format``, ``format_version``, ``graphs`` and ``device`` are stamped by
+    :meth:`~edgeanchor.exporting.folder.ExportFolder.write_report`.
+    """
+
+    format: str
+    format_version: int
+    model: str
+    arch: str
+    data: str
+    search_ann: str | None
+    report_ann: str
+    image_size: list[int]
+    resize: str
+    chosen: Chosen
+    metric: str
+    mAP: VariantMaps
+    mAP_as_deployed: DeployedMaps
+    cost: dict[str, Cost]
+    export: dict[str, dict[str, Any]]
+    int8: dict[str, Any]
+    runtimes: dict[str, Any]
+    tensorrt: dict[str, Any]
+    trtexec: dict[str, str]
+    seconds: dict[str, float]
+    out: str
+    graphs: dict[str, dict[str, Any]]
+    device: dict[str, Any]
+
+
+# the keys every report of this edgeanchor has (besides the optional int8, runtimes and tensorrt)
+REQUIRED_KEYS = frozenset(Report.__annotations__) - {"int8", "runtimes", "tensorrt"}
 
 
 def preprocess_json(image_size, resize: str) -> dict:
