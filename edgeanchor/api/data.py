@@ -111,8 +111,8 @@ class Data:
                               "annotation file")
 
     def with_ann(self, ann: str | os.PathLike) -> "Data":
-        """Another COCO annotation file over the same image folder."""
-        return Data(resolved=Split(self.images, str(ann)))
+        """Another COCO annotation file over the same image folder (resolved when first used)."""
+        return Data(resolver=lambda: Split(self.images, str(ann)))
 
     def __repr__(self) -> str:
         if self._split is None:
