@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeanchor.anchors import from_reference  # noqa: E402
 from edgeanchor.benchmark.harness import run_bench  # noqa: E402
 from edgeanchor.benchmark.latency_model import time_session  # noqa: E402
-from edgeanchor.benchmark.runtimes import machine_info  # noqa: E402
+from edgeanchor.benchmark.machine import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
 from edgeanchor.datasets.demo_data import demo_split  # noqa: E402
 from edgeanchor.exporting import export_onnx  # noqa: E402

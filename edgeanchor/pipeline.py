@@ -24,7 +24,7 @@ from .evaluation.coco_map import coco_map
 from .evaluation.predict import predict
 from .evaluation.subset import SubsetScorer
 from .exporting.folder import ExportFolder, variant_map
-from .exporting.runtimes import is_installed
+from .runtimes import is_installed
 from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
 from .pruning import keep_ids_from_file, prune
@@ -125,7 +125,7 @@ def check_pipeline_spec(pipeline: PipelineSpec) -> None:
         check_int8_spec(Int8Spec(), opset=pipeline.opset)
     check_rule_values(pipeline.deploy_score_thresh, pipeline.deploy_nms_thresh, prefix="deploy_")
     if pipeline.tensorrt:
-        from .exporting.tensorrt import require_tensorrt
+        from .runtimes.tensorrt import require_tensorrt
 
         require_tensorrt()
 
@@ -333,7 +333,7 @@ def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images,
     """
     from .exporting import check_parity
     from .exporting.openvino_ir import write_ir
-    from .exporting.runtimes import version
+    from .runtimes import version
 
     log(f"writing the {variant} model's OpenVINO IR (OpenVINO {version('openvino')})")
     written = write_ir({g: (Path(f), folder.ir_path(variant, g)) for g, f in files.items()})
@@ -416,7 +416,7 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
 
 
 def _tensorrt(folder: ExportFolder, precision: str, report_set, log) -> dict:
-    from .exporting.tensorrt import build_engine
+    from .runtimes.tensorrt import build_engine
 
     result = {}
     calib = parity_images(report_set, 64) if precision == "int8" else None

@@ -188,7 +188,7 @@ def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, l
     if log:
         log(f"latency model: postprocess {fixed:.3f} ms + {per_box * 1e3:.3f} us per box + "
             f"{per_nms * 1e3:.3f} us per box entering NMS")
-    from .runtimes import machine_info
+    from .machine import machine_info
 
     return LatencyModel(
         level_base_ms=base, level_per_anchor_ms=per_anchor, post_fixed_ms=fixed, post_per_box_ms=per_box,
