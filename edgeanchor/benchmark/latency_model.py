@@ -133,8 +133,8 @@ def _postprocess_samples(det, images, folder: Path, threads: int, iters: int):
     from ..exporting.parity import make_session
     from ..postprocess import topk_indices
 
-    export_onnx(det, folder, simplify=False)
-    post = make_session(folder / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+    graphs = export_onnx(det, folder, simplify=False)["files"]
+    post = make_session(graphs["postprocess"], intra_op_num_threads=threads, inter_op_num_threads=1)
     in_names = [i.name for i in post.get_inputs()]
     box_anchor = det.box_anchor_ids()
     for image in images:

@@ -26,6 +26,7 @@ from torchvision.ops import box_iou
 from ..errors import EdgeAnchorError
 from ..models.base import Detector
 from ..runtimes.onnxruntime import OPT_LEVELS, make_session  # noqa: F401 - torch-free; re-exported here
+from .folder import graph_file
 from .graphs import DecodeBoxes, level_names
 
 def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
@@ -192,7 +193,7 @@ def check_parity(
     detector = detector.eval()
     names = level_names(detector)
     if files is None:
-        files = {g: out_dir / f"{g}.onnx" for g in PARITY_GRAPHS}
+        files = {g: graph_file(out_dir, g) for g in PARITY_GRAPHS}
         for g in ("model_nonms", "model_ncnn"):  # exports older than these graphs
             if not files[g].is_file():
                 del files[g]
