@@ -37,7 +37,7 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
         out: the export folder to create.
         data: the split bench and regress measure on (parity images are its first ``parity_images``).
         formats: what to write beside the ONNX graphs, which are always written: "openvino" (the IR,
-            ``openvino/*.xml``, checked against PyTorch at f32) and "tensorrt" (an engine per variant, built
+            ``openvino/*.xml``, checked against PyTorch at fp32) and "tensorrt" (an engine per variant, built
             here: needs TensorRT and an NVIDIA GPU; fp16, int8 with ``int8``). Default: ("onnx", "openvino")
             where OpenVINO is installed, else ("onnx",).
         int8: also write int8 graphs (``model_int8.onnx`` and its stages: QDQ, calibrated on ``calib_data``)
