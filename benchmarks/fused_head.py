@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeanchor.anchors import from_reference  # noqa: E402
 from edgeanchor.benchmark.harness import load_images, stats_ms  # noqa: E402
-from edgeanchor.benchmark.runtimes import machine_info  # noqa: E402
+from edgeanchor.benchmark.machine import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
 from edgeanchor.exporting.folder import ExportFolder  # noqa: E402
 from edgeanchor.exporting.onnx_export import export_graphs  # noqa: E402

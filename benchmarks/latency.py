@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeanchor.anchors import from_reference  # noqa: E402
 from edgeanchor.benchmark.harness import run_bench  # noqa: E402
 from edgeanchor.benchmark.latency_model import time_session  # noqa: E402
-from edgeanchor.benchmark.runtimes import machine_info  # noqa: E402
+from edgeanchor.benchmark.machine import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
 from edgeanchor.datasets.demo_data import demo_split  # noqa: E402
 from edgeanchor.exporting import export_onnx  # noqa: E402
@@ -147,8 +147,8 @@ def nms_scaling(images, threads, tmp: Path) -> list[dict]:
     for target in (30, 100, 300, 1000, 3000, 10000):
         got = set_realistic_scores(det, sized, target=target)
         folder = tmp / f"nms_{target}"
-        export_onnx(det, folder, simplify=False)
-        sess = make_session(folder / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+        graphs = export_onnx(det, folder, simplify=False)["files"]
+        sess = make_session(graphs["postprocess"], intra_op_num_threads=threads, inter_op_num_threads=1)
         names = [i.name for i in sess.get_inputs()]
         times_ort, times_torch = [], []
         for image in sized:
@@ -183,9 +183,9 @@ def latency_model_check(demo_export: ExportFolder, images, threads: int, tmp: Pa
     for k, removed in enumerate(picks):
         pruned = prune(det, set(det.anchor_set.ids) - set(removed)) if removed else det
         folder = tmp / f"lm_{k}"
-        export_onnx(pruned, folder, simplify=True)
-        head = make_session(folder / "head.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
-        post = make_session(folder / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+        graphs = export_onnx(pruned, folder, simplify=True)["files"]
+        head = make_session(graphs["head"], intra_op_num_threads=threads, inter_op_num_threads=1)
+        post = make_session(graphs["postprocess"], intra_op_num_threads=threads, inter_op_num_threads=1)
         measured = []
         for image in images:
             feats = pruned.backbone(image[None])

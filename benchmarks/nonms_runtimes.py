@@ -11,7 +11,7 @@ Run by the project's interpreter (edgeanchor, torch, onnxruntime), it:
 2. runs itself as a worker (``worker --runtime opencv|ncnn REFS...``) under each interpreter given:
    every ``--opencv-python`` (default: this one, if it has cv2) and ``--ncnn-python`` (one with the
    ``ncnn`` and ``pnnx`` packages; skipped if not given). A worker needs NumPy and its runtime only
-   (OpenCV: also onnx, for :class:`edgeanchor.benchmark.opencv_runner.OpenCvRunner`), never torch, so
+   (OpenCV: also onnx, for :class:`edgeanchor.runtimes.opencv.OpenCvRunner`), never torch, so
    OpenCV 5 or ncnn can live in scratch environments;
 3. writes one JSON: runtime versions and settings, per export/variant/graph whether it loads, max abs
    differences, pass/fail, and the load average before and after.
@@ -166,7 +166,7 @@ def check_opencv(refs: list[str]) -> dict:
     import cv2
 
     sys.path.insert(0, str(ROOT))
-    from edgeanchor.benchmark.opencv_runner import OpenCvRunner  # cv2, NumPy and onnx only
+    from edgeanchor.runtimes.opencv import OpenCvRunner  # cv2, NumPy and onnx only
     from edgeanchor.errors import EdgeAnchorError
 
     result = {"runtime": "opencv", "version": cv2.__version__, "configs": {}}
@@ -353,7 +353,7 @@ def drive(argv) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nonms_runtimes.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from edgeanchor.benchmark.runtimes import machine_info
+    from edgeanchor.benchmark.machine import machine_info
 
     started = load_average()
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeanchor.anchors import from_reference  # noqa: E402
-from edgeanchor.benchmark.runtimes import machine_info  # noqa: E402
+from edgeanchor.benchmark.machine import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
 from edgeanchor.io import write_json  # noqa: E402
 from edgeanchor.models import build_detector  # noqa: E402

@@ -25,7 +25,7 @@ from .evaluation.predict import predict
 from .evaluation.subset import SubsetScorer
 from .exporting.folder import ExportFolder, variant_map
 from .exporting.report_schema import Chosen, Cost, DeployedMaps, Report, VariantMaps
-from .exporting.runtimes import is_installed
+from .runtimes import is_installed
 from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
 
@@ -96,11 +96,11 @@ class ExportSettings:
             if self.tensorrt not in TENSORRT_PRECISIONS:
                 raise EdgeAnchorError(f"unknown `tensorrt` precision {self.tensorrt!r}; choose one of "
                                       f"{', '.join(TENSORRT_PRECISIONS)}")
-            from .exporting.tensorrt import require_tensorrt
+            from .runtimes.tensorrt import require_tensorrt
 
             require_tensorrt()
         if self.openvino:
-            from .exporting.runtimes import require
+            from .runtimes import require
 
             require("openvino")
 
@@ -304,7 +304,7 @@ def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images,
     """
     from .exporting import check_parity
     from .exporting.openvino_ir import write_ir
-    from .exporting.runtimes import version
+    from .runtimes import version
 
     log(f"writing the {variant} model's OpenVINO IR (OpenVINO {version('openvino')})")
     written = write_ir({g: (Path(f), folder.ir_path(variant, g)) for g, f in files.items()})
@@ -352,18 +352,30 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
 
 
 def _tensorrt(folder: ExportFolder, precision: str, report_set, log) -> dict:
-    from .exporting.tensorrt import build_engine
+    """Build each variant's model_trt engine where bench and evaluate look for it (:meth:`ExportFolder.engine_files`).
 
+    Returns:
+        Per variant, :func:`~edgeanchor.runtimes.tensorrt.build_engine`'s record, its paths relative to the folder.
+    """
+    from .runtimes.tensorrt import build_engine, check_gpu, require_tensorrt
+
+    trt = require_tensorrt()
+    gpu = check_gpu()
     result = {}
     calib = first_images(report_set, 64) if precision == "int8" else None
     for variant in ("pruned", "baseline"):
-        vdir = folder.variant_dir(variant)
+        files = folder.engine_files(variant, "model_trt", precision, trt_version=trt.__version__, gpu=gpu)
         log(f"building the {variant} TensorRT engine ({precision})")
-        result[variant] = build_engine(folder.graph_path(variant, "model_trt"), vdir / f"model_trt_{precision}.engine",
-                                       precision=precision, calib_images=calib, timing_cache=vdir / "timing.cache",
-                                       calib_cache=vdir / "calib.cache" if calib is not None else None,
-                                       log_path=vdir / "trt_build.log")
+        built = build_engine(folder.graph_path(variant, "model_trt"), files.engine, precision=precision,
+                             calib_images=calib, timing_cache=files.timing_cache,
+                             calib_cache=files.calib_cache if calib is not None else None, log_path=files.build_log)
+        # relative: the folder is built beside its final path and renamed into place
+        result[variant] = {k: str(Path(v).relative_to(folder.root)) if k in _TRT_FILES and v else v
+                           for k, v in built.items()}
     return result
+
+
+_TRT_FILES = ("engine", "log", "timing_cache", "calib_cache")  # build_engine's record: the keys that are paths
 
 
 def _int8(folder: ExportFolder, calib_set, report_set, as_deployed: DeployedMaps, log, progress: bool) -> dict:
@@ -415,8 +427,8 @@ def _trtexec_lines(precision: str) -> dict:
     relative = ExportFolder(Path("."))  # paths relative to the export folder's root
     lines = {}
     for variant in ("pruned", "baseline"):
-        sub = relative.variant_dir(variant)
-        calib = sub / "calib.cache" if precision == "int8" else None
+        calib = relative.calib_cache_path(variant) if precision == "int8" else None
         lines[variant] = trtexec_command(relative.graph_path(variant, "model_trt"), precision,
-                                         timing_cache=sub / "timing.cache", calib_cache=calib)
+                                         engine_path=relative.trtexec_engine_path(variant, "model_trt", precision),
+                                         timing_cache=relative.timing_cache_path(variant), calib_cache=calib)
     return lines

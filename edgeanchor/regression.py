@@ -16,6 +16,7 @@ import json
 
 from .errors import EdgeAnchorError
 from .io import is_number, read_json, write_json
+from .runtimes import canonical_precision
 
 FORMAT = "edgeanchor.regress/1"
 GATED_STAGES = ("backbone", "head", "postprocess", "end_to_end")
@@ -47,7 +48,7 @@ def is_summary(path) -> bool:
 
 
 def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
-            runtime: str = "onnxruntime", precision: str = "f32", progress: bool = True) -> dict:
+            runtime: str = "onnxruntime", precision: str = "fp32", progress: bool = True) -> dict:
     """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path).
 
     ``deployed_mAP`` is the pruned model.onnx's (``model_int8`` at int8) in ``runtime`` at ``precision``;
@@ -56,6 +57,7 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
     from .benchmark.accuracy import evaluate_export, graphs_use_reported_rule
     from .benchmark.harness import check_timing, open_export, run_bench
 
+    precision = canonical_precision(precision)
     check_timing(iters, warmup, threads)  # before the (slower) mAP evaluation
     folder = open_export(export)
     data = data or folder.data
@@ -128,7 +130,8 @@ def check_runtime(baseline: dict, runtime: str, precision: str, path) -> None:
         EdgeAnchorError: naming both.
     """
     settings = baseline.get("bench_settings") or {}
-    stored = (settings.get("runtime", "onnxruntime"), settings.get("precision", "f32"))
+    # f32: what baselines written before precision had one spelling hold
+    stored = (settings.get("runtime", "onnxruntime"), canonical_precision(settings.get("precision", "fp32")))
     if stored != (runtime, precision):
         raise EdgeAnchorError(
             f"{path} was measured with {stored[0]} at {stored[1]}, not {runtime} at {precision}; pass `runtime` "
@@ -207,7 +210,8 @@ def deployed_reference(baseline: dict, *, runtime: str, precision: str, same_rul
         EdgeAnchorError: the baseline holds no comparable mAP.
     """
     stored = baseline.get("deployed_mAP")
-    if isinstance(stored, dict) and (stored.get("runtime"), stored.get("precision")) == (runtime, precision) \
+    if isinstance(stored, dict) and (stored.get("runtime"), canonical_precision(str(stored.get("precision")))) \
+            == (runtime, canonical_precision(precision)) \
             and is_number(stored.get("mAP")):
         return float(stored["mAP"])
     if is_number(baseline.get("mAP")) and same_rule_as_pytorch:

@@ -276,7 +276,7 @@ def test_synth_writes_the_same_set_as_the_command_and_guards_its_output(tmp_path
 
 def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
     from edgeanchor.benchmark.accuracy import evaluate_export
-    from edgeanchor.exporting.runtimes import is_installed
+    from edgeanchor.runtimes import is_installed
 
     images, anns = split
     test, val = ea.data(images, anns["test"]), ea.data(images, anns["val"])

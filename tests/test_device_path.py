@@ -25,7 +25,7 @@ from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.evaluation.coco_map import coco_map
 from edgeanchor.evaluation.predict import predict
 from edgeanchor.exporting.folder import FORMAT_VERSION, ExportFolder
-from edgeanchor.exporting.runtimes import is_installed
+from edgeanchor.runtimes import is_installed
 from edgeanchor.models import build_detector
 from edgeanchor.pruning import prune
 from tests.helpers import synth_split
@@ -199,7 +199,7 @@ def test_bench_evaluate_and_regress_run_without_torch(export, no_torch_env, tmp_
     check = run_cli(env, "regress", "--baseline", str(base), "--json-out", str(verdict), *common)
     assert check.returncode == 0, check.stdout + check.stderr
     rows = {r["metric"]: r for r in json.loads(verdict.read_text())["rows"]}
-    assert rows["mAP deployed (model.onnx, onnxruntime f32)"]["passed"] and "mAP (PyTorch)" not in rows
+    assert rows["mAP deployed (model.onnx, onnxruntime fp32)"]["passed"] and "mAP (PyTorch)" not in rows
 
 
 def test_a_format_1_folder_without_torch_is_one_line(export, no_torch_env, tmp_path):
@@ -249,7 +249,7 @@ def test_regress_refuses_a_baseline_of_another_runtime(export, tmp_path, capsys)
     (tmp_path / "b.json").write_text(json.dumps(base))
     assert main(["regress", "--baseline", str(tmp_path / "b.json"), "--export", str(export.root)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "measured with openvino at f32, not onnxruntime at f32" in err
+    assert err.count("\n") == 1 and "measured with openvino at fp32, not onnxruntime at fp32" in err
     assert "pass --runtime openvino" in err
 
 
@@ -264,11 +264,11 @@ def test_engine_paths_name_precision_tensorrt_version_and_gpu(export):
 
 
 def test_tensorrt_without_its_parts_is_one_line(export, monkeypatch, no_torch_env):
-    from edgeanchor.exporting import cudart
-    from edgeanchor.exporting.tensorrt_graph import require_engine_precision
+    from edgeanchor.runtimes import check_precision
+    from edgeanchor.runtimes import tensorrt as cudart  # the cuda-python helpers live with TensorRT
 
-    with pytest.raises(EdgeAnchorError, match="pass `precision` f32 or f16"):
-        require_engine_precision("int8")
+    with pytest.raises(EdgeAnchorError, match="pass `precision` fp32 or fp16"):
+        check_precision("tensorrt", "int8")
     # cuda-python is installed here, but there is no GPU driver: the real binding says so
     with pytest.raises(EdgeAnchorError, match="TensorRT needs a CUDA GPU, and cuda-python finds none"):
         cudart.gpu_name()

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.exporting import check_parity, export_decoded_onnx, export_onnx, make_session, run_session
 from edgeanchor.exporting import onnx_export, tensorrt as trt_export
+from edgeanchor.runtimes import tensorrt as trt_runtime
 from edgeanchor.exporting.graphs import NMS_SCORE_FLOOR, SENTINEL, NonMaxSuppression
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.pruning import prune
@@ -228,7 +229,7 @@ def test_simplifier_fallback_keeps_the_unsimplified_graph(detectors, tmp_path, m
     monkeypatch.setattr(onnxsim, "simplify", fake_simplify)
     det = detectors[("edgeanchor:demo_ssd", True)]
     result = export_onnx(det, tmp_path)
-    assert result["simplified"] == {g: False for g in onnx_export.GRAPHS}
+    assert result["simplified"] == {g: False for g in onnx_export.EXPORTED_GRAPHS}
     expected = "changed output" if mode == "wrong" else "onnxsim failed: RuntimeError: no can do"
     assert all(expected in note for note in result["simplify_notes"].values()), result["simplify_notes"]
     report = check_parity(det, tmp_path, images_for(det.image_size, n=1, seed=11))
@@ -355,10 +356,10 @@ def test_trtexec_command():
 def test_missing_tensorrt_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     with pytest.raises(EdgeAnchorError, match="TensorRT is not available") as info:
-        trt_export.require_tensorrt()
+        trt_runtime.require_tensorrt()
     assert "\n" not in str(info.value)
     with pytest.raises(EdgeAnchorError, match="TensorRT is not available"):
-        trt_export.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", precision="fp16")
+        trt_runtime.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", precision="fp16")
     assert not (tmp_path / "m.engine").exists()
 
 
@@ -366,15 +367,15 @@ def test_tensorrt_without_gpu_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(EdgeAnchorError, match="needs a CUDA GPU") as info:
-        trt_export.require_tensorrt()
+        trt_runtime.require_tensorrt()
     assert "\n" not in str(info.value)
 
 
 def test_build_engine_checks_its_arguments_first(tmp_path):
     with pytest.raises(EdgeAnchorError, match="unknown precision"):
-        trt_export.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", precision="bf16")
+        trt_runtime.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", precision="bf16")
     with pytest.raises(EdgeAnchorError, match="calibration images"):
-        trt_export.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", precision="int8")
+        trt_runtime.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", precision="int8")
 
 
 def test_importing_export_does_not_import_tensorrt():
@@ -405,7 +406,7 @@ def test_build_engine(trt_graph, tmp_path, precision):
     if precision != "fp32" and not hasattr(trt.BuilderFlag, "FP16"):
         pytest.skip(f"TensorRT {trt.__version__} has no fp16/int8 builder flags")
     calib = images_for(det.image_size, n=4, seed=8) if precision == "int8" else None
-    result = trt_export.build_engine(onnx_path, tmp_path / f"m_{precision}.engine", precision=precision,
+    result = trt_runtime.build_engine(onnx_path, tmp_path / f"m_{precision}.engine", precision=precision,
                                      calib_images=calib, timing_cache=tmp_path / "timing.cache",
                                      log_path=tmp_path / "build.log")
     assert Path(result["engine"]).stat().st_size > 0

@@ -182,3 +182,23 @@ def test_stale_build_folders_of_killed_runs_are_cleaned(tmp_path):
     assert (out / "report.json").read_text() == "{}"  # put back, not deleted
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".e.build-notapid", f".e.build-{os.getpid()}-live", "e"])
+
+
+def test_tensorrt_files_and_bench_results_have_their_paths_here():
+    folder = ExportFolder(Path("out"))
+    files = folder.engine_files("baseline", "model_trt", "fp16", trt_version="10.3.0", gpu="NVIDIA H100 80GB HBM3")
+    # the engine bench and evaluate open (and prune-and-export --tensorrt builds) is the one engine_path names
+    assert files.engine == folder.engine_path("baseline", "model_trt", "fp16", trt_version="10.3.0",
+                                              gpu="NVIDIA H100 80GB HBM3")
+    assert files.engine == Path("out/baseline/tensorrt/model_trt_fp16_trt10.3.0_nvidia-h100-80gb-hbm3.engine")
+    assert files.build_log == files.engine.with_suffix(".log")
+    assert files.build_log == folder.build_log_path("baseline", "model_trt", "fp16", trt_version="10.3.0",
+                                                    gpu="NVIDIA H100 80GB HBM3")
+    # the caches are the variant's, shared with the report's trtexec line
+    assert files.timing_cache == Path("out/baseline/timing.cache")
+    assert files.calib_cache == Path("out/baseline/calib.cache")
+    assert folder.trtexec_engine_path("pruned", "model_trt", "int8") == Path("out/model_trt_int8.engine")
+    # fp32 keeps the name earlier versions wrote, in either spelling
+    assert folder.bench_path("openvino") == folder.bench_path("openvino", "f32") == Path("out/bench_openvino.json")
+    assert folder.bench_path("openvino", "f16") == folder.bench_path("openvino", "fp16") == \
+        Path("out/bench_openvino_fp16.json")

@@ -221,7 +221,7 @@ def test_int8_settings_that_cannot_be_quantized_are_refused():
 
 def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
     ov = pytest.importorskip("openvino")
-    from edgeanchor.exporting.runtimes import compile_off_thread
+    from edgeanchor.runtimes.openvino import compile_off_thread
 
     core = ov.Core()
     image = report_images(export, 1)[0]

@@ -141,3 +141,64 @@ def test_only_the_export_folder_knows_its_file_names():
                 if hits and "cli" not in path.relative_to(REPO).parts:
                     offenders.append(f"{path.relative_to(REPO)}:{line}: {text!r}")
     assert not offenders, "export file names outside exporting/folder.py: " + "; ".join(offenders)
+
+
+# Every name of a file in the export folder (exporting/folder.py's layout): its fixed files, a graph's .onnx
+# file, bench's results, the bundled annotations, TensorRT's engines, caches and build logs.
+EXPORT_FILE_PATTERN = re.compile(
+    r"(?<![\w.])(report\.json|report\.md|anchors\.json|pruned\.pt|baseline\.pt|search\.json|pareto\.png"
+    r"|annotations\.json)|bench_\{\}|[\w}]\.onnx(?![\w.])|\.engine\b|[\w}]\.cache\b|\.calib\b|\.log$|build\.log"
+)
+# Not export files: scratch files in temporary folders, and ONNX's default operator domain.
+NOT_EXPORT_FILES = {"graph.onnx", "pre.onnx", "model_nms_scores.onnx", "level{}_{}.onnx", "ai.onnx"}
+
+
+def _code_texts(tree: ast.AST):
+    """String constants and f-strings (their fields as ``{}``) that are not docstrings."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    in_fstring = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            yield node.lineno, "".join(p.value if isinstance(p, ast.Constant) else "{}" for p in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                and id(node) not in in_fstring:
+            yield node.lineno, node.value
+
+
+def test_the_export_file_check_finds_names_and_lets_prose_be():
+    source = ('a = "report.json"\nb = f"{g}.onnx"\nc = f"bench_{r}.json"\nd = "timing.cache"\n'
+              'e = f"{x}_{p}.engine"\nf = "x.with_suffix(\'.log\')"\ng = "torch.onnx.export"\n'
+              'h = "point.anchors.json"')
+    hits = [t for _, t in _code_texts(ast.parse(source)) if EXPORT_FILE_PATTERN.search(t)]
+    assert hits == ["report.json", "{}.onnx", "bench_{}.json", "timing.cache", "{}_{}.engine"]
+
+
+def test_nothing_outside_the_export_folder_names_an_export_file():
+    # Messages and help texts may name files to the user (they contain spaces); code that builds a path may
+    # not: every path in an export folder comes from ExportFolder (or folder.py's graph_file and friends).
+    owner = PACKAGE / "exporting" / "folder.py"
+    offenders = []
+    for path, tree in modules(PACKAGE):
+        if path == owner:
+            continue
+        for line, text in _code_texts(tree):
+            if EXPORT_FILE_PATTERN.search(text) and not any(c.isspace() for c in text) \
+                    and text not in NOT_EXPORT_FILES:
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {text!r}")
+    assert not offenders, "export file names outside exporting/folder.py: " + "; ".join(offenders)
+
+
+def test_the_runtimes_package_imports_no_runtime_and_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeanchor.runtimes as r; r.check_precision('onnxruntime', 'fp32'); "
+            "print(sorted(m for m in ('torch', 'edgeanchor.runtimes.torch', 'tensorrt', 'openvino', 'cv2') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeanchor.benchmark.opencv_runner import OpenCvRunner, import_cv2, opencv_parity
+from edgeanchor.runtimes.opencv import OpenCvRunner, opencv_parity
+from edgeanchor.runtimes.opencv import load as import_cv2
 from edgeanchor.datasets.coco import letterbox_params, load_image, to_original
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.evaluation.predict import clip_original

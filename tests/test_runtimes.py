@@ -10,7 +10,7 @@ import pytest
 from edgeanchor.cli import main
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.exporting.parity import check_parity
-from edgeanchor.exporting.runtimes import check_precision, open_graph, require
+from edgeanchor.runtimes import check_precision, open_graph, require
 from edgeanchor.models import build_detector
 from edgeanchor.pruning import prune
 
@@ -47,7 +47,7 @@ def test_openvino_ir_is_written_and_in_parity_at_f32(export):
     for variant in ("pruned", "baseline"):
         entry = folder.report["export"][variant]["openvino"]
         assert entry["parity"]["passed"] and entry["parity"]["runtime"] == "openvino"
-        assert entry["parity"]["precision"] == "f32"
+        assert entry["parity"]["precision"] == "fp32"
         for graph in ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn"):
             xml = folder.variant_dir(variant) / "openvino" / f"{graph}.xml"
             assert xml.is_file() and xml.with_suffix(".bin").stat().st_size > 0
@@ -64,7 +64,7 @@ def test_openvino_f32_matches_onnxruntime_and_precision_is_recorded(export):
     path = folder.graph_path("pruned", "model")
     ort_graph = open_graph("onnxruntime", path, threads=1)
     ov_graph = open_graph("openvino", path, threads=1)
-    assert ov_graph.settings["precision"] == "f32" and "float32" in ov_graph.settings["inference_precision_hint"]
+    assert ov_graph.settings["precision"] == "fp32" and "float32" in ov_graph.settings["inference_precision_hint"]
     for image in imgs:
         a = ort_graph.run({"images": image[None]})
         b = ov_graph.run({"images": image[None]})
@@ -73,7 +73,7 @@ def test_openvino_f32_matches_onnxruntime_and_precision_is_recorded(export):
 
 
 def test_openvino_bf16_drifts_where_the_cpu_has_it(export):
-    from edgeanchor.exporting.runtimes import openvino_capabilities
+    from edgeanchor.runtimes.openvino import capabilities as openvino_capabilities
 
     folder, imgs, _ = export
     if "BF16" not in openvino_capabilities():
@@ -92,7 +92,7 @@ def test_openvino_bf16_drifts_where_the_cpu_has_it(export):
 
 def test_parity_catches_a_runtime_that_differs(export):
     """bf16 is not f32: check_parity on OpenVINO bf16 fails the raw-tensor checks (when the CPU has bf16)."""
-    from edgeanchor.exporting.runtimes import openvino_capabilities
+    from edgeanchor.runtimes.openvino import capabilities as openvino_capabilities
 
     if "BF16" not in openvino_capabilities():
         pytest.skip("this CPU has no bf16 in OpenVINO")
@@ -132,11 +132,13 @@ def test_runtime_matrix_in_report_md(export):
 
 
 def test_precision_rules():
-    check_precision("onnxruntime", "f32")
+    check_precision("onnxruntime", "f32")  # the older spelling of fp32, still accepted
+    check_precision("onnxruntime", "fp32")
     check_precision("onnxruntime", "int8")
-    for runtime, precision in (("onnxruntime", "f16"), ("onnxruntime", "bf16"), ("opencv", "int8"),
-                               ("torch", "int8"), ("tensorrt", "bf16")):
-        with pytest.raises(EdgeAnchorError, match=f"cannot run the exported graphs in {precision}"):
+    for runtime, precision, named in (("onnxruntime", "f16", "fp16"), ("onnxruntime", "fp16", "fp16"),
+                                      ("onnxruntime", "bf16", "bf16"), ("opencv", "int8", "int8"),
+                                      ("torch", "int8", "int8"), ("tensorrt", "bf16", "bf16")):
+        with pytest.raises(EdgeAnchorError, match=f"cannot run the exported graphs in {named};"):
             check_precision(runtime, precision)
     with pytest.raises(EdgeAnchorError, match="unknown precision"):
         check_precision("openvino", "fp64")
@@ -166,7 +168,7 @@ def test_bench_openvino_records_its_precision(export, tmp_path):
     assert main(["bench", str(folder.root), "--runtime", "openvino", "--iters", "3", "--warmup", "1",
                  "--threads", "1", "--json-out", str(out), "--json"]) == 0
     result = json.loads(out.read_text())
-    assert result["precision"] == "f32" and result["settings"]["precision"] == "f32"
+    assert result["precision"] == "fp32" and result["settings"]["precision"] == "fp32"
     assert result["settings"]["graphs"]["end_to_end"] == "model.xml"  # the IR
     assert set(result["ratio_of_medians"]) == {"backbone", "head", "postprocess", "end_to_end"}
 

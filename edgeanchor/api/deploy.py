@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import EdgeAnchorError
-from ..exporting.runtimes import require
+from ..runtimes import require
 from .data import Data
 from .data import data as as_data
 from .results import BenchResult, FrontPoint, SearchResult
@@ -43,7 +43,7 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
         data: the report split: the variants' mAP, bench and regress measure on it, parity images are its
             first ``parity_images``, and it is bundled into the folder.
         formats: what to write beside the ONNX graphs, which are always written: "openvino" (the IR,
-            ``openvino/*.xml``, checked against PyTorch at f32) and "tensorrt" (an engine per variant, built
+            ``openvino/*.xml``, checked against PyTorch at fp32) and "tensorrt" (an engine per variant, built
             here: needs TensorRT and an NVIDIA GPU; fp16, int8 with ``int8``). Default: ("onnx", "openvino")
             where OpenVINO is installed, else ("onnx",).
         int8: also write int8 graphs (``model_int8.onnx`` and its stages: QDQ, calibrated on ``calib_data``)
@@ -113,7 +113,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
     Raises:
         EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
     """
-    from ..exporting.runtimes import is_installed
+    from ..runtimes import is_installed
 
     if formats is None:
         return {"onnx", "openvino"} if is_installed("openvino") else {"onnx"}
@@ -131,7 +131,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
 
 
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,
-          iters: int = 100, warmup: int = 10, precision: str = "f32", images: str | os.PathLike | None = None,
+          iters: int = 100, warmup: int = 10, precision: str = "fp32", images: str | os.PathLike | None = None,
           end_to_end: str | None = None, opt_level: str = "all", progress: bool = True, write: bool = False,
           json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None) -> BenchResult:
     """Time backbone, head, postprocess (decode + NMS) and end to end, baseline against pruned, interleaved.
@@ -141,7 +141,7 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
         runtime: onnxruntime, openvino, opencv, torch or tensorrt.
         threads: intra-op threads (0: the runtime's default).
         iters, warmup: timed and untimed iterations; each runs both variants on the same real image.
-        precision: f32, bf16, f16 or int8 (the int8 graphs of an export made with int8).
+        precision: fp32, bf16, fp16 or int8 (the int8 graphs of an export made with int8); also f32, f16.
         images: an image folder to time on (default: the export's report split).
         end_to_end: the graph of the end-to-end stage (model, model_nonms or model_trt).
         opt_level: onnxruntime's graph optimisation level (disable, basic, extended, all).
@@ -160,8 +160,9 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
     """
     from ..benchmark.harness import check_timing, run_bench
     from ..exporting.folder import ExportFolder, default_export_dir
-    from ..exporting.runtimes import check_precision
+    from ..runtimes import canonical_precision, check_precision
 
+    precision = canonical_precision(precision)  # f32, f16: the older spellings
     check_timing(iters, warmup, threads)
     if runtime != "torch":
         require(runtime)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline: str | os.PathLike,
             model: str | os.PathLike | None = None, reference: str | None = None,
             data: str | os.PathLike | None = None, ann: str | os.PathLike | None = None,
-            runtime: str = "onnxruntime", precision: str = "f32", map_tol: float = 0.005,
+            runtime: str = "onnxruntime", precision: str = "fp32", map_tol: float = 0.005,
             latency_tol: float = 0.10, iters: int = 60, warmup: int = 10, threads: int = 1, update: bool = False,
             json_path: str | os.PathLike | None = None, summary_path: str | os.PathLike | None = None
             ) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         model: a pruned checkpoint to export (with ``reference``) and measure instead of ``export``.
         reference: with ``model``, the unpruned model (default: the model the checkpoint was pruned from).
         data, ann: image folder and COCO annotations (default: the export's report split).
-        runtime, precision: where the deployed graph is evaluated and timed.
+        runtime, precision: where the deployed graph is evaluated and timed (fp32, bf16, fp16, int8; also f32, f16).
         map_tol: allowed mAP drop (mAP units); latency_tol: allowed relative rise of a latency ratio.
         iters, warmup, threads: the timing (ratios of medians of interleaved runs).
         update: write ``baseline`` from this measurement instead of comparing with it.
@@ -52,7 +52,9 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
     from ..benchmark.accuracy import graphs_use_reported_rule
     from ..exporting.folder import ExportFolder, default_export_dir
     from ..io import write_json, write_text
+    from ..runtimes import canonical_precision
 
+    precision = canonical_precision(precision)  # f32, f16: the older spellings
     _check(export=export, baseline=baseline, model=model, data=data, ann=ann, runtime=runtime,
            precision=precision, map_tol=map_tol, latency_tol=latency_tol, iters=iters, warmup=warmup,
            threads=threads, update=update, json_path=json_path, summary_path=summary_path)
@@ -93,7 +95,7 @@ def _check(*, export, baseline, model, data, ann, runtime, precision, map_tol, l
     """Every setting and output path, before anything is opened or measured."""
     from .. import regression as core
     from ..benchmark.harness import check_timing
-    from ..exporting.runtimes import check_precision, require
+    from ..runtimes import check_precision, require
     from ..io import check_output_file
 
     if export is not None and model is not None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None, *, metric: str = "coco",
              backend: str = "faster", batch_size: int = 16, device: str = "cpu", progress: bool = True,
              detections: str | os.PathLike | None = None, overwrite: bool = False, runtime: str | None = None,
-             precision: str = "f32", variant: str = "pruned", threads: int = 0) -> dict[str, Any]:
+             precision: str = "fp32", variant: str = "pruned", threads: int = 0) -> dict[str, Any]:
     """Box mAP of a detector in PyTorch, or of an export folder's deployed graph in a runtime.
 
     Args:
@@ -47,7 +47,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
             original image pixels); PyTorch only.
         overwrite: replace an existing detections file (only one edgeanchor wrote).
         runtime: an export's runtime, "onnxruntime" (default), "openvino" or "tensorrt".
-        precision: an export's precision in that runtime ("f32", "bf16", "f16", "int8").
+        precision: an export's precision in that runtime ("fp32", "bf16", "fp16", "int8"; also "f32", "f16").
         variant: an export's "pruned" (default) or "baseline" model.
         threads: intra-op threads of the runtime (0: its default).
 
@@ -63,13 +63,15 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
             detector (or the reverse), a folder that is not an export.
     """
     from ..exporting.folder import ExportFolder
+    from ..runtimes import canonical_precision
 
+    precision = canonical_precision(precision)
     if isinstance(det, (ExportFolder, str, os.PathLike)):
         return _evaluate_export(det, data, metric=metric, backend=backend, batch_size=batch_size, device=device,
                                 detections=detections, runtime=runtime or "onnxruntime", precision=precision,
                                 variant=variant, threads=threads, progress=progress)
     given = ["runtime"] if runtime is not None else []
-    given += [name for name, value, default in (("precision", precision, "f32"), ("variant", variant, "pruned"),
+    given += [name for name, value, default in (("precision", precision, "fp32"), ("variant", variant, "pruned"),
                                                 ("threads", threads, 0)) if value != default]
     if given:
         named = ", ".join(f"`{n}`" for n in given)
@@ -106,7 +108,7 @@ def _evaluate_export(export, data, *, metric, backend, batch_size, device, detec
     """:func:`evaluate` on an export folder: settings checked first, then the deployed graph in ``runtime``."""
     from ..benchmark.accuracy import evaluate_export
     from ..exporting.folder import ExportFolder
-    from ..exporting.runtimes import check_precision, require
+    from ..runtimes import check_precision, require
 
     given = [name for name, value, default in (("batch_size", batch_size, 16), ("device", device, "cpu"),
                                                ("detections", detections, None)) if value != default]
@@ -154,7 +156,7 @@ def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, devic
         EdgeAnchorError: an unknown metric, batch_size < 1, an unusable device, or a detections file that
             must not be written (someone else's file, or one of ``inputs``).
     """
-    from ..device import resolve_device
+    from ..torch_device import resolve_device
     from ..evaluation.predict import is_detections_file
     from ..evaluation.voc_map import METRICS
     from ..io import check_output_file
@@ -419,7 +421,7 @@ def check_train_settings(*, epochs: int, batch_size: int, lr: float, weight_deca
     """
     import math
 
-    from ..device import resolve_device
+    from ..torch_device import resolve_device
 
     checks = [(epochs >= 1, f"`epochs` must be at least 1 (got {epochs})"),
               (batch_size >= 1, f"`batch_size` must be at least 1 (got {batch_size})"),

@@ -40,17 +40,18 @@ def open_detector_graph(folder: ExportFolder, runtime: str, variant: str, precis
 
     TensorRT runs the engine of model.onnx, built on first use where the folder keeps engines.
     """
-    from ..exporting.runtimes import check_precision, open_graph, require
+    from ..runtimes import canonical_precision, check_precision, open_graph, require
 
+    precision = canonical_precision(precision)
     require(runtime)
     check_precision(runtime, precision)
     path = folder.graphs_for_runtime(runtime, variant, precision, {"end_to_end": "model"})["end_to_end"]
     engine = None
     if runtime == "tensorrt":
-        from .runtimes import engine_paths
+        from ..runtimes.tensorrt import engine_files
 
-        engine = engine_paths(folder, variant, {"end_to_end": path}, precision)["end_to_end"]
-    return open_graph(runtime, path, threads=threads, precision=precision, engine_path=engine)
+        engine = engine_files(folder, variant, {"end_to_end": path}, precision)["end_to_end"]
+    return open_graph(runtime, path, threads=threads, precision=precision, engine=engine)
 
 
 def detections_to_results(out: dict, image_id: int, orig_size, input_size, resize: str,
@@ -77,7 +78,7 @@ def detections_to_results(out: dict, image_id: int, orig_size, input_size, resiz
     return results
 
 
-def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f32", variant: str = "pruned",
+def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "fp32", variant: str = "pruned",
                     data=None, ann=None, backend: str = "faster", threads: int = 0, progress: bool = True) -> dict:
     """COCO mAP of the deployed end-to-end graph of one variant of an export folder (or its path).
 
@@ -99,6 +100,9 @@ def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f
     from ..evaluation.coco_map import coco_map
     from ..io import read_json
 
+    from ..runtimes import canonical_precision
+
+    precision = canonical_precision(precision)
     backend = pick_backend(backend)
     folder = open_export(export)
     data, ann = data or folder.data, ann or folder.report_ann

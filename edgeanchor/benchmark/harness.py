@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import EdgeAnchorError
 from ..exporting.folder import ExportFolder
 from ..io import format_table
-from .runtimes import STAGES, machine_info, make_runner
+from ..runtimes import STAGES, canonical_precision, make_runner
+from .machine import machine_info
 
 VARIANTS = ("baseline", "pruned")
 
@@ -91,20 +92,21 @@ def count_nms_inputs(folder: ExportFolder, variant: str, images: list[np.ndarray
 
 
 def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
-              image_dir=None, opt_level: str = "all", progress: bool = True, precision: str = "f32",
+              image_dir=None, opt_level: str = "all", progress: bool = True, precision: str = "fp32",
               end_to_end: str | None = None) -> dict:
     """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result.
 
-    ``precision`` (f32, bf16, f16 or int8) is what the runtime runs the graphs at; int8 runs the
+    ``precision`` (fp32, bf16, fp16 or int8; also f32, f16) is what the runtime runs the graphs at; int8 runs the
     export's int8 graphs. It is recorded in the result, with the runtime's settings. ``end_to_end`` names
     the graph of the end-to-end stage (default: model.onnx; OpenCV: model_nonms.onnx + NMSBoxesBatched).
     """
-    from ..exporting.runtimes import check_graph_for_runtime, check_precision
+    from ..runtimes import check_graph_for_runtime, check_precision
 
+    precision = canonical_precision(precision)
     check_timing(iters, warmup, threads)
     check_precision(runtime, precision)
     if end_to_end:
-        check_graph_for_runtime(f"{end_to_end}.onnx", runtime)
+        check_graph_for_runtime(end_to_end, runtime)
     folder = open_export(export)
     images, source = load_images(folder, image_dir)
     runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level, precision=precision,
@@ -160,7 +162,7 @@ def format_result(result: dict) -> str:
                f"{nms['baseline']['median']:.0f}, pruned {nms['pruned']['median']:.0f}")
     lines = [format_table(["stage", "baseline med ms", "p90", "pruned med ms", "p90", "pruned/baseline"], rows),
              counted or f"boxes entering NMS: {nms['baseline']['note']}",
-             f"{result['runtime']} {result['settings'].get('version')} at {result.get('precision', 'f32')}, threads "
+             f"{result['runtime']} {result['settings'].get('version')} at {canonical_precision(result.get('precision', 'fp32'))}, threads "
              f"{_threads(result['settings'])}, on {result['machine']['cpu']} "
              f"({result['machine']['logical_cores']} cores); {result['iters']} iterations after "
              f"{result['warmup']} warm-up, interleaved"]

@@ -133,8 +133,8 @@ def _postprocess_samples(det, images, folder: Path, threads: int, iters: int):
     from ..exporting.parity import make_session
     from ..postprocess import topk_indices
 
-    export_onnx(det, folder, simplify=False)
-    post = make_session(folder / "postprocess.onnx", intra_op_num_threads=threads, inter_op_num_threads=1)
+    graphs = export_onnx(det, folder, simplify=False)["files"]
+    post = make_session(graphs["postprocess"], intra_op_num_threads=threads, inter_op_num_threads=1)
     in_names = [i.name for i in post.get_inputs()]
     box_anchor = det.box_anchor_ids()
     for image in images:
@@ -188,7 +188,7 @@ def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, l
     if log:
         log(f"latency model: postprocess {fixed:.3f} ms + {per_box * 1e3:.3f} us per box + "
             f"{per_nms * 1e3:.3f} us per box entering NMS")
-    from .runtimes import machine_info
+    from .machine import machine_info
 
     return LatencyModel(
         level_base_ms=base, level_per_anchor_ms=per_anchor, post_fixed_ms=fixed, post_per_box_ms=per_box,

@@ -34,7 +34,7 @@ class NmsCounter:
     def __init__(self, model_path, runtime: str):
         import onnx
 
-        from ..exporting.runtimes import open_graph
+        from ..runtimes import open_graph
 
         model, self.name = nms_scores_output(onnx.load(str(model_path)))
         with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +50,7 @@ class NmsCounter:
 
 def counting_runtime(preferred: str) -> str | None:
     """``preferred`` if it can count, else the first installed of :data:`COUNT_RUNTIMES`; None if none is."""
-    from ..exporting.runtimes import is_installed
+    from ..runtimes import is_installed
 
     for runtime in (preferred, *COUNT_RUNTIMES):
         if runtime in COUNT_RUNTIMES and is_installed(runtime):

@@ -35,7 +35,7 @@ def bench_figure(result: dict) -> Figure:
         ax.text(i, top * 1.02, f"x{result['ratio_of_medians'][s]:.2f}", ha="center", fontsize=8)
     ax.set_xticks(x, stages)
     ax.set_ylabel("median latency (ms), bar to p90")
-    ax.set_title(f"{result['runtime']} ({result.get('precision', 'f32')}) on {result['machine']['cpu'][:48]}",
+    ax.set_title(f"{result['runtime']} ({result.get('precision', 'fp32')}) on {result['machine']['cpu'][:48]}",
                  fontsize=9)
     ax.legend()
     fig.tight_layout()

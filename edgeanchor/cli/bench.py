@@ -18,14 +18,17 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
+    from ..runtimes import PRECISIONS, canonical_precision
+
     parser.add_argument("export_dir", nargs="?", default=None, help="a prune-and-export folder (default: exports/demo)")
     parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "opencv", "torch", "tensorrt"],
                         default="onnxruntime",
                         help="openvino and opencv need the extras edgeanchor[openvino] / edgeanchor[opencv]; "
                         "opencv times backbone, head and model_nonms.onnx + cv2.dnn.NMSBoxesBatched")
-    parser.add_argument("--precision", choices=["f32", "bf16", "f16", "int8"], default="f32",
-                        help="what the runtime computes in (default f32, also on CPUs where OpenVINO would pick "
-                        "bf16); int8 runs the int8 graphs of an export made with --int8")
+    parser.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
+                        help="what the runtime computes in (default fp32, also on CPUs where OpenVINO would pick "
+                        "bf16; f32 and f16 are read as fp32 and fp16); int8 runs the int8 graphs of an export "
+                        "made with --int8")
     parser.add_argument("--end-to-end", default=None, choices=["model", "model_nonms", "model_trt"],
                         help="the graph the end_to_end stage runs (default: model; opencv: model_nonms + "
                         "cv2.dnn.NMSBoxesBatched; model_trt is for TensorRT only)")
@@ -37,7 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", default=None, help="image folder (default: the export's report split)")
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of the table")
     parser.add_argument("--json-out", default=None, help="write the result JSON here "
-                        "(default: EXPORT_DIR/bench_<runtime>.json, bench_<runtime>_<precision>.json when not f32)")
+                        "(default: EXPORT_DIR/bench_<runtime>.json, bench_<runtime>_<precision>.json when not fp32)")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: beside the JSON)")
 
 

@@ -11,7 +11,7 @@ ignoring 'difficult' objects as the devkit does, with the AP of each class.
 With --detections, the COCO results-format detections are written too (any
 COCO tool, pycocotools included, can load them).
 
-  edgeanchor evaluate --export exports/demo [--runtime onnxruntime|openvino|tensorrt] [--precision f32|int8]
+  edgeanchor evaluate --export exports/demo [--runtime onnxruntime|openvino|tensorrt] [--precision fp32|int8]
 
 With --export, the deployed graph (model.onnx; model_int8.onnx at int8;
 TensorRT: its engine) runs in the runtime over the export's report split, and

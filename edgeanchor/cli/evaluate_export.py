@@ -8,14 +8,17 @@ from __future__ import annotations
 
 
 def add_export_arguments(parser) -> None:
+    from ..runtimes import PRECISIONS, canonical_precision
+
     parser.add_argument("--export", default=None,
                         help="evaluate an export folder's deployed graph (model.onnx, or model_int8.onnx at "
                         "--precision int8) on its report split instead of a model; needs no torch")
     parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
                         help="with --export: the runtime the graph runs in (default onnxruntime; tensorrt runs "
                         "the engine of model.onnx, built on first use)")
-    parser.add_argument("--precision", choices=["f32", "bf16", "f16", "int8"], default="f32",
-                        help="with --export: what the runtime computes in (default f32)")
+    parser.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
+                        help="with --export: what the runtime computes in (default fp32; f32 and f16 are read as "
+                        "fp32 and fp16)")
     parser.add_argument("--variant", choices=["pruned", "baseline"], default="pruned",
                         help="with --export: which of the export's models (default pruned)")
 

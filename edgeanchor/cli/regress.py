@@ -26,6 +26,8 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
+    from ..runtimes import PRECISIONS, canonical_precision
+
     parser.add_argument("--baseline", required=True, help="baseline JSON (written by --update)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--export", default=None, help="a prune-and-export folder (default: exports/demo)")
@@ -36,8 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ann", default=None, help="COCO annotations (default: the export's report split)")
     parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
                         help="where the deployed graph is evaluated and timed (default onnxruntime)")
-    parser.add_argument("--precision", choices=["f32", "bf16", "f16", "int8"], default="f32",
-                        help="what the runtime computes in (default f32; int8: the int8 graphs)")
+    parser.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
+                        help="what the runtime computes in (default fp32; f32 and f16 are read as fp32 and fp16; "
+                        "int8: the int8 graphs)")
     parser.add_argument("--map-tol", type=float, default=0.005, help="allowed mAP drop (default 0.005)")
     parser.add_argument("--latency-tol", type=float, default=0.10,
                         help="allowed relative rise of a latency ratio (default 0.10)")

@@ -1,9 +1,9 @@
 """Export: ONNX graphs (backbone, head, postprocess, end to end), parity checks, TensorRT.
 
 TensorRT is optional and loads lazily: importing this package never imports
-``tensorrt``. The names below load on first use, so ``edgeanchor.exporting.runtimes``
-(and the OpenCV runner built on it) import without torch, as the runtime workers of
-``benchmarks/nonms_runtimes.py`` need.
+``tensorrt``. The names below load on first use, so the torch-free modules here
+(``folder``, ``tensorrt``) import without torch, as the device path needs; the runtimes
+themselves are :mod:`edgeanchor.runtimes`.
 """
 
 import importlib

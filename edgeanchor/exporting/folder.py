@@ -13,7 +13,12 @@ Layout (format_version 2)::
     OUT/bench_<runtime>.json/.png                           (written by bench)
     OUT/data/annotations.json  the report split's annotations        (format 2)
     OUT/data/images/<file_name>  its images, up to BUNDLE_IMAGES_MAX_BYTES in all (format 2)
-    OUT/tensorrt/<graph>_<precision>_trt<version>_<gpu>.engine  OUT/baseline/tensorrt/...   (built by bench)
+    OUT/tensorrt/<graph>_<precision>_trt<version>_<gpu>.engine (+ .log, its build log)   OUT/baseline/tensorrt/...
+                               TensorRT engines, built by prune-and-export --tensorrt (model_trt) and by
+                               bench / evaluate --export on first use (the graphs they time)
+    OUT/timing.cache, OUT/calib.cache                       OUT/baseline/<the same>   TensorRT's timing and int8
+                               calibration caches, shared by every build of the variant and its trtexec line
+    OUT/model_trt_<precision>.engine                        OUT/baseline/<the same>   (the report's trtexec line)
 
 Format 2 makes the folder self-contained for the device: ``report.json``'s
 ``device`` section holds the input preprocessing (size, resize mode, scaling,
@@ -23,7 +28,9 @@ model's identity, and ``data/`` holds the report split, so ``bench``,
 data there. A format-1 folder still opens; what it lacks comes from its
 checkpoints (torch needed) and the recorded data paths.
 
-:class:`ExportFolder` alone knows these names. The pipeline writes through
+:class:`ExportFolder` alone knows these names (and the module functions here, for a graph or an
+engine outside an export folder: :func:`graph_file`, :func:`engine_beside`, :func:`default_build_log`,
+:func:`default_calib_cache`). The pipeline writes through
 :meth:`ExportFolder.build` (built beside the final path, renamed into place
 when complete); bench, regress and the benchmark scripts open it with
 :meth:`ExportFolder.open`, which validates ``report.json`` first.
@@ -32,8 +39,10 @@ when complete); bench, regress and the benchmark scripts open it with
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, cast
 
@@ -66,8 +75,50 @@ GRAPH_RUNTIMES = {
     "head_int8": ("onnxruntime", "openvino"),
     "model_int8": ("onnxruntime", "openvino"),
 }
+DECODED_GRAPH = "model_decoded"  # export_onnx(decoded=True)'s graph: the input of model_trt, not kept in a folder
 _CHECKPOINT = {"pruned": "pruned.pt", "baseline": "baseline.pt"}
 IR_DIR = "openvino"  # OpenVINO IR of each variant's graphs, beside them
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where one TensorRT engine and the files of its build go.
+
+    Attributes:
+        engine: the serialized engine.
+        timing_cache: TensorRT's timing cache, read and updated by the build.
+        calib_cache: the int8 calibration cache (read and written by an int8 build).
+        build_log: the builder's log.
+    """
+
+    engine: Path
+    timing_cache: Path
+    calib_cache: Path
+    build_log: Path
+
+
+def graph_file(directory: str | os.PathLike, graph: str) -> Path:
+    """The ONNX file of ``graph`` in ``directory`` (a variant's folder, or any folder export_onnx writes to)."""
+    return Path(directory) / f"{graph}.onnx"
+
+
+def engine_beside(onnx_path: str | os.PathLike, precision: str) -> Path:
+    """An engine of ``onnx_path`` beside it, without TensorRT version or GPU: ``<stem>_<precision>.engine``.
+
+    The name the trtexec line gives the engine it builds on the device.
+    """
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f"{onnx_path.stem}_{precision}.engine")
+
+
+def default_build_log(engine: str | os.PathLike) -> Path:
+    """The build log of an engine: beside it, ``.log`` for ``.engine``."""
+    return Path(engine).with_suffix(".log")
+
+
+def default_calib_cache(engine: str | os.PathLike) -> Path:
+    """The int8 calibration cache of an engine built outside an export folder: beside it, ``.calib``."""
+    return Path(engine).with_suffix(".calib")
 
 
 class ExportFolder:
@@ -91,7 +142,11 @@ class ExportFolder:
     def graph_path(self, variant: str, graph: str) -> Path:
         if graph not in GRAPHS:
             raise ValueError(f"unknown graph {graph!r}; one of {GRAPHS}")
-        return self.variant_dir(variant) / f"{graph}.onnx"
+        return graph_file(self.variant_dir(variant), graph)
+
+    def graph_files(self, variant: str, graphs) -> dict[str, Path]:
+        """Graph name -> its file in the variant's folder, for ``graphs`` (names of ``GRAPHS``)."""
+        return {g: self.graph_path(variant, g) for g in graphs}
 
     def ir_path(self, variant: str, graph: str) -> Path:
         """Where a graph's OpenVINO IR goes: ``openvino/<graph>.xml`` (+ ``.bin``) beside its ONNX file."""
@@ -125,18 +180,46 @@ class ExportFolder:
         return self.root / "pareto.png"
 
     def engine_path(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> Path:
-        """Where bench keeps a graph's TensorRT engine: one per precision, TensorRT version and GPU model.
+        """Where a graph's TensorRT engine goes: one per precision, TensorRT version and GPU model.
 
-        An engine runs only with the TensorRT version and GPU it was built for, so both are in its name.
+        prune-and-export (``model_trt``) and bench / evaluate (the graphs they time) build here, so each
+        reuses what the other built. An engine runs only with the TensorRT version and GPU it was built
+        for, so both are in its name.
         """
-        import re
-
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-").lower() or "gpu"
         return self.variant_dir(variant) / TRT_DIR / f"{graph}_{precision}_trt{trt_version}_{slug}.engine"
 
-    def bench_path(self, runtime: str, precision: str = "f32") -> Path:
-        """Default place of ``edgeanchor bench``'s JSON for ``runtime`` (its plot goes beside it)."""
-        return self.root / (f"bench_{runtime}.json" if precision == "f32" else f"bench_{runtime}_{precision}.json")
+    def build_log_path(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> Path:
+        """The TensorRT build log of :meth:`engine_path`'s engine, beside it."""
+        return default_build_log(self.engine_path(variant, graph, precision, trt_version=trt_version, gpu=gpu))
+
+    def timing_cache_path(self, variant: str) -> Path:
+        """The variant's TensorRT timing cache, shared by its engine builds (and its trtexec line)."""
+        return self.variant_dir(variant) / "timing.cache"
+
+    def calib_cache_path(self, variant: str) -> Path:
+        """The variant's TensorRT int8 calibration cache (written by an int8 build, read by its trtexec line)."""
+        return self.variant_dir(variant) / "calib.cache"
+
+    def engine_files(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> EngineFiles:
+        """The engine of ``graph`` (:meth:`engine_path`) with the timing cache, calibration cache and build log."""
+        return EngineFiles(engine=self.engine_path(variant, graph, precision, trt_version=trt_version, gpu=gpu),
+                           timing_cache=self.timing_cache_path(variant), calib_cache=self.calib_cache_path(variant),
+                           build_log=self.build_log_path(variant, graph, precision, trt_version=trt_version, gpu=gpu))
+
+    def trtexec_engine_path(self, variant: str, graph: str, precision: str) -> Path:
+        """The engine the report's trtexec line builds on the device: beside the graph (:func:`engine_beside`)."""
+        return engine_beside(self.graph_path(variant, graph), precision)
+
+    def bench_path(self, runtime: str, precision: str = "fp32") -> Path:
+        """Default place of ``edgeanchor bench``'s JSON for ``runtime`` (its plot goes beside it).
+
+        fp32 (also spelled f32) keeps the plain name ``bench_<runtime>.json`` that earlier versions wrote.
+        """
+        from ..runtimes import canonical_precision
+
+        precision = canonical_precision(precision)
+        return self.root / (f"bench_{runtime}.json" if precision == "fp32" else f"bench_{runtime}_{precision}.json")
 
     # ---------------------------------------------------------------------------------------- contents
 
@@ -203,7 +286,7 @@ class ExportFolder:
         """The graphs of one variant that exist, by name."""
         return {g: self.graph_path(variant, g) for g in GRAPHS if self.graph_path(variant, g).is_file()}
 
-    def graphs_for_runtime(self, runtime: str, variant: str, precision: str = "f32",
+    def graphs_for_runtime(self, runtime: str, variant: str, precision: str = "fp32",
                            stage_graphs: dict[str, str] | None = None) -> dict[str, Path]:
         """Stage -> graph file of the timed stages on ``runtime``.
 

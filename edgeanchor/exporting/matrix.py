@@ -19,7 +19,7 @@ import torch
 from ..errors import EdgeAnchorError
 from .folder import GRAPH_RUNTIMES, GRAPHS, VARIANTS, ExportFolder
 from .graphs import level_names
-from .runtimes import RUNTIMES, TRT_ONLY, open_graph, require, version
+from ..runtimes import RUNTIMES, TRT_ONLY, open_graph, require, version
 
 INT8_SUFFIX = "_int8"
 
@@ -63,14 +63,14 @@ def runtime_matrix(folder: ExportFolder, images: torch.Tensor, *, iters: int = 2
         detectors: variant -> the detector the graphs were exported from, with their rule (default: the
             folder's ``graph_detector``, which needs the folder's report.json).
     """
-    from ..benchmark.runtimes import machine_info
+    from ..benchmark.machine import machine_info
     from .parity import check_parity
 
     dets = detectors or {v: folder.graph_detector(v) for v in VARIANTS}
     feeds = {v: [graph_feeds(dets[v], img[None]) for img in images.float()] for v in VARIANTS}
     graphs = [g for g in GRAPHS if all(folder.graph_path(v, g).is_file() for v in VARIANTS)]
     out = {"machine": machine_info(), "threads": threads, "iters": iters, "num_images": int(images.shape[0]),
-           "precision": "f32 (int8 graphs: int8)", "runtimes": {}}
+           "precision": "fp32 (int8 graphs: int8)", "runtimes": {}}
     for runtime in runtimes:
         why = _not_installed(runtime)
         if why:
@@ -93,7 +93,7 @@ def _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_par
     if runtime not in GRAPH_RUNTIMES.get(graph, ()):
         return {"loads": False, "why": f"{graph}.onnx is for {', '.join(GRAPH_RUNTIMES[graph])}"}
     int8 = graph.endswith(INT8_SUFFIX)
-    precision = "int8" if int8 else "f32"
+    precision = "int8" if int8 else "fp32"
     kind = _feeds_for(graph)
     try:
         opened = {v: open_graph(runtime, folder.runtime_file(runtime, v, graph), threads=threads, precision=precision)
@@ -140,7 +140,7 @@ def _parity_summary(res: dict) -> dict:
 def matrix_markdown(matrix: dict) -> list[str]:
     """report.md lines: one table row per runtime x graph, one line per runtime that is not there."""
     m = matrix
-    lines = [f"Every graph in every installed runtime, at f32 (int8 graphs at int8): whether it loads and runs, its "
+    lines = [f"Every graph in every installed runtime, at fp32 (int8 graphs at int8): whether it loads and runs, its "
              f"parity with PyTorch on {m['num_images']} images, and the median of {m['iters']} interleaved runs "
              f"({m['threads']} thread(s); load average {m['machine'].get('load_average_1_5_15min')}).", "",
              "| runtime | graph | loads | parity | pruned ms | baseline ms | pruned / baseline |",

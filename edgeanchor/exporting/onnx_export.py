@@ -31,11 +31,13 @@ import torch
 from ..errors import EdgeAnchorError
 from ..io import atomic_path
 from ..models.base import Detector
+from .folder import DECODED_GRAPH, graph_file
 from .fused_head import FUSED_HEAD
 from .head_channels import read_head_channels  # noqa: F401 - torch-free, re-exported here
 from .graphs import BackboneGraph, DecodedGraph, EndToEndGraph, ExportPostprocess, HeadGraph, NoNmsGraph, level_names
 
-GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms")
+# The graphs export_onnx writes (the export folder holds more: exporting/folder.py's GRAPHS).
+EXPORTED_GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms")
 NONMS_TOPK = 1000  # default K of model_nonms.onnx
 MIN_OPSET = 11  # NonMaxSuppression with a score threshold, ScatterElements
 
@@ -79,9 +81,9 @@ def export_onnx(
         EdgeAnchorError: bad opset or trace image shape, unwritable out_dir.
     """
     out_dir = Path(out_dir)
-    targets = {g: out_dir / f"{g}.onnx" for g in GRAPHS}
+    targets = {g: graph_file(out_dir, g) for g in EXPORTED_GRAPHS}
     if decoded:
-        targets["decoded"] = out_dir / "model_decoded.onnx"
+        targets["decoded"] = graph_file(out_dir, DECODED_GRAPH)
     if nonms_topk < 1:
         raise EdgeAnchorError(f"`nonms_topk` must be at least 1 (got {nonms_topk})")
     result = export_graphs(detector, targets, opset=opset, simplify=simplify, trace_images=trace_images,
@@ -100,7 +102,7 @@ def export_decoded_onnx(detector: Detector, path, *, opset: int = 17, simplify: 
 
 def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, simplify: bool, trace_images,
                   nonms_topk: int = NONMS_TOPK, fused_head: bool = FUSED_HEAD) -> dict:
-    """Export the named graphs (``GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
+    """Export the named graphs (``EXPORTED_GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
     if opset < MIN_OPSET:
         raise EdgeAnchorError(f"ONNX `opset` {opset} is too old for the postprocess graph; use `opset` {MIN_OPSET} or newer")
     images = _trace_images(detector, trace_images)

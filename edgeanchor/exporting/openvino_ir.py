@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
-from .runtimes import TRT_ONLY, _first_line, require
+from ..runtimes import TRT_ONLY, first_line, require
 
 def write_ir(targets: dict[str, tuple[Path, Path]]) -> dict[str, str]:
     """Convert each named ONNX graph to IR; ``targets``: name -> (ONNX file, .xml file). Returns name -> .xml path.
@@ -32,6 +32,6 @@ def write_ir(targets: dict[str, tuple[Path, Path]]) -> dict[str, str]:
             model = ov.convert_model(str(path))
             ov.save_model(model, str(xml), compress_to_fp16=False)
         except Exception as exc:  # OpenVINO's conversion errors are long multi-line RuntimeErrors
-            raise EdgeAnchorError(f"OpenVINO cannot convert {path} ({_first_line(exc)})") from None
+            raise EdgeAnchorError(f"OpenVINO cannot convert {path} ({first_line(exc)})") from None
         written[name] = str(xml)
     return written

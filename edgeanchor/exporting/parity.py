@@ -25,12 +25,13 @@ from torchvision.ops import box_iou
 
 from ..errors import EdgeAnchorError
 from ..models.base import Detector
+from ..runtimes.onnxruntime import OPT_LEVELS, make_session  # noqa: F401 - torch-free; re-exported here
+from .folder import graph_file
 from .graphs import DecodeBoxes, level_names
-from .runtimes import OPT_LEVELS, make_session  # noqa: F401 - torch-free, in runtimes; re-exported here
 
 def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
     """Run ``session`` once; tensors become contiguous numpy arrays. Returns output name -> array."""
-    from .runtimes import as_arrays
+    from ..runtimes import as_arrays
 
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, as_arrays(feeds))))
@@ -159,7 +160,7 @@ def check_parity(
     match_iou: float = 0.99,
     intra_op_num_threads: int = 0,
     runtime: str = "onnxruntime",
-    precision: str = "f32",
+    precision: str = "fp32",
     files: dict[str, Path] | None = None,
 ) -> dict:
     """Compare the graphs in ``out_dir`` (run in ``runtime``) with eager PyTorch on ``images``.
@@ -172,7 +173,7 @@ def check_parity(
             by each tensor's max |value| when that exceeds 1).
         match_iou: IoU for a detection match (labels must be equal too).
         intra_op_num_threads: runtime threads; 0 lets the runtime choose.
-        runtime, precision: where and how the graphs run (:func:`~edgeanchor.exporting.runtimes.open_graph`).
+        runtime, precision: where and how the graphs run (:func:`~edgeanchor.runtimes.open_graph`).
         files: graph name -> file to check instead of ``out_dir/<name>.onnx`` (e.g. OpenVINO IR); graphs
             not named are left out.
 
@@ -186,13 +187,13 @@ def check_parity(
         (decoded boxes and scores, as backbone and head) when those graphs exist, ``runtime``,
         ``precision`` and ``passed``.
     """
-    from .runtimes import open_graph
+    from ..runtimes import open_graph
 
     out_dir = Path(out_dir)
     detector = detector.eval()
     names = level_names(detector)
     if files is None:
-        files = {g: out_dir / f"{g}.onnx" for g in PARITY_GRAPHS}
+        files = {g: graph_file(out_dir, g) for g in PARITY_GRAPHS}
         for g in ("model_nonms", "model_ncnn"):  # exports older than these graphs
             if not files[g].is_file():
                 del files[g]

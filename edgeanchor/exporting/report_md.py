@@ -49,7 +49,7 @@ def render_markdown(report: dict) -> str:
     if "int8" in report:
         lines += int8_lines(report["int8"])
     if any("openvino" in exp[name] for name in ("baseline", "pruned")):
-        lines += ["", "## OpenVINO IR (openvino/*.xml beside each variant's graphs; f32 parity against PyTorch)", ""]
+        lines += ["", "## OpenVINO IR (openvino/*.xml beside each variant's graphs; fp32 parity against PyTorch)", ""]
         for name in ("baseline", "pruned"):
             ov = exp[name].get("openvino")
             par = (ov or {}).get("parity")

@@ -399,8 +399,10 @@ def choose_point(result: dict, *, target_head_macs: float | None = None) -> dict
 
 def search_outputs(out_dir) -> dict[str, Path]:
     """The files a search writes in its folder: ``result`` (search.json) and ``plot`` (pareto.png)."""
-    out_dir = Path(out_dir)
-    return {"result": out_dir / "search.json", "plot": out_dir / "pareto.png"}
+    from ..exporting.folder import ExportFolder
+
+    folder = ExportFolder(out_dir)  # the search's files are named as in an export folder, which may hold them
+    return {"result": folder.search_json_path, "plot": folder.pareto_path}
 
 
 def load_search(out_dir) -> dict:

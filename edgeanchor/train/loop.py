@@ -122,7 +122,7 @@ def train(
     Returns:
         The training record: per-epoch losses, mAP and seconds.
     """
-    from ..device import resolve_device
+    from ..torch_device import resolve_device
 
     world, rank, local = _distributed()
     device = resolve_device(f"cuda:{local}" if cfg.device == "cuda" else cfg.device)

@@ -1,20 +1,21 @@
-"""OpenCV DNN as a runtime: backbone.onnx, head.onnx and model_nonms.onnx, timed and checked.
+"""OpenCV DNN as a runtime: its graph, its runner (backbone.onnx, head.onnx and model_nonms.onnx), parity.
+
+A graph is read with ``cv2.dnn.readNetFromONNX`` (OpenCV backend, CPU target, Winograd off unless
+asked for: on the demo exports OpenCV 4.x's Winograd moves model_nonms's boxes up to 1.5e-4 px from
+ONNX Runtime, 6.1e-5 px without; OpenCV 5.0 gives 6.1e-5 px either way). OpenCV 4.x returns int64
+outputs as float32; ``labels`` is rounded back to int64 here.
 
 OpenCV cannot run ``model.onnx`` in 4.x (no NonMaxSuppression layer), so its end-to-end stage is what
 a user of OpenCV does: ``model_nonms.onnx`` (the best K candidates, fixed shapes), then
 ``cv2.dnn.NMSBoxesBatched`` at the model's IoU threshold and the best ``detections_per_img``, both
 read from the graph's metadata_props (:meth:`edgeanchor.exporting.graphs.NoNmsGraph.metadata`).
 
-Graphs are opened by :func:`edgeanchor.exporting.runtimes.open_graph` (OpenCV backend, CPU target,
-Winograd off unless asked for: on the demo exports OpenCV 4.x's Winograd moves model_nonms's boxes
-up to 1.5e-4 px from ONNX Runtime, 6.1e-5 px without; OpenCV 5.0 gives 6.1e-5 px either way).
-OpenCV 4.x returns int64 outputs as float32; ``labels`` is rounded back to int64 here.
-
-``cv2`` is imported when a runner is made, so everything else works without OpenCV.
+``cv2`` is imported when a graph or runner is made, so everything else works without OpenCV.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,15 +23,94 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..errors import EdgeAnchorError
+from .base import Graph, as_arrays, import_runtime
 
+NAME = "OpenCV"
+PRECISIONS = ("fp32",)
 OPENCV_STAGES = ("backbone", "head", "end_to_end")
+# bench's stages on OpenCV: the deployment path of model_nonms.onnx; its end to end is the graph plus
+# cv2.dnn.NMSBoxesBatched.
+STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "end_to_end": "model_nonms"}
 
 
-def import_cv2():
+def load():
     """The ``cv2`` module, or a one-line :class:`EdgeAnchorError` naming the extra to install."""
-    from ..exporting.runtimes import require
+    return import_runtime("cv2", "opencv", NAME)
 
-    return require("opencv")
+
+class OpenCvGraph(Graph):
+    """A graph read with ``cv2.dnn.readNetFromONNX``: OpenCV backend, CPU target, Winograd off.
+
+    OpenCV 4.x runs 3x3 convolutions with Winograd by default, which moves model_nonms's boxes up to
+    1.5e-4 px from ONNX Runtime (6.1e-5 px without); it is off unless ``winograd``. Outputs get the
+    graph's declared static shapes (OpenCV 4.x may add or drop unit axes) and ``metadata`` holds the
+    graph's metadata_props (model_nonms.onnx carries its NMS rule there).
+    """
+
+    runtime = "opencv"
+
+    def __init__(self, path, *, threads: int = 0, precision: str = "fp32", winograd: bool = False):
+        super().__init__(path, precision)
+        cv2 = load()
+        cv2.setNumThreads(int(threads) if threads > 0 else -1)  # 0 would mean "no threads" to OpenCV
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
+        self.input_names = [i.name for i in model.graph.input if i.name not in inits]
+        self.output_names = [o.name for o in model.graph.output]
+        self._shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+        self.metadata = {m.key: m.value for m in model.metadata_props}
+        major = int(cv2.__version__.split(".")[0])
+        if major < 5 and any(n.op_type == "NonMaxSuppression" for n in model.graph.node):
+            raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {Path(path).name} (OpenCV 4 has no "
+                                  "NonMaxSuppression layer); use model_nonms.onnx with cv2.dnn.NMSBoxesBatched, "
+                                  "or OpenCV 5")
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as exc:
+            raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {Path(path).name} "
+                                  f"({_opencv_reason(exc)})") from None
+        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        if hasattr(self.net, "enableWinograd"):
+            self.net.enableWinograd(bool(winograd))
+        self.settings = {"runtime": self.runtime, "version": cv2.__version__, "precision": precision,
+                         "backend": "DNN_BACKEND_OPENCV", "target": "DNN_TARGET_CPU",
+                         "engine": "ENGINE_AUTO (new engine, classic fallback)" if major >= 5 else "classic",
+                         "threads": cv2.getNumThreads() if threads > 0 else f"default ({cv2.getNumThreads()})",
+                         "winograd": bool(winograd)}
+
+    def run(self, feeds):
+        import cv2
+
+        arrays = as_arrays(feeds)
+        for name in self.input_names:
+            self.net.setInput(np.ascontiguousarray(arrays[name], dtype=np.float32), name)
+        try:
+            outs = dict(zip(self.output_names, self.net.forward(self.output_names)))
+        except cv2.error as exc:
+            raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot run {self.path.name} "
+                                  f"({_opencv_reason(exc)})") from None
+        return {n: outs[n].reshape(shape) if shape and all(shape) else outs[n] for n, shape in self._shapes.items()}
+
+
+def open_graph(path, *, threads: int = 0, precision: str = "fp32", winograd: bool = False) -> OpenCvGraph:
+    """``path`` in OpenCV DNN (checked by :func:`edgeanchor.runtimes.open_graph` first)."""
+    return OpenCvGraph(path, threads=threads, precision=precision, winograd=winograd)
+
+
+def _opencv_reason(exc) -> str:
+    """The informative part of a cv2.error: a missing layer type, else the last OpenCV message."""
+    text = " ".join(str(exc).split())
+    missing = re.search(r'Can\'t create layer "[^"]*" of type "([^"]+)"', text)
+    if missing:
+        hint = "; use model_nonms.onnx with cv2.dnn.NMSBoxesBatched" if missing.group(1) == "NonMaxSuppression" else ""
+        return f"it has no {missing.group(1)} layer{hint}"
+    node = re.search(r"Node \[([^@\]]+)@[^\]]*\]", text)
+    last = text.rsplit("error:", 1)[-1].strip().rstrip(">").strip()
+    last = re.sub(r"^\(-?\d+:[^)]*\)\s*", "", last)
+    return (f"{node.group(1)} node: " if node else "") + last[:160]
 
 
 def _now() -> int:
@@ -94,9 +174,9 @@ class OpenCvRunner:
             EdgeAnchorError: OpenCV missing, a graph missing, a graph OpenCV cannot load, or a
                 model_nonms.onnx without its NMS rule.
         """
-        from ..exporting.runtimes import open_graph
+        from . import open_graph
 
-        self.cv2 = import_cv2()
+        self.cv2 = load()
         self.graphs = {stage: open_graph("opencv", graphs[stage], threads=threads, winograd=winograd)
                        for stage in OPENCV_STAGES}
         end = self.graphs["end_to_end"]

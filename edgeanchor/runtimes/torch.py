@@ -1,11 +1,17 @@
-"""Eager PyTorch stages of a checkpoint (``bench --runtime torch``): the one bench runner that needs torch."""
+"""Eager PyTorch stages of a checkpoint (``bench --runtime torch``): the one runtime that needs torch.
+
+``torch`` is imported when a runner is made, so that asking which precisions this runtime has
+imports nothing.
+"""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
-import torch
+
+NAME = "PyTorch"
+PRECISIONS = ("fp32",)
 
 
 def _now() -> int:
@@ -16,22 +22,26 @@ class TorchRunner:
     """Eager PyTorch stages of a checkpoint."""
 
     def __init__(self, det, *, threads: int = 0):
+        import torch
+
         if threads:
             torch.set_num_threads(threads)
         self.det = det.eval()
         self.settings = {"runtime": "torch", "version": torch.__version__, "mode": "eager, no_grad",
                          "intra_op_num_threads": torch.get_num_threads()}
 
-    @torch.no_grad()
     def run_all(self, image: np.ndarray) -> dict[str, int]:
-        x = torch.from_numpy(image)
-        t0 = _now()
-        feats = self.det.backbone(x)
-        t1 = _now()
-        head = self.det.head(feats)
-        t2 = _now()
-        self.det.postprocess(head)
-        t3 = _now()
-        self.det(x)
-        t4 = _now()
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(image)
+            t0 = _now()
+            feats = self.det.backbone(x)
+            t1 = _now()
+            head = self.det.head(feats)
+            t2 = _now()
+            self.det.postprocess(head)
+            t3 = _now()
+            self.det(x)
+            t4 = _now()
         return {"backbone": t1 - t0, "head": t2 - t1, "postprocess": t3 - t2, "end_to_end": t4 - t3}

@@ -1,0 +1,90 @@
+"""What every runtime shares: the :class:`Graph` interface, feeds as arrays, and the stage runner.
+
+A runtime module (:mod:`.onnxruntime`, :mod:`.openvino`, :mod:`.opencv`, :mod:`.tensorrt`) subclasses
+:class:`Graph`; :class:`GraphRunner` runs bench's four stage graphs of one variant through any of them.
+Nothing here imports torch or a runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeAnchorError
+
+STAGES = ("backbone", "head", "postprocess", "end_to_end")
+
+
+class Graph:
+    """One graph loaded in one runtime: ``run(feeds) -> {output name: array}``.
+
+    Attributes:
+        runtime, path, precision: what was opened and how.
+        input_names, output_names: the graph's tensor names, in graph order.
+        settings: the options the runtime was given, for the record.
+    """
+
+    runtime = ""
+
+    def __init__(self, path: Path, precision: str):
+        self.path = Path(path)
+        self.precision = precision
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+        self.settings: dict = {}
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def timed(self, feeds: dict) -> tuple[dict[str, np.ndarray], int]:
+        """``run`` and its wall time in nanoseconds."""
+        t0 = time.perf_counter_ns()
+        out = self.run(feeds)
+        return out, time.perf_counter_ns() - t0
+
+
+def as_arrays(feeds: dict) -> dict[str, np.ndarray]:
+    """Feeds as contiguous numpy arrays (torch tensors are detached and moved to the CPU)."""
+    out = {}
+    for k, v in feeds.items():
+        if hasattr(v, "detach"):  # a torch tensor
+            v = v.detach().cpu().numpy()
+        out[k] = np.ascontiguousarray(v)
+    return out
+
+
+def import_runtime(module: str, extra: str | None, name: str):
+    """Import a runtime's Python module, or raise a one-line error naming the extra (or package) to install."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError):
+        hint = f'pip install "edgeanchor[{extra}]"' if extra else f"pip install {module}"
+        raise EdgeAnchorError(f"{name} is not installed; {hint}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (runtimes raise long multi-line texts), at most 200 chars."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+class GraphRunner:
+    """The four stage graphs of one variant in one runtime (ONNX Runtime, OpenVINO or TensorRT), explicit options."""
+
+    def __init__(self, graphs: dict[str, Graph]):
+        """``graphs``: stage -> the opened graph, for the stages in ``STAGES``."""
+        self.graphs = graphs
+        self.settings = {**self.graphs["backbone"].settings,
+                         "graphs": {s: Path(g.path).name for s, g in self.graphs.items()}}
+
+    def run_all(self, image: np.ndarray) -> dict[str, int]:
+        """Nanoseconds per stage for one image."""
+        g = self.graphs
+        feats, t_b = g["backbone"].timed({"images": image})
+        head, t_h = g["head"].timed({k: feats[k] for k in g["head"].input_names})
+        _, t_p = g["postprocess"].timed({k: head[k] for k in g["postprocess"].input_names})
+        _, t_e = g["end_to_end"].timed({"images": image})
+        return {"backbone": t_b, "head": t_h, "postprocess": t_p, "end_to_end": t_e}
