@@ -303,7 +303,9 @@ def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
         # model.onnx's mAP measured by the int8 step is the one evaluating the export gives
         got = ea.evaluate(folder, variant=variant, progress=False)
         assert got["mAP"] == pytest.approx(int8[variant]["map_fp32_onnx"], abs=1e-9)
-        assert got["pytorch_mAP"] is None  # export() measures no PyTorch mAP
+        # export() records each variant's PyTorch mAP with the graphs' rule, as prune-and-export does
+        assert got["pytorch_mAP"] == folder.report["mAP_as_deployed"][variant]
+        assert abs(got["mAP"] - got["pytorch_mAP"]) <= 0.001
     # evaluating the export folder is the deployed graph in the runtime, by path or object, on any split
     by_path = ea.evaluate(str(folder.root), progress=False)
     assert by_path["graph"] == "model.onnx" and by_path["runtime"] == "onnxruntime"
