@@ -41,8 +41,8 @@ from edgeanchor.benchmark.machine import machine_info  # noqa: E402
 from edgeanchor.cost import measure_cost  # noqa: E402
 from edgeanchor.datasets.demo_data import demo_split  # noqa: E402
 from edgeanchor.exporting import export_onnx  # noqa: E402
-from edgeanchor.exporting.parity import make_session  # noqa: E402
 from edgeanchor.exporting.folder import ExportFolder  # noqa: E402
+from edgeanchor.exporting.parity import make_session  # noqa: E402
 from edgeanchor.io import configure_logging, write_json  # noqa: E402
 from edgeanchor.models import build_detector  # noqa: E402
 from edgeanchor.pipeline import write_export  # noqa: E402
@@ -200,9 +200,10 @@ def latency_model_check(demo_export: ExportFolder, images, threads: int, tmp: Pa
     errors = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
     order_ok = [a["predicted_ms"] <= b["predicted_ms"] for a, b in zip(rows, rows[1:])] == \
         [a["measured_ms"] <= b["measured_ms"] for a, b in zip(rows, rows[1:])]
-    return {"rows": rows, "mean_abs_relative_error": float(np.mean(errors)), "max_abs_relative_error": float(max(errors)),
-            "same_ranking_as_measured": bool(order_ok), "model": {k: v for k, v in model.__dict__.items()
-                                                                 if k not in ("anchor_nms_boxes", "anchor_boxes", "level_of")}}
+    skip = ("anchor_nms_boxes", "anchor_boxes", "level_of")
+    return {"rows": rows, "mean_abs_relative_error": float(np.mean(errors)),
+            "max_abs_relative_error": float(max(errors)), "same_ranking_as_measured": bool(order_ok),
+            "model": {k: v for k, v in model.__dict__.items() if k not in skip}}
 
 
 def main(argv=None) -> int:

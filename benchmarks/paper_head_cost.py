@@ -43,7 +43,8 @@ PAPER = {"ssd300_baseline_head": 4231e6, "ssd300_config_b_head": 2476e6,
 
 def cost_row(name: str, det) -> dict:
     c = measure_cost(det)
-    return {"name": name, "arch": det.arch, "image_size": list(det.image_size), "num_anchors": det.anchor_set.num_anchors,
+    return {"name": name, "arch": det.arch, "image_size": list(det.image_size),
+            "num_anchors": det.anchor_set.num_anchors,
             "anchors_per_level": det.anchor_set.anchors_per_level(), "head_macs": c.head_macs,
             "head_macs_per_level": c.head_macs_per_level, "num_boxes": c.num_boxes, "total_macs": c.total_macs}
 

@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from .api.data import Data, data
     from .api.deploy import bench, export, prune_and_export
     from .api.gate import regress
-    from .api.synth import synth
     from .api.loading import inspect, load, wrap
     from .api.results import BenchResult, FrontPoint, SearchResult
+    from .api.synth import synth
     from .api.workflow import evaluate, finetune, prune, save, search
     from .errors import CheckFailed, EdgeAnchorError
     from .exporting.folder import ExportFolder

@@ -19,8 +19,8 @@ top-left corner (torchvision's ``AnchorGenerator``, used by RetinaNet).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
 
 import torch
 
@@ -118,7 +118,7 @@ class AnchorSet:
         return {a.id: i for i, level in enumerate(self.levels) for a in level.anchors}
 
     # ---- derived sets --------------------------------------------------
-    def subset(self, keep: Iterable[int]) -> "AnchorSet":
+    def subset(self, keep: Iterable[int]) -> AnchorSet:
         """The anchor set restricted to the ids in ``keep``.
 
         Ids that belong to the unpruned parent but are no longer in this set
@@ -138,7 +138,7 @@ class AnchorSet:
             )
         return result
 
-    def renumbered(self) -> "AnchorSet":
+    def renumbered(self) -> AnchorSet:
         """The same shapes with ids 0..N-1 (a fresh, unpruned set)."""
         counter = iter(range(self.num_anchors))
         levels = tuple(
@@ -169,7 +169,7 @@ class AnchorSet:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "AnchorSet":
+    def from_json(cls, obj: dict) -> AnchorSet:
         """Parse :meth:`to_json` output.
 
         Raises:
@@ -452,8 +452,9 @@ def from_default_box_generator(generator, image_size, feature_sizes) -> AnchorSe
             AnchorSpec(next(counter), float(w) * img_w, float(h) * img_h) for w, h in pairs.tolist()
         )
         step = None if generator.steps is None else (float(generator.steps[k]), float(generator.steps[k]))
-        levels.append(LevelSpec(feature_size=tuple(int(v) for v in f_size), stride=step, anchors=anchors))
-    return AnchorSet(image_size=tuple(int(v) for v in image_size), centre_offset=0.5, levels=tuple(levels))
+        f_h, f_w = f_size
+        levels.append(LevelSpec(feature_size=(int(f_h), int(f_w)), stride=step, anchors=anchors))
+    return AnchorSet(image_size=(int(img_h), int(img_w)), centre_offset=0.5, levels=tuple(levels))
 
 
 def from_anchor_generator(generator, image_size, feature_sizes) -> AnchorSet:

@@ -12,9 +12,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, TypeGuard
 
 from .errors import EdgeAnchorError
 
@@ -279,7 +280,7 @@ def peek_json(path: str | os.PathLike) -> Any:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def is_number(value) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """True for a JSON number read back as int or float (not a bool, not NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 

@@ -60,8 +60,9 @@ class PostprocessSpec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_torchvision(cls, model, *, score_fn: str, topk_scope: str) -> "PostprocessSpec":
+    def from_torchvision(cls, model, *, score_fn: str, topk_scope: str) -> PostprocessSpec:
         """The rule of a torchvision SSD or RetinaNet model (its thresholds and box coder)."""
+        wx, wy, ww, wh = (float(w) for w in model.box_coder.weights)
         return cls(
             score_fn=score_fn,
             topk_scope=topk_scope,
@@ -69,18 +70,18 @@ class PostprocessSpec:
             topk_candidates=int(model.topk_candidates),
             nms_thresh=float(model.nms_thresh),
             detections_per_img=int(model.detections_per_img),
-            box_weights=tuple(float(w) for w in model.box_coder.weights),
+            box_weights=(wx, wy, ww, wh),
         )
 
     @classmethod
-    def yolo(cls, preset: str = "val", *, max_det: int = 300, max_nms: int = 30000) -> "PostprocessSpec":
+    def yolo(cls, preset: str = "val", *, max_det: int = 300, max_nms: int = 30000) -> PostprocessSpec:
         """YOLOv5's rule with a preset ("val": 0.001 / 0.6, "deploy": 0.25 / 0.45); see :meth:`with_overrides`."""
         conf, iou = YOLO_PRESETS[preset]
         return cls(score_fn="yolo", topk_scope="all", score_thresh=float(conf), topk_candidates=int(max_nms),
                    nms_thresh=float(iou), detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
 
     def with_overrides(self, score_thresh: float | None = None, nms_thresh: float | None = None,
-                       max_det: int | None = None) -> "PostprocessSpec":
+                       max_det: int | None = None) -> PostprocessSpec:
         """This rule with the given values replaced (None keeps a value).
 
         Raises:
@@ -90,7 +91,7 @@ class PostprocessSpec:
         values = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": max_det}
         return replace(self, **{k: type(getattr(self, k))(v) for k, v in values.items() if v is not None})
 
-    def for_deployment(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> "PostprocessSpec":
+    def for_deployment(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessSpec:
         """The rule the exported graphs use: YOLO's "deploy" preset; other models keep their own rule.
 
         Search and evaluation use the model's rule (YOLO: "val"); either value can be overridden.
@@ -101,7 +102,7 @@ class PostprocessSpec:
         return spec.with_overrides(score_thresh, nms_thresh)
 
     @classmethod
-    def from_json(cls, obj: dict) -> "PostprocessSpec":
+    def from_json(cls, obj: dict) -> PostprocessSpec:
         return cls(**{**obj, "box_weights": tuple(obj["box_weights"])})
 
 
@@ -143,7 +144,7 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.box_index.numel())
 
-    def take(self, mask: torch.Tensor) -> "Candidates":
+    def take(self, mask: torch.Tensor) -> Candidates:
         return Candidates(self.box_index[mask], self.labels[mask], self.scores[mask], self.boxes_xyxy[mask])
 
 

@@ -11,7 +11,7 @@ cache without a forward pass.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import EdgeAnchorError
 from .models.base import Detector

@@ -38,7 +38,9 @@ def check_timing(iters: int, warmup: int, threads: int) -> None:
         EdgeAnchorError: iters < 1, warmup < 0 or threads < 0.
     """
     if iters < 1 or warmup < 0 or threads < 0:
-        raise EdgeAnchorError(f"`iters` must be >= 1, `warmup` >= 0 and `threads` >= 0 (got {iters}, {warmup}, {threads})")
+        raise EdgeAnchorError(
+            f"`iters` must be >= 1, `warmup` >= 0 and `threads` >= 0 (got {iters}, {warmup}, {threads})"
+        )
 
 
 def open_export(export) -> ExportFolder:
@@ -112,7 +114,7 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level, precision=precision,
                               end_to_end=end_to_end) for v in VARIANTS}
     stages = [s for s in STAGES if s in getattr(runners["pruned"], "stages", STAGES)]
-    samples = {v: {s: [] for s in stages} for v in VARIANTS}
+    samples: dict[str, dict[str, list[int]]] = {v: {s: [] for s in stages} for v in VARIANTS}
     for i in progress_bar(range(warmup + iters), desc=f"bench {runtime}", disable=not progress):
         image = images[i % len(images)]
         order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]

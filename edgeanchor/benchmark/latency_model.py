@@ -66,7 +66,7 @@ class LatencyModel:
         write_json(path, {"format": "edgeanchor.latency_model/1", **obj})
 
     @classmethod
-    def load(cls, path) -> "LatencyModel":
+    def load(cls, path) -> LatencyModel:
         obj = read_json(path, "latency model")
         fields = set(cls.__dataclass_fields__)
         if not isinstance(obj, dict) or obj.pop("format", None) != "edgeanchor.latency_model/1" or set(obj) != fields:
@@ -155,8 +155,8 @@ def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, l
     num_levels = det.anchor_set.num_levels
     base, per_anchor = [0.0] * num_levels, [0.0] * num_levels
     feats = det.backbone(images[:1])
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         for j, level in enumerate(det.active_levels):
             anchors = det.anchor_set.levels[level].anchors
             t_full = _level_time(det, j, feats[j], threads, iters, tmp)
@@ -193,7 +193,8 @@ def calibrate(det, images: torch.Tensor, *, threads: int = 1, iters: int = 30, l
     return LatencyModel(
         level_base_ms=base, level_per_anchor_ms=per_anchor, post_fixed_ms=fixed, post_per_box_ms=per_box,
         nms_per_box_ms=per_nms, anchor_nms_boxes=anchor_nms,
-        anchor_boxes={a.id: lv.feature_size[0] * lv.feature_size[1] for lv in det.anchor_set.levels for a in lv.anchors},
+        anchor_boxes={a.id: lv.feature_size[0] * lv.feature_size[1]
+                      for lv in det.anchor_set.levels for a in lv.anchors},
         level_of=det.anchor_set.level_of(),
         settings={"runtime": "onnxruntime", "threads": threads, "iters": iters, "num_images": int(len(images)),
                   "machine": machine_info(), "arch": det.arch},

@@ -20,8 +20,14 @@ import torch
 
 from ..errors import EdgeAnchorError
 from ..io import read_json
-from .imaging import (LETTERBOX_FILL, RESIZE_MODES, letterbox_params, load_image_array,  # noqa: F401 - re-exported
-                      to_input, to_original)
+from .imaging import (
+    LETTERBOX_FILL,  # noqa: F401 - re-exported
+    RESIZE_MODES,
+    letterbox_params,  # noqa: F401 - re-exported
+    load_image_array,
+    to_input,
+    to_original,  # noqa: F401 - re-exported
+)
 from .imaging import to_rgb8 as _to_rgb8  # noqa: F401 - re-exported
 from .labels import invert_label_map, make_label_map  # noqa: F401 - re-exported
 
@@ -104,7 +110,11 @@ def jitter_colour(image: torch.Tensor, brightness: float, contrast: float, satur
 
 def load_image(path: Path, image_size: tuple[int, int] | None,
                resize: str = "stretch") -> tuple[torch.Tensor, tuple[int, int]]:
-    """:func:`edgeanchor.datasets.imaging.load_image_array` as a tensor: (float32 (3, H, W) in [0, 1], (H, W) of the file)."""
+    """:func:`edgeanchor.datasets.imaging.load_image_array` as a tensor.
+
+    Returns:
+        (float32 (3, H, W) in [0, 1], (H, W) of the file).
+    """
     array, orig_size = load_image_array(path, image_size, resize)
     return torch.from_numpy(array), orig_size
 
@@ -179,8 +189,9 @@ def _check_annotation_fields(annotations: list, ann_file: Path) -> None:
             )
         ok = isinstance(ann, dict) and _is_int(ann.get("image_id")) and _is_int(ann.get("category_id"))
         bbox = ann.get("bbox") if ok else None
-        ok = ok and isinstance(bbox, (list, tuple)) and len(bbox) == 4
-        ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+        ok = ok and isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in bbox
+        )
         if not ok:
             ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
             raise EdgeAnchorError(
@@ -342,7 +353,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return image, target
 
     @classmethod
-    def for_detector(cls, detector, image_dir, ann_file, *, train: bool = False) -> "CocoDetection":
+    def for_detector(cls, detector, image_dir, ann_file, *, train: bool = False) -> CocoDetection:
         """The data set as ``detector`` sees it: its classes, label start, input size and resize mode."""
         return cls(image_dir, ann_file, num_classes=detector.num_classes, first_label=detector.first_label,
                    image_size=detector.image_size, train=train, resize=detector.resize_mode)
@@ -386,11 +397,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def _check_declared_size(info: dict, orig_size: tuple[int, int], path: Path) -> None:
-    declared = (info.get("height"), info.get("width"))
-    if None not in declared and (int(declared[0]), int(declared[1])) != orig_size:
+    height, width = info.get("height"), info.get("width")
+    if height is not None and width is not None and (int(height), int(width)) != orig_size:
         raise EdgeAnchorError(
             f"image {path} is {orig_size[1]}x{orig_size[0]} (WxH) but the annotation file says "
-            f"{declared[1]}x{declared[0]}; boxes would be misplaced, fix 'width'/'height' or the image"
+            f"{width}x{height}; boxes would be misplaced, fix 'width'/'height' or the image"
         )
 
 

@@ -92,15 +92,17 @@ def load_image_array(path: Path, image_size: tuple[int, int] | None,
     except (UnidentifiedImageError, OSError) as exc:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
     orig_size = (rgb.height, rgb.width)
-    if image_size is not None and tuple(image_size) != orig_size:
+    # a list (from JSON) compares unequal to a tuple, so compare and pass (H, W) as a tuple
+    size = None if image_size is None else (image_size[0], image_size[1])
+    if size is not None and size != orig_size:
         if resize == "letterbox":
-            _, left, top, new_h, new_w = letterbox_params(orig_size, tuple(image_size))
-            canvas = Image.new("RGB", (image_size[1], image_size[0]), (LETTERBOX_FILL,) * 3)
-            canvas.paste(rgb.resize((new_w, new_h), Image.BILINEAR) if (new_h, new_w) != orig_size else rgb,
-                         (left, top))
+            _, left, top, new_h, new_w = letterbox_params(orig_size, size)
+            canvas = Image.new("RGB", (size[1], size[0]), (LETTERBOX_FILL,) * 3)
+            resized = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR) if (new_h, new_w) != orig_size else rgb
+            canvas.paste(resized, (left, top))
             rgb = canvas
         else:
-            rgb = rgb.resize((image_size[1], image_size[0]), Image.BILINEAR)
+            rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     # (H, W, 3) -> (3, H, W); the same float32 division torch's .float().div_(255.0) does
     return np.ascontiguousarray(array.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0), orig_size
@@ -119,7 +121,7 @@ def boxes_to_original(boxes_xyxy: np.ndarray, orig_size: tuple[int, int], input_
     Returns:
         float64 (D, 4) xyxy in the file's pixels.
     """
-    sx, sy, px, py = to_original(tuple(orig_size), tuple(input_size), resize)
+    sx, sy, px, py = to_original((orig_size[0], orig_size[1]), (input_size[0], input_size[1]), resize)
     out = (np.asarray(boxes_xyxy, dtype=np.float64) - [px, py, px, py]) * [sx, sy, sx, sy]
     out[:, 0::2] = out[:, 0::2].clip(0, orig_size[1])
     out[:, 1::2] = out[:, 1::2].clip(0, orig_size[0])

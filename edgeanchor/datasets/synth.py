@@ -26,9 +26,10 @@ from __future__ import annotations
 import colorsys
 import multiprocessing
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -158,7 +159,8 @@ def _draw_kite(w: int, h: int, colour: np.ndarray, rng: np.random.Generator) -> 
 _DRAW = {"pole": _draw_pole, "plank": _draw_plank, "coin": _draw_coin, "crate": _draw_crate, "kite": _draw_kite}
 
 
-def render_object(shape_class: ShapeClassSpec, rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_object(shape_class: ShapeClassSpec, rng: np.random.Generator,
+                  image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one object, cropped to the tight extent of its pixels.
 
     Returns:
@@ -181,7 +183,8 @@ def draw_background(rng: np.random.Generator, image_size: int) -> Image.Image:
     along = np.cos(angle) * coords[None, :] + np.sin(angle) * coords[:, None]  # (s, s)
     t = (along - along.min()) / max(float(along.max() - along.min()), 1e-6)
     canvas = c0 + (c1 - c0) * t[:, :, None]  # (s, s, 1) -> (s, s, 3)
-    coarse = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).resize((s, s), Image.BICUBIC)
+    noise = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    coarse = Image.fromarray(noise).resize((s, s), Image.Resampling.BICUBIC)
     canvas += (np.asarray(coarse, dtype=np.float32) - 128.0) * rng.uniform(0.1, 0.3)
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     _draw_blobs(img, rng, s)
@@ -232,7 +235,9 @@ def place_objects(canvas: np.ndarray, rng: np.random.Generator, image_size: int)
         per object: ``category_id``, ``bbox`` [x, y, w, h] (full extent, ints) and ``visible`` fraction.
     """
     owner = np.zeros((image_size, image_size), dtype=np.int64)  # 0 = background, j + 1 = object j on top
-    objects, full, visible = [], [], []
+    objects: list[dict] = []
+    full: list[int] = []  # per placed object: its pixel count, and how many of those are still visible
+    visible: list[int] = []
     num_slots = int(rng.integers(2, 9))
     slot = 0
     while len(objects) < num_slots and slot < num_slots + 4:  # extra slots make up for ones given up
@@ -382,7 +387,7 @@ def generate(
     names = [f"{split_of[i]}/{i + 1:06d}.jpg" for i in range(num_images)]
     tasks = [(seed, i, image_size, str(out_dir / "images" / names[i])) for i in range(num_images)]
     objects = _run_tasks(tasks, max(1, workers), progress)
-    result = {
+    result: dict[str, Any] = {
         "annotations": {},
         "image_dir": str(out_dir / "images"),
         "num_images": counts,

@@ -78,7 +78,8 @@ class _Node:
     __slots__ = ("tag", "line", "children", "text")
 
     def __init__(self, tag: str, line: int):
-        self.tag, self.line, self.children, self.text = tag, line, [], ""
+        self.tag, self.line, self.text = tag, line, ""
+        self.children: list[_Node] = []
 
     def find(self, tag: str):
         return next((c for c in self.children if c.tag == tag), None)
@@ -135,10 +136,11 @@ def parse_voc_xml(path) -> VocRecord:
         if not name or box is None:
             raise EdgeAnchorError(f"{where}: an <object> needs <name> and <bndbox>; fix the file")
         try:
-            coords = tuple(float(box.value(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = (float(box.value(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError:
             raise EdgeAnchorError(f"{path}:{box.line}: <bndbox> needs numeric xmin, ymin, xmax, ymax; "
                                   "fix the file") from None
+        coords = (xmin, ymin, xmax, ymax)
         if any(v != v for v in coords) or coords[2] < coords[0] or coords[3] < coords[1]:
             raise EdgeAnchorError(f"{path}:{box.line}: box {list(coords)} has xmax < xmin or ymax < ymin (or NaN); "
                                   "fix the file")
@@ -193,7 +195,7 @@ def _devkit_image(root: Path, image_id: str, record: VocRecord) -> Path:
 
 def devkit_records(root: Path, split: str) -> list[tuple[Path, VocRecord | None]]:
     """(image, record) of each id of a VOCdevkit split, in the split file's order."""
-    out = []
+    out: list[tuple[Path, VocRecord | None]] = []
     for image_id in split_ids(root, split):
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
@@ -261,7 +263,9 @@ def to_coco(records, root: Path, names: tuple[str, ...], description: str) -> tu
         EdgeAnchorError: an object whose class is not in ``names`` (naming the file and line).
     """
     category = {name: i + 1 for i, name in enumerate(names)}
-    images, annotations, clipped = [], [], 0
+    images: list[dict] = []
+    annotations: list[dict] = []
+    clipped = 0
     for image_id, (path, record) in enumerate(records, start=1):
         width, height = image_size(path)
         images.append({"id": image_id, "file_name": path.relative_to(root).as_posix(), "width": width,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from ..errors import EdgeAnchorError
@@ -63,7 +64,7 @@ def write_voc(splits: dict[str, dict], image_dir, out, *, database: str = SYNTH_
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / CLASSES_FILE).write_text("".join(f"{name}\n" for _, name in cat_list), encoding="utf-8")
-    result = {"image_dir": str(out / "JPEGImages"), "num_images": {}, "num_objects": {}}
+    result: dict[str, Any] = {"image_dir": str(out / "JPEGImages"), "num_images": {}, "num_objects": {}}
     for split, coco in splits.items():
         by_image: dict[int, list] = {}
         for ann in coco["annotations"]:

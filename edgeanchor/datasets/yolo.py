@@ -213,7 +213,9 @@ def to_coco(spec: YoloDataSpec, split: str, listing: dict[str, list[Path]] | Non
     if split not in listing:
         list_images(spec, split)  # raises: the data set has no such split
     files, root = listing[split], image_root(listing)
-    images, annotations, clipped = [], [], 0
+    images: list[dict] = []
+    annotations: list[dict] = []
+    clipped = 0
     for image_id, path in enumerate(files, start=1):
         width, height = image_size(path)
         images.append({"id": image_id, "file_name": str(path.relative_to(root)), "width": width, "height": height})

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from ..datasets.coco import CocoDetection
-from ..evaluation.predict import make_loader
 from ..errors import EdgeAnchorError
+from ..evaluation.predict import make_loader
 from ..io import atomic_path, log, warn
 
 # 2: meta key "postprocess_spec"; 3: an image manifest (name, size, mtime, SHA-256) in the meta
@@ -88,7 +88,7 @@ class CandidateCache:
                   self.scores, self.boxes_xyxy)
         return int(sum(a.nbytes for a in arrays))
 
-    def take_images(self, indices) -> "CandidateCache":
+    def take_images(self, indices) -> CandidateCache:
         """A cache of the images at ``indices`` (in that order) and only their candidates.
 
         The key and meta stay those of the whole cache (a shard is part of it, not another cache);
@@ -113,7 +113,7 @@ class CandidateCache:
                          anchor_id=self.anchor_id, labels=self.labels, scores=self.scores, boxes_xyxy=self.boxes_xyxy)
 
     @classmethod
-    def load(cls, path) -> "CandidateCache":
+    def load(cls, path) -> CandidateCache:
         with np.load(path) as z:
             return cls(
                 key=str(z["key"]), meta=json.loads(str(z["meta"])),
@@ -277,16 +277,20 @@ def load_or_build_cache(detector, dataset: CocoDetection, path, *, batch_size: i
             warn(f"candidate cache {path} is empty or truncated; rebuilding it")
         elif status == "old":
             log(f"candidate cache {path} was written by an older edgeanchor; rebuilding it")
-        elif cache.key != key:
-            log(f"candidate cache {path} was written for other weights, anchors or annotations; rebuilding it")
         else:
-            same, refresh = images_unchanged(cache, dataset)
-            if same:
-                if refresh:
-                    cache.save(path)  # same contents, new file times: record them for the fast check
-                log(f"reusing candidate cache {path} ({cache.num_candidates} candidates, {cache.num_images} images)")
-                return cache
-            log(f"the images under {dataset.image_dir} changed since candidate cache {path} was built; rebuilding it")
+            assert cache is not None, "inspect_cache_file returns the cache with the status 'ours'"
+            if cache.key != key:
+                log(f"candidate cache {path} was written for other weights, anchors or annotations; rebuilding it")
+            else:
+                same, refresh = images_unchanged(cache, dataset)
+                if same:
+                    if refresh:
+                        cache.save(path)  # same contents, new file times: record them for the fast check
+                    log(f"reusing candidate cache {path} ({cache.num_candidates} candidates, "
+                        f"{cache.num_images} images)")
+                    return cache
+                log(f"the images under {dataset.image_dir} changed since candidate cache {path} was built; "
+                    "rebuilding it")
     cache = build_cache(detector, dataset, batch_size=batch_size, device=device, progress=progress, key=key)
     cache.save(path)
     return cache

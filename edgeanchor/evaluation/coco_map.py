@@ -34,7 +34,7 @@ def load_gt(ann, backend: str = "faster"):
 
 def coco_map(
     ann,
-    detections: list[dict],
+    detections: list[dict] | np.ndarray,
     *,
     backend: str = "faster",
     image_ids: list[int] | None = None,

@@ -54,8 +54,10 @@ def box_iou(dets_xywh: np.ndarray, gt_xywh: np.ndarray, gt_iscrowd: np.ndarray) 
     crowd = np.asarray(gt_iscrowd).reshape(-1).astype(bool)
     da = (d[:, 2] * d[:, 3])[:, None]
     ga = (g[:, 2] * g[:, 3])[None, :]
-    w = np.minimum((d[:, 2] + d[:, 0])[:, None], (g[:, 2] + g[:, 0])[None, :]) - np.maximum(d[:, None, 0], g[None, :, 0])
-    h = np.minimum((d[:, 3] + d[:, 1])[:, None], (g[:, 3] + g[:, 1])[None, :]) - np.maximum(d[:, None, 1], g[None, :, 1])
+    w = (np.minimum((d[:, 2] + d[:, 0])[:, None], (g[:, 2] + g[:, 0])[None, :])
+         - np.maximum(d[:, None, 0], g[None, :, 0]))
+    h = (np.minimum((d[:, 3] + d[:, 1])[:, None], (g[:, 3] + g[:, 1])[None, :])
+         - np.maximum(d[:, None, 1], g[None, :, 1]))
     inter = w * h
     union = np.where(crowd[None, :], np.broadcast_to(da, inter.shape), (da + ga) - inter)
     ok = (w > 0) & (h > 0)

@@ -636,7 +636,8 @@ class ShardScorer:
         self.gt_zero = arr[:, 9].astype(np.bool_)
         self.npig = np.bincount(self.gt_cat[~self.gt_ign], minlength=K).astype(np.int64)
         self.num_cats = K
-        maps = np.array([to_original(tuple(int(v) for v in c.orig_sizes[i]), tuple(c.meta["image_size"]),
+        in_h, in_w = c.meta["image_size"]
+        maps = np.array([to_original((int(c.orig_sizes[i][0]), int(c.orig_sizes[i][1])), (in_h, in_w),
                                      c.meta.get("resize", "stretch")) for i in self.images.tolist()],
                         dtype=np.float64).reshape(-1, 4)  # (P, 4): scale_x, scale_y, pad_x, pad_y
         self._scales = np.concatenate([maps[:, :2], maps[:, :2]], axis=1)

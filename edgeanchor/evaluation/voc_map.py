@@ -134,7 +134,7 @@ def voc_map(gt: dict, detections, metric: str = VOC) -> dict:
     boxes: dict = {}
     for a in gt.get("annotations", []):
         boxes.setdefault((int(a["image_id"]), int(a["category_id"])), []).append((a["bbox"], is_difficult(a)))
-    aps = {}
+    aps: dict[int, float | None] = {}
     for cat in sorted(int(c["id"]) for c in gt.get("categories", [])):
         num_pos = sum(1 for (_, c), items in boxes.items() if c == cat for _, diff in items if not diff)
         if num_pos == 0:
@@ -192,7 +192,7 @@ def accumulate_voc(ptr: np.ndarray, matched: np.ndarray, ignored: np.ndarray, nu
         num_pos: (K,) non-difficult boxes per category.
         metric: "voc07" or "voc".
     """
-    aps = {}
+    aps: dict[int, float | None] = {}
     for k in range(len(num_pos)):
         if num_pos[k] == 0:
             aps[k] = None

@@ -23,11 +23,13 @@ and YOLO (Detect is already one convolution per level).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from ..models.base import Detector
-from ..models.ssd import SSDDetector
+from ..models.ssd import SSDDetector, conv_padding, pair
 
 # Whether the exported graphs fuse the head where the architecture allows (HeadGraph, export_onnx).
 FUSED_HEAD = True
@@ -64,13 +66,15 @@ def fuse_convs(first: nn.Conv2d, second: nn.Conv2d) -> nn.Conv2d:
         A convolution with ``first.out_channels + second.out_channels`` outputs, in eval mode.
     """
     assert same_geometry(first, second), "fuse_convs needs two convolutions of the same geometry"
-    fused = nn.Conv2d(first.in_channels, first.out_channels + second.out_channels, first.kernel_size,
-                      stride=first.stride, padding=first.padding, dilation=first.dilation, groups=first.groups,
-                      bias=first.bias is not None, padding_mode=first.padding_mode,
+    fused = nn.Conv2d(first.in_channels, first.out_channels + second.out_channels, pair(first.kernel_size),
+                      stride=pair(first.stride), padding=conv_padding(first), dilation=pair(first.dilation),
+                      groups=first.groups, bias=first.bias is not None, padding_mode=first.padding_mode,
                       device=first.weight.device, dtype=first.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(torch.cat([first.weight, second.weight]))  # (C1+C2, Cin/groups, kh, kw)
         if first.bias is not None:
+            # same_geometry: second has a bias too, and fused was built with one
+            assert second.bias is not None and fused.bias is not None
             fused.bias.copy_(torch.cat([first.bias, second.bias]))  # (C1+C2,)
     return fused.eval()
 
@@ -85,11 +89,13 @@ class FusedHead(nn.Module):
 
     def __init__(self, detector: Detector):
         super().__init__()
-        if not can_fuse(detector):
+        if not isinstance(detector, SSDDetector) or not can_fuse(detector):
             raise ValueError(f"the head of {detector.arch} cannot be fused (see edgeanchor.exporting.fused_head)")
-        self.convs = nn.ModuleList(fuse_convs(c, b) for c, b in zip(detector.cls_heads, detector.box_heads))
+        # can_fuse: every head module is an nn.Conv2d
+        pairs = [(cast(nn.Conv2d, c), cast(nn.Conv2d, b)) for c, b in zip(detector.cls_heads, detector.box_heads)]
+        self.convs = nn.ModuleList(fuse_convs(c, b) for c, b in pairs)
         # Channel counts are Python ints fixed here, so the slices export with constant bounds.
-        self.cls_channels = [int(c.out_channels) for c in detector.cls_heads]
+        self.cls_channels = [int(c.out_channels) for c, _ in pairs]
 
     def forward(self, features: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []

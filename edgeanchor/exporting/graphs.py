@@ -104,6 +104,8 @@ class KeepSelected(torch.autograd.Function):
 class DecodeBoxes(nn.Module):
     """Head outputs -> decoded boxes and per-class probabilities (all boxes)."""
 
+    priors: torch.Tensor  # buffer: the detector's decode_priors
+
     def __init__(self, detector: Detector):
         super().__init__()
         self.cls_columns = detector.cls_columns
@@ -178,7 +180,8 @@ class ExportPostprocess(nn.Module):
         boxes, probs = self.decoder(list(head_flat))
         scores, max_per_class = self.candidate_scores(probs)
         selected = NonMaxSuppression.apply(
-            boxes.unsqueeze(0), scores.unsqueeze(0), max_per_class, float(self.postprocess_spec.nms_thresh), NMS_SCORE_FLOOR
+            boxes.unsqueeze(0), scores.unsqueeze(0), max_per_class, float(self.postprocess_spec.nms_thresh),
+            NMS_SCORE_FLOOR,
         )  # (S, 3): (batch, class, box)
         # The survivors' scores in a static (1, C, B) tensor, SENTINEL elsewhere, indexed by NMS's own
         # (batch, class, box) rows: no arithmetic on the data-dependent (S, 3) tensor, and every op after
@@ -286,6 +289,8 @@ class NoNmsGraph(nn.Module):
     or below its index: comparisons, sums and products of integers, exact in float32 too while
     C*B < 2**24.
     """
+
+    class_starts: torch.Tensor  # buffer int64 (C-1,): where each class's pairs start in the (1, C*B) row
 
     def __init__(self, detector: Detector, topk: int = 1000):
         super().__init__()

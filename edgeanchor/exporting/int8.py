@@ -100,7 +100,9 @@ def check_int8_spec(spec: Int8Spec, opset: int | None = None) -> None:
     if spec.num_images < 1:
         raise EdgeAnchorError(f"int8 calibration needs at least 1 image (got `num_images` {spec.num_images})")
     if spec.head_outputs not in HEAD_OUTPUTS:
-        raise EdgeAnchorError(f"unknown int8 head_outputs {spec.head_outputs!r}; choose one of {', '.join(HEAD_OUTPUTS)}")
+        raise EdgeAnchorError(
+            f"unknown int8 head_outputs {spec.head_outputs!r}; choose one of {', '.join(HEAD_OUTPUTS)}"
+        )
     if spec.method not in CALIBRATION_METHODS:
         raise EdgeAnchorError(f"unknown int8 calibration method {spec.method!r}; choose one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
@@ -149,12 +151,12 @@ class CalibrationReader(CalibrationDataReader):
         return len(self.feeds)
 
     @classmethod
-    def from_images(cls, images: np.ndarray) -> "CalibrationReader":
+    def from_images(cls, images: np.ndarray) -> CalibrationReader:
         """Feeds of a graph whose input is ``images``: (n, 3, H, W) -> n feeds of (1, 3, H, W)."""
         return cls([{"images": np.ascontiguousarray(im[None])} for im in images])
 
     @classmethod
-    def from_graph_outputs(cls, graph: str | os.PathLike, reader: "CalibrationReader") -> "CalibrationReader":
+    def from_graph_outputs(cls, graph: str | os.PathLike, reader: CalibrationReader) -> CalibrationReader:
         """Feeds of the next graph: the fp32 outputs of ``graph`` on every feed of ``reader``."""
         from .parity import make_session, run_session
 

@@ -13,6 +13,8 @@ the int8 mAP table's business, not parity's).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -69,14 +71,14 @@ def runtime_matrix(folder: ExportFolder, images: torch.Tensor, *, iters: int = 2
     dets = detectors or {v: folder.graph_detector(v) for v in VARIANTS}
     feeds = {v: [graph_feeds(dets[v], img[None]) for img in images.float()] for v in VARIANTS}
     graphs = [g for g in GRAPHS if all(folder.graph_path(v, g).is_file() for v in VARIANTS)]
-    out = {"machine": machine_info(), "threads": threads, "iters": iters, "num_images": int(images.shape[0]),
-           "precision": "fp32 (int8 graphs: int8)", "runtimes": {}}
+    out: dict[str, Any] = {"machine": machine_info(), "threads": threads, "iters": iters,
+                           "num_images": int(images.shape[0]), "precision": "fp32 (int8 graphs: int8)", "runtimes": {}}
     for runtime in runtimes:
         why = _not_installed(runtime)
         if why:
             out["runtimes"][runtime] = {"installed": False, "why": why}
             continue
-        entry = {"installed": True, "version": version(runtime), "graphs": {}}
+        entry: dict[str, Any] = {"installed": True, "version": version(runtime), "graphs": {}}
         if log:
             log(f"runtime matrix: {runtime} {entry['version']}")
         for graph in graphs:
@@ -103,21 +105,22 @@ def _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_par
                 opened[v].run(f[kind])
     except EdgeAnchorError as exc:
         return {"loads": False, "why": str(exc)}
-    cell = {"loads": True, "file": str(opened["pruned"].path.relative_to(folder.root)), "precision": precision}
+    cell: dict[str, Any] = {"loads": True, "file": str(opened["pruned"].path.relative_to(folder.root)),
+                            "precision": precision}
     if int8:
         cell["parity"] = None  # int8 differs from fp32 by design; see the int8 mAP rows
     else:
         passed, detail = True, {}
         for v in VARIANTS:
             try:
-                res = check_parity(dets[v], folder.variant_dir(v), images, runtime=runtime, intra_op_num_threads=threads,
-                                   files={graph: folder.runtime_file(runtime, v, graph)})
+                res = check_parity(dets[v], folder.variant_dir(v), images, runtime=runtime,
+                                   intra_op_num_threads=threads, files={graph: folder.runtime_file(runtime, v, graph)})
             except EdgeAnchorError as exc:
                 return {"loads": False, "why": str(exc)}
             passed = passed and res["passed"]
             detail[v] = _parity_summary(res[graph])
         cell["parity"] = {"passed": passed, **detail}
-    times = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for i in range(iters):
         order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
         for v in order:

@@ -36,9 +36,17 @@ import torch
 from torch import nn
 
 from ..models.base import Detector
+from ..models.yolo import YoloDetector
 from .graphs import BackboneGraph, HeadGraph
-from .onnx_export import (_trace_images, remove_dead_nodes, save_onnx, set_metadata, set_output_shapes,
-                          simplify_checked, trace_to_onnx)
+from .onnx_export import (
+    _trace_images,
+    remove_dead_nodes,
+    save_onnx,
+    set_metadata,
+    set_output_shapes,
+    simplify_checked,
+    trace_to_onnx,
+)
 
 # Ops the exported graph may contain (checked by tests/test_ncnn_graph.py); all have ncnn layers via pnnx.
 NCNN_OPS = frozenset({"Conv", "Relu", "LeakyRelu", "Sigmoid", "Mul", "Add", "Sub", "Div", "MaxPool", "AveragePool",
@@ -72,6 +80,18 @@ def _is_yolo(detector: Detector) -> bool:
 class NcnnDecodedGraph(nn.Module):
     """``images`` (1, 3, H, W) -> ``boxes`` (1, B, 4) xyxy px and ``scores`` (1, B, C); see the module docstring."""
 
+    # buffers, (1, B, 2) each: YOLO's cell offsets, strides and anchor sizes
+    grid: torch.Tensor
+    stride: torch.Tensor
+    anchor_wh: torch.Tensor
+    # buffers of the torchvision box coder: (1, B, 2) prior centres and sizes, (1, 1, 2) inverse weights,
+    # (1, 1, 4) the image's bounds
+    prior_ctr: torch.Tensor
+    prior_wh: torch.Tensor
+    inv_xy_weights: torch.Tensor
+    inv_wh_weights: torch.Tensor
+    image_max: torch.Tensor
+
     def __init__(self, detector: Detector, fused_head: bool | None = None):
         super().__init__()
         spec = detector.postprocess_spec
@@ -79,9 +99,11 @@ class NcnnDecodedGraph(nn.Module):
         self.postprocess_spec = spec
         self.backbone = BackboneGraph(detector)
         self.yolo = _is_yolo(detector)
+        self.head: HeadGraph | None
         if self.yolo:
             # YOLO's Detect is one convolution per level; HeadGraph would split it into cls and box views
             # through a 5-D tensor, which ncnn cannot hold. Take the raw convolutions and split once, later.
+            assert isinstance(detector, YoloDetector), "the 'yolo' post-processing rule is YoloDetector's"
             self.convs = nn.ModuleList(detector.detect.m)
             self.head = None
         else:
@@ -119,6 +141,7 @@ class NcnnDecodedGraph(nn.Module):
             no = self.cls_columns + 4  # per anchor: x, y, w, h, obj, classes
             rows = torch.cat([_rows(conv(f), no) for conv, f in zip(self.convs, features)], dim=1)  # (1, B, 5+nc)
             return rows[:, :, 4:], rows[:, :, :4]
+        assert self.head is not None  # every detector but YOLO has one
         outs = self.head(*features)  # cls_L, box_L per level
         cls = torch.cat([_rows(c, self.cls_columns) for c in outs[0::2]], dim=1)
         box = torch.cat([_rows(b, 4) for b in outs[1::2]], dim=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import EdgeAnchorError
 from ..runtimes import TRT_ONLY, first_line, require
 
+
 def write_ir(targets: dict[str, tuple[Path, Path]]) -> dict[str, str]:
     """Convert each named ONNX graph to IR; ``targets``: name -> (ONNX file, .xml file). Returns name -> .xml path.
 

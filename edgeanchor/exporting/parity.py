@@ -17,24 +17,26 @@ Runtime sessions are configured, so the benchmarks time what is checked here.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from ..errors import EdgeAnchorError
 from ..models.base import Detector
 from ..runtimes.onnxruntime import OPT_LEVELS, make_session  # noqa: F401 - torch-free; re-exported here
 from .folder import graph_file
 from .graphs import DecodeBoxes, level_names
 
-def run_session(session, feeds: dict[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+
+def run_session(session, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
     """Run ``session`` once; tensors become contiguous numpy arrays. Returns output name -> array."""
     from ..runtimes import as_arrays
 
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, as_arrays(feeds))))
+    return dict(zip(names, session.run(names, as_arrays(dict(feeds)))))
 
 
 def compare_tensors(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float, atol: float) -> dict:
@@ -199,10 +201,10 @@ def check_parity(
                 del files[g]
     sessions = {g: open_graph(runtime, path, threads=intra_op_num_threads, precision=precision)
                 for g, path in files.items()}
-    raw = {g: [] for g in ("backbone", "head", "model_ncnn") if g in sessions}
+    raw: dict[str, list[dict]] = {g: [] for g in ("backbone", "head", "model_ncnn") if g in sessions}
     decoder = DecodeBoxes(detector) if "model_ncnn" in sessions else None
-    matches = {g: [] for g in ("postprocess", "model") if g in sessions}
-    nonms = []
+    matches: dict[str, list[dict]] = {g: [] for g in ("postprocess", "model") if g in sessions}
+    nonms: list[dict] = []
     for image in images.float():
         image = image[None].to(detector.anchors_xyxy.device)  # (3, H, W) -> (1, 3, H, W)
         feats = detector.backbone(image)
@@ -211,14 +213,16 @@ def check_parity(
         torch_feats = {n: f.cpu().numpy() for n, f in zip(names["features"], feats)}
         torch_head = {n: t.cpu().numpy() for n, t in zip(names["head"], head)}
         if "backbone" in raw:
-            raw["backbone"].append(compare_tensors(torch_feats, sessions["backbone"].run({"images": image}), rtol, atol))
+            out_backbone = sessions["backbone"].run({"images": image})
+            raw["backbone"].append(compare_tensors(torch_feats, out_backbone, rtol, atol))
         if "head" in raw:
             raw["head"].append(compare_tensors(torch_head, sessions["head"].run(torch_feats), rtol, atol))
         if decoder is not None:  # every box decoded and scored (SSD: background column dropped)
             boxes, probs = decoder(head)
             first = 1 if detector.postprocess_spec.score_fn == "softmax" else 0
             ref_dec = {"boxes": boxes[None].cpu().numpy(), "scores": probs[None, :, first:].cpu().numpy()}
-            raw["model_ncnn"].append(compare_tensors(ref_dec, sessions["model_ncnn"].run({"images": image}), rtol, atol))
+            out_ncnn = sessions["model_ncnn"].run({"images": image})
+            raw["model_ncnn"].append(compare_tensors(ref_dec, out_ncnn, rtol, atol))
         for graph, feeds in (("postprocess", torch_head), ("model", {"images": image})):
             if graph in matches:
                 out = sessions[graph].run(feeds)
@@ -227,11 +231,12 @@ def check_parity(
                                                        match_iou))
         if "model_nonms" in sessions:
             out = sessions["model_nonms"].run({"images": image})
-            out = {"boxes": np.asarray(out["boxes"]).reshape(1, -1, 4), "scores": np.asarray(out["scores"]).reshape(1, -1),
+            out = {"boxes": np.asarray(out["boxes"]).reshape(1, -1, 4),
+                   "scores": np.asarray(out["scores"]).reshape(1, -1),
                    "labels": np.asarray(out["labels"]).reshape(1, -1)}
             cands = detector.image_candidates(detector.head(feats))[0]
             nonms.append(compare_nonms(cands, out, out["scores"].shape[1], box_tol=1e-3 * max(detector.image_size)))
-    result = {
+    result: dict[str, Any] = {
         g: {
             "max_abs_diff": max(r["max_abs_diff"] for r in rs),
             "max_diff_over_scale": max(r["max_diff_over_scale"] for r in rs),

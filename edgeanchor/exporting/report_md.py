@@ -28,7 +28,8 @@ def render_markdown(report: dict) -> str:
               f"| level | baseline {what} | pruned {what} |", "| --- | --- | --- |"]
     pruned_ch = {c["level"]: c for c in exp["pruned"]["head_channels"]}
     for c in exp["baseline"]["head_channels"]:
-        lines.append(f"| {c['level']} | {channels_text(c, ' / ')} | {channels_text(pruned_ch.get(c['level']), ' / ')} |")
+        pruned_text = channels_text(pruned_ch.get(c["level"]), " / ")
+        lines.append(f"| {c['level']} | {channels_text(c, ' / ')} | {pruned_text} |")
     rule = exp["pruned"].get("postprocess")
     if rule and rule.get("score_fn") == "yolo":
         lines += ["", f"The exported graphs use YOLOv5's deploy rule (confidence > {rule['score_thresh']:g}, "
@@ -54,7 +55,8 @@ def render_markdown(report: dict) -> str:
             ov = exp[name].get("openvino")
             par = (ov or {}).get("parity")
             if par:
-                lines.append(f"- {name}: OpenVINO {ov['version']}, head max abs diff {par['head']['max_abs_diff']:.2e}, "
+                lines.append(f"- {name}: OpenVINO {ov['version']}, "
+                             f"head max abs diff {par['head']['max_abs_diff']:.2e}, "
                              f"end-to-end detections matched {par['model']['matched_fraction']:.3f}; "
                              f"passed: {par['passed']}")
     if "runtimes" in report:
@@ -67,7 +69,8 @@ def render_markdown(report: dict) -> str:
     else:
         trt_file = report["graphs"]["pruned"]["model_trt"]["file"]
         lines.append(f"Not built in this run (needs TensorRT and a CUDA GPU). `{trt_file}` (EfficientNMS_TRT in "
-                     "place of NonMaxSuppression) is in the folder; to build the engines on a Jetson, from this folder:")
+                     "place of NonMaxSuppression) is in the folder; to build the engines on a Jetson, "
+                     "from this folder:")
     lines += ["", "```", report["trtexec"]["pruned"], report["trtexec"]["baseline"], "```", ""]
     return "\n".join(lines)
 

@@ -44,8 +44,14 @@ class Detector(nn.Module):
     # Model label of the first category: 1 when label 0 is background (SSD; torchvision's RetinaNet
     # convention), 0 for YOLO, which has no background class.
     first_label: int = 1
+    # buffers (register_buffer), declared so that type checkers see tensors, not Tensor | Module
+    mean: torch.Tensor  # (3,) per-channel image mean
+    std: torch.Tensor  # (3,) per-channel image standard deviation
+    anchors_xyxy: torch.Tensor  # (num_boxes, 4) every active level's anchors, flattened
+    level_starts: torch.Tensor  # int64 (num_active_levels + 1,) where each level's boxes start
 
-    def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, postprocess_spec: PostprocessSpec, config: dict):
+    def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, postprocess_spec: PostprocessSpec,
+                 config: dict):
         super().__init__()
         self.arch = arch
         self.num_classes = num_classes
@@ -148,14 +154,14 @@ class Detector(nn.Module):
     # ---- pruning hook ----------------------------------------------------
     def common_kwargs(self, anchor_set: AnchorSet) -> dict:
         """Constructor arguments shared by every adapter, with a new anchor set."""
-        return {"arch": self.arch, "num_classes": self.num_classes, "anchor_set": anchor_set, "postprocess_spec": self.postprocess_spec,
-                "config": self.config}
+        return {"arch": self.arch, "num_classes": self.num_classes, "anchor_set": anchor_set,
+                "postprocess_spec": self.postprocess_spec, "config": self.config}
 
-    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "Detector":
+    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> Detector:
         """A copy whose head keeps, per active level, the given anchor positions."""
         raise NotImplementedError  # pragma: no cover
 
-    def with_postprocess(self, spec: PostprocessSpec) -> "Detector":
+    def with_postprocess(self, spec: PostprocessSpec) -> Detector:
         """This detector with another post-processing rule: itself if the rule is the same, else a
         shallow copy that shares every weight (e.g. the exported graphs' deploy rule)."""
         if spec == self.postprocess_spec:

@@ -19,9 +19,9 @@ Names:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -141,7 +141,7 @@ def build_detector(
         )
     check_image_size(image_size)
     num_classes = num_classes or arch.num_classes
-    image_size = tuple(image_size) if image_size else arch.image_size
+    image_size = (image_size[0], image_size[1]) if image_size else arch.image_size  # a list (JSON) -> (H, W)
     try:
         tv_model = arch.builder(num_classes, image_size)
     except (RuntimeError, ValueError) as exc:
@@ -189,7 +189,8 @@ def _wrap(arch_spec, name, tv_model, image_size, anchor_set):
     from .ssd import wrap_ssd
 
     if arch_spec.family == "ssd":
-        return wrap_ssd(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set, head_init=arch_spec.head_init)
+        return wrap_ssd(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set,
+                        head_init=arch_spec.head_init)
     return wrap_retinanet(tv_model, arch=name, image_size=image_size, anchor_set=anchor_set)
 
 
@@ -228,7 +229,9 @@ def _read_weights(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise EdgeAnchorError(f"cannot read weights {path}: {str(exc).splitlines()[0]}; is it a PyTorch file?") from None
+        raise EdgeAnchorError(
+            f"cannot read weights {path}: {str(exc).splitlines()[0]}; is it a PyTorch file?"
+        ) from None
     if not isinstance(obj, dict):
         raise EdgeAnchorError(f"weights {path} hold a {type(obj).__name__}, not a state dict")
     return obj
@@ -255,7 +258,8 @@ def _load_state(module: torch.nn.Module, state: dict, source) -> None:
 def load_weights(det: Detector, weights) -> None:
     """Load an edgeanchor checkpoint's or a plain state dict's weights into ``det``."""
     state = _read_weights(weights)
-    _load_state(det, state["state_dict"] if state.get("format") == CHECKPOINT_FORMAT else _state_dict_of(state), weights)
+    state_dict = state["state_dict"] if state.get("format") == CHECKPOINT_FORMAT else _state_dict_of(state)
+    _load_state(det, state_dict, weights)
 
 
 def save_checkpoint(det: Detector, path, *, meta: dict | None = None, extra: dict | None = None) -> None:

@@ -10,6 +10,7 @@ the convolutions that only fed them.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,11 @@ from ..postprocess import PostprocessSpec
 from .base import Detector
 from .ssd import anchor_channels, fresh_conv, slice_conv
 
+if TYPE_CHECKING:
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
-def run_fpn(fpn: nn.Module, feats: list[torch.Tensor], needed: set[int]) -> dict[int, torch.Tensor]:
+
+def run_fpn(fpn: FeaturePyramidNetwork, feats: list[torch.Tensor], needed: set[int]) -> dict[int, torch.Tensor]:
     """torchvision's FPN forward, computing only the output levels in ``needed``.
 
     Args:
@@ -40,6 +44,7 @@ def run_fpn(fpn: nn.Module, feats: list[torch.Tensor], needed: set[int]) -> dict
     last_inner = fpn.inner_blocks[-1](feats[-1])
     p5 = fpn.layer_blocks[-1](last_inner) if need_p5 else None
     if (n - 1) in needed:
+        assert p5 is not None  # need_p5 holds
         out[n - 1] = p5
     lowest = min((i for i in needed if i < n), default=n - 1)
     for idx in range(n - 2, lowest - 1, -1):  # top-down pathway, only as deep as needed
@@ -84,7 +89,7 @@ class RetinaNetDetector(Detector):
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
         return self.cls_logits, self.box_reg
 
-    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "RetinaNetDetector":
+    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> RetinaNetDetector:
         kept = {tuple(p) for p in keep_per_level.values() if p}
         if len(kept) != 1:
             raise EdgeAnchorError(
@@ -138,8 +143,8 @@ def wrap_retinanet(
     cls_logits, box_reg = cls_head.cls_logits, box_head.bbox_reg
     a = counts.pop()
     if a != default.levels[0].num_anchors:
-        cls_logits = fresh_conv(cls_logits, a * cls_head.num_classes, "normal")
-        nn.init.constant_(cls_logits.bias, -math.log((1 - 0.01) / 0.01))  # RetinaNet's prior
+        cls_logits = fresh_conv(cls_logits, a * cls_head.num_classes, "normal",
+                                bias=-math.log((1 - 0.01) / 0.01))  # RetinaNet's prior
         box_reg = fresh_conv(box_reg, a * 4, "normal")
     cfg = {"image_size": list(image_size), "image_mean": list(model.transform.image_mean),
            "image_std": list(model.transform.image_std)}

@@ -9,6 +9,7 @@ last convolution, and a level with no anchors left loses its modules.
 from __future__ import annotations
 
 import copy
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -43,15 +44,29 @@ def replace_final_conv(module: nn.Module, conv: nn.Conv2d) -> nn.Module:
     raise AssertionError("final convolution not found")  # pragma: no cover
 
 
+def pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """An nn.Conv2d setting (kernel_size, stride, padding, dilation) as the (H, W) pair it is.
+
+    torch types these ``tuple[int, ...]`` for every dimension; a Conv2d's have two items.
+    """
+    h, w = value
+    return h, w
+
+
+def conv_padding(conv: nn.Conv2d) -> str | tuple[int, int]:
+    """``conv.padding``: "same", "valid" or (H, W)."""
+    return conv.padding if isinstance(conv.padding, str) else pair(conv.padding)
+
+
 def slice_conv(conv: nn.Conv2d, channels: list[int]) -> nn.Conv2d:
     """A convolution that computes only the given output channels of ``conv``."""
     new = nn.Conv2d(
         conv.in_channels,
         len(channels),
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        pair(conv.kernel_size),
+        stride=pair(conv.stride),
+        padding=conv_padding(conv),
+        dilation=pair(conv.dilation),
         groups=conv.groups,
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
@@ -60,18 +75,20 @@ def slice_conv(conv: nn.Conv2d, channels: list[int]) -> nn.Conv2d:
     with torch.no_grad():
         new.weight.copy_(conv.weight[idx])
         if conv.bias is not None:
+            assert new.bias is not None  # built with a bias when conv has one
             new.bias.copy_(conv.bias[idx])
     return new.to(conv.weight.device)
 
 
-def fresh_conv(conv: nn.Conv2d, out_channels: int, init: str) -> nn.Conv2d:
-    """A new convolution like ``conv`` with ``out_channels`` outputs."""
-    new = nn.Conv2d(conv.in_channels, out_channels, conv.kernel_size, padding=conv.padding, bias=True)
+def fresh_conv(conv: nn.Conv2d, out_channels: int, init: str, bias: float = 0.0) -> nn.Conv2d:
+    """A new convolution like ``conv`` with ``out_channels`` outputs, its bias filled with ``bias``."""
+    new = nn.Conv2d(conv.in_channels, out_channels, pair(conv.kernel_size), padding=conv_padding(conv), bias=True)
     if init == "xavier":
         nn.init.xavier_uniform_(new.weight)
     else:
         nn.init.normal_(new.weight, mean=0.0, std=0.03)
-    nn.init.constant_(new.bias, 0.0)
+    assert new.bias is not None  # bias=True
+    nn.init.constant_(new.bias, bias)
     return new
 
 
@@ -80,9 +97,16 @@ def anchor_channels(positions: list[int], columns: int) -> list[int]:
     return [a * columns + c for a in positions for c in range(columns)]
 
 
+@runtime_checkable
+class LevelExtractor(Protocol):
+    """A feature extractor that can stop after its first ``num_levels`` levels (the demo's)."""
+
+    def forward_levels(self, x: torch.Tensor, num_levels: int) -> list[torch.Tensor]: ...
+
+
 def run_extractor(extractor: nn.Module, x: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
     """Run an SSD feature extractor only as far as the deepest needed level."""
-    if hasattr(extractor, "forward_levels"):
+    if isinstance(extractor, LevelExtractor):  # i.e. hasattr(extractor, "forward_levels")
         return extractor.forward_levels(x, num_levels)
     if isinstance(extractor, SSDFeatureExtractorVGG):
         x = extractor.features(x)
@@ -122,14 +146,15 @@ class SSDDetector(Detector):
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
         return final_conv(self.cls_heads[j]), final_conv(self.box_heads[j])
 
-    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "SSDDetector":
+    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> SSDDetector:
         cls_heads, box_heads = nn.ModuleList(), nn.ModuleList()
         for j, level in enumerate(self.active_levels):
             positions = keep_per_level.get(level, [])
             if not positions:
                 continue  # the level is dropped: no head at all
             cls_m, box_m = self.cls_heads[j], self.box_heads[j]
-            cls_heads.append(replace_final_conv(cls_m, slice_conv(final_conv(cls_m), anchor_channels(positions, self.num_classes))))
+            cls_channels = anchor_channels(positions, self.num_classes)
+            cls_heads.append(replace_final_conv(cls_m, slice_conv(final_conv(cls_m), cls_channels)))
             box_heads.append(replace_final_conv(box_m, slice_conv(final_conv(box_m), anchor_channels(positions, 4))))
         return SSDDetector(
             extractor=self.extractor,
@@ -183,7 +208,8 @@ def wrap_ssd(
         cls_heads.append(cls_m)
         box_heads.append(box_m)
     transform = model.transform
-    cfg = {"image_size": list(image_size), "image_mean": list(transform.image_mean), "image_std": list(transform.image_std)}
+    cfg = {"image_size": list(image_size), "image_mean": list(transform.image_mean),
+           "image_std": list(transform.image_std)}
     cfg.update(config or {})
     return SSDDetector(
         extractor=model.backbone,

@@ -17,6 +17,7 @@ buffer; ``model.24.m`` holds the active levels' convolutions only.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from ..errors import EdgeAnchorError
 from ..postprocess import PostprocessSpec, yolo_grid
 from .base import Detector
 from .ssd import slice_conv
-from .yolov5_arch import YoloV5
+from .yolov5_arch import YoloV5, layer_from
 
 
 class SlimDetect(nn.Module):
@@ -36,6 +37,10 @@ class SlimDetect(nn.Module):
         super().__init__()
         self.m = convs
         self.f, self.i = list(sources), index
+
+    def conv(self, j: int) -> nn.Conv2d:
+        """The convolution of the j-th active level."""
+        return cast(nn.Conv2d, self.m[j])  # m holds Detect's nn.Conv2d layers only
 
 
 def needed_layers(layers, targets: list[int]) -> list[int]:
@@ -68,6 +73,7 @@ class YoloDetector(Detector):
     """Three-stage wrapper of a YOLOv5 model; ``model`` keeps yolov5's layer indices."""
 
     first_label = 0
+    yolo_grid: torch.Tensor  # buffer: what decode reads per box (see postprocess.yolo_grid)
 
     def __init__(self, *, layers: list[nn.Module], save: list[int], detect: SlimDetect, **kwargs):
         super().__init__(**kwargs)
@@ -80,7 +86,7 @@ class YoloDetector(Detector):
 
     @property
     def detect(self) -> SlimDetect:
-        return self.model[-1]
+        return cast(SlimDetect, self.model[-1])  # __init__ puts it last
 
     @property
     def cls_columns(self) -> int:
@@ -98,7 +104,8 @@ class YoloDetector(Detector):
         outputs: dict[int, torch.Tensor] = {}
         for i in needed_layers(self.model, sources):
             layer = self.model[i]
-            f = layer.f
+            f = layer_from(layer)
+            x: torch.Tensor | list[torch.Tensor]
             if isinstance(f, int):
                 x = images if i == 0 else outputs[i - 1 if f == -1 else f]
             else:
@@ -115,16 +122,16 @@ class YoloDetector(Detector):
         return cls, box
 
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
-        conv = self.detect.m[j]
+        conv = self.detect.conv(j)
         return conv, conv  # one convolution: (1+nc) class and 4 box channels per anchor
 
-    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> "YoloDetector":
+    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> YoloDetector:
         no = self.num_classes + 5
         convs = nn.ModuleList()
         for j, level in enumerate(self.active_levels):
             positions = keep_per_level.get(level, [])
             if positions:
-                convs.append(slice_conv(self.detect.m[j], [a * no + c for a in positions for c in range(no)]))
+                convs.append(slice_conv(self.detect.conv(j), [a * no + c for a in positions for c in range(no)]))
         detect = SlimDetect(convs, self.detect.f, self.detect.i)
         return YoloDetector(layers=list(self.model[:-1]), save=self.save, detect=detect,
                             **self.common_kwargs(anchor_set)).to(self.mean.device)
@@ -154,7 +161,7 @@ def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postproc
     anchor_set = default if anchor_set is None else anchor_set
     convs = nn.ModuleList()
     for i in anchor_set.active_levels:
-        conv = detect.m[i]
+        conv = cast(nn.Conv2d, detect.m[i])  # Detect's m holds nn.Conv2d layers only
         a = anchor_set.levels[i].num_anchors
         if a != default.levels[i].num_anchors:
             conv = fresh_detect_conv(conv.in_channels, a, detect.nc, strides[i])
@@ -172,6 +179,7 @@ def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postproc
 def fresh_detect_conv(in_channels: int, num_anchors: int, nc: int, stride: float) -> nn.Conv2d:
     """A new Detect convolution for ``num_anchors`` anchors with YOLOv5's bias prior."""
     conv = nn.Conv2d(in_channels, num_anchors * (nc + 5), 1)
+    assert conv.bias is not None  # nn.Conv2d has a bias unless told bias=False
     with torch.no_grad():
         b = conv.bias.view(num_anchors, -1)
         b[:, 4] += math.log(8 / (640 / stride) ** 2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from copy import deepcopy
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -144,6 +145,12 @@ class Detect(nn.Module):
     holds the level strides in pixels. Decoding lives in the post-processing, not here.
     """
 
+    anchors: torch.Tensor  # buffer (levels, anchors, 2)
+    stride: torch.Tensor  # buffer (levels,)
+    m: nn.ModuleList  # of nn.Conv2d, one per level
+    f: list[int]  # the layers it reads (set by build_layers)
+    i: int  # its layer index (set by build_layers)
+
     def __init__(self, nc: int, anchors: list, ch: list[int]):
         super().__init__()
         self.nc = nc
@@ -175,7 +182,9 @@ def build_layers(layout: dict, nc: int, depth_multiple: float, width_multiple: f
     absolute, or -1 for the previous layer.
     """
     anchors = layout["anchors"]
-    layers, saved, channels = [], [], []
+    layers: list[nn.Module] = []
+    saved: list[int] = []
+    channels: list[int] = []
     for i, (source, number, name, args) in enumerate(layout["backbone"] + layout["head"]):
         if name not in MODULES:
             raise EdgeAnchorError(f"layer {i}: module {name!r} is not one of the yolov5 P5 modules "
@@ -207,6 +216,16 @@ def build_layers(layout: dict, nc: int, depth_multiple: float, width_multiple: f
     return layers, sorted(set(saved))
 
 
+def layer_from(layer: nn.Module) -> int | list[int]:
+    """The ``f`` tag :func:`build_layers` gives a layer: the layer(s) it reads, -1 for the one before it."""
+    return cast("int | list[int]", layer.f)
+
+
+def layer_index(layer: nn.Module) -> int:
+    """The ``i`` tag :func:`build_layers` gives a layer: its index in the model."""
+    return cast(int, layer.i)
+
+
 class YoloV5(nn.Module):
     """A yolov5 detection model: ``model`` (a Sequential with yolov5's layer indices) and its Detect layer.
 
@@ -233,16 +252,18 @@ class YoloV5(nn.Module):
 
     @property
     def detect(self) -> Detect:
-        return self.model[-1]
+        return cast(Detect, self.model[-1])  # a yolov5 model definition ends with its Detect layer
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The Detect inputs (P3, P4, P5 for the P5 models), in order."""
         outputs: list = []
         for layer in self.model[:-1]:
-            if layer.f != -1:
-                x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
-            x = layer(x)
-            outputs.append(x if layer.i in self.save else None)
+            f = layer_from(layer)
+            inputs: torch.Tensor | list[torch.Tensor] = x
+            if f != -1:
+                inputs = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
+            x = layer(inputs)
+            outputs.append(x if layer_index(layer) in self.save else None)
         detect = self.detect
         return [x if j == -1 else outputs[j] for j in detect.f]
 
@@ -253,6 +274,7 @@ class YoloV5(nn.Module):
         # yolov5's Detect bias prior: objectness for ~8 objects per 640 image, classes ~0.6 / (nc - 0.99)
         detect = self.detect
         for conv, s in zip(detect.m, detect.stride.tolist()):
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             b = conv.bias.detach().view(detect.na, -1).clone()
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:] += math.log(0.6 / (detect.nc - 0.99)) if detect.nc > 1 else 0.0

@@ -17,13 +17,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .costs import CostModel
 
-_WORKER = {}
+if TYPE_CHECKING:
+    from ..evaluation.subset import SubsetScorer
+
+_WORKER: dict[str, SubsetScorer] = {}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Node:
                 "metrics": self.metrics, "head_macs": self.head_macs, "boxes": self.boxes, "cost": self.cost}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Node":
+    def from_json(cls, obj: dict) -> Node:
         """Parse :meth:`to_json` output; KeyError/TypeError on a malformed object."""
         if not isinstance(obj["metrics"], dict) or "mAP" not in obj["metrics"]:
             raise KeyError("metrics")

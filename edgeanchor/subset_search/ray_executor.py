@@ -87,7 +87,7 @@ def _try_connect(host: str, port: int, timeout_s: float) -> str | None:
             outcome.append("unknown host")
         except ConnectionRefusedError:
             outcome.append("connection refused")
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             outcome.append(f"no answer within {timeout_s:g} s")
         except OSError as exc:
             outcome.append((exc.strerror or str(exc) or type(exc).__name__).lower())

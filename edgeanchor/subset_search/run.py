@@ -9,9 +9,10 @@ Outputs in the search folder:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from ..datasets.coco import CocoDetection
 from ..errors import EdgeAnchorError
@@ -23,6 +24,9 @@ from .costs import build_cost_model
 from .evaluator import Evaluator, Node
 from .plot import plot_pareto
 from .tree import anchor_moves, layerwise_search, pareto_front, shared_moves, tree_search
+
+if TYPE_CHECKING:
+    from ..models.base import Detector
 
 METHODS = ("greedy", "layerwise", "shared")
 COSTS = ("head_macs", "boxes", "latency")
@@ -212,7 +216,7 @@ def floor_of(search: SearchSpec, baseline_map: float) -> float:
 class _SearchRun:
     """What one search run passes from step to step (model, data, output folder, settings)."""
 
-    det: object
+    det: Detector
     data_dir: str
     out_dir: Path
     search: SearchSpec

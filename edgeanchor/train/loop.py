@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,15 +130,18 @@ def train(
     det.to(device)
     step_module: nn.Module = _TrainStep(det)
     if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[local] if device.type == "cuda" else None)
-    sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if world > 1 else None
+        step_module = nn.parallel.DistributedDataParallel(step_module,
+                                                          device_ids=[local] if device.type == "cuda" else None)
+    sampler: torch.utils.data.DistributedSampler | None = None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
     batches = len(make_loader(train_set, cfg.batch_size, sampler=sampler))
     iters_per_epoch = batches if cfg.max_iters_per_epoch is None else min(batches, cfg.max_iters_per_epoch)
     total_iters = iters_per_epoch * cfg.epochs
     params = [p for p in det.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: _lr_factor(it, total_iters, cfg.warmup_iters))
-    record = {"epochs": [], "config": {k: v for k, v in cfg.__dict__.items() if k != "extra_meta"}}
+    record: dict[str, Any] = {"epochs": [], "config": {k: v for k, v in cfg.__dict__.items() if k != "extra_meta"}}
     start_epoch = 0
     if resume_state:
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -157,7 +161,8 @@ def train(
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, sampler=sampler,
                              generator=torch.Generator().manual_seed(seed), persistent_workers=False)
         t0 = time.perf_counter()
-        losses = _train_epoch(step_module, det, loader, optimizer, scheduler, iters_per_epoch, epoch, cfg, device, rank)
+        losses = _train_epoch(step_module, det, loader, optimizer, scheduler, iters_per_epoch, epoch, cfg, device,
+                              rank)
         entry = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 1), **losses}
         if val_set is not None and rank == 0:
             dets = predict(det, val_set, batch_size=cfg.eval_batch_size, device=str(device), progress=cfg.progress,
@@ -199,7 +204,9 @@ def _train_epoch(step_module, det, loader, optimizer, scheduler, num_iters, epoc
         loss_dict = detection_loss(det, head_outputs, targets)
         loss = sum(loss_dict.values())
         if not torch.isfinite(loss):
-            raise CheckFailed(f"training diverged: the loss became {loss.item()} at epoch {epoch} iteration {it}; lower `lr`")
+            raise CheckFailed(
+                f"training diverged: the loss became {loss.item()} at epoch {epoch} iteration {it}; lower `lr`"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(det.parameters(), 10.0)

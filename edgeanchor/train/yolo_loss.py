@@ -190,7 +190,7 @@ def yolov5_loss(det, head_outputs: list[tuple[torch.Tensor, torch.Tensor]], targ
     levels = list(det.active_levels)
     assert len(head_outputs) == len(levels), "one (cls, box) pair per active level"
     device = head_outputs[0][0].device
-    grids = [tuple(cls.shape[-2:]) for cls, _ in head_outputs]
+    grids = [(cls.shape[-2], cls.shape[-1]) for cls, _ in head_outputs]
     assigned = build_targets(anchor_set, levels, targets, grids, anchor_t=hyp["anchor_t"], device=device)
     num_classes = det.num_classes
     box_terms, obj_terms, cls_terms = [], [], []
