@@ -166,8 +166,8 @@ def check_opencv(refs: list[str]) -> dict:
     import cv2
 
     sys.path.insert(0, str(ROOT))
-    from edgeanchor.runtimes.opencv import OpenCvRunner  # cv2, NumPy and onnx only
     from edgeanchor.errors import EdgeAnchorError
+    from edgeanchor.runtimes.opencv import OpenCvRunner  # cv2, NumPy and onnx only
 
     result = {"runtime": "opencv", "version": cv2.__version__, "configs": {}}
     for winograd in (False, True):

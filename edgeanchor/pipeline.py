@@ -25,9 +25,9 @@ from .evaluation.predict import predict
 from .evaluation.subset import SubsetScorer
 from .exporting.folder import ExportFolder, variant_map
 from .exporting.report_schema import Chosen, Cost, DeployedMaps, Report, VariantMaps
-from .runtimes import is_installed
 from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
+from .runtimes import is_installed
 
 # 11: NonMaxSuppression with a score threshold; 20: the TorchScript exporter's newest opset (torch 2.15).
 MIN_OPSET, MAX_OPSET = 11, 20
@@ -308,7 +308,8 @@ def _openvino_ir(folder: ExportFolder, variant: str, model, files: dict, images,
 
     log(f"writing the {variant} model's OpenVINO IR (OpenVINO {version('openvino')})")
     written = write_ir({g: (Path(f), folder.ir_path(variant, g)) for g, f in files.items()})
-    entry = {"version": version("openvino"), "files": {g: str(Path(x).relative_to(folder.root)) for g, x in written.items()}}
+    entry = {"version": version("openvino"),
+             "files": {g: str(Path(x).relative_to(folder.root)) for g, x in written.items()}}
     if images is not None:
         parity = check_parity(model, folder.variant_dir(variant), images, runtime="openvino",
                               files={g: Path(x) for g, x in written.items()})

@@ -22,8 +22,17 @@ from .gate import regress
 from .loading import inspect, load, wrap
 from .results import BenchResult, FrontPoint, SearchResult
 from .synth import synth
-from .workflow import (anchors_path_of, check_evaluate_settings, check_save_path, check_search_settings, evaluate,
-                       finetune, prune, save, search)
+from .workflow import (
+                       anchors_path_of,
+                       check_evaluate_settings,
+                       check_save_path,
+                       check_search_settings,
+                       evaluate,
+                       finetune,
+                       prune,
+                       save,
+                       search,
+)
 
 __all__ = ["BenchResult", "Data", "FrontPoint", "SearchResult", "bench", "data", "evaluate", "export", "finetune",
            "inspect", "load", "prune", "prune_and_export", "regress", "save", "search", "synth", "wrap"]

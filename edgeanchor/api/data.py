@@ -96,7 +96,7 @@ class Data:
     def source(self) -> str:
         return self.resolve().source
 
-    def other_split(self, split: str) -> "Data":
+    def other_split(self, split: str) -> Data:
         """The same data set's ``split`` (a YOLO data set, a VOCdevkit or the demo).
 
         Raises:
@@ -110,7 +110,7 @@ class Data:
         raise EdgeAnchorError(f"{me.ann} is a single COCO annotation file; give the {split} split's own "
                               "annotation file")
 
-    def with_ann(self, ann: str | os.PathLike) -> "Data":
+    def with_ann(self, ann: str | os.PathLike) -> Data:
         """Another COCO annotation file over the same image folder (resolved when first used)."""
         return Data(resolver=lambda: Split(self.images, str(ann)))
 

@@ -76,6 +76,7 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
     if update:
         core.save_baseline(baseline, measured, map_tol=map_tol, latency_tol=latency_tol)
         return {"updated": True, "baseline": str(baseline), "measured": measured}
+    assert stored is not None  # read before measuring unless update
     rows = core.compare(measured, stored, map_tol=map_tol, latency_tol=latency_tol)
     md = core.markdown(rows, measured)
     verdict = {"passed": all(r["passed"] for r in rows), "rows": rows, "measured": measured,
@@ -95,8 +96,8 @@ def _check(*, export, baseline, model, data, ann, runtime, precision, map_tol, l
     """Every setting and output path, before anything is opened or measured."""
     from .. import regression as core
     from ..benchmark.harness import check_timing
-    from ..runtimes import check_precision, require
     from ..io import check_output_file
+    from ..runtimes import check_precision, require
 
     if export is not None and model is not None:
         raise EdgeAnchorError("give export or model, not both")

@@ -7,7 +7,8 @@ anchors as (w, h) in input pixels with ratio = h/w.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
 
@@ -44,7 +45,7 @@ def load(name_or_path: str, *, num_classes: int | None = None, weights: str | No
     from ..models import build_detector
 
     det = build_detector(name_or_path, num_classes=num_classes, weights=weights, anchors=anchors,
-                         image_size=tuple(image_size) if image_size else None)
+                         image_size=(int(image_size[0]), int(image_size[1])) if image_size else None)
     det.postprocess_spec = det.postprocess_spec.with_overrides(score_thresh, nms_thresh, max_det)
     return det
 
@@ -83,7 +84,8 @@ def wrap(model: Any, *, image_size: Sequence[int] | None = None,
     if not isinstance(model, (SSD, RetinaNet)):
         raise EdgeAnchorError(f"cannot wrap a {type(model).__name__}; give a torchvision SSD or RetinaNet, or an "
                               "edgeanchor YoloV5 model (or load one by name)")
-    from ..models.registry import ARCHS, _wrap, check_image_size, wrap as wrap_named
+    from ..models.registry import ARCHS, _wrap, check_image_size
+    from ..models.registry import wrap as wrap_named
 
     name = torchvision_arch(model)
     check_image_size(image_size)

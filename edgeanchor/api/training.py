@@ -8,8 +8,9 @@ from COCO, YOLO or VOC, a checkpoint rewritten after every epoch, resumable with
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
 from .workflow import check_train_settings

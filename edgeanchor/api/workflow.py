@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
-from .data import Data, data as as_data
+from .data import Data
+from .data import data as as_data
 from .results import FrontPoint, SearchResult
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
     dataset = CocoDetection.for_detector(det, split.images, split.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
+    metrics: dict[str, Any]
     if metric == "coco":
         metrics = coco_map(split.ann, dets, backend=backend)
     else:
@@ -97,7 +99,8 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         gt = read_json(split.ann, "annotation file")
         result = voc_map(gt, dets, metric)
         names = {int(c["id"]): c["name"] for c in gt["categories"]}
-        metrics = {"mAP": result["mAP"], "AP_per_class": {names[k]: v for k, v in result["AP"].items()}}
+        metrics = {"mAP": result["mAP"],
+                   "AP_per_class": {names[k]: v for k, v in result["AP"].items()}}
     if detections:
         write_json(detections, dets)
     return {**metrics, "num_images": len(dataset), "num_detections": len(dets)}
@@ -156,10 +159,10 @@ def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, devic
         EdgeAnchorError: an unknown metric, batch_size < 1, an unusable device, or a detections file that
             must not be written (someone else's file, or one of ``inputs``).
     """
-    from ..torch_device import resolve_device
     from ..evaluation.predict import is_detections_file
     from ..evaluation.voc_map import METRICS
     from ..io import check_output_file
+    from ..torch_device import resolve_device
 
     if metric not in METRICS:
         raise EdgeAnchorError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -243,7 +246,7 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
     result = run_search(det, split.images, split.ann, out, spec, report_ann=report.ann if report else None,
                         cache_path=cache_path, cache=loaded, latency_model=latency_model, progress=progress,
                         dataset=dataset, checked=True)
-    return SearchResult(result, det.anchor_set.ids, out)
+    return SearchResult(result, det.anchor_set.ids, Path(out))
 
 
 def check_search_settings(*, method: str | None = None, cost: str = "head_macs", metric: str = "coco",
@@ -308,7 +311,8 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
             (RetinaNet) keeping different anchors per level.
     """
     from ..anchors import AnchorSet
-    from ..pruning import check_ids, keep_from_remove, keep_ids_from_file, prune as slice_head
+    from ..pruning import check_ids, keep_from_remove, keep_ids_from_file
+    from ..pruning import prune as slice_head
 
     if (keep is None) == (remove is None):
         raise EdgeAnchorError("give the anchors to keep or the anchors to remove, not both or neither")
@@ -319,7 +323,7 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     elif isinstance(keep, (str, os.PathLike, AnchorSet)):
         ids = keep_ids_from_file(det, keep)
     else:
-        ids = check_ids(det, keep)
+        ids = check_ids(det, keep or ())
     return slice_head(det, ids)
 
 

@@ -99,7 +99,6 @@ def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f
     from ..datasets.imaging import load_image_array
     from ..evaluation.coco_map import coco_map
     from ..io import read_json
-
     from ..runtimes import canonical_precision
 
     precision = canonical_precision(precision)

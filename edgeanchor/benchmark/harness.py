@@ -164,7 +164,8 @@ def format_result(result: dict) -> str:
                f"{nms['baseline']['median']:.0f}, pruned {nms['pruned']['median']:.0f}")
     lines = [format_table(["stage", "baseline med ms", "p90", "pruned med ms", "p90", "pruned/baseline"], rows),
              counted or f"boxes entering NMS: {nms['baseline']['note']}",
-             f"{result['runtime']} {result['settings'].get('version')} at {canonical_precision(result.get('precision', 'fp32'))}, threads "
+             f"{result['runtime']} {result['settings'].get('version')} at "
+             f"{canonical_precision(result.get('precision', 'fp32'))}, threads "
              f"{_threads(result['settings'])}, on {result['machine']['cpu']} "
              f"({result['machine']['logical_cores']} cores); {result['iters']} iterations after "
              f"{result['warmup']} warm-up, interleaved"]

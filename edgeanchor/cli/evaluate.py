@@ -83,5 +83,6 @@ def _report_voc(args, head: dict, result: dict, counts: str) -> int:
         print_json({**head, "metric": args.metric, "mAP": round(result["mAP"], 6), "AP_per_class": per_class})
         return 0
     aps = ", ".join(f"{n} {v:.4f}" for n, v in per_class.items() if v is not None)
-    print(f"{args.model} on {head['ann']}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} ({counts}; per class: {aps})")
+    print(f"{args.model} on {head['ann']}: {METRIC_TITLES[args.metric]} {result['mAP']:.4f} "
+          f"({counts}; per class: {aps})")
     return 0

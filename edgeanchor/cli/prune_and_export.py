@@ -16,6 +16,8 @@ at the end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 
 
 def add_arguments(parser) -> None:
@@ -45,7 +47,7 @@ def run(args) -> int:
     return 0
 
 
-def summary_table(report: dict) -> str:
+def summary_table(report: Mapping[str, Any]) -> str:
     from ..io import format_table
 
     base, pr, maps = report["cost"]["baseline"], report["cost"]["pruned"], report["mAP"]

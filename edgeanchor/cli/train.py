@@ -19,7 +19,8 @@ from .common import add_model_arguments, add_split_argument
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser, default_model=None)
-    parser.add_argument("--init", default=None, help="start from this checkpoint (e.g. a pruned one), keeping its anchors")
+    parser.add_argument("--init", default=None,
+                        help="start from this checkpoint (e.g. a pruned one), keeping its anchors")
     parser.add_argument("--data", required=True, help="image folder, a YOLO DATA.yaml, or a Pascal VOC folder "
                         "(VOCdevkit/VOC2007, or images with XML beside them) (then its train split is trained on and "
                         "its val split, if any, evaluated after each epoch)")

@@ -41,15 +41,24 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, cast
+from typing import cast
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_dir, peek_json, read_json, write_json, write_text
-from .report_schema import (FORMAT, FORMAT_VERSION, Report, label_map_json, model_json,  # noqa: F401 - re-exported
-                            preprocess_json, validate_report, variant_map)
+from .report_schema import (  # noqa: F401 - re-exported
+    FORMAT,
+    FORMAT_VERSION,
+    Report,
+    label_map_json,
+    model_json,
+    preprocess_json,
+    validate_report,
+    variant_map,
+)
 
 BUNDLE_IMAGES_MAX_BYTES = 256 * 2**20  # report-split images up to this size are copied into data/images
 DATA_DIR = "data"
@@ -405,7 +414,7 @@ class ExportFolder:
     # ---------------------------------------------------------------------------------------- lifecycle
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "ExportFolder":
+    def open(cls, path: str | os.PathLike) -> ExportFolder:
         """Open an existing export folder; its report is validated now.
 
         Raises:
@@ -418,12 +427,12 @@ class ExportFolder:
         folder = cls(path)
         if not folder.report_path.is_file():
             raise EdgeAnchorError(f"{path} is not an edgeanchor export folder (no report.json); run prune-and-export")
-        folder.report  # validate now, before any long work
+        _ = folder.report  # validate now, before any long work
         return folder
 
     @classmethod
     @contextmanager
-    def build(cls, out: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Iterator["ExportFolder"]:
+    def build(cls, out: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Iterator[ExportFolder]:
         """Build a new export folder beside ``out``; it replaces ``out`` only when the block succeeds.
 
         The checks of :func:`check_output` run first. Inside the block the
@@ -444,7 +453,7 @@ def default_export_dir(name: str = "demo") -> Path:
     return Path("exports") / name
 
 
-def _require_torch(folder: "ExportFolder", what: str) -> None:
+def _require_torch(folder: ExportFolder, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
@@ -497,4 +506,5 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
             "refusing to replace it: choose another `out` folder or remove it yourself"
         )
     if not overwrite:
-        raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another folder")
+        raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another "
+                              "folder")

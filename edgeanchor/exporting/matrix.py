@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..errors import EdgeAnchorError
+from ..runtimes import RUNTIMES, TRT_ONLY, open_graph, require, version
 from .folder import GRAPH_RUNTIMES, GRAPHS, VARIANTS, ExportFolder
 from .graphs import level_names
-from ..runtimes import RUNTIMES, TRT_ONLY, open_graph, require, version
 
 INT8_SUFFIX = "_int8"
 

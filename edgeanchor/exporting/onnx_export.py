@@ -23,6 +23,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,8 +34,8 @@ from ..io import atomic_path
 from ..models.base import Detector
 from .folder import DECODED_GRAPH, graph_file
 from .fused_head import FUSED_HEAD
-from .head_channels import read_head_channels  # noqa: F401 - torch-free, re-exported here
 from .graphs import BackboneGraph, DecodedGraph, EndToEndGraph, ExportPostprocess, HeadGraph, NoNmsGraph, level_names
+from .head_channels import read_head_channels  # noqa: F401 - torch-free, re-exported here
 
 # The graphs export_onnx writes (the export folder holds more: exporting/folder.py's GRAPHS).
 EXPORTED_GRAPHS = ("backbone", "head", "postprocess", "model", "model_nonms")
@@ -104,12 +105,13 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
                   nonms_topk: int = NONMS_TOPK, fused_head: bool = FUSED_HEAD) -> dict:
     """Export the named graphs (``EXPORTED_GRAPHS`` and/or "decoded") to the given paths; see :func:`export_onnx`."""
     if opset < MIN_OPSET:
-        raise EdgeAnchorError(f"ONNX `opset` {opset} is too old for the postprocess graph; use `opset` {MIN_OPSET} or newer")
+        raise EdgeAnchorError(f"ONNX `opset` {opset} is too old for the postprocess graph; use `opset` {MIN_OPSET} "
+                              "or newer")
     images = _trace_images(detector, trace_images)
     was_training = detector.training
     detector.eval()
-    result = {"opset": opset, "exporter": "torchscript (torch.onnx.export, dynamo=False)",
-              "files": {}, "simplified": {}, "simplify_notes": {}}
+    result: dict[str, Any] = {"opset": opset, "exporter": "torchscript (torch.onnx.export, dynamo=False)",
+                              "files": {}, "simplified": {}, "simplify_notes": {}}
     try:
         plan = _plan(detector, images, nonms_topk, fused_head)
         for name, path in targets.items():
@@ -133,7 +135,8 @@ def export_graphs(detector: Detector, targets: dict[str, Path], *, opset: int, s
     return result
 
 
-def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK, fused_head: bool = FUSED_HEAD) -> dict:
+def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK,
+          fused_head: bool = FUSED_HEAD) -> dict:
     """Graph name -> (module, trace inputs, input names, {output name: static shape})."""
     names = level_names(detector)
     with torch.no_grad():

@@ -6,6 +6,7 @@ the folder's layout (file names) stays there. No torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from ..errors import EdgeAnchorError
@@ -122,7 +123,7 @@ def label_map_json(ann_path, num_classes: int, first_label: int) -> dict[int, in
     return invert_label_map(make_label_map(cats, num_classes, first_label))
 
 
-def variant_map(maps: dict, variant: str):
+def variant_map(maps: Mapping[str, Any], variant: str):
     """A variant's PyTorch mAP in a report's ``mAP`` (or ``mAP_as_deployed``) dict: the pruned model's is the
     fine-tuned one where it was fine-tuned."""
     return maps.get("finetuned", maps.get("pruned")) if variant == "pruned" else maps.get("baseline")

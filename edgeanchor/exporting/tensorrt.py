@@ -54,7 +54,8 @@ def plugin_attributes(postprocess_spec: PostprocessSpec) -> dict:
     }
 
 
-def make_trt_graph(model_onnx_path: str | os.PathLike, out_path: str | os.PathLike, postprocess_spec: PostprocessSpec) -> dict:
+def make_trt_graph(model_onnx_path: str | os.PathLike, out_path: str | os.PathLike,
+                   postprocess_spec: PostprocessSpec) -> dict:
     """Append the EfficientNMS_TRT plugin to the decoded end-to-end graph.
 
     Args:
@@ -125,7 +126,8 @@ def trtexec_command(
     check_build_precision(precision)
     onnx_path = Path(onnx_path)
     engine_path = engine_path or engine_beside(onnx_path, precision)
-    args = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}", f"--memPoolSize=workspace:{int(workspace_mib)}"]
+    args = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
+            f"--memPoolSize=workspace:{int(workspace_mib)}"]
     if precision == "fp16":
         args.append("--fp16")
     if precision == "int8":

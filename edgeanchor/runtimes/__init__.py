@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import EdgeAnchorError
 from .base import STAGES, Graph, GraphRunner, as_arrays, first_line  # noqa: F401 - the package's shared names
@@ -134,8 +135,9 @@ def open_graph(runtime: str, path: str | os.PathLike, *, threads: int = 0, preci
     check_precision(runtime, precision)
     if not Path(path).is_file():
         raise EdgeAnchorError(f"graph file {path} does not exist; re-run prune-and-export to write it")
-    options = {"onnxruntime": {"opt_level": opt_level}, "opencv": {"winograd": winograd},
-               "tensorrt": {"engine": engine}}.get(runtime, {})
+    per_runtime: dict[str, dict[str, Any]] = {"onnxruntime": {"opt_level": opt_level}, "opencv": {"winograd": winograd},
+                                              "tensorrt": {"engine": engine}}
+    options = per_runtime.get(runtime, {})
     return runtime_module(runtime).open_graph(path, threads=threads, precision=precision, **options)
 
 

@@ -19,6 +19,7 @@ import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 
@@ -179,7 +180,7 @@ class OpenCvRunner:
         self.cv2 = load()
         self.graphs = {stage: open_graph("opencv", graphs[stage], threads=threads, winograd=winograd)
                        for stage in OPENCV_STAGES}
-        end = self.graphs["end_to_end"]
+        end = cast(OpenCvGraph, self.graphs["end_to_end"])
         self.iou_thresh, self.max_det = nms_rule(end.path, end.metadata)
         self.settings = {**self.graphs["backbone"].settings,
                          "graphs": {s: g.path.name for s, g in self.graphs.items()},
@@ -191,7 +192,11 @@ class OpenCvRunner:
         return self.graphs[stage].run(feeds)
 
     def run_nonms(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """model_nonms.onnx on a float32 (1, 3, H, W) image: ``boxes`` (1, K, 4), ``scores`` (1, K), ``labels`` (1, K) int64."""
+        """model_nonms.onnx on a float32 (1, 3, H, W) image.
+
+        Returns:
+            ``boxes`` (1, K, 4), ``scores`` (1, K) and ``labels`` (1, K) int64.
+        """
         out = self.forward("end_to_end", {"images": image})
         out["labels"] = np.rint(out["labels"]).astype(np.int64)  # OpenCV 4.x gives float32
         return out
@@ -240,8 +245,8 @@ def opencv_parity(folder, variant: str, images, *, threads: int = 0, winograd: b
     runner = OpenCvRunner({"backbone": paths["backbone"], "head": paths["head"], "end_to_end": paths["model_nonms"]},
                           threads=threads, winograd=winograd)
     ort = {g: make_session(p) for g, p in paths.items()}
-    raw = {"backbone": [], "head": []}
-    rows = {"model_nonms": [], "end_to_end": []}
+    raw: dict[str, list[dict[str, Any]]] = {"backbone": [], "head": []}
+    rows: dict[str, list[dict[str, Any]]] = {"model_nonms": [], "end_to_end": []}
     for image in images:
         x = np.ascontiguousarray(np.asarray(image, dtype=np.float32)[None])  # (3, H, W) -> (1, 3, H, W)
         feats = run_session(ort["backbone"], {"images": x})
@@ -253,7 +258,7 @@ def opencv_parity(folder, variant: str, images, *, threads: int = 0, winograd: b
         n = int(det["num_detections"][0])
         rows["end_to_end"].append(compare_rows(_as_rows(det["detections"][0][:n]), _as_rows(runner.detections(x)),
                                                box_tol, score_tol, exact_count=True))
-    result = {"runtime": runner.settings, "num_images": len(rows["end_to_end"])}
+    result: dict[str, Any] = {"runtime": runner.settings, "num_images": len(rows["end_to_end"])}
     for g, rs in raw.items():
         result[g] = {"max_abs_diff": max(r["max_abs_diff"] for r in rs), "allclose": all(r["allclose"] for r in rs)}
         result[g]["passed"] = result[g]["allclose"]
@@ -269,7 +274,8 @@ def opencv_parity(folder, variant: str, images, *, threads: int = 0, winograd: b
 
 def _as_rows(dets: np.ndarray) -> dict[str, np.ndarray]:
     """(N, 6) detection rows -> the NMS-free graph's output form (scores > 0 are real rows)."""
-    return {"boxes": dets[None, :, :4], "scores": dets[None, :, 4], "labels": np.rint(dets[None, :, 5]).astype(np.int64)}
+    return {"boxes": dets[None, :, :4], "scores": dets[None, :, 4],
+            "labels": np.rint(dets[None, :, 5]).astype(np.int64)}
 
 
 def compare_rows(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], box_tol: float, score_tol: float, *,

@@ -56,7 +56,7 @@ class OpenVinoGraph(Graph):
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            config["INFERENCE_NUM_THREADS"] = str(int(threads))
         try:
             model = core.read_model(str(path))
             self.compiled = compile_off_thread(core, model, config)

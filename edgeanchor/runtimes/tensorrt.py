@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import EdgeAnchorError
-from ..io import atomic_path, write_text
 from ..exporting.folder import default_build_log, default_calib_cache
+from ..io import atomic_path, write_text
 from .base import Graph, as_arrays
 
 NAME = "TensorRT"
@@ -133,7 +134,7 @@ class DeviceBuffer:
     def __init__(self, nbytes: int):
         self.cudart = require_cudart()
         self.nbytes = int(nbytes)
-        self.ptr = int(check(self.cudart.cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
+        self.ptr: int | None = int(check(self.cudart.cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
 
     def upload(self, array: np.ndarray, stream) -> None:
         """Copy a host array of exactly ``nbytes`` into the buffer (asynchronously on ``stream``)."""
@@ -387,7 +388,7 @@ def _set_flag(trt, config, name: str) -> None:
     config.set_flag(flag)
 
 
-def _file_logger(trt):
+def _file_logger(trt: Any):
     """A TensorRT logger that keeps INFO-and-above messages for the build log."""
 
     class BuildLog(trt.ILogger):
