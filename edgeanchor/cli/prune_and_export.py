@@ -17,7 +17,6 @@ at the end.
 from __future__ import annotations
 
 
-
 def add_arguments(parser) -> None:
     from ..api.settings import PruneAndExportSettings
     from ..settings import add_arguments as settings_flags
