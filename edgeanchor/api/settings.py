@@ -35,12 +35,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ..settings import at_least, check_fields, positive, setting
 
 if TYPE_CHECKING:
     from ..exporting.folder import ExportFolder
+
+PathArg = str | os.PathLike[str]  # a path setting: the flag gives a str, the API takes either
 
 MODEL_NAMES = ("demo, demo-yolo, demo-over, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
                "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml")
@@ -58,7 +60,7 @@ def model_help(default: str | None) -> str:
 class ModelSource:
     """The model and its weights, as :func:`edgeanchor.load` builds it (every command that loads one)."""
 
-    _LOAD = ("num_classes", "weights", "image_size")
+    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size")
 
     model: str = setting("demo", model_help("demo"))
     num_classes: int | None = setting(None, "classes: SSD and RetinaNet count the background class; for yolov5 "
@@ -77,7 +79,8 @@ class ModelSource:
 class ModelSettings(ModelSource):
     """The model and the post-processing rule it is searched and evaluated with."""
 
-    _LOAD = ("num_classes", "weights", "image_size", "score_thresh", "nms_thresh", "max_det")
+    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size", "score_thresh", "nms_thresh",
+                                        "max_det")
 
     score_thresh: float | None = setting(None, "score (YOLO: confidence) threshold of the rule searched and "
                                          "evaluated with (default: the model's own; YOLO's val preset 0.001)",
@@ -91,7 +94,7 @@ class ModelSettings(ModelSource):
 class ModelWithAnchors(ModelSettings):
     """The model flags of the commands that load a model to inspect, search, evaluate or train it."""
 
-    _LOAD = ModelSettings._LOAD + ("anchors",)
+    _LOAD: ClassVar[tuple[str, ...]] = (*ModelSettings._LOAD, "anchors")
 
     anchors: str | None = setting(None, "anchor set: a JSON file (edgeanchor or reference form) or "
                                   "overanchorized[:SCALESxRATIOS]")
@@ -283,7 +286,7 @@ class PruneSettings(ModelSource):
         """
         from .workflow import check_save_path
 
-        check_save_path(self.out, overwrite=self.overwrite, inputs=[self.model, self.weights, self.anchors])
+        check_save_path(str(self.out), overwrite=self.overwrite, inputs=[self.model, self.weights, self.anchors])
 
     def prune_args(self) -> tuple[tuple, dict]:
         """(args, kwargs) of :func:`edgeanchor.prune` after the detector: the anchor file, or the ids."""
@@ -374,13 +377,13 @@ class _TrainOwn:
     """train's own settings: the data, the optimisation and the checkpoint."""
 
     init: str | None = setting(None, "start from this checkpoint (e.g. a pruned one), keeping its anchors")
-    data: str | None = setting(None, "image folder, a YOLO DATA.yaml, or a Pascal VOC folder (VOCdevkit/VOC2007, or "
+    data: str = setting(None, "image folder, a YOLO DATA.yaml, or a Pascal VOC folder (VOCdevkit/VOC2007, or "
                                "images with XML beside them) (then its train split is trained on and its val split, "
                                "if any, evaluated after each epoch)", required=True)
     ann: str | None = setting(None, "COCO annotations of the training split (not with DATA.yaml)")
     val_ann: str | None = setting(None, "COCO annotations evaluated after each epoch")
     split: str | None = setting(None, SPLIT_HELP.format(default="train"), choices=("train", "val", "trainval", "test"))
-    epochs: int | None = setting(None, "passes over the training split", type=int, required=True)
+    epochs: int = setting(None, "passes over the training split", type=int, required=True)
     batch_size: int = setting(32, "images per batch (default 32)")
     lr: float = setting(2e-3, "peak learning rate of AdamW (default 2e-3)")
     weight_decay: float = setting(5e-4, "AdamW weight decay (default 5e-4)")
@@ -389,7 +392,7 @@ class _TrainOwn:
     workers: int = setting(1, "data loader processes")
     seed: int = setting(0, "fixes the initial weights, shuffling and augmentation (default 0)")
     max_iters_per_epoch: int | None = setting(None, "stop each epoch after this many batches", type=int, hidden=True)
-    out: str | None = setting(None, "checkpoint to write (rewritten after every epoch)", required=True)
+    out: PathArg = setting(None, "checkpoint to write (rewritten after every epoch)", required=True)
     resume: bool = setting(False, "continue the interrupted run stored at --out", action="store_true")
     overwrite: bool = setting(False, "replace an existing checkpoint at --out (only one edgeanchor wrote)",
                               action="store_true")
@@ -400,7 +403,7 @@ class _TrainOwn:
 class TrainSettings(_TrainOwn, ModelWithAnchors):
     """Every setting of ``edgeanchor train`` / :func:`~edgeanchor.api.training.train_checkpoint`."""
 
-    model: str | None = setting(None, model_help(None))
+    model: str | None = setting(None, model_help(None))  # type: ignore[assignment]  # no default model here
 
     def validate(self) -> None:
         """Training settings that are wrong whatever the data.
@@ -419,9 +422,9 @@ class TrainSettings(_TrainOwn, ModelWithAnchors):
 class SynthSettings:
     """Every setting of ``edgeanchor data synth`` / :func:`edgeanchor.synth`."""
 
-    out: str | None = setting(None, "output folder (must not exist or be empty)", required=True)
-    num_images: int | None = setting(None, "images over all splits (80/10/10)", type=int, required=True)
-    seed: int | None = setting(None, "non-negative seed; same seed, same files", type=int, required=True)
+    out: PathArg = setting(None, "output folder (must not exist or be empty)", required=True)
+    num_images: int = setting(None, "images over all splits (80/10/10)", type=int, required=True)
+    seed: int = setting(None, "non-negative seed; same seed, same files", type=int, required=True)
     image_size: int = setting(320, "side of the square images in pixels")
     workers: int | None = setting(None, "processes (output is the same; default: the CPU count)", type=int)
     format: str = setting("coco", "coco (images/ + annotations/*.json) or voc (a VOCdevkit-style folder; default "
@@ -450,11 +453,12 @@ class SynthSettings:
 class BenchSettings:
     """Every setting of ``edgeanchor bench`` / :func:`edgeanchor.bench`."""
 
-    folder: ExportFolder | str | os.PathLike | None = setting(  # noqa: RUF009 - a field's definition
-        None, "a prune-and-export folder (default: exports/demo)", positional=True, nargs="?", metavar="export_dir")
+    folder: ExportFolder | PathArg | None = setting(None, "a prune-and-export folder (default: exports/demo)",
+                                                    positional=True, nargs="?", metavar="export_dir")
     runtime: str = setting("onnxruntime", "openvino and opencv need the extras edgeanchor[openvino] / "
                            "edgeanchor[opencv]; opencv times backbone, head and model_nonms.onnx + "
-                           "cv2.dnn.NMSBoxesBatched", choices=("onnxruntime", "openvino", "opencv", "torch", "tensorrt"))
+                           "cv2.dnn.NMSBoxesBatched",
+                           choices=("onnxruntime", "openvino", "opencv", "torch", "tensorrt"))
     precision: str = setting("f32", "what the runtime computes in (default f32, also on CPUs where OpenVINO would "
                              "pick bf16); int8 runs the int8 graphs of an export made with --int8", choices=PRECISIONS)
     end_to_end: str | None = setting(None, "the graph the end_to_end stage runs (default: model; opencv: model_nonms "
@@ -465,10 +469,11 @@ class BenchSettings:
                              choices=("disable", "basic", "extended", "all"))
     warmup: int = setting(10, "untimed iterations first (default 10)")
     iters: int = setting(100, "timed iterations, each running both variants on the same image (default 100)")
-    images: str | None = setting(None, "image folder (default: the export's report split)")
-    json_path: str | None = setting(None, "write the result JSON here (default: EXPORT_DIR/bench_<runtime>.json, "
-                                    "bench_<runtime>_<precision>.json when not f32)", flags=("--json-out",), metavar="JSON_OUT")
-    plot_path: str | None = setting(None, "PNG plot path (default: beside the JSON)", flags=("--plot",),
+    images: PathArg | None = setting(None, "image folder (default: the export's report split)")
+    json_path: PathArg | None = setting(None, "write the result JSON here (default: EXPORT_DIR/bench_<runtime>.json, "
+                                    "bench_<runtime>_<precision>.json when not f32)", flags=("--json-out",),
+                                    metavar="JSON_OUT")
+    plot_path: PathArg | None = setting(None, "PNG plot path (default: beside the JSON)", flags=("--plot",),
                                     metavar="PLOT")
     progress: bool = setting(True, "show a progress bar", flags=())
     write: bool = setting(False, "also write the result JSON and plot (the command always does)", flags=())
@@ -492,14 +497,14 @@ class BenchSettings:
 class RegressSettings:
     """Every setting of ``edgeanchor regress`` / :func:`edgeanchor.regress`."""
 
-    baseline: str | None = setting(None, "baseline JSON (written by --update)", required=True)
-    export: ExportFolder | str | os.PathLike | None = setting(  # noqa: RUF009 - a field's definition
-        None, "a prune-and-export folder (default: exports/demo)", exclusive="source")
-    model: str | None = setting(None, "a pruned checkpoint; exported with --reference first", exclusive="source")
+    baseline: PathArg = setting(None, "baseline JSON (written by --update)", required=True)
+    export: ExportFolder | PathArg | None = setting(None, "a prune-and-export folder (default: exports/demo)",
+                                                    exclusive="source")
+    model: PathArg | None = setting(None, "a pruned checkpoint; exported with --reference first", exclusive="source")
     reference: str | None = setting(None, "with --model: the unpruned reference model (default: the checkpoint's "
                                     "source)")
-    data: str | None = setting(None, "image folder (default: the export's report data)")
-    ann: str | None = setting(None, "COCO annotations (default: the export's report split)")
+    data: PathArg | None = setting(None, "image folder (default: the export's report data)")
+    ann: PathArg | None = setting(None, "COCO annotations (default: the export's report split)")
     runtime: str = setting("onnxruntime", "where the deployed graph is evaluated and timed (default onnxruntime)",
                            choices=EXPORT_RUNTIMES)
     precision: str = setting("f32", "what the runtime computes in (default f32; int8: the int8 graphs)",
@@ -510,9 +515,10 @@ class RegressSettings:
     warmup: int = setting(10, "untimed iterations first (default 10)")
     threads: int = setting(1, "intra-op threads of the runtime (default 1)")
     update: bool = setting(False, "rewrite the baseline from this measurement", action="store_true")
-    json_path: str | None = setting(None, "also write the measurement and verdict to this file", flags=("--json-out",),
-                                    metavar="JSON_OUT")
-    summary_path: str | None = setting(None, "write the Markdown summary here", flags=("--summary",), metavar="SUMMARY")
+    json_path: PathArg | None = setting(None, "also write the measurement and verdict to this file",
+                                        flags=("--json-out",), metavar="JSON_OUT")
+    summary_path: PathArg | None = setting(None, "write the Markdown summary here", flags=("--summary",),
+                                           metavar="SUMMARY")
 
     def validate(self) -> None:
         """Every setting and output path, before anything is opened or measured.
