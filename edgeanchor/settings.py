@@ -39,6 +39,9 @@ class Flag:
         group: the argparse group title the flag is listed under.
         exclusive: flags with the same value here form a mutually exclusive group.
         check: a function of the value returning an error message (with the marked name) or None.
+        required: the flag must be given (for an ``exclusive`` group: one of the group's flags must be given).
+        positional: a positional argument named by the field (``metavar`` is how usage shows it).
+        hidden: left out of ``--help`` (a setting for tests and experts).
     """
 
     help: str
@@ -51,6 +54,9 @@ class Flag:
     group: str | None = None
     exclusive: str | None = None
     check: Callable[[Any], str | None] | None = None
+    required: bool = False
+    positional: bool = False
+    hidden: bool = False
 
 
 def setting(default: Any = None, help: str = "", **flag: Any) -> Any:
@@ -64,20 +70,25 @@ def flag_of(f: dataclasses.Field) -> Flag:
 
 
 def option_strings(f: dataclasses.Field) -> tuple[str, ...]:
-    """The field's flags: given ones, else ``--name-with-hyphens``."""
+    """The field's flags: given ones, else ``--name-with-hyphens``; none for a positional argument."""
     spec = flag_of(f)
+    if spec.positional:
+        return ()
     return spec.flags if spec.flags is not None else ("--" + f.name.replace("_", "-"),)
 
 
 def add_arguments(parser: Any, cls: type, *, exclude: Sequence[str] = ()) -> None:
-    """Add one argparse flag per field of the settings dataclass ``cls`` (in field order)."""
+    """Add one argparse flag (or positional argument) per field of the settings dataclass ``cls``, in field order."""
+    import argparse
+
     groups: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
+    required_groups = {flag_of(f).exclusive for f in dataclasses.fields(cls) if flag_of(f).required}
     for f in dataclasses.fields(cls):
-        names = option_strings(f)
-        if f.name in exclude or not names:
-            continue
         spec = flag_of(f)
+        names = option_strings(f)
+        if f.name in exclude or not (names or spec.positional):
+            continue
         target = parser
         if spec.group:
             if spec.group not in groups:
@@ -85,9 +96,15 @@ def add_arguments(parser: Any, cls: type, *, exclude: Sequence[str] = ()) -> Non
             target = groups[spec.group]
         if spec.exclusive:
             if spec.exclusive not in exclusive:
-                exclusive[spec.exclusive] = target.add_mutually_exclusive_group()
+                exclusive[spec.exclusive] = target.add_mutually_exclusive_group(
+                    required=spec.exclusive in required_groups)
             target = exclusive[spec.exclusive]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": spec.help or None}
+        help_text = argparse.SUPPRESS if spec.hidden else spec.help or None
+        kwargs: dict[str, Any] = {"default": f.default, "help": help_text}
+        if not spec.positional:
+            kwargs["dest"] = f.name
+            if spec.required and not spec.exclusive:
+                kwargs["required"] = True
         if spec.action:
             kwargs["action"] = spec.action
         else:
@@ -95,7 +112,8 @@ def add_arguments(parser: Any, cls: type, *, exclude: Sequence[str] = ()) -> Non
             for key in ("choices", "nargs", "metavar"):
                 if getattr(spec, key) is not None:
                     kwargs[key] = getattr(spec, key)
-        target.add_argument(*names, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
+        target.add_argument(*(names or (f.name,)),
+                            **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
 
 
 def _default_type(default: Any) -> Callable[[str], Any] | None:

@@ -1,6 +1,7 @@
 """One path per job: prune-and-export is the public steps composed, ea.export writes the same folder, each
 setting is defined once, and one run does each piece of work once."""
 
+import argparse
 import dataclasses
 import json
 from collections import Counter
@@ -118,49 +119,173 @@ def test_api_export_writes_the_same_report_as_the_command(command_run, split, tm
     assert abs(got["mAP"] - got["pytorch_mAP"]) <= 0.001
 
 
-def test_every_prune_and_export_flag_is_a_setting_and_reaches_the_api(monkeypatch, tmp_path):
-    """Flags are generated from PruneAndExportSettings: each flag sets its field, and the API gets it."""
-    from edgeanchor.api.settings import PruneAndExportSettings
-    from edgeanchor.settings import option_strings
+# command -> (its settings, the API functions its run calls (patched, in call order; the last one stops the run),
+#             flags a field's flag needs beside it to reach the API, and what the run passes a field on as:
+#             the API's parameter name, or (the flag's value, what the API gets) where the run parses it)
+_PRUNE_RESULT = {"num_anchors": 1, "head_macs": 1, "num_boxes": 1}
+COMMANDS = {
+    "prune-and-export": ("PruneAndExportSettings", ["edgeanchor.api.deploy._prune_and_export"], {}, {}),
+    "search": ("SearchCommandSettings", ["edgeanchor.api.data", "edgeanchor.api.load", "edgeanchor.api.search"],
+               {"split": ["--data", "{tmp}/images"]},
+               {"model": "name_or_path", "data": "images", "report_ann": "report"}),
+    "prune": ("PruneSettings", ["edgeanchor.api.load", "edgeanchor.api.prune", "edgeanchor.api.inspect",
+                                "edgeanchor.api.save"], {},
+              {"model": "name_or_path", "anchors": "keep", "keep": ("7", [7]), "remove": ("7", [7]),
+               "out": "path"}),
+    "inspect": ("InspectSettings", ["edgeanchor.api.load", "edgeanchor.api.inspect"], {}, {"model": "name_or_path"}),
+    "evaluate": ("EvaluateSettings", ["edgeanchor.api.data", "edgeanchor.api.load", "edgeanchor.api.evaluate"],
+                 {name: ["--export", "{tmp}/export"] for name in ("runtime", "precision", "variant")},
+                 {"model": "name_or_path", "data": "images", "export": "det"}),
+    "train": ("TrainSettings", ["edgeanchor.api.training.train_checkpoint"], {}, {}),
+    "data synth": ("SynthSettings", ["edgeanchor.api.synth"], {}, {}),
+    "bench": ("BenchSettings", ["edgeanchor.api.bench"], {}, {}),
+    "regress": ("RegressSettings", ["edgeanchor.api.regress"], {}, {}),
+}
 
-    received = []
 
-    def record(settings):
-        received.append(settings)
-        raise _Stop
-
-    monkeypatch.setattr("edgeanchor.api.deploy._prune_and_export", record)
+def _subparser(command: str):
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices["prune-and-export"]
-    flags = {s for a in sub._actions for s in a.option_strings} - {"-h", "--help", "--json"}
-    fields = {f.name: f for f in dataclasses.fields(PruneAndExportSettings)}
-    assert flags == {s for f in fields.values() for s in option_strings(f)}  # one flag per setting, no other
-    values = {"image_size": (["128", "96"], [128, 96]), "split": (["test"], "test"),
-              "method": (["layerwise"], "layerwise"), "cost": (["boxes"], "boxes"), "metric": (["voc07"], "voc07"), "executor": (["ray"], "ray"),
-              "backend": (["pycocotools"], "pycocotools"), "tensorrt": (["fp16"], "fp16")}
-    default = PruneAndExportSettings()
-    for name, f in fields.items():
-        names = option_strings(f)
-        if not names:
+    for word in command.split():
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    return parser
+
+
+def _test_value(f, action, tmp_path):
+    """(argv, parsed value) of a value of field ``f`` other than its default."""
+    from edgeanchor.settings import flag_of
+
+    spec = flag_of(f)
+    if spec.action == "store_true":
+        return [], True
+    if spec.action == "store_false":
+        return [], False
+    if spec.choices:
+        choice = next(c for c in spec.choices if c != f.default)
+        return [choice], choice
+    if action.nargs == 2:
+        return ["128", "96"], [128, 96]
+    if action.type is int or isinstance(f.default, int) and not isinstance(f.default, bool):
+        return ["7"], 7
+    if action.type is float or isinstance(f.default, float):
+        return ["0.25"], 0.25
+    return [str(tmp_path / f.name)], str(tmp_path / f.name)
+
+
+def _recorder(monkeypatch, targets: list[str], received: dict):
+    """Replace each API function in ``targets`` by one that records its arguments by parameter name (a settings
+    dataclass by its fields); the last one ends the run."""
+    import importlib
+    import inspect
+    import types
+
+    fake = types.SimpleNamespace(anchor_set=types.SimpleNamespace(ids=[0]))
+    last = len(targets) - 1
+    for i, target in enumerate(targets):
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        signature = inspect.signature(getattr(module, name))
+
+        def wrapper(*args, _sig=signature, _last=i == last, _name=name, **kwargs):
+            for key, value in _sig.bind(*args, **kwargs).arguments.items():
+                if dataclasses.is_dataclass(value):
+                    received.update({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+                elif isinstance(value, dict) and _sig.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                    received.update(value)
+                else:
+                    received[key] = value
+            if _last:
+                raise _Stop
+            return _PRUNE_RESULT if _name == "inspect" else fake
+        monkeypatch.setattr(module, name, wrapper)
+
+
+def _required_argv(cls, parser, skip: str, tmp_path) -> list[str]:
+    """Values of the required settings (one flag of a required exclusive group), other than field ``skip``."""
+    from edgeanchor.settings import flag_of, option_strings
+
+    argv, groups = [], {flag_of(f).exclusive for f in dataclasses.fields(cls) if f.name == skip}
+    for f in dataclasses.fields(cls):
+        spec = flag_of(f)
+        if f.name == skip or not spec.required or (spec.exclusive and spec.exclusive in groups):
             continue
+        groups.add(spec.exclusive)
+        action = next(a for a in parser._actions if a.dest == f.name)
+        values, _ = _test_value(f, action, tmp_path)
+        argv += [*option_strings(f)[:1], *values]
+    return argv
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_flag_is_a_setting_and_reaches_the_api(command, monkeypatch, tmp_path):
+    """Each command's flags are generated from its settings dataclass: one flag (or positional argument) per
+    field and no other, each flag sets its field, and the value reaches the API function the run calls."""
+    import edgeanchor.api.settings as settings_module
+    from edgeanchor.settings import flag_of, option_strings
+
+    class_name, targets, context, converted = COMMANDS[command]
+    cls = getattr(settings_module, class_name)
+    for other in vars(settings_module).values():  # the checks have their own tests; here, the plumbing
+        if isinstance(other, type) and "validate" in vars(other):
+            monkeypatch.setattr(other, "validate", lambda self: None)
+    received: dict = {}
+    _recorder(monkeypatch, targets, received)
+    sub = _subparser(command)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    flags = {s for a in sub._actions for s in a.option_strings} - {"-h", "--help", "--json"}
+    assert flags == {s for f in fields.values() for s in option_strings(f)}  # one flag per setting, no other
+    positionals = {a.dest for a in sub._actions if not a.option_strings and a.dest != "help"}
+    assert positionals == {name for name, f in fields.items() if flag_of(f).positional}
+    for name, f in fields.items():
+        spec = flag_of(f)
+        names = option_strings(f)
+        if not names and not spec.positional:
+            continue  # an API-only setting (e.g. progress)
         action = next(a for a in sub._actions if a.dest == name)
-        if name in values:
-            argv, expected = values[name]
-        elif action.nargs == 0:
-            argv, expected = [], True
-        elif isinstance(f.default, int) and not isinstance(f.default, bool) or action.type is int:
-            argv, expected = ["7"], 7
-        elif isinstance(f.default, float) or action.type is float:
-            argv, expected = ["0.25"], 0.25
-        else:
-            argv, expected = [str(tmp_path / name)], str(tmp_path / name)
-        for flag in names:
+        argv, want = _test_value(f, action, tmp_path)
+        key = converted.get(name, name)
+        if isinstance(key, tuple):  # the run parses this field: (the flag's value, what the API gets)
+            argv, want, key = [key[0]], key[1], name
+        around = [a.replace("{tmp}", str(tmp_path)) for a in context.get(name, [])]
+        around += _required_argv(cls, sub, name, tmp_path)
+        for flag in names or (None,):
             received.clear()
             with pytest.raises(_Stop):
-                main(["prune-and-export", flag, *argv])
-            got = getattr(received[-1], name)
-            assert (list(got) if isinstance(got, tuple) else got) == expected, flag
-            assert got != getattr(default, name), f"{flag} changed nothing"
+                main([*command.split(), *around, *([flag] if flag else []), *argv])
+            got = received[key]
+            assert (list(got) if isinstance(got, tuple) else got) == want, (command, flag or name)
+            assert got != f.default, f"{flag or name} changed nothing"
+
+
+def test_api_functions_take_their_command_settings():
+    """An API function that runs a whole command keeps its explicit signature (what IDEs and mypy read); it is
+    the settings dataclass's: the same names, the same defaults, a required flag where there is no default."""
+    import inspect
+
+    import edgeanchor.api.settings as s
+    from edgeanchor.api.training import train_checkpoint
+    from edgeanchor.settings import flag_of
+
+    whole = {ea.bench: s.BenchSettings, ea.regress: s.RegressSettings, ea.synth: s.SynthSettings,
+             train_checkpoint: s.TrainSettings, ea.prune_and_export: s.PruneAndExportSettings}
+    for fn, cls in whole.items():
+        params = inspect.signature(fn).parameters
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(params) == set(fields), fn.__name__
+        for name, p in params.items():
+            if p.default is inspect.Parameter.empty:
+                assert flag_of(fields[name]).required or flag_of(fields[name]).positional, (fn.__name__, name)
+            else:
+                assert p.default == fields[name].default, (fn.__name__, name)
+    # the composed commands' settings are the keywords of the API functions they call, with their defaults
+    parts = {ea.search: [s.SearchSettings], ea.load: [s.ModelWithAnchors],
+             ea.evaluate: [s._EvaluateOwn, s._EvaluateExport]}
+    for fn, classes in parts.items():
+        params = inspect.signature(fn).parameters
+        for cls in classes:
+            for f in dataclasses.fields(cls):
+                if f.name in ("model", "data", "ann", "split", "export", "cache", "latency_model", "runtime"):
+                    continue  # given positionally, through ea.data, or the command's own default (runtime)
+                assert params[f.name].default == f.default, (fn.__name__, f.name)
 
 
 class _Stop(Exception):

@@ -152,6 +152,8 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
             JSON); files of ours are rewritten, anything else is refused before the timing. A ``json_path``
             implies ``write``.
 
+    The settings are :class:`~edgeanchor.api.settings.BenchSettings`' fields (``edgeanchor bench``'s flags).
+
     Returns:
         Per stage and variant, latency statistics in milliseconds, and the pruned/baseline ratios (with
         ``json_path`` and ``plot_path`` set to the files written, if any).
@@ -159,15 +161,15 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
     Raises:
         EdgeAnchorError: bad settings, a runtime that is not installed, or a missing or malformed export.
     """
-    from ..benchmark.harness import check_timing, run_bench
+    from ..benchmark.harness import run_bench
     from ..exporting.folder import ExportFolder, default_export_dir
-    from ..runtimes import canonical_precision, check_precision
+    from ..runtimes import canonical_precision
+    from .settings import BenchSettings
 
     precision = canonical_precision(precision)  # f32, f16: the older spellings
-    check_timing(iters, warmup, threads)
-    if runtime != "torch":
-        require(runtime)
-    check_precision(runtime, precision)
+    BenchSettings(folder=folder, runtime=runtime, threads=threads, iters=iters, warmup=warmup,
+                  precision=precision, images=images, end_to_end=end_to_end, opt_level=opt_level, progress=progress,
+                  write=write, json_path=json_path, plot_path=plot_path).validate()  # once, before the folder is opened
     if not isinstance(folder, ExportFolder):
         folder = ExportFolder.open(folder or default_export_dir())
     outputs = _bench_outputs(folder, runtime, precision, images, json_path, plot_path) if write or json_path else None

@@ -39,6 +39,8 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         json_path: also write the verdict (measurement, rows, tolerances) here.
         summary_path: write the Markdown summary here (it is also appended to ``$GITHUB_STEP_SUMMARY``).
 
+    The settings are :class:`~edgeanchor.api.settings.RegressSettings`' fields (``edgeanchor regress``'s flags).
+
     Returns:
         With ``update``: ``{"updated": True, "baseline": path, "measured": ...}``. Otherwise the verdict:
         ``passed``, ``rows`` (metric, value, baseline, bound, passed), ``measured``, ``tolerances`` and
@@ -53,11 +55,13 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
     from ..exporting.folder import ExportFolder, default_export_dir
     from ..io import write_json, write_text
     from ..runtimes import canonical_precision
+    from .settings import RegressSettings
 
     precision = canonical_precision(precision)  # f32, f16: the older spellings
-    _check(export=export, baseline=baseline, model=model, data=data, ann=ann, runtime=runtime,
-           precision=precision, map_tol=map_tol, latency_tol=latency_tol, iters=iters, warmup=warmup,
-           threads=threads, update=update, json_path=json_path, summary_path=summary_path)
+    RegressSettings(export=export, baseline=baseline, model=model, reference=reference, data=data,
+                    ann=ann, runtime=runtime, precision=precision, map_tol=map_tol, latency_tol=latency_tol,
+                    iters=iters, warmup=warmup, threads=threads, update=update, json_path=json_path,
+                    summary_path=summary_path).validate()  # once, before anything is opened or measured
     stored = None if update else core.load_baseline(baseline)
     with tempfile.TemporaryDirectory() as tmp:
         if model:

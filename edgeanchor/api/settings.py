@@ -1,18 +1,48 @@
 """The settings of the commands built on the Python API, one frozen dataclass per command.
 
 Each field is one setting: the API keyword (its name), the flag, the help text, the default and the check
-(see :mod:`edgeanchor.settings`). ``edgeanchor prune-and-export``'s flags are generated from
-:class:`PruneAndExportSettings`, and :func:`edgeanchor.prune_and_export` takes exactly its fields. The
-model and search flags are shared groups (:class:`ModelSettings`, :class:`SearchSettings`), so ``search``,
-``prune``, ``inspect``, ``evaluate`` and ``train`` take theirs from the same definitions.
+(see :mod:`edgeanchor.settings`). Every command's flags are generated from its dataclass:
+
+============================  ==============================  =============================================
+command                       settings                        API function(s) the fields go to
+============================  ==============================  =============================================
+``prune-and-export``          :class:`PruneAndExportSettings` :func:`edgeanchor.prune_and_export` (all)
+``search``                    :class:`SearchCommandSettings`  :func:`~edgeanchor.load`, :func:`~edgeanchor.data`,
+                                                              :func:`edgeanchor.search`
+``prune``                     :class:`PruneSettings`          :func:`~edgeanchor.load`, :func:`~edgeanchor.prune`,
+                                                              :func:`~edgeanchor.save`
+``inspect``                   :class:`InspectSettings`        :func:`~edgeanchor.load`, :func:`~edgeanchor.inspect`
+``evaluate`` (``--export``)   :class:`EvaluateSettings`       :func:`~edgeanchor.load`, :func:`~edgeanchor.data`,
+                                                              :func:`edgeanchor.evaluate`
+``train``                     :class:`TrainSettings`          :func:`~edgeanchor.api.training.train_checkpoint`
+``data synth``                :class:`SynthSettings`          :func:`edgeanchor.synth` (all)
+``bench``                     :class:`BenchSettings`          :func:`edgeanchor.bench` (all)
+``regress``                   :class:`RegressSettings`        :func:`edgeanchor.regress` (all)
+============================  ==============================  =============================================
+
+The model and search flags are shared groups (:class:`ModelSource`, :class:`ModelSettings`,
+:class:`ModelWithAnchors`, :class:`SearchSettings`), inherited by the commands that have them. An API function
+that takes a whole command's settings keeps its explicit signature (what IDEs and mypy read), and
+``tests/test_one_path.py`` holds it to the dataclass: the same names, the same defaults, a required flag where
+the parameter has no default. Choices are checked by argparse on the command line and by each API function's
+own checks (with their messages) in Python.
+
+This module imports no torch: bench, regress and ``evaluate --export`` (the device path) use it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from ..settings import at_least, check_fields, positive, setting
+
+if TYPE_CHECKING:
+    from ..exporting.folder import ExportFolder
+
+PathArg = str | os.PathLike[str]  # a path setting: the flag gives a str, the API takes either
 
 MODEL_NAMES = ("demo, demo-yolo, demo-over, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
                "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml")
@@ -22,17 +52,36 @@ SPLIT_HELP = ("with --data DATA.yaml (a YOLO data set) or --data VOCdevkit/VOC20
               "ImageSets/Main/SPLIT.txt): the split to use (default {default})")
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """The model, as :func:`edgeanchor.load` builds it (shared by every command that loads one)."""
+def model_help(default: str | None) -> str:
+    return f"model name ({MODEL_NAMES}) or a checkpoint path (default: {default})"
 
-    model: str = setting("demo", f"model name ({MODEL_NAMES}) or a checkpoint path (default: demo)")
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model and its weights, as :func:`edgeanchor.load` builds it (every command that loads one)."""
+
+    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size")
+
+    model: str = setting("demo", model_help("demo"))
     num_classes: int | None = setting(None, "classes: SSD and RetinaNet count the background class; for yolov5 "
                                       "it is nc (YOLO has no background class)", type=int)
     weights: str | None = setting(None, "weights to load: a torchvision state dict, an edgeanchor checkpoint, or "
                                   "for yolov5 a train.py checkpoint (best.pt / last.pt) or state dict")
     image_size: Sequence[int] | None = setting(None, "model input size (yolov5: default 640 640, any multiple of "
                                                "the largest stride)", type=int, nargs=2, metavar=("H", "W"))
+
+    def load_kwargs(self) -> dict:
+        """The model settings as :func:`edgeanchor.load`'s keywords (all but ``model``)."""
+        return {name: getattr(self, name) for name in self._LOAD}
+
+
+@dataclass(frozen=True)
+class ModelSettings(ModelSource):
+    """The model and the post-processing rule it is searched and evaluated with."""
+
+    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size", "score_thresh", "nms_thresh",
+                                        "max_det")
+
     score_thresh: float | None = setting(None, "score (YOLO: confidence) threshold of the rule searched and "
                                          "evaluated with (default: the model's own; YOLO's val preset 0.001)",
                                          type=float)
@@ -40,14 +89,12 @@ class ModelSettings:
                                        "val preset 0.6)", type=float)
     max_det: int | None = setting(None, "detections kept per image (default: the model's own; YOLO 300)", type=int)
 
-    def load_kwargs(self) -> dict:
-        """The model settings as :func:`edgeanchor.load`'s keywords."""
-        return {f.name: getattr(self, f.name) for f in fields(ModelSettings) if f.name != "model"}
-
 
 @dataclass(frozen=True)
 class ModelWithAnchors(ModelSettings):
-    """The model flags of the commands that load a model to inspect, search, prune, evaluate or train it."""
+    """The model flags of the commands that load a model to inspect, search, evaluate or train it."""
+
+    _LOAD: ClassVar[tuple[str, ...]] = (*ModelSettings._LOAD, "anchors")
 
     anchors: str | None = setting(None, "anchor set: a JSON file (edgeanchor or reference form) or "
                                   "overanchorized[:SCALESxRATIOS]")
@@ -170,3 +217,327 @@ class PruneAndExportSettings(SearchSettings, _PruneAndExportOwn, ModelSettings):
         paths = [self.data, self.ann, self.report_ann, self.train_ann, self.keep_anchors, self.latency_model,
                  self.cache, self.weights, self.model if str(self.model).endswith(".pt") else None]
         return [p for p in paths if p]
+
+
+# ------------------------------------------------------------------------------------ the other commands
+
+
+@dataclass(frozen=True)
+class _SearchOwn:
+    """search's own settings: the split searched on, the report split and the search folder."""
+
+    data: str | None = setting(None, DATA_HELP)
+    ann: str | None = setting(None, "COCO annotations searched on (default: demo val split)")
+    report_ann: str | None = setting(None, "also report the front on this split (avoids selection bias; default "
+                                     "for the demo: test)")
+    split: str | None = setting(None, SPLIT_HELP.format(default="val"), choices=("train", "val", "trainval", "test"))
+    out: str | None = setting(None, "search folder (resumed if it holds a search)", required=True)
+
+
+@dataclass(frozen=True)
+class SearchCommandSettings(SearchSettings, _SearchOwn, ModelWithAnchors):
+    """Every setting of ``edgeanchor search``: the model (:func:`edgeanchor.load`), the split
+    (:func:`edgeanchor.data`) and :func:`edgeanchor.search`'s own keywords."""
+
+    def validate(self) -> None:
+        """The search settings and the search folder, checked before the model is built or data is read.
+
+        Raises:
+            EdgeAnchorError: the first setting that is wrong, named as the API spells it.
+        """
+        from .workflow import check_search_settings
+
+        check_search_settings(out=self.out, **self.search_kwargs())
+
+    def search_kwargs(self) -> dict:
+        """:func:`edgeanchor.search`'s search keywords (``max_drop`` defaults there)."""
+        names = ("method", "cost", "metric", "min_map", "max_drop", "tol", "max_per_level", "max_evals", "workers",
+                 "executor", "ray_address", "backend")
+        return {name: getattr(self, name) for name in names}
+
+    def data_kwargs(self) -> dict:
+        """:func:`edgeanchor.data`'s arguments of the searched split (the demo's: val)."""
+        if not self.data and not self.ann:
+            return {"images": "demo", "ann": None, "split": "val"}
+        return {"images": self.data, "ann": self.ann, "split": None if self.ann else self.split}
+
+    def report(self) -> str | None:
+        """The report split: ``report_ann``, or for the demo its test split."""
+        return self.report_ann or ("test" if not self.data and not self.ann else None)
+
+
+@dataclass(frozen=True)
+class PruneSettings(ModelSource):
+    """Every setting of ``edgeanchor prune``: the model, the anchors kept (one of three ways), the checkpoint."""
+
+    anchors: str | None = setting(None, "anchor file whose anchors are kept", exclusive="keep", required=True)
+    keep: str | None = setting(None, "comma-separated global anchor ids to keep", exclusive="keep", required=True)
+    remove: str | None = setting(None, "comma-separated global anchor ids to remove", exclusive="keep",
+                                 required=True)
+    out: str | None = setting(None, "output checkpoint (.pt)", required=True)
+    overwrite: bool = setting(False, "replace an existing checkpoint and anchor file at --out (only ones edgeanchor "
+                              "wrote)", action="store_true")
+
+    def validate(self) -> None:
+        """The checkpoint path (and its anchor file), refused before the model is built.
+
+        Raises:
+            EdgeAnchorError: an output that must not be written.
+        """
+        from .workflow import check_save_path
+
+        check_save_path(str(self.out), overwrite=self.overwrite, inputs=[self.model, self.weights, self.anchors])
+
+    def prune_args(self) -> tuple[tuple, dict]:
+        """(args, kwargs) of :func:`edgeanchor.prune` after the detector: the anchor file, or the ids."""
+        from ..pruning import parse_anchor_ids
+
+        if self.anchors:
+            return (self.anchors,), {}
+        if self.keep is not None:
+            return (parse_anchor_ids(self.keep),), {}
+        return (), {"remove": parse_anchor_ids(self.remove or "")}
+
+
+@dataclass(frozen=True)
+class InspectSettings(ModelWithAnchors):
+    """Every setting of ``edgeanchor inspect``: the model, as :func:`edgeanchor.load` builds it."""
+
+    def validate(self) -> None:
+        """Nothing to check before the model is built (:func:`edgeanchor.load` checks the model settings)."""
+
+
+EXPORT_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+def _precision(text: str) -> str:
+    """A precision flag's value in the one spelling (f32 and f16, the older ones, become fp32 and fp16)."""
+    from ..runtimes import canonical_precision
+
+    return canonical_precision(text)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # runtimes.PRECISIONS (kept here: this module imports nothing heavy)
+
+
+@dataclass(frozen=True)
+class _EvaluateOwn:
+    """evaluate's own settings on a model: the split, the metric and the inference pass."""
+
+    data: str | None = setting(None, "image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit year folder, or "
+                               "images with XML beside them) (default: the demo's synthetic test split)")
+    ann: str | None = setting(None, "COCO annotation file")
+    split: str | None = setting(None, SPLIT_HELP.format(default="val for a YOLO or VOC data set, test for the demo"),
+                                choices=("train", "val", "trainval", "test"))
+    metric: str = setting("coco", "coco (mAP@[.5:.95] and the other COCO metrics), voc07 (Pascal VOC mAP@0.5, "
+                          "11-point) or voc (VOC2010+ all-point); default coco", choices=("coco", "voc07", "voc"))
+    detections: str | None = setting(None, "write COCO results-format detections here")
+    overwrite: bool = setting(False, "replace an existing detections file (only one edgeanchor wrote)",
+                              action="store_true")
+    backend: str = setting("faster", "COCO evaluator: faster (faster-coco-eval) or pycocotools",
+                           choices=("faster", "pycocotools"))
+    batch_size: int = setting(16, "images per PyTorch inference batch")
+    device: str = setting("cpu", "where PyTorch runs: cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class _EvaluateExport:
+    """evaluate's settings of an export folder's deployed graph (``--export``; no torch)."""
+
+    export: str | None = setting(None, "evaluate an export folder's deployed graph (model.onnx, or model_int8.onnx at "
+                                 "--precision int8) on its report split instead of a model; needs no torch")
+    runtime: str = setting("onnxruntime", "with --export: the runtime the graph runs in (default onnxruntime; "
+                           "tensorrt runs the engine of model.onnx, built on first use)", choices=EXPORT_RUNTIMES)
+    precision: str = setting("fp32", "with --export: what the runtime computes in (default fp32; f32 and f16 are "
+                             "read as fp32 and fp16)", choices=PRECISIONS, type=_precision)
+    variant: str = setting("pruned", "with --export: which of the export's models (default pruned)",
+                           choices=("pruned", "baseline"))
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(_EvaluateExport, _EvaluateOwn, ModelWithAnchors):
+    """Every setting of ``edgeanchor evaluate``: a model (:func:`edgeanchor.load`) on a split, or with ``export``
+    an export folder's deployed graph; both through :func:`edgeanchor.evaluate`."""
+
+    def validate(self) -> None:
+        """A model's evaluation settings and its detections file, checked before the model is built.
+
+        Raises:
+            EdgeAnchorError: the first setting that is wrong, named as the API spells it.
+        """
+        from .workflow import check_evaluate_settings
+
+        check_evaluate_settings(metric=self.metric, batch_size=self.batch_size, device=self.device,
+                                detections=self.detections, overwrite=self.overwrite,
+                                inputs=[self.data, self.ann, self.model, self.weights, self.anchors])
+
+    def evaluate_kwargs(self) -> dict:
+        """:func:`edgeanchor.evaluate`'s keywords for a model."""
+        return {"metric": self.metric, "backend": self.backend, "batch_size": self.batch_size, "device": self.device,
+                "detections": self.detections, "overwrite": self.overwrite}
+
+    def export_kwargs(self) -> dict:
+        """:func:`edgeanchor.evaluate`'s keywords for an export folder."""
+        return {"metric": self.metric, "runtime": self.runtime, "precision": self.precision,
+                "variant": self.variant, "backend": self.backend}
+
+
+@dataclass(frozen=True)
+class _TrainOwn:
+    """train's own settings: the data, the optimisation and the checkpoint."""
+
+    init: str | None = setting(None, "start from this checkpoint (e.g. a pruned one), keeping its anchors")
+    data: str = setting(None, "image folder, a YOLO DATA.yaml, or a Pascal VOC folder (VOCdevkit/VOC2007, or "
+                               "images with XML beside them) (then its train split is trained on and its val split, "
+                               "if any, evaluated after each epoch)", required=True)
+    ann: str | None = setting(None, "COCO annotations of the training split (not with DATA.yaml)")
+    val_ann: str | None = setting(None, "COCO annotations evaluated after each epoch")
+    split: str | None = setting(None, SPLIT_HELP.format(default="train"), choices=("train", "val", "trainval", "test"))
+    epochs: int = setting(None, "passes over the training split", type=int, required=True)
+    batch_size: int = setting(32, "images per batch (default 32)")
+    lr: float = setting(2e-3, "peak learning rate of AdamW (default 2e-3)")
+    weight_decay: float = setting(5e-4, "AdamW weight decay (default 5e-4)")
+    warmup_iters: int = setting(200, "linear warm-up iterations before the cosine decay (default 200)")
+    device: str = setting("cpu", "cpu or cuda (default cuda where available)")
+    workers: int = setting(1, "data loader processes")
+    seed: int = setting(0, "fixes the initial weights, shuffling and augmentation (default 0)")
+    max_iters_per_epoch: int | None = setting(None, "stop each epoch after this many batches", type=int, hidden=True)
+    out: PathArg = setting(None, "checkpoint to write (rewritten after every epoch)", required=True)
+    resume: bool = setting(False, "continue the interrupted run stored at --out", action="store_true")
+    overwrite: bool = setting(False, "replace an existing checkpoint at --out (only one edgeanchor wrote)",
+                              action="store_true")
+    progress: bool = setting(True, "no progress bars", flags=("--no-progress",), action="store_false")
+
+
+@dataclass(frozen=True)
+class TrainSettings(_TrainOwn, ModelWithAnchors):
+    """Every setting of ``edgeanchor train`` / :func:`~edgeanchor.api.training.train_checkpoint`."""
+
+    model: str | None = setting(None, model_help(None))  # type: ignore[assignment]  # no default model here
+
+    def validate(self) -> None:
+        """Training settings that are wrong whatever the data.
+
+        Raises:
+            EdgeAnchorError: naming the setting and its value.
+        """
+        from .workflow import check_train_settings
+
+        check_train_settings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                             weight_decay=self.weight_decay, warmup_iters=self.warmup_iters, workers=self.workers,
+                             seed=self.seed, device=self.device)
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """Every setting of ``edgeanchor data synth`` / :func:`edgeanchor.synth`."""
+
+    out: PathArg = setting(None, "output folder (must not exist or be empty)", required=True)
+    num_images: int = setting(None, "images over all splits (80/10/10)", type=int, required=True)
+    seed: int = setting(None, "non-negative seed; same seed, same files", type=int, required=True)
+    image_size: int = setting(320, "side of the square images in pixels")
+    workers: int | None = setting(None, "processes (output is the same; default: the CPU count)", type=int)
+    format: str = setting("coco", "coco (images/ + annotations/*.json) or voc (a VOCdevkit-style folder; default "
+                          "coco)", choices=("coco", "voc"))
+    overwrite: bool = setting(False, "replace an existing synthetic data set at --out", action="store_true")
+    progress: bool = setting(True, "show a progress bar", flags=())
+
+    def validate(self) -> None:
+        """The sizes, seed and format, checked before anything is written.
+
+        Raises:
+            EdgeAnchorError: a bad setting, named as the API spells it.
+        """
+        from ..errors import EdgeAnchorError
+
+        n, seed, size, workers = self.num_images, self.seed, self.image_size, self.workers
+        if n is None or seed is None or n < 1 or seed < 0 or size < 64 or workers is None or workers < 1:
+            raise EdgeAnchorError(
+                f"`num_images` {n}, `seed` {seed}, `image_size` {size}, `workers` {workers}: need "
+                "`num_images` >= 1, `seed` >= 0, `image_size` >= 64, `workers` >= 1")
+        if self.format not in ("coco", "voc"):
+            raise EdgeAnchorError(f"format {self.format!r} is not known; choose coco or voc")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Every setting of ``edgeanchor bench`` / :func:`edgeanchor.bench`."""
+
+    folder: ExportFolder | PathArg | None = setting(None, "a prune-and-export folder (default: exports/demo)",
+                                                    positional=True, nargs="?", metavar="export_dir")
+    runtime: str = setting("onnxruntime", "openvino and opencv need the extras edgeanchor[openvino] / "
+                           "edgeanchor[opencv]; opencv times backbone, head and model_nonms.onnx + "
+                           "cv2.dnn.NMSBoxesBatched",
+                           choices=("onnxruntime", "openvino", "opencv", "torch", "tensorrt"))
+    precision: str = setting("fp32", "what the runtime computes in (default fp32, also on CPUs where OpenVINO would "
+                             "pick bf16; f32 and f16 are read as fp32 and fp16); int8 runs the int8 graphs of an "
+                             "export made with --int8", choices=PRECISIONS, type=_precision)
+    end_to_end: str | None = setting(None, "the graph the end_to_end stage runs (default: model; opencv: model_nonms "
+                                     "+ cv2.dnn.NMSBoxesBatched; model_trt is for TensorRT only)",
+                                     choices=("model", "model_nonms", "model_trt"))
+    threads: int = setting(0, "intra-op threads (0: the runtime's default)")
+    opt_level: str = setting("all", "onnxruntime graph optimisation level",
+                             choices=("disable", "basic", "extended", "all"))
+    warmup: int = setting(10, "untimed iterations first (default 10)")
+    iters: int = setting(100, "timed iterations, each running both variants on the same image (default 100)")
+    images: PathArg | None = setting(None, "image folder (default: the export's report split)")
+    json_path: PathArg | None = setting(None, "write the result JSON here (default: EXPORT_DIR/bench_<runtime>.json, "
+                                    "bench_<runtime>_<precision>.json when not fp32)", flags=("--json-out",),
+                                    metavar="JSON_OUT")
+    plot_path: PathArg | None = setting(None, "PNG plot path (default: beside the JSON)", flags=("--plot",),
+                                    metavar="PLOT")
+    progress: bool = setting(True, "show a progress bar", flags=())
+    write: bool = setting(False, "also write the result JSON and plot (the command always does)", flags=())
+
+    def validate(self) -> None:
+        """The timing, the runtime (installed here) and the precision, before the export is opened.
+
+        Raises:
+            EdgeAnchorError: a bad setting, or a runtime that is not installed.
+        """
+        from ..benchmark.harness import check_timing
+        from ..runtimes import check_precision, require
+
+        check_timing(self.iters, self.warmup, self.threads)
+        if self.runtime != "torch":
+            require(self.runtime)
+        check_precision(self.runtime, self.precision)
+
+
+@dataclass(frozen=True)
+class RegressSettings:
+    """Every setting of ``edgeanchor regress`` / :func:`edgeanchor.regress`."""
+
+    baseline: PathArg = setting(None, "baseline JSON (written by --update)", required=True)
+    export: ExportFolder | PathArg | None = setting(None, "a prune-and-export folder (default: exports/demo)",
+                                                    exclusive="source")
+    model: PathArg | None = setting(None, "a pruned checkpoint; exported with --reference first", exclusive="source")
+    reference: str | None = setting(None, "with --model: the unpruned reference model (default: the checkpoint's "
+                                    "source)")
+    data: PathArg | None = setting(None, "image folder (default: the export's report data)")
+    ann: PathArg | None = setting(None, "COCO annotations (default: the export's report split)")
+    runtime: str = setting("onnxruntime", "where the deployed graph is evaluated and timed (default onnxruntime)",
+                           choices=EXPORT_RUNTIMES)
+    precision: str = setting("fp32", "what the runtime computes in (default fp32; f32 and f16 are read as fp32 "
+                             "and fp16; int8: the int8 graphs)", choices=PRECISIONS, type=_precision)
+    map_tol: float = setting(0.005, "allowed mAP drop (default 0.005)")
+    latency_tol: float = setting(0.10, "allowed relative rise of a latency ratio (default 0.10)")
+    iters: int = setting(60, "timed iterations (default 60)")
+    warmup: int = setting(10, "untimed iterations first (default 10)")
+    threads: int = setting(1, "intra-op threads of the runtime (default 1)")
+    update: bool = setting(False, "rewrite the baseline from this measurement", action="store_true")
+    json_path: PathArg | None = setting(None, "also write the measurement and verdict to this file",
+                                        flags=("--json-out",), metavar="JSON_OUT")
+    summary_path: PathArg | None = setting(None, "write the Markdown summary here", flags=("--summary",),
+                                           metavar="SUMMARY")
+
+    def validate(self) -> None:
+        """Every setting and output path, before anything is opened or measured.
+
+        Raises:
+            EdgeAnchorError: bad settings, a missing runtime, outputs that are not regress's own.
+        """
+        from .gate import _check
+
+        _check(export=self.export, baseline=self.baseline, model=self.model, data=self.data, ann=self.ann,
+               runtime=self.runtime, precision=self.precision, map_tol=self.map_tol, latency_tol=self.latency_tol,
+               iters=self.iters, warmup=self.warmup, threads=self.threads, update=self.update,
+               json_path=self.json_path, summary_path=self.summary_path)

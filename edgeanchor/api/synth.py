@@ -32,6 +32,8 @@ def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int
         overwrite: replace a synthetic data set already at ``out``.
         progress: show a progress bar (stderr).
 
+    The settings are :class:`~edgeanchor.api.settings.SynthSettings`' fields (``edgeanchor data synth``'s flags).
+
     Returns:
         ``num_images`` and ``num_objects`` per split, ``annotations`` (per split: the COCO file, or the VOC
         split file), ``image_dir``, ``out_dir``, ``format`` (for VOC) and ``seconds``.
@@ -40,15 +42,12 @@ def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int
         EdgeAnchorError: a bad setting, or an ``out`` that is a file, not empty, or not ours to replace.
     """
     from ..datasets import synth as generator
+    from .settings import SynthSettings
 
     workers = (os.cpu_count() or 1) if workers is None else workers
+    SynthSettings(out=str(out), num_images=num_images, seed=seed, image_size=image_size, workers=workers,
+                  format=format, overwrite=overwrite, progress=progress).validate()  # once, before anything is written
     out = Path(out)
-    if num_images < 1 or seed < 0 or image_size < 64 or workers < 1:
-        raise EdgeAnchorError(
-            f"`num_images` {num_images}, `seed` {seed}, `image_size` {image_size}, `workers` {workers}: need "
-            "`num_images` >= 1, `seed` >= 0, `image_size` >= 64, `workers` >= 1")
-    if format not in ("coco", "voc"):
-        raise EdgeAnchorError(f"format {format!r} is not known; choose coco or voc")
     _check_out(out, overwrite)
     start = time.perf_counter()
     with atomic_dir(out, replace=out.exists()) as tmp, _bar(num_images, progress) as bar:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
-from .workflow import check_train_settings
 
 if TYPE_CHECKING:
     from ..models.base import Detector
@@ -25,7 +24,9 @@ SAME_RUN_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_iters
 def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = None, val_ann: str | None = None,
                      split: str | None = None, model: str | None = None, init: str | None = None,
                      num_classes: int | None = None, weights: str | None = None, anchors: str | None = None,
-                     image_size: Sequence[int] | None = None, epochs: int, batch_size: int = 32, lr: float = 2e-3,
+                     image_size: Sequence[int] | None = None, score_thresh: float | None = None,
+                     nms_thresh: float | None = None, max_det: int | None = None, epochs: int, batch_size: int = 32,
+                     lr: float = 2e-3,
                      weight_decay: float = 5e-4, warmup_iters: int = 200, device: str = "cpu", workers: int = 1,
                      seed: int = 0, max_iters_per_epoch: int | None = None, resume: bool = False,
                      overwrite: bool = False, progress: bool = True) -> tuple[Detector, dict, float]:
@@ -38,6 +39,8 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
             and whose val split is evaluated.
         model, num_classes, weights, anchors, image_size: the detector, as :func:`edgeanchor.load`; for
             yolov5, ``anchors="overanchorized[:SxR]"`` fits S*R anchors per level to the training boxes.
+        score_thresh, nms_thresh, max_det: override the post-processing rule the epochs are evaluated with
+            and the checkpoint records (default: the model's own), as :func:`edgeanchor.load`.
         init: start from this checkpoint instead (e.g. a pruned one), keeping its anchors.
         epochs, batch_size, lr, weight_decay, warmup_iters, seed, max_iters_per_epoch: AdamW with warm-up and
             cosine decay; ``seed`` fixes the initial weights, shuffling and augmentation.
@@ -45,6 +48,8 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
         resume: continue the interrupted run stored at ``out`` (with the same settings).
         overwrite: replace an existing checkpoint at ``out`` (only one edgeanchor wrote).
         progress: show progress bars.
+
+    The settings are :class:`~edgeanchor.api.settings.TrainSettings`' fields (``edgeanchor train``'s flags).
 
     Returns:
         The trained detector, the training record (per-epoch losses, val mAP, seconds), and the seconds the
@@ -56,10 +61,15 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
 
     from ..datasets.coco import CocoDetection
     from ..train.loop import TrainConfig, seed_everything, train
+    from .settings import TrainSettings
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    check_train_settings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup_iters=warmup_iters, workers=workers, seed=seed, device=device)
+    TrainSettings(out=out, data=data, ann=ann, val_ann=val_ann, split=split, model=model, init=init,
+                  num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size,
+                  score_thresh=score_thresh, nms_thresh=nms_thresh, max_det=max_det, epochs=epochs,
+                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, device=device,
+                  workers=workers, seed=seed, max_iters_per_epoch=max_iters_per_epoch, resume=resume,
+                  overwrite=overwrite, progress=progress).validate()  # once, before any data or model
     data, ann, val_ann = train_splits(data, ann, val_ann, split)  # the data roles of training
     if not resume:
         _check_out(out, overwrite, [data, ann, val_ann, init, weights, model, anchors])
@@ -72,6 +82,7 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
         seed_everything(seed)  # the initial weights are drawn from torch's generator
         det = _build_model(model=model, init=init, num_classes=num_classes, weights=weights, anchors=anchors,
                            image_size=image_size, data=data, ann=ann, seed=seed)
+        det.postprocess_spec = det.postprocess_spec.with_overrides(score_thresh, nms_thresh, max_det)
     train_set = CocoDetection.for_detector(det, data, ann, train=True)
     train_set.require_objects("train on")
     val_set = CocoDetection.for_detector(det, data, val_ann) if val_ann else None

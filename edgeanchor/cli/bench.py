@@ -18,40 +18,21 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    from ..runtimes import PRECISIONS, canonical_precision
+    from ..api.settings import BenchSettings
+    from ..settings import add_arguments as settings_flags
 
-    parser.add_argument("export_dir", nargs="?", default=None, help="a prune-and-export folder (default: exports/demo)")
-    parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "opencv", "torch", "tensorrt"],
-                        default="onnxruntime",
-                        help="openvino and opencv need the extras edgeanchor[openvino] / edgeanchor[opencv]; "
-                        "opencv times backbone, head and model_nonms.onnx + cv2.dnn.NMSBoxesBatched")
-    parser.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
-                        help="what the runtime computes in (default fp32, also on CPUs where OpenVINO would pick "
-                        "bf16; f32 and f16 are read as fp32 and fp16); int8 runs the int8 graphs of an export "
-                        "made with --int8")
-    parser.add_argument("--end-to-end", default=None, choices=["model", "model_nonms", "model_trt"],
-                        help="the graph the end_to_end stage runs (default: model; opencv: model_nonms + "
-                        "cv2.dnn.NMSBoxesBatched; model_trt is for TensorRT only)")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the runtime's default)")
-    parser.add_argument("--opt-level", choices=["disable", "basic", "extended", "all"], default="all",
-                        help="onnxruntime graph optimisation level")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--images", default=None, help="image folder (default: the export's report split)")
+    settings_flags(parser, BenchSettings)  # one flag per setting, defined there
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of the table")
-    parser.add_argument("--json-out", default=None, help="write the result JSON here "
-                        "(default: EXPORT_DIR/bench_<runtime>.json, bench_<runtime>_<precision>.json when not fp32)")
-    parser.add_argument("--plot", default=None, help="PNG plot path (default: beside the JSON)")
 
 
 def run(args) -> int:
     from .. import api
+    from ..api.settings import BenchSettings
     from ..io import log
+    from ..settings import from_args
     from .common import print_json
 
-    result = api.bench(args.export_dir, runtime=args.runtime, threads=args.threads, iters=args.iters,
-                       warmup=args.warmup, precision=args.precision, images=args.images, end_to_end=args.end_to_end,
-                       opt_level=args.opt_level, write=True, json_path=args.json_out, plot_path=args.plot)
+    result = api.bench(**from_args(BenchSettings, args, write=True))  # the command always writes its files
     wrote = f"wrote {result.json_path}" + (f" and {result.plot_path}" if result.plot_path else "")
     if args.json:
         print_json(result.to_json())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,14 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write a synthetic COCO-format data set",
         description="Write a deterministic synthetic COCO-format detection data set.",
     )
-    synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    synth.add_argument("--num-images", type=int, required=True, help="images over all splits (80/10/10)")
-    synth.add_argument("--seed", type=int, required=True, help="non-negative seed; same seed, same files")
-    synth.add_argument("--image-size", type=int, default=320, help="side of the square images in pixels")
-    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (output is the same)")
-    synth.add_argument("--format", choices=["coco", "voc"], default="coco",
-                       help="coco (images/ + annotations/*.json) or voc (a VOCdevkit-style folder; default coco)")
-    synth.add_argument("--overwrite", action="store_true", help="replace an existing synthetic data set at --out")
+    from ..api.settings import SynthSettings
+    from ..settings import add_arguments as settings_flags
+
+    settings_flags(synth, SynthSettings)  # one flag per setting, defined there
     synth.add_argument("--json", action="store_true", help="print a JSON result on stdout")
 
 
@@ -51,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_synth(args: argparse.Namespace) -> int:
     from .. import api
+    from ..api.settings import SynthSettings
+    from ..settings import from_args
 
-    result = api.synth(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                       workers=args.workers, format=args.format, overwrite=args.overwrite)
+    result = api.synth(**from_args(SynthSettings, args))
     counts = ", ".join(f"{split} {n}" for split, n in result["num_images"].items())
     summary = (f"wrote {args.num_images} images ({counts}) with {sum(result['num_objects'].values())} objects "
                f"to {Path(args.out)} in {result['seconds']:.1f} s")

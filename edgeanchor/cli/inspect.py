@@ -8,18 +8,24 @@ Examples:
 from __future__ import annotations
 
 from ..io import format_table
-from .common import add_model_arguments, build_from_args, print_json
+from .common import load_model, print_json, settings_from_args
 
 
 def add_arguments(parser) -> None:
-    add_model_arguments(parser)
+    from ..api.settings import InspectSettings
+    from ..settings import add_arguments as settings_flags
+
+    settings_flags(parser, InspectSettings)  # one flag per setting, defined there
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
 
 def run(args) -> int:
     from .. import api
+    from ..api.settings import InspectSettings
 
-    info = api.inspect(build_from_args(args))
+    s = settings_from_args(InspectSettings, args)
+    s.validate()
+    info = api.inspect(load_model(s))
     if args.json:
         print_json(info)
         return 0

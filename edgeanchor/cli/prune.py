@@ -10,37 +10,27 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="demo", help="model name or checkpoint (default: demo)")
-    parser.add_argument("--num-classes", type=int, default=None)
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--anchors", help="anchor file whose anchors are kept")
-    group.add_argument("--keep", help="comma-separated global anchor ids to keep")
-    group.add_argument("--remove", help="comma-separated global anchor ids to remove")
-    parser.add_argument("--out", required=True, help="output checkpoint (.pt)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing checkpoint and anchor file at --out (only ones edgeanchor wrote)")
+    from ..api.settings import PruneSettings
+    from ..settings import add_arguments as settings_flags
+
+    settings_flags(parser, PruneSettings)  # one flag per setting, defined there
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
 def run(args) -> int:
     from .. import api
-    from ..pruning import parse_anchor_ids
-    from .common import print_json
+    from ..api.settings import PruneSettings
+    from .common import load_model, print_json, settings_from_args
 
-    api.check_save_path(args.out, overwrite=args.overwrite, inputs=[args.model, args.weights, args.anchors])
-    det = api.load(args.model, num_classes=args.num_classes, weights=args.weights, image_size=args.image_size)
-    if args.anchors:
-        pruned = api.prune(det, args.anchors)
-    elif args.keep is not None:
-        pruned = api.prune(det, parse_anchor_ids(args.keep))
-    else:
-        pruned = api.prune(det, remove=parse_anchor_ids(args.remove))
+    s = settings_from_args(PruneSettings, args)
+    s.validate()  # before the model is built
+    det = load_model(s)
+    keep, kwargs = s.prune_args()
+    pruned = api.prune(det, *keep, **kwargs)
     before, after = api.inspect(det), api.inspect(pruned)
-    api.save(pruned, args.out, overwrite=args.overwrite,
-             meta={"pruned_from": args.model, "kept_ids": sorted(pruned.anchor_set.ids)})
-    summary = {"out": str(args.out), "anchors": api.anchors_path_of(args.out),
+    api.save(pruned, s.out, overwrite=s.overwrite,
+             meta={"pruned_from": s.model, "kept_ids": sorted(pruned.anchor_set.ids)})
+    summary = {"out": str(s.out), "anchors": api.anchors_path_of(s.out),
                "num_anchors": [before["num_anchors"], after["num_anchors"]],
                "head_macs": [before["head_macs"], after["head_macs"]],
                "num_boxes": [before["num_boxes"], after["num_boxes"]], "kept_ids": sorted(pruned.anchor_set.ids)}
@@ -49,5 +39,5 @@ def run(args) -> int:
     else:
         print(f"pruned {before['num_anchors']} -> {after['num_anchors']} anchors, "
               f"head {before['head_macs'] / 1e6:.1f}M -> {after['head_macs'] / 1e6:.1f}M MACs, "
-              f"{before['num_boxes']} -> {after['num_boxes']} boxes; wrote {args.out}")
+              f"{before['num_boxes']} -> {after['num_boxes']} boxes; wrote {s.out}")
     return 0

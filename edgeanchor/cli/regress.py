@@ -26,43 +26,21 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    from ..runtimes import PRECISIONS, canonical_precision
+    from ..api.settings import RegressSettings
+    from ..settings import add_arguments as settings_flags
 
-    parser.add_argument("--baseline", required=True, help="baseline JSON (written by --update)")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--export", default=None, help="a prune-and-export folder (default: exports/demo)")
-    src.add_argument("--model", default=None, help="a pruned checkpoint; exported with --reference first")
-    parser.add_argument("--reference", default=None,
-                        help="with --model: the unpruned reference model (default: the checkpoint's source)")
-    parser.add_argument("--data", default=None, help="image folder (default: the export's report data)")
-    parser.add_argument("--ann", default=None, help="COCO annotations (default: the export's report split)")
-    parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
-                        help="where the deployed graph is evaluated and timed (default onnxruntime)")
-    parser.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
-                        help="what the runtime computes in (default fp32; f32 and f16 are read as fp32 and fp16; "
-                        "int8: the int8 graphs)")
-    parser.add_argument("--map-tol", type=float, default=0.005, help="allowed mAP drop (default 0.005)")
-    parser.add_argument("--latency-tol", type=float, default=0.10,
-                        help="allowed relative rise of a latency ratio (default 0.10)")
-    parser.add_argument("--iters", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--update", action="store_true", help="rewrite the baseline from this measurement")
+    settings_flags(parser, RegressSettings)  # one flag per setting, defined there
     parser.add_argument("--json", action="store_true", help="print the measurement and verdict as JSON")
-    parser.add_argument("--json-out", default=None, help="also write the measurement and verdict to this file")
-    parser.add_argument("--summary", default=None, help="write the Markdown summary here")
 
 
 def run(args) -> int:
     from .. import api
+    from ..api.settings import RegressSettings
     from ..io import format_table
+    from ..settings import from_args
     from .common import print_json
 
-    result = api.regress(args.export, baseline=args.baseline, model=args.model, reference=args.reference,
-                         data=args.data, ann=args.ann, runtime=args.runtime, precision=args.precision,
-                         map_tol=args.map_tol, latency_tol=args.latency_tol, iters=args.iters, warmup=args.warmup,
-                         threads=args.threads, update=args.update, json_path=args.json_out,
-                         summary_path=args.summary)
+    result = api.regress(**from_args(RegressSettings, args))
     if args.update:
         measured = result["measured"]
         print(f"wrote baseline {args.baseline}: deployed mAP {measured['deployed_mAP']['mAP']:.4f}, latency ratios "
