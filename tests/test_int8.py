@@ -19,14 +19,14 @@ from edgeanchor.exporting.int8 import (CalibrationReader, Int8Spec, calibration_
 from edgeanchor.exporting.parity import match_detections
 from edgeanchor.models import build_detector
 
-from tests.helpers import synth_split
+from tests.helpers import build_once, shared_synth_split
 
 VARIANTS = ("pruned", "baseline")
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "int8_split", num_images=30, seed=13, splits=(0.2, 0.4, 0.4))
+    return shared_synth_split(tmp_path_factory, "int8_split", num_images=30, seed=13, splits=(0.2, 0.4, 0.4))
 
 
 def no_runtime_matrix() -> list[str]:
@@ -39,17 +39,21 @@ def no_runtime_matrix() -> list[str]:
 def export(split, tmp_path_factory):
     """The trained demo, its deepest level dropped and every other anchor kept, exported with --int8."""
     images, anns = split
-    root = tmp_path_factory.mktemp("int8")
-    det = build_detector("demo")
-    keep = [a.id for lv in det.anchor_set.levels[:-1] for a in lv.anchors[::2]]
-    (root / "keep.json").write_text(json.dumps(det.anchor_set.subset(keep).to_json()))
-    out, stdout = root / "demo", io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
-                     anns["test"], "--keep-anchors", str(root / "keep.json"), "--parity-images", "1", "--int8",
-                     *no_runtime_matrix(), "--out", str(out), "--json"]) == 0
-    assert "int8" in json.loads(stdout.getvalue())  # quantization printed nothing else on stdout
-    return ExportFolder.open(out)
+
+    def build(root):
+        det = build_detector("demo")
+        keep = [a.id for lv in det.anchor_set.levels[:-1] for a in lv.anchors[::2]]
+        (root / "keep.json").write_text(json.dumps(det.anchor_set.subset(keep).to_json()))
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            assert main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"],
+                         "--report-ann", anns["test"], "--keep-anchors", str(root / "keep.json"), "--parity-images",
+                         "1", "--int8", *no_runtime_matrix(), "--out", str(root / "demo"), "--json"]) == 0
+        (root / "stdout.json").write_text(stdout.getvalue())
+
+    root = build_once(tmp_path_factory, "int8_export", build)
+    assert "int8" in json.loads((root / "stdout.json").read_text())  # quantization printed nothing else on stdout
+    return ExportFolder.open(root / "demo")
 
 
 def report_images(folder: ExportFolder, n: int = 4) -> list[np.ndarray]:
@@ -62,6 +66,7 @@ def producers(model: onnx.ModelProto) -> dict:
     return {o: n for n in model.graph.node for o in n.output}
 
 
+@pytest.mark.slow
 def test_backbone_and_head_convolutions_are_wrapped_in_qdq(export):
     for variant in VARIANTS:
         for graph in ("backbone_int8", "head_int8"):
@@ -84,6 +89,7 @@ def test_backbone_and_head_convolutions_are_wrapped_in_qdq(export):
             onnx.checker.check_model(model, full_check=True)
 
 
+@pytest.mark.slow
 def test_model_int8_is_the_int8_stages_then_the_fp32_postprocess(export):
     for variant in VARIANTS:
         joined = onnx.load(str(export.graph_path(variant, "model_int8")))
@@ -106,6 +112,7 @@ def io_signature(model: onnx.ModelProto) -> list:
     return [sig(model.graph.input), sig(model.graph.output)]
 
 
+@pytest.mark.slow
 def test_model_int8_has_the_inputs_and_outputs_of_model_onnx(export):
     for variant in VARIANTS:
         fp32 = onnx.load(str(export.graph_path(variant, "model")))
@@ -116,6 +123,7 @@ def test_model_int8_has_the_inputs_and_outputs_of_model_onnx(export):
         assert out["detections"].shape == tuple(io_signature(fp32)[1][0][2])
 
 
+@pytest.mark.slow
 def test_joining_the_fp32_stages_gives_model_onnx_exactly(export):
     """The join that builds model_int8 is exact: fp32 backbone + head + postprocess == model.onnx, bit for bit."""
     import onnxruntime as ort
@@ -131,6 +139,7 @@ def test_joining_the_fp32_stages_gives_model_onnx_exactly(export):
             assert all(np.array_equal(got[k], want[k]) for k in want), variant
 
 
+@pytest.mark.slow
 def test_int8_outputs_are_close_to_fp32_on_the_trained_demo(export):
     for variant in VARIANTS:
         sessions = {g: make_session(export.graph_path(variant, g)) for g in ("backbone", "head", "head_int8",
@@ -152,6 +161,7 @@ def test_int8_outputs_are_close_to_fp32_on_the_trained_demo(export):
         assert total > 0 and matched / total >= 0.8, (variant, matched, total)
 
 
+@pytest.mark.slow
 def test_report_has_the_int8_section(export):
     report = export.report
     int8 = report["int8"]
@@ -182,11 +192,13 @@ def head_out_channels(path) -> int:
     return sum(inits[made_by[n.input[1]].input[0]].dims[0] for n in model.graph.node if n.op_type == "Conv")
 
 
+@pytest.mark.slow
 def test_pruned_int8_head_has_fewer_output_channels(export):
     pruned, base = (head_out_channels(export.graph_path(v, "head_int8")) for v in VARIANTS)
     assert 0 < pruned < base
 
 
+@pytest.mark.slow
 def test_calibration_is_seeded_and_quantization_deterministic(export, tmp_path):
     assert calibration_indices(100, 5, seed=0) == calibration_indices(100, 5, seed=0)
     assert calibration_indices(100, 5, seed=0) != calibration_indices(100, 5, seed=1)
@@ -219,6 +231,7 @@ def test_int8_settings_that_cannot_be_quantized_are_refused():
         check_int8_spec(Int8Spec(head_outputs="int4"))
 
 
+@pytest.mark.slow
 def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
     ov = pytest.importorskip("openvino")
     from edgeanchor.exporting.runtimes import compile_off_thread
@@ -240,6 +253,7 @@ def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
         assert abs(int(got["num_detections"][0]) - count) <= 1
 
 
+@pytest.mark.slow
 def test_the_export_folder_lists_the_int8_graphs_for_onnxruntime_and_openvino(export):
     assert {"backbone_int8", "head_int8", "model_int8"} <= set(export.graphs("baseline"))
     assert {"backbone_int8", "head_int8", "model_int8"} <= set(export.runtimes()["openvino"])

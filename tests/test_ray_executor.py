@@ -18,7 +18,7 @@ from edgeanchor.cli import flag_wording, main
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.models import build_detector
 
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "edgeanchor[ray]")')
 
@@ -38,7 +38,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "ray_split", num_images=30, seed=11, splits=(0.2, 0.6, 0.2))
+    return shared_synth_split(tmp_path_factory, "ray_split", num_images=30, seed=11, splits=(0.2, 0.6, 0.2))
 
 
 @pytest.fixture(scope="module")

@@ -130,10 +130,10 @@ def test_against_mean_average_precision_package():
 # ---- the incremental scorer against the reference ---------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from tests.helpers import synth_split
+    from tests.helpers import shared_synth_split
 
-    return demo_cache("demo", synth_split(tmp_path_factory, "voc-incr", num_images=40, seed=5,
-                                          splits=(0.5, 0.25, 0.25)))
+    return demo_cache("demo", shared_synth_split(tmp_path_factory, "voc-incr", num_images=40, seed=5,
+                                                 splits=(0.5, 0.25, 0.25)))
 
 
 def with_difficult(gt: dict, every: int = 4) -> dict:
