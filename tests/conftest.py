@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import DEMO_SPLIT, build_once, demo_export_args, shared_synth_split
+from tests.helpers import DEMO_SPLIT, build_cache, build_once, demo_export_args, shared_synth_split
 
 
 def pytest_configure(config):
@@ -57,8 +57,9 @@ def demo_split(tmp_path_factory) -> tuple[str, dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def demo_export_run(tmp_path_factory, demo_split) -> tuple[Path, str, Path]:
-    """One full ``prune-and-export`` of the demo (search, choose, prune, export, parity, runtime matrix, report):
-    (export folder, the command's ``--json`` stdout, the candidate cache and search folder it used).
+    """One full ``prune-and-export`` of the demo (search, choose, prune, export, int8 graphs, parity, runtime
+    matrix, report): (export folder, the command's ``--json`` stdout, the cache of candidates and searches it used).
+    test_pipeline and test_int8 assert on it.
 
     Read-only: a test that changes the folder works on :func:`copy_of` it.
     """
@@ -67,11 +68,11 @@ def demo_export_run(tmp_path_factory, demo_split) -> tuple[Path, str, Path]:
     def build(folder: Path) -> None:
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
-            assert main(demo_export_args(demo_split, folder / "demo", "--json")) == 0
+            assert main(demo_export_args(demo_split, folder / "demo", "--int8", "--json")) == 0
         (folder / "stdout.json").write_text(stdout.getvalue())
 
     folder = build_once(tmp_path_factory, "demo_export", build)
-    return folder / "demo", (folder / "stdout.json").read_text(), folder / "cache"
+    return folder / "demo", (folder / "stdout.json").read_text(), build_cache(folder)
 
 
 @pytest.fixture(scope="session")

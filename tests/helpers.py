@@ -64,7 +64,7 @@ def _env(name: str, value: str):
 def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """The folder ``name``, built by ``build(folder)`` once per test session, shared by all xdist workers.
 
-    The first worker to ask builds it under a file lock, with a cache of its own (``folder/cache``, so a
+    The first worker to ask builds it under a file lock, with a cache of its own (:func:`build_cache`, so a
     test can reuse the build's candidate cache and search); the others wait and reuse it. A failed build
     leaves no mark, so the next asker retries (and fails the same way, in its own test).
     """
@@ -78,12 +78,17 @@ def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
             state = torch.get_rng_state()
             torch.manual_seed(0)
             try:
-                with _env("EDGEANCHOR_CACHE", str(folder / "cache")):
+                with _env("EDGEANCHOR_CACHE", str(build_cache(folder))):
                     build(folder)
             finally:
                 torch.set_rng_state(state)
             done.write_text("built\n")
     return folder
+
+
+def build_cache(folder: Path) -> Path:
+    """The ``EDGEANCHOR_CACHE`` that :func:`build_once` gave the build of ``folder`` (candidate caches, searches)."""
+    return folder.with_name(f"{folder.name}.cache")
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:

@@ -1,6 +1,7 @@
 """ONNX export against eager PyTorch, the TensorRT graph rewrite, and TensorRT's optional paths."""
 
 import dataclasses
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -18,7 +19,7 @@ from edgeanchor.exporting.graphs import NMS_SCORE_FLOOR, SENTINEL, NonMaxSuppres
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.pruning import prune
 
-from tests.helpers import randomize_head_biases
+from tests.helpers import build_once, randomize_head_biases
 
 # name -> (input size, num_classes); RetinaNet is small so its ResNet-50 exports in seconds.
 MODELS = {"edgeanchor:demo_ssd": ((320, 320), 6), "torchvision:retinanet_resnet50_fpn": ((128, 128), 5)}
@@ -58,16 +59,26 @@ def detectors():
 
 @pytest.fixture(scope="module")
 def exported(detectors, tmp_path_factory):
-    """Each case exported once (default opset, simplified); case -> (detector, result)."""
+    """Each case exported once per session (default opset, simplified); case -> (detector, result). Read-only."""
     cache = {}
 
     def get(case):
         if case not in cache:
-            out = tmp_path_factory.mktemp("export")
-            cache[case] = (detectors[case], export_onnx(detectors[case], out))
+            name = f"export-{case[0].replace(':', '-')}-{'pruned' if case[1] else 'full'}"
+            cache[case] = (detectors[case], shared_export(tmp_path_factory, name, detectors[case]))
         return cache[case]
 
     return get
+
+
+def shared_export(tmp_path_factory, name: str, det, **kwargs) -> dict:
+    """export_onnx(det, folder, **kwargs), run once per test session (all xdist workers): its result."""
+
+    def build(root):
+        (root / "graphs").mkdir()
+        (root / "result.pkl").write_bytes(pickle.dumps(export_onnx(det, root / "graphs", **kwargs)))
+
+    return pickle.loads((build_once(tmp_path_factory, name, build) / "result.pkl").read_bytes())
 
 
 def conv_counts(result):
@@ -280,8 +291,7 @@ def test_model_graph_nms_threshold_is_not_negative(exported):
 @pytest.fixture(scope="module")
 def decoded(detectors, tmp_path_factory):
     det = detectors[("edgeanchor:demo_ssd", True)]
-    out = tmp_path_factory.mktemp("decoded")
-    return det, export_onnx(det, out, decoded=True)
+    return det, shared_export(tmp_path_factory, "export-decoded", det, decoded=True)
 
 
 def test_decoded_graph_matches_pytorch(decoded):

@@ -1,7 +1,5 @@
 """prune-and-export --int8: QDQ graphs of backbone and head, an fp32 post-processing, calibration, mAP, report."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -9,7 +7,6 @@ import onnx
 import pytest
 import torch
 
-from edgeanchor.cli import build_parser, main
 from edgeanchor.datasets.coco import CocoDetection
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.exporting import make_session, run_session
@@ -17,43 +14,22 @@ from edgeanchor.exporting.folder import ExportFolder
 from edgeanchor.exporting.int8 import (CalibrationReader, Int8Spec, calibration_images, calibration_indices,
                                     check_int8_spec, join_graphs, op_counts, quantize_graph)
 from edgeanchor.exporting.parity import match_detections
-from edgeanchor.models import build_detector
 
-from tests.helpers import build_once, shared_synth_split
 
 VARIANTS = ("pruned", "baseline")
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return shared_synth_split(tmp_path_factory, "int8_split", num_images=30, seed=13, splits=(0.2, 0.4, 0.4))
-
-
-def no_runtime_matrix() -> list[str]:
-    """``--matrix-iters 0`` where prune-and-export has it: the runtime matrix times every graph; not tested here."""
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["prune-and-export"]
-    return ["--matrix-iters", "0"] if any("--matrix-iters" in a.option_strings for a in sub._actions) else []
+def split(demo_split):
+    return demo_split
 
 
 @pytest.fixture(scope="module")
-def export(split, tmp_path_factory):
-    """The trained demo, its deepest level dropped and every other anchor kept, exported with --int8."""
-    images, anns = split
-
-    def build(root):
-        det = build_detector("demo")
-        keep = [a.id for lv in det.anchor_set.levels[:-1] for a in lv.anchors[::2]]
-        (root / "keep.json").write_text(json.dumps(det.anchor_set.subset(keep).to_json()))
-        stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout):
-            assert main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"],
-                         "--report-ann", anns["test"], "--keep-anchors", str(root / "keep.json"), "--parity-images",
-                         "1", "--int8", *no_runtime_matrix(), "--out", str(root / "demo"), "--json"]) == 0
-        (root / "stdout.json").write_text(stdout.getvalue())
-
-    root = build_once(tmp_path_factory, "int8_export", build)
-    assert "int8" in json.loads((root / "stdout.json").read_text())  # quantization printed nothing else on stdout
-    return ExportFolder.open(root / "demo")
+def export(demo_export_run):
+    """The shared demo export (``--int8``): the trained demo, searched, pruned, exported with int8 graphs."""
+    folder, stdout, _ = demo_export_run
+    assert "int8" in json.loads(stdout)  # quantization printed nothing else on stdout
+    return ExportFolder.open(folder)
 
 
 def report_images(folder: ExportFolder, n: int = 4) -> list[np.ndarray]:
