@@ -80,6 +80,18 @@ def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
 
 
 @pytest.mark.slow
+def test_report_holds_the_runtime_matrix(demo_export):
+    """prune-and-export times every graph in every installed runtime (test_runtimes tests the matrix itself)."""
+    report = json.loads((demo_export / "report.json").read_text())
+    matrix = report["runtimes"]
+    assert matrix["iters"] == 1 and matrix["runtimes"]["onnxruntime"]["installed"]
+    cells = matrix["runtimes"]["onnxruntime"]["graphs"]
+    for graph in ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn"):
+        assert cells[graph]["loads"] and cells[graph]["parity"]["passed"], (graph, cells[graph])
+    assert "## Runtime matrix" in (demo_export / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_detections_output_is_fixed_shape(demo_export):
     model = onnx.load(str(demo_export / "model.onnx"))
     det = next(o for o in model.graph.output if o.name == "detections")
@@ -95,7 +107,7 @@ def test_rerun_reuses_the_search_and_refuses_existing_folder(split, demo_export_
     monkeypatch.setenv("EDGEANCHOR_CACHE", str(copy_of(cache, tmp_path)))
     assert main(demo_args(split, demo_export)) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert main(demo_args(split, demo_export, "--overwrite")) == 0
+    assert main(demo_args(split, demo_export, "--overwrite", "--matrix-iters", "0")) == 0  # the matrix: not tested
     err = capsys.readouterr().err
     assert "reusing candidate cache" in err and "resuming the search" in err
 
