@@ -28,7 +28,9 @@ def build_pair(name):
     return tv_model, wrap(name, tv_model, image_size=size).eval()
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+# the ResNet-50 RetinaNets take long: slow; the other architectures run in the fast tier
+@pytest.fixture(scope="module",
+                params=[pytest.param(n, marks=pytest.mark.slow) if "retinanet" in n else n for n in CASES])
 def pair(request):
     return (request.param, *build_pair(request.param))
 

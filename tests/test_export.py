@@ -27,6 +27,11 @@ CASES = [("edgeanchor:demo_ssd", False), ("edgeanchor:demo_ssd", True),
          ("torchvision:retinanet_resnet50_fpn", False), ("torchvision:retinanet_resnet50_fpn", True)]
 
 
+# ResNet-50 RetinaNet's exports take long: slow (the demo SSD's run in the fast tier)
+CASE_PARAMS = [pytest.param((n, p), id=f"{n.split(':')[1]}-{'pruned' if p else 'full'}",
+                            marks=[pytest.mark.slow] if "retinanet" in n else []) for n, p in CASES]
+
+
 def build(name):
     size, k = MODELS[name]
     torch.manual_seed(0)
@@ -87,7 +92,7 @@ def conv_counts(result):
 
 
 # ---- parity -------------------------------------------------------------
-@pytest.mark.parametrize("case", CASES, ids=[f"{n.split(':')[1]}-{'pruned' if p else 'full'}" for n, p in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_onnxruntime_matches_pytorch_on_all_four_graphs(exported, case):
     det, result = exported(case)
     assert all(result["simplified"].values()), result["simplify_notes"]
@@ -427,7 +432,7 @@ def test_build_engine(trt_graph, tmp_path, precision):
     assert names == {"images", *trt_export.TRT_OUTPUTS}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{n.split(':')[1]}-{'pruned' if p else 'full'}" for n, p in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_nms_free_graph_gives_the_best_candidates_in_fixed_shapes(exported, case):
     det, result = exported(case)
     model = onnx.load(result["files"]["model_nonms"])
