@@ -30,6 +30,7 @@ CASES = [("edgeanchor:demo_ssd", False), ("edgeanchor:demo_ssd", True),
 # ResNet-50 RetinaNet's exports take long: slow (the demo SSD's run in the fast tier)
 CASE_PARAMS = [pytest.param((n, p), id=f"{n.split(':')[1]}-{'pruned' if p else 'full'}",
                             marks=[pytest.mark.slow] if "retinanet" in n else []) for n, p in CASES]
+MODEL_PARAMS = [pytest.param(n, marks=[pytest.mark.slow] if "retinanet" in n else []) for n in MODELS]
 
 
 def build(name):
@@ -122,7 +123,7 @@ def test_parity_reports_a_broken_graph(exported, tmp_path):
 
 
 # ---- graph structure ----------------------------------------------------
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_detections_output_is_static_and_padded(exported, name):
     det, result = exported((name, True))
     max_det = det.postprocess_spec.detections_per_img
@@ -167,7 +168,7 @@ def test_pruned_head_has_fewer_output_channels_in_the_graph(exported):
     assert f"cls_{last}" not in outputs and f"box_{last}" not in outputs
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_dropped_level_leaves_no_conv_behind(exported, name):
     det, full = exported((name, False))
     pruned_det, pruned = exported((name, True))
