@@ -7,7 +7,6 @@ from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.models.registry import ARCHS, load_checkpoint, save_checkpoint, wrap
 from edgeanchor.postprocess import select
 from edgeanchor.pruning import prune
-
 from tests.helpers import randomize_head_biases
 
 # name -> (input size, num_classes, keep ids: partial levels + a dropped level)
@@ -28,7 +27,9 @@ def build_pair(name):
     return tv_model, wrap(name, tv_model, image_size=size).eval()
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+# the ResNet-50 RetinaNets take long: slow; the other architectures run in the fast tier
+@pytest.fixture(scope="module",
+                params=[pytest.param(n, marks=pytest.mark.slow) if "retinanet" in n else n for n in CASES])
 def pair(request):
     return (request.param, *build_pair(request.param))
 

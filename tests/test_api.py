@@ -11,8 +11,7 @@ import torch
 import edgeanchor as ea
 from edgeanchor.models import build_detector
 from edgeanchor.subset_search.run import choose_point
-
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 PUBLIC = ["AnchorSet", "BenchResult", "CheckFailed", "Data", "Detector", "EdgeAnchorError", "ExportFolder",
           "FrontPoint", "SearchResult", "__version__", "bench", "data", "evaluate", "export", "finetune", "inspect",
@@ -92,7 +91,7 @@ def pickle_round_trip(obj):
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    images, anns = synth_split(tmp_path_factory, "api_split", num_images=30, seed=7, splits=(0.34, 0.33, 0.33))
+    images, anns = shared_synth_split(tmp_path_factory, "api_split", num_images=30, seed=7, splits=(0.34, 0.33, 0.33))
     return images, anns
 
 
@@ -225,6 +224,7 @@ def test_wrap_a_yolov5_object_round_trips(tmp_path):
     _same_detections(det, ea.load(str(tmp_path / "y.pt")), (128, 160))
 
 
+@pytest.mark.slow
 def test_finetune_trains_a_copy(demo, split):
     images, anns = split
     pruned = ea.prune(demo, demo.anchor_set.ids[:12])
@@ -274,14 +274,12 @@ def test_synth_writes_the_same_set_as_the_command_and_guards_its_output(tmp_path
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
-    from edgeanchor.benchmark.accuracy import evaluate_export
+def test_export_settings_are_refused_before_anything_is_exported(demo, split, tmp_path):
     from edgeanchor.runtimes import is_installed
 
     images, anns = split
-    test, val = ea.data(images, anns["test"]), ea.data(images, anns["val"])
+    test = ea.data(images, anns["test"])
     pruned = ea.prune(demo, sorted(demo.anchor_set.ids)[::3])
-    # settings are refused before anything is exported
     for formats, message in ((("onnx", "coreml"), "unknown format 'coreml'"), (("openvino",), "must include onnx")):
         with pytest.raises(ea.EdgeAnchorError, match=message):
             ea.export(pruned, tmp_path / "bad", baseline=demo, data=test, formats=formats)
@@ -292,6 +290,14 @@ def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
             ea.export(pruned, tmp_path / "bad", baseline=demo, data=test, formats=("onnx", "tensorrt"))
     assert not (tmp_path / "bad").exists()
 
+
+@pytest.mark.slow
+def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
+    from edgeanchor.benchmark.accuracy import evaluate_export
+
+    images, anns = split
+    test, val = ea.data(images, anns["test"]), ea.data(images, anns["val"])
+    pruned = ea.prune(demo, sorted(demo.anchor_set.ids)[::3])
     folder = ea.export(pruned, tmp_path / "exp", baseline=demo, data=test, formats=["onnx"], int8=True,
                        calib_data=val, parity_images=2)
     assert not (folder.root / "openvino").exists() and "openvino" not in folder.report["export"]["pruned"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -26,21 +26,25 @@ import torch
 from edgeanchor.cli import main
 from edgeanchor.datasets.synth import generate
 from edgeanchor.models import build_detector, save_checkpoint
+from tests.helpers import build_once
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
-    """A small data set, a checkpoint, an anchor file and a baseline, copied into every row's folder."""
-    root = tmp_path_factory.mktemp("bad_input_template")
-    generate(root / "synth", num_images=20, seed=9, image_size=320, splits=(0.5, 0.25, 0.25), workers=1)
-    det = build_detector("demo")
-    save_checkpoint(det, root / "model.pt", meta={"note": "a checkpoint of ours"})
-    (root / "keep.anchors.json").write_text(json.dumps(det.anchor_set.subset([0, 1, 2]).to_json()))
-    (root / "notes.txt").write_text("the user's notes\n")
-    (root / "stuff").mkdir()
-    (root / "stuff" / "photo.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
-    return root
+    """A small data set, a checkpoint, an anchor file and a baseline, copied into every row's folder (built once
+    per session; read-only)."""
+
+    def build(root: Path) -> None:
+        generate(root / "synth", num_images=20, seed=9, image_size=320, splits=(0.5, 0.25, 0.25), workers=1)
+        det = build_detector("demo")
+        save_checkpoint(det, root / "model.pt", meta={"note": "a checkpoint of ours"})
+        (root / "keep.anchors.json").write_text(json.dumps(det.anchor_set.subset([0, 1, 2]).to_json()))
+        (root / "notes.txt").write_text("the user's notes\n")
+        (root / "stuff").mkdir()
+        (root / "stuff" / "photo.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+        (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
+
+    return build_once(tmp_path_factory, "bad_input_template", build)
 
 
 @dataclass

@@ -9,13 +9,12 @@ import pytest
 
 from edgeanchor.cli import build_parser, main
 from edgeanchor.models import build_detector
-
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "flags_split", num_images=30, seed=5, splits=(0.2, 0.4, 0.4))
+    return shared_synth_split(tmp_path_factory, "flags_split", num_images=30, seed=5, splits=(0.2, 0.4, 0.4))
 
 
 def fake_report(det) -> dict:
@@ -132,6 +131,7 @@ def demo_latency_model(det, path):
     return model
 
 
+@pytest.mark.slow
 def test_prune_and_export_with_cost_latency_and_a_given_latency_model(split, tmp_path, capsys):
     images, anns = split
     det = build_detector("demo")
@@ -139,7 +139,7 @@ def test_prune_and_export_with_cost_latency_and_a_given_latency_model(split, tmp
     out = tmp_path / "e"
     assert main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
                  anns["test"], "--cost", "latency", "--latency-model", str(tmp_path / "lm.json"), "--max-evals", "40",
-                 "--workers", "1", "--parity-images", "1", "--out", str(out), "--json"]) == 0
+                 "--workers", "1", "--parity-images", "1", "--matrix-iters", "0", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["chosen"]["cost"] == "latency"
     search = json.loads((out / "search.json").read_text())

@@ -36,7 +36,7 @@ def test_pruning_removes_exactly_the_sliced_macs(ssd300):
 
 
 @pytest.mark.parametrize("name", ["edgeanchor:demo_ssd", "torchvision:ssdlite320_mobilenet_v3_large",
-                                  "torchvision:retinanet_resnet50_fpn"])
+                                  pytest.param("torchvision:retinanet_resnet50_fpn", marks=pytest.mark.slow)])
 def test_head_macs_match_torchprofile(name):
     det = build_detector(name, image_size=(256, 256) if "retinanet" in name else None)
     cost = measure_cost(det)

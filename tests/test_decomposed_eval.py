@@ -165,9 +165,9 @@ def demo_outputs(tmp_path_factory):
     from edgeanchor.datasets.coco import CocoDetection
     from edgeanchor.evaluation.predict import predict
     from edgeanchor.models import build_detector
-    from tests.helpers import synth_split
+    from tests.helpers import shared_synth_split
 
-    images, anns = synth_split(tmp_path_factory, "decomposed", num_images=36, seed=5, splits=(0.34, 0.33, 0.33))
+    images, anns = shared_synth_split(tmp_path_factory, "decomposed", num_images=36, seed=5, splits=(0.34, 0.33, 0.33))
     det = build_detector("demo")
     data = CocoDetection(images, anns["val"], num_classes=det.num_classes, image_size=det.image_size)
     return anns["val"], predict(det, data, progress=False)

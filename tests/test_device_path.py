@@ -26,9 +26,6 @@ from edgeanchor.evaluation.coco_map import coco_map
 from edgeanchor.evaluation.predict import predict
 from edgeanchor.exporting.folder import FORMAT_VERSION, ExportFolder
 from edgeanchor.runtimes import is_installed
-from edgeanchor.models import build_detector
-from edgeanchor.pruning import prune
-from tests.helpers import synth_split
 
 # Makes torch and torchvision unimportable, as on a device where they are not installed:
 # `import torch` raises ModuleNotFoundError and importlib.util.find_spec("torch") is None.
@@ -36,16 +33,9 @@ BLOCK_TORCH = "import sys\nfor _name in ('torch', 'torchvision'):\n    sys.modul
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
+def export(demo_keep_export):
     """A format-2 export of the trained demo with a keep set that drops the last level (report split: 6 images)."""
-    from edgeanchor.pipeline import write_export
-
-    images, anns = synth_split(tmp_path_factory, "device_split", num_images=12, seed=7, splits=(0.5, 0.25, 0.25))
-    det = build_detector("demo")
-    level = det.anchor_set.level_of()
-    keep = [i for i in det.anchor_set.ids if level[i] < len(det.anchor_set.levels) - 1][::2]
-    out = tmp_path_factory.mktemp("device") / "exp"
-    return write_export(det, prune(det, keep), out, data=images, report_ann=anns["train"], num_parity_images=1)
+    return demo_keep_export
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +57,7 @@ def run_cli(env, *args):
 # ---------------------------------------------------------------------------------------- the folder
 
 
+@pytest.mark.slow
 def test_format_2_folder_holds_what_the_device_needs(export):
     report = export.report
     assert report["format_version"] == FORMAT_VERSION == 2
@@ -85,6 +76,7 @@ def test_format_2_folder_holds_what_the_device_needs(export):
                                                                                        "NCHW")
 
 
+@pytest.mark.slow
 def test_format_1_folder_still_works_with_torch_and_gives_the_same_map(export, tmp_path):
     old = tmp_path / "v1"
     shutil.copytree(export.root, old)
@@ -99,6 +91,7 @@ def test_format_1_folder_still_works_with_torch_and_gives_the_same_map(export, t
     assert evaluate_export(v1, progress=False)["mAP"] == evaluate_export(export, progress=False)["mAP"]
 
 
+@pytest.mark.slow
 def test_an_export_without_its_images_says_where_to_point(export, tmp_path, capsys):
     bare = tmp_path / "bare"  # as a split too large to bundle, on a machine without its recorded folder
     shutil.copytree(export.root, bare, ignore=shutil.ignore_patterns("images"))
@@ -135,6 +128,7 @@ def test_letterbox_and_box_mapping_hand_worked(tmp_path):
 # ---------------------------------------------------------------------------------------- accuracy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_deployed_map_agrees_with_pytorch(export, runtime):
     if not is_installed(runtime):
@@ -151,6 +145,7 @@ def test_deployed_map_agrees_with_pytorch(export, runtime):
         assert got["pytorch_mAP"] == pytest.approx(ref["mAP"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_nms_input_counts_from_the_graph_equal_the_checkpoints(export):
     from edgeanchor.benchmark.harness import load_images
     from edgeanchor.benchmark.nms_count import NmsCounter
@@ -176,6 +171,7 @@ def test_a_missing_coco_evaluator_falls_back_or_says_so(monkeypatch):
 # ---------------------------------------------------------------------------------------- without torch
 
 
+@pytest.mark.slow
 def test_bench_evaluate_and_regress_run_without_torch(export, no_torch_env, tmp_path):
     env, root = no_torch_env, str(export.root)
     bench = run_cli(env, "bench", root, "--iters", "2", "--warmup", "0", "--threads", "1",
@@ -202,6 +198,7 @@ def test_bench_evaluate_and_regress_run_without_torch(export, no_torch_env, tmp_
     assert rows["mAP deployed (model.onnx, onnxruntime fp32)"]["passed"] and "mAP (PyTorch)" not in rows
 
 
+@pytest.mark.slow
 def test_a_format_1_folder_without_torch_is_one_line(export, no_torch_env, tmp_path):
     old = tmp_path / "v1"
     shutil.copytree(export.root, old, ignore=shutil.ignore_patterns("data"))
@@ -237,6 +234,7 @@ def test_regress_gates_on_the_deployed_map():
     assert deployed_row(measured, other)["passed"] and deployed_row(measured, other)["bound"] == ">= 0.6850"
 
 
+@pytest.mark.slow
 def test_regress_refuses_a_baseline_of_another_runtime(export, tmp_path, capsys):
     from edgeanchor.regression import FORMAT
 
@@ -256,6 +254,7 @@ def test_regress_refuses_a_baseline_of_another_runtime(export, tmp_path, capsys)
 # ---------------------------------------------------------------------------------------- TensorRT up to the GPU
 
 
+@pytest.mark.slow
 def test_engine_paths_name_precision_tensorrt_version_and_gpu(export):
     path = export.engine_path("pruned", "model", "fp16", trt_version="10.3.0", gpu="NVIDIA Jetson Orin (nvgpu)")
     assert path == export.root / "tensorrt" / "model_fp16_trt10.3.0_nvidia-jetson-orin-nvgpu.engine"
@@ -263,6 +262,7 @@ def test_engine_paths_name_precision_tensorrt_version_and_gpu(export):
         export.root / "baseline" / "tensorrt"
 
 
+@pytest.mark.slow
 def test_tensorrt_without_its_parts_is_one_line(export, monkeypatch, no_torch_env):
     from edgeanchor.runtimes import check_precision
     from edgeanchor.runtimes import tensorrt as cudart  # the cuda-python helpers live with TensorRT

@@ -1,6 +1,7 @@
 """ONNX export against eager PyTorch, the TensorRT graph rewrite, and TensorRT's optional paths."""
 
 import dataclasses
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -12,19 +13,24 @@ import torch
 from onnx import TensorProto, helper
 
 from edgeanchor.errors import EdgeAnchorError
-from edgeanchor.exporting import check_parity, export_decoded_onnx, export_onnx, make_session, run_session
-from edgeanchor.exporting import onnx_export, tensorrt as trt_export
-from edgeanchor.runtimes import tensorrt as trt_runtime
+from edgeanchor.exporting import check_parity, export_decoded_onnx, export_onnx, make_session, onnx_export, run_session
+from edgeanchor.exporting import tensorrt as trt_export
 from edgeanchor.exporting.graphs import NMS_SCORE_FLOOR, SENTINEL, NonMaxSuppression
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.pruning import prune
-
-from tests.helpers import randomize_head_biases
+from edgeanchor.runtimes import tensorrt as trt_runtime
+from tests.helpers import build_once, randomize_head_biases
 
 # name -> (input size, num_classes); RetinaNet is small so its ResNet-50 exports in seconds.
 MODELS = {"edgeanchor:demo_ssd": ((320, 320), 6), "torchvision:retinanet_resnet50_fpn": ((128, 128), 5)}
 CASES = [("edgeanchor:demo_ssd", False), ("edgeanchor:demo_ssd", True),
          ("torchvision:retinanet_resnet50_fpn", False), ("torchvision:retinanet_resnet50_fpn", True)]
+
+
+# ResNet-50 RetinaNet's exports take long: slow (the demo SSD's run in the fast tier)
+CASE_PARAMS = [pytest.param((n, p), id=f"{n.split(':')[1]}-{'pruned' if p else 'full'}",
+                            marks=[pytest.mark.slow] if "retinanet" in n else []) for n, p in CASES]
+MODEL_PARAMS = [pytest.param(n, marks=[pytest.mark.slow] if "retinanet" in n else []) for n in MODELS]
 
 
 def build(name):
@@ -59,16 +65,26 @@ def detectors():
 
 @pytest.fixture(scope="module")
 def exported(detectors, tmp_path_factory):
-    """Each case exported once (default opset, simplified); case -> (detector, result)."""
+    """Each case exported once per session (default opset, simplified); case -> (detector, result). Read-only."""
     cache = {}
 
     def get(case):
         if case not in cache:
-            out = tmp_path_factory.mktemp("export")
-            cache[case] = (detectors[case], export_onnx(detectors[case], out))
+            name = f"export-{case[0].replace(':', '-')}-{'pruned' if case[1] else 'full'}"
+            cache[case] = (detectors[case], shared_export(tmp_path_factory, name, detectors[case]))
         return cache[case]
 
     return get
+
+
+def shared_export(tmp_path_factory, name: str, det, **kwargs) -> dict:
+    """export_onnx(det, folder, **kwargs), run once per test session (all xdist workers): its result."""
+
+    def build(root):
+        (root / "graphs").mkdir()
+        (root / "result.pkl").write_bytes(pickle.dumps(export_onnx(det, root / "graphs", **kwargs)))
+
+    return pickle.loads((build_once(tmp_path_factory, name, build) / "result.pkl").read_bytes())
 
 
 def conv_counts(result):
@@ -77,7 +93,7 @@ def conv_counts(result):
 
 
 # ---- parity -------------------------------------------------------------
-@pytest.mark.parametrize("case", CASES, ids=[f"{n.split(':')[1]}-{'pruned' if p else 'full'}" for n, p in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_onnxruntime_matches_pytorch_on_all_four_graphs(exported, case):
     det, result = exported(case)
     assert all(result["simplified"].values()), result["simplify_notes"]
@@ -107,7 +123,7 @@ def test_parity_reports_a_broken_graph(exported, tmp_path):
 
 
 # ---- graph structure ----------------------------------------------------
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_detections_output_is_static_and_padded(exported, name):
     det, result = exported((name, True))
     max_det = det.postprocess_spec.detections_per_img
@@ -152,7 +168,7 @@ def test_pruned_head_has_fewer_output_channels_in_the_graph(exported):
     assert f"cls_{last}" not in outputs and f"box_{last}" not in outputs
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_dropped_level_leaves_no_conv_behind(exported, name):
     det, full = exported((name, False))
     pruned_det, pruned = exported((name, True))
@@ -281,8 +297,7 @@ def test_model_graph_nms_threshold_is_not_negative(exported):
 @pytest.fixture(scope="module")
 def decoded(detectors, tmp_path_factory):
     det = detectors[("edgeanchor:demo_ssd", True)]
-    out = tmp_path_factory.mktemp("decoded")
-    return det, export_onnx(det, out, decoded=True)
+    return det, shared_export(tmp_path_factory, "export-decoded", det, decoded=True)
 
 
 def test_decoded_graph_matches_pytorch(decoded):
@@ -418,7 +433,7 @@ def test_build_engine(trt_graph, tmp_path, precision):
     assert names == {"images", *trt_export.TRT_OUTPUTS}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{n.split(':')[1]}-{'pruned' if p else 'full'}" for n, p in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_nms_free_graph_gives_the_best_candidates_in_fixed_shapes(exported, case):
     det, result = exported(case)
     model = onnx.load(result["files"]["model_nonms"])

@@ -16,7 +16,6 @@ from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.pipeline import export_pair
 from edgeanchor.pruning import prune
-
 from tests.helpers import randomize_head_biases
 
 SIZE, K = (320, 320), 6
@@ -125,11 +124,12 @@ def test_fused_onnx_head_matches_the_plain_one_in_onnxruntime(variants, variant,
         np.testing.assert_allclose(fused[name], r, rtol=1e-3, atol=1e-5)  # parity's head tolerance
 
 
+@pytest.mark.slow
 def test_exported_pair_is_fused_recorded_and_in_parity(variants, tmp_path):
     """export_pair (prune-and-export's export step): report entries say fused_head; parity holds on all graphs."""
     images = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(11))
     folder = ExportFolder(tmp_path)
-    result = export_pair(folder, variants["full"], variants["pruned"], parity_images=images, log=lambda m: None)
+    result = export_pair(folder, variants["full"], variants["pruned"], images=images, log=lambda m: None)
     for variant, det in (("baseline", variants["full"]), ("pruned", variants["pruned"])):
         entry = result[variant]
         assert entry["fused_head"] is True
@@ -152,7 +152,7 @@ def small_non_fusable():
     }
 
 
-@pytest.mark.parametrize("name", ["retinanet", "yolov5n", "ssdlite"])
+@pytest.mark.parametrize("name", [pytest.param("retinanet", marks=pytest.mark.slow), "yolov5n", "ssdlite"])
 def test_non_fusable_heads_export_unchanged(name, tmp_path):
     # RetinaNet: separate cls and box towers; YOLO: Detect is one conv already; SSDLite: each branch has its own
     # depthwise block, so the final 1x1 convolutions read different tensors.

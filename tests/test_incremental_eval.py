@@ -13,15 +13,14 @@ from edgeanchor.evaluation.decomposed import pycocotools_map
 from edgeanchor.evaluation.incremental import ShardScorer, merge_map, shard_images
 from edgeanchor.models import build_detector
 from edgeanchor.postprocess import Candidates, PostprocessSpec, select
-
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 pytest.importorskip("pycocotools")
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "incr", num_images=60, seed=5, splits=(0.5, 0.25, 0.25))
+    return shared_synth_split(tmp_path_factory, "incr", num_images=60, seed=5, splits=(0.5, 0.25, 0.25))
 
 
 def demo_cache(name, split):

@@ -1,7 +1,5 @@
 """prune-and-export --int8: QDQ graphs of backbone and head, an fp32 post-processing, calibration, mAP, report."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -9,47 +7,36 @@ import onnx
 import pytest
 import torch
 
-from edgeanchor.cli import build_parser, main
 from edgeanchor.datasets.coco import CocoDetection
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.exporting import make_session, run_session
 from edgeanchor.exporting.folder import ExportFolder
-from edgeanchor.exporting.int8 import (CalibrationReader, Int8Spec, calibration_images, calibration_indices,
-                                    check_int8_spec, join_graphs, op_counts, quantize_graph)
+from edgeanchor.exporting.int8 import (
+    CalibrationReader,
+    Int8Spec,
+    calibration_images,
+    calibration_indices,
+    check_int8_spec,
+    join_graphs,
+    op_counts,
+    quantize_graph,
+)
 from edgeanchor.exporting.parity import match_detections
-from edgeanchor.models import build_detector
-
-from tests.helpers import synth_split
 
 VARIANTS = ("pruned", "baseline")
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "int8_split", num_images=30, seed=13, splits=(0.2, 0.4, 0.4))
-
-
-def no_runtime_matrix() -> list[str]:
-    """``--matrix-iters 0`` where prune-and-export has it: the runtime matrix times every graph; not tested here."""
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["prune-and-export"]
-    return ["--matrix-iters", "0"] if any("--matrix-iters" in a.option_strings for a in sub._actions) else []
+def split(demo_split):
+    return demo_split
 
 
 @pytest.fixture(scope="module")
-def export(split, tmp_path_factory):
-    """The trained demo, its deepest level dropped and every other anchor kept, exported with --int8."""
-    images, anns = split
-    root = tmp_path_factory.mktemp("int8")
-    det = build_detector("demo")
-    keep = [a.id for lv in det.anchor_set.levels[:-1] for a in lv.anchors[::2]]
-    (root / "keep.json").write_text(json.dumps(det.anchor_set.subset(keep).to_json()))
-    out, stdout = root / "demo", io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
-                     anns["test"], "--keep-anchors", str(root / "keep.json"), "--parity-images", "1", "--int8",
-                     *no_runtime_matrix(), "--out", str(out), "--json"]) == 0
-    assert "int8" in json.loads(stdout.getvalue())  # quantization printed nothing else on stdout
-    return ExportFolder.open(out)
+def export(demo_export_run):
+    """The shared demo export (``--int8``): the trained demo, searched, pruned, exported with int8 graphs."""
+    folder, stdout, _ = demo_export_run
+    assert "int8" in json.loads(stdout)  # quantization printed nothing else on stdout
+    return ExportFolder.open(folder)
 
 
 def report_images(folder: ExportFolder, n: int = 4) -> list[np.ndarray]:
@@ -62,6 +49,7 @@ def producers(model: onnx.ModelProto) -> dict:
     return {o: n for n in model.graph.node for o in n.output}
 
 
+@pytest.mark.slow
 def test_backbone_and_head_convolutions_are_wrapped_in_qdq(export):
     for variant in VARIANTS:
         for graph in ("backbone_int8", "head_int8"):
@@ -84,6 +72,7 @@ def test_backbone_and_head_convolutions_are_wrapped_in_qdq(export):
             onnx.checker.check_model(model, full_check=True)
 
 
+@pytest.mark.slow
 def test_model_int8_is_the_int8_stages_then_the_fp32_postprocess(export):
     for variant in VARIANTS:
         joined = onnx.load(str(export.graph_path(variant, "model_int8")))
@@ -106,6 +95,7 @@ def io_signature(model: onnx.ModelProto) -> list:
     return [sig(model.graph.input), sig(model.graph.output)]
 
 
+@pytest.mark.slow
 def test_model_int8_has_the_inputs_and_outputs_of_model_onnx(export):
     for variant in VARIANTS:
         fp32 = onnx.load(str(export.graph_path(variant, "model")))
@@ -116,6 +106,7 @@ def test_model_int8_has_the_inputs_and_outputs_of_model_onnx(export):
         assert out["detections"].shape == tuple(io_signature(fp32)[1][0][2])
 
 
+@pytest.mark.slow
 def test_joining_the_fp32_stages_gives_model_onnx_exactly(export):
     """The join that builds model_int8 is exact: fp32 backbone + head + postprocess == model.onnx, bit for bit."""
     import onnxruntime as ort
@@ -131,6 +122,7 @@ def test_joining_the_fp32_stages_gives_model_onnx_exactly(export):
             assert all(np.array_equal(got[k], want[k]) for k in want), variant
 
 
+@pytest.mark.slow
 def test_int8_outputs_are_close_to_fp32_on_the_trained_demo(export):
     for variant in VARIANTS:
         sessions = {g: make_session(export.graph_path(variant, g)) for g in ("backbone", "head", "head_int8",
@@ -152,6 +144,7 @@ def test_int8_outputs_are_close_to_fp32_on_the_trained_demo(export):
         assert total > 0 and matched / total >= 0.8, (variant, matched, total)
 
 
+@pytest.mark.slow
 def test_report_has_the_int8_section(export):
     report = export.report
     int8 = report["int8"]
@@ -182,11 +175,13 @@ def head_out_channels(path) -> int:
     return sum(inits[made_by[n.input[1]].input[0]].dims[0] for n in model.graph.node if n.op_type == "Conv")
 
 
+@pytest.mark.slow
 def test_pruned_int8_head_has_fewer_output_channels(export):
     pruned, base = (head_out_channels(export.graph_path(v, "head_int8")) for v in VARIANTS)
     assert 0 < pruned < base
 
 
+@pytest.mark.slow
 def test_calibration_is_seeded_and_quantization_deterministic(export, tmp_path):
     assert calibration_indices(100, 5, seed=0) == calibration_indices(100, 5, seed=0)
     assert calibration_indices(100, 5, seed=0) != calibration_indices(100, 5, seed=1)
@@ -219,6 +214,7 @@ def test_int8_settings_that_cannot_be_quantized_are_refused():
         check_int8_spec(Int8Spec(head_outputs="int4"))
 
 
+@pytest.mark.slow
 def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
     ov = pytest.importorskip("openvino")
     from edgeanchor.runtimes.openvino import compile_off_thread
@@ -240,6 +236,7 @@ def test_openvino_reads_and_compiles_the_int8_graphs_as_int8(export):
         assert abs(int(got["num_detections"][0]) - count) <= 1
 
 
+@pytest.mark.slow
 def test_the_export_folder_lists_the_int8_graphs_for_onnxruntime_and_openvino(export):
     assert {"backbone_int8", "head_int8", "model_int8"} <= set(export.graphs("baseline"))
     assert {"backbone_int8", "head_int8", "model_int8"} <= set(export.runtimes()["openvino"])

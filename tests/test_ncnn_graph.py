@@ -15,7 +15,6 @@ from edgeanchor.exporting.ncnn_graph import FORBIDDEN_OPS, NCNN_OPS, NcnnDecoded
 from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
 from edgeanchor.pruning import prune
-
 from tests.helpers import randomize_head_biases
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4

@@ -11,7 +11,6 @@ import pytest
 
 import edgeanchor as ea
 from edgeanchor.cli import build_parser, main
-
 from tests.helpers import synth_split
 
 

@@ -15,8 +15,6 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeanchor.runtimes.opencv import OpenCvRunner, opencv_parity
-from edgeanchor.runtimes.opencv import load as import_cv2
 from edgeanchor.datasets.coco import letterbox_params, load_image, to_original
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.evaluation.predict import clip_original
@@ -25,8 +23,9 @@ from edgeanchor.exporting.parity import make_session, run_session
 from edgeanchor.models import build_detector
 from edgeanchor.pipeline import write_export
 from edgeanchor.pruning import prune
-
-from tests.helpers import synth_split
+from edgeanchor.runtimes.opencv import OpenCvRunner, opencv_parity
+from edgeanchor.runtimes.opencv import load as import_cv2
+from tests.helpers import build_once, shared_synth_split
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "opencv_deploy.py"
 MODELS = ("demo", "demo-yolo")
@@ -47,7 +46,7 @@ def example():
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "opencv_split", num_images=10, seed=17, splits=(0.0, 0.5, 0.5))
+    return shared_synth_split(tmp_path_factory, "opencv_split", num_images=10, seed=17, splits=(0.0, 0.5, 0.5))
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +59,11 @@ def exports(split, tmp_path_factory):
         if name not in cache:
             reference = build_detector(name)
             keep = {a.id for lv in reference.anchor_set.levels for p, a in enumerate(lv.anchors) if p % 2 == 0}
-            out = tmp_path_factory.mktemp("opencv_export") / name
-            cache[name] = write_export(reference, prune(reference, keep), out, data=images, report_ann=anns["test"],
-                                       check=False, log=lambda msg: None)
+            def build(root):
+                write_export(reference, prune(reference, keep), root / name, data=images, report_ann=anns["test"],
+                             check=False, log=lambda msg: None)
+
+            cache[name] = ExportFolder.open(build_once(tmp_path_factory, f"opencv_export-{name}", build) / name)
         return cache[name]
 
     return get
@@ -82,6 +83,7 @@ def test_missing_opencv_is_one_line_naming_the_extra(monkeypatch):
         OpenCvRunner({})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_nonms_graph_carries_its_rule_and_only_plain_ops(exports, name):
     folder = exports(name)
@@ -106,6 +108,7 @@ def test_nonms_graph_carries_its_rule_and_only_plain_ops(exports, name):
     assert int(meta["topk"]) == model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["pruned", "baseline"])
 @pytest.mark.parametrize("name", MODELS)
 def test_opencv_matches_onnxruntime(cv2, exports, name, variant):
@@ -134,6 +137,7 @@ def bgr_variants(cv2, path: Path, tmp_path: Path) -> list[tuple[str, np.ndarray]
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["pruned", "baseline"])
 @pytest.mark.parametrize("name", MODELS)
 def test_example_gives_model_onnx_detections(cv2, example, exports, name, variant, tmp_path):
@@ -171,6 +175,7 @@ def test_example_gives_model_onnx_detections(cv2, example, exports, name, varian
     assert checked > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_example_preprocessing_is_edgeanchors(cv2, example, exports, name, tmp_path):
     folder = exports(name)
@@ -193,6 +198,7 @@ def test_example_preprocessing_is_edgeanchors(cv2, example, exports, name, tmp_p
             assert np.all(blob[0][:, inside] == np.float32(7 / 255)) and np.all(blob[0][:, ~inside] == np.float32(114 / 255))
 
 
+@pytest.mark.slow
 def test_example_command_line(cv2, example, exports):
     folder = exports("demo-yolo")
     model, image = folder.graph_path("pruned", "model_nonms"), split_images(folder, 1)[0]
@@ -209,6 +215,7 @@ def test_example_command_line(cv2, example, exports):
     assert bad.returncode != 0 and "no NMS rule in its metadata" in bad.stderr
 
 
+@pytest.mark.slow
 def test_runner_times_three_stages_and_records_its_settings(cv2, exports):
     folder = exports("demo")
     graphs = {"backbone": folder.graph_path("pruned", "backbone"), "head": folder.graph_path("pruned", "head"),

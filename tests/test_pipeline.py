@@ -10,19 +10,13 @@ import torch
 from edgeanchor.cli import main
 from edgeanchor.datasets.synth import generate
 from edgeanchor.models import load_checkpoint
-
-from tests.helpers import synth_split
+from tests.helpers import copy_of
+from tests.helpers import demo_export_args as demo_args
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "pe_split", num_images=30, seed=21, splits=(0.2, 0.4, 0.4))
-
-
-def demo_args(split, out, *extra):
-    images, anns = split
-    return ["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
-            anns["test"], "--max-evals", "60", "--workers", "1", "--parity-images", "2", "--out", str(out), *extra]
+def split(demo_split):
+    return demo_split
 
 
 def conv_out_channels(path: Path) -> dict[str, int]:
@@ -43,13 +37,7 @@ def conv_out_channels(path: Path) -> dict[str, int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def demo_export(split, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pe") / "demo"
-    assert main(demo_args(split, out, "--json")) == 0
-    return out
-
-
+@pytest.mark.slow
 def test_export_folder_is_complete(demo_export):
     names = {"anchors.json", "pruned.pt", "model.onnx", "backbone.onnx", "head.onnx", "postprocess.onnx",
              "model_trt.onnx", "report.json", "report.md", "pareto.png", "search.json"}
@@ -59,6 +47,7 @@ def test_export_folder_is_complete(demo_export):
     assert not list(demo_export.parent.glob(".demo.*"))  # no temporary folder left behind
 
 
+@pytest.mark.slow
 def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
     report = json.loads((demo_export / "report.json").read_text())
     pruned = load_checkpoint(demo_export / "pruned.pt")
@@ -89,6 +78,19 @@ def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
     assert got["pytorch_mAP"] == report["mAP"]["pruned"] and abs(got["mAP"] - got["pytorch_mAP"]) <= 0.001
 
 
+@pytest.mark.slow
+def test_report_holds_the_runtime_matrix(demo_export):
+    """prune-and-export times every graph in every installed runtime (test_runtimes tests the matrix itself)."""
+    report = json.loads((demo_export / "report.json").read_text())
+    matrix = report["runtimes"]
+    assert matrix["iters"] == 1 and matrix["runtimes"]["onnxruntime"]["installed"]
+    cells = matrix["runtimes"]["onnxruntime"]["graphs"]
+    for graph in ("backbone", "head", "postprocess", "model", "model_nonms", "model_ncnn"):
+        assert cells[graph]["loads"] and cells[graph]["parity"]["passed"], (graph, cells[graph])
+    assert "## Runtime matrix" in (demo_export / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_detections_output_is_fixed_shape(demo_export):
     model = onnx.load(str(demo_export / "model.onnx"))
     det = next(o for o in model.graph.output if o.name == "detections")
@@ -97,14 +99,19 @@ def test_detections_output_is_fixed_shape(demo_export):
     assert [i.name for i in model.graph.input] == ["images"]
 
 
-def test_rerun_reuses_the_search_and_refuses_existing_folder(split, demo_export, capsys):
+@pytest.mark.slow
+def test_rerun_reuses_the_search_and_refuses_existing_folder(split, demo_export_run, capsys, tmp_path, monkeypatch):
+    demo_export, _, cache = demo_export_run
+    demo_export = copy_of(demo_export, tmp_path)  # the same run, its own folder and cache: it is overwritten
+    monkeypatch.setenv("EDGEANCHOR_CACHE", str(copy_of(cache, tmp_path)))
     assert main(demo_args(split, demo_export)) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert main(demo_args(split, demo_export, "--overwrite")) == 0
+    assert main(demo_args(split, demo_export, "--overwrite", "--matrix-iters", "0")) == 0  # the matrix: not tested
     err = capsys.readouterr().err
     assert "reusing candidate cache" in err and "resuming the search" in err
 
 
+@pytest.mark.slow
 def test_bench_runs_on_the_export(demo_export, capsys, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", str(demo_export), "--iters", "4", "--warmup", "1", "--threads", "1",
@@ -141,6 +148,7 @@ def random_ssdlite_weights(path: Path) -> None:
     torch.save(tv.state_dict(), path)
 
 
+@pytest.mark.slow
 def test_random_weight_ssdlite_with_user_data(tmp_path, capsys):
     """The same command on a real torchvision architecture, user weights and user data."""
     info = generate(tmp_path / "data", num_images=10, seed=5, image_size=320, splits=(0.2, 0.4, 0.4), workers=1)
@@ -149,7 +157,8 @@ def test_random_weight_ssdlite_with_user_data(tmp_path, capsys):
     out = tmp_path / "ssdlite"
     argv = ["prune-and-export", "--model", "torchvision:ssdlite320_mobilenet_v3_large", "--num-classes", "6",
             "--weights", str(weights), "--data", info["image_dir"], "--ann", info["annotations"]["val"],
-            "--max-evals", "40", "--workers", "1", "--parity-images", "2", "--out", str(out), "--json"]
+            "--max-evals", "40", "--workers", "1", "--parity-images", "2", "--matrix-iters", "0", "--out", str(out),
+            "--json"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     base = conv_out_channels(out / "baseline" / "head.onnx")
@@ -184,6 +193,7 @@ def test_bad_input(split, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
 
 
+@pytest.mark.slow
 def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo_export, tmp_path, capsys):
     base = tmp_path / "baseline.json"
     common = ["--export", str(demo_export), "--iters", "6", "--warmup", "1"]
@@ -228,6 +238,7 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
         assert "measured for another model or data" in err and err.count("error:") == 1
 
 
+@pytest.mark.slow
 def test_regress_bad_baseline(demo_export, tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text(json.dumps({"hello": 1}))

@@ -2,6 +2,7 @@
 matrix of the report, bench on every runtime, and the one-line errors for what a runtime cannot do."""
 
 import json
+import pickle
 import sys
 
 import numpy as np
@@ -11,37 +12,35 @@ from edgeanchor.cli import main
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.exporting.parity import check_parity
 from edgeanchor.runtimes import check_precision, open_graph, require
-from edgeanchor.models import build_detector
-from edgeanchor.pruning import prune
-
-from tests.helpers import synth_split
+from tests.helpers import build_once
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'edgeanchor[openvino]'")
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "rt_split", num_images=12, seed=5, splits=(0.5, 0.25, 0.25))
+def split(demo_keep_split):
+    return demo_keep_split
 
 
 @pytest.fixture(scope="module")
-def export(split, tmp_path_factory):
-    """A demo export (random weights with a keep set that drops the last level), IR and matrix included."""
+def export(demo_keep_export, demo_keep_split, tmp_path_factory):
+    """The demo export with a keep set that drops the last level (IR included), its two parity images, and
+    the runtime matrix on them (computed once per session)."""
     from edgeanchor.datasets.coco import CocoDetection
     from edgeanchor.exporting.matrix import runtime_matrix
-    from edgeanchor.pipeline import first_images, write_export
+    from edgeanchor.pipeline import first_images
 
-    images, anns = split
-    det = build_detector("demo")
-    level = det.anchor_set.level_of()
-    last = len(det.anchor_set.levels) - 1
-    keep = [i for i in det.anchor_set.ids if level[i] < last][::2]  # half the anchors, the last level dropped
-    out = tmp_path_factory.mktemp("rt") / "exp"
-    folder = write_export(det, prune(det, keep), out, data=images, report_ann=anns["train"], num_parity_images=2)
-    imgs = first_images(CocoDetection.for_detector(det, images, anns["train"]), 2)
-    return folder, imgs, runtime_matrix(folder, imgs, iters=3, threads=1)
+    images, anns = demo_keep_split
+    folder = demo_keep_export
+    imgs = first_images(CocoDetection.for_detector(folder.load_detector("baseline"), images, anns["train"]), 2)
+
+    def build(root):
+        (root / "matrix.pkl").write_bytes(pickle.dumps(runtime_matrix(folder, imgs, iters=3, threads=1)))
+
+    return folder, imgs, pickle.loads((build_once(tmp_path_factory, "rt_matrix", build) / "matrix.pkl").read_bytes())
 
 
+@pytest.mark.slow
 def test_openvino_ir_is_written_and_in_parity_at_f32(export):
     folder, _, _ = export
     for variant in ("pruned", "baseline"):
@@ -59,6 +58,7 @@ def test_openvino_ir_is_written_and_in_parity_at_f32(export):
     assert weights and all(str(op.get_output_element_type(0)) in ("<Type: 'float32'>", "f32") for op in weights)
 
 
+@pytest.mark.slow
 def test_openvino_f32_matches_onnxruntime_and_precision_is_recorded(export):
     folder, imgs, _ = export
     path = folder.graph_path("pruned", "model")
@@ -72,6 +72,7 @@ def test_openvino_f32_matches_onnxruntime_and_precision_is_recorded(export):
         np.testing.assert_allclose(b["detections"], a["detections"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_openvino_bf16_drifts_where_the_cpu_has_it(export):
     from edgeanchor.runtimes.openvino import capabilities as openvino_capabilities
 
@@ -90,6 +91,7 @@ def test_openvino_bf16_drifts_where_the_cpu_has_it(export):
     assert drift > 1e-4  # what an unset precision hint silently gives on such a CPU
 
 
+@pytest.mark.slow
 def test_parity_catches_a_runtime_that_differs(export):
     """bf16 is not f32: check_parity on OpenVINO bf16 fails the raw-tensor checks (when the CPU has bf16)."""
     from edgeanchor.runtimes.openvino import capabilities as openvino_capabilities
@@ -103,6 +105,7 @@ def test_parity_catches_a_runtime_that_differs(export):
     assert res["precision"] == "bf16" and not res["head"]["allclose"] and not res["passed"]
 
 
+@pytest.mark.slow
 def test_runtime_matrix_rows(export):
     folder, _, matrix = export
     rt = matrix["runtimes"]
@@ -122,6 +125,7 @@ def test_runtime_matrix_rows(export):
     assert matrix["machine"]["load_average_1_5_15min"] is not None
 
 
+@pytest.mark.slow
 def test_runtime_matrix_in_report_md(export):
     from edgeanchor.exporting.matrix import matrix_markdown
 
@@ -144,6 +148,7 @@ def test_precision_rules():
         check_precision("openvino", "fp64")
 
 
+@pytest.mark.slow
 def test_trt_only_graph_on_another_runtime(export):
     folder, _, _ = export
     for runtime in ("onnxruntime", "openvino", "opencv"):
@@ -151,6 +156,7 @@ def test_trt_only_graph_on_another_runtime(export):
             open_graph(runtime, folder.graph_path("pruned", "model_trt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime,module,extra", [("openvino", "openvino", "openvino"), ("opencv", "cv2", "opencv")])
 def test_missing_runtime_names_its_extra(runtime, module, extra, export, monkeypatch, capsys):
     folder, _, _ = export
@@ -162,6 +168,7 @@ def test_missing_runtime_names_its_extra(runtime, module, extra, export, monkeyp
     assert err[-1].startswith("error:") and f"edgeanchor[{extra}]" in err[-1] and len(err) == 1
 
 
+@pytest.mark.slow
 def test_bench_openvino_records_its_precision(export, tmp_path):
     folder, _, _ = export
     out = tmp_path / "b.json"
@@ -173,6 +180,7 @@ def test_bench_openvino_records_its_precision(export, tmp_path):
     assert set(result["ratio_of_medians"]) == {"backbone", "head", "postprocess", "end_to_end"}
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_graph_choice(export, tmp_path, capsys):
     folder, _, _ = export
     out = tmp_path / "b.json"
@@ -183,6 +191,7 @@ def test_bench_end_to_end_graph_choice(export, tmp_path, capsys):
     assert "is for TensorRT only" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pruned_export_is_smaller_in_every_runtime(export):
     """The pruned head's outputs have fewer channels in OpenVINO's compiled model too."""
     folder, _, _ = export
@@ -194,6 +203,7 @@ def test_pruned_export_is_smaller_in_every_runtime(export):
     assert chans["pruned"] < chans["baseline"]
 
 
+@pytest.mark.slow
 def test_training_with_loader_workers_then_openvino_in_one_process(split, tmp_path):
     """Killed by SIGSEGV (SI_KERNEL) before OpenVINO compiled off the main thread: a training run with
     DataLoader workers, then prune-and-export with OpenVINO, in one process (see compile_off_thread)."""

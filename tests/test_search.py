@@ -20,13 +20,12 @@ from edgeanchor.pruning import prune
 from edgeanchor.subset_search.costs import build_cost_model
 from edgeanchor.subset_search.run import SearchSpec, run_search
 from edgeanchor.subset_search.tree import pareto_front
-
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "split", num_images=48, seed=11, splits=(0.34, 0.33, 0.33))
+    return shared_synth_split(tmp_path_factory, "split", num_images=48, seed=11, splits=(0.34, 0.33, 0.33))
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,14 @@ from edgeanchor.models import build_detector, load_checkpoint, save_checkpoint
 from edgeanchor.pruning import prune
 from edgeanchor.train import loop
 from edgeanchor.train.losses import detection_loss
-
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 SIZE = ["--image-size", "128", "128"]
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return synth_split(tmp_path_factory, "synth", num_images=20, seed=3, splits=(0.6, 0.2, 0.2), image_size=128)
+    return shared_synth_split(tmp_path_factory, "synth", num_images=20, seed=3, splits=(0.6, 0.2, 0.2), image_size=128)
 
 
 def train_args(synth, out, *extra):
@@ -28,6 +27,7 @@ def train_args(synth, out, *extra):
             "--batch-size", "4", "--warmup-iters", "1", "--workers", "0", "--no-progress", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(synth):
     images, anns = synth
     det = build_detector("edgeanchor:demo_ssd", image_size=(128, 128))
@@ -55,6 +55,7 @@ def test_retinanet_loss_is_finite_and_differentiable():
     assert det.cls_logits.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_rebuildable_checkpoint(synth, tmp_path, capsys):
     out = tmp_path / "m.pt"
     assert main(train_args(synth, out, "--model", "edgeanchor:demo_ssd", *SIZE, "--json")) == 0
@@ -65,6 +66,7 @@ def test_train_cli_writes_a_rebuildable_checkpoint(synth, tmp_path, capsys):
     assert "train_state" not in torch.load(out, weights_only=True)  # finished runs keep no optimizer state
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run(synth, tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.pt"
     real = loop._train_epoch
@@ -87,6 +89,7 @@ def test_resume_continues_an_interrupted_run(synth, tmp_path, monkeypatch, capsy
     assert [e["epoch"] for e in record["epochs"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_init_from_a_pruned_checkpoint_keeps_its_anchors(synth, tmp_path):
     det = build_detector("edgeanchor:demo_ssd", image_size=(128, 128))
     keep = [a.id for lv in det.anchor_set.levels[:3] for a in lv.anchors[:2]]
@@ -120,6 +123,7 @@ def test_train_bad_input(synth, tmp_path, capsys):
     assert not (tmp_path / "y.pt").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_matches_pycocotools_on_written_detections(synth, tmp_path, capsys):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

@@ -25,18 +25,22 @@ from edgeanchor.datasets.synth import generate
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.evaluation.cache import load_or_build_cache
 from edgeanchor.models import build_detector
+from tests.helpers import build_once
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust")
-    info = generate(root / "synth", num_images=24, seed=4, image_size=320, splits=(0.5, 0.25, 0.25), workers=1)
-    train = json.loads(Path(info["annotations"]["train"]).read_text())
-    train["images"] = train["images"][:8]
-    keep = {im["id"] for im in train["images"]}
-    train["annotations"] = [a for a in train["annotations"] if a["image_id"] in keep]
-    (root / "train8.json").write_text(json.dumps(train))
-    return root, info["image_dir"], str(root / "train8.json"), info["annotations"]["val"]
+    def build(root):
+        info = generate(root / "synth", num_images=24, seed=4, image_size=320, splits=(0.5, 0.25, 0.25), workers=1)
+        train = json.loads(Path(info["annotations"]["train"]).read_text())
+        train["images"] = train["images"][:8]
+        keep = {im["id"] for im in train["images"]}
+        train["annotations"] = [a for a in train["annotations"] if a["image_id"] in keep]
+        (root / "train8.json").write_text(json.dumps(train))
+
+    root = build_once(tmp_path_factory, "trust", build)
+    synth = root / "synth"
+    return root, str(synth / "images"), str(root / "train8.json"), str(synth / "annotations" / "val.json")
 
 
 def train_argv(images, ann, out, *extra):
@@ -52,6 +56,7 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_seed_fixes_the_initial_weights_and_the_whole_run(small, tmp_path):
     """Same seed, same weights, whatever the number of loader workers (augmentation is drawn per sample)."""
     _, images, ann, _ = small
@@ -63,6 +68,7 @@ def test_seed_fixes_the_initial_weights_and_the_whole_run(small, tmp_path):
     assert not same_weights(weights(tmp_path / "a.pt"), weights(tmp_path / "c.pt"))
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_loader_workers(small, tmp_path, monkeypatch):
     import edgeanchor.train.loop as loop
 
@@ -85,6 +91,7 @@ def test_resume_is_exact_with_loader_workers(small, tmp_path, monkeypatch):
     assert [e["loss"] for e in full["meta"]["train"]["epochs"]] == [e["loss"] for e in resumed["meta"]["train"]["epochs"]]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(small, tmp_path):
     """torchrun, gloo, 1 epoch on 8 images: runs, is reproducible, only rank 0 reports; it differs from the
     single-process run with the same global batch as documented in edgeanchor.train.loop."""
@@ -148,10 +155,41 @@ def test_search_workers_exit_when_the_search_is_killed(small, tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    deadline = time.time() + 15
+    # A worker dies with its search even while still starting (worker_start ties it first, before torch);
+    # the deadline only bounds how long a busy machine takes to schedule that (two suites side by side).
+    deadline = time.time() + 60
     while time.time() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.2)
     assert not any(_alive(p) for p in workers), "scoring workers outlived their search"
+
+
+WORKER_START = """
+import ctypes, os, sys
+import edgeanchor.subset_search.worker_start as start
+assert "torch" not in sys.modules, "the worker's first module imports torch"
+start.exit_with_parent(int(sys.argv[1]))
+sig = ctypes.c_int(0)
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+print("alive", sig.value)
+"""
+
+
+def test_a_starting_worker_is_tied_to_its_search_before_importing_torch():
+    """The scoring workers' initializer (worker_start) imports no torch, asks the kernel for SIGKILL on the
+    search's death, and exits at once when the search is already gone (it died while the worker started)."""
+    from edgeanchor.subset_search.evaluator import Evaluator
+    from edgeanchor.subset_search.worker_start import init_worker
+
+    assert "init_worker" in Evaluator.__init__.__code__.co_names  # what the worker pool runs first
+    assert init_worker.__module__ == "edgeanchor.subset_search.worker_start"
+    run = [sys.executable, "-c", WORKER_START]
+    alive = subprocess.run([*run, str(os.getpid())], capture_output=True, text=True, timeout=120)
+    assert alive.returncode == 0, alive.stderr[-2000:]
+    expected = signal.SIGKILL if sys.platform.startswith("linux") else 0
+    assert alive.stdout.split() == ["alive", str(int(expected))]
+    orphan = subprocess.run([*run, str(os.getpid() + 10**7)], capture_output=True, text=True, timeout=120)
+    assert orphan.returncode == 1 and "alive" not in orphan.stdout, orphan.stderr[-2000:]
 
 
 def test_candidate_cache_follows_the_image_contents(small, tmp_path):
@@ -213,6 +251,7 @@ def test_16_bit_png_loads_at_its_true_brightness(tmp_path):
     assert wide.mode == "I" and np.asarray(_to_rgb8(wide))[0, 10].tolist() == [128, 128, 128]
 
 
+@pytest.mark.slow
 def test_a_failed_parity_check_exits_1_and_writes_nothing(small, tmp_path, capsys, monkeypatch):
     import edgeanchor.exporting as export
 
@@ -227,7 +266,7 @@ def test_a_failed_parity_check_exits_1_and_writes_nothing(small, tmp_path, capsy
     monkeypatch.setattr(export, "check_parity", failing)
     out = tmp_path / "e"
     code = main(["prune-and-export", "--model", "demo", "--data", images, "--ann", val, "--max-evals", "10",
-                 "--workers", "1", "--parity-images", "1", "--out", str(out)])
+                 "--workers", "1", "--parity-images", "1", "--matrix-iters", "0", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip().splitlines()[-1]]
@@ -317,16 +356,18 @@ def _demo_template():
     return _TEMPLATE["t"]
 
 
+@pytest.mark.slow
 def test_a_search_is_not_resumed_on_other_images(small, tmp_path, capsys):
     """Replacing an image's contents invalidates stored search results, not only the candidate cache."""
     _, images, _, val = small
     data = tmp_path / "images"
     shutil.copytree(images, data)
     base = ["--model", "demo", "--data", str(data), "--ann", val, "--max-evals", "12", "--workers", "1"]
+    export = ["--parity-images", "1", "--matrix-iters", "0"]  # the runtime matrix is not under test here
     assert main(["search", *base, "--out", str(tmp_path / "s")]) == 0
-    assert main(["prune-and-export", *base, "--parity-images", "1", "--out", str(tmp_path / "e")]) == 0
+    assert main(["prune-and-export", *base, *export, "--out", str(tmp_path / "e")]) == 0
     capsys.readouterr()
-    assert main(["prune-and-export", *base, "--parity-images", "1", "--out", str(tmp_path / "e"),
+    assert main(["prune-and-export", *base, *export, "--out", str(tmp_path / "e"),
                  "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert "resuming the search" in err  # same images: the stored search is reused
@@ -335,7 +376,7 @@ def test_a_search_is_not_resumed_on_other_images(small, tmp_path, capsys):
     shutil.copy(data / files[1], data / files[0])  # another image of the split under the first one's name
     assert main(["search", *base, "--out", str(tmp_path / "s")]) == 2
     assert "annotations or images" in capsys.readouterr().err  # the user's search folder is not resumed
-    assert main(["prune-and-export", *base, "--parity-images", "1", "--out", str(tmp_path / "e"),
+    assert main(["prune-and-export", *base, *export, "--out", str(tmp_path / "e"),
                  "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert "resuming the search" not in err  # a new search, on the new images, in a new folder

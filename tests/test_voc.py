@@ -17,7 +17,6 @@ from edgeanchor.datasets.voc_writer import write_voc
 from edgeanchor.evaluation.incremental import ShardScorer, merge_map, shard_images
 from edgeanchor.evaluation.subset import SubsetScorer
 from edgeanchor.evaluation.voc_map import voc_map
-
 from tests.test_incremental_eval import demo_cache, random_subsets, reference_results
 
 
@@ -130,10 +129,10 @@ def test_against_mean_average_precision_package():
 # ---- the incremental scorer against the reference ---------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from tests.helpers import synth_split
+    from tests.helpers import shared_synth_split
 
-    return demo_cache("demo", synth_split(tmp_path_factory, "voc-incr", num_images=40, seed=5,
-                                          splits=(0.5, 0.25, 0.25)))
+    return demo_cache("demo", shared_synth_split(tmp_path_factory, "voc-incr", num_images=40, seed=5,
+                                                 splits=(0.5, 0.25, 0.25)))
 
 
 def with_difficult(gt: dict, every: int = 4) -> dict:

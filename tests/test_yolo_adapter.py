@@ -21,8 +21,7 @@ from edgeanchor.models.yolov5_arch import build_yolov5
 from edgeanchor.postprocess import select, yolo_decode, yolo_grid
 from edgeanchor.pruning import prune
 from edgeanchor.subset_search.costs import build_cost_model
-
-from tests.helpers import synth_split
+from tests.helpers import shared_synth_split
 
 SIZE = (128, 160)
 
@@ -211,7 +210,8 @@ def test_yolo_labels_have_no_background():
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "ysplit", num_images=16, seed=4, splits=(0.5, 0.25, 0.25), image_size=160)
+    return shared_synth_split(tmp_path_factory, "ysplit", num_images=16, seed=4, splits=(0.5, 0.25, 0.25),
+                              image_size=160)
 
 
 def test_cached_score_equals_sliced_model(split):
@@ -310,6 +310,7 @@ def test_exact_sigmoid_does_not_depend_on_position():
     assert exact_sigmoid(torch.zeros(0, 3)).shape == (0, 3)
 
 
+@pytest.mark.slow
 def test_overanchorized_yolo_fits_anchors_to_the_training_boxes(split, tmp_path, capsys):
     images_dir, anns = split
     out = tmp_path / "oa.pt"

@@ -179,11 +179,12 @@ def test_converted_file_is_rewritten_only_when_it_changes(yolo_set):
     assert len(data) == 5 and data.num_objects > 0
 
 
+@pytest.mark.slow
 def test_prune_and_export_and_train_on_a_yolo_set(yolo_set, tmp_path, capsys):
     root, _ = yolo_set
     data = str(root / "data.yaml")
     assert main(["prune-and-export", "--model", "demo", "--data", data, "--max-evals", "10", "--workers", "1",
-                 "--parity-images", "1", "--out", str(tmp_path / "e"), "--json"]) == 0
+                 "--parity-images", "1", "--matrix-iters", "0", "--out", str(tmp_path / "e"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["export"]["pruned"]["parity"]["passed"] and report["report_ann"] == report["search_ann"]  # no test
     assert main(["train", "--model", "edgeanchor:demo_ssd", "--data", data, "--epochs", "1", "--batch-size", "4",

@@ -120,7 +120,7 @@ def test_exact_prediction_gives_zero_box_loss_and_iou_objectness():
     det = fake_det()
     outs = head_outputs(det, fill=0.0)
     tgt = [target((6, 13, 16, 25), labels=[1])]
-    for (cls, box), t in zip(outs, build_targets(det.anchor_set, det.active_levels, tgt)):
+    for (_cls, box), t in zip(outs, build_targets(det.anchor_set, det.active_levels, tgt)):
         raw = box.detach().view(1, -1, 4, *box.shape[-2:])  # a view: writes reach ``box``
         # Invert the decode: xy = 2 s - .5 -> s = (xy + .5) / 2; wh = (2 s)^2 anchor -> s = sqrt(wh / anchor) / 2.
         s_xy = (t.box_xywh[:, :2] + 0.5) / 2

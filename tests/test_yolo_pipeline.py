@@ -12,24 +12,25 @@ from edgeanchor.evaluation.coco_map import coco_map
 from edgeanchor.evaluation.predict import predict
 from edgeanchor.models import build_detector, load_checkpoint
 from edgeanchor.models.registry import DEMO_YOLO_CHECKPOINT
-
-from tests.helpers import synth_split
+from tests.helpers import build_once, shared_synth_split
 from tests.test_pipeline import conv_out_channels
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return synth_split(tmp_path_factory, "yolo_pe_split", num_images=24, seed=31, splits=(0.2, 0.4, 0.4))
+    return shared_synth_split(tmp_path_factory, "yolo_pe_split", num_images=24, seed=31, splits=(0.2, 0.4, 0.4))
 
 
 @pytest.fixture(scope="module")
 def yolo_export(split, tmp_path_factory):
     images, anns = split
-    out = tmp_path_factory.mktemp("pe") / "demo-yolo"
-    assert main(["prune-and-export", "--model", "demo-yolo", "--data", images, "--ann", anns["val"], "--report-ann",
-                 anns["test"], "--max-evals", "40", "--workers", "1", "--parity-images", "2", "--out", str(out),
-                 "--nonms-topk", "50", "--json"]) == 0
-    return out
+
+    def build(root):  # the runtime matrix is not under test here
+        assert main(["prune-and-export", "--model", "demo-yolo", "--data", images, "--ann", anns["val"],
+                     "--report-ann", anns["test"], "--max-evals", "40", "--workers", "1", "--parity-images", "2",
+                     "--out", str(root / "demo-yolo"), "--nonms-topk", "50", "--matrix-iters", "0", "--json"]) == 0
+
+    return build_once(tmp_path_factory, "yolo_export", build) / "demo-yolo"
 
 
 def test_demo_yolo_is_a_trained_yolov5n_at_320():
@@ -41,6 +42,7 @@ def test_demo_yolo_is_a_trained_yolov5n_at_320():
     assert len(meta["train"]["epochs"]) == 30 and meta["train"]["epochs"][-1]["val"]["mAP"] > 0.5
 
 
+@pytest.mark.slow
 def test_export_prunes_detect_and_reports(yolo_export, split):
     images, anns = split
     report = json.loads((yolo_export / "report.json").read_text())
@@ -72,6 +74,7 @@ def test_export_prunes_detect_and_reports(yolo_export, split):
     assert report["export"]["pruned"]["parity"]["model_nonms"]["passed"]
 
 
+@pytest.mark.slow
 def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):
     assert main(["bench", str(yolo_export), "--iters", "3", "--warmup", "1", "--threads", "1", "--json"]) == 0
     bench = json.loads(capsys.readouterr().out)
@@ -88,6 +91,7 @@ def test_bench_and_regress_on_the_yolo_export(yolo_export, tmp_path, capsys):
     assert json.loads(base.read_text())["identity"]["arch"] == "yolov5:n"
 
 
+@pytest.mark.slow
 def test_deployed_map_is_checked_against_pytorch_with_the_graphs_rule(yolo_export, split, tmp_path, capsys):
     from edgeanchor.benchmark.accuracy import evaluate_export
     from edgeanchor.exporting.folder import ExportFolder
@@ -112,6 +116,7 @@ def test_deployed_map_is_checked_against_pytorch_with_the_graphs_rule(yolo_expor
     assert evaluate_export(folder, data=images, ann=anns["val"], progress=False)["pytorch_mAP"] is None
 
 
+@pytest.mark.slow
 def test_regress_refuses_a_yolo_baseline_without_a_deployed_map(yolo_export, tmp_path, capsys):
     base = tmp_path / "base.json"
     args = ["regress", "--baseline", str(base), "--export", str(yolo_export), "--iters", "2", "--warmup", "0"]

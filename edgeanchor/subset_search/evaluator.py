@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .costs import CostModel
+from .worker_start import init_worker
 
 if TYPE_CHECKING:
     from ..evaluation.subset import SubsetScorer
@@ -57,44 +58,14 @@ class Node:
                    float(obj["cost"]))
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """End this worker when the search process dies, even by SIGKILL (no orphans holding the cache).
-
-    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere: a
-    daemon thread polls the parent pid once a second, as a backstop.
-    """
-    import signal
-    import sys
-    import threading
-    import time
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before the hook was set
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, name="edgeanchor-parent-watch", daemon=True).start()
-
-
-def _init_worker(cache_path: str, ann: str, backend: str, parent_pid: int, metric: str = "coco") -> None:
+def load_worker_scorer(cache_path: str, ann: str, backend: str, metric: str = "coco") -> None:
+    """Load this worker process's scorer (called by :func:`.worker_start.init_worker`, after the worker
+    is tied to the search's life)."""
     import torch
 
     from ..evaluation.cache import CandidateCache
     from ..evaluation.subset import SubsetScorer
 
-    _exit_with_parent(parent_pid)
     torch.set_num_threads(1)
     _WORKER["scorer"] = SubsetScorer(CandidateCache.load(cache_path), ann, backend=backend, metric=metric)
 
@@ -154,7 +125,7 @@ class Evaluator:
                                                    metric=getattr(scorer, "metric", "coco"))
         elif workers > 1 and cache_path:
             ctx = multiprocessing.get_context("spawn")  # torch in the parent makes fork unsafe
-            self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
                                              initargs=(str(cache_path), str(ann), scorer.backend, os.getpid(),
                                                        getattr(scorer, "metric", "coco")))
             self._workers = workers
