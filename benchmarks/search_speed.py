@@ -53,7 +53,7 @@ from edgeanchor.evaluation.cache import CACHE_FORMAT, CandidateCache
 from edgeanchor.evaluation.coco_map import coco_map, load_gt
 from edgeanchor.evaluation.subset import SubsetScorer
 from edgeanchor.io import write_json
-from edgeanchor.postprocess import PostprocessSpec
+from edgeanchor.postprocess import PostprocessRule
 
 # COCO's 80 category ids: 1..90 with its ten gaps, so the label <-> category map is exercised.
 COCO_CAT_IDS = [c for c in range(1, 91) if c not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}]
@@ -231,7 +231,7 @@ def assemble_cache(parts: list, box_anchor: np.ndarray, layout_meta: dict, label
 
 # ---- the reference approach (a) --------------------------------------------
 def reference_detections(scores: torch.Tensor, boxes: torch.Tensor, keep_box: torch.Tensor,
-                         spec: PostprocessSpec):
+                         spec: PostprocessRule):
     """Detections of one image from its dense outputs, the removed anchors' scores taken as zero.
 
     Follows torchvision's ``SSD.postprocess_detections`` (per class: threshold,
@@ -357,7 +357,7 @@ def phase_dense(cfg: dict, workdir: Path) -> dict:
     for i in tqdm(range(m), desc="dense arrays", file=sys.stderr, disable=not cfg["progress"]):
         scores[i], boxes[i] = ssd_image(cfg["seed"], i, anchors)
     rss_filled = proc_status("VmRSS")
-    spec = PostprocessSpec.from_json(meta["spec"])
+    spec = PostprocessRule.from_json(meta["spec"])
     keep_box = ~torch.isin(torch.from_numpy(box_anchor), torch.tensor(FIXED_CANDIDATES[0][0]))
     st, bt = torch.from_numpy(scores), torch.from_numpy(boxes)
     for i in range(m):
@@ -433,7 +433,7 @@ def phase_timing(cfg: dict, workdir: Path) -> dict:
     """Both approaches on the same candidate subsets, interleaved, and incremental child scoring."""
     anchors, box_anchor, meta = load_layout(workdir, "ssd")
     ann = workdir / "ssd_ann.json"
-    spec = PostprocessSpec.from_json(meta["spec"])
+    spec = PostprocessRule.from_json(meta["spec"])
     cache = CandidateCache.load(workdir / "ssd_cache.npz")
     n, m, seed = cfg["num_images"], cfg["dense_images"], cfg["seed"]
     dense = [ssd_image(seed, i, anchors) for i in range(m)]

@@ -30,7 +30,7 @@ FORMAT = "edgeanchor.anchors/1"
 
 
 @dataclass(frozen=True)
-class AnchorSpec:
+class AnchorBox:
     """One anchor shape: ``w`` and ``h`` in input pixels, and its global id."""
 
     id: int
@@ -49,7 +49,7 @@ class AnchorSpec:
 
 
 @dataclass(frozen=True)
-class LevelSpec:
+class AnchorLevel:
     """One feature level.
 
     Attributes:
@@ -61,7 +61,7 @@ class LevelSpec:
 
     feature_size: tuple[int, int]
     stride: tuple[float, float] | None
-    anchors: tuple[AnchorSpec, ...] = field(default_factory=tuple)
+    anchors: tuple[AnchorBox, ...] = field(default_factory=tuple)
 
     @property
     def num_anchors(self) -> int:
@@ -79,13 +79,13 @@ class AnchorSet:
     Attributes:
         image_size: (H, W) of the model input, in pixels.
         centre_offset: anchor centre within a cell, in cells (0.5 centre, 0.0 corner).
-        levels: one :class:`LevelSpec` per feature level of the model; a pruned
+        levels: one :class:`AnchorLevel` per feature level of the model; a pruned
             set keeps every level, with empty levels for dropped ones.
     """
 
     image_size: tuple[int, int]
     centre_offset: float
-    levels: tuple[LevelSpec, ...]
+    levels: tuple[AnchorLevel, ...]
 
     # ---- queries -------------------------------------------------------
     @property
@@ -181,12 +181,12 @@ class AnchorSet:
             levels = []
             for lv in obj["levels"]:
                 stride = lv["stride"]
-                anchors = tuple(AnchorSpec(int(a["id"]), float(a["w"]), float(a["h"])) for a in lv["anchors"])
+                anchors = tuple(AnchorBox(int(a["id"]), float(a["w"]), float(a["h"])) for a in lv["anchors"])
                 for a in anchors:
                     if not (a.w > 0 and a.h > 0):
                         raise ValueError(f"anchor {a.id} has non-positive size {a.w}x{a.h}")
                 levels.append(
-                    LevelSpec(
+                    AnchorLevel(
                         feature_size=_pair(lv["feature_size"], int),
                         stride=None if stride is None else _pair(stride, float),
                         anchors=anchors,
@@ -287,7 +287,7 @@ def from_reference(obj: dict, template: AnchorSet) -> AnchorSet:
             if not (math.isfinite(scale) and math.isfinite(ratio) and scale > 0 and ratio > 0):
                 raise EdgeAnchorError(f"reference anchor ({scale}, {ratio}) must have positive, finite scale and ratio")
             anchors.append(
-                AnchorSpec(next(counter), base * scale / math.sqrt(ratio), base * scale * math.sqrt(ratio))
+                AnchorBox(next(counter), base * scale / math.sqrt(ratio), base * scale * math.sqrt(ratio))
             )
         levels.append(replace(level, anchors=tuple(anchors)))
     return replace(template, levels=tuple(levels))
@@ -337,7 +337,7 @@ def overanchorized(template: AnchorSet, *, num_scales: int = 3, ratios: Sequence
         for k in range(num_scales):
             size = base * 2.0 ** (k / num_scales)
             for r in ratios:
-                anchors.append(AnchorSpec(next(counter), size / math.sqrt(r), size * math.sqrt(r)))
+                anchors.append(AnchorBox(next(counter), size / math.sqrt(r), size * math.sqrt(r)))
         levels.append(replace(level, anchors=tuple(anchors)))
     return replace(template, levels=tuple(levels))
 
@@ -449,11 +449,11 @@ def from_default_box_generator(generator, image_size, feature_sizes) -> AnchorSe
             pairs = pairs.clamp(min=0, max=1)
         # Stored in float64 from the float32 pairs, so w / W gives back the same float32.
         anchors = tuple(
-            AnchorSpec(next(counter), float(w) * img_w, float(h) * img_h) for w, h in pairs.tolist()
+            AnchorBox(next(counter), float(w) * img_w, float(h) * img_h) for w, h in pairs.tolist()
         )
         step = None if generator.steps is None else (float(generator.steps[k]), float(generator.steps[k]))
         f_h, f_w = f_size
-        levels.append(LevelSpec(feature_size=(int(f_h), int(f_w)), stride=step, anchors=anchors))
+        levels.append(AnchorLevel(feature_size=(int(f_h), int(f_w)), stride=step, anchors=anchors))
     return AnchorSet(image_size=(int(img_h), int(img_w)), centre_offset=0.5, levels=tuple(levels))
 
 
@@ -469,10 +469,10 @@ def from_anchor_generator(generator, image_size, feature_sizes) -> AnchorSet:
     for cell, f_size in zip(generator.cell_anchors, feature_sizes):
         fh, fw = (int(v) for v in f_size)
         anchors = tuple(
-            AnchorSpec(next(counter), float(x2 - x1), float(y2 - y1)) for x1, y1, x2, y2 in cell.tolist()
+            AnchorBox(next(counter), float(x2 - x1), float(y2 - y1)) for x1, y1, x2, y2 in cell.tolist()
         )
         stride = (float(img_h // fh), float(img_w // fw))
-        levels.append(LevelSpec(feature_size=(fh, fw), stride=stride, anchors=anchors))
+        levels.append(AnchorLevel(feature_size=(fh, fw), stride=stride, anchors=anchors))
     return AnchorSet(image_size=(int(img_h), int(img_w)), centre_offset=0.0, levels=tuple(levels))
 
 

@@ -156,14 +156,14 @@ def fitted_anchor_set(template, wh: np.ndarray, per_level: int, *, seed: int = 0
     """
     from dataclasses import replace
 
-    from .anchors import AnchorSpec
+    from .anchors import AnchorBox
 
     anchors = kmeans_anchors(wh, per_level * template.num_levels, seed=seed)
     levels, next_id = [], 0
     for level, shapes in zip(template.levels, assign_to_levels(anchors, template.num_levels)):
         specs = []
         for w, h in shapes:
-            specs.append(AnchorSpec(next_id, float(w), float(h)))
+            specs.append(AnchorBox(next_id, float(w), float(h)))
             next_id += 1
         levels.append(replace(level, anchors=tuple(specs)))
     return replace(template, levels=tuple(levels))

@@ -35,7 +35,7 @@ TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
-class ExportSettings:
+class ExportOptions:
     """What the export step writes and checks (``ea.export``'s and prune-and-export's export settings).
 
     Attributes:
@@ -84,9 +84,9 @@ class ExportSettings:
             raise EdgeAnchorError(f"`matrix_iters` must be >= 0 (got {self.matrix_iters}); 0 leaves the runtime "
                                   "matrix out")
         if self.int8:
-            from .exporting.int8 import Int8Spec, check_int8_spec
+            from .exporting.int8 import Int8Options, check_int8_options
 
-            check_int8_spec(Int8Spec(), opset=self.opset)
+            check_int8_options(Int8Options(), opset=self.opset)
         check_rule_values(self.deploy_score_thresh, self.deploy_nms_thresh, prefix="deploy_")
         from .evaluation.voc_map import METRICS
 
@@ -112,7 +112,7 @@ def search_dir(key: str, search) -> Path:
     return cache_root() / "searches" / f"{key[:16]}-{search.method}-{search.cost}-{floor}-tol{search.tol}{metric}"
 
 
-def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: ExportSettings, report_data,
+def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: ExportOptions, report_data,
                         calib_data=None, model_name: str, out, chosen: dict | None = None,
                         search_ann: str | None = None, finetuned_from=None, seconds: dict | None = None,
                         progress: bool = True, log=log) -> Report:
@@ -241,7 +241,7 @@ def first_images(dataset, n: int) -> torch.Tensor:
 
 
 def deployed(model, deploy: dict | None = None):
-    """``model`` with the post-processing rule of the exported graphs (see ``PostprocessSpec.for_deployment``).
+    """``model`` with the post-processing rule of the exported graphs (see ``PostprocessRule.for_deployment``).
 
     A shallow copy shares the weights; only its rule differs (YOLO: the "deploy" preset).
     """
@@ -344,7 +344,7 @@ def write_export(reference, pruned, out, *, data: str, report_ann: str, opset: i
     from .api.data import data_from_paths
     from .api.deploy import export_checked
 
-    settings = ExportSettings(opset=opset, parity_images=num_parity_images, check=check, openvino=openvino,
+    settings = ExportOptions(opset=opset, parity_images=num_parity_images, check=check, openvino=openvino,
                               int8=bool(int8_calib), tensorrt=tensorrt, matrix_iters=matrix_iters)
     settings.validate()
     calib = data_from_paths(*int8_calib) if int8_calib else None
@@ -393,7 +393,7 @@ def _int8(folder: ExportFolder, calib_set, report_set, as_deployed: DeployedMaps
     return result
 
 
-def _map_as_deployed(det, pruned, settings: ExportSettings, report_set, maps: VariantMaps) -> DeployedMaps:
+def _map_as_deployed(det, pruned, settings: ExportOptions, report_set, maps: VariantMaps) -> DeployedMaps:
     """Each variant's PyTorch COCO mAP on the report split with the rule of its exported graphs.
 
     This is what the deployed graph's mAP (``evaluate --export``, ``regress``) must equal up to runtime

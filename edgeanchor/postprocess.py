@@ -33,7 +33,7 @@ YOLO_PRESETS = {"val": (0.001, 0.6), "deploy": (0.25, 0.45)}
 
 
 @dataclass(frozen=True)
-class PostprocessSpec:
+class PostprocessRule:
     """How a detector turns head outputs into detections.
 
     Attributes:
@@ -60,7 +60,7 @@ class PostprocessSpec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_torchvision(cls, model, *, score_fn: str, topk_scope: str) -> PostprocessSpec:
+    def from_torchvision(cls, model, *, score_fn: str, topk_scope: str) -> PostprocessRule:
         """The rule of a torchvision SSD or RetinaNet model (its thresholds and box coder)."""
         wx, wy, ww, wh = (float(w) for w in model.box_coder.weights)
         return cls(
@@ -74,14 +74,14 @@ class PostprocessSpec:
         )
 
     @classmethod
-    def yolo(cls, preset: str = "val", *, max_det: int = 300, max_nms: int = 30000) -> PostprocessSpec:
+    def yolo(cls, preset: str = "val", *, max_det: int = 300, max_nms: int = 30000) -> PostprocessRule:
         """YOLOv5's rule with a preset ("val": 0.001 / 0.6, "deploy": 0.25 / 0.45); see :meth:`with_overrides`."""
         conf, iou = YOLO_PRESETS[preset]
         return cls(score_fn="yolo", topk_scope="all", score_thresh=float(conf), topk_candidates=int(max_nms),
                    nms_thresh=float(iou), detections_per_img=int(max_det), box_weights=(1.0, 1.0, 1.0, 1.0))
 
     def with_overrides(self, score_thresh: float | None = None, nms_thresh: float | None = None,
-                       max_det: int | None = None) -> PostprocessSpec:
+                       max_det: int | None = None) -> PostprocessRule:
         """This rule with the given values replaced (None keeps a value).
 
         Raises:
@@ -91,18 +91,18 @@ class PostprocessSpec:
         values = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": max_det}
         return replace(self, **{k: type(getattr(self, k))(v) for k, v in values.items() if v is not None})
 
-    def for_deployment(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessSpec:
+    def for_deployment(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessRule:
         """The rule the exported graphs use: YOLO's "deploy" preset; other models keep their own rule.
 
         Search and evaluation use the model's rule (YOLO: "val"); either value can be overridden.
         """
         spec = self
         if self.score_fn == "yolo":
-            spec = PostprocessSpec.yolo("deploy", max_det=self.detections_per_img, max_nms=self.topk_candidates)
+            spec = PostprocessRule.yolo("deploy", max_det=self.detections_per_img, max_nms=self.topk_candidates)
         return spec.with_overrides(score_thresh, nms_thresh)
 
     @classmethod
-    def from_json(cls, obj: dict) -> PostprocessSpec:
+    def from_json(cls, obj: dict) -> PostprocessRule:
         return cls(**{**obj, "box_weights": tuple(obj["box_weights"])})
 
 
@@ -168,7 +168,7 @@ def candidates(
     box_deltas: torch.Tensor,
     priors: torch.Tensor,
     image_size: tuple[int, int],
-    spec: PostprocessSpec,
+    spec: PostprocessRule,
 ) -> Candidates:
     """Every above-threshold candidate of one image.
 
@@ -240,7 +240,7 @@ def yolo_scores(cls_logits: torch.Tensor) -> torch.Tensor:
     return probs[:, 1:] * probs[:, :1]
 
 
-def decode(deltas: torch.Tensor, priors: torch.Tensor, spec: PostprocessSpec) -> torch.Tensor:
+def decode(deltas: torch.Tensor, priors: torch.Tensor, spec: PostprocessRule) -> torch.Tensor:
     """Decode (M, 4) box outputs against their (M, 4) anchors (torchvision's BoxCoder) or YOLO grid rows."""
     if spec.score_fn == "yolo":
         return yolo_decode(deltas, priors)
@@ -280,7 +280,7 @@ def yolo_decode(raw: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
 
 
-def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> torch.Tensor:
+def topk_indices(cands: Candidates, spec: PostprocessRule, level_starts: torch.Tensor) -> torch.Tensor:
     """Rows of ``cands`` that survive the per-class or per-level top-k, in model order.
 
     Equal to calling ``scores[group].topk(min(k, n))`` on each group in turn,
@@ -332,7 +332,7 @@ def topk_indices(cands: Candidates, spec: PostprocessSpec, level_starts: torch.T
     return kept
 
 
-def select_indices(cands: Candidates, spec: PostprocessSpec,
+def select_indices(cands: Candidates, spec: PostprocessRule,
                    level_starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows :func:`select` keeps: ``kept_idx`` (T,) rows of ``cands`` that entered NMS (see
     :func:`topk_indices`), and ``keep`` (D,) positions in ``kept_idx`` of the detections, in output order."""
@@ -345,7 +345,7 @@ def select_indices(cands: Candidates, spec: PostprocessSpec,
     return kept_idx, keep[: spec.detections_per_img]
 
 
-def select(cands: Candidates, spec: PostprocessSpec, level_starts: torch.Tensor) -> dict[str, torch.Tensor]:
+def select(cands: Candidates, spec: PostprocessRule, level_starts: torch.Tensor) -> dict[str, torch.Tensor]:
     """Top-k, class-aware NMS and max-detections on one image's candidates.
 
     Args:

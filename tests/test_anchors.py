@@ -8,9 +8,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBo
 from torchvision.models.detection.image_list import ImageList
 
 from edgeanchor.anchors import (
+    AnchorBox,
+    AnchorLevel,
     AnchorSet,
-    AnchorSpec,
-    LevelSpec,
     from_anchor_generator,
     from_default_box_generator,
     from_reference,
@@ -28,8 +28,8 @@ def tiny_set():
         image_size=(32, 32),
         centre_offset=0.5,
         levels=(
-            LevelSpec((2, 2), None, (AnchorSpec(0, 8.0, 16.0), AnchorSpec(1, 10.0, 10.0))),
-            LevelSpec((1, 1), None, (AnchorSpec(2, 30.0, 15.0),)),
+            AnchorLevel((2, 2), None, (AnchorBox(0, 8.0, 16.0), AnchorBox(1, 10.0, 10.0))),
+            AnchorLevel((1, 1), None, (AnchorBox(2, 30.0, 15.0),)),
         ),
     )
 
@@ -58,7 +58,7 @@ def test_grid_hand_worked():
 
 
 def test_grid_corner_convention_hand_worked():
-    s = AnchorSet((16, 16), 0.0, (LevelSpec((2, 2), (8.0, 8.0), (AnchorSpec(0, 4.0, 2.0),)),))
+    s = AnchorSet((16, 16), 0.0, (AnchorLevel((2, 2), (8.0, 8.0), (AnchorBox(0, 4.0, 2.0),)),))
     # centres at 0 and 8 (cell corners), half sizes 2 and 1
     assert grid_anchors(s)[0].tolist() == [[-2, -1, 2, 1], [6, -1, 10, 1], [-2, 7, 2, 9], [6, 7, 10, 9]]
 

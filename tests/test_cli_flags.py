@@ -67,12 +67,12 @@ def test_prune_and_export_json_tensorrt_and_split(split, tmp_path, captured, cap
         listener = socket.create_server(("127.0.0.1", 0))
         address = f"127.0.0.1:{listener.getsockname()[1]}"
         assert main(base + ["--executor", "ray", "--ray-address", address]) == 0
-        assert captured[-1].search_spec().ray_address == address
+        assert captured[-1].search_options().ray_address == address
         listener.close()
     # --min-map replaces the default --max-drop; no floor means max_drop 0.005
     assert main(base + ["--min-map", "0.3"]) == 0
-    assert (captured[-1].search_spec().min_map, captured[-1].search_spec().max_drop) == (0.3, None)
-    assert main(base) == 0 and captured[-1].search_spec().max_drop == 0.005
+    assert (captured[-1].search_options().min_map, captured[-1].search_options().max_drop) == (0.3, None)
+    assert main(base) == 0 and captured[-1].search_options().max_drop == 0.005
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,7 +12,7 @@ from edgeanchor.evaluation.cache import CACHE_FORMAT, CandidateCache, build_cach
 from edgeanchor.evaluation.decomposed import pycocotools_map
 from edgeanchor.evaluation.incremental import ShardScorer, merge_map, shard_images
 from edgeanchor.models import build_detector
-from edgeanchor.postprocess import Candidates, PostprocessSpec, select
+from edgeanchor.postprocess import Candidates, PostprocessRule, select
 from tests.helpers import shared_synth_split
 
 pytest.importorskip("pycocotools")
@@ -37,7 +37,7 @@ def demo(split):
 
 def reference_results(cache: CandidateCache, removed) -> list[dict]:
     """COCO results of ``removed`` from the model's select(), image by image (no shared code path)."""
-    spec = PostprocessSpec.from_json(cache.meta["postprocess_spec"])
+    spec = PostprocessRule.from_json(cache.meta["postprocess_spec"])
     level_starts = torch.tensor(cache.meta["level_starts"], dtype=torch.int64)
     cat_of = {int(v): int(k) for k, v in cache.meta["label_map"].items()}
     out = []

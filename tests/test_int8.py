@@ -13,10 +13,10 @@ from edgeanchor.exporting import make_session, run_session
 from edgeanchor.exporting.folder import ExportFolder
 from edgeanchor.exporting.int8 import (
     CalibrationReader,
-    Int8Spec,
+    Int8Options,
     calibration_images,
     calibration_indices,
-    check_int8_spec,
+    check_int8_options,
     join_graphs,
     op_counts,
     quantize_graph,
@@ -65,7 +65,7 @@ def test_backbone_and_head_convolutions_are_wrapped_in_qdq(export):
                 assert init.data_type == onnx.TensorProto.INT8  # symmetric int8 weights, one scale per channel
                 scale = next(t for t in model.graph.initializer if t.name == made_by[conv.input[1]].input[1])
                 assert list(scale.dims) == [init.dims[0]]
-            if graph == "head_int8":  # the last convolutions give float outputs (Int8Spec.head_outputs)
+            if graph == "head_int8":  # the last convolutions give float outputs (Int8Options.head_outputs)
                 assert all(made_by[o.name].op_type != "DequantizeLinear" for o in model.graph.output)
                 assert not any(made_by.get(i) and made_by[i].op_type == "Conv" for n in model.graph.node
                                if n.op_type == "QuantizeLinear" for i in n.input[:1])
@@ -193,9 +193,9 @@ def test_calibration_is_seeded_and_quantization_deterministic(export, tmp_path):
                                                   CalibrationReader.from_images(images))
     files = [tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"]
     for f, keep_float in zip(files, (True, True, False)):
-        quantize_graph(export.graph_path("pruned", "head"), f, reader, Int8Spec(), keep_outputs_float=keep_float)
+        quantize_graph(export.graph_path("pruned", "head"), f, reader, Int8Options(), keep_outputs_float=keep_float)
     assert files[0].read_bytes() == files[1].read_bytes()
-    # requantized outputs (Int8Spec.head_outputs "int8"): every head output comes out of a DequantizeLinear
+    # requantized outputs (Int8Options.head_outputs "int8"): every head output comes out of a DequantizeLinear
     requantized = onnx.load(str(files[2]))
     made_by = producers(requantized)
     assert all(made_by[o.name].op_type == "DequantizeLinear" for o in requantized.graph.output)
@@ -203,15 +203,15 @@ def test_calibration_is_seeded_and_quantization_deterministic(export, tmp_path):
 
 
 def test_int8_settings_that_cannot_be_quantized_are_refused():
-    check_int8_spec(Int8Spec(), opset=13)
+    check_int8_options(Int8Options(), opset=13)
     with pytest.raises(EdgeAnchorError, match="`opset` 11 is too old for int8"):
-        check_int8_spec(Int8Spec(), opset=11)
+        check_int8_options(Int8Options(), opset=11)
     with pytest.raises(EdgeAnchorError, match="unknown int8 calibration method 'entropy'"):
-        check_int8_spec(Int8Spec(method="entropy"))
+        check_int8_options(Int8Options(method="entropy"))
     with pytest.raises(EdgeAnchorError, match="at least 1 image"):
-        check_int8_spec(Int8Spec(num_images=0))
+        check_int8_options(Int8Options(num_images=0))
     with pytest.raises(EdgeAnchorError, match="unknown int8 head_outputs 'int4'"):
-        check_int8_spec(Int8Spec(head_outputs="int4"))
+        check_int8_options(Int8Options(head_outputs="int4"))
 
 
 @pytest.mark.slow

@@ -43,10 +43,10 @@ class Counts:
             monkeypatch.setattr(module, name, wrapper)
 
         counted(run, "resolve_method")
-        counted(run, "check_search_spec")
+        counted(run, "check_search_options")
         counted(run, "check_target_head_macs")
         counted(folder, "check_output")
-        counted(pipeline.ExportSettings, "validate", "ExportSettings.validate")
+        counted(pipeline.ExportOptions, "validate", "ExportOptions.validate")
         original_read = io.read_json
 
         def read_json(path, what="JSON file"):
@@ -83,10 +83,10 @@ def command_run(split, tmp_path_factory):
 def test_one_run_resolves_checks_and_parses_each_thing_once(command_run, split):
     out, counts = command_run
     assert counts.calls["resolve_method"] == 1
-    assert counts.calls["check_search_spec"] == 1
+    assert counts.calls["check_search_options"] == 1
     assert counts.calls["check_target_head_macs"] == 1
     assert counts.calls["check_output"] == 1
-    assert counts.calls["ExportSettings.validate"] == 1
+    assert counts.calls["ExportOptions.validate"] == 1
     _, anns = split
     for ann in (anns["val"], anns["test"]):  # the search split and the report split: each parsed once
         assert counts.reads[str(Path(ann).resolve())] == 1, (ann, counts.reads)

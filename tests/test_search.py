@@ -15,10 +15,10 @@ from edgeanchor.evaluation.predict import predict
 from edgeanchor.evaluation.subset import SubsetScorer
 from edgeanchor.models import build_detector
 from edgeanchor.models.registry import ARCHS, wrap
-from edgeanchor.postprocess import Candidates, PostprocessSpec, topk_indices
+from edgeanchor.postprocess import Candidates, PostprocessRule, topk_indices
 from edgeanchor.pruning import prune
 from edgeanchor.subset_search.costs import build_cost_model
-from edgeanchor.subset_search.run import SearchSpec, run_search
+from edgeanchor.subset_search.run import SearchOptions, run_search
 from edgeanchor.subset_search.tree import pareto_front
 from tests.helpers import shared_synth_split
 
@@ -141,12 +141,12 @@ def test_topk_indices_equals_per_group_topk_with_ties(scope):
             scores[0] = float("nan")
         cands = Candidates(torch.randint(0, 300, (m,), generator=gen), torch.randint(0, levels, (m,), generator=gen),
                            scores, torch.zeros(m, 4))
-        spec = PostprocessSpec("softmax", scope, 0.0, k, 0.5, 100, (1.0, 1.0, 1.0, 1.0))
+        spec = PostprocessRule("softmax", scope, 0.0, k, 0.5, 100, (1.0, 1.0, 1.0, 1.0))
         assert torch.equal(topk_indices(cands, spec, level_starts), _topk_loop(cands, spec, level_starts)), trial
     # torch.topk does not order ties stably (here [1, 3, 4, 0, 2]); topk_indices follows it
     tied = Candidates(torch.arange(5), torch.zeros(5, dtype=torch.int64), torch.tensor([0.5, 0.9, 0.5, 0.9, 0.5]),
                       torch.zeros(5, 4))
-    spec = PostprocessSpec("softmax", "class", 0.0, 5, 0.5, 100, (1.0, 1.0, 1.0, 1.0))
+    spec = PostprocessRule("softmax", "class", 0.0, 5, 0.5, 100, (1.0, 1.0, 1.0, 1.0))
     assert torch.equal(topk_indices(tied, spec, level_starts), tied.scores.topk(5).indices)
 
 
@@ -193,7 +193,7 @@ def test_cache_key_detects_other_weights(demo, split, tmp_path):
 
 
 def _spec(**kw):
-    return SearchSpec(**{"workers": 1, "max_evals": 120, "max_drop": 0.01, **kw})
+    return SearchOptions(**{"workers": 1, "max_evals": 120, "max_drop": 0.01, **kw})
 
 
 def test_greedy_search_is_deterministic_resumable_and_writes_outputs(demo, split, tmp_path, capsys):

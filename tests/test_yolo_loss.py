@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edgeanchor.anchors import AnchorSet, AnchorSpec, LevelSpec
+from edgeanchor.anchors import AnchorBox, AnchorLevel, AnchorSet
 from edgeanchor.errors import EdgeAnchorError
 from edgeanchor.train.yolo_loss import build_targets, yolov5_loss
 
@@ -20,8 +20,8 @@ OBJ_GAIN = 0.01
 def anchor_set(anchors=ANCHORS) -> AnchorSet:
     ids = iter(range(100))
     levels = tuple(
-        LevelSpec(feature_size=(64 // s, 64 // s), stride=(float(s), float(s)),
-                  anchors=tuple(AnchorSpec(next(ids), float(w), float(h)) for w, h in level))
+        AnchorLevel(feature_size=(64 // s, 64 // s), stride=(float(s), float(s)),
+                  anchors=tuple(AnchorBox(next(ids), float(w), float(h)) for w, h in level))
         for s, level in zip((8, 16, 32), anchors)
     )
     return AnchorSet(image_size=(64, 64), centre_offset=0.5, levels=levels)

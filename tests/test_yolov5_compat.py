@@ -15,7 +15,7 @@ import torch
 
 from edgeanchor.models import build_detector
 from edgeanchor.models.yolov5_checkpoint import read_yolov5_checkpoint
-from edgeanchor.postprocess import PostprocessSpec
+from edgeanchor.postprocess import PostprocessRule
 
 FIXTURE = Path(__file__).parent / "fixtures" / "yolov5"
 CKPT = FIXTURE / "yolov5n_nc3.pt"
@@ -63,7 +63,7 @@ def test_raw_detect_outputs_match(det, ref, images):
 
 @pytest.mark.parametrize("preset", ["val", "deploy"])
 def test_detections_equal_non_max_suppression(det, ref, images, preset):
-    det.postprocess_spec = PostprocessSpec.yolo(preset)
+    det.postprocess_spec = PostprocessRule.yolo(preset)
     with torch.no_grad():
         out = det(images)
     for i, o in enumerate(out):

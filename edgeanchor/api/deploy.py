@@ -72,11 +72,11 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
             format whose runtime is not installed here; all before anything is exported.
         CheckFailed: a runtime does not match PyTorch (nothing is written).
     """
-    from ..pipeline import ExportSettings
+    from ..pipeline import ExportOptions
 
     wanted = _check_formats(formats)
     tensorrt = ("int8" if int8 else "fp16") if "tensorrt" in wanted else None
-    settings = ExportSettings(opset=opset, parity_images=parity_images, check=check, openvino="openvino" in wanted,
+    settings = ExportOptions(opset=opset, parity_images=parity_images, check=check, openvino="openvino" in wanted,
                               int8=int8, tensorrt=tensorrt, matrix_iters=matrix_iters, nonms_topk=nonms_topk,
                               deploy_score_thresh=deploy_score_thresh, deploy_nms_thresh=deploy_nms_thresh,
                               metric=metric)
@@ -90,7 +90,7 @@ def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data
 def export_checked(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, report: Data,
                    calib: Data | None, settings: Any, overwrite: bool = False, model_name: str | None = None,
                    finetuned_from: Detector | None = None, progress: bool = True, log=None) -> ExportFolder:
-    """:func:`export` with its settings (an :class:`~edgeanchor.pipeline.ExportSettings`) already checked."""
+    """:func:`export` with its settings (an :class:`~edgeanchor.pipeline.ExportOptions`) already checked."""
     from ..exporting.folder import ExportFolder
     from ..io import log as default_log
     from ..pipeline import write_export_folder
@@ -240,7 +240,7 @@ def _prune_and_export(s: Any) -> ExportFolder:
 
     # 1. Every setting is checked once, before the model is built or any data is read or generated.
     s.validate()
-    spec, settings = s.search_spec(), s.export_settings()
+    spec, settings = s.search_options(), s.export_options()
     splits = roles(s.data, s.ann, split=s.split, report_ann=s.report_ann, train_ann=s.train_ann)  # lazy
     if s.finetune_epochs > 0 and splits.train is None:
         raise EdgeAnchorError("`finetune_epochs` needs training data: pass `train_ann` (a COCO file of the image "

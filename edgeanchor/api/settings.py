@@ -133,12 +133,12 @@ class SearchSettings:
     latency_model: str | None = setting(None, "latency model JSON for --cost latency (default: calibrate one now "
                                         "on this machine)", group="search")
 
-    def search_spec(self):
+    def search_options(self):
         """The core search settings (``max_drop`` 0.005 when no floor is given)."""
-        from ..subset_search.run import SearchSpec
+        from ..subset_search.run import SearchOptions
 
         max_drop = 0.005 if self.max_drop is None and self.min_map is None else self.max_drop
-        return SearchSpec(method=self.method, cost=self.cost, min_map=self.min_map, max_drop=max_drop, tol=self.tol,
+        return SearchOptions(method=self.method, cost=self.cost, min_map=self.min_map, max_drop=max_drop, tol=self.tol,
                           max_per_level=self.max_per_level, max_evals=self.max_evals, workers=self.workers,
                           backend=self.backend, executor=self.executor, ray_address=self.ray_address,
                           metric=self.metric)
@@ -197,17 +197,17 @@ class PruneAndExportSettings(SearchSettings, _PruneAndExportOwn, ModelSettings):
         Raises:
             EdgeAnchorError: the first setting that is wrong, named as the API spells it.
         """
-        from ..subset_search.run import check_search_spec
+        from ..subset_search.run import check_search_options
 
         check_fields(self)
-        self.export_settings().validate()
-        check_search_spec(self.search_spec())
+        self.export_options().validate()
+        check_search_options(self.search_options())
 
-    def export_settings(self):
+    def export_options(self):
         """The export step's settings."""
-        from ..pipeline import ExportSettings
+        from ..pipeline import ExportOptions
 
-        return ExportSettings(opset=self.opset, parity_images=self.parity_images, int8=self.int8,
+        return ExportOptions(opset=self.opset, parity_images=self.parity_images, int8=self.int8,
                               tensorrt=self.tensorrt, matrix_iters=self.matrix_iters, nonms_topk=self.nonms_topk,
                               deploy_score_thresh=self.deploy_score_thresh, deploy_nms_thresh=self.deploy_nms_thresh,
                               metric=self.metric)

@@ -229,7 +229,7 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
 def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None = None,
                    out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
                    latency_model: Any = None, progress: bool = True) -> SearchResult:
-    """:func:`search` with settings already checked and the method resolved (``spec``: a SearchSpec).
+    """:func:`search` with settings already checked and the method resolved (``spec``: a SearchOptions).
 
     The split is read once (:meth:`Data.dataset`); the candidate cache is loaded once; the search folder
     defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`).
@@ -257,20 +257,20 @@ def check_search_settings(*, method: str | None = None, cost: str = "head_macs",
     """The search settings :func:`search` takes, checked before any model or data is touched.
 
     Returns:
-        The :class:`~edgeanchor.subset_search.run.SearchSpec` (``max_drop`` 0.005 when no floor is given).
+        The :class:`~edgeanchor.subset_search.run.SearchOptions` (``max_drop`` 0.005 when no floor is given).
 
     Raises:
         EdgeAnchorError: a setting out of range, Ray missing or not answering, or an output folder that
             holds something other than a search.
     """
-    from ..subset_search.run import SearchSpec, check_search_folder, check_search_spec
+    from ..subset_search.run import SearchOptions, check_search_folder, check_search_options
 
     if max_drop is None and min_map is None:
         max_drop = 0.005
-    spec = SearchSpec(method=method, cost=cost, min_map=min_map, max_drop=max_drop, tol=tol,
+    spec = SearchOptions(method=method, cost=cost, min_map=min_map, max_drop=max_drop, tol=tol,
                       max_per_level=max_per_level, max_evals=max_evals, workers=workers, backend=backend,
                       executor=executor, ray_address=ray_address, metric=metric)
-    check_search_spec(spec)
+    check_search_options(spec)
     if out is not None:
         check_search_folder(Path(out))
     return spec

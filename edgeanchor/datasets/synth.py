@@ -46,7 +46,7 @@ CLASS_TRIES = 3  # objects rendered per slot before the slot is given up
 
 
 @dataclass(frozen=True)
-class ShapeClassSpec:
+class ShapeClass:
     """One synthetic class: ratio = h/w range, size range (px at 320) and what the size measures."""
 
     category_id: int
@@ -58,15 +58,15 @@ class ShapeClassSpec:
 
 
 CLASSES = (
-    ShapeClassSpec(1, "pole", (3.0, 5.0), (60.0, 170.0), "h", (0.97, 1.05)),
-    ShapeClassSpec(2, "plank", (0.2, 0.33), (60.0, 170.0), "w", (0.06, 0.10)),
-    ShapeClassSpec(3, "coin", (0.8, 1.25), (10.0, 24.0), "side", (0.12, 0.16)),
-    ShapeClassSpec(4, "crate", (0.7, 1.4), (110.0, 220.0), "side", (0.56, 0.64)),
-    ShapeClassSpec(5, "kite", (1.3, 2.0), (40.0, 90.0), "h", (0.78, 0.88)),
+    ShapeClass(1, "pole", (3.0, 5.0), (60.0, 170.0), "h", (0.97, 1.05)),
+    ShapeClass(2, "plank", (0.2, 0.33), (60.0, 170.0), "w", (0.06, 0.10)),
+    ShapeClass(3, "coin", (0.8, 1.25), (10.0, 24.0), "side", (0.12, 0.16)),
+    ShapeClass(4, "crate", (0.7, 1.4), (110.0, 220.0), "side", (0.56, 0.64)),
+    ShapeClass(5, "kite", (1.3, 2.0), (40.0, 90.0), "h", (0.78, 0.88)),
 )
 
 
-def sample_size(shape_class: ShapeClassSpec, rng: np.random.Generator, image_size: int) -> tuple[int, int]:
+def sample_size(shape_class: ShapeClass, rng: np.random.Generator, image_size: int) -> tuple[int, int]:
     """Draw an object's (w, h) in pixels for an image ``image_size`` pixels square."""
     ratio = rng.uniform(*shape_class.ratio_range)  # h/w
     size = rng.uniform(*shape_class.size_range) * image_size / REFERENCE_SIZE
@@ -80,7 +80,7 @@ def sample_size(shape_class: ShapeClassSpec, rng: np.random.Generator, image_siz
     return max(3, round(w * shrink)), max(3, round(h * shrink))
 
 
-def instance_colour(shape_class: ShapeClassSpec, rng: np.random.Generator) -> np.ndarray:
+def instance_colour(shape_class: ShapeClass, rng: np.random.Generator) -> np.ndarray:
     """A colour from the class's hue family with per-instance saturation and brightness; float (3,) 0..255."""
     hue = rng.uniform(*shape_class.hue_range) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.9), rng.uniform(0.55, 1.0))
@@ -159,7 +159,7 @@ def _draw_kite(w: int, h: int, colour: np.ndarray, rng: np.random.Generator) -> 
 _DRAW = {"pole": _draw_pole, "plank": _draw_plank, "coin": _draw_coin, "crate": _draw_crate, "kite": _draw_kite}
 
 
-def render_object(shape_class: ShapeClassSpec, rng: np.random.Generator,
+def render_object(shape_class: ShapeClass, rng: np.random.Generator,
                   image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one object, cropped to the tight extent of its pixels.
 

@@ -42,7 +42,7 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class YoloDataSpec:
+class DataYaml:
     """A parsed data.yaml: the split sources (absolute paths) and the class names."""
 
     yaml_path: Path
@@ -60,7 +60,7 @@ def is_yolo_yaml(path) -> bool:
     return str(path).lower().endswith((".yaml", ".yml"))
 
 
-def read_data_yaml(path) -> YoloDataSpec:
+def read_data_yaml(path) -> DataYaml:
     """Parse a YOLOv5 data.yaml.
 
     Raises:
@@ -89,7 +89,7 @@ def read_data_yaml(path) -> YoloDataSpec:
         if not all(isinstance(v, str) for v in items):
             raise EdgeAnchorError(f"{path}: '{split}' must be a path or a list of paths")
         splits[split] = tuple(Path(v) if Path(v).is_absolute() else root / v for v in items)
-    return YoloDataSpec(path, root, splits, _names(doc, path))
+    return DataYaml(path, root, splits, _names(doc, path))
 
 
 def _names(doc: dict, path: Path) -> tuple[str, ...]:
@@ -107,7 +107,7 @@ def _names(doc: dict, path: Path) -> tuple[str, ...]:
     return tuple(str(n) for n in names)
 
 
-def list_images(spec: YoloDataSpec, split: str) -> list[Path]:
+def list_images(spec: DataYaml, split: str) -> list[Path]:
     """The split's image files, sorted (folders are searched recursively; .txt lists are read)."""
     if split not in spec.splits:
         have = ", ".join(spec.splits) or "none"
@@ -194,7 +194,7 @@ def image_size(path: Path) -> tuple[int, int]:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
 
 
-def list_all_images(spec: YoloDataSpec) -> dict[str, list[Path]]:
+def list_all_images(spec: DataYaml) -> dict[str, list[Path]]:
     """Every split's images, listed once for all the conversions of one run."""
     return {split: list_images(spec, split) for split in spec.splits}
 
@@ -204,7 +204,7 @@ def image_root(listing: dict[str, list[Path]]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for files in listing.values() for p in files]))
 
 
-def to_coco(spec: YoloDataSpec, split: str, listing: dict[str, list[Path]] | None = None) -> tuple[dict, Path, int]:
+def to_coco(spec: DataYaml, split: str, listing: dict[str, list[Path]] | None = None) -> tuple[dict, Path, int]:
     """(COCO dict of the split, the image root its file names are relative to, values clipped).
 
     ``listing`` is :func:`list_all_images` of ``spec``, listed now if not given.

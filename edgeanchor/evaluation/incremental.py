@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from ..datasets.coco import to_original
-from ..postprocess import YOLO_CLASS_OFFSET, Candidates, PostprocessSpec, select_indices
+from ..postprocess import YOLO_CLASS_OFFSET, Candidates, PostprocessRule, select_indices
 from .cache import CandidateCache
 from .decomposed import AREA_ALL, IOU_THRS, REC_THRS
 from .voc_map import COCO, METRICS, VOC_METRICS, accumulate_voc, is_difficult, match_pair_voc
@@ -566,7 +566,7 @@ class ShardScorer:
         if shard[1] > 1 or not np.array_equal(images, np.arange(cache.num_images)):
             cache = cache.take_images(images)  # only the shard's candidates are held
         self.cache = cache
-        self.spec = PostprocessSpec.from_json(cache.meta["postprocess_spec"])
+        self.spec = PostprocessRule.from_json(cache.meta["postprocess_spec"])
         self.level_starts = torch.tensor(cache.meta["level_starts"], dtype=torch.int64)
         self.images = np.arange(cache.num_images, dtype=np.int64)  # (P,) indices into self.cache, ascending ids
         self.shard = shard

@@ -348,11 +348,11 @@ class ExportFolder:
 
         :meth:`load_detector` keeps the checkpoint's own rule, which evaluation uses.
         """
-        from ..postprocess import PostprocessSpec
+        from ..postprocess import PostprocessRule
 
         det = self.load_detector(variant)
         rule = ((self.report.get("export") or {}).get(variant) or {}).get("postprocess")
-        return det if rule is None else det.with_postprocess(PostprocessSpec.from_json(rule))
+        return det if rule is None else det.with_postprocess(PostprocessRule.from_json(rule))
 
     # ---------------------------------------------------------------------------------------- writing
 

@@ -6,7 +6,7 @@ For each variant of an export folder, :func:`quantize_variant` writes
   QuantizeLinear/DequantizeLinear pairs around their convolutions, from ONNX
   Runtime's ``quantize_static`` (QDQ format, per-channel symmetric int8
   weights, uint8 activations: ORT's recommendation for x86 CPUs); the head's
-  outputs stay float by default (:attr:`Int8Spec.head_outputs`);
+  outputs stay float by default (:attr:`Int8Options.head_outputs`);
 - ``model_int8.onnx``: those two graphs followed by the fp32
   ``postprocess.onnx``, joined at their named tensors (``features_L``,
   ``cls_L``/``box_L``). The post-processing stays fp32 and is the very graph
@@ -52,7 +52,7 @@ MIN_INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis att
 
 
 @dataclass(frozen=True)
-class Int8Spec:
+class Int8Options:
     """How the int8 graphs are calibrated and quantized.
 
     Attributes:
@@ -91,7 +91,7 @@ class Int8Spec:
 HEAD_OUTPUTS = ("float", "int8")
 
 
-def check_int8_spec(spec: Int8Spec, opset: int | None = None) -> None:
+def check_int8_options(spec: Int8Options, opset: int | None = None) -> None:
     """Refuse settings that cannot be quantized.
 
     Raises:
@@ -167,7 +167,7 @@ class CalibrationReader(CalibrationDataReader):
 # ------------------------------------------------------------------------------------------------ quantization
 
 
-def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, reader: CalibrationReader, spec: Int8Spec, *,
+def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, reader: CalibrationReader, spec: Int8Options, *,
                    keep_outputs_float: bool = False) -> dict:
     """Quantize one fp32 graph (QDQ, per-channel int8 weights, uint8 activations) into ``dst``.
 
@@ -311,7 +311,7 @@ def join_graphs(graphs: list[onnx.ModelProto], prefixes: list[str]) -> onnx.Mode
     return model
 
 
-def quantize_variant(folder, variant: str, images: np.ndarray, spec: Int8Spec) -> dict:
+def quantize_variant(folder, variant: str, images: np.ndarray, spec: Int8Options) -> dict:
     """Write the int8 graphs of one exported variant (see the module docstring).
 
     Args:
@@ -372,7 +372,7 @@ def graph_map(path: str | os.PathLike, dataset, ann, *, progress: bool = False) 
     return float(coco_map(ann, graph_detections(path, dataset, progress=progress), full=False)["mAP"])
 
 
-def quantize_and_evaluate(folder, calib_set, report_set, spec: Int8Spec = Int8Spec(), *, progress: bool = True,
+def quantize_and_evaluate(folder, calib_set, report_set, spec: Int8Options = Int8Options(), *, progress: bool = True,
                           log=log) -> dict:
     """Quantize both variants of an export folder and measure their mAP through the fp32 and int8 graphs.
 
@@ -388,7 +388,7 @@ def quantize_and_evaluate(folder, calib_set, report_set, spec: Int8Spec = Int8Sp
         ``calibration`` ({images, method, split}), ``files`` (relative to the folder) and ``ops``.
         Latency is not measured here (``edgeanchor bench`` times the graphs).
     """
-    check_int8_spec(spec)
+    check_int8_options(spec)
     images = calibration_images(calib_set, spec.num_images, spec.seed)
     ids = [calib_set.image_ids[i] for i in calibration_indices(len(calib_set), spec.num_images, spec.seed)]
     calibration = {"images": len(images), "method": spec.method, "split": str(calib_set.ann_file)}

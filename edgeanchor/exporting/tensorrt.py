@@ -32,7 +32,7 @@ from ..runtimes.tensorrt import check_build_precision
 from .folder import engine_beside
 
 if TYPE_CHECKING:  # torch-free at run time: the device path imports this module
-    from ..postprocess import PostprocessSpec
+    from ..postprocess import PostprocessRule
 
 PLUGIN_OP = "EfficientNMS_TRT"
 PLUGIN_DOMAIN = "TRT"  # as in TensorRT-targeted exporters; the ONNX parser finds plugins by op type
@@ -40,7 +40,7 @@ TRT_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detecti
 
 
 # ---- graph rewrite (no TensorRT needed) ----------------------------------
-def plugin_attributes(postprocess_spec: PostprocessSpec) -> dict:
+def plugin_attributes(postprocess_spec: PostprocessRule) -> dict:
     """EfficientNMS_TRT attributes that match the detector's post-processing rule."""
     return {
         "plugin_version": "1",
@@ -55,7 +55,7 @@ def plugin_attributes(postprocess_spec: PostprocessSpec) -> dict:
 
 
 def make_trt_graph(model_onnx_path: str | os.PathLike, out_path: str | os.PathLike,
-                   postprocess_spec: PostprocessSpec) -> dict:
+                   postprocess_spec: PostprocessRule) -> dict:
     """Append the EfficientNMS_TRT plugin to the decoded end-to-end graph.
 
     Args:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..anchors import AnchorSet, grid_anchors
-from ..postprocess import PostprocessSpec, candidates, flatten_level, select
+from ..postprocess import PostprocessRule, candidates, flatten_level, select
 
 
 class Detector(nn.Module):
@@ -50,7 +50,7 @@ class Detector(nn.Module):
     anchors_xyxy: torch.Tensor  # (num_boxes, 4) every active level's anchors, flattened
     level_starts: torch.Tensor  # int64 (num_active_levels + 1,) where each level's boxes start
 
-    def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, postprocess_spec: PostprocessSpec,
+    def __init__(self, *, arch: str, num_classes: int, anchor_set: AnchorSet, postprocess_spec: PostprocessRule,
                  config: dict):
         super().__init__()
         self.arch = arch
@@ -161,7 +161,7 @@ class Detector(nn.Module):
         """A copy whose head keeps, per active level, the given anchor positions."""
         raise NotImplementedError  # pragma: no cover
 
-    def with_postprocess(self, spec: PostprocessSpec) -> Detector:
+    def with_postprocess(self, spec: PostprocessRule) -> Detector:
         """This detector with another post-processing rule: itself if the rule is the same, else a
         shallow copy that shares every weight (e.g. the exported graphs' deploy rule)."""
         if spec == self.postprocess_spec:

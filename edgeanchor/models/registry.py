@@ -28,7 +28,7 @@ import torch
 from ..anchors import AnchorSet, parse_anchor_file, parse_overanchorized
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, read_json
-from ..postprocess import PostprocessSpec
+from ..postprocess import PostprocessRule
 from .base import Detector
 
 CHECKPOINT_FORMAT = "edgeanchor.checkpoint/1"
@@ -40,7 +40,7 @@ SHIPPED = {"demo": DEMO_CHECKPOINT, "demo-yolo": DEMO_YOLO_CHECKPOINT, "demo-ove
 
 
 @dataclass(frozen=True)
-class ArchSpec:
+class Architecture:
     """How to build one architecture: builder(num_classes, image_size) -> torchvision model."""
 
     family: str  # "ssd" or "retinanet"
@@ -68,16 +68,16 @@ def _demo(num_classes: int, image_size: tuple[int, int]):
     return build_demo_ssd(num_classes, image_size=image_size)
 
 
-ARCHS: dict[str, ArchSpec] = {
-    "torchvision:ssd300_vgg16": ArchSpec("ssd", _tv("ssd300_vgg16"), (300, 300), 91),
-    "torchvision:ssdlite320_mobilenet_v3_large": ArchSpec(
+ARCHS: dict[str, Architecture] = {
+    "torchvision:ssd300_vgg16": Architecture("ssd", _tv("ssd300_vgg16"), (300, 300), 91),
+    "torchvision:ssdlite320_mobilenet_v3_large": Architecture(
         "ssd", _tv("ssdlite320_mobilenet_v3_large"), (320, 320), 91, head_init="normal"
     ),
-    "torchvision:retinanet_resnet50_fpn": ArchSpec("retinanet", _tv("retinanet_resnet50_fpn"), (800, 800), 91),
-    "torchvision:retinanet_resnet50_fpn_v2": ArchSpec(
+    "torchvision:retinanet_resnet50_fpn": Architecture("retinanet", _tv("retinanet_resnet50_fpn"), (800, 800), 91),
+    "torchvision:retinanet_resnet50_fpn_v2": Architecture(
         "retinanet", _tv("retinanet_resnet50_fpn_v2"), (800, 800), 91
     ),
-    "edgeanchor:demo_ssd": ArchSpec("ssd", _demo, (320, 320), 6),
+    "edgeanchor:demo_ssd": Architecture("ssd", _demo, (320, 320), 6),
 }
 
 
@@ -307,7 +307,7 @@ def detector_from_checkpoint(obj: dict, path) -> Detector:
     tv_model = arch_spec.builder(obj["num_classes"], anchor_set.image_size)
     det = _wrap(arch_spec, arch, tv_model, anchor_set.image_size, anchor_set)
     _load_state(det, obj["state_dict"], path)
-    det.postprocess_spec = PostprocessSpec.from_json(obj["postprocess"])
+    det.postprocess_spec = PostprocessRule.from_json(obj["postprocess"])
     return det.eval()
 
 

@@ -19,7 +19,7 @@ from torchvision.models.detection.retinanet import RetinaNet
 
 from ..anchors import AnchorSet, from_anchor_generator
 from ..errors import EdgeAnchorError
-from ..postprocess import PostprocessSpec
+from ..postprocess import PostprocessRule
 from .base import Detector
 from .ssd import anchor_channels, fresh_conv, slice_conv
 
@@ -109,8 +109,8 @@ class RetinaNetDetector(Detector):
         ).to(self.mean.device)
 
 
-def retinanet_spec(model: RetinaNet) -> PostprocessSpec:
-    return PostprocessSpec.from_torchvision(model, score_fn="sigmoid", topk_scope="level")
+def retinanet_spec(model: RetinaNet) -> PostprocessRule:
+    return PostprocessRule.from_torchvision(model, score_fn="sigmoid", topk_scope="level")
 
 
 def wrap_retinanet(

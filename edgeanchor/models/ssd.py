@@ -18,7 +18,7 @@ from torchvision.models.detection.ssd import SSD, SSDFeatureExtractorVGG
 from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet
 
 from ..anchors import AnchorSet, from_default_box_generator
-from ..postprocess import PostprocessSpec
+from ..postprocess import PostprocessRule
 from .base import Detector
 
 
@@ -164,8 +164,8 @@ class SSDDetector(Detector):
         ).to(self.mean.device)
 
 
-def ssd_spec(model: SSD) -> PostprocessSpec:
-    return PostprocessSpec.from_torchvision(model, score_fn="softmax", topk_scope="class")
+def ssd_spec(model: SSD) -> PostprocessRule:
+    return PostprocessRule.from_torchvision(model, score_fn="softmax", topk_scope="class")
 
 
 def wrap_ssd(

@@ -6,7 +6,7 @@
 - head: Detect's 1x1 convolution of each active level, na*(5+nc) channels, returned as the two views
   every adapter returns: ``cls`` (N, A*(1+nc), H, W), objectness then classes per anchor, and ``box``
   (N, A*4, H, W), the raw xywh outputs;
-- postprocess: YOLOv5's decode and NMS rule (``PostprocessSpec.yolo``, see :mod:`edgeanchor.postprocess`).
+- postprocess: YOLOv5's decode and NMS rule (``PostprocessRule.yolo``, see :mod:`edgeanchor.postprocess`).
 
 Anchors live in the anchor set (input pixels; YOLOv5 keeps them in stride units): ``centre_offset``
 0.5 and per level the stride, so a pruned level keeps any subset of its anchors. State-dict names
@@ -22,9 +22,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..anchors import AnchorSet, AnchorSpec, LevelSpec
+from ..anchors import AnchorBox, AnchorLevel, AnchorSet
 from ..errors import EdgeAnchorError
-from ..postprocess import PostprocessSpec, yolo_grid
+from ..postprocess import PostprocessRule, yolo_grid
 from .base import Detector
 from .ssd import slice_conv
 from .yolov5_arch import YoloV5, layer_from
@@ -63,9 +63,9 @@ def yolo_anchor_set(image_size: tuple[int, int], strides: list[float], anchors_p
     for s, level in zip(strides, anchors_px):
         specs = []
         for aw, ah in level:
-            specs.append(AnchorSpec(next_id, float(aw), float(ah)))
+            specs.append(AnchorBox(next_id, float(aw), float(ah)))
             next_id += 1
-        levels.append(LevelSpec((h // int(s), w // int(s)), (float(s), float(s)), tuple(specs)))
+        levels.append(AnchorLevel((h // int(s), w // int(s)), (float(s), float(s)), tuple(specs)))
     return AnchorSet((int(h), int(w)), 0.5, tuple(levels))
 
 
@@ -137,7 +137,7 @@ class YoloDetector(Detector):
                             **self.common_kwargs(anchor_set)).to(self.mean.device)
 
 
-def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postprocess_spec: PostprocessSpec | None = None,
+def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postprocess_spec: PostprocessRule | None = None,
                 anchor_set: AnchorSet | None = None, config: dict | None = None) -> YoloDetector:
     """Wrap our YOLOv5 model as a :class:`YoloDetector`.
 
@@ -171,7 +171,7 @@ def wrap_yolov5(net: YoloV5, *, arch: str, image_size: tuple[int, int], postproc
     cfg.update(config or {})
     return YoloDetector(
         layers=list(net.model[:-1]), save=net.save, detect=SlimDetect(convs, detect.f, detect.i), arch=arch,
-        num_classes=detect.nc, anchor_set=anchor_set, postprocess_spec=postprocess_spec or PostprocessSpec.yolo("val"),
+        num_classes=detect.nc, anchor_set=anchor_set, postprocess_spec=postprocess_spec or PostprocessRule.yolo("val"),
         config=cfg,
     ).eval()
 

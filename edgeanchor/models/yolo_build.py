@@ -14,7 +14,7 @@ import torch
 
 from ..anchors import AnchorSet
 from ..errors import EdgeAnchorError
-from ..postprocess import PostprocessSpec
+from ..postprocess import PostprocessRule
 from .yolo import YoloDetector, wrap_yolov5
 from .yolov5_arch import SIZES, YoloV5, layout_for, make_divisible
 
@@ -140,7 +140,7 @@ def yolo_from_checkpoint(obj: dict, path) -> YoloDetector:
     det = wrap_yolov5(net, arch=obj["arch"], image_size=anchor_set.image_size, anchor_set=anchor_set,
                       config={k: cfg[k] for k in ("yolo_layout", "depth_multiple", "width_multiple")})
     _load_state(det, obj["state_dict"], path)
-    det.postprocess_spec = PostprocessSpec.from_json(obj["postprocess"])
+    det.postprocess_spec = PostprocessRule.from_json(obj["postprocess"])
     return det.eval()
 
 

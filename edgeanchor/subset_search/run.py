@@ -34,7 +34,7 @@ EXECUTORS = ("processes", "ray")
 
 
 @dataclass(frozen=True)
-class SearchSpec:
+class SearchOptions:
     """Search settings (plain values; the CLI fills them from flags).
 
     Attributes:
@@ -80,7 +80,7 @@ class SearchSpec:
         return d
 
 
-def check_search_spec(search: SearchSpec) -> None:
+def check_search_options(search: SearchOptions) -> None:
     """Settings that are wrong whatever the data, checked before any work.
 
     For executor "ray" this also imports Ray and, given a ``ray_address``, checks that the cluster
@@ -196,7 +196,7 @@ def default_cache_path(key: str) -> Path:
     return cache_root() / "candidates" / f"{key[:20]}.npz"
 
 
-def floor_of(search: SearchSpec, baseline_map: float) -> float:
+def floor_of(search: SearchOptions, baseline_map: float) -> float:
     """The accuracy floor; an error if it is above the baseline."""
     if search.min_map is not None:
         floor = search.min_map
@@ -219,7 +219,7 @@ class _SearchRun:
     det: Detector
     data_dir: str
     out_dir: Path
-    search: SearchSpec
+    search: SearchOptions
     report_ann: str | None
     batch_size: int
     device: str
@@ -227,7 +227,7 @@ class _SearchRun:
     log: Callable[[str], None]
 
 
-def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=None, cache_path=None, cache=None,
+def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann=None, cache_path=None, cache=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
                log=log, dataset: CocoDetection | None = None, checked: bool = False) -> dict:
     """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``.
@@ -251,7 +251,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchSpec, *, report_ann=No
         The search result (also written to ``out_dir/search.json``).
     """
     if not checked:
-        check_search_spec(search)
+        check_search_options(search)
         search = replace(search, method=resolve_method(search.method, det))
     run = _SearchRun(det, data_dir, Path(out_dir), search, report_ann, batch_size, device, progress, log)
     check_search_folder(run.out_dir)
@@ -327,7 +327,7 @@ def _stored_nodes(stored, path: Path) -> list[Node]:
         raise bad from None
 
 
-def _resume(out_dir: Path, search: SearchSpec, key: str, log) -> tuple[list[Node], Path]:
+def _resume(out_dir: Path, search: SearchOptions, key: str, log) -> tuple[list[Node], Path]:
     path = search_outputs(out_dir)["result"]
     if not path.is_file():
         return [], path

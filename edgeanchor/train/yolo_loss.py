@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss
 
-from ..anchors import AnchorSet, LevelSpec
+from ..anchors import AnchorLevel, AnchorSet
 from ..errors import EdgeAnchorError
 
 DEFAULT_HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "anchor_t": 4.0}
@@ -70,7 +70,7 @@ class LevelTargets(NamedTuple):
     labels: torch.Tensor
 
 
-def level_stride(anchor_set: AnchorSet, level: LevelSpec) -> tuple[float, float]:
+def level_stride(anchor_set: AnchorSet, level: AnchorLevel) -> tuple[float, float]:
     """(sy, sx) of a level; a level without a stride tiles the image."""
     if level.stride is not None:
         return level.stride
