@@ -207,7 +207,7 @@ def test_regress_passes_on_its_own_output_and_fails_on_unmeetable_baselines(demo
                  "--summary", str(summary), "--json-out", str(verdict)]) == 0
     assert "regress: passed" in capsys.readouterr().out
     assert json.loads(verdict.read_text())["passed"] is True
-    assert "| mAP (PyTorch) |" in summary.read_text() and "| mAP deployed (model.onnx, onnxruntime f32) |" in \
+    assert "| mAP (PyTorch) |" in summary.read_text() and "| mAP deployed (model.onnx, onnxruntime fp32) |" in \
         summary.read_text()
 
     def fails_with(change, metric):

@@ -129,5 +129,5 @@ def test_regress_refuses_a_yolo_baseline_without_a_deployed_map(yolo_export, tmp
     capsys.readouterr()
     assert main([*args, "--latency-tol", "100"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds no deployed mAP for onnxruntime at f32" in err
+    assert err.count("\n") == 1 and "holds no deployed mAP for onnxruntime at fp32" in err
     assert "write the baseline anew" in err

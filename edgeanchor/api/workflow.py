@@ -234,6 +234,7 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
     The split is read once (:meth:`Data.dataset`); the candidate cache is loaded once; the search folder
     defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`).
     """
+    from ..io import log
     from ..subset_search.run import run_search
 
     dataset = split.dataset(det)
@@ -243,6 +244,7 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
         from ..pipeline import search_dir
 
         out = search_dir(loaded.content_key, spec)
+    log(f"searching anchor subsets ({spec.method}, cost {spec.cost}) in {out}")
     result = run_search(det, split.images, split.ann, out, spec, report_ann=report.ann if report else None,
                         cache_path=cache_path, cache=loaded, latency_model=latency_model, progress=progress,
                         dataset=dataset, checked=True)

@@ -42,7 +42,10 @@ def render_markdown(report: dict) -> str:
                   "(`edgeanchor evaluate --export`, `edgeanchor regress`) is checked against."]
     lines += ["", "## Parity (ONNX Runtime against PyTorch, images not used for tracing)", ""]
     for name in ("baseline", "pruned"):
-        par = exp[name]["parity"]
+        par = exp[name].get("parity")
+        if par is None:  # exported with the check off
+            lines.append(f"- {name}: not checked (exported without the parity check)")
+            continue
         lines.append(f"- {name}: head max abs diff {par['head']['max_abs_diff']:.2e} "
                      f"(allclose rtol 1e-3 atol 1e-5: {par['head']['allclose']}); end-to-end detections matched "
                      f"{par['model']['matched_fraction']:.3f} at IoU >= 0.99, counts {par['model']['counts_torch']} "
