@@ -115,14 +115,20 @@ def test_every_marked_name_in_a_core_error_is_a_parameter():
 EXPORT_FILE_NAMES = ("report.json", "report.md", "pruned.pt", "baseline.pt", "model_trt.onnx")
 
 
-def _code_strings(tree: ast.AST):
-    """String constants that are not docstrings."""
+def _docstring_ids(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants of a module, its classes and functions."""
     docstrings = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
+    return docstrings
+
+
+def _code_strings(tree: ast.AST):
+    """String constants that are not docstrings."""
+    docstrings = _docstring_ids(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             yield node.lineno, node.value
@@ -155,12 +161,7 @@ NOT_EXPORT_FILES = {"graph.onnx", "pre.onnx", "model_nms_scores.onnx", "level{}_
 
 def _code_texts(tree: ast.AST):
     """String constants and f-strings (their fields as ``{}``) that are not docstrings."""
-    docstrings = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                docstrings.add(id(first.value))
+    docstrings = _docstring_ids(tree)
     in_fstring = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
