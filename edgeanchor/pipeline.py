@@ -28,6 +28,7 @@ from .exporting.report_schema import Chosen, Cost, DeployedMaps, Report, Variant
 from .io import cache_root, log, read_json
 from .postprocess import check_rule_values
 from .runtimes import is_installed
+from .subset_search.run import default_cache_path
 
 # 11: NonMaxSuppression with a score threshold; 20: the TorchScript exporter's newest opset (torch 2.15).
 MIN_OPSET, MAX_OPSET = 11, 20
@@ -218,12 +219,6 @@ def is_slice_of(baseline, model) -> bool:
     expected = prune(baseline, ids).state_dict()
     got = model.state_dict()
     return expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-
-
-def default_cache_path(key: str) -> Path:
-    from .subset_search.run import default_cache_path as path
-
-    return path(key)
 
 
 def cost_json(det) -> Cost:

@@ -258,6 +258,7 @@ def data_or_demo(split: str) -> Data:
 
 
 def as_split(images: Any, ann: Any, split: str | None) -> Data:
+    """:func:`data` under another name, for :func:`roles`, whose ``data`` parameter shadows the function."""
     return data(images, ann, split=split)
 
 
