@@ -80,6 +80,7 @@ def scored(executor, det) -> list[list[float]]:
     return [[r["mAP"] for r in executor.score(children, parent)] for children, parent in batches(det)]
 
 
+@pytest.mark.slow
 def test_shards_give_exactly_the_in_process_map(local_ray, cache_file, demo):
     path, ann, cache = cache_file
     want = expected(cache, ann, demo)
@@ -97,6 +98,7 @@ def test_shards_give_exactly_the_in_process_map(local_ray, cache_file, demo):
     assert ray.is_initialized()  # the executor did not start this Ray, so it left it running
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["voc07", "voc"])
 def test_shards_give_exactly_the_in_process_voc_map(local_ray, cache_file, demo, metric):
     """The actors score the search's metric: Pascal VOC mAP@0.5 merges over shards exactly too."""
@@ -120,6 +122,7 @@ def test_more_workers_than_the_cluster_has_cpus_is_one_line(local_ray, cache_fil
     assert ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_an_actor_that_dies_during_a_batch_is_restarted(local_ray, cache_file, demo, tmp_path):
     path, ann, cache = cache_file
     marker = str(tmp_path / "died")
@@ -160,6 +163,7 @@ def dying_worker():
     return DiesAlways
 
 
+@pytest.mark.slow
 def test_an_actor_that_always_dies_fails_the_search_without_a_front(local_ray, split, tmp_path, monkeypatch,
                                                                     capsys):
     images, anns = split
@@ -174,6 +178,7 @@ def test_an_actor_that_always_dies_fails_the_search_without_a_front(local_ray, s
     assert not (out / "search.json").exists() and not (out / "front").exists()  # no result from partial data
 
 
+@pytest.mark.slow
 def test_ray_search_front_equals_the_processes_front(local_ray, split, tmp_path, capsys):
     images, anns = split
     fronts = {}

@@ -244,6 +244,7 @@ def yolo_export(det, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_uses_the_deploy_rule_and_keeps_the_model_unchanged(det, yolo_export):
     from edgeanchor.pipeline import deployed
 
@@ -254,6 +255,7 @@ def test_export_uses_the_deploy_rule_and_keeps_the_model_unchanged(det, yolo_exp
     assert model.detect is det.detect  # the same weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["full", "pruned"])
 def test_onnxruntime_matches_pytorch(yolo_export, images, name):
     from edgeanchor.exporting import check_parity
@@ -265,6 +267,7 @@ def test_onnxruntime_matches_pytorch(yolo_export, images, name):
     assert min(parity["model"]["counts_torch"]) > 20  # real detections were compared
 
 
+@pytest.mark.slow
 def test_exported_detect_convs_shrink(yolo_export):
     full = {c["level"]: c for c in yolo_export["full"][1]["head_channels"]}
     pruned = {c["level"]: c for c in yolo_export["pruned"][1]["head_channels"]}
@@ -273,6 +276,7 @@ def test_exported_detect_convs_shrink(yolo_export):
     assert all(c["one_conv"] and c["box_channels"] == c["cls_channels"] for c in pruned.values())
 
 
+@pytest.mark.slow
 def test_tensorrt_graph_takes_yolo_confidences(yolo_export, images, tmp_path):
     import onnx
 
