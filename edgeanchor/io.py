@@ -6,6 +6,7 @@ may use (the CLI included), so no module has to reach up into ``cli/``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -87,9 +88,54 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # RuntimeError: torch.save's writer, the OSError its context
+            raise_if_disk_full(exc, path)
         raise
+
+
+class DiskFull(EdgeAnchorError):
+    """The disk filled while an output was written (its half-written file or folder is removed)."""
+
+    def __init__(self, cause: OSError, message: str):
+        super().__init__(message)
+        self.cause = cause
+
+
+# ENOSPC: the disk is full; EDQUOT: the user's quota; EFBIG: a file-size limit (ulimit -f)
+_DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EFBIG: "the file is larger than the file-size limit allows"}
+
+
+def disk_full_error(exc: BaseException) -> OSError | None:
+    """The disk-full OSError in ``exc`` or its chain (libraries such as torch.save wrap it), else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _DISK_FULL:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def raise_if_disk_full(exc: BaseException, path: str | os.PathLike) -> None:
+    """Turn a full disk while writing ``path`` into one line naming the path and the fix.
+
+    The caller has removed what it half wrote. Other errors are left to the caller.
+
+    Raises:
+        EdgeAnchorError: ``exc`` (or its cause) is ENOSPC, EDQUOT or EFBIG.
+    """
+    if isinstance(exc, DiskFull):  # a file inside a folder being built: name the folder instead
+        exc = exc.cause
+    full = disk_full_error(exc)
+    if full is not None:
+        raise DiskFull(full, (
+            f"cannot write {path}: {_DISK_FULL[full.errno or errno.ENOSPC]} (nothing was left half-written); "
+            "free some space or choose an output on another disk, then run again"
+        )) from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,7 +183,7 @@ def clean_stale_builds(path: str | os.PathLike) -> list[Path]:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False, manifest: bool = False) -> Iterator[Path]:
     """Build a folder beside ``path`` and move it into place when the block succeeds.
 
     The build folder is ``.NAME.build-PID-xxxx`` in the same parent (so the
@@ -155,9 +201,11 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
         replace: replace an existing ``path``; if False and ``path`` exists when
             the block ends, the new build is discarded and ``FileExistsError``
             raised (e.g. another process built the same cache folder first).
+        manifest: when the block succeeds, record every file and folder of the build in its manifest
+            (:func:`write_manifest`), so that a later ``overwrite`` replaces only what edgeanchor wrote.
 
     Raises:
-        EdgeAnchorError: the parent folder cannot be written.
+        EdgeAnchorError: the parent folder cannot be written, or the disk is full (the build is removed).
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -171,19 +219,176 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
     except OSError as exc:
         raise EdgeAnchorError(f"cannot write to {parent}: {exc.strerror}; choose a writable output folder") from None
     try:
-        yield tmp
+        try:
+            yield tmp
+            if manifest:
+                write_manifest(tmp)
+        except (OSError, RuntimeError, DiskFull) as exc:  # RuntimeError: torch.save's, the OSError its context
+            raise_if_disk_full(exc, path)
+            raise
         if not path.exists():
+            _swap_step("build-into-place")
             os.replace(tmp, path)
             return
         if not replace:
             raise FileExistsError(f"{path} appeared while it was being built")
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=parent))
+        _swap_step("old-aside")
         os.replace(path, old / "previous")
+        _swap_step("build-into-place")
         os.replace(tmp, path)
+        _swap_step("remove-old")
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# A test hook: the swap step at which this process SIGKILLs itself (tests/test_trust.py drives a real kill -9
+# through every step of the swap; unset in normal use).
+KILL_AT_ENV = "EDGEANCHOR_TEST_KILL_AT_SWAP_STEP"
+
+
+def _swap_step(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+MANIFEST = ".edgeanchor-manifest.json"  # in a folder edgeanchor built: every file and folder it wrote there
+MANIFEST_FORMAT = "edgeanchor.manifest/1"
+
+
+def write_manifest(folder: str | os.PathLike) -> None:
+    """Record every file and folder now under ``folder`` (relative POSIX paths) in its manifest.
+
+    Called on a build folder when it is complete, so the manifest names exactly what edgeanchor wrote.
+    """
+    folder = Path(folder)
+    entries = sorted(rel for rel, _ in _walk(folder))
+    write_json(folder / MANIFEST, {"format": MANIFEST_FORMAT, "entries": entries})
+
+
+def read_manifest(folder: str | os.PathLike) -> set[str] | None:
+    """The entries of ``folder``'s manifest; None without one, an empty set if it is not a manifest of ours.
+
+    The entries are only ever compared with the paths found under the folder, never opened or deleted,
+    so a crafted manifest cannot make edgeanchor touch anything outside it.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
+    doc = peek_json(path) if path.is_file() and not path.is_symlink() else None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("entries"), list):
+        return set()
+    return {e for e in doc["entries"] if isinstance(e, str)}
+
+
+def _walk(folder: Path, prefix: str | None = None) -> Iterator[tuple[str, os.DirEntry]]:
+    """(relative POSIX path, entry) of everything under ``folder``, sorted per folder; links are not followed."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        rel = entry.name if prefix is None else prefix + entry.name
+        yield rel, entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), rel + "/")
+
+
+def first_foreign(folder: str | os.PathLike, is_known: Callable[[str], bool]) -> str | None:
+    """The first file or folder under ``folder`` that edgeanchor did not write, or None if all are ours.
+
+    Ours: named in the folder's manifest (:func:`write_manifest`), or accepted by ``is_known`` (a relative
+    POSIX path; a folder's path ends with ``/``), which the folder's owner gives for files its readers add
+    later (bench results, engines) and, for a folder from before manifests, for every file of its layout.
+    A symbolic link or anything other than a file or folder is never ours (edgeanchor writes none).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder) or set()
+    for rel, entry in _walk(folder):
+        if rel == MANIFEST:
+            continue
+        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+            return rel
+        if rel in manifest or is_known(rel + "/" if entry.is_dir() else rel):
+            continue
+        return rel
+    return None
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of the output ``path`` for the block: a lock file ``.NAME.lock`` beside it.
+
+    A second run writing the same output stops at once with one line, before any work, rather than
+    waiting for an export that may take an hour. The lock is an ``fcntl.flock``, which the system
+    releases when the process ends, however it ends; the lock file is removed on release (POSIX only:
+    where fcntl is missing the block runs unlocked).
+
+    Raises:
+        EdgeAnchorError: another process holds the lock, or the lock file cannot be written.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    lock_path = parent / f".{path.name}.lock"
+    while True:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise EdgeAnchorError(f"cannot write to {parent}: {exc.strerror}; choose a writable output folder") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise EdgeAnchorError(
+                f"another edgeanchor run is writing {path} now; wait for it to finish or choose another output"
+            ) from None
+        # The holder before us unlinks the file as it releases; a lock on that unlinked file guards
+        # nothing, so take the lock again on the file now at the path.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.unlink(lock_path)  # while still held: a process that opened it retries on the new file
+        os.close(fd)
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Check, before the long work, that the output ``path`` (file or folder, may not exist yet) can be written.
+
+    The nearest existing folder at or above ``path`` must allow creating files: a probe file is
+    created there and removed.
+
+    Raises:
+        EdgeAnchorError: naming the path, the reason and what to do.
+    """
+    path = Path(path)
+    probe_dir = path if path.is_dir() else path.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        raise EdgeAnchorError(f"cannot write the {what} {path}: {probe_dir} is a file; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgeanchor-probe-", dir=probe_dir)
+    except OSError as exc:
+        raise EdgeAnchorError(f"cannot write the {what} {path}: {exc.strerror} ({probe_dir}); choose a writable "
+                              "path") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -200,7 +405,8 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Call
 
     An existing file is replaced only if ``is_ours(path)`` recognises it as
     something edgeanchor wrote **and** ``overwrite`` is set. A path that is also
-    an input of the run, or is a folder, is always refused.
+    an input of the run, or is a folder, is always refused, and so is one whose
+    folder cannot be written (found now, not after the work).
 
     Args:
         path: the output file.
@@ -220,6 +426,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Call
     if path.is_dir():
         raise EdgeAnchorError(f"the output {what} {path} is a folder; give a file path")
     if not path.exists():
+        check_writable(path, what)
         return
     if not is_ours(path):
         raise EdgeAnchorError(
@@ -228,6 +435,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Call
         )
     if not overwrite:
         raise EdgeAnchorError(f"the output {what} {path} exists; pass {flag} to replace it, or choose another path")
+    check_writable(path, what)
 
 
 def cache_root() -> Path:

@@ -217,12 +217,38 @@ def test_candidate_cache_follows_the_image_contents(small, tmp_path):
     assert not np.array_equal(first.scores[n0], rebuilt.scores[slice(rebuilt.offsets[0], rebuilt.offsets[1])])
 
 
+def test_candidate_cache_sees_new_bytes_behind_a_restored_size_and_mtime(small, tmp_path):
+    """Under HASH_ALWAYS_MAX_BYTES of images every image is hashed on reuse: the same size and mtime do not hide
+    new contents."""
+    _, images, _, val = small
+    data_dir = tmp_path / "images"
+    shutil.copytree(images, data_dir)
+    det = build_detector("demo")
+    dataset = CocoDetection(data_dir, val, num_classes=det.num_classes, image_size=det.image_size)
+    messages: list[str] = []
+    path = tmp_path / "c.npz"
+    load_or_build_cache(det, dataset, path, progress=False, log=messages.append)
+    target = dataset.image_paths()[0]
+    st = target.stat()
+    Image.new("RGB", Image.open(target).size, (128, 128, 128)).save(target, format="JPEG")  # a plain grey image
+    assert target.stat().st_size < st.st_size
+    with open(target, "ab") as fh:  # back to the old size: bytes after the JPEG's end, which decoders ignore
+        fh.write(bytes(st.st_size - target.stat().st_size))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    load_or_build_cache(det, dataset, path, progress=False, log=messages.append)
+    assert "changed since" in messages[-1]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "empty"])
-def test_damaged_cache_is_rebuilt_with_a_warning(small, tmp_path, damage, caplog):
+def test_damaged_cache_is_rebuilt_with_a_warning(small, tmp_path, damage, caplog, monkeypatch):
+    """A truncated cache still starts like ours (its first member is key.npy); an empty file is ours only in
+    edgeanchor's cache folder (tests/test_trust_writers.py: elsewhere it is the user's, never replaced)."""
     _, images, _, val = small
     det = build_detector("demo")
     dataset = CocoDetection(images, val, num_classes=det.num_classes, image_size=det.image_size)
-    path = tmp_path / "c.npz"
+    monkeypatch.setenv("EDGEANCHOR_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "c.npz" if damage == "truncate" else tmp_path / "cache" / "candidates" / "c.npz"
     good = load_or_build_cache(det, dataset, path, progress=False, log=lambda m: None)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")

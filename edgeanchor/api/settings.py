@@ -198,10 +198,13 @@ class PruneAndExportSettings(SearchSettings, _PruneAndExportOwn, ModelSettings):
             EdgeAnchorError: the first setting that is wrong, named as the API spells it.
         """
         from ..subset_search.run import check_search_options
+        from .workflow import check_cache_setting
 
         check_fields(self)
         self.export_options().validate()
         check_search_options(self.search_options())
+        if not self.keep_anchors:  # the search's cache
+            check_cache_setting(self.cache)
 
     def export_options(self):
         """The export step's settings."""
@@ -247,7 +250,7 @@ class SearchCommandSettings(SearchSettings, _SearchOwn, ModelWithAnchors):
         """
         from .workflow import check_search_settings
 
-        check_search_settings(out=self.out, **self.search_kwargs())
+        check_search_settings(out=self.out, cache=self.cache, **self.search_kwargs())
 
     def search_kwargs(self) -> dict:
         """:func:`edgeanchor.search`'s search keywords (``max_drop`` defaults there)."""

@@ -215,7 +215,8 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
 
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
-                                 executor=executor, ray_address=ray_address, backend=backend, out=out)
+                                 executor=executor, ray_address=ray_address, backend=backend, out=out,
+                                 cache=cache)
     spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)
@@ -255,15 +256,16 @@ def check_search_settings(*, method: str | None = None, cost: str = "head_macs",
                           max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4,
                           max_per_level: int = 1, max_evals: int = 3000, workers: int = 2, executor: str = "processes",
                           ray_address: str | None = None, backend: str = "faster",
-                          out: str | os.PathLike | None = None) -> Any:
+                          out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Any:
     """The search settings :func:`search` takes, checked before any model or data is touched.
 
     Returns:
         The :class:`~edgeanchor.subset_search.run.SearchOptions` (``max_drop`` 0.005 when no floor is given).
 
     Raises:
-        EdgeAnchorError: a setting out of range, Ray missing or not answering, or an output folder that
-            holds something other than a search.
+        EdgeAnchorError: a setting out of range, Ray missing or not answering, an output folder that
+            holds something other than a search, a cache path holding a file that is not a cache of ours,
+            or an output that cannot be written.
     """
     from ..subset_search.run import SearchOptions, check_search_folder, check_search_options
 
@@ -275,7 +277,23 @@ def check_search_settings(*, method: str | None = None, cost: str = "head_macs",
     check_search_options(spec)
     if out is not None:
         check_search_folder(Path(out))
+    check_cache_setting(cache)
     return spec
+
+
+def check_cache_setting(cache: str | os.PathLike | None) -> None:
+    """The candidate cache path (default: edgeanchor's cache folder), checked before the work.
+
+    Raises:
+        EdgeAnchorError: a file there that is not a cache of ours, or a place that cannot be written.
+    """
+    from ..evaluation.cache import check_cache_file
+    from ..io import cache_root, check_writable
+
+    if cache is not None:
+        check_cache_file(cache, load=False)
+    else:
+        check_writable(cache_root() / "candidates", "candidate cache folder")
 
 
 def _report_split(split: Data, report: Any) -> Data | None:

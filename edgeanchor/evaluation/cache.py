@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from ..datasets.coco import CocoDetection
 from ..errors import EdgeAnchorError
 from ..evaluation.predict import make_loader
-from ..io import atomic_path, log, warn
+from ..io import atomic_path, cache_root, check_writable, log, warn
 
 # 2: meta key "postprocess_spec"; 3: an image manifest (name, size, mtime, SHA-256) in the meta
 CACHE_FORMAT = "edgeanchor.candidates/3"
@@ -198,43 +199,67 @@ def image_manifest(dataset: CocoDetection) -> list[list]:
     return rows
 
 
+# Up to this many image bytes, every image is hashed each time a cache is reused (about a second per
+# 256 MiB); above it, an image whose size and mtime are unchanged is taken as unchanged without reading it.
+HASH_ALWAYS_MAX_BYTES = 256 * 2**20
+
+
 def images_unchanged(cache: CandidateCache, dataset: CocoDetection) -> tuple[bool, bool]:
     """(the images are the ones the cache was built from, the manifest's file times need refreshing).
 
-    Size and mtime are the fast check; an image whose size or mtime changed is
-    hashed, and only a different SHA-256 makes the cache stale (a touched or
-    copied file with the same contents does not).
+    A split of up to ``HASH_ALWAYS_MAX_BYTES`` is compared by SHA-256, always: an image rewritten with
+    its size and mtime put back is seen. Above that, size and mtime are the fast check and only an image
+    whose size or mtime changed is hashed (the trade-off the README states). Either way only a
+    different SHA-256 makes the cache stale (a touched or copied file with the same contents does not).
     """
     stored = cache.meta.get("images")
     paths = dataset.image_paths()
     if not isinstance(stored, list) or len(stored) != len(paths):
         return False, False
+    hash_always = sum(int(row[1]) for row in stored) <= HASH_ALWAYS_MAX_BYTES
     refresh = False
     for row, path in zip(stored, paths):
         name, size, mtime, digest = row
         if name != str(path.relative_to(dataset.image_dir)):
             return False, False
         st = path.stat()
-        if (st.st_size, st.st_mtime_ns) == (size, mtime):
+        if not hash_always and (st.st_size, st.st_mtime_ns) == (size, mtime):
             continue
         if st.st_size != size or _sha256(path) != digest:
             return False, False
-        row[2] = st.st_mtime_ns
-        refresh = True
+        if st.st_mtime_ns != mtime:
+            row[2] = st.st_mtime_ns
+            refresh = True
     return True, refresh
 
 
-def inspect_cache_file(path: Path) -> tuple[str, CandidateCache | None]:
+def _starts_like_ours(head: bytes) -> bool:
+    """True if ``head`` begins a cache of ours: a zip whose first member is ``key.npy`` (:meth:`CandidateCache.save`
+    writes the key first), as a truncated cache still does."""
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return False
+    name_len = int.from_bytes(head[26:28], "little")  # the zip local file header is 30 bytes, then the name
+    return head[30:30 + name_len] == b"key.npy"
+
+
+def inspect_cache_file(path: Path, *, ours_by_place: bool = False,
+                       load: bool = True) -> tuple[str, CandidateCache | None]:
     """What is at ``path``: ("ours", cache), ("old", None) an older format of ours, ("broken", None) an
-    empty or truncated cache, or ("foreign", None) a file edgeanchor did not write."""
+    empty or truncated cache of ours, or ("foreign", None) a file edgeanchor did not write.
+
+    A damaged file is ours only if it still starts like a cache of ours, or ``ours_by_place`` (it is in
+    edgeanchor's own cache folder): an empty ``notes.txt`` or a half-downloaded zip is foreign. With
+    ``load`` False a cache of ours is recognised but not loaded (("ours", None)).
+    """
     with open(path, "rb") as fh:
-        head = fh.read(4)
+        head = fh.read(64)
+    damaged = "broken" if ours_by_place or _starts_like_ours(head) else "foreign"
     if not head:
-        return "broken", None
+        return damaged, None
     try:
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, ValueError, OSError):
-        return ("broken" if head.startswith(b"PK") else "foreign"), None
+        return damaged, None
     if not isinstance(z, np.lib.npyio.NpzFile):
         return "foreign", None
     with z:
@@ -243,15 +268,52 @@ def inspect_cache_file(path: Path) -> tuple[str, CandidateCache | None]:
         try:
             fmt = str(json.loads(str(z["meta"])).get("format", ""))
         except (ValueError, AttributeError, zipfile.BadZipFile, EOFError, OSError):
-            return "broken", None
+            return damaged, None
     if fmt.startswith("edgeanchor.candidates/") and fmt != CACHE_FORMAT:
         return "old", None
     if fmt != CACHE_FORMAT:
         return "foreign", None
+    if not load:
+        return "ours", None
     try:
         return "ours", CandidateCache.load(path)
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError):
         return "broken", None
+
+
+def check_cache_file(path: str | os.PathLike, *, load: bool = True) -> tuple[str, CandidateCache | None]:
+    """Check the cache path before any work: a file of ours (or none yet), in a folder that can be written.
+
+    A file is rebuilt only if it is a cache of ours (by its header, or by being in edgeanchor's cache
+    folder); anything else at the path is never replaced.
+
+    Args:
+        path: the cache file.
+        load: load a cache of ours (False: only recognise it, for a check before the work).
+
+    Returns:
+        :func:`inspect_cache_file`'s (status, cache), or ("missing", None).
+
+    Raises:
+        EdgeAnchorError: ``path`` is a folder, a file that is not a candidate cache, or cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeAnchorError(f"the candidate cache {path} is a folder; give a file path")
+    check_writable(path, "candidate cache")
+    if not path.exists():
+        return "missing", None
+    try:
+        in_cache_root = path.resolve().is_relative_to(cache_root().resolve())
+        status, cache = inspect_cache_file(path, ours_by_place=in_cache_root, load=load)
+    except OSError as exc:
+        raise EdgeAnchorError(f"cannot read the candidate cache {path}: {exc.strerror}; check the path") from None
+    if status == "foreign":
+        raise EdgeAnchorError(
+            f"{path} exists and is not a candidate cache written by edgeanchor; refusing to replace it: "
+            "choose another cache path or remove the file yourself"
+        )
+    return status, cache
 
 
 def load_or_build_cache(detector, dataset: CocoDetection, path, *, batch_size: int = 16, device: str = "cpu",
@@ -262,17 +324,10 @@ def load_or_build_cache(detector, dataset: CocoDetection, path, *, batch_size: i
     Raises:
         EdgeAnchorError: ``path`` is a folder, or a file that is not a candidate cache (it is never replaced).
     """
-    key = cache_key(detector, dataset)
     path = Path(path)
-    if path.is_dir():
-        raise EdgeAnchorError(f"the candidate cache {path} is a folder; give a file path")
-    if path.exists():
-        status, cache = inspect_cache_file(path)
-        if status == "foreign":
-            raise EdgeAnchorError(
-                f"{path} exists and is not a candidate cache written by edgeanchor; refusing to replace it: "
-                "choose another cache path or remove the file yourself"
-            )
+    status, cache = check_cache_file(path)
+    key = cache_key(detector, dataset)
+    if status != "missing":
         if status == "broken":
             warn(f"candidate cache {path} is empty or truncated; rebuilding it")
         elif status == "old":

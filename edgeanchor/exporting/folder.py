@@ -48,7 +48,17 @@ from pathlib import Path
 from typing import cast
 
 from ..errors import EdgeAnchorError
-from ..io import atomic_dir, peek_json, read_json, write_json, write_text
+from ..io import (
+    atomic_dir,
+    clean_stale_builds,
+    first_foreign,
+    output_lock,
+    peek_json,
+    read_json,
+    read_manifest,
+    write_json,
+    write_text,
+)
 from .report_schema import (  # noqa: F401 - re-exported
     FORMAT,
     FORMAT_VERSION,
@@ -423,6 +433,11 @@ class ExportFolder:
         """
         path = Path(path)
         if not path.is_dir():
+            try:
+                clean_stale_builds(path)  # an export killed between the two renames of its swap: put it back
+            except OSError:  # a folder this reader may not write: the error below names the path
+                pass
+        if not path.is_dir():
             raise EdgeAnchorError(f"export folder {path} does not exist; run prune-and-export first or check the path")
         folder = cls(path)
         if not folder.report_path.is_file():
@@ -435,16 +450,21 @@ class ExportFolder:
     def build(cls, out: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Iterator[ExportFolder]:
         """Build a new export folder beside ``out``; it replaces ``out`` only when the block succeeds.
 
-        The checks of :func:`check_output` run first. Inside the block the
-        folder object points at the build folder; afterwards at ``out``.
+        The output's lock is taken first (:func:`~edgeanchor.io.output_lock`: a second run into ``out``
+        stops with one line), then the builds of killed runs are cleaned (a swap killed half-way is put
+        back), then the checks of :func:`check_output` run. Inside the block the folder object points at
+        the build folder; afterwards at ``out``. The build records what it wrote in its manifest, so a
+        later ``overwrite`` replaces only that.
         """
         out = Path(out)
-        check_output(out, overwrite=overwrite, inputs=inputs)
-        with atomic_dir(out, replace=out.exists()) as tmp:
-            folder = cls(tmp)
-            yield folder
-            if folder._report is None:
-                raise RuntimeError("an export folder was built without a report; call write_report last")
+        with output_lock(out):  # a second run into the same folder stops here, before any work
+            clean_stale_builds(out)  # a swap killed half-way is put back first: the decision below sees it
+            check_output(out, overwrite=overwrite, inputs=inputs)
+            with atomic_dir(out, replace=out.exists(), manifest=True) as tmp:
+                folder = cls(tmp)
+                yield folder
+                if folder._report is None:
+                    raise RuntimeError("an export folder was built without a report; call write_report last")
         folder.root = out
 
 
@@ -477,8 +497,10 @@ def is_export_folder(path: str | os.PathLike) -> bool:
 def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
     """Refuse an output folder that would lose something of the user's.
 
-    An existing ``out`` is replaced only if it is an edgeanchor export folder
-    and ``overwrite`` is set; an empty folder is reused. An ``out`` that is,
+    An existing ``out`` is replaced only if it is an edgeanchor export folder,
+    ``overwrite`` is set, and everything in it was written by edgeanchor: named
+    in its manifest, or added later by bench or evaluate (a folder from before
+    manifests: every file is a name of the layout); an empty folder is reused. An ``out`` that is,
     or contains, one of ``inputs`` (image folder, annotation files, weights,
     anchor files) is always refused, since replacing it would delete the input.
 
@@ -508,3 +530,35 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
     if not overwrite:
         raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another "
                               "folder")
+    known = is_added_file if read_manifest(out) is not None else is_layout_file
+    foreign = first_foreign(out, known)
+    if foreign is not None:
+        raise EdgeAnchorError(
+            f"the output folder {out} holds {foreign}, which edgeanchor did not write; refusing to replace the "
+            "folder: move that file out, or choose another `out` folder"
+        )
+
+
+# Files bench and evaluate add to a finished export folder (not in its manifest): bench results and plots, and
+# TensorRT engines with their caches and logs; atomic_path's temporary files of a killed writer are theirs too.
+_ADDED = re.compile(r"(baseline/)?(bench_[A-Za-z0-9_.-]+\.(json|png)|tensorrt/|tensorrt/[^/]+\.(engine|log)"
+                    r"|(timing|calib)\.cache|model_trt_[a-z0-9]+\.engine)")
+# Every file of the layout (module docstring), for a folder written before manifests. The bundled images
+# keep the report split's own names, so anything under data/images/ is taken as written by the export.
+_LAYOUT = re.compile(r"(baseline/)?((pruned|baseline)\.pt|anchors\.json|(" + "|".join(GRAPHS) + r")\.onnx"
+                     r"|openvino/|openvino/(" + "|".join(GRAPHS) + r")\.(xml|bin))|baseline/"
+                     r"|report\.(json|md)|pareto\.png|search\.json|data/|data/annotations\.json|data/images/.*")
+_TMP = re.compile(r"(.*/)?\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def is_added_file(rel: str) -> bool:
+    """True for a file (relative POSIX path; folders end with /) that bench or evaluate adds to an export."""
+    tmp = _TMP.fullmatch(rel)
+    if tmp:
+        rel = rel[: tmp.start("name") - 1] + tmp.group("name")
+    return _ADDED.fullmatch(rel) is not None
+
+
+def is_layout_file(rel: str) -> bool:
+    """True for a path of the export layout: what an export folder from before manifests may hold."""
+    return _LAYOUT.fullmatch(rel) is not None or is_added_file(rel)

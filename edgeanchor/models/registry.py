@@ -266,8 +266,8 @@ def save_checkpoint(det: Detector, path, *, meta: dict | None = None, extra: dic
     """Write ``det`` as a self-describing checkpoint, atomically."""
     obj = {"format": CHECKPOINT_FORMAT, **det.checkpoint_state(), "meta": meta or {}}
     obj.update(extra or {})
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)  # through a Python file, so a full disk surfaces as OSError (ENOSPC), not a bare C++ error
 
 
 def load_checkpoint(path) -> Detector:

@@ -19,7 +19,7 @@ from ..errors import EdgeAnchorError
 from ..evaluation.cache import cache_key, load_or_build_cache
 from ..evaluation.subset import SubsetScorer
 from ..evaluation.voc_map import METRICS
-from ..io import cache_root, log, read_json, write_json
+from ..io import cache_root, check_writable, log, read_json, write_json
 from .costs import build_cost_model
 from .evaluator import Evaluator, Node
 from .plot import plot_pareto
@@ -305,7 +305,7 @@ def check_search_folder(out_dir: Path) -> None:
     """A search folder is new, empty, or holds a search of ours (which is then resumed).
 
     Raises:
-        EdgeAnchorError: a file, or a non-empty folder without our search.json.
+        EdgeAnchorError: a file, a non-empty folder without our search.json, or a folder that cannot be written.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeAnchorError(f"the search folder {out_dir} is a file; give a folder")
@@ -314,6 +314,7 @@ def check_search_folder(out_dir: Path) -> None:
             f"the search folder {out_dir} is not empty and holds no search of ours (no search.json); "
             "choose another `out` folder"
         )
+    check_writable(out_dir, "search folder")  # now, not after the pass over the data
 
 
 def _stored_nodes(stored, path: Path) -> list[Node]:
