@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeAnchorError
+from ..errors import EdgeAnchorError, first_line  # noqa: F401 - first_line: the runtimes quote their errors with it
 
 STAGES = ("backbone", "head", "postprocess", "end_to_end")
 
@@ -63,12 +63,6 @@ def import_runtime(module: str, extra: str | None, name: str):
     except (ImportError, OSError):
         hint = f'pip install "edgeanchor[{extra}]"' if extra else f"pip install {module}"
         raise EdgeAnchorError(f"{name} is not installed; {hint}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's text (runtimes raise long multi-line texts), at most 200 chars."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 class GraphRunner:
