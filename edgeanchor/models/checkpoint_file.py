@@ -100,26 +100,29 @@ def check_checkpoint(obj: dict, path) -> dict:
         raise out_of_bounds(path, f"state_dict[{bad!r}]", type(state[bad]).__name__, "a tensor under a string key")
     if "meta" in obj:
         check_type(obj["meta"], dict, path, "meta", "a dict")
-    needed = _parameters_needed(obj, arch, path)
-    check_weights_hold(needed, state, path, f"arch {arch} with num_classes {obj['num_classes']}")
+    _check_model_size(obj, arch, state, path)
     return obj
 
 
-def _parameters_needed(obj: dict, arch: str, path) -> int:
-    """The parameters of the checkpoint's model, counted without allocating it (and its definition checked)."""
-    if arch.startswith("yolov5:"):
+def _check_model_size(obj: dict, arch: str, state: dict, path) -> None:
+    """Count the checkpoint's model on the meta device (nothing allocated): at most MAX_PARAMETERS, and, for
+    the torchvision families, no more parameters than the file holds weights (a crafted num_classes)."""
+    if arch.startswith("yolov5:"):  # nc only sizes Detect's 1x1 convolutions: the bounds and the count suffice
         config = check_type(obj.get("config"), dict, path, "config", "a dict holding yolo_layout")
         require_keys(config, ("yolo_layout", "depth_multiple", "width_multiple"), path, "config")
-        return check_layout(config["yolo_layout"], path, depth_multiple=config["depth_multiple"],
-                            width_multiple=config["width_multiple"], nc=obj["num_classes"],
-                            field="config.yolo_layout")
-    from .registry import ARCHS
+        check_layout(config["yolo_layout"], path, depth_multiple=config["depth_multiple"],
+                     width_multiple=config["width_multiple"], nc=obj["num_classes"], field="config.yolo_layout")
+        return
+    from ..anchors import AnchorSet
+    from .registry import ARCHS, _wrap
 
     if arch not in ARCHS:
         raise out_of_bounds(path, "arch", arch, f"one of {', '.join(ARCHS)} or yolov5:...")
-    size = tuple(obj["anchors"]["image_size"])
-    return parameters_needed(lambda: ARCHS[arch].builder(obj["num_classes"], size), path,
-                             f"arch {arch} with num_classes {obj['num_classes']}")
+    spec, anchors = ARCHS[arch], AnchorSet.from_json(obj["anchors"])
+    claim = f"arch {arch} with num_classes {obj['num_classes']}"
+    needed = parameters_needed(lambda: _wrap(spec, arch, spec.builder(obj["num_classes"], anchors.image_size),
+                                             anchors.image_size, anchors), path, claim)
+    check_weights_hold(needed, state, path, claim)
 
 
 def check_anchor_json(anchors, path, field: str) -> None:

@@ -56,6 +56,12 @@ def as_arrays(feeds: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def input_does_not_fit(name: str, path, exc: BaseException) -> EdgeAnchorError:
+    """A runtime refused a graph's input (a graph of another shape than the rest of its export folder)."""
+    return EdgeAnchorError(f"{name} cannot run {path} on its input ({first_line(exc)}); the graph does not fit the "
+                           "rest of its export folder: re-run prune-and-export to write the folder anew")
+
+
 def import_runtime(module: str, extra: str | None, name: str):
     """Import a runtime's Python module, or raise a one-line error naming the extra (or package) to install."""
     try:
