@@ -14,6 +14,10 @@ Unmarked words are prose: a stage called end_to_end or a file report_ann.json
 stays as it is.
 """
 
+import re
+
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
 
 class EdgeAnchorError(Exception):
     """A mistake in the user's input; the message says what and how to fix it."""
@@ -21,3 +25,17 @@ class EdgeAnchorError(Exception):
 
 class CheckFailed(Exception):
     """A check on valid input failed (parity, a diverging loss); the message says what was measured."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of a library's exception text, for quoting inside one of our lines.
+
+    Terminal escapes are removed (torch colours its advice), and a line longer than ``limit`` is cut at a
+    word boundary with "..." rather than mid-word. An exception without text gives its type's name.
+    """
+    text = _TERMINAL_ESCAPE.sub("", str(exc))
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return f"{cut}..."

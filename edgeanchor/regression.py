@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from .errors import EdgeAnchorError
+from .errors import EdgeAnchorError, first_line
 from .io import is_number, read_json, write_json
 from .runtimes import canonical_precision
 
@@ -166,9 +166,17 @@ def read_head_channels(folder) -> list[dict]:
 
     from .exporting.head_channels import read_head_channels as from_graph
 
-    model = onnx.load(str(folder.graph_path("pruned", "head")))
-    levels = sorted(int(o.name.split("_")[1]) for o in model.graph.output if o.name.startswith("cls_"))
-    return from_graph(model, levels)
+    path = folder.graph_path("pruned", "head")
+    try:
+        model = onnx.load(str(path), load_external_data=False)  # edgeanchor writes no external data
+    except Exception as exc:  # protobuf's DecodeError and others, for a file that is not ONNX
+        raise EdgeAnchorError(f"cannot read {path} as an ONNX graph ({first_line(exc)}); re-run prune-and-export "
+                              "to write the folder anew") from None
+    names = [o.name for o in model.graph.output if o.name.startswith("cls_")]
+    if not names or not all(n[4:].isdigit() for n in names):
+        raise EdgeAnchorError(f"{path} has outputs {[o.name for o in model.graph.output][:8]}, not cls_<level> and "
+                              "box_<level> as an edgeanchor head graph; re-run prune-and-export to write it anew")
+    return from_graph(model, sorted(int(n[4:]) for n in names))
 
 
 def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: float) -> list[dict]:

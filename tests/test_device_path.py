@@ -86,9 +86,13 @@ def test_format_1_folder_still_works_with_torch_and_gives_the_same_map(export, t
     del report["device"]
     (old / "report.json").write_text(json.dumps(report))
     v1 = ExportFolder.open(old)
-    assert v1.data == report["data"] and v1.model_info == export.model_info
-    assert v1.label_to_category() == export.label_to_category()
-    assert evaluate_export(v1, progress=False)["mAP"] == evaluate_export(export, progress=False)["mAP"]
+    assert v1.model_info == export.model_info
+    with pytest.raises(EdgeAnchorError, match="export format 1, which holds no copy of its report split"):
+        _ = v1.report_ann  # the recorded paths are named, never read: the user gives them
+    with pytest.raises(EdgeAnchorError, match="does not hold its report split's images"):
+        _ = v1.data
+    mine = evaluate_export(v1, data=report["data"], ann=report["report_ann"], progress=False)["mAP"]
+    assert mine == evaluate_export(export, progress=False)["mAP"]
 
 
 @pytest.mark.slow
@@ -99,10 +103,12 @@ def test_an_export_without_its_images_says_where_to_point(export, tmp_path, caps
     report["device"]["images"], report["data"] = None, str(tmp_path / "elsewhere")
     (bare / "report.json").write_text(json.dumps(report))
     assert main(["bench", str(bare), "--iters", "1", "--warmup", "0"]) == 2
-    assert "is not here; pass --images, a folder of images to time on" in capsys.readouterr().err
+    assert "does not hold its report split's images" in (err := capsys.readouterr().err)
+    assert "pass --images, a folder of images to time on" in err
     assert not list(bare.glob("bench_*"))
     assert main(["evaluate", "--export", str(bare)]) == 2
-    assert "(this export does not hold its images); pass --data, the folder that holds them" in capsys.readouterr().err
+    assert "(this export does not hold its images; " in (err := capsys.readouterr().err)
+    assert "pass --data, the folder that holds them" in err
     assert main(["evaluate", "--export", str(bare), "--data", export.data, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["mAP"] == evaluate_export(export, progress=False)["mAP"]
 

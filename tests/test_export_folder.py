@@ -44,8 +44,10 @@ def test_report_is_stamped_versioned_and_round_trips(tmp_path):
     assert folder.root == tmp_path / "e"
     opened = ExportFolder.open(tmp_path / "e")
     assert opened.report["format"] == FORMAT and opened.report["format_version"] == FORMAT_VERSION == 2
-    # the annotations are copied in; the image (missing here) is not, so data stays the recorded folder
-    assert opened.image_size == (320, 320) and opened.data == "imgs"
+    # the annotations are copied in; the image (missing here) is not, and the recorded folder is never read
+    assert opened.image_size == (320, 320)
+    with pytest.raises(EdgeAnchorError, match="does not hold its report split's images .* pass `data`"):
+        _ = opened.data
     assert opened.report_ann == str(tmp_path / "e" / "data" / "annotations.json")
     assert opened.label_to_category() == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}  # 5 categories, 6 classes: contiguous
     assert opened.model_info["num_classes"] == 6 and opened.preprocess["resize"] == "stretch"
@@ -59,7 +61,7 @@ def test_report_is_stamped_versioned_and_round_trips(tmp_path):
     (lambda r: r.pop("format_version"), "no valid format_version"),
     (lambda r: r.update(format_version="1"), "no valid format_version"),
     (lambda r: r.update(format="other"), "not an edgeanchor export report"),
-    (lambda r: r.update(image_size=[0, 320]), "`image_size` must be"),
+    (lambda r: r.update(image_size=[0, 320]), r"image_size is \[0, 320\], but it must be \[height, width\]"),
     (lambda r: r.update(report_ann=None), "report_ann must be a path"),
 ])
 def test_open_rejects_unknown_or_malformed_reports(tmp_path, change, message):

@@ -96,6 +96,7 @@ def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f
         the export's report recorded it (:func:`reported_map`; None where it is not recorded or ``ann`` is not
         the report split).
     """
+    from ..datasets.coco_schema import check_coco
     from ..datasets.imaging import load_image_array
     from ..evaluation.coco_map import coco_map
     from ..io import read_json
@@ -104,23 +105,25 @@ def evaluate_export(export, *, runtime: str = "onnxruntime", precision: str = "f
     precision = canonical_precision(precision)
     backend = pick_backend(backend)
     folder = open_export(export)
+    own_ann = ann is None  # the folder's copy of the report split; a user's `ann` may be anywhere
     data, ann = data or folder.data, ann or folder.report_ann
     info = folder.model_info
-    label_to_cat = (label_map_json(ann, info["num_classes"], info["first_label"]) if ann != folder.report_ann
-                    else folder.label_to_category())
+    label_to_cat = folder.label_to_category() if own_ann else label_map_json(ann, info["num_classes"],
+                                                                              info["first_label"])
+    images = _images(check_coco(read_json(ann, "annotation file"), ann), ann)
     graph = open_detector_graph(folder, runtime, variant, precision, threads=threads)
     size, resize = tuple(folder.preprocess["image_size"]), folder.preprocess["resize"]
-    images = _images(read_json(ann, "annotation file"), ann)
     results: list[dict] = []
     for im in progress_bar(images, desc=f"evaluate {runtime}", disable=not progress):
-        pixels, orig_size = load_image_array(_image_path(data, im["file_name"]), size, resize)
+        pixels, orig_size = load_image_array(_image_path(folder.image_file(data, im["file_name"], ann)), size,
+                                             resize)
         out = graph.run({"images": pixels[None]})
         results.extend(detections_to_results(out, im["id"], orig_size, size, resize, label_to_cat))
     metrics = coco_map(str(ann), results, backend=backend)
     return {"export": str(folder.root), "variant": variant, "runtime": runtime, "precision": precision,
             "graph": graph.path.name, "settings": graph.settings, "ann": str(ann), "num_images": len(images),
             "num_detections": len(results), "backend": backend, **{k: float(v) for k, v in metrics.items()},
-            "pytorch_mAP": reported_map(folder, variant) if str(ann) == folder.report_ann else None}
+            "pytorch_mAP": reported_map(folder, variant) if own_ann else None}
 
 
 def reported_map(folder: ExportFolder, variant: str) -> float | None:
@@ -164,10 +167,7 @@ def _images(ann, path) -> list[dict]:
     return ann["images"]
 
 
-def _image_path(data, name: str):
-    from pathlib import Path
-
-    path = Path(data) / name
+def _image_path(path):
     if not path.is_file():
         raise EdgeAnchorError(f"image {path} does not exist (this export does not hold its images); pass `data`, the "
                               "folder that holds them")

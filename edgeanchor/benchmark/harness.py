@@ -60,11 +60,13 @@ def load_images(folder: ExportFolder, image_dir=None, limit: int = 64) -> tuple[
             raise EdgeAnchorError(f"no .jpg or .png images under {image_dir}; give a folder of images")
         source = str(image_dir)
     else:
-        ann = read_json(folder.report_ann, "report annotations of the export")
-        if not isinstance(ann, dict) or not isinstance(ann.get("images"), list) or not ann["images"]:
-            raise EdgeAnchorError(f"{folder.report_ann} lists no images; give a folder of images to time on")
-        files = [Path(folder.data) / im["file_name"] for im in ann["images"]]
-        source = folder.report_ann
+        from ..datasets.coco_schema import check_coco
+
+        source, data = folder.annotations_file("images"), folder.images_dir("images")
+        ann = check_coco(read_json(source, "report annotations of the export"), source)
+        if not ann["images"]:
+            raise EdgeAnchorError(f"{source} lists no images; give a folder of images to time on")
+        files = [folder.image_file(data, im["file_name"], source) for im in ann["images"][:limit]]
         missing = next((f for f in files[:limit] if not f.is_file()), None)
         if missing is not None:  # a split too large to bundle, its recorded folder not on this machine
             raise EdgeAnchorError(f"image {missing} of the export's report split is not here; pass `images`, a "

@@ -14,15 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgeAnchorError, first_line
+
 COUNT_RUNTIMES = ("onnxruntime", "openvino")  # runtimes that run the graph with an intermediate output
 
 
-def nms_scores_output(model):
-    """``model`` (an onnx ModelProto) with the NMS node's score input added as a graph output; and its name."""
+def nms_scores_output(model, source="the end-to-end graph"):
+    """``model`` (an onnx ModelProto, read from ``source``) with the NMS node's score input added as a graph
+    output; and its name.
+
+    Raises:
+        EdgeAnchorError: the graph has no NonMaxSuppression node, or several (not an edgeanchor end-to-end graph).
+    """
     import onnx
 
     nms = [n for n in model.graph.node if n.op_type == "NonMaxSuppression"]
-    assert len(nms) == 1, f"expected one NonMaxSuppression node, found {len(nms)}"
+    if len(nms) != 1 or len(nms[0].input) < 2:
+        raise EdgeAnchorError(f"{source} has {len(nms)} NonMaxSuppression nodes, where an edgeanchor end-to-end "
+                              "graph has one; re-run prune-and-export to write the folder anew")
     name = nms[0].input[1]  # (1, C, B) scores, -1 where not a candidate
     model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return model, name
@@ -36,7 +45,12 @@ class NmsCounter:
 
         from ..runtimes import open_graph
 
-        model, self.name = nms_scores_output(onnx.load(str(model_path)))
+        try:
+            model = onnx.load(str(model_path), load_external_data=False)  # edgeanchor writes no external data
+        except Exception as exc:  # onnx raises protobuf's DecodeError and others for a file that is not ONNX
+            raise EdgeAnchorError(f"cannot read {model_path} as an ONNX graph ({first_line(exc)}); re-run "
+                                  "prune-and-export to write the folder anew") from None
+        model, self.name = nms_scores_output(model, model_path)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model_nms_scores.onnx"
             onnx.save(model, str(path))

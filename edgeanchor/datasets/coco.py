@@ -10,7 +10,6 @@ skipped and counted in :attr:`CocoDetection.skipped`, never silently changed.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,11 @@ import torch
 
 from ..errors import EdgeAnchorError
 from ..io import read_json
+from .coco_schema import category_ids as _category_ids
+from .coco_schema import check_annotation_fields as _check_annotation_fields
+from .coco_schema import check_references as _check_references
+from .coco_schema import index_images as _index_images
+from .coco_schema import require_list as _require_list
 from .imaging import (
     LETTERBOX_FILL,  # noqa: F401 - re-exported
     RESIZE_MODES,
@@ -117,87 +121,6 @@ def load_image(path: Path, image_size: tuple[int, int] | None,
     """
     array, orig_size = load_image_array(path, image_size, resize)
     return torch.from_numpy(array), orig_size
-
-
-def _require_list(data: dict, key: str, ann_file: Path) -> list:
-    value = data.get(key)
-    if not isinstance(value, list):
-        raise EdgeAnchorError(
-            f"annotation file {ann_file} has no '{key}' list; a COCO file needs 'images', 'annotations' "
-            "and 'categories'"
-        )
-    return value
-
-
-def _index_images(images: list, ann_file: Path) -> tuple[list[int], dict[int, dict]]:
-    ids, by_id = [], {}
-    for n, img in enumerate(images):
-        if not isinstance(img, dict) or not _is_int(img.get("id")) or not isinstance(img.get("file_name"), str):
-            raise EdgeAnchorError(f"{ann_file}: images[{n}] needs an integer 'id' and a 'file_name'; fix the entry")
-        image_id = int(img["id"])
-        if image_id in by_id:
-            raise EdgeAnchorError(f"{ann_file}: image id {image_id} appears twice in 'images'; make ids unique")
-        for key in ("height", "width"):
-            if key in img and img[key] is not None and not (_is_int(img[key]) and img[key] > 0):
-                raise EdgeAnchorError(
-                    f"{ann_file}: images[{n}] (id {image_id}) has {key} {img[key]!r}; it must be a positive integer "
-                    "(or left out)"
-                )
-        ids.append(image_id)
-        by_id[image_id] = img
-    return ids, by_id
-
-
-def _category_ids(categories: list, ann_file: Path) -> list[int]:
-    for n, cat in enumerate(categories):
-        if not isinstance(cat, dict) or "id" not in cat:
-            raise EdgeAnchorError(f"{ann_file}: categories[{n}] has no 'id'; fix the entry")
-        if not _is_int(cat["id"]):
-            raise EdgeAnchorError(f"{ann_file}: categories[{n}] has id {cat['id']!r}; category ids must be integers")
-    return sorted(int(c["id"]) for c in categories)
-
-
-def _check_references(annotations: list, image_ids: set, category_ids: set, ann_file: Path) -> None:
-    """Raise on annotations whose image id or category id is not declared."""
-    for key, known, where in (("image_id", image_ids, "images"), ("category_id", category_ids, "categories")):
-        bad = [a for a in annotations if int(a[key]) not in known]
-        if bad:
-            first = bad[0]
-            raise EdgeAnchorError(
-                f"{ann_file}: {len(bad)} annotation(s) refer to a {key} not listed in '{where}' "
-                f"(first: annotation {first.get('id', '?')} -> {key} {first[key]}); fix or remove them"
-            )
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_annotation_fields(annotations: list, ann_file: Path) -> None:
-    seen: dict[int, int] = {}
-    for n, ann in enumerate(annotations):
-        if isinstance(ann, dict) and _is_int(ann.get("id")):
-            if ann["id"] in seen:
-                raise EdgeAnchorError(
-                    f"{ann_file}: annotation id {ann['id']} appears twice (annotations[{seen[ann['id']]}] and [{n}]); "
-                    "COCO evaluation needs unique annotation ids: renumber them"
-                )
-            seen[ann["id"]] = n
-        elif isinstance(ann, dict):
-            raise EdgeAnchorError(
-                f"{ann_file}: annotations[{n}] has no integer 'id'; COCO evaluation needs one per annotation"
-            )
-        ok = isinstance(ann, dict) and _is_int(ann.get("image_id")) and _is_int(ann.get("category_id"))
-        bbox = ann.get("bbox") if ok else None
-        ok = ok and isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in bbox
-        )
-        if not ok:
-            ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
-            raise EdgeAnchorError(
-                f"{ann_file}: annotations[{n}] (id {ann_id}) needs integer 'image_id' and 'category_id' and a 'bbox' "
-                "of 4 finite numbers [x, y, w, h]; fix the entry"
-            )
 
 
 def _check_files_exist(image_dir: Path, images: list[dict]) -> None:

@@ -158,10 +158,29 @@ class ExportFolder:
         _check_variant(variant)
         return self.root if variant == "pruned" else self.root / "baseline"
 
+    def inside(self, path: str | os.PathLike, what: str) -> Path:
+        """``path`` if it resolves inside the folder, symlinks followed; else a one-line refusal.
+
+        An export folder may come from anyone: everything it names must stay inside it. Only paths the
+        user gives (``data``, ``images``, ``ann``) may point elsewhere.
+
+        Raises:
+            EdgeAnchorError: naming the entry and where it leads.
+        """
+        path = Path(path)
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise EdgeAnchorError(
+                f"{self.root}: {what} leads outside the export folder (to {resolved}); an export folder may only "
+                "name files inside it: copy the file into the folder, or give its path on the command line"
+            )
+        return path
+
     def graph_path(self, variant: str, graph: str) -> Path:
         if graph not in GRAPHS:
             raise ValueError(f"unknown graph {graph!r}; one of {GRAPHS}")
-        return graph_file(self.variant_dir(variant), graph)
+        path = graph_file(self.variant_dir(variant), graph)
+        return self.inside(path, str(path.relative_to(self.root)))
 
     def graph_files(self, variant: str, graphs) -> dict[str, Path]:
         """Graph name -> its file in the variant's folder, for ``graphs`` (names of ``GRAPHS``)."""
@@ -169,7 +188,9 @@ class ExportFolder:
 
     def ir_path(self, variant: str, graph: str) -> Path:
         """Where a graph's OpenVINO IR goes: ``openvino/<graph>.xml`` (+ ``.bin``) beside its ONNX file."""
-        return self.graph_path(variant, graph).parent / IR_DIR / f"{graph}.xml"
+        path = self.graph_path(variant, graph).parent / IR_DIR / f"{graph}.xml"
+        self.inside(path.with_suffix(".bin"), str(path.with_suffix(".bin").relative_to(self.root)))
+        return self.inside(path, str(path.relative_to(self.root)))
 
     def runtime_file(self, runtime: str, variant: str, graph: str) -> Path:
         """The file ``runtime`` runs for ``graph``: OpenVINO its IR when the export has one, else the ONNX file."""
@@ -177,14 +198,16 @@ class ExportFolder:
         return ir if runtime == "openvino" and ir.is_file() else self.graph_path(variant, graph)
 
     def checkpoint_path(self, variant: str) -> Path:
-        return self.variant_dir(variant) / _CHECKPOINT[variant]
+        path = self.variant_dir(variant) / _CHECKPOINT[variant]
+        return self.inside(path, str(path.relative_to(self.root)))
 
     def anchors_path(self, variant: str) -> Path:
-        return self.variant_dir(variant) / "anchors.json"
+        path = self.variant_dir(variant) / "anchors.json"
+        return self.inside(path, str(path.relative_to(self.root)))
 
     @property
     def report_path(self) -> Path:
-        return self.root / "report.json"
+        return self.inside(self.root / "report.json", "report.json")
 
     @property
     def report_md_path(self) -> Path:
@@ -206,7 +229,8 @@ class ExportFolder:
         for, so both are in its name.
         """
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-").lower() or "gpu"
-        return self.variant_dir(variant) / TRT_DIR / f"{graph}_{precision}_trt{trt_version}_{slug}.engine"
+        path = self.variant_dir(variant) / TRT_DIR / f"{graph}_{precision}_trt{trt_version}_{slug}.engine"
+        return self.inside(path, str(path.relative_to(self.root)))
 
     def build_log_path(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> Path:
         """The TensorRT build log of :meth:`engine_path`'s engine, beside it."""
@@ -214,11 +238,13 @@ class ExportFolder:
 
     def timing_cache_path(self, variant: str) -> Path:
         """The variant's TensorRT timing cache, shared by its engine builds (and its trtexec line)."""
-        return self.variant_dir(variant) / "timing.cache"
+        path = self.variant_dir(variant) / "timing.cache"
+        return self.inside(path, str(path.relative_to(self.root)))
 
     def calib_cache_path(self, variant: str) -> Path:
         """The variant's TensorRT int8 calibration cache (written by an int8 build, read by its trtexec line)."""
-        return self.variant_dir(variant) / "calib.cache"
+        path = self.variant_dir(variant) / "calib.cache"
+        return self.inside(path, str(path.relative_to(self.root)))
 
     def engine_files(self, variant: str, graph: str, precision: str, *, trt_version: str, gpu: str) -> EngineFiles:
         """The engine of ``graph`` (:meth:`engine_path`) with the timing cache, calibration cache and build log."""
@@ -261,16 +287,64 @@ class ExportFolder:
 
     @property
     def data(self) -> str:
-        """Image folder of the report split (the default images of bench and regress): the copy in the folder
-        (format 2), else the path recorded at export."""
+        """Image folder of the report split (the default images of evaluate and regress): the copy in the folder.
+
+        Raises:
+            EdgeAnchorError: the folder holds no copy (format 1, or a split too large to bundle); the path
+                recorded at export is named, never read.
+        """
+        return self.images_dir("data")
+
+    def images_dir(self, param: str) -> str:
+        """:attr:`data`, with ``param`` the parameter the message tells the user to pass instead."""
         bundled = (self.report.get("device") or {}).get("images")
-        return str(self.root / bundled) if bundled else self.report["data"]
+        if bundled:
+            return str(self.inside(self.root / bundled, f"device.images {bundled!r}"))
+        hint = "a folder of images to time on" if param == "images" else "the folder that holds them"
+        if self.report["format_version"] < 2:
+            hint += ", or re-run prune-and-export to write export format 2, which holds them"
+        raise EdgeAnchorError(f"{self.root} does not hold its report split's images (this export does not hold its "
+                              f"images; export format {self.report['format_version']}; at export they were in "
+                              f"{self.report['data']}, which is not read from what a folder says); pass `{param}`, "
+                              f"{hint}")
 
     @property
     def report_ann(self) -> str:
-        """The report split's annotations: the copy in the folder (format 2), else the recorded path."""
+        """The report split's annotations: the copy in the folder (format 2).
+
+        Raises:
+            EdgeAnchorError: a format-1 folder, which holds no copy; the path recorded at export is named, never read.
+        """
+        return self.annotations_file("ann")
+
+    def annotations_file(self, param: str) -> str:
+        """:attr:`report_ann`, with ``param`` the parameter the message tells the user to pass instead."""
         bundled = (self.report.get("device") or {}).get("annotations")
-        return str(self.root / bundled) if bundled else self.report["report_ann"]
+        if bundled:
+            return str(self.inside(self.root / bundled, f"device.annotations {bundled!r}"))
+        what = "a folder of images to time on" if param == "images" else "the report split's annotation file"
+        raise EdgeAnchorError(f"{self.root} is export format 1, which holds no copy of its report split (at export: "
+                              f"{self.report['report_ann']}, which is not read from what a folder says); pass "
+                              f"`{param}`, {what}, or re-run prune-and-export to write format 2")
+
+    def image_file(self, images_dir: str | os.PathLike, name, ann) -> Path:
+        """The image ``name`` (a ``file_name`` of the annotation file ``ann``) under ``images_dir``.
+
+        A ``file_name`` must be a relative path that stays below ``images_dir``; under the folder's own
+        images it must also resolve inside the folder (symlinks followed).
+
+        Raises:
+            EdgeAnchorError: an absolute ``file_name``, one with ``..``, or one that leads outside the folder.
+        """
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise EdgeAnchorError(f"{ann}: file_name {name!r} leaves the image folder; file names must be relative "
+                                  "paths below it")
+        path = Path(images_dir) / relative
+        bundled = (self.report.get("device") or {}).get("images")
+        if bundled and Path(images_dir) == self.root / bundled:
+            self.inside(path, f"image {name!r} of {Path(ann).name}")
+        return path
 
     @property
     def preprocess(self) -> dict:

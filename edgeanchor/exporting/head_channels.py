@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import onnx
 
+from ..errors import EdgeAnchorError
+
 
 def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
     """Output channels of the convolutions producing ``cls_L`` and ``box_L``, read from the graph.
@@ -27,10 +29,13 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
     def conv_of(output: str):
         node = producer.get(output)
         # YOLO's cls/box outputs are views (Reshape, Slice) of one Detect convolution per level.
-        while node is not None and node.op_type in ("Identity", "Reshape", "Slice", "Split"):
+        for _ in range(len(graph.node)):  # at most one step per node: a crafted graph may hold a cycle
+            if node is None or node.op_type not in ("Identity", "Reshape", "Slice", "Split") or not node.input:
+                break
             node = producer.get(node.input[0])
-        if node is None or node.op_type != "Conv" or node.input[1] not in weights:
-            raise AssertionError(f"head output {output} is not produced by a Conv with constant weights")
+        if node is None or node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+            raise EdgeAnchorError(f"head output {output} is not produced by a Conv with constant weights, as in an "
+                                  "edgeanchor head graph; re-run prune-and-export to write the folder anew")
         return node
 
     def sliced_from(output: str, conv) -> bool:
@@ -45,6 +50,9 @@ def read_head_channels(head: onnx.ModelProto, levels: list[int]) -> list[dict]:
         entry = {"level": i, "cls_channels": int(weights[cls_conv.input[1]][0]),
                  "box_channels": int(weights[box_conv.input[1]][0])}
         if cls_conv is box_conv and sliced_from(f"cls_{i}", cls_conv) and sliced_from(f"box_{i}", box_conv):
+            if not (len(declared.get(f"cls_{i}", ())) > 1 and len(declared.get(f"box_{i}", ())) > 1):
+                raise EdgeAnchorError(f"head outputs cls_{i} and box_{i} declare no channel dimension, as an "
+                                      "edgeanchor head graph does; re-run prune-and-export to write the folder anew")
             # the fused head (exporting/fused_head.py): one conv of A*(K+4) channels sliced into cls A*K and box A*4;
             # the counts are the outputs' (static, declared) channels, as for the unfused head's two convs
             entry.update(cls_channels=int(declared[f"cls_{i}"][1]), box_channels=int(declared[f"box_{i}"][1]))

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import EdgeAnchorError
+from ..errors import EdgeAnchorError, first_line
 from ..io import atomic_path
 from ..models.base import Detector
 from .folder import DECODED_GRAPH, graph_file
@@ -252,7 +252,7 @@ def simplify_checked(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises many types on graphs it cannot handle
-        return model, f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return model, f"onnxsim failed: {type(exc).__name__}: {first_line(exc)}"
     if not ok:
         return model, "onnxsim's own check failed"
     try:

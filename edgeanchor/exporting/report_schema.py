@@ -11,6 +11,17 @@ from typing import Any, TypedDict
 
 from ..errors import EdgeAnchorError
 from ..io import read_json
+from ..limits import (
+    MAX_ANCHORS_PER_LEVEL,
+    MAX_CLASSES,
+    MAX_LEVELS,
+    check_image_side_pair,
+    check_int,
+    check_type,
+    is_int,
+    out_of_bounds,
+    require_keys,
+)
 
 FORMAT = "edgeanchor.export"
 FORMAT_VERSION = 2
@@ -147,9 +158,7 @@ def validate_report(report, path) -> dict:
         )
     if version < 1:
         raise EdgeAnchorError(f"{path} has unknown export format version {version}; re-run prune-and-export")
-    size = report.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        raise EdgeAnchorError(f"{path}: `image_size` must be [height, width] in pixels, got {size!r}")
+    check_image_side_pair(report.get("image_size"), path, "image_size")
     for key in ("data", "report_ann"):
         if not isinstance(report.get(key), str):
             raise EdgeAnchorError(f"{path}: {key} must be a path, got {report.get(key)!r}")
@@ -159,12 +168,32 @@ def validate_report(report, path) -> dict:
 
 
 def _validate_device(device, path) -> None:
-    """The format-2 device section (preprocessing, label map, model identity, bundled data)."""
+    """The format-2 device section (preprocessing, label map, model identity, bundled data): types and bounds.
+
+    Where its paths point is checked by :class:`~edgeanchor.exporting.folder.ExportFolder`, which knows the
+    folder.
+    """
     fix = "re-run prune-and-export to write it anew"
     if not isinstance(device, dict) or not all(isinstance(device.get(k), dict)
                                                for k in ("preprocess", "label_to_category", "model")):
         raise EdgeAnchorError(f"{path}: device must hold preprocess, label_to_category and model; {fix}")
-    if device["preprocess"].get("resize") not in ("stretch", "letterbox"):
+    preprocess, model = device["preprocess"], device["model"]
+    if preprocess.get("resize") not in ("stretch", "letterbox"):
         raise EdgeAnchorError(f"{path}: device.preprocess.resize must be stretch or letterbox; {fix}")
+    check_image_side_pair(preprocess.get("image_size"), path, "device.preprocess.image_size")
+    require_keys(model, ("arch", "num_classes", "first_label", "image_size", "baseline_anchors"), path,
+                 "device.model")
+    check_type(model["arch"], str, path, "device.model.arch", "an architecture name (a string)")
+    check_int(model["num_classes"], path, "device.model.num_classes", 1, MAX_CLASSES)
+    check_int(model["first_label"], path, "device.model.first_label", 0, 1)
+    check_image_side_pair(model["image_size"], path, "device.model.image_size")
+    check_int(model["baseline_anchors"], path, "device.model.baseline_anchors", 1,
+              MAX_LEVELS * MAX_ANCHORS_PER_LEVEL)
+    for label, category in device["label_to_category"].items():
+        if not (isinstance(label, str) and label.isdigit() and is_int(category)):
+            raise out_of_bounds(path, "device.label_to_category", {label: category},
+                                "a map of model label (a string of digits) -> category id (an integer)")
     if not isinstance(device.get("annotations"), str):
         raise EdgeAnchorError(f"{path}: device.annotations must be a path in the folder; {fix}")
+    if device.get("images") is not None and not isinstance(device["images"], str):
+        raise EdgeAnchorError(f"{path}: device.images must be a path in the folder, or null; {fix}")

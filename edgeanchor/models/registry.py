@@ -28,6 +28,7 @@ import torch
 from ..anchors import AnchorSet, parse_anchor_file, parse_overanchorized
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, read_json
+from ..limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from ..postprocess import PostprocessRule
 from .base import Detector
 
@@ -134,9 +135,9 @@ def build_detector(
         )
     arch = ARCHS[name]
     min_classes = 2 if arch.family == "ssd" else 1  # SSD counts the background class
-    if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= min_classes):
+    if num_classes is not None and not (isinstance(num_classes, int) and min_classes <= num_classes <= MAX_CLASSES):
         raise EdgeAnchorError(
-            f"`num_classes` must be at least {min_classes} for {name} (got {num_classes}"
+            f"`num_classes` must be at least {min_classes} and at most {MAX_CLASSES:,} for {name} (got {num_classes}"
             f"{'; it counts the background class' if arch.family == 'ssd' else ''})"
         )
     check_image_size(image_size)
@@ -163,10 +164,11 @@ def build_detector(
 
 
 def check_image_size(image_size) -> None:
-    """Refuse an image_size that is not None or two integers >= 32 (height, width)."""
+    """Refuse an image_size that is not None or two integers from 32 to MAX_IMAGE_SIDE (height, width)."""
     if image_size is not None and (len(tuple(image_size)) != 2
-                                   or not all(isinstance(v, int) and v >= 32 for v in image_size)):
-        raise EdgeAnchorError(f"`image_size` must be two integers >= 32 (height, width), got {list(image_size)}")
+                                   or not all(isinstance(v, int) and 32 <= v <= MAX_IMAGE_SIDE for v in image_size)):
+        raise EdgeAnchorError(f"`image_size` must be two integers from 32 to {MAX_IMAGE_SIDE:,} (height, width), "
+                              f"got {list(image_size)}")
 
 
 def _size_does_not_fit(name: str, image_size, exc: Exception) -> EdgeAnchorError:
@@ -223,17 +225,14 @@ def resolve_anchors(anchors, template: AnchorSet) -> AnchorSet:
 
 # ---- weights and checkpoints -------------------------------------------
 def _read_weights(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeAnchorError(f"weights file {path} does not exist; check the `weights` path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise EdgeAnchorError(
-            f"cannot read weights {path}: {str(exc).splitlines()[0]}; is it a PyTorch file?"
-        ) from None
+    """A weights file's contents (one weights-only load); an edgeanchor checkpoint's fields are checked too."""
+    from .checkpoint_file import check_checkpoint, read_torch_file
+
+    obj = read_torch_file(path)
     if not isinstance(obj, dict):
         raise EdgeAnchorError(f"weights {path} hold a {type(obj).__name__}, not a state dict")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        check_checkpoint(obj, path)
     return obj
 
 

@@ -8,13 +8,13 @@ edgeanchor checkpoint. A yolov5 checkpoint's own anchors and nc override the def
 
 from __future__ import annotations
 
-import pickle
-
 import torch
 
 from ..anchors import AnchorSet
 from ..errors import EdgeAnchorError
+from ..limits import MAX_MULTIPLE, check_number
 from ..postprocess import PostprocessRule
+from .model_size import check_layout, check_weights_hold
 from .yolo import YoloDetector, wrap_yolov5
 from .yolov5_arch import SIZES, YoloV5, layout_for, make_divisible
 
@@ -40,15 +40,14 @@ def _infer_size(state: dict) -> str | None:
 
 def _read_yolo_weights(path) -> dict:
     """{"kind": "edgeanchor" | "yolov5" | "state_dict", ...} read from a weights file."""
-    from pathlib import Path
+    from .checkpoint_file import HoldsObjects, check_checkpoint, read_torch_file
+    from .registry import CHECKPOINT_FORMAT, _is_yolov5_pickle, _state_dict_of
 
-    from .registry import CHECKPOINT_FORMAT, _state_dict_of
-
-    if not Path(path).is_file():
-        raise EdgeAnchorError(f"weights file {path} does not exist; check the `weights` path")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError):
+        obj = read_torch_file(path)
+    except HoldsObjects:
+        if not _is_yolov5_pickle(path):
+            raise
         from .yolov5_checkpoint import read_yolov5_checkpoint  # a train.py pickle: yolov5 classes inside
 
         ck = read_yolov5_checkpoint(path)
@@ -57,7 +56,7 @@ def _read_yolo_weights(path) -> dict:
     if not isinstance(obj, dict):
         raise EdgeAnchorError(f"weights {path} hold a {type(obj).__name__}, not a state dict")
     if obj.get("format") == CHECKPOINT_FORMAT:
-        return {"kind": "edgeanchor", "obj": obj}
+        return {"kind": "edgeanchor", "obj": check_checkpoint(obj, path)}
     state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
              for k, v in _state_dict_of(obj).items()}
     return {"kind": "state_dict", "state": state}
@@ -99,6 +98,10 @@ def build_yolo(name: str, *, num_classes: int | None, weights, anchors, image_si
                                       "leave `num_classes` unset or give the matching value")
             nc = weights_nc
         ckpt_anchors = read.get("anchors_px")
+    needed = check_layout(layout, weights if read is not None and read["kind"] == "yolov5" else name,
+                          depth_multiple=gd, width_multiple=gw, nc=nc)
+    if read is not None:
+        check_weights_hold(needed, read["state"], weights, f"nc {nc}")
     net = YoloV5(layout, nc, gd, gw)
     if read is not None:
         state = dict(read["state"])
@@ -159,7 +162,8 @@ def yolo_from_train_checkpoint(path, *, num_classes, anchors, image_size) -> Yol
         raise EdgeAnchorError(f"{path} holds no model definition; give the model as yolov5:SIZE or yolov5:MODEL.yaml "
                               f"and pass {path} as weights")
     doc = normalise_layout(doc)
-    gd, gw = float(doc.get("depth_multiple", 1.0)), float(doc.get("width_multiple", 1.0))
+    gd = check_number(doc.get("depth_multiple", 1.0), path, "yaml.depth_multiple", 0.0, MAX_MULTIPLE, low_open=True)
+    gw = check_number(doc.get("width_multiple", 1.0), path, "yaml.width_multiple", 0.0, MAX_MULTIPLE, low_open=True)
     standard = [s for s, m in SIZES.items() if m == (gd, gw) and doc["backbone"] == V7_LAYOUT["backbone"]
                 and doc["head"] == V7_LAYOUT["head"]]
     name = f"yolov5:{standard[0]}" if standard else "yolov5:custom"

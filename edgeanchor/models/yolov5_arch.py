@@ -284,8 +284,10 @@ class YoloV5(nn.Module):
 def normalise_layout(doc: dict) -> dict:
     """A model definition with yolov5's YAML spelling of None (the string 'None', which yolov5 evaluates) as None."""
     doc = deepcopy(doc)
-    for key in ("backbone", "head"):
-        doc[key] = [[f, n, m, [None if a == "None" else a for a in args]] for f, n, m, args in doc[key]]
+    for key in ("backbone", "head"):  # entries of another shape stay as they are, for check_layout to name
+        if isinstance(doc[key], list):
+            doc[key] = [[*e[:3], [None if a == "None" else a for a in e[3]]]
+                        if isinstance(e, list) and len(e) == 4 and isinstance(e[3], list) else e for e in doc[key]]
     return doc
 
 
@@ -304,7 +306,12 @@ def layout_for(size_or_yaml: str) -> tuple[dict, float, float]:
         raise EdgeAnchorError(f"cannot read model definition {path} ({str(exc).splitlines()[0][:100]})") from None
     if not isinstance(doc, dict) or not {"backbone", "head", "anchors"} <= set(doc):
         raise EdgeAnchorError(f"{path} is not a yolov5 model definition (needs anchors, backbone and head)")
-    return normalise_layout(doc), float(doc.get("depth_multiple", 1.0)), float(doc.get("width_multiple", 1.0))
+    from .model_size import check_layout
+
+    gd, gw = doc.get("depth_multiple", 1.0), doc.get("width_multiple", 1.0)
+    doc = normalise_layout(doc)
+    check_layout(doc, path, depth_multiple=gd, width_multiple=gw)  # before anything is allocated
+    return doc, float(gd), float(gw)
 
 
 def build_yolov5(size_or_yaml: str = "s", nc: int = 80) -> YoloV5:

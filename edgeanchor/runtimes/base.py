@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeAnchorError
+from ..errors import EdgeAnchorError, first_line  # noqa: F401 - first_line: the runtimes quote their errors with it
 
 STAGES = ("backbone", "head", "postprocess", "end_to_end")
 
@@ -56,6 +56,12 @@ def as_arrays(feeds: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def input_does_not_fit(name: str, path, exc: BaseException) -> EdgeAnchorError:
+    """A runtime refused a graph's input (a graph of another shape than the rest of its export folder)."""
+    return EdgeAnchorError(f"{name} cannot run {path} on its input ({first_line(exc)}); the graph does not fit the "
+                           "rest of its export folder: re-run prune-and-export to write the folder anew")
+
+
 def import_runtime(module: str, extra: str | None, name: str):
     """Import a runtime's Python module, or raise a one-line error naming the extra (or package) to install."""
     try:
@@ -63,12 +69,6 @@ def import_runtime(module: str, extra: str | None, name: str):
     except (ImportError, OSError):
         hint = f'pip install "edgeanchor[{extra}]"' if extra else f"pip install {module}"
         raise EdgeAnchorError(f"{name} is not installed; {hint}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's text (runtimes raise long multi-line texts), at most 200 chars."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 class GraphRunner:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
-from .base import Graph, as_arrays, import_runtime
+from .base import Graph, as_arrays, first_line, import_runtime, input_does_not_fit
 
 NAME = "ONNX Runtime"
 PRECISIONS = ("fp32", "int8")
@@ -58,10 +58,9 @@ def make_session(
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeAnchorError(
-            f"ONNX Runtime cannot load {path} ({first[:200]}); the file is damaged or not an ONNX graph: "
-            "export it again"
+            f"ONNX Runtime {ort.__version__} cannot load {path} ({first_line(exc)}); write it again with "
+            "prune-and-export, or use the ONNX Runtime version that wrote it"
         ) from None
 
 
@@ -83,7 +82,12 @@ class OrtGraph(Graph):
                          "execution_mode": "ORT_SEQUENTIAL"}
 
     def run(self, feeds):
-        return dict(zip(self.output_names, self.session.run(self.output_names, as_arrays(feeds))))
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+        try:
+            return dict(zip(self.output_names, self.session.run(self.output_names, as_arrays(feeds))))
+        except (InvalidArgument, Fail) as exc:  # an input of another shape or type than the graph declares
+            raise input_does_not_fit(NAME, self.path, exc) from None
 
 
 def open_graph(path, *, threads: int = 0, precision: str = "fp32", opt_level: str = "all") -> OrtGraph:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeAnchorError
-from .base import Graph, as_arrays, first_line, import_runtime
+from .base import Graph, as_arrays, first_line, import_runtime, input_does_not_fit
 
 NAME = "OpenVINO"
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -61,8 +61,9 @@ class OpenVinoGraph(Graph):
             model = core.read_model(str(path))
             self.compiled = compile_off_thread(core, model, config)
         except Exception as exc:  # OpenVINO raises RuntimeError/its own types with long multi-line texts
-            raise EdgeAnchorError(f"OpenVINO cannot load {path} ({first_line(exc)}); "
-                                  "check that it is an exported graph of this edgeanchor") from None
+            raise EdgeAnchorError(f"OpenVINO {str(ov.__version__).split('-')[0]} cannot load {path} "
+                                  f"({first_line(exc)}); write it again with prune-and-export, or use the OpenVINO "
+                                  "version that wrote it") from None
         self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
@@ -74,7 +75,10 @@ class OpenVinoGraph(Graph):
 
     def run(self, feeds):
         arrays = as_arrays(feeds)
-        self.request.infer({name: arrays[name] for name in self.input_names})
+        try:
+            self.request.infer({name: arrays[name] for name in self.input_names})
+        except RuntimeError as exc:  # an input of another shape than the graph declares
+            raise input_does_not_fit(NAME, self.path, exc) from None
         return {name: np.array(self.request.get_tensor(name).data) for name in self.output_names}
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import EdgeAnchorError
 from ..exporting.folder import default_build_log, default_calib_cache
 from ..io import atomic_path, write_text
-from .base import Graph, as_arrays
+from .base import Graph, as_arrays, first_line, input_does_not_fit
 
 NAME = "TensorRT"
 PRECISIONS = ("fp32", "fp16")  # what bench and evaluate run the exported graphs' engines in
@@ -53,7 +53,7 @@ def require_tensorrt():
         import tensorrt as trt
     except (ImportError, OSError) as exc:
         raise EdgeAnchorError(
-            f"TensorRT is not available here ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"TensorRT is not available here ({type(exc).__name__}: {first_line(exc)}); "
             "install it (pip install tensorrt, or JetPack on a Jetson), or build on the device with the "
             "trtexec command from the export"
         ) from None
@@ -239,6 +239,9 @@ class TrtGraph(Graph):
         arrays = as_arrays(feeds)
         for name in self.input_names:
             shape, dtype = self.specs[name]
+            if arrays[name].size != int(np.prod(shape)):
+                raise input_does_not_fit(NAME, self.engine_path, ValueError(
+                    f"input {name} has shape {list(arrays[name].shape)}, the engine takes {list(shape)}"))
             self.buffers[name].upload(arrays[name].astype(dtype, copy=False).reshape(shape), self.stream)
         self.timer.start()
         if not self.context.execute_async_v3(int(self.stream)):
