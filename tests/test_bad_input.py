@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import resource
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+import edgeanchor
 from edgeanchor.cli import main
 from edgeanchor.datasets.synth import generate
 from edgeanchor.models import build_detector, save_checkpoint
@@ -650,3 +656,87 @@ def test_the_data_sets_the_rows_break_are_valid(data_template, capsys):
     for argv in (VOC_EVAL, YOLO_EVAL):
         assert main([a.replace("{root}", str(data_template)) for a in argv]) == 0, capsys.readouterr().err[-500:]
     assert len({c.id for c in DATA_FILE_CASES} | {c.id for c in CASES}) == len(DATA_FILE_CASES) + len(CASES)
+
+
+# Memory and time: each file below is read by a fresh torch-free process (the readers import no torch, so a tight
+# address-space limit leaves a valid run room) that must finish within 30 s; the limit turns a runaway allocation
+# into a MemoryError traceback, and the timeout a quadratic parse into a failure, instead of a stuck machine.
+READER_LIMIT_BYTES = 1 << 30
+READER = """
+import resource, sys
+from edgeanchor.api.data import data
+from edgeanchor.errors import EdgeAnchorError
+try:
+    split = data(sys.argv[1], split=sys.argv[2] or None).resolve()
+except EdgeAnchorError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+assert "torch" not in sys.modules
+print(split.ann)
+"""
+MANY_OBJECTS = 4000  # about 940 KB of LabelImg-style objects: a valid file just under the cap
+
+
+def labelimg_folder(root: Path, xml: str) -> Path:
+    folder = root / "shots"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(folder / "a.jpg")
+    (folder / "a.xml").write_text(xml)
+    return folder
+
+
+def annotation(objects: str) -> str:
+    return f"<annotation>\n<filename>a.jpg</filename>\n{objects}</annotation>\n"
+
+
+def voc_object(name: str = "coin") -> str:
+    return (f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+            "\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>3</xmin>\n\t\t\t<ymin>4</ymin>\n"
+            "\t\t\t<xmax>20</xmax>\n\t\t\t<ymax>30</ymax>\n\t\t</bndbox>\n\t</object>\n")
+
+
+def yolo_folder(root: Path, data_yaml: str) -> Path:
+    (root / "images" / "val").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(root / "images" / "val" / "a.jpg")
+    (root / "data.yaml").write_text(data_yaml)
+    return root / "data.yaml"
+
+
+BOUNDED_CASES = {  # id -> (builds the data, returns (data, split)), expected exit code, words of the last line
+    "voc-billion-laughs": (lambda r: (labelimg_folder(r, BILLION_LAUGHS), ""), 2, "declares a DTD or entities"),
+    "voc-4-mb-annotation": (lambda r: (labelimg_folder(r, annotation(voc_object() * 18_300)), ""), 2,
+                            "larger than 1 MiB"),
+    "voc-valid-near-the-cap": (lambda r: (labelimg_folder(r, annotation(voc_object() * MANY_OBJECTS)), ""), 0,
+                               ".json"),
+    # the class name is 'k' and 200,000 'i's, each its own text chunk (split by an empty element): joined once, as
+    # the old `text += chunk` per chunk took time quadratic in the chunks
+    "voc-valid-text-in-200k-chunks": (lambda r: (labelimg_folder(r, annotation(voc_object(
+        "k" + "i<b/>" * 200_000))), ""), 0, ".json"),
+    "yolo-yaml-alias-bomb": (lambda r: (yolo_folder(r, YAML_ALIAS_BOMB), "val"), 2, "YAML alias *a is not allowed"),
+    "yolo-nc-a-billion": (lambda r: (yolo_folder(r, "val: images/val\nnc: 1000000000\n"), "val"), 2,
+                          "nc is 1000000000"),
+}
+
+
+def _limit_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (READER_LIMIT_BYTES, READER_LIMIT_BYTES))
+
+
+@pytest.mark.parametrize("case", sorted(BOUNDED_CASES))
+def test_reader_bounded_in_memory_and_time(case, tmp_path):
+    make, code, words = BOUNDED_CASES[case]
+    path, split = make(tmp_path)
+    before = tree_hashes(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(edgeanchor.__file__).parents[1]),
+           "EDGEANCHOR_CACHE": str(tmp_path.parent / f"{tmp_path.name}-cache"), "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", READER, str(path), split], capture_output=True, text=True,
+                          timeout=30, env=env, preexec_fn=_limit_address_space)
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    assert proc.returncode == code, proc.stderr[-800:]
+    assert "Traceback" not in proc.stderr and words in lines[-1]
+    assert [ln for ln in lines if ln.startswith("error:")] == (lines[-1:] if code else [])
+    assert tree_hashes(tmp_path) == before
+    if case == "voc-valid-near-the-cap":
+        assert len(json.loads(Path(lines[-1]).read_text())["annotations"]) == MANY_OBJECTS
+    if case == "voc-valid-text-in-200k-chunks":
+        assert json.loads(Path(lines[-1]).read_text())["categories"] == [{"id": 1, "name": "k" + "i" * 200_000}]
