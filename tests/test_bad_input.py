@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import resource
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+import edgeanchor
 from edgeanchor.cli import main
 from edgeanchor.datasets.synth import generate
 from edgeanchor.models import build_detector, save_checkpoint
@@ -484,3 +491,252 @@ def test_bad_input(case, template, tmp_path, capsys, monkeypatch):
 
 def test_every_case_has_a_unique_id():
     assert len({c.id for c in CASES}) == len(CASES) >= 80
+
+
+# ==== issue 24, part 3: data-set readers (VOC XML, data.yaml, YOLO labels, text files) ===========================
+# The rows below run on two small data sets added to the template: ``vocset`` (``data synth --format voc``, 4
+# images, all in split train: ids 000001..000004) and ``yoloset`` (those images as images/val/a..d.jpg with one
+# label each, and a data.yaml). Each row breaks one file; the checks are test_bad_input's.
+
+YOLO_YAML = "path: .\nval: images/val\nnames: [pole, plank, coin, crate, kite]\n"
+VOC_EVAL = ["evaluate", "--model", "demo", "--data", "{root}/vocset", "--split", "train"]
+YOLO_EVAL = ["evaluate", "--model", "demo", "--data", "{root}/yoloset/data.yaml"]
+BILLION_LAUGHS = ('<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
+                  + "".join(f' <!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">\n'
+                            for i in range(1, 10))
+                  + "]>\n<annotation><filename>&lol9;</filename></annotation>\n")
+# Nine levels of nine aliases: 9**9 (387 million) strings once expanded, from about 330 bytes.
+YAML_ALIAS_BOMB = ("a: &a [x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+                   + "val: images/val\nnames: *i\n")
+
+
+@pytest.fixture(scope="module")
+def data_template(template, tmp_path_factory):
+    """The template plus ``vocset`` and ``yoloset`` (built once per session; read-only)."""
+
+    def build(root: Path) -> None:
+        shutil.copytree(template, root, dirs_exist_ok=True)
+        assert main(["data", "synth", "--out", str(root / "vocset"), "--format", "voc", "--num-images", "4",
+                     "--seed", "3", "--image-size", "64", "--workers", "1"]) == 0
+        yolo = root / "yoloset"
+        for name, image in zip("abcd", sorted((root / "vocset" / "JPEGImages").glob("*.jpg"))):
+            for sub, text in (("images", None), ("labels", "0 0.5 0.5 0.25 0.25\n")):
+                (yolo / sub / "val").mkdir(parents=True, exist_ok=True)
+                if text is None:
+                    shutil.copyfile(image, yolo / sub / "val" / f"{name}.jpg")
+                else:
+                    (yolo / sub / "val" / f"{name}.txt").write_text(text)
+        (yolo / "data.yaml").write_text(YOLO_YAML)
+
+    return build_once(tmp_path_factory, "bad_input_data_template", build)
+
+
+def edit_xml(pattern: str, replacement: str, image_id: str = "000001"):
+    """Rewrite the first match of ``pattern`` in vocset's Annotations/<image_id>.xml."""
+    def make(root: Path) -> None:
+        path = root / "vocset" / "Annotations" / f"{image_id}.xml"
+        text, n = re.subn(pattern, replacement, path.read_text(), count=1)
+        assert n == 1, pattern
+        path.write_text(text)
+    return make
+
+
+def symlink(name: str, target: str):
+    def make(root: Path) -> None:
+        link = root / name
+        link.unlink()
+        link.symlink_to(root / target)
+    return make
+
+
+def labelimg_filename(filename: str):
+    """A plain folder ``shots`` whose one XML has no image beside it, so its <filename> is what names the image."""
+    return write("shots/y.xml", f"<annotation>\n<filename>{filename}</filename>\n<object><name>coin</name><bndbox>"
+                                "<xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>\n"
+                                "</annotation>\n")
+
+
+def steps(*makes):
+    def make(root: Path) -> None:
+        for m in makes:
+            m(root)
+    return make
+
+
+def make_folder(name: str):
+    def make(root: Path) -> None:
+        path = root / name
+        path.unlink()
+        path.mkdir()
+    return make
+
+
+def label(text: str | bytes, name: str = "a"):
+    return write(f"yoloset/labels/val/{name}.txt", text)
+
+
+DATA_FILE_CASES = [
+    # VOC: files outside the data folder are never read
+    Case("voc-split-id-leaves-the-folder", VOC_EVAL, "train.txt:2: image id '../../outside/evil' is not a plain "
+         "file name", setup=steps(write("vocset/ImageSets/Main/train.txt", "000001\n../../outside/evil\n"),
+                                  write("outside/evil.xml", voc_xml("coin")))),
+    Case("voc-annotation-symlink-out", VOC_EVAL, "000001.xml resolves to",
+         setup=symlink("vocset/Annotations/000001.xml", "notes.txt")),
+    Case("voc-image-symlink-out", VOC_EVAL, "image id 000001:", setup=symlink("vocset/JPEGImages/000001.jpg",
+                                                                             "stuff/photo.jpg")),
+    Case("voc-labelimg-filename-absolute", ["evaluate", "--model", "demo", "--data", "{root}/shots"],
+         "y.xml:2: <filename> /etc/passwd resolves to /etc/passwd, outside", setup=labelimg_filename("/etc/passwd")),
+    Case("voc-labelimg-filename-dotdot", ["evaluate", "--model", "demo", "--data", "{root}/shots"],
+         "y.xml:2: <filename>", setup=labelimg_filename("../notes.txt")),
+    Case("voc-parent-of-a-devkit", ["evaluate", "--model", "demo", "--data", "{root}"],
+         "holds the VOCdevkit year folder(s) vocset; give --data"),
+    # VOC: numbers only Python would read
+    Case("voc-coordinate-inf", VOC_EVAL, "<xmax> is 'inf' (not a plain decimal number)",
+         setup=edit_xml(r"<xmax>[^<]*</xmax>", "<xmax>inf</xmax>")),
+    Case("voc-coordinate-1e309", VOC_EVAL, "<xmax> is '1e309' (too large: it overflows to infinity)",
+         setup=edit_xml(r"<xmax>[^<]*</xmax>", "<xmax>1e309</xmax>")),
+    Case("voc-coordinate-underscore", VOC_EVAL, "<xmin> is '1_0' (not a plain decimal number)",
+         setup=edit_xml(r"<xmin>[^<]*</xmin>", "<xmin>1_0</xmin>")),
+    Case("voc-coordinate-nan", VOC_EVAL, "<ymin> is 'nan'", setup=edit_xml(r"<ymin>[^<]*</ymin>", "<ymin>nan</ymin>")),
+    # VOC: DTDs, entities and size
+    Case("voc-billion-laughs", VOC_EVAL, "000001.xml:2: the XML declares a DTD or entities",
+         setup=write("vocset/Annotations/000001.xml", BILLION_LAUGHS)),
+    Case("voc-doctype-without-entities", VOC_EVAL, "declares a DTD",
+         setup=write("vocset/Annotations/000001.xml", "<!DOCTYPE annotation>\n<annotation></annotation>\n")),
+    Case("voc-external-entity", VOC_EVAL, "declares a DTD", setup=write(
+        "vocset/Annotations/000001.xml", '<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
+        "<annotation><filename>&x;</filename></annotation>\n")),
+    Case("voc-annotation-over-the-cap", VOC_EVAL, "000001.xml is larger than 1 MiB", setup=write(
+        "vocset/Annotations/000001.xml", "<annotation>" + " " * (1 << 20) + "</annotation>\n")),
+    # VOC: text files
+    Case("voc-classes-txt-is-a-folder", VOC_EVAL, "classes.txt is a folder; it must be a text file",
+         setup=make_folder("vocset/classes.txt")),
+    Case("voc-classes-txt-not-utf8", VOC_EVAL, "classes.txt:2: not UTF-8 text (byte 0xff at byte offset 10)",
+         setup=write("vocset/classes.txt", b"pole\nplank\xff\ncoin\ncrate\nkite\n")),
+    Case("voc-split-file-not-utf8", VOC_EVAL, "train.txt:3: not UTF-8 text (byte 0xe9 at byte offset 14)",
+         setup=write("vocset/ImageSets/Main/train.txt", b"000001\n000002\n\xe9\n")),
+    # YOLO labels
+    Case("yolo-negative-width", YOLO_EVAL, "labels/val/a.txt:1: the box has width -0.2 and height 0.2; both must "
+         "be positive", setup=label("0 0.5 0.5 -0.2 0.2\n")),
+    Case("yolo-zero-height", YOLO_EVAL, "labels/val/b.txt:2: the box has width 0.2 and height 0",
+         setup=label("1 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0\n", "b")),
+    Case("yolo-class-inf", YOLO_EVAL, "a.txt:1: the class id 'inf' is not a finite decimal number",
+         setup=label("inf 0.5 0.5 0.2 0.2\n")),
+    Case("yolo-class-1e309", YOLO_EVAL, "a.txt:1: the class id '1e309'", setup=label("1e309 0.5 0.5 0.2 0.2\n")),
+    Case("yolo-class-nan", YOLO_EVAL, "a.txt:1: the class id 'nan'", setup=label("nan 0.5 0.5 0.2 0.2\n")),
+    # inf coordinates once became a NaN box in the converted file, and the error named that cache file
+    Case("yolo-inf-box-names-the-label-file", YOLO_EVAL, "labels/val/a.txt:1: value 2 'inf' is not a finite decimal",
+         setup=label("0 inf 0.5 inf 0.2\n")),
+    Case("yolo-label-path-is-a-folder", YOLO_EVAL, "the label file", setup=make_folder("yoloset/labels/val/c.txt")),
+    Case("yolo-label-not-utf8", YOLO_EVAL, "a.txt:2: not UTF-8 text (byte 0x80 at byte offset 18)",
+         setup=label(b"0 0.5 0.5 0.2 0.2\n\x80\n")),
+    Case("yolo-image-list-not-utf8", YOLO_EVAL, "val.txt:2: not UTF-8 text (byte 0xc3 at byte offset 17)",
+         setup=steps(write("yoloset/val.txt", b"images/val/a.jpg\n\xc3(\n"),
+                     write("yoloset/data.yaml", YOLO_YAML.replace("images/val", "val.txt")))),
+    # data.yaml
+    Case("yolo-yaml-not-utf8", YOLO_EVAL, "data.yaml:3: not UTF-8 text (byte 0xff",
+         setup=write("yoloset/data.yaml", YOLO_YAML.encode().replace(b"kite", b"k\xffte"))),
+    Case("yolo-yaml-alias-bomb", YOLO_EVAL, "data.yaml:2: the YAML alias *a is not allowed",
+         setup=write("yoloset/data.yaml", YAML_ALIAS_BOMB)),
+    Case("yolo-nc-a-billion", YOLO_EVAL, "nc is 1000000000; it must be a whole number of classes from 1 to 100,000",
+         setup=write("yoloset/data.yaml", "val: images/val\nnc: 1000000000\n")),
+    Case("yolo-nc-a-string", YOLO_EVAL, "nc is '5'", setup=write("yoloset/data.yaml", YOLO_YAML + "nc: '5'\n")),
+    Case("yolo-path-a-number", YOLO_EVAL, "'path' is 5; it must be a folder path",
+         setup=write("yoloset/data.yaml", YOLO_YAML.replace("path: .", "path: 5"))),
+]
+
+
+@pytest.mark.parametrize("case", DATA_FILE_CASES, ids=[c.id for c in DATA_FILE_CASES])
+def test_bad_data_file(case, data_template, tmp_path, capsys, monkeypatch):
+    test_bad_input(case, data_template, tmp_path, capsys, monkeypatch)
+
+
+def test_the_data_sets_the_rows_break_are_valid(data_template, capsys):
+    for argv in (VOC_EVAL, YOLO_EVAL):
+        assert main([a.replace("{root}", str(data_template)) for a in argv]) == 0, capsys.readouterr().err[-500:]
+    assert len({c.id for c in DATA_FILE_CASES} | {c.id for c in CASES}) == len(DATA_FILE_CASES) + len(CASES)
+
+
+# Memory and time: each file below is read by a fresh torch-free process (the readers import no torch, so a tight
+# address-space limit leaves a valid run room) that must finish within 30 s; the limit turns a runaway allocation
+# into a MemoryError traceback, and the timeout a quadratic parse into a failure, instead of a stuck machine.
+READER_LIMIT_BYTES = 1 << 30
+READER = """
+import resource, sys
+from edgeanchor.api.data import data
+from edgeanchor.errors import EdgeAnchorError
+try:
+    split = data(sys.argv[1], split=sys.argv[2] or None).resolve()
+except EdgeAnchorError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+assert "torch" not in sys.modules
+print(split.ann)
+"""
+MANY_OBJECTS = 4000  # about 940 KB of LabelImg-style objects: a valid file just under the cap
+
+
+def labelimg_folder(root: Path, xml: str) -> Path:
+    folder = root / "shots"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(folder / "a.jpg")
+    (folder / "a.xml").write_text(xml)
+    return folder
+
+
+def annotation(objects: str) -> str:
+    return f"<annotation>\n<filename>a.jpg</filename>\n{objects}</annotation>\n"
+
+
+def voc_object(name: str = "coin") -> str:
+    return (f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+            "\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>3</xmin>\n\t\t\t<ymin>4</ymin>\n"
+            "\t\t\t<xmax>20</xmax>\n\t\t\t<ymax>30</ymax>\n\t\t</bndbox>\n\t</object>\n")
+
+
+def yolo_folder(root: Path, data_yaml: str) -> Path:
+    (root / "images" / "val").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(root / "images" / "val" / "a.jpg")
+    (root / "data.yaml").write_text(data_yaml)
+    return root / "data.yaml"
+
+
+BOUNDED_CASES = {  # id -> (builds the data, returns (data, split)), expected exit code, words of the last line
+    "voc-billion-laughs": (lambda r: (labelimg_folder(r, BILLION_LAUGHS), ""), 2, "declares a DTD or entities"),
+    "voc-4-mb-annotation": (lambda r: (labelimg_folder(r, annotation(voc_object() * 18_300)), ""), 2,
+                            "larger than 1 MiB"),
+    "voc-valid-near-the-cap": (lambda r: (labelimg_folder(r, annotation(voc_object() * MANY_OBJECTS)), ""), 0,
+                               ".json"),
+    # the class name is 'k' and 200,000 'i's, each its own text chunk (split by an empty element): joined once, as
+    # the old `text += chunk` per chunk took time quadratic in the chunks
+    "voc-valid-text-in-200k-chunks": (lambda r: (labelimg_folder(r, annotation(voc_object(
+        "k" + "i<b/>" * 200_000))), ""), 0, ".json"),
+    "yolo-yaml-alias-bomb": (lambda r: (yolo_folder(r, YAML_ALIAS_BOMB), "val"), 2, "YAML alias *a is not allowed"),
+    "yolo-nc-a-billion": (lambda r: (yolo_folder(r, "val: images/val\nnc: 1000000000\n"), "val"), 2,
+                          "nc is 1000000000"),
+}
+
+
+def _limit_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (READER_LIMIT_BYTES, READER_LIMIT_BYTES))
+
+
+@pytest.mark.parametrize("case", sorted(BOUNDED_CASES))
+def test_reader_bounded_in_memory_and_time(case, tmp_path):
+    make, code, words = BOUNDED_CASES[case]
+    path, split = make(tmp_path)
+    before = tree_hashes(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(edgeanchor.__file__).parents[1]),
+           "EDGEANCHOR_CACHE": str(tmp_path.parent / f"{tmp_path.name}-cache"), "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", READER, str(path), split], capture_output=True, text=True,
+                          timeout=30, env=env, preexec_fn=_limit_address_space)
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    assert proc.returncode == code, proc.stderr[-800:]
+    assert "Traceback" not in proc.stderr and words in lines[-1]
+    assert [ln for ln in lines if ln.startswith("error:")] == (lines[-1:] if code else [])
+    assert tree_hashes(tmp_path) == before
+    if case == "voc-valid-near-the-cap":
+        assert len(json.loads(Path(lines[-1]).read_text())["annotations"]) == MANY_OBJECTS
+    if case == "voc-valid-text-in-200k-chunks":
+        assert json.loads(Path(lines[-1]).read_text())["categories"] == [{"id": 1, "name": "k" + "i" * 200_000}]

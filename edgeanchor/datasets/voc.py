@@ -6,8 +6,17 @@ Two layouts are read:
   ``JPEGImages/<id>.jpg`` and ``ImageSets/Main/<split>.txt`` (one id a line;
   the splits are train, val, trainval and test);
 - a plain folder of images with an XML file of the same stem beside each
-  (what LabelImg and most labelling tools write); the folder is one split, and
-  an image without XML is an image without objects.
+  (what LabelImg and most labelling tools write), searched recursively; the
+  folder is one split, and an image without XML is an image without objects.
+
+The files are untrusted. XML is parsed with defusedxml: a DTD or entity
+declaration is refused at once (entities can expand without bound), text is
+gathered in linear time, and a file may hold at most :data:`MAX_XML_BYTES`.
+Coordinates must be plain finite decimals (not ``inf``, ``1e309`` or ``1_0``).
+A split id must be a plain file name, and every file an id or a
+``<filename>`` names must lie inside the data folder once symlinks are
+resolved (a devkit's ``Annotations/`` and ``JPEGImages/`` may themselves be
+symlinks). Text files must be UTF-8 (:mod:`.text`).
 
 Class list (the category ids 1..K, in this order): a ``classes.txt`` in the
 folder (one name a line) if there is one; else, for a VOCdevkit, VOC's 20
@@ -44,9 +53,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.parsers import expat
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser, ParseError
+
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, cache_root, warn
-from .yolo import IMAGE_SUFFIXES, image_size
+from .text import parse_decimal, read_text
+from .yolo import IMAGE_SUFFIXES, MAX_CLASSES, image_size
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -71,15 +84,23 @@ class VocRecord:
     path: Path
     filename: str
     objects: tuple[VocObject, ...]
+    filename_line: int = 1
 
 
 # ---- XML ----------------------------------------------------------------------------
+# The most an annotation file may hold. A VOC annotation is 0.5-5 KB (about 250 bytes an object in LabelImg's
+# layout), so 1 MiB holds some 4,000 objects: far more than any image of VOC, COCO or dense-scene sets carries,
+# while a file past it is read, parsed and refused in well under a second.
+MAX_XML_BYTES = 1 << 20
+
+
 class _Node:
-    __slots__ = ("tag", "line", "children", "text")
+    __slots__ = ("tag", "line", "children", "text", "parts")
 
     def __init__(self, tag: str, line: int):
         self.tag, self.line, self.text = tag, line, ""
         self.children: list[_Node] = []
+        self.parts: list[str] = []  # the text as expat hands it over, joined once at the end tag
 
     def find(self, tag: str):
         return next((c for c in self.children if c.tag == tag), None)
@@ -89,41 +110,90 @@ class _Node:
         return child.text.strip() if child is not None else default
 
 
-def _parse_tree(path: Path) -> _Node:
-    """The XML file as a tree of nodes that know their line (expat; the stdlib tree keeps no lines)."""
-    parser = expat.ParserCreate()
-    root, stack = _Node("", 0), []
-    stack.append(root)
+class _Target:
+    """An ElementTree parser target that builds :class:`_Node` trees knowing their lines (the stdlib tree keeps
+    none). Text is gathered in a list per node and joined once, so a text that expat splits into many chunks
+    costs linear time."""
 
-    def start(tag, attrs):
-        node = _Node(tag, parser.CurrentLineNumber)
-        stack[-1].children.append(node)
-        stack.append(node)
+    def __init__(self) -> None:
+        self.parser: DefusedXMLParser | None = None
+        self.stack = [_Node("", 0)]
 
-    def end(tag):
-        stack.pop()
+    def start(self, tag: str, attrs: dict) -> None:
+        assert self.parser is not None  # set before parsing starts
+        node = _Node(tag, self.parser.parser.CurrentLineNumber)
+        self.stack[-1].children.append(node)
+        self.stack.append(node)
 
-    def text(data):
-        stack[-1].text += data
+    def end(self, tag: str) -> None:
+        node = self.stack.pop()
+        node.text, node.parts = "".join(node.parts), []
 
-    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = start, end, text
+    def data(self, text: str) -> None:
+        self.stack[-1].parts.append(text)
+
+    def close(self) -> _Node:
+        return self.stack[0]
+
+
+def _read_capped(path: Path) -> bytes:
     try:
-        parser.Parse(path.read_bytes(), True)
-    except expat.ExpatError as exc:
-        raise EdgeAnchorError(f"{path}:{exc.lineno}: malformed XML ({expat.ErrorString(exc.code)}, column "
-                              f"{exc.offset + 1}); fix or remove the file") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_XML_BYTES + 1)
     except OSError as exc:
         raise EdgeAnchorError(f"cannot read {path} ({exc.strerror}); check the file") from None
+    if len(raw) > MAX_XML_BYTES:
+        raise EdgeAnchorError(f"{path} is larger than {MAX_XML_BYTES // 2**20} MiB, the most an annotation file may "
+                              "be (a VOC annotation is a few KB); check that it is one")
+    return raw
+
+
+def _parse_tree(path: Path) -> _Node:
+    """The XML file as a tree of nodes that know their line (defusedxml: no DTD, no entities, no external
+    references)."""
+    raw = _read_capped(path)
+    target = _Target()
+    parser = DefusedXMLParser(target=target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    target.parser = parser
+    try:
+        parser.feed(raw)
+        root = parser.close()
+    except ParseError as exc:
+        line, column = exc.position
+        raise EdgeAnchorError(f"{path}:{line}: malformed XML ({expat.ErrorString(exc.code)}, column "
+                              f"{column + 1}); fix or remove the file") from None
+    except DefusedXmlException:
+        raise EdgeAnchorError(f"{path}:{parser.parser.CurrentLineNumber}: the XML declares a DTD or entities, which "
+                              "edgeanchor does not read (they can expand without bound; VOC annotations have none); "
+                              "remove the <!DOCTYPE ...> and any entity declarations") from None
     if not root.children or root.children[0].tag != "annotation":
         raise EdgeAnchorError(f"{path}:1: not a Pascal VOC annotation (no <annotation> root); fix or remove the file")
     return root.children[0]
 
 
+def _coordinates(path: Path, box: _Node) -> tuple[float, float, float, float]:
+    values = []
+    for key in ("xmin", "ymin", "xmax", "ymax"):
+        node = box.find(key)
+        text = node.text.strip() if node is not None else ""
+        try:
+            values.append(parse_decimal(text))
+        except ValueError as exc:
+            where = node.line if node is not None else box.line
+            shown = f"<{key}> is {text[:40]!r}" if node is not None else f"<{key}> is missing"
+            detail = f" ({exc})" if text else ""
+            raise EdgeAnchorError(f"{path}:{where}: {shown}{detail}; <bndbox> needs finite decimal numbers xmin, "
+                                  "ymin, xmax, ymax (such as 48 or 48.5); fix the file") from None
+    xmin, ymin, xmax, ymax = values
+    return xmin, ymin, xmax, ymax
+
+
 def parse_voc_xml(path) -> VocRecord:
-    """Read one VOC / LabelImg annotation file.
+    """Read one VOC / LabelImg annotation file (at most :data:`MAX_XML_BYTES`).
 
     Raises:
-        EdgeAnchorError: malformed XML, or an object without a name or a numeric box, naming the file and line.
+        EdgeAnchorError: malformed XML, a DTD or entity declaration, a file over the size cap, or an object
+            without a name or a numeric box, naming the file and line.
     """
     path = Path(path)
     ann = _parse_tree(path)
@@ -135,20 +205,17 @@ def parse_voc_xml(path) -> VocRecord:
         name, box = node.value("name"), node.find("bndbox")
         if not name or box is None:
             raise EdgeAnchorError(f"{where}: an <object> needs <name> and <bndbox>; fix the file")
-        try:
-            xmin, ymin, xmax, ymax = (float(box.value(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except ValueError:
-            raise EdgeAnchorError(f"{path}:{box.line}: <bndbox> needs numeric xmin, ymin, xmax, ymax; "
-                                  "fix the file") from None
-        coords = (xmin, ymin, xmax, ymax)
-        if any(v != v for v in coords) or coords[2] < coords[0] or coords[3] < coords[1]:
-            raise EdgeAnchorError(f"{path}:{box.line}: box {list(coords)} has xmax < xmin or ymax < ymin (or NaN); "
+        coords = _coordinates(path, box)
+        if coords[2] < coords[0] or coords[3] < coords[1]:
+            raise EdgeAnchorError(f"{path}:{box.line}: box {list(coords)} has xmax < xmin or ymax < ymin; "
                                   "fix the file")
         difficult = node.value("difficult", "0")
         if difficult not in ("0", "1"):
             raise EdgeAnchorError(f"{where}: <difficult> is {difficult!r}; it must be 0 or 1")
         objects.append(VocObject(name, coords, difficult == "1", node.line))
-    return VocRecord(path, ann.value("filename"), tuple(objects))
+    filename = ann.find("filename")
+    return VocRecord(path, filename.text.strip() if filename is not None else "", tuple(objects),
+                     filename.line if filename is not None else 1)
 
 
 # ---- layouts ---------------------------------------------------------------------------
@@ -158,26 +225,50 @@ def is_devkit(path) -> bool:
     return (path / "Annotations").is_dir() and (path / "JPEGImages").is_dir()
 
 
+def _xml_files(root: Path):
+    """The XML files under ``root`` (recursively; suffix in any case), in no particular order."""
+    return (p for p in root.rglob("*") if p.suffix.lower() == ".xml" and p.is_file())
+
+
 def is_voc_data(path) -> bool:
-    """True if ``path`` is a VOCdevkit year folder or a folder with XML annotation files in it."""
+    """True if ``path`` is a VOCdevkit year folder or a folder with XML annotation files in it (or below it)."""
     path = Path(path)
     if not path.is_dir():
         return False
-    return is_devkit(path) or any(p.suffix.lower() == ".xml" for p in path.iterdir())
+    return is_devkit(path) or next(_xml_files(path), None) is not None
+
+
+def _inside(path: Path, folder: Path, named: str) -> Path:
+    """``path``, if it lies inside ``folder`` once symlinks are resolved; else one line, ``named`` saying who
+    named the file."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise EdgeAnchorError(f"{named}{path} resolves to {resolved}, outside {folder}; a data folder may only name "
+                              "files inside it (symlinks included): fix the name, or copy the file in")
+    return path
 
 
 def split_ids(root: Path, split: str) -> list[str]:
     """The image ids of ``ImageSets/Main/<split>.txt`` (first word of each line, in file order).
 
     Raises:
-        EdgeAnchorError: no such split file, or an empty one.
+        EdgeAnchorError: no such split file, an empty one, not UTF-8, or an id that is not a plain file name
+            (``../x``, ``a/b``: a split file names files of Annotations/ and JPEGImages/ only).
     """
     path = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not path.is_file():
+    if not path.exists():
         have = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
         raise EdgeAnchorError(f"{path} does not exist (splits here: {', '.join(have) or 'none'}); choose another "
                               "split")
-    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = []
+    for n, line in enumerate(read_text(path, "split file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+            raise EdgeAnchorError(f"{path}:{n}: image id {image_id[:80]!r} is not a plain file name; a split file "
+                                  "lists ids such as 000005 (the stems of Annotations/*.xml): fix the line")
+        ids.append(image_id)
     if not ids:
         raise EdgeAnchorError(f"the split file {path} lists no images; list one image id a line")
     return ids
@@ -190,18 +281,22 @@ def _devkit_image(root: Path, image_id: str, record: VocRecord) -> Path:
     if found is None:
         raise EdgeAnchorError(f"the image of {record.path} is missing (looked for {candidates[0]}); add it or "
                               "remove the id from the split file")
-    return found
+    return _inside(found, folder, f"image id {image_id}: ")
 
 
 def devkit_records(root: Path, split: str) -> list[tuple[Path, VocRecord | None]]:
-    """(image, record) of each id of a VOCdevkit split, in the split file's order."""
+    """(image, record) of each id of a VOCdevkit split, in the split file's order.
+
+    Annotations/ and JPEGImages/ may themselves be symlinks (a common way to share the images); each file an id
+    names must lie inside its folder once symlinks are resolved.
+    """
     out: list[tuple[Path, VocRecord | None]] = []
     for image_id in split_ids(root, split):
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
             raise EdgeAnchorError(f"{xml} is missing (image id {image_id} of split {split}); add it or remove the "
                                   "id from the split file")
-        record = parse_voc_xml(xml)
+        record = parse_voc_xml(_inside(xml, root / "Annotations", f"image id {image_id}: "))
         out.append((_devkit_image(root, image_id, record), record))
     return out
 
@@ -209,17 +304,26 @@ def devkit_records(root: Path, split: str) -> list[tuple[Path, VocRecord | None]
 def folder_records(root: Path) -> list[tuple[Path, VocRecord | None]]:
     """(image, record or None) of every image in a plain folder (recursively), sorted by path.
 
+    An XML file's image is the image of the same stem beside it, else the file its ``<filename>`` names
+    (relative to the XML's folder). Every file read, symlinks resolved, lies inside ``root``.
+
     Raises:
-        EdgeAnchorError: an XML file whose image is missing, or a folder without images.
+        EdgeAnchorError: an XML file whose image is missing or outside ``root``, or a folder without images.
     """
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    devkits = sorted(p.name for p in root.iterdir() if p.is_dir() and is_devkit(p))
+    if devkits:
+        raise EdgeAnchorError(f"{root} holds the VOCdevkit year folder(s) {', '.join(devkits)}; give `data` as "
+                              f"{root / devkits[0]}")
+    images = sorted(_inside(p, root, "") for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                    and p.is_file())
     by_stem = {p.with_suffix(""): p for p in images}
     records: dict[Path, VocRecord] = {}
-    for xml in sorted(root.rglob("*.xml")):
-        record = parse_voc_xml(xml)
+    for xml in sorted(_xml_files(root)):
+        record = parse_voc_xml(_inside(xml, root, ""))
         image = by_stem.get(xml.with_suffix(""))
-        if image is None and record.filename and (xml.parent / record.filename).is_file():
-            image = xml.parent / record.filename
+        if image is None and record.filename:
+            named = _inside(xml.parent / record.filename, root, f"{xml}:{record.filename_line}: <filename> ")
+            image = named if named.is_file() else None
         if image is None:
             raise EdgeAnchorError(f"the image of {xml} is missing (no {xml.stem}.jpg or other image beside it); "
                                   "add it or remove the XML file")
@@ -233,10 +337,13 @@ def folder_records(root: Path) -> list[tuple[Path, VocRecord | None]]:
 def read_classes(root: Path, records, devkit: bool) -> tuple[str, ...]:
     """The class list: ``classes.txt``, else VOC's 20 for a devkit, else the names found, sorted."""
     path = root / CLASSES_FILE
-    if path.is_file():
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.exists() or path.is_symlink():
+        names = [line.strip() for line in read_text(path, "class list").splitlines() if line.strip()]
         if not names or len(set(names)) != len(names):
             raise EdgeAnchorError(f"{path} must list each class once, one a line")
+        if len(names) > MAX_CLASSES:
+            raise EdgeAnchorError(f"{path} lists {len(names)} classes, more than the {MAX_CLASSES:,} edgeanchor "
+                                  "reads; check the file")
         return tuple(names)
     if devkit:
         return VOC_CLASSES

@@ -14,8 +14,14 @@ Labels: the image ``.../images/a/x.jpg`` has the label file ``.../labels/a/x.txt
 object per line, ``class cx cy w h`` normalised to [0, 1]; a line with more
 numbers is a polygon ``class x1 y1 x2 y2 ...`` whose bounding box is used. A
 missing or empty label file is an image without objects. A class id outside
-0..nc-1 or a malformed line is an error naming the file and the line; values
-outside [0, 1] are clipped to the image and counted in one warning.
+0..nc-1, a box with zero or negative width or height, a number that is not a
+plain finite decimal (``inf``, ``nan``, ``1_0``) or a malformed line is an
+error naming the file and the line, as is a label path that is a folder or a
+file that is not UTF-8; values outside [0, 1] are clipped to the image and
+counted in one warning (a box left with no area is dropped).
+
+``data.yaml`` is read with YAML aliases (``*name``) refused, and at most
+:data:`MAX_CLASSES` (100,000) classes.
 
 :func:`yolo_split` converts one split to a COCO annotation file (categories
 1..nc, so SSD models take ``num_classes = nc + 1``), written under the cache
@@ -36,9 +42,14 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, cache_root, warn
+from .text import parse_decimal, read_text
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
+# The most classes a data set may declare (nc, names, classes.txt): the bound the project uses for every class
+# count it reads. The largest real label sets (LVIS 1,203, Objects365 365, Open Images 600, ImageNet-21k 21,841)
+# fit with room; a count past it is a typo or a hostile file that would allocate a name per class.
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -60,25 +71,55 @@ def is_yolo_yaml(path) -> bool:
     return str(path).lower().endswith((".yaml", ".yml"))
 
 
+class _AliasFound(Exception):
+    def __init__(self, anchor: str, line: int):
+        super().__init__(anchor)
+        self.anchor, self.line = anchor, line
+
+
+def _yaml_loader():
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses aliases (``*name``): a data.yaml is a handful of keys that never needs
+        one, and a few hundred bytes of nested aliases expand to more objects than memory holds."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _AliasFound(event.anchor, event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def read_data_yaml(path) -> DataYaml:
     """Parse a YOLOv5 data.yaml.
 
     Raises:
-        EdgeAnchorError: missing or unreadable file, no class names, or malformed entries.
+        EdgeAnchorError: missing or unreadable file, not UTF-8, a YAML alias, no class names, more than
+            :data:`MAX_CLASSES` classes, or malformed entries.
     """
     import yaml
 
     path = Path(path)
+    if not path.exists():
+        raise EdgeAnchorError(f"data file {path} does not exist; check the path")
+    text = read_text(path, "data file")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgeAnchorError(f"data file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        doc = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
+    except _AliasFound as exc:
+        raise EdgeAnchorError(f"{path}:{exc.line}: the YAML alias *{exc.anchor} is not allowed in a data.yaml "
+                              "(aliases can expand without bound); write the value out") from None
+    except yaml.YAMLError as exc:
         raise EdgeAnchorError(f"cannot read data file {path} ({str(exc).splitlines()[0][:120]}); "
                               "give a YOLO data.yaml") from None
     if not isinstance(doc, dict):
         raise EdgeAnchorError(f"{path} is not a YOLO data.yaml (expected keys train, val, names)")
-    root = Path(doc.get("path") or ".")
+    base = doc.get("path")
+    if base is not None and not isinstance(base, str):
+        raise EdgeAnchorError(f"{path}: 'path' is {base!r}; it must be a folder path (or left out)")
+    root = Path(base or ".")
     root = root if root.is_absolute() else (path.parent / root)
     splits = {}
     for split in SPLITS:
@@ -94,14 +135,23 @@ def read_data_yaml(path) -> DataYaml:
 
 def _names(doc: dict, path: Path) -> tuple[str, ...]:
     names, nc = doc.get("names"), doc.get("nc")
+    if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= MAX_CLASSES):
+        raise EdgeAnchorError(f"{path}: nc is {str(nc)[:40]}; it must be a whole number of classes from 1 to "
+                              f"{MAX_CLASSES:,}")
+    if isinstance(names, (list, dict)) and len(names) > MAX_CLASSES:
+        raise EdgeAnchorError(f"{path}: 'names' lists {len(names)} classes, more than the {MAX_CLASSES:,} edgeanchor "
+                              "reads")
     if isinstance(names, dict):
         if not all(isinstance(k, int) for k in names) or sorted(names) != list(range(len(names))):
             raise EdgeAnchorError(f"{path}: 'names' must map 0..nc-1 to names")
         names = [names[k] for k in sorted(names)]
-    if names is None and isinstance(nc, int) and nc > 0:
+    if names is None and nc is not None:
         names = [str(i) for i in range(nc)]
     if not isinstance(names, list) or not names:
         raise EdgeAnchorError(f"{path} has no class names; add 'names: [...]' (and optionally 'nc')")
+    if not all(isinstance(n, (str, int, float)) for n in names):
+        bad = next(n for n in names if not isinstance(n, (str, int, float)))
+        raise EdgeAnchorError(f"{path}: the class name {str(bad)[:40]} is not a name; 'names' lists one name a class")
     if nc is not None and nc != len(names):
         raise EdgeAnchorError(f"{path}: nc is {nc} but 'names' lists {len(names)} classes; make them agree")
     return tuple(str(n) for n in names)
@@ -117,7 +167,7 @@ def list_images(spec: DataYaml, split: str) -> list[Path]:
         if source.is_dir():
             files += [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
         elif source.suffix == ".txt" and source.is_file():
-            for line in source.read_text(encoding="utf-8").splitlines():
+            for line in read_text(source, "image list").splitlines():
                 if line.strip():
                     item = Path(line.strip())
                     files.append(item if item.is_absolute() else (spec.root / item))
@@ -143,45 +193,72 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def parse_label_line(line: str, num_classes: int) -> tuple[int, tuple[float, float, float, float], int] | None:
+    """One label line as (class, normalised xyxy box before clipping, how many values lie outside [0, 1]).
+
+    ``class cx cy w h``, or a polygon ``class x1 y1 x2 y2 ...`` (three points or more) whose bounding box is
+    used. A blank line is None.
+
+    Raises:
+        ValueError: the line is malformed (the message says how, without the file).
+    """
+    fields = line.split()
+    if not fields:
+        return None
+    values = []
+    for i, field in enumerate(fields):
+        try:
+            values.append(parse_decimal(field))
+        except ValueError:
+            raise ValueError(f"{'the class id' if i == 0 else f'value {i + 1}'} {field[:40]!r} is not a finite "
+                             "decimal number; a label line is 'class cx cy w h' (normalised)") from None
+    if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
+        raise ValueError(f"{len(values)} numbers; a label line is 'class cx cy w h' or a polygon "
+                         "'class x1 y1 x2 y2 ...'")
+    cls = values[0]
+    if cls != int(cls):
+        raise ValueError(f"class id {fields[0][:40]} is not a whole number (classes are 0..{num_classes - 1})")
+    if not 0 <= cls < num_classes:
+        raise ValueError(f"class id {fields[0][:40]} is outside 0..{num_classes - 1} (nc {num_classes})")
+    coords = values[1:]
+    outside = sum(1 for v in coords if not 0.0 <= v <= 1.0)
+    if len(coords) == 4:
+        cx, cy, w, h = coords
+        if w <= 0 or h <= 0:
+            raise ValueError(f"the box has width {fields[3]} and height {fields[4]}; both must be positive")
+        return int(cls), (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), outside
+    xs, ys = coords[0::2], coords[1::2]  # polygon: its bounding box
+    if max(xs) <= min(xs) or max(ys) <= min(ys):
+        raise ValueError("the polygon's points span no width or no height; a polygon must enclose an area")
+    return int(cls), (min(xs), min(ys), max(xs), max(ys)), outside
+
+
 def parse_label_file(path: Path, num_classes: int, width: int, height: int) -> tuple[list[tuple], int]:
     """Objects of one label file as (class, [x, y, w, h] in pixels), and how many values were clipped.
 
+    A missing label file is an image without objects. Boxes are clipped to the image; one left with no area
+    (wholly outside it) is dropped.
+
     Raises:
-        EdgeAnchorError: a malformed line or a class id out of range, naming the file and line.
+        EdgeAnchorError: a malformed line, a class id out of range or a box without area, naming the file and
+            line; a label path that is a folder, or not UTF-8.
     """
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return [], 0
     objects, clipped = [], 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{path}:{n}"
+    for n, line in enumerate(read_text(path, "label file").splitlines(), start=1):
         try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            raise EdgeAnchorError(f"{where}: '{line.strip()[:60]}' is not numbers; a label line is "
-                                  "'class cx cy w h' (normalised)") from None
-        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
-            raise EdgeAnchorError(f"{where}: {len(values)} numbers; a label line is 'class cx cy w h' or a polygon "
-                                  "'class x1 y1 x2 y2 ...'")
-        cls = values[0]
-        if cls != int(cls) or not 0 <= cls < num_classes:
-            raise EdgeAnchorError(f"{where}: class id {fields[0]} is outside 0..{num_classes - 1} (nc {num_classes})")
-        coords = values[1:]
-        bad = sum(1 for v in coords if not 0.0 <= v <= 1.0)
-        if any(v != v for v in coords):
-            raise EdgeAnchorError(f"{where}: a coordinate is NaN")
-        clipped += bad
-        if len(coords) == 4:
-            cx, cy, w, h = coords
-            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-        else:  # polygon: its bounding box
-            xs, ys = coords[0::2], coords[1::2]
-            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+            parsed = parse_label_line(line, num_classes)
+        except ValueError as exc:
+            raise EdgeAnchorError(f"{path}:{n}: {exc}") from None
+        if parsed is None:
+            continue
+        cls, (x1, y1, x2, y2), outside = parsed
+        clipped += outside
         x1, x2 = (min(max(v, 0.0), 1.0) * width for v in (x1, x2))
         y1, y2 = (min(max(v, 0.0), 1.0) * height for v in (y1, y2))
-        objects.append((int(cls), [x1, y1, x2 - x1, y2 - y1]))
+        if x2 > x1 and y2 > y1:  # a box wholly outside the image has no area left: dropped, as VOC's are
+            objects.append((cls, [x1, y1, x2 - x1, y2 - y1]))
     return objects, clipped
 
 
@@ -246,7 +323,7 @@ def yolo_splits(data_yaml, splits) -> tuple[str, list[str]]:
         coco, root, clipped = to_coco(spec, split, listing)
         if clipped:
             warn(f"{clipped} label values outside [0, 1] in the '{split}' split of {data_yaml} were clipped to "
-                 "the image")
+                 "the image (boxes left with no area dropped)")
         text = json.dumps(coco, indent=1) + "\n"
         ann = folder / f"{split}.json"
         if not ann.is_file() or ann.read_text(encoding="utf-8") != text:
