@@ -363,8 +363,11 @@ def _coco_box(obj: VocObject, width: int, height: int) -> tuple[list[float] | No
     return [round(cx1, 4), round(cy1, 4), round(cx2 - cx1, 4), round(cy2 - cy1, 4)], clipped
 
 
-def to_coco(records, root: Path, names: tuple[str, ...], description: str) -> tuple[dict, int]:
+def to_coco(records, root: Path, names: tuple[str, ...], description: str,
+            source: str | None = None) -> tuple[dict, int]:
     """(COCO dict of (image, record) pairs, boxes clipped or dropped). Image ids 1..N in the given order.
+
+    ``source`` (default ``description``) is what messages about the converted file call the data.
 
     Raises:
         EdgeAnchorError: an object whose class is not in ``names`` (naming the file and line).
@@ -390,7 +393,7 @@ def to_coco(records, root: Path, names: tuple[str, ...], description: str) -> tu
                                 "bbox": bbox, "area": round(bbox[2] * bbox[3], 4), "iscrowd": int(obj.difficult),
                                 "difficult": int(obj.difficult)})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
-    info = {"description": description, "generator": "edgeanchor.data.voc"}
+    info = {"description": description, "generator": "edgeanchor.data.voc", "source": source or description}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}, clipped
 
 
@@ -420,7 +423,8 @@ def voc_splits(data, splits) -> tuple[str, list[str]]:
         if not names:
             raise EdgeAnchorError(f"{data} holds no labelled objects, so no class list; add {CLASSES_FILE} "
                                   "(one class a line)")
-        coco, clipped = to_coco(records, root, names, f"{description}, converted from Pascal VOC XML by edgeanchor")
+        coco, clipped = to_coco(records, root, names, f"{description}, converted from Pascal VOC XML by edgeanchor",
+                                f"the VOC data {description}")
         if clipped:
             warn(f"{clipped} boxes outside the image in {description} were clipped to it (those left with no "
                  "area dropped)")

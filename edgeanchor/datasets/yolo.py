@@ -304,7 +304,7 @@ def to_coco(spec: DataYaml, split: str, listing: dict[str, list[Path]] | None = 
                                 "iscrowd": 0})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(spec.names)]
     info = {"description": f"{spec.yaml_path} split {split}, converted from YOLO labels by edgeanchor",
-            "generator": "edgeanchor.data.yolo"}
+            "generator": "edgeanchor.data.yolo", "source": f"the '{split}' split of {spec.yaml_path}"}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}, root, clipped
 
 
