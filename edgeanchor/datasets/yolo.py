@@ -136,7 +136,7 @@ def read_data_yaml(path) -> DataYaml:
 def _names(doc: dict, path: Path) -> tuple[str, ...]:
     names, nc = doc.get("names"), doc.get("nc")
     if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= MAX_CLASSES):
-        raise EdgeAnchorError(f"{path}: nc is {str(nc)[:40]}; it must be a whole number of classes from 1 to "
+        raise EdgeAnchorError(f"{path}: nc is {nc!r:.40}; it must be a whole number of classes from 1 to "
                               f"{MAX_CLASSES:,}")
     if isinstance(names, (list, dict)) and len(names) > MAX_CLASSES:
         raise EdgeAnchorError(f"{path}: 'names' lists {len(names)} classes, more than the {MAX_CLASSES:,} edgeanchor "
