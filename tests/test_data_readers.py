@@ -251,6 +251,8 @@ def test_split_ids_are_plain_names(tmp_path, line):
     ("val: images/val\nnc: 0\n", "nc is 0"),
     ("path: [a]\nval: images/val\nnames: [a]\n", "'path' is ['a']"),
     ("val: images/val\nnames: [a, [b, c]]\n", "the class name ['b', 'c'] is not a name"),
+    ("val: images/val\nnames:\n  " + "[" * 5000 + "]" * 5000 + "\n", "data.yaml:3: the YAML nests deeper than 50"),
+    ("names: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", "data.yaml:1: the YAML nests deeper than 50"),
 ])
 def test_bad_data_yaml(tmp_path, text, message):
     (tmp_path / "data.yaml").write_text(text)

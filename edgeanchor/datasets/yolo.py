@@ -20,8 +20,9 @@ error naming the file and the line, as is a label path that is a folder or a
 file that is not UTF-8; values outside [0, 1] are clipped to the image and
 counted in one warning (a box left with no area is dropped).
 
-``data.yaml`` is read with YAML aliases (``*name``) refused, and at most
-:data:`MAX_CLASSES` (100,000) classes.
+``data.yaml`` is read with YAML aliases (``*name``) and nesting deeper than
+:data:`MAX_YAML_DEPTH` refused, and at most :data:`MAX_CLASSES` (100,000)
+classes.
 
 :func:`yolo_split` converts one split to a COCO annotation file (categories
 1..nc, so SSD models take ``num_classes = nc + 1``), written under the cache
@@ -71,33 +72,49 @@ def is_yolo_yaml(path) -> bool:
     return str(path).lower().endswith((".yaml", ".yml"))
 
 
-class _AliasFound(Exception):
-    def __init__(self, anchor: str, line: int):
-        super().__init__(anchor)
-        self.anchor, self.line = anchor, line
+# A data.yaml nests two levels (a mapping of lists or mappings); 50 leaves room and stays far below Python's
+# recursion limit, which PyYAML's composer (recursive) would otherwise hit with a traceback.
+MAX_YAML_DEPTH = 50
+
+
+class _Refused(Exception):
+    def __init__(self, what: str, line: int):
+        super().__init__(what)
+        self.what, self.line = what, line
 
 
 def _yaml_loader():
     import yaml
 
-    class NoAliasLoader(yaml.SafeLoader):
-        """``yaml.SafeLoader`` that refuses aliases (``*name``): a data.yaml is a handful of keys that never needs
-        one, and a few hundred bytes of nested aliases expand to more objects than memory holds."""
+    class StrictLoader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses aliases (``*name``) and deep nesting: a data.yaml is a handful of keys
+        that never needs either, while a few hundred bytes of nested aliases expand to more objects than memory
+        holds."""
+
+        depth = 0
 
         def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise _AliasFound(event.anchor, event.start_mark.line + 1)
-            return super().compose_node(parent, index)
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise _Refused(f"the YAML alias *{event.anchor} is not allowed in a data.yaml (aliases can expand "
+                               "without bound); write the value out", event.start_mark.line + 1)
+            if self.depth >= MAX_YAML_DEPTH:
+                raise _Refused(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; a data.yaml needs two",
+                               event.start_mark.line + 1)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
 
-    return NoAliasLoader
+    return StrictLoader
 
 
 def read_data_yaml(path) -> DataYaml:
     """Parse a YOLOv5 data.yaml.
 
     Raises:
-        EdgeAnchorError: missing or unreadable file, not UTF-8, a YAML alias, no class names, more than
+        EdgeAnchorError: missing or unreadable file, not UTF-8, a YAML alias or deep nesting, no class names, more than
             :data:`MAX_CLASSES` classes, or malformed entries.
     """
     import yaml
@@ -108,9 +125,8 @@ def read_data_yaml(path) -> DataYaml:
     text = read_text(path, "data file")
     try:
         doc = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
-    except _AliasFound as exc:
-        raise EdgeAnchorError(f"{path}:{exc.line}: the YAML alias *{exc.anchor} is not allowed in a data.yaml "
-                              "(aliases can expand without bound); write the value out") from None
+    except _Refused as exc:
+        raise EdgeAnchorError(f"{path}:{exc.line}: {exc.what}") from None
     except yaml.YAMLError as exc:
         raise EdgeAnchorError(f"cannot read data file {path} ({str(exc).splitlines()[0][:120]}); "
                               "give a YOLO data.yaml") from None
