@@ -635,6 +635,10 @@ DATA_FILE_CASES = [
     Case("yolo-image-list-not-utf8", YOLO_EVAL, "val.txt:2: not UTF-8 text (byte 0xc3 at byte offset 17)",
          setup=steps(write("yoloset/val.txt", b"images/val/a.jpg\n\xc3(\n"),
                      write("yoloset/data.yaml", YOLO_YAML.replace("images/val", "val.txt")))),
+    # a 57-byte PNG declaring 100,000 x 100,000 grey pixels (tests/test_data_readers.py: png_header)
+    Case("voc-image-declares-10-gigapixels", VOC_EVAL, "000002.jpg (Image size (10000000000 pixels) exceeds limit",
+         setup=write("vocset/JPEGImages/000002.jpg", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x01\x86\xa0\x00\x01"
+                                                     b"\x86\xa0\x08\x00\x00\x00\x00\x8d9T\x14\x00\x00\x00\x00IEND\xaeB`\x82")),
     # a split without objects: the message names the user's data, not the converted file under the cache root
     Case("yolo-no-objects-names-the-data-yaml", YOLO_EVAL, "the 'val' split of {root}/yoloset/data.yaml has no "
          "usable object annotations", setup=steps(*(label("", n) for n in "abcd"))),

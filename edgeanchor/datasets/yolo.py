@@ -283,7 +283,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as exc:
+    # DecompressionBombError: a header past Pillow's MAX_IMAGE_PIXELS (a 100-byte PNG may declare 10**10 pixels)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
 
 
