@@ -89,8 +89,8 @@ class VocRecord:
 
 # ---- XML ----------------------------------------------------------------------------
 # The most an annotation file may hold. A VOC annotation is 0.5-5 KB (about 250 bytes an object in LabelImg's
-# layout), so 1 MiB holds some 4,000 objects: far more than any image of VOC, COCO or dense-scene sets carries,
-# while a file past it is read, parsed and refused in well under a second.
+# layout), so 1 MiB holds some 4,000 objects: far more than any image of VOC, COCO or dense-scene sets carries.
+# A file past it is refused after reading 1 MiB + 1 byte, before parsing.
 MAX_XML_BYTES = 1 << 20
 
 
