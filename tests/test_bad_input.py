@@ -13,6 +13,7 @@ before and after, and checks:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -634,6 +635,15 @@ DATA_FILE_CASES = [
     Case("yolo-image-list-not-utf8", YOLO_EVAL, "val.txt:2: not UTF-8 text (byte 0xc3 at byte offset 17)",
          setup=steps(write("yoloset/val.txt", b"images/val/a.jpg\n\xc3(\n"),
                      write("yoloset/data.yaml", YOLO_YAML.replace("images/val", "val.txt")))),
+    # a 57-byte PNG declaring 100,000 x 100,000 grey pixels (tests/test_data_readers.py: png_header)
+    Case("voc-image-declares-10-gigapixels", VOC_EVAL, "000002.jpg (Image size (10000000000 pixels) exceeds limit",
+         setup=write("vocset/JPEGImages/000002.jpg", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x01\x86\xa0\x00\x01"
+                                                     b"\x86\xa0\x08\x00\x00\x00\x00\x8d9T\x14\x00\x00\x00\x00IEND\xaeB`\x82")),
+    # a split without objects: the message names the user's data, not the converted file under the cache root
+    Case("yolo-no-objects-names-the-data-yaml", YOLO_EVAL, "the 'val' split of {root}/yoloset/data.yaml has no "
+         "usable object annotations", setup=steps(*(label("", n) for n in "abcd"))),
+    Case("voc-no-objects-names-the-folder", VOC_EVAL, "the VOC data {root}/vocset split train has no usable object",
+         setup=steps(*(edit_xml(r"(?s)<object>.*</object>", "", f"00000{i}") for i in range(1, 5)))),
     # data.yaml
     Case("yolo-yaml-not-utf8", YOLO_EVAL, "data.yaml:3: not UTF-8 text (byte 0xff",
          setup=write("yoloset/data.yaml", YOLO_YAML.encode().replace(b"kite", b"k\xffte"))),
@@ -649,7 +659,8 @@ DATA_FILE_CASES = [
 
 @pytest.mark.parametrize("case", DATA_FILE_CASES, ids=[c.id for c in DATA_FILE_CASES])
 def test_bad_data_file(case, data_template, tmp_path, capsys, monkeypatch):
-    test_bad_input(case, data_template, tmp_path, capsys, monkeypatch)
+    expect = case.expect.replace("{root}", str(tmp_path / "w"))  # the folder test_bad_input copies the data into
+    test_bad_input(dataclasses.replace(case, expect=expect), data_template, tmp_path, capsys, monkeypatch)
 
 
 def test_the_data_sets_the_rows_break_are_valid(data_template, capsys):

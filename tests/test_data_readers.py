@@ -10,6 +10,8 @@ from __future__ import annotations
 import codecs
 import math
 import re
+import struct
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -17,8 +19,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edgeanchor.datasets import voc
+from edgeanchor.datasets.imaging import load_image_array
 from edgeanchor.datasets.text import decode_utf8, parse_decimal
-from edgeanchor.datasets.yolo import parse_label_line, read_data_yaml
+from edgeanchor.datasets.yolo import image_size, parse_label_line, read_data_yaml
 from edgeanchor.errors import EdgeAnchorError
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -251,6 +254,8 @@ def test_split_ids_are_plain_names(tmp_path, line):
     ("val: images/val\nnc: 0\n", "nc is 0"),
     ("path: [a]\nval: images/val\nnames: [a]\n", "'path' is ['a']"),
     ("val: images/val\nnames: [a, [b, c]]\n", "the class name ['b', 'c'] is not a name"),
+    ("val: images/val\nnames:\n  " + "[" * 5000 + "]" * 5000 + "\n", "data.yaml:3: the YAML nests deeper than 50"),
+    ("names: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", "data.yaml:1: the YAML nests deeper than 50"),
 ])
 def test_bad_data_yaml(tmp_path, text, message):
     (tmp_path / "data.yaml").write_text(text)
@@ -262,3 +267,20 @@ def test_data_yaml_at_the_class_bound_reads(tmp_path):
     (tmp_path / "data.yaml").write_text("val: images/val\nnc: 100000\n")
     spec = read_data_yaml(tmp_path / "data.yaml")
     assert spec.num_classes == 100_000 and spec.names[-1] == "99999"
+
+
+# ---- images -------------------------------------------------------------------------------------------------------
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of a signature, an IHDR declaring (width, height) 8-bit grey, and IEND: no pixel data at all."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(
+        b"IEND", b"")
+
+
+@pytest.mark.parametrize("read", [image_size, lambda p: load_image_array(p, (32, 32))])
+def test_an_image_header_past_pillows_limit_is_one_line(tmp_path, read):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header(100_000, 100_000))  # 10**10 pixels declared in 57 bytes
+    with pytest.raises(EdgeAnchorError, match=r"cannot read image .*bomb\.png \(Image size \(10000000000 pixels\)"):
+        read(path)

@@ -201,6 +201,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not isinstance(data, dict):
             raise EdgeAnchorError(f"annotation file {self.ann_file} is not a COCO JSON object; check the path")
         self.coco_json = data  # the parsed file, shared read-only by the steps that score this split
+        self.source = _source(data, self.ann_file)
         images = _require_list(data, "images", self.ann_file)
         annotations = _require_list(data, "annotations", self.ann_file)
         categories = _require_list(data, "categories", self.ann_file)
@@ -252,10 +253,9 @@ class CocoDetection(torch.utils.data.Dataset):
         """
         if self.num_objects == 0:
             skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "no annotations"
-            raise EdgeAnchorError(
-                f"{self.ann_file} has no usable object annotations ({skipped}); nothing to {purpose}: "
-                "give an annotation file with objects"
-            )
+            fix = "give an annotation file with objects" if self.source == str(self.ann_file) else "label objects in it"
+            raise EdgeAnchorError(f"{self.source} has no usable object annotations ({skipped}); nothing to {purpose}: "
+                                  f"{fix}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image_id = self.image_ids[index]
@@ -313,10 +313,22 @@ class CocoDetection(torch.utils.data.Dataset):
         mode = "contiguous" if self.num_classes == len(self.category_ids) + 1 else "identity"
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
         return (
-            f"{self.ann_file}: {len(self)} images ({num_empty} without objects), {num_objects} objects, "
+            f"{self.source}: {len(self)} images ({num_empty} without objects), {num_objects} objects, "
             f"{len(self.category_ids)} categories -> {self.num_classes} classes ({mode} labels); "
             f"skipped: {skipped}"
         )
+
+
+CONVERTED_BY = ("edgeanchor.data.yolo", "edgeanchor.data.voc")  # info.generator of the files yolo and voc write
+
+
+def _source(data: dict, ann_file: Path) -> str:
+    """What messages call the split: for a file converted from YOLO labels or VOC XML, the user's data set
+    (its ``info.source``), not the converted file under the cache root; else the annotation file."""
+    info = data.get("info")
+    if isinstance(info, dict) and info.get("generator") in CONVERTED_BY and isinstance(info.get("source"), str):
+        return info["source"].replace("\n", " ").replace("\r", " ")[:300]
+    return str(ann_file)
 
 
 def _check_declared_size(info: dict, orig_size: tuple[int, int], path: Path) -> None:

@@ -89,7 +89,8 @@ def load_image_array(path: Path, image_size: tuple[int, int] | None,
     try:
         with Image.open(path) as img:
             rgb = to_rgb8(img)
-    except (UnidentifiedImageError, OSError) as exc:
+    # DecompressionBombError: a header past Pillow's MAX_IMAGE_PIXELS (a 100-byte PNG may declare 10**10 pixels)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
     orig_size = (rgb.height, rgb.width)
     # a list (from JSON) compares unequal to a tuple, so compare and pass (H, W) as a tuple

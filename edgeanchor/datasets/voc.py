@@ -89,8 +89,8 @@ class VocRecord:
 
 # ---- XML ----------------------------------------------------------------------------
 # The most an annotation file may hold. A VOC annotation is 0.5-5 KB (about 250 bytes an object in LabelImg's
-# layout), so 1 MiB holds some 4,000 objects: far more than any image of VOC, COCO or dense-scene sets carries,
-# while a file past it is read, parsed and refused in well under a second.
+# layout), so 1 MiB holds some 4,000 objects: far more than any image of VOC, COCO or dense-scene sets carries.
+# A file past it is refused after reading 1 MiB + 1 byte, before parsing.
 MAX_XML_BYTES = 1 << 20
 
 
@@ -363,8 +363,11 @@ def _coco_box(obj: VocObject, width: int, height: int) -> tuple[list[float] | No
     return [round(cx1, 4), round(cy1, 4), round(cx2 - cx1, 4), round(cy2 - cy1, 4)], clipped
 
 
-def to_coco(records, root: Path, names: tuple[str, ...], description: str) -> tuple[dict, int]:
+def to_coco(records, root: Path, names: tuple[str, ...], description: str,
+            source: str | None = None) -> tuple[dict, int]:
     """(COCO dict of (image, record) pairs, boxes clipped or dropped). Image ids 1..N in the given order.
+
+    ``source`` (default ``description``) is what messages about the converted file call the data.
 
     Raises:
         EdgeAnchorError: an object whose class is not in ``names`` (naming the file and line).
@@ -390,7 +393,7 @@ def to_coco(records, root: Path, names: tuple[str, ...], description: str) -> tu
                                 "bbox": bbox, "area": round(bbox[2] * bbox[3], 4), "iscrowd": int(obj.difficult),
                                 "difficult": int(obj.difficult)})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
-    info = {"description": description, "generator": "edgeanchor.data.voc"}
+    info = {"description": description, "generator": "edgeanchor.data.voc", "source": source or description}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}, clipped
 
 
@@ -420,7 +423,8 @@ def voc_splits(data, splits) -> tuple[str, list[str]]:
         if not names:
             raise EdgeAnchorError(f"{data} holds no labelled objects, so no class list; add {CLASSES_FILE} "
                                   "(one class a line)")
-        coco, clipped = to_coco(records, root, names, f"{description}, converted from Pascal VOC XML by edgeanchor")
+        coco, clipped = to_coco(records, root, names, f"{description}, converted from Pascal VOC XML by edgeanchor",
+                                f"the VOC data {description}")
         if clipped:
             warn(f"{clipped} boxes outside the image in {description} were clipped to it (those left with no "
                  "area dropped)")

@@ -20,8 +20,9 @@ error naming the file and the line, as is a label path that is a folder or a
 file that is not UTF-8; values outside [0, 1] are clipped to the image and
 counted in one warning (a box left with no area is dropped).
 
-``data.yaml`` is read with YAML aliases (``*name``) refused, and at most
-:data:`MAX_CLASSES` (100,000) classes.
+``data.yaml`` is read with YAML aliases (``*name``) and nesting deeper than
+:data:`MAX_YAML_DEPTH` refused, and at most :data:`MAX_CLASSES` (100,000)
+classes.
 
 :func:`yolo_split` converts one split to a COCO annotation file (categories
 1..nc, so SSD models take ``num_classes = nc + 1``), written under the cache
@@ -71,33 +72,49 @@ def is_yolo_yaml(path) -> bool:
     return str(path).lower().endswith((".yaml", ".yml"))
 
 
-class _AliasFound(Exception):
-    def __init__(self, anchor: str, line: int):
-        super().__init__(anchor)
-        self.anchor, self.line = anchor, line
+# A data.yaml nests two levels (a mapping of lists or mappings); 50 leaves room and stays far below Python's
+# recursion limit, which PyYAML's composer (recursive) would otherwise hit with a traceback.
+MAX_YAML_DEPTH = 50
+
+
+class _Refused(Exception):
+    def __init__(self, what: str, line: int):
+        super().__init__(what)
+        self.what, self.line = what, line
 
 
 def _yaml_loader():
     import yaml
 
-    class NoAliasLoader(yaml.SafeLoader):
-        """``yaml.SafeLoader`` that refuses aliases (``*name``): a data.yaml is a handful of keys that never needs
-        one, and a few hundred bytes of nested aliases expand to more objects than memory holds."""
+    class StrictLoader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses aliases (``*name``) and deep nesting: a data.yaml is a handful of keys
+        that never needs either, while a few hundred bytes of nested aliases expand to more objects than memory
+        holds."""
+
+        depth = 0
 
         def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise _AliasFound(event.anchor, event.start_mark.line + 1)
-            return super().compose_node(parent, index)
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise _Refused(f"the YAML alias *{event.anchor} is not allowed in a data.yaml (aliases can expand "
+                               "without bound); write the value out", event.start_mark.line + 1)
+            if self.depth >= MAX_YAML_DEPTH:
+                raise _Refused(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; a data.yaml needs two",
+                               event.start_mark.line + 1)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
 
-    return NoAliasLoader
+    return StrictLoader
 
 
 def read_data_yaml(path) -> DataYaml:
     """Parse a YOLOv5 data.yaml.
 
     Raises:
-        EdgeAnchorError: missing or unreadable file, not UTF-8, a YAML alias, no class names, more than
+        EdgeAnchorError: missing or unreadable file, not UTF-8, a YAML alias or deep nesting, no class names, more than
             :data:`MAX_CLASSES` classes, or malformed entries.
     """
     import yaml
@@ -108,9 +125,8 @@ def read_data_yaml(path) -> DataYaml:
     text = read_text(path, "data file")
     try:
         doc = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
-    except _AliasFound as exc:
-        raise EdgeAnchorError(f"{path}:{exc.line}: the YAML alias *{exc.anchor} is not allowed in a data.yaml "
-                              "(aliases can expand without bound); write the value out") from None
+    except _Refused as exc:
+        raise EdgeAnchorError(f"{path}:{exc.line}: {exc.what}") from None
     except yaml.YAMLError as exc:
         raise EdgeAnchorError(f"cannot read data file {path} ({str(exc).splitlines()[0][:120]}); "
                               "give a YOLO data.yaml") from None
@@ -136,7 +152,7 @@ def read_data_yaml(path) -> DataYaml:
 def _names(doc: dict, path: Path) -> tuple[str, ...]:
     names, nc = doc.get("names"), doc.get("nc")
     if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= MAX_CLASSES):
-        raise EdgeAnchorError(f"{path}: nc is {str(nc)[:40]}; it must be a whole number of classes from 1 to "
+        raise EdgeAnchorError(f"{path}: nc is {nc!r:.40}; it must be a whole number of classes from 1 to "
                               f"{MAX_CLASSES:,}")
     if isinstance(names, (list, dict)) and len(names) > MAX_CLASSES:
         raise EdgeAnchorError(f"{path}: 'names' lists {len(names)} classes, more than the {MAX_CLASSES:,} edgeanchor "
@@ -267,7 +283,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as exc:
+    # DecompressionBombError: a header past Pillow's MAX_IMAGE_PIXELS (a 100-byte PNG may declare 10**10 pixels)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise EdgeAnchorError(f"cannot read image {path} ({exc}); replace or remove the file") from None
 
 
@@ -304,7 +321,7 @@ def to_coco(spec: DataYaml, split: str, listing: dict[str, list[Path]] | None = 
                                 "iscrowd": 0})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(spec.names)]
     info = {"description": f"{spec.yaml_path} split {split}, converted from YOLO labels by edgeanchor",
-            "generator": "edgeanchor.data.yolo"}
+            "generator": "edgeanchor.data.yolo", "source": f"the '{split}' split of {spec.yaml_path}"}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}, root, clipped
 
 
