@@ -302,7 +302,10 @@ def test_report_says_how_the_search_scored():
                                                  "evals_per_s": 3.5, "pairs_recomputed_per_node": 41.2}}
     text = " ".join(search_lines(chosen))
     assert "120 subsets in `S`, 7 on the front" in text
-    assert "scored 80 of them on 2 ray worker(s) at 3.5 evaluations/s, re-matching 41.2 (image, class)" in text
+    assert "scored 80 of them on 2 Ray actors at 3.5 evaluations/s, re-matching 41.2 (image, class)" in text
+    one = " ".join(search_lines({**chosen, "scoring": {**chosen["scoring"], "executor": "processes", "workers": 1}}))
+    assert "scored 80 of them on 1 worker process at" in one
     resumed = " ".join(search_lines({**chosen, "scoring": {"nodes_scored": 0}}))
     assert "nothing scored this run" in resumed
     assert search_lines({"source": "anchors"}) == []
+

@@ -49,7 +49,9 @@ def run(args) -> int:
           f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {s.out}")
     sc = result.get("scoring") or {}
     if sc.get("nodes_scored"):
-        print(f"scored {sc['nodes_scored']} subsets this run on {sc['workers']} {sc['executor']} worker(s), "
+        from ..exporting.report_md import scoring_workers
+
+        print(f"scored {sc['nodes_scored']} subsets this run on {scoring_workers(sc)}, "
               f"{sc['evals_per_s']} evaluations/s; {sc['pairs_recomputed_per_node']} (image, class) pairs "
               "re-matched per subset on average")
     return 0

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeAnchorError
-from ..io import read_json
+from ..io import plural, read_json
 from .imaging import (
     LETTERBOX_FILL,  # noqa: F401 - re-exported
     RESIZE_MODES,
@@ -164,7 +164,8 @@ def _check_references(annotations: list, image_ids: set, category_ids: set, ann_
         if bad:
             first = bad[0]
             raise EdgeAnchorError(
-                f"{ann_file}: {len(bad)} annotation(s) refer to a {key} not listed in '{where}' "
+                f"{ann_file}: {plural(len(bad), 'annotation')} {'refers' if len(bad) == 1 else 'refer'} to a {key} "
+                f"not listed in '{where}' "
                 f"(first: annotation {first.get('id', '?')} -> {key} {first[key]}); fix or remove them"
             )
 

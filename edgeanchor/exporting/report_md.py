@@ -115,9 +115,19 @@ def search_lines(chosen: dict) -> list[str]:
             f"subsets in `{chosen['search_dir']}`, {chosen['num_front_points']} on the front.")
     sc = chosen.get("scoring") or {}
     if sc.get("nodes_scored"):
-        line += (f" This run scored {sc['nodes_scored']} of them on {sc['workers']} {sc['executor']} worker(s) at "
+        line += (f" This run scored {sc['nodes_scored']} of them on {scoring_workers(sc)} at "
                  f"{sc['evals_per_s']} evaluations/s, re-matching {sc['pairs_recomputed_per_node']} (image, class) "
                  "pairs per subset on average.")
     else:
         line += " All of them came from the stored search (resumed, nothing scored this run)."
     return ["", line]
+
+
+def scoring_workers(scoring: dict) -> str:
+    """Who scored a search's subsets, from its ``scoring`` record: "2 worker processes", "1 Ray actor"."""
+    from ..io import plural
+
+    workers = int(scoring.get("workers") or 1)
+    if scoring.get("executor") == "ray":
+        return plural(workers, "Ray actor")
+    return plural(workers, "worker process", "worker processes")
