@@ -75,6 +75,16 @@ class SearchResult:
         """Anchor subsets scored (this run and the runs it resumed)."""
         return int(self._result["num_evals"])
 
+    @property
+    def num_scored(self) -> int:
+        """Anchor subsets scored by the run that returned this result (the rest came from the stored search)."""
+        return int((self._result.get("scoring") or {}).get("nodes_scored") or 0)
+
+    @property
+    def reused(self) -> bool:
+        """True when the result is a finished search found in the search folder, with nothing scored now."""
+        return self.num_scored == 0
+
     def choose(self, *, max_drop: float | None = None, min_map: float | None = None,
                target_head_macs: float | None = None) -> FrontPoint:
         """The front point to deploy.
@@ -131,7 +141,8 @@ class SearchResult:
         return copy.deepcopy(self._result)
 
     def __repr__(self) -> str:
-        return (f"SearchResult({len(self._result['front'])} front points, {self.num_evals} evaluations, "
+        reused = " (reused: none scored by this run)" if self.reused else ""
+        return (f"SearchResult({len(self._result['front'])} front points, {self.num_evals} evaluations{reused}, "
                 f"baseline mAP {self.baseline['mAP']:.4f}, floor {self.floor:.4f}, out={str(self.out)!r})")
 
 
