@@ -115,11 +115,13 @@ class SearchResult:
             raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {best:.4f}); lower the floor")
         return meeting[0]
 
-    def plot(self, path: str | Path | None = None) -> Figure:
-        """mAP against head MACs: every scored subset, the front, the baseline and the floor.
+    def plot(self, path: str | Path | None = None, *, chosen: FrontPoint | None = None) -> Figure:
+        """mAP against head MACs: every scored subset, the front, the baseline and the floor; the y axis names
+        the searched split.
 
         Args:
             path: also write the figure here as PNG.
+            chosen: a front point to mark (e.g. :meth:`choose`'s).
 
         Returns:
             The matplotlib figure (not closed; the caller owns it).
@@ -131,7 +133,10 @@ class SearchResult:
         metric = r.get("metric", "coco")
         title = f"{r.get('model', '')}: {settings.get('method')} search, cost {settings.get('cost')}" + (
             f", metric {metric}" if metric != "coco" else "")
-        fig = pareto_figure(r["nodes"], r["front"], r["baseline"], floor=r["floor"], title=title)
+        mark = None if chosen is None else {"head_macs": chosen.head_macs, "mAP": chosen.map,
+                                            "num_anchors": chosen.num_anchors}
+        fig = pareto_figure(r["nodes"], r["front"], r["baseline"], floor=r["floor"], title=title, chosen=mark,
+                            split=r.get("split"), metric=metric)
         if path is not None:
             _save_png(fig, path)
         return fig

@@ -229,7 +229,8 @@ class _SearchRun:
 
 def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann=None, cache_path=None, cache=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
-               log=log, dataset: CocoDetection | None = None, checked: bool = False) -> dict:
+               log=log, dataset: CocoDetection | None = None, checked: bool = False,
+               split_name: str | None = None) -> dict:
     """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``.
 
     Args:
@@ -246,6 +247,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
         log: where progress messages go.
         dataset: (data_dir, ann) already read for ``det``, if the caller has it.
         checked: ``search`` was checked and its method resolved by the caller (not done again).
+        split_name: what to call the searched split (val, test), recorded as ``split`` and on the plot.
 
     Returns:
         The search result (also written to ``out_dir/search.json``).
@@ -275,7 +277,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
         root = evaluator.evaluate([()])[0]
         floor = floor_of(search, root.map)
         state.update(settings=search.settings_key(), metric=search.metric, cache_key=cache.content_key,
-                     model=det.arch, ann=str(ann),
+                     model=det.arch, ann=str(ann), split=split_name,
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
         if search.method == "layerwise":
@@ -384,6 +386,7 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
               "scoring": evaluator.scoring_stats()}
     write_json(search_outputs(out_dir)["result"], result)
     plot_pareto(nodes, front_json, state["baseline"], search_outputs(out_dir)["plot"], floor=floor,
+                split=state.get("split"), metric=run.search.metric,
                 title=f"{det.arch}: {run.search.method} search, cost {run.search.cost}"
                 + (f", metric {run.search.metric}" if run.search.metric != "coco" else ""))
     return result
