@@ -12,7 +12,7 @@ read from the graph's metadata_props (:meth:`edgeanchor.exporting.graphs.NoNmsGr
 
 ``cv2`` is imported when a graph or runner is made, so everything else works without OpenCV. While
 edgeanchor loads or runs a graph, OpenCV's own log lines (e.g. OpenCV 5.1's ``[ WARN:0@136] ...
-setPreferableTarget Targets are not supported by the new graph engine``, twice per graph) are held back
+setPreferableTarget Targets are not supported by the new graph engine``, one per graph opened) are held back
 to errors (:func:`quiet_logs`); the level is restored afterwards, and a level the user set with
 ``OPENCV_LOG_LEVEL`` is left alone.
 """
