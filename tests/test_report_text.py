@@ -60,6 +60,8 @@ def test_report_md_with_min_map_a_head_mac_target_and_fine_tuning():
     assert "Budget: `min_map` 0.7 (`--min-map`): the floor is that mAP. The floor on the val split is 0.7000" in text
     assert "Of the front points with at most 500,000 head MACs (`--target-head-macs`), the most accurate was chosen" in text
     assert "| test mAP after fine-tuning | 0.7222 | 0.7301 |  |" in text
+    assert "test mAP 0.7222 -> 0.7116 -> 0.7301 fine-tuned (val: floor 0.7000, chosen 0.7243)" in summary_line(report)
+    assert "test mAP fine-tuned" in summary_table(report)
 
 
 def test_an_export_of_given_anchors_names_its_one_split():

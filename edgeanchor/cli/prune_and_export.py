@@ -49,7 +49,7 @@ def summary_line(report: Mapping[str, Any]) -> str:
     from ..exporting.report_md import split_name
 
     maps, chosen = report["mAP"], report.get("chosen") or {}
-    tuned = f" (fine-tuned {maps['finetuned']:.4f})" if "finetuned" in maps else ""
+    tuned = f" -> {maps['finetuned']:.4f} fine-tuned" if "finetuned" in maps else ""
     searched = ""
     if chosen.get("source") == "search" and "floor" in chosen:
         searched = (f" ({split_name(dict(report), 'search')}: floor {chosen['floor']:.4f}, chosen "
