@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
-from ..runtimes import require
 from .data import Data
 from .data import data as as_data
 from .results import BenchResult, FrontPoint, SearchResult
@@ -114,7 +113,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
     Raises:
         EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
     """
-    from ..runtimes import is_installed
+    from ..runtimes import is_installed, require
 
     if formats is None:
         return {"onnx", "openvino"} if is_installed("openvino") else {"onnx"}
