@@ -493,6 +493,12 @@ def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``count`` and the noun in agreement: "1 thread", "2 threads", "2 worker processes" (``nouns`` for
+    plurals that are not noun + "s")."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def format_table(headers: list[str], rows: list[list]) -> str:
     """A plain-text table with right-aligned numbers."""
     cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]

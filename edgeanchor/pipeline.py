@@ -115,8 +115,8 @@ def search_dir(key: str, search) -> Path:
 
 def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: ExportOptions, report_data,
                         calib_data=None, model_name: str, out, chosen: dict | None = None,
-                        search_ann: str | None = None, finetuned_from=None, seconds: dict | None = None,
-                        progress: bool = True, log=log) -> Report:
+                        search_ann: str | None = None, search_split: str | None = None, finetuned_from=None,
+                        seconds: dict | None = None, progress: bool = True, log=log) -> Report:
     """Write both variants, measure and check them, and write the report; returns the report.
 
     Args:
@@ -128,7 +128,7 @@ def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: Exp
         model_name: the model as the user named it.
         out: the folder's final path (recorded in the report).
         chosen: how the anchors were chosen (the report's ``chosen``; default: given).
-        search_ann: the split the anchors were searched on.
+        search_ann: the split the anchors were searched on; search_split: its name (as :attr:`Data.name`).
         finetuned_from: the pruned detector before fine-tuning, when ``pruned`` is fine-tuned: its mAP is
             reported as ``pruned`` and ``pruned``'s as ``finetuned``.
         seconds: timings of earlier steps (search, finetune), merged into the report's ``seconds``.
@@ -141,6 +141,7 @@ def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: Exp
     report_set = report_data.dataset(baseline)
     report: Report = {"model": model_name, "arch": baseline.arch, "data": report_data.images,
                               "search_ann": search_ann, "report_ann": report_data.ann,
+                              "search_split": search_split, "report_split": report_data.name,
                               "image_size": list(baseline.image_size), "resize": baseline.resize_mode,
                               "chosen": cast(Chosen, chosen or {"source": "given"}), "metric": settings.metric}
     t = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .errors import EdgeAnchorError
+from .io import plural
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,5 +24,6 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise EdgeAnchorError(f"device {name} was asked for but no CUDA GPU is available; use `device` cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise EdgeAnchorError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise EdgeAnchorError(f"device {name}: this machine has "
+                                  f"{plural(torch.cuda.device_count(), 'CUDA device')}")
     return device

@@ -255,7 +255,7 @@ def test_unknown_image_and_category_ids(tiny):
     img_dir, ann_file = tiny
     data = json.loads(ann_file.read_text())
     data["annotations"].append({"id": 99, "image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1]})
-    expected = r"1 annotation\(s\) refer to a image_id not listed in 'images' \(first: annotation 99 -> image_id 5\)"
+    expected = r"1 annotation refers to a image_id not listed in 'images' \(first: annotation 99 -> image_id 5\)"
     with pytest.raises(EdgeAnchorError, match=expected):
         CocoDetection(img_dir, _write(img_dir.parent, data))
     data["annotations"][-1] = {"id": 98, "image_id": 42, "category_id": 2, "bbox": [0, 0, 1, 1]}

@@ -48,6 +48,21 @@ def test_export_folder_is_complete(demo_export):
 
 
 @pytest.mark.slow
+def test_report_names_its_splits_budget_and_floor(demo_export):
+    report = json.loads((demo_export / "report.json").read_text())
+    chosen = report["chosen"]
+    assert (report["search_split"], report["report_split"]) == ("val", "test")  # the annotation files' names
+    assert chosen["budget"] == {"max_drop": 0.005} and chosen["plot"] == "pareto.png"
+    assert chosen["floor"] == pytest.approx(chosen["search_baseline_mAP"] - 0.005)
+    assert chosen["search_mAP"] >= chosen["floor"]
+    assert json.loads((demo_export / "search.json").read_text())["split"] == "val"
+    md = (demo_export / "report.md").read_text()
+    assert f"The floor on the val split is {chosen['floor']:.4f} (unpruned: {chosen['search_baseline_mAP']:.4f})" in md
+    assert f"val mAP {chosen['search_mAP']:.4f}, test mAP {report['mAP']['pruned']:.4f}" in md
+    assert "](pareto.png)" in md and (demo_export / "pareto.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_report_matches_the_graphs_and_the_checkpoint(demo_export):
     report = json.loads((demo_export / "report.json").read_text())
     pruned = load_checkpoint(demo_export / "pruned.pt")

@@ -302,7 +302,32 @@ def test_report_says_how_the_search_scored():
                                                  "evals_per_s": 3.5, "pairs_recomputed_per_node": 41.2}}
     text = " ".join(search_lines(chosen))
     assert "120 subsets in `S`, 7 on the front" in text
-    assert "scored 80 of them on 2 ray worker(s) at 3.5 evaluations/s, re-matching 41.2 (image, class)" in text
+    assert "scored 80 of them on 2 Ray actors at 3.5 evaluations/s, re-matching 41.2 (image, class)" in text
+    one = " ".join(search_lines({**chosen, "scoring": {**chosen["scoring"], "executor": "processes", "workers": 1}}))
+    assert "scored 80 of them on 1 worker process at" in one
     resumed = " ".join(search_lines({**chosen, "scoring": {"nodes_scored": 0}}))
     assert "nothing scored this run" in resumed
     assert search_lines({"source": "anchors"}) == []
+
+
+def test_a_finished_search_run_again_is_reused_and_says_so(demo, split, tmp_path):
+    from dataclasses import replace
+
+    from edgeanchor.api.results import SearchResult
+
+    images, anns = split
+    out = tmp_path / "s"
+    spec = _spec(method="shared", max_drop=0.0, max_evals=3000)  # a short search that finishes
+    first = run_search(demo, images, anns["val"], out, spec, progress=False, log=lambda m: None)
+    assert first["complete"] and first["scoring"]["nodes_scored"] == first["num_evals"]
+    messages: list[str] = []
+    again = run_search(demo, images, anns["val"], out, replace(spec, max_evals=5), progress=False,
+                       log=messages.append)
+    assert again["scoring"]["nodes_scored"] == 0 and again["front"] == first["front"]
+    assert [m for m in messages if "search" in m] == [f"reused the finished search in {out}: {first['num_evals']} evaluations from an earlier run "
+                        "with the same settings and data, none scored now (remove the folder, or give another "
+                        "`out`, to search anew)"]
+    reused, fresh = SearchResult(again, demo.anchor_set.ids, out), SearchResult(first, demo.anchor_set.ids, out)
+    assert (reused.reused, reused.num_scored, reused.num_evals) == (True, 0, first["num_evals"])
+    assert (fresh.reused, fresh.num_scored) == (False, first["num_evals"])
+    assert "reused" in repr(reused) and "reused" not in repr(fresh)

@@ -96,6 +96,15 @@ class Data:
     def source(self) -> str:
         return self.resolve().source
 
+    @property
+    def name(self) -> str:
+        """What reports call the split: its name (val, test) where the data set has splits, else the VOC
+        folder's or the COCO annotation file's name (without ``.json``)."""
+        from pathlib import Path
+
+        me = self.resolve()
+        return me.split or Path(me.origin or me.ann).stem
+
     def other_split(self, split: str) -> Data:
         """The same data set's ``split`` (a YOLO data set, a VOCdevkit or the demo).
 

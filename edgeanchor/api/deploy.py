@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
-from ..runtimes import require
 from .data import Data
 from .data import data as as_data
 from .results import BenchResult, FrontPoint, SearchResult
@@ -114,7 +113,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
     Raises:
         EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
     """
-    from ..runtimes import is_installed
+    from ..runtimes import is_installed, require
 
     if formats is None:
         return {"onnx", "openvino"} if is_installed("openvino") else {"onnx"}
@@ -260,7 +259,7 @@ def _prune_and_export(s: Any) -> ExportFolder:
                                     progress=s.progress)
             point = result.choose(target_head_macs=s.target_head_macs)
             pruned = prune(det, point)
-            chosen = _chosen(result, point, spec, folder)
+            chosen = _chosen(result, point, spec, folder, target_head_macs=s.target_head_macs)
         seconds["search"] = time.perf_counter() - t
         tuned = None
         if s.finetune_epochs > 0 and splits.train is not None:  # 3. optional fine-tuning
@@ -272,23 +271,28 @@ def _prune_and_export(s: Any) -> ExportFolder:
         report = write_export_folder(folder, det, tuned if tuned is not None else pruned, settings=settings,
                                      report_data=splits.report, calib_data=splits.calibration, model_name=s.model,
                                      out=out, chosen=chosen, search_ann=splits.search.ann,
+                                     search_split=splits.search.name,
                                      finetuned_from=pruned if tuned is not None else None, seconds=seconds,
                                      progress=s.progress)
     return ExportFolder(out, report)  # the report written (and validated) by the export step
 
 
-def _chosen(result: SearchResult, point: FrontPoint, spec: Any, folder: ExportFolder) -> dict[str, Any]:
-    """The report's ``chosen`` entry of a searched keep set; the search's plot and result go into the folder."""
+def _chosen(result: SearchResult, point: FrontPoint, spec: Any, folder: ExportFolder, *,
+            target_head_macs: float | None = None) -> dict[str, Any]:
+    """The report's ``chosen`` entry of a searched keep set; the search's result goes into the folder, and its
+    plot with the chosen point marked."""
     import shutil
 
     from ..subset_search.run import search_outputs
 
-    outputs = search_outputs(result.out)
-    shutil.copy(outputs["plot"], folder.pareto_path)
-    shutil.copy(outputs["result"], folder.search_json_path)
+    shutil.copy(search_outputs(result.out)["result"], folder.search_json_path)
+    result.plot(folder.pareto_path, chosen=point)
     raw = result.to_json()
+    budget = {"min_map": spec.min_map} if spec.min_map is not None else {"max_drop": spec.max_drop}
     return {"source": "search", "search_dir": str(result.out), "removed": list(point.removed),
-            "search_mAP": point.map, "floor": result.floor, "method": spec.method, "cost": spec.cost,
+            "search_mAP": point.map, "search_baseline_mAP": result.baseline["mAP"], "floor": result.floor,
+            "budget": budget, "target_head_macs": target_head_macs, "plot": folder.pareto_path.name,
+            "method": spec.method, "cost": spec.cost,
             "num_front_points": len(raw["front"]), "num_evals": result.num_evals, "scoring": raw.get("scoring")}
 
 

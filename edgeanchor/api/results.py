@@ -75,6 +75,16 @@ class SearchResult:
         """Anchor subsets scored (this run and the runs it resumed)."""
         return int(self._result["num_evals"])
 
+    @property
+    def num_scored(self) -> int:
+        """Anchor subsets scored by the run that returned this result (the rest came from the stored search)."""
+        return int((self._result.get("scoring") or {}).get("nodes_scored") or 0)
+
+    @property
+    def reused(self) -> bool:
+        """True when the result is a finished search found in the search folder, with nothing scored now."""
+        return self.num_scored == 0
+
     def choose(self, *, max_drop: float | None = None, min_map: float | None = None,
                target_head_macs: float | None = None) -> FrontPoint:
         """The front point to deploy.
@@ -105,11 +115,13 @@ class SearchResult:
             raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {best:.4f}); lower the floor")
         return meeting[0]
 
-    def plot(self, path: str | Path | None = None) -> Figure:
-        """mAP against head MACs: every scored subset, the front, the baseline and the floor.
+    def plot(self, path: str | Path | None = None, *, chosen: FrontPoint | None = None) -> Figure:
+        """mAP against head MACs: every scored subset, the front, the baseline and the floor; the y axis names
+        the searched split.
 
         Args:
             path: also write the figure here as PNG.
+            chosen: a front point to mark (e.g. :meth:`choose`'s).
 
         Returns:
             The matplotlib figure (not closed; the caller owns it).
@@ -121,7 +133,10 @@ class SearchResult:
         metric = r.get("metric", "coco")
         title = f"{r.get('model', '')}: {settings.get('method')} search, cost {settings.get('cost')}" + (
             f", metric {metric}" if metric != "coco" else "")
-        fig = pareto_figure(r["nodes"], r["front"], r["baseline"], floor=r["floor"], title=title)
+        mark = None if chosen is None else {"head_macs": chosen.head_macs, "mAP": chosen.map,
+                                            "num_anchors": chosen.num_anchors}
+        fig = pareto_figure(r["nodes"], r["front"], r["baseline"], floor=r["floor"], title=title, chosen=mark,
+                            split=r.get("split"), metric=metric)
         if path is not None:
             _save_png(fig, path)
         return fig
@@ -131,7 +146,8 @@ class SearchResult:
         return copy.deepcopy(self._result)
 
     def __repr__(self) -> str:
-        return (f"SearchResult({len(self._result['front'])} front points, {self.num_evals} evaluations, "
+        reused = " (reused: none scored by this run)" if self.reused else ""
+        return (f"SearchResult({len(self._result['front'])} front points, {self.num_evals} evaluations{reused}, "
                 f"baseline mAP {self.baseline['mAP']:.4f}, floor {self.floor:.4f}, out={str(self.out)!r})")
 
 

@@ -248,7 +248,7 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
     log(f"searching anchor subsets ({spec.method}, cost {spec.cost}) in {out}")
     result = run_search(det, split.images, split.ann, out, spec, report_ann=report.ann if report else None,
                         cache_path=cache_path, cache=loaded, latency_model=latency_model, progress=progress,
-                        dataset=dataset, checked=True)
+                        dataset=dataset, checked=True, split_name=split.name)
     return SearchResult(result, det.anchor_set.ids, Path(out))
 
 

@@ -40,24 +40,43 @@ def run(args) -> int:
         print_json(report)
         return 0
     print(summary_table(report))
-    print(f"wrote {report['out']} in {report['seconds']['total']:.0f}s: head MACs x"
-          f"{report['cost']['pruned']['head_macs'] / report['cost']['baseline']['head_macs']:.3f}, mAP "
-          f"{report['mAP']['baseline']:.4f} -> {report['mAP']['pruned']:.4f}, parity "
-          f"{'passed' if report['export']['pruned']['parity']['passed'] else 'FAILED'}")
+    print(summary_line(report))
     return 0
 
 
+def summary_line(report: Mapping[str, Any]) -> str:
+    """The command's last line: where, how long, head MACs, the mAPs with their splits, parity."""
+    from ..exporting.report_md import split_name
+
+    maps, chosen = report["mAP"], report.get("chosen") or {}
+    tuned = f" -> {maps['finetuned']:.4f} fine-tuned" if "finetuned" in maps else ""
+    searched = ""
+    if chosen.get("source") == "search" and "floor" in chosen:
+        searched = (f" ({split_name(dict(report), 'search')}: floor {chosen['floor']:.4f}, chosen "
+                    f"{chosen['search_mAP']:.4f})")
+    parity = report["export"]["pruned"].get("parity")
+    return (f"wrote {report['out']} in {report['seconds']['total']:.0f}s: head MACs x"
+            f"{report['cost']['pruned']['head_macs'] / report['cost']['baseline']['head_macs']:.3f}, "
+            f"{split_name(dict(report), 'report')} mAP {maps['baseline']:.4f} -> {maps['pruned']:.4f}{tuned}{searched}"
+            f", parity {'not checked' if parity is None else 'passed' if parity['passed'] else 'FAILED'}")
+
+
 def summary_table(report: Mapping[str, Any]) -> str:
+    from ..exporting.report_md import split_name
     from ..io import format_table
 
     base, pr, maps = report["cost"]["baseline"], report["cost"]["pruned"], report["mAP"]
-    rows = [["mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
+    on, chosen = split_name(dict(report), "report"), report.get("chosen") or {}
+    rows = [[f"{on} mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
     if "finetuned" in maps:
-        rows.append(["mAP fine-tuned", "", round(maps["finetuned"], 4)])
+        rows.append([f"{on} mAP fine-tuned", "", round(maps["finetuned"], 4)])
+    if chosen.get("source") == "search" and "search_baseline_mAP" in chosen:
+        rows.append([f"{split_name(dict(report), 'search')} mAP (searched)", round(chosen["search_baseline_mAP"], 4),
+                     round(chosen["search_mAP"], 4)])
     if "int8" in report:
         b, p = report["int8"]["baseline"], report["int8"]["pruned"]
-        rows += [["mAP model.onnx", round(b["map_fp32_onnx"], 4), round(p["map_fp32_onnx"], 4)],
-                 ["mAP model_int8.onnx", round(b["map_int8"], 4), round(p["map_int8"], 4)]]
+        rows += [[f"{on} mAP model.onnx", round(b["map_fp32_onnx"], 4), round(p["map_fp32_onnx"], 4)],
+                 [f"{on} mAP model_int8.onnx", round(b["map_int8"], 4), round(p["map_int8"], 4)]]
     rows += [["head MACs", base["head_macs"], pr["head_macs"]], ["boxes", base["num_boxes"], pr["num_boxes"]],
              ["anchors", base["num_anchors"], pr["num_anchors"]]]
     from ..exporting.report_md import channels_text

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .. import api
     from ..api.settings import SearchCommandSettings
-    from ..io import format_table
+    from ..io import format_table, plural
     from .common import load_model, print_json, settings_from_args
 
     s = settings_from_args(SearchCommandSettings, args)
@@ -43,13 +43,16 @@ def run(args) -> int:
     for n in result["front"]:
         rows.append([n["num_anchors"], n["mAP"], n.get("report", {}).get("mAP", ""), n["head_macs"],
                      f"{n['head_macs'] / base['head_macs']:.3f}", n["boxes"], n["anchors_file"]])
-    print(format_table(["anchors", "mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
+    on = f"{result['split']} " if result.get("split") else ""  # the searched split's name: val, test
+    print(format_table(["anchors", f"{on}mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
     print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {s.cost}, metric "
-          f"{s.metric}); baseline mAP "
-          f"{base['mAP']:.4f}, floor {result['floor']:.4f}; front of {len(result['front'])} points in {s.out}")
+          f"{s.metric}); baseline {on}mAP {base['mAP']:.4f}, floor {result['floor']:.4f}; front of "
+          f"{plural(len(result['front']), 'point')} in {s.out}")
     sc = result.get("scoring") or {}
     if sc.get("nodes_scored"):
-        print(f"scored {sc['nodes_scored']} subsets this run on {sc['workers']} {sc['executor']} worker(s), "
+        from ..exporting.report_md import scoring_workers
+
+        print(f"scored {sc['nodes_scored']} subsets this run on {scoring_workers(sc)}, "
               f"{sc['evals_per_s']} evaluations/s; {sc['pairs_recomputed_per_node']} (image, class) pairs "
               "re-matched per subset on average")
     return 0

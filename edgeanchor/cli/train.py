@@ -1,7 +1,9 @@
-"""Train or fine-tune a detector on COCO-format data.
+"""Train or fine-tune a detector on COCO, YOLO (data.yaml) or Pascal VOC data.
 
 From scratch:  edgeanchor train --model edgeanchor:demo_ssd --data DIR/images \
                    --ann DIR/annotations/train.json --val-ann DIR/annotations/val.json --epochs 30 --out demo.pt
+YOLO / VOC:    edgeanchor train --model yolov5:n --data data.yaml --epochs 30 --out yolo.pt
+               (or --data VOCdevkit/VOC2007: its train split, evaluated on val)
 After pruning: edgeanchor train --init pruned.pt --data ... --ann ... --epochs 5 --out finetuned.pt
 Resume:        the same command with --resume continues from the checkpoint at --out.
 Multi-GPU:     torchrun --nproc_per_node 4 -m edgeanchor train --device cuda ...
@@ -20,11 +22,12 @@ def add_arguments(parser) -> None:
     from ..settings import add_arguments as settings_flags
 
     settings_flags(parser, TrainSettings)  # one flag per setting, defined there
-    parser.set_defaults(device="cuda" if _cuda() else "cpu")  # the command's default: the GPU where there is one
+    parser.set_defaults(device=None)  # the command's default, the GPU where there is one, is resolved in run
     parser.add_argument("--json", action="store_true", help="print the training record as JSON")
 
 
 def _cuda() -> bool:
+    # Asked only when the command runs: importing torch here would make every --help take seconds.
     try:
         import torch
 
@@ -46,6 +49,8 @@ def run(args) -> int:
     from ..settings import from_args
     from .common import print_json
 
+    if args.device is None:
+        args.device = "cuda" if _cuda() else "cpu"
     det, record, seconds = train_checkpoint(**from_args(TrainSettings, args))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 writes the checkpoint and reports

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
+from ..io import plural
 
 
 def require_list(data: dict, key: str, ann_file: Path) -> list:
@@ -58,7 +59,8 @@ def check_references(annotations: list, image_ids: set, category_ids: set, ann_f
         if bad:
             first = bad[0]
             raise EdgeAnchorError(
-                f"{ann_file}: {len(bad)} annotation(s) refer to a {key} not listed in '{where}' "
+                f"{ann_file}: {plural(len(bad), 'annotation')} {'refers' if len(bad) == 1 else 'refer'} to a {key} "
+                f"not listed in '{where}' "
                 f"(first: annotation {first.get('id', '?')} -> {key} {first[key]}); fix or remove them"
             )
 

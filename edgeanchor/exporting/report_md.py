@@ -7,17 +7,18 @@ def render_markdown(report: dict) -> str:
     """The human-readable report."""
     base, pr = report["cost"]["baseline"], report["cost"]["pruned"]
     maps = report["mAP"]
+    report_split = split_name(report, "report")
     lines = [f"# prune-and-export report: {report['model']} ({report['arch']})", "",
-             f"Input {report['image_size'][0]}x{report['image_size'][1]}; searched on `{report['search_ann']}`, "
-             f"reported on `{report['report_ann']}`.", *search_lines(report.get("chosen") or {}), "",
+             f"Input {report['image_size'][0]}x{report['image_size'][1]}. {splits_line(report)}",
+             *search_lines(report.get("chosen") or {}), *budget_lines(report), "",
              "| | baseline | pruned | pruned / baseline |", "| --- | ---: | ---: | ---: |"]
-    rows = [("mAP@[.5:.95]", maps["baseline"], maps["pruned"], None),
+    rows = [(f"{report_split} {metric_title(report.get('metric', 'coco'))}", maps["baseline"], maps["pruned"], None),
             ("head MACs", base["head_macs"], pr["head_macs"], pr["head_macs"] / base["head_macs"]),
             ("total MACs", base["total_macs"], pr["total_macs"], pr["total_macs"] / base["total_macs"]),
             ("boxes", base["num_boxes"], pr["num_boxes"], pr["num_boxes"] / base["num_boxes"]),
             ("anchors", base["num_anchors"], pr["num_anchors"], pr["num_anchors"] / base["num_anchors"])]
     if "finetuned" in maps:
-        rows.insert(1, ("mAP after fine-tuning", maps["baseline"], maps["finetuned"], None))
+        rows.insert(1, (f"{report_split} mAP after fine-tuning", maps["baseline"], maps["finetuned"], None))
     for name, b, p, r in rows:
         fmt = (lambda v: f"{v:.4f}") if isinstance(b, float) and b < 1.5 else (lambda v: f"{v:,}")
         lines.append(f"| {name} | {fmt(b)} | {fmt(p)} | {'' if r is None else f'{r:.3f}'} |")
@@ -37,9 +38,9 @@ def render_markdown(report: dict) -> str:
                   "with the val rule of the checkpoints."]
     as_deployed = report.get("mAP_as_deployed")
     if as_deployed and not as_deployed.get("same_as_reported"):
-        lines += ["", f"With the graphs' rule, PyTorch's COCO mAP on the report split is {as_deployed['baseline']:.4f} "
-                  f"(baseline) and {as_deployed['pruned']:.4f} (pruned): what the deployed graphs' mAP "
-                  "(`edgeanchor evaluate --export`, `edgeanchor regress`) is checked against."]
+        lines += ["", f"With the graphs' rule, PyTorch's COCO mAP on the {report_split} split is "
+                  f"{as_deployed['baseline']:.4f} (baseline) and {as_deployed['pruned']:.4f} (pruned): what the "
+                  "deployed graphs' mAP (`edgeanchor evaluate --export`, `edgeanchor regress`) is checked against."]
     lines += ["", "## Parity (ONNX Runtime against PyTorch, images not used for tracing)", ""]
     for name in ("baseline", "pruned"):
         par = exp[name].get("parity")
@@ -115,9 +116,76 @@ def search_lines(chosen: dict) -> list[str]:
             f"subsets in `{chosen['search_dir']}`, {chosen['num_front_points']} on the front.")
     sc = chosen.get("scoring") or {}
     if sc.get("nodes_scored"):
-        line += (f" This run scored {sc['nodes_scored']} of them on {sc['workers']} {sc['executor']} worker(s) at "
+        line += (f" This run scored {sc['nodes_scored']} of them on {scoring_workers(sc)} at "
                  f"{sc['evals_per_s']} evaluations/s, re-matching {sc['pairs_recomputed_per_node']} (image, class) "
                  "pairs per subset on average.")
     else:
         line += " All of them came from the stored search (resumed, nothing scored this run)."
     return ["", line]
+
+
+def scoring_workers(scoring: dict) -> str:
+    """Who scored a search's subsets, from its ``scoring`` record: "2 worker processes", "1 Ray actor"."""
+    from ..io import plural
+
+    workers = int(scoring.get("workers") or 1)
+    if scoring.get("executor") == "ray":
+        return plural(workers, "Ray actor")
+    return plural(workers, "worker process", "worker processes")
+
+
+def metric_title(metric: str) -> str:
+    """The metric as reports name it: "COCO mAP@[.5:.95]", "VOC2007 mAP@0.5 (11-point)", ..."""
+    from ..evaluation.voc_map import METRIC_TITLES
+
+    return METRIC_TITLES.get(metric, "mAP")
+
+
+def split_name(report: dict, role: str) -> str:
+    """What the report calls its ``role`` ("report" or "search") split: its name, else its annotation file's
+    (reports written before splits were named)."""
+    from pathlib import PurePath
+
+    name = report.get(f"{role}_split")
+    ann = report.get(f"{role}_ann")
+    return name or (PurePath(ann).stem if ann else role)
+
+
+def splits_line(report: dict) -> str:
+    """Which split each figure is on: the keep set was searched on one, every mAP below is on the other."""
+    where = f"every mAP below is on the {split_name(report, 'report')} split (`{report['report_ann']}`)"
+    if not report.get("search_ann"):
+        return where[0].upper() + where[1:] + "."
+    return (f"The anchors were searched on the {split_name(report, 'search')} split (`{report['search_ann']}`); "
+            f"{where} unless it says otherwise.")
+
+
+def budget_lines(report: dict) -> list[str]:
+    """The accuracy budget of a search, its floor on the search split, and the chosen keep set's mAP on both
+    splits; then the Pareto plot."""
+    chosen = report.get("chosen") or {}
+    if chosen.get("source") != "search" or "floor" not in chosen:
+        return []
+    search, rep = split_name(report, "search"), split_name(report, "report")
+    budget = chosen.get("budget") or {}
+    if "min_map" in budget:
+        rule = f"`min_map` {budget['min_map']:g} (`--min-map`): the floor is that mAP"
+    elif "max_drop" in budget:
+        rule = (f"`max_drop` {budget['max_drop']:g} (`--max-drop`): at most {100 * budget['max_drop']:.2f} points "
+                f"below the unpruned model's {search} mAP")
+    else:
+        rule = "the search's own floor"
+    base = chosen.get("search_baseline_mAP")
+    floor = (f"The floor on the {search} split is {chosen['floor']:.4f}"
+             + (f" (unpruned: {base:.4f})." if base is not None else "."))
+    how = (f"Of the front points with at most {chosen['target_head_macs']:,.0f} head MACs (`--target-head-macs`), "
+           "the most accurate was chosen" if chosen.get("target_head_macs") is not None
+           else "The cheapest front point at or above the floor was chosen")
+    maps = report["mAP"]
+    drop = 100 * (maps["pruned"] - maps["baseline"])
+    lines = ["", f"Budget: {rule}. {floor} {how}: {search} mAP {chosen['search_mAP']:.4f}, {rep} mAP "
+                 f"{maps['pruned']:.4f} (unpruned: {maps['baseline']:.4f} on {rep}, {drop:+.2f} points)."]
+    if chosen.get("plot"):
+        lines += ["", f"![{metric_title(report.get('metric', 'coco'))} on the {search} split against head MACs: "
+                      f"every subset scored, the front, the floor and the chosen point (ringed)]({chosen['plot']})"]
+    return lines

@@ -59,13 +59,24 @@ class Cost(TypedDict):
 
 class Chosen(TypedDict, total=False):
     """How the kept anchors were chosen: ``source`` "search", "given" (ea.export) or the anchor file's path;
-    a search adds its folder, the removed ids, its mAP, floor, method, cost and counts."""
+    a search adds its folder, the removed ids, its mAP, floor, method, cost and counts.
+
+    The mAPs and the floor of a search are on the search split (the report's ``search_split``):
+    ``search_mAP`` is the chosen keep set's, ``search_baseline_mAP`` the unpruned model's, ``floor`` the
+    accuracy floor the ``budget`` (``{"max_drop": 0.005}`` or ``{"min_map": 0.7}``, in the search's metric)
+    set there; ``target_head_macs`` is the head-MAC target the point was chosen by, if any; ``plot`` the
+    Pareto plot in the folder, with the chosen point marked.
+    """
 
     source: str
     search_dir: str
     removed: list[int]
     search_mAP: float
+    search_baseline_mAP: float
     floor: float
+    budget: dict[str, float]
+    target_head_macs: float | None
+    plot: str
     method: str
     cost: str
     num_front_points: int
@@ -78,7 +89,9 @@ class Report(TypedDict, total=False):
 
     ``int8``, ``runtimes`` and ``tensorrt`` are present when they were asked for (int8 graphs, a runtime
     matrix, TensorRT engines); ``format``, ``format_version``, ``graphs`` and ``device`` are stamped by
-    :meth:`~edgeanchor.exporting.folder.ExportFolder.write_report`.
+    :meth:`~edgeanchor.exporting.folder.ExportFolder.write_report`. ``report_split`` and ``search_split`` name
+    the splits of ``report_ann`` and ``search_ann`` (val, test; or the annotation file's name) as the reports
+    print them; reports written before they existed lack them.
     """
 
     format: str
@@ -88,6 +101,8 @@ class Report(TypedDict, total=False):
     data: str
     search_ann: str | None
     report_ann: str
+    search_split: str | None
+    report_split: str
     image_size: list[int]
     resize: str
     chosen: Chosen

@@ -10,13 +10,20 @@ a user of OpenCV does: ``model_nonms.onnx`` (the best K candidates, fixed shapes
 ``cv2.dnn.NMSBoxesBatched`` at the model's IoU threshold and the best ``detections_per_img``, both
 read from the graph's metadata_props (:meth:`edgeanchor.exporting.graphs.NoNmsGraph.metadata`).
 
-``cv2`` is imported when a graph or runner is made, so everything else works without OpenCV.
+``cv2`` is imported when a graph or runner is made, so everything else works without OpenCV. While
+edgeanchor loads or runs a graph, OpenCV's own log lines (e.g. OpenCV 5.1's ``[ WARN:0@136] ...
+setPreferableTarget Targets are not supported by the new graph engine``, one per graph opened) are held back
+to errors (:func:`quiet_logs`); the level is restored afterwards, and a level the user set with
+``OPENCV_LOG_LEVEL`` is left alone.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -37,6 +44,27 @@ STAGE_GRAPHS = {"backbone": "backbone", "head": "head", "end_to_end": "model_non
 def load():
     """The ``cv2`` module, or a one-line :class:`EdgeAnchorError` naming the extra to install."""
     return import_runtime("cv2", "opencv", NAME)
+
+
+@contextmanager
+def quiet_logs(cv2) -> Iterator[None]:
+    """OpenCV's log level lowered to errors for the ``with`` block, then restored.
+
+    Warnings and info lines of OpenCV's own logger are not the user's business while edgeanchor drives it
+    (they are about OpenCV's engine choice, not the user's graph); errors still print, and a failing call
+    still raises ``cv2.error``. A level already quieter is kept, and so is any level chosen with the
+    ``OPENCV_LOG_LEVEL`` environment variable (someone debugging OpenCV asked for its lines).
+    """
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None or "OPENCV_LOG_LEVEL" in os.environ:
+        yield
+        return
+    previous = logging.getLogLevel()
+    logging.setLogLevel(min(previous, logging.LOG_LEVEL_ERROR))  # lower levels print less (0 = silent)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
 
 
 class OpenCvGraph(Graph):
@@ -67,15 +95,16 @@ class OpenCvGraph(Graph):
             raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {Path(path).name} (OpenCV 4 has no "
                                   "NonMaxSuppression layer); use model_nonms.onnx with cv2.dnn.NMSBoxesBatched, "
                                   "or OpenCV 5")
-        try:
-            self.net = cv2.dnn.readNetFromONNX(str(path))
-        except cv2.error as exc:
-            raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {Path(path).name} "
-                                  f"({_opencv_reason(exc)})") from None
-        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        if hasattr(self.net, "enableWinograd"):
-            self.net.enableWinograd(bool(winograd))
+        with quiet_logs(cv2):
+            try:
+                self.net = cv2.dnn.readNetFromONNX(str(path))
+            except cv2.error as exc:
+                raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot load {Path(path).name} "
+                                      f"({_opencv_reason(exc)})") from None
+            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+            if hasattr(self.net, "enableWinograd"):
+                self.net.enableWinograd(bool(winograd))
         self.settings = {"runtime": self.runtime, "version": cv2.__version__, "precision": precision,
                          "backend": "DNN_BACKEND_OPENCV", "target": "DNN_TARGET_CPU",
                          "engine": "ENGINE_AUTO (new engine, classic fallback)" if major >= 5 else "classic",
@@ -89,7 +118,8 @@ class OpenCvGraph(Graph):
         for name in self.input_names:
             self.net.setInput(np.ascontiguousarray(arrays[name], dtype=np.float32), name)
         try:
-            outs = dict(zip(self.output_names, self.net.forward(self.output_names)))
+            with quiet_logs(cv2):  # a get and a set: well under a microsecond beside the forward pass
+                outs = dict(zip(self.output_names, self.net.forward(self.output_names)))
         except cv2.error as exc:
             raise EdgeAnchorError(f"OpenCV {cv2.__version__} cannot run {self.path.name} "
                                   f"({_opencv_reason(exc)})") from None

@@ -1,4 +1,4 @@
-"""The Pareto plot: mAP against head MACs, front highlighted, baseline marked."""
+"""The Pareto plot: mAP against head MACs, front highlighted, baseline and chosen point marked."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ if TYPE_CHECKING:
 
 
 def pareto_figure(nodes: list[dict], front: list[dict], baseline: dict, *, floor: float | None = None,
-                  title: str = "") -> Figure:
-    """Every evaluated node, the front as a step line, the baseline as a star, the floor as a dashed line.
+                  title: str = "", chosen: dict | None = None, split: str | None = None,
+                  metric: str = "coco") -> Figure:
+    """Every evaluated node, the front as a step line, the baseline as a star, the floor as a dashed line,
+    and the chosen point (``head_macs``, ``mAP``, ``num_anchors``) ringed.
 
+    The y axis names the metric and the split the mAPs were measured on (``split``: the searched split).
     A plain :class:`matplotlib.figure.Figure` (no pyplot state, any backend), for a notebook or a file.
     """
     from matplotlib.figure import Figure
+
+    from ..evaluation.voc_map import METRIC_TITLES
 
     fig = Figure(figsize=(7, 4.5), dpi=120)
     ax = fig.subplots()
@@ -30,8 +35,11 @@ def pareto_figure(nodes: list[dict], front: list[dict], baseline: dict, *, floor
                label="baseline (all anchors)", zorder=4)
     if floor is not None:
         ax.axhline(floor, ls="--", c="tab:orange", lw=1, label=f"accuracy floor {floor:.4f}")
+    if chosen is not None:
+        ax.scatter([chosen["head_macs"] / 1e6], [chosen["mAP"]], s=150, facecolors="none", edgecolors="black",
+                   linewidths=1.6, zorder=5, label=f"chosen: {chosen['num_anchors']} anchors, mAP {chosen['mAP']:.4f}")
     ax.set_xlabel("head MACs (M)")
-    ax.set_ylabel("COCO mAP@[.5:.95]")
+    ax.set_ylabel(METRIC_TITLES.get(metric, "mAP") + (f" on the {split} split" if split else ""))
     ax.set_title(title or "anchor pruning: accuracy against head cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -40,8 +48,8 @@ def pareto_figure(nodes: list[dict], front: list[dict], baseline: dict, *, floor
 
 
 def plot_pareto(nodes: list[dict], front: list[dict], baseline: dict, path, *, floor: float | None = None,
-                title: str = "") -> None:
+                title: str = "", split: str | None = None, metric: str = "coco") -> None:
     """Write :func:`pareto_figure` to ``path`` (PNG), atomically."""
-    fig = pareto_figure(nodes, front, baseline, floor=floor, title=title)
+    fig = pareto_figure(nodes, front, baseline, floor=floor, title=title, split=split, metric=metric)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

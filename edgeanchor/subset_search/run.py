@@ -229,7 +229,8 @@ class _SearchRun:
 
 def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann=None, cache_path=None, cache=None,
                latency_model=None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
-               log=log, dataset: CocoDetection | None = None, checked: bool = False) -> dict:
+               log=log, dataset: CocoDetection | None = None, checked: bool = False,
+               split_name: str | None = None) -> dict:
     """Search anchor subsets of ``det`` on (data_dir, ann); write outputs to ``out_dir``.
 
     Args:
@@ -246,6 +247,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
         log: where progress messages go.
         dataset: (data_dir, ann) already read for ``det``, if the caller has it.
         checked: ``search`` was checked and its method resolved by the caller (not done again).
+        split_name: what to call the searched split (val, test), recorded as ``split`` and on the plot.
 
     Returns:
         The search result (also written to ``out_dir/search.json``).
@@ -266,7 +268,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
     cost_model = build_cost_model(det)
     latency = resolve_latency_model(search.cost, latency_model, det, data_dir, ann, run.out_dir, log=log)
     cost_fn = _cost_fn(search.cost, latency)
-    known, state_path = _resume(run.out_dir, search, cache.content_key, log)
+    known, state_path, finished = _resume(run.out_dir, search, cache.content_key, log)
     state: dict = {}
     evaluator = Evaluator(scorer, cost_model, cost_fn, workers=search.workers, cache_path=cache_path, ann=ann,
                           max_evals=search.max_evals, known=known, executor=search.executor,
@@ -275,7 +277,7 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
         root = evaluator.evaluate([()])[0]
         floor = floor_of(search, root.map)
         state.update(settings=search.settings_key(), metric=search.metric, cache_key=cache.content_key,
-                     model=det.arch, ann=str(ann),
+                     model=det.arch, ann=str(ann), split=split_name,
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
         if search.method == "layerwise":
@@ -288,7 +290,19 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
     finally:
         evaluator.close()
     front_nodes = pareto_front([n for n in front.nodes.values() if n.map >= floor])
+    if finished:
+        _say_reused(run.out_dir, len(evaluator.memo), evaluator.children_scored, log)
     return _write_outputs(run, state, evaluator, front_nodes, floor)
+
+
+def _say_reused(out_dir: Path, num_evals: int, num_scored: int, log) -> None:
+    """One line for a rerun of a finished search: its result is the stored one (plus what this run scored)."""
+    if num_scored == 0:
+        log(f"reused the finished search in {out_dir}: {num_evals} evaluations from an earlier run with the same "
+            "settings and data, none scored now (remove the folder, or give another `out`, to search anew)")
+    else:
+        log(f"resumed the finished search in {out_dir}: {num_evals - num_scored} evaluations from an earlier run, "
+            f"{num_scored} more scored now ({num_evals} in all)")
 
 
 def _cost_fn(cost: str, latency_model):
@@ -328,10 +342,11 @@ def _stored_nodes(stored, path: Path) -> list[Node]:
         raise bad from None
 
 
-def _resume(out_dir: Path, search: SearchOptions, key: str, log) -> tuple[list[Node], Path]:
+def _resume(out_dir: Path, search: SearchOptions, key: str, log) -> tuple[list[Node], Path, bool]:
+    """The stored nodes, the search file, and whether the stored search had finished (said after the run)."""
     path = search_outputs(out_dir)["result"]
     if not path.is_file():
-        return [], path
+        return [], path, False
     stored = read_json(path, "search file")
     nodes = _stored_nodes(stored, path)
     if stored.get("settings") != search.settings_key() or stored.get("cache_key") != key:
@@ -339,8 +354,10 @@ def _resume(out_dir: Path, search: SearchOptions, key: str, log) -> tuple[list[N
             f"{path} holds a search with other settings, weights, annotations or images; choose another search "
             "folder to start anew"
         )
-    log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
-    return nodes, path
+    finished = bool(stored.get("complete")) and bool(nodes)
+    if not finished:
+        log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
+    return nodes, path, finished
 
 
 def _save_state(path: Path, state: dict, evaluator: Evaluator) -> None:
@@ -370,6 +387,7 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
               "scoring": evaluator.scoring_stats()}
     write_json(search_outputs(out_dir)["result"], result)
     plot_pareto(nodes, front_json, state["baseline"], search_outputs(out_dir)["plot"], floor=floor,
+                split=state.get("split"), metric=run.search.metric,
                 title=f"{det.arch}: {run.search.method} search, cost {run.search.cost}"
                 + (f", metric {run.search.metric}" if run.search.metric != "coco" else ""))
     return result
