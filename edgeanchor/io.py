@@ -244,8 +244,8 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False, manifest: bool
         raise
 
 
-# A test hook: the swap step at which this process SIGKILLs itself (tests/test_trust.py drives a real kill -9
-# through every step of the swap; unset in normal use).
+# A test hook: the swap step at which this process SIGKILLs itself (tests/test_trust_writers.py drives a
+# real kill -9 through every step of the swap; unset in normal use).
 KILL_AT_ENV = "EDGEANCHOR_TEST_KILL_AT_SWAP_STEP"
 
 

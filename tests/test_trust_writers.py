@@ -399,3 +399,26 @@ def test_every_writer_on_a_full_disk_says_one_line_and_leaves_nothing(tmp_path, 
         assert f"cannot write {mnt}/" in line and "no space left on the device" in line, (name, line)
         # nothing written is left; only the search folder, empty, that search --out made before its first write
         assert set(r["left"]) <= {"s2"}, (name, r["left"])
+
+
+# ------------------------------------------------------------------------------- the synthetic data set's folder
+
+
+def test_synth_overwrite_replaces_only_what_it_wrote(tmp_path, capsys):
+    out = tmp_path / "ds"
+    argv = ["data", "synth", "--out", str(out), "--num-images", "4", "--seed", "1", "--workers", "1", "--overwrite"]
+    assert main(argv) == 0
+    assert "annotations/train.json" in read_manifest(out)
+    (out / "images" / "train" / "NOTES.md").write_text("notes\n")
+    before = tree_hashes(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"error: --out {out} holds images/train/NOTES.md, which edgeanchor did not write; "
+                                    "refusing to replace the folder: move that file out, or choose another synth "
+                                    "folder")
+    assert "Traceback" not in err and tree_hashes(tmp_path) == before
+    (out / "images" / "train" / "NOTES.md").unlink()
+    (out / MANIFEST).unlink()  # a folder from before manifests: its files are all of the layout
+    assert main(argv) == 0 and (out / MANIFEST).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
