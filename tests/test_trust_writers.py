@@ -422,3 +422,70 @@ def test_synth_overwrite_replaces_only_what_it_wrote(tmp_path, capsys):
     (out / MANIFEST).unlink()  # a folder from before manifests: its files are all of the layout
     assert main(argv) == 0 and (out / MANIFEST).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+# ------------------------------------------------------------------------------- the issue's cases, end to end
+# Rows as in tests/test_bad_input.py: exit 2, exactly one `error:` line (the last), no traceback, no file changed.
+
+
+def _copied_report(root: Path) -> None:
+    """`mkdir mine && cp exp/report.json mine/ && echo draft > mine/thesis.tex`"""
+    (root / "mine").mkdir()
+    (root / "mine" / "report.json").write_text(json.dumps({"format": "edgeanchor.export", "format_version": 2}))
+    (root / "mine" / "thesis.tex").write_text("draft\n")
+
+
+def _export_with_notes(root: Path) -> None:
+    """`echo notes > exp/NOTES.md` in a real export folder"""
+    with ExportFolder.build(root / "exp") as folder:
+        write_minimal(folder, root)
+    (root / "exp" / "NOTES.md").write_text("notes\n")
+
+
+ROWS = [
+    ("pe-overwrite-copied-report", ["prune-and-export", "--out", "{root}/mine", "--overwrite"], _copied_report,
+     "holds thesis.tex, which edgeanchor did not write"),
+    ("pe-overwrite-notes-in-export", ["prune-and-export", "--out", "{root}/exp", "--overwrite"], _export_with_notes,
+     "holds NOTES.md, which edgeanchor did not write"),
+    ("search-cache-half-downloaded-zip", ["search", "--cache", "{root}/download.zip", "--out", "{root}/s"],
+     lambda root: (root / "download.zip").write_bytes(b"PK\x03\x04partial"),
+     "download.zip exists and is not a candidate cache written by edgeanchor"),
+    ("search-cache-empty-notes", ["search", "--cache", "{root}/notes.txt", "--out", "{root}/s"],
+     lambda root: (root / "notes.txt").write_text(""), "notes.txt exists and is not a candidate cache"),
+]
+
+
+@pytest.mark.parametrize("argv, setup, expect", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_the_issues_cases_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatch, argv, setup, expect):
+    import edgeanchor.evaluation.cache as cache
+
+    monkeypatch.setattr(cache, "build_cache", lambda *a, **k: pytest.fail("the candidate pass ran"))
+    root = tmp_path / "w"
+    root.mkdir()
+    setup(root)
+    monkeypatch.chdir(root)
+    before = tree_hashes(root)
+    code = main([a.replace("{root}", str(root)) for a in argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and lines[-1] == errors[0], err[-2000:]
+    assert expect in errors[0]
+    assert tree_hashes(root) == before
+
+
+def test_a_second_prune_and_export_into_the_same_folder_is_one_line(tmp_path, capsys):
+    out = tmp_path / "exp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from edgeanchor.io import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code = main(["prune-and-export", "--out", str(out)])
+    finally:
+        holder.communicate("", timeout=60)
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1] == (f"error: another edgeanchor run is writing {out} now; wait for it "
+                                                  "to finish or choose another output")
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
