@@ -303,17 +303,24 @@ def first_foreign(folder: str | os.PathLike, is_known: Callable[[str], bool]) ->
     POSIX path; a folder's path ends with ``/``), which the folder's owner gives for files its readers add
     later (bench results, engines) and, for a folder from before manifests, for every file of its layout.
     A symbolic link or anything other than a file or folder is never ours (edgeanchor writes none).
+
+    Raises:
+        EdgeAnchorError: a folder inside cannot be listed.
     """
     folder = Path(folder)
     manifest = read_manifest(folder) or set()
-    for rel, entry in _walk(folder):
-        if rel == MANIFEST:
-            continue
-        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+    try:
+        for rel, entry in _walk(folder):
+            if rel == MANIFEST:
+                continue
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                return rel
+            if rel in manifest or is_known(rel + "/" if entry.is_dir() else rel):
+                continue
             return rel
-        if rel in manifest or is_known(rel + "/" if entry.is_dir() else rel):
-            continue
-        return rel
+    except OSError as exc:  # a sub-folder that cannot be listed: what it holds is unknown, so it is not ours
+        raise EdgeAnchorError(f"cannot read {exc.filename or folder}: {exc.strerror}; refusing to replace {folder}"
+                              ) from None
     return None
 
 

@@ -83,8 +83,9 @@ def test_overwrite_refuses_an_export_holding_a_file_it_did_not_write(export, pla
     plant(export)
     before = tree_hashes(export)
     message = f"holds {foreign}, which edgeanchor did not write"
-    with pytest.raises(EdgeAnchorError, match=message):
-        check_output(export, overwrite=True)
+    for overwrite in (True, False):  # said first: passing `overwrite` would not help
+        with pytest.raises(EdgeAnchorError, match=message):
+            check_output(export, overwrite=overwrite)
     with pytest.raises(EdgeAnchorError, match=message):
         build_never_starts(export, overwrite=True)
     assert tree_hashes(export) == before
@@ -143,6 +144,19 @@ def test_a_crafted_manifest_reaches_nothing_outside_the_folder(export, tmp_path)
         write_minimal(folder, tmp_path)
     assert victim.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir())[-2:] == [
         "exp", "victim.txt"]
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_not_ours(export, monkeypatch):
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "baseline":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(EdgeAnchorError, match=f"cannot read {export / 'baseline'}: Permission denied; refusing"):
+        check_output(export, overwrite=True)
 
 
 def test_a_manifest_that_is_not_ours_makes_nothing_ours(export):
@@ -489,3 +503,27 @@ def test_a_second_prune_and_export_into_the_same_folder_is_one_line(tmp_path, ca
     assert code == 2 and err.splitlines()[-1] == (f"error: another edgeanchor run is writing {out} now; wait for it "
                                                   "to finish or choose another output")
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_prune_and_export_killed_between_the_renames_then_rerun(tmp_path, writers_data, capsys):
+    """The issue's case end to end: a real kill -9 between the two renames of the final swap (the hook), then
+    `prune-and-export --overwrite` again: it used to die with FileExistsError after the whole export."""
+    from edgeanchor.models import build_detector
+
+    keep = tmp_path / "keep.json"
+    keep.write_text(json.dumps(build_detector("demo").anchor_set.subset([0, 1, 2]).to_json()))
+    out = tmp_path / "out" / "exp"
+    argv = ["prune-and-export", "--model", "demo", "--data", f"{writers_data}/images", "--ann",
+            f"{writers_data}/annotations/val.json", "--report-ann", f"{writers_data}/annotations/val.json",
+            "--keep-anchors", str(keep), "--matrix-iters", "0", "--parity-images", "1", "--out", str(out),
+            "--overwrite"]
+    assert main(argv) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), KILL_AT_ENV: "build-into-place"}
+    killed = subprocess.run([sys.executable, "-m", "edgeanchor", *argv], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists()  # killed with the old folder aside and the new one not yet in place
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["exp"]  # no build, old or lock left
+    assert ExportFolder.open(out).report["format_version"] == 2 and "pruned.pt" in read_manifest(out)
