@@ -90,17 +90,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):  # RuntimeError: torch.save's writer, the OSError its context
-            raise_if_disk_full(exc, path)
+        if isinstance(exc, (OSError, RuntimeError, DiskFull)):  # RuntimeError: torch.save's, the OSError its context
+            raise_if_disk_full(exc, path, tmp_path)  # DiskFull: of a file written into this temporary one
         raise
 
 
 class DiskFull(EdgeAnchorError):
     """The disk filled while an output was written (its half-written file or folder is removed)."""
 
-    def __init__(self, cause: OSError, message: str):
+    def __init__(self, cause: OSError, path: Path, message: str):
         super().__init__(message)
         self.cause = cause
+        self.path = path
 
 
 # ENOSPC: the disk is full; EDQUOT: the user's quota; EFBIG: a file-size limit (ulimit -f)
@@ -120,19 +121,22 @@ def disk_full_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def raise_if_disk_full(exc: BaseException, path: str | os.PathLike) -> None:
-    """Turn a full disk while writing ``path`` into one line naming the path and the fix.
+def raise_if_disk_full(exc: BaseException, path: str | os.PathLike, tmp: Path) -> None:
+    """Turn a full disk while writing ``path`` (through the temporary ``tmp``) into one line naming the path
+    and the fix.
 
     The caller has removed what it half wrote. Other errors are left to the caller.
 
     Raises:
         EdgeAnchorError: ``exc`` (or its cause) is ENOSPC, EDQUOT or EFBIG.
     """
-    if isinstance(exc, DiskFull):  # a file inside a folder being built: name the folder instead
-        exc = exc.cause
+    if isinstance(exc, DiskFull):
+        if not exc.path.is_relative_to(tmp):  # another output's: its own line stands
+            return
+        exc = exc.cause  # a file written inside this temporary one or folder: name the output instead
     full = disk_full_error(exc)
     if full is not None:
-        raise DiskFull(full, (
+        raise DiskFull(full, Path(path), (
             f"cannot write {path}: {_DISK_FULL[full.errno or errno.ENOSPC]} (nothing was left half-written); "
             "free some space or choose an output on another disk, then run again"
         )) from None
@@ -224,7 +228,7 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False, manifest: bool
             if manifest:
                 write_manifest(tmp)
         except (OSError, RuntimeError, DiskFull) as exc:  # RuntimeError: torch.save's, the OSError its context
-            raise_if_disk_full(exc, path)
+            raise_if_disk_full(exc, path, tmp)
             raise
         if not path.exists():
             _swap_step("build-into-place")

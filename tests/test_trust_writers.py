@@ -280,6 +280,21 @@ def test_search_refuses_a_users_file_as_cache_before_the_model_runs(tmp_path, ca
 
 # ------------------------------------------------------------------------------- outputs found unwritable first
 
+def test_a_checkpoint_and_its_anchor_file_are_replaced_as_a_pair(tmp_path, monkeypatch):
+    """ea.save with overwrite: a full disk while writing the anchor file leaves the old pair, both files."""
+    import edgeanchor as ea
+    import edgeanchor.io as eio
+    from edgeanchor.models import build_detector
+
+    det = build_detector("demo")
+    ea.save(det, tmp_path / "p.pt")
+    before = tree_hashes(tmp_path)
+    monkeypatch.setattr(eio, "write_json", _enospc)
+    with pytest.raises(EdgeAnchorError, match=f"^cannot write {tmp_path / 'p.anchors.json'}: no space left"):
+        ea.save(det, tmp_path / "p.pt", overwrite=True, meta={"run": 2})  # other bytes than the first
+    assert tree_hashes(tmp_path) == before  # the checkpoint was not replaced without its anchor file
+
+
 def _small_tmpfs_works() -> bool:
     if not shutil.which("unshare"):
         return False
