@@ -90,17 +90,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):  # RuntimeError: torch.save's writer, the OSError its context
-            raise_if_disk_full(exc, path)
+        if isinstance(exc, (OSError, RuntimeError, DiskFull)):  # RuntimeError: torch.save's, the OSError its context
+            raise_if_disk_full(exc, path, tmp_path)  # DiskFull: of a file written into this temporary one
         raise
 
 
 class DiskFull(EdgeAnchorError):
     """The disk filled while an output was written (its half-written file or folder is removed)."""
 
-    def __init__(self, cause: OSError, message: str):
+    def __init__(self, cause: OSError, path: Path, message: str):
         super().__init__(message)
         self.cause = cause
+        self.path = path
 
 
 # ENOSPC: the disk is full; EDQUOT: the user's quota; EFBIG: a file-size limit (ulimit -f)
@@ -120,19 +121,22 @@ def disk_full_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def raise_if_disk_full(exc: BaseException, path: str | os.PathLike) -> None:
-    """Turn a full disk while writing ``path`` into one line naming the path and the fix.
+def raise_if_disk_full(exc: BaseException, path: str | os.PathLike, tmp: Path) -> None:
+    """Turn a full disk while writing ``path`` (through the temporary ``tmp``) into one line naming the path
+    and the fix.
 
     The caller has removed what it half wrote. Other errors are left to the caller.
 
     Raises:
         EdgeAnchorError: ``exc`` (or its cause) is ENOSPC, EDQUOT or EFBIG.
     """
-    if isinstance(exc, DiskFull):  # a file inside a folder being built: name the folder instead
-        exc = exc.cause
+    if isinstance(exc, DiskFull):
+        if not exc.path.is_relative_to(tmp):  # another output's: its own line stands
+            return
+        exc = exc.cause  # a file written inside this temporary one or folder: name the output instead
     full = disk_full_error(exc)
     if full is not None:
-        raise DiskFull(full, (
+        raise DiskFull(full, Path(path), (
             f"cannot write {path}: {_DISK_FULL[full.errno or errno.ENOSPC]} (nothing was left half-written); "
             "free some space or choose an output on another disk, then run again"
         )) from None
@@ -224,7 +228,7 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False, manifest: bool
             if manifest:
                 write_manifest(tmp)
         except (OSError, RuntimeError, DiskFull) as exc:  # RuntimeError: torch.save's, the OSError its context
-            raise_if_disk_full(exc, path)
+            raise_if_disk_full(exc, path, tmp)
             raise
         if not path.exists():
             _swap_step("build-into-place")
@@ -244,8 +248,8 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False, manifest: bool
         raise
 
 
-# A test hook: the swap step at which this process SIGKILLs itself (tests/test_trust.py drives a real kill -9
-# through every step of the swap; unset in normal use).
+# A test hook: the swap step at which this process SIGKILLs itself (tests/test_trust_writers.py drives a
+# real kill -9 through every step of the swap; unset in normal use).
 KILL_AT_ENV = "EDGEANCHOR_TEST_KILL_AT_SWAP_STEP"
 
 
@@ -303,17 +307,24 @@ def first_foreign(folder: str | os.PathLike, is_known: Callable[[str], bool]) ->
     POSIX path; a folder's path ends with ``/``), which the folder's owner gives for files its readers add
     later (bench results, engines) and, for a folder from before manifests, for every file of its layout.
     A symbolic link or anything other than a file or folder is never ours (edgeanchor writes none).
+
+    Raises:
+        EdgeAnchorError: a folder inside cannot be listed.
     """
     folder = Path(folder)
     manifest = read_manifest(folder) or set()
-    for rel, entry in _walk(folder):
-        if rel == MANIFEST:
-            continue
-        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+    try:
+        for rel, entry in _walk(folder):
+            if rel == MANIFEST:
+                continue
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                return rel
+            if rel in manifest or is_known(rel + "/" if entry.is_dir() else rel):
+                continue
             return rel
-        if rel in manifest or is_known(rel + "/" if entry.is_dir() else rel):
-            continue
-        return rel
+    except OSError as exc:  # a sub-folder that cannot be listed: what it holds is unknown, so it is not ours
+        raise EdgeAnchorError(f"cannot read {exc.filename or folder}: {exc.strerror}; refusing to replace {folder}"
+                              ) from None
     return None
 
 

@@ -83,8 +83,9 @@ def test_overwrite_refuses_an_export_holding_a_file_it_did_not_write(export, pla
     plant(export)
     before = tree_hashes(export)
     message = f"holds {foreign}, which edgeanchor did not write"
-    with pytest.raises(EdgeAnchorError, match=message):
-        check_output(export, overwrite=True)
+    for overwrite in (True, False):  # said first: passing `overwrite` would not help
+        with pytest.raises(EdgeAnchorError, match=message):
+            check_output(export, overwrite=overwrite)
     with pytest.raises(EdgeAnchorError, match=message):
         build_never_starts(export, overwrite=True)
     assert tree_hashes(export) == before
@@ -143,6 +144,19 @@ def test_a_crafted_manifest_reaches_nothing_outside_the_folder(export, tmp_path)
         write_minimal(folder, tmp_path)
     assert victim.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir())[-2:] == [
         "exp", "victim.txt"]
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_not_ours(export, monkeypatch):
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "baseline":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(EdgeAnchorError, match=f"cannot read {export / 'baseline'}: Permission denied; refusing"):
+        check_output(export, overwrite=True)
 
 
 def test_a_manifest_that_is_not_ours_makes_nothing_ours(export):
@@ -265,6 +279,21 @@ def test_search_refuses_a_users_file_as_cache_before_the_model_runs(tmp_path, ca
 
 
 # ------------------------------------------------------------------------------- outputs found unwritable first
+
+def test_a_checkpoint_and_its_anchor_file_are_replaced_as_a_pair(tmp_path, monkeypatch):
+    """ea.save with overwrite: a full disk while writing the anchor file leaves the old pair, both files."""
+    import edgeanchor as ea
+    import edgeanchor.io as eio
+    from edgeanchor.models import build_detector
+
+    det = build_detector("demo")
+    ea.save(det, tmp_path / "p.pt")
+    before = tree_hashes(tmp_path)
+    monkeypatch.setattr(eio, "write_json", _enospc)
+    with pytest.raises(EdgeAnchorError, match=f"^cannot write {tmp_path / 'p.anchors.json'}: no space left"):
+        ea.save(det, tmp_path / "p.pt", overwrite=True, meta={"run": 2})  # other bytes than the first
+    assert tree_hashes(tmp_path) == before  # the checkpoint was not replaced without its anchor file
+
 
 def _small_tmpfs_works() -> bool:
     if not shutil.which("unshare"):
@@ -399,3 +428,117 @@ def test_every_writer_on_a_full_disk_says_one_line_and_leaves_nothing(tmp_path, 
         assert f"cannot write {mnt}/" in line and "no space left on the device" in line, (name, line)
         # nothing written is left; only the search folder, empty, that search --out made before its first write
         assert set(r["left"]) <= {"s2"}, (name, r["left"])
+
+
+# ------------------------------------------------------------------------------- the synthetic data set's folder
+
+
+def test_synth_overwrite_replaces_only_what_it_wrote(tmp_path, capsys):
+    out = tmp_path / "ds"
+    argv = ["data", "synth", "--out", str(out), "--num-images", "4", "--seed", "1", "--workers", "1", "--overwrite"]
+    assert main(argv) == 0
+    assert "annotations/train.json" in read_manifest(out)
+    (out / "images" / "train" / "NOTES.md").write_text("notes\n")
+    before = tree_hashes(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"error: --out {out} holds images/train/NOTES.md, which edgeanchor did not write; "
+                                    "refusing to replace the folder: move that file out, or choose another synth "
+                                    "folder")
+    assert "Traceback" not in err and tree_hashes(tmp_path) == before
+    (out / "images" / "train" / "NOTES.md").unlink()
+    (out / MANIFEST).unlink()  # a folder from before manifests: its files are all of the layout
+    assert main(argv) == 0 and (out / MANIFEST).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+# ------------------------------------------------------------------------------- the issue's cases, end to end
+# Rows as in tests/test_bad_input.py: exit 2, exactly one `error:` line (the last), no traceback, no file changed.
+
+
+def _copied_report(root: Path) -> None:
+    """`mkdir mine && cp exp/report.json mine/ && echo draft > mine/thesis.tex`"""
+    (root / "mine").mkdir()
+    (root / "mine" / "report.json").write_text(json.dumps({"format": "edgeanchor.export", "format_version": 2}))
+    (root / "mine" / "thesis.tex").write_text("draft\n")
+
+
+def _export_with_notes(root: Path) -> None:
+    """`echo notes > exp/NOTES.md` in a real export folder"""
+    with ExportFolder.build(root / "exp") as folder:
+        write_minimal(folder, root)
+    (root / "exp" / "NOTES.md").write_text("notes\n")
+
+
+ROWS = [
+    ("pe-overwrite-copied-report", ["prune-and-export", "--out", "{root}/mine", "--overwrite"], _copied_report,
+     "holds thesis.tex, which edgeanchor did not write"),
+    ("pe-overwrite-notes-in-export", ["prune-and-export", "--out", "{root}/exp", "--overwrite"], _export_with_notes,
+     "holds NOTES.md, which edgeanchor did not write"),
+    ("search-cache-half-downloaded-zip", ["search", "--cache", "{root}/download.zip", "--out", "{root}/s"],
+     lambda root: (root / "download.zip").write_bytes(b"PK\x03\x04partial"),
+     "download.zip exists and is not a candidate cache written by edgeanchor"),
+    ("search-cache-empty-notes", ["search", "--cache", "{root}/notes.txt", "--out", "{root}/s"],
+     lambda root: (root / "notes.txt").write_text(""), "notes.txt exists and is not a candidate cache"),
+]
+
+
+@pytest.mark.parametrize("argv, setup, expect", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_the_issues_cases_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatch, argv, setup, expect):
+    import edgeanchor.evaluation.cache as cache
+
+    monkeypatch.setattr(cache, "build_cache", lambda *a, **k: pytest.fail("the candidate pass ran"))
+    root = tmp_path / "w"
+    root.mkdir()
+    setup(root)
+    monkeypatch.chdir(root)
+    before = tree_hashes(root)
+    code = main([a.replace("{root}", str(root)) for a in argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and lines[-1] == errors[0], err[-2000:]
+    assert expect in errors[0]
+    assert tree_hashes(root) == before
+
+
+def test_a_second_prune_and_export_into_the_same_folder_is_one_line(tmp_path, capsys):
+    out = tmp_path / "exp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from edgeanchor.io import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code = main(["prune-and-export", "--out", str(out)])
+    finally:
+        holder.communicate("", timeout=60)
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1] == (f"error: another edgeanchor run is writing {out} now; wait for it "
+                                                  "to finish or choose another output")
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_prune_and_export_killed_between_the_renames_then_rerun(tmp_path, writers_data, capsys):
+    """The issue's case end to end: a real kill -9 between the two renames of the final swap (the hook), then
+    `prune-and-export --overwrite` again: it used to die with FileExistsError after the whole export."""
+    from edgeanchor.models import build_detector
+
+    keep = tmp_path / "keep.json"
+    keep.write_text(json.dumps(build_detector("demo").anchor_set.subset([0, 1, 2]).to_json()))
+    out = tmp_path / "out" / "exp"
+    argv = ["prune-and-export", "--model", "demo", "--data", f"{writers_data}/images", "--ann",
+            f"{writers_data}/annotations/val.json", "--report-ann", f"{writers_data}/annotations/val.json",
+            "--keep-anchors", str(keep), "--matrix-iters", "0", "--parity-images", "1", "--out", str(out),
+            "--overwrite"]
+    assert main(argv) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), KILL_AT_ENV: "build-into-place"}
+    killed = subprocess.run([sys.executable, "-m", "edgeanchor", *argv], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists()  # killed with the old folder aside and the new one not yet in place
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["exp"]  # no build, old or lock left
+    assert ExportFolder.open(out).report["format_version"] == 2 and "pruned.pt" in read_manifest(out)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import EdgeAnchorError
-from ..io import atomic_dir
+from ..io import atomic_dir, clean_stale_builds, first_foreign, output_lock, read_manifest
 
 
 def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int = 320, workers: int | None = None,
@@ -48,13 +49,15 @@ def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int
     SynthSettings(out=str(out), num_images=num_images, seed=seed, image_size=image_size, workers=workers,
                   format=format, overwrite=overwrite, progress=progress).validate()  # once, before anything is written
     out = Path(out)
-    _check_out(out, overwrite)
-    start = time.perf_counter()
-    with atomic_dir(out, replace=out.exists()) as tmp, _bar(num_images, progress) as bar:
-        result = generator.generate(tmp, num_images=num_images, seed=seed, image_size=image_size, workers=workers,
-                                    progress=bar.update)
-        if format == "voc":
-            result = _as_voc(tmp, result)
+    with output_lock(out):  # as ExportFolder.build: one run per folder, a killed swap put back, then decide
+        clean_stale_builds(out)
+        _check_out(out, overwrite)
+        start = time.perf_counter()
+        with atomic_dir(out, replace=out.exists(), manifest=True) as tmp, _bar(num_images, progress) as bar:
+            result = generator.generate(tmp, num_images=num_images, seed=seed, image_size=image_size,
+                                        workers=workers, progress=bar.update)
+            if format == "voc":
+                result = _as_voc(tmp, result)
     result = _relocate(result, tmp, out)
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
@@ -82,6 +85,18 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise EdgeAnchorError(
             f"`out` {out} does not look like a synthetic data set (no annotations/train.json from "
             "edgeanchor); refusing to delete it, remove it yourself or choose another folder")
+    no_manifest = read_manifest(out) is None
+    foreign = first_foreign(out, lambda rel: no_manifest and _SYNTH_LAYOUT.fullmatch(rel) is not None)
+    if foreign is not None:
+        raise EdgeAnchorError(f"`out` {out} holds {foreign}, which edgeanchor did not write; refusing to replace "
+                              "the folder: move that file out, or choose another synth folder")
+
+
+# Every path data synth writes (COCO or VOC), for a folder written before manifests.
+_SYNTH_LAYOUT = re.compile(r"images/|images/(train|val|test)/|images/(train|val|test)/\d+\.jpg|annotations/"
+                           r"|annotations/(train|val|test)\.json|JPEGImages/|JPEGImages/\d+\.jpg|Annotations/"
+                           r"|Annotations/\d+\.xml|ImageSets/|ImageSets/Main/|ImageSets/Main/(train|val|test)\.txt"
+                           r"|classes\.txt")
 
 
 def is_synth_output(out: Path) -> bool:

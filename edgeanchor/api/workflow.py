@@ -373,18 +373,20 @@ def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, met
     """Write ``det`` as an edgeanchor checkpoint, and its anchor set beside it (``<path>.anchors.json``).
 
     The checkpoint holds the architecture, the anchor set, the post-processing rule and the weights:
-    :func:`edgeanchor.load` rebuilds it exactly. Both files are written atomically.
+    :func:`edgeanchor.load` rebuilds it exactly. Both files are written atomically, as a pair.
 
     Returns:
         The anchor file's path.
     """
-    from ..io import write_json
+    from ..io import atomic_path, write_json
     from ..models import save_checkpoint
 
     check_save_path(path, overwrite=overwrite)
-    save_checkpoint(det, path, meta=meta)
     anchors = anchors_path_of(path)
-    write_json(anchors, det.anchor_set.to_json())
+    # Both are written before either is renamed into place, so a failure (a full disk) leaves the old pair.
+    with atomic_path(path) as checkpoint_tmp, atomic_path(anchors) as anchors_tmp:
+        save_checkpoint(det, checkpoint_tmp, meta=meta)
+        write_json(anchors_tmp, det.anchor_set.to_json())
     return Path(anchors)
 
 

@@ -601,9 +601,6 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
             f"the output folder {out} exists and is not an edgeanchor export folder (no report.json of ours); "
             "refusing to replace it: choose another `out` folder or remove it yourself"
         )
-    if not overwrite:
-        raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another "
-                              "folder")
     known = is_added_file if read_manifest(out) is not None else is_layout_file
     foreign = first_foreign(out, known)
     if foreign is not None:
@@ -611,6 +608,9 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs=()) -> None:
             f"the output folder {out} holds {foreign}, which edgeanchor did not write; refusing to replace the "
             "folder: move that file out, or choose another `out` folder"
         )
+    if not overwrite:
+        raise EdgeAnchorError(f"the output folder {out} exists; pass `overwrite` to replace it, or choose another "
+                              "folder")
 
 
 # Files bench and evaluate add to a finished export folder (not in its manifest): bench results and plots, and
