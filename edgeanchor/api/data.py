@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 
 DEMO = "demo"
 BOTH = ("give both `data` and `ann` (or `data` as a YOLO data.yaml, or `data` as a Pascal VOC folder: a VOCdevkit "
@@ -47,6 +48,7 @@ class Data:
     is read), so the steps check their settings first; a mistake in the data is raised then.
     """
 
+    @typechecked
     def __init__(self, images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
                  resolved: Split | None = None, resolver: Callable[[], Split] | None = None):
         self._args = (images, ann, split)
@@ -120,6 +122,7 @@ class Data:
         return f"Data({self._split})"
 
 
+@typechecked
 def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None) -> Data:
     """One split of a data set, from paths or an already-open object.
 

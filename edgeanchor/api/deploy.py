@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
 from ..runtimes import require
+from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
 from .results import BenchResult, FrontPoint, SearchResult
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 FORMATS = ("onnx", "openvino", "tensorrt")
 
 
+@typechecked
 def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data: Any,
            formats: Sequence[str] | None = None, int8: bool = False, calib_data: Any = None, opset: int = 17,
            parity_images: int = 4, check: bool = True, overwrite: bool = False,
@@ -131,6 +133,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
     return set(formats)
 
 
+@typechecked
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,
           iters: int = 100, warmup: int = 10, precision: str = "fp32", images: str | os.PathLike | None = None,
           end_to_end: str | None = None, opt_level: str = "all", progress: bool = True, write: bool = False,

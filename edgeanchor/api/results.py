@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,6 +76,7 @@ class SearchResult:
         """Anchor subsets scored (this run and the runs it resumed)."""
         return int(self._result["num_evals"])
 
+    @typechecked
     def choose(self, *, max_drop: float | None = None, min_map: float | None = None,
                target_head_macs: float | None = None) -> FrontPoint:
         """The front point to deploy.
@@ -105,6 +107,7 @@ class SearchResult:
             raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {best:.4f}); lower the floor")
         return meeting[0]
 
+    @typechecked
     def plot(self, path: str | Path | None = None) -> Figure:
         """mAP against head MACs: every scored subset, the front, the baseline and the floor.
 
@@ -159,6 +162,7 @@ class BenchResult:
 
         return format_result(self._result)
 
+    @typechecked
     def plot(self, path: str | Path | None = None) -> Figure:
         """Per-stage median latency (bars to p90), baseline against pruned; also written to ``path`` as PNG."""
         from ..benchmark.plot import bench_figure

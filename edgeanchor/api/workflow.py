@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
 from .results import FrontPoint, SearchResult
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 
 
+@typechecked
 def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None, *, metric: str = "coco",
              backend: str = "faster", batch_size: int = 16, device: str = "cpu", progress: bool = True,
              detections: str | os.PathLike | None = None, overwrite: bool = False, runtime: str | None = None,
@@ -174,6 +176,7 @@ def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, devic
                           inputs=[p for p in inputs if p])
 
 
+@typechecked
 def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "head_macs", metric: str = "coco",
            max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4, max_per_level: int = 1,
            max_evals: int = 3000, workers: int = 2, executor: str = "processes", ray_address: str | None = None,
@@ -294,13 +297,15 @@ def _load_cache(det, dataset, cache, progress: bool):
     return load_or_build_cache(det, dataset, path, progress=progress), path
 
 
+@typechecked
 def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | AnchorSet | None = None, *,
           remove: Iterable[int] | None = None) -> Detector:
     """Slice ``det``'s head to a subset of its anchors (exactly: the kept anchors' outputs do not change).
 
     Args:
         det: the detector (left unchanged; the result has its own weights).
-        keep: the anchors to keep: global anchor ids (see :func:`edgeanchor.inspect`), a search's
+        keep: the anchors to keep: global anchor ids, integers each given once (see :func:`edgeanchor.inspect`;
+            a float or a bool mask is refused, not rounded or read as ids), a search's
             :class:`FrontPoint`, or an anchor set / anchor file (edgeanchor or reference form) whose anchors
             are matched to ``det``'s.
         remove: instead of ``keep``, the global anchor ids to remove.
@@ -309,7 +314,8 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
         The pruned detector: heads of levels left without anchors are dropped.
 
     Raises:
-        EdgeAnchorError: neither or both of keep and remove, unknown ids, nothing kept, or a shared head
+        EdgeAnchorError: neither or both of keep and remove, ids that are not integers, repeated or unknown
+            ids, nothing kept, or a shared head
             (RetinaNet) keeping different anchors per level.
     """
     from ..anchors import AnchorSet
@@ -317,7 +323,8 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     from ..pruning import prune as slice_head
 
     if (keep is None) == (remove is None):
-        raise EdgeAnchorError("give the anchors to keep or the anchors to remove, not both or neither")
+        raise EdgeAnchorError("give `keep` (the anchors to keep) or `remove` (the anchors to remove), not both or "
+                              "neither")
     if remove is not None:
         ids = keep_from_remove(det, remove)
     elif isinstance(keep, FrontPoint):
@@ -325,7 +332,7 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     elif isinstance(keep, (str, os.PathLike, AnchorSet)):
         ids = keep_ids_from_file(det, keep)
     else:
-        ids = check_ids(det, keep or ())
+        ids = check_ids(det, keep if keep is not None else ())  # not `keep or ()`: a numpy array has no truth value
     return slice_head(det, ids)
 
 
@@ -351,6 +358,7 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs:
                       inputs=inputs)
 
 
+@typechecked
 def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, meta: dict | None = None) -> Path:
     """Write ``det`` as an edgeanchor checkpoint, and its anchor set beside it (``<path>.anchors.json``).
 
@@ -370,6 +378,7 @@ def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, met
     return Path(anchors)
 
 
+@typechecked
 def finetune(det: Detector, train_data: Any, *, epochs: int, lr: float | None = None, val_data: Any = None,
              batch_size: int = 32, weight_decay: float = 5e-4, warmup_iters: int = 20, device: str = "cpu",
              workers: int = 1, seed: int = 0, max_iters_per_epoch: int | None = None,
