@@ -277,16 +277,17 @@ def test_greedy_on_shared_head_is_refused(split, tmp_path):
 
 
 def test_eval_rate_and_eta_are_hand_worked():
-    """20 evaluations in 4 s: 5 evals/s; 75 left of max_evals 100 at that rate: 15 s."""
+    """20 nodes scored in 4 s: 5 evals/s; 75 left of max_evals 100 at that rate: 15 s. Nodes read back from a
+    resumed search count against max_evals but not in the rate."""
     from types import SimpleNamespace
 
     from edgeanchor.subset_search.tree import EvalRate
 
     now = [10.0]
-    ev = SimpleNamespace(num_evals=5, max_evals=100)
+    ev = SimpleNamespace(num_evals=5, children_scored=0, max_evals=100)  # 5 read back from a stored search
     rate = EvalRate(ev, clock=lambda: now[0])
     assert rate.per_second() == 0.0 and rate.eta_seconds() is None and "unknown" in rate.text()
-    now[0], ev.num_evals = 14.0, 25
+    now[0], ev.num_evals, ev.children_scored = 14.0, 25, 20
     assert rate.per_second() == 5.0
     assert rate.eta_seconds() == 15.0  # 75 left / 5 per second
     assert rate.text() == "5.0 evals/s, at most 0:15 left (max_evals 100)"

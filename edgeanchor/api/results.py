@@ -73,7 +73,8 @@ class SearchResult:
 
     @property
     def num_evals(self) -> int:
-        """Anchor subsets scored (this run and the runs it resumed)."""
+        """Anchor subsets this search evaluated, at most its ``max_evals`` (scored in this run, or read back from
+        the stored search it resumed)."""
         return int(self._result["num_evals"])
 
     @typechecked

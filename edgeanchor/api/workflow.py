@@ -199,7 +199,8 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         min_map: absolute accuracy floor (COCO mAP).
         tol: two mAPs within ``tol`` are equal.
         max_per_level: layerwise: anchors left per level.
-        max_evals: the evaluation budget.
+        max_evals: the evaluation budget of the whole search: resuming a stored search counts its nodes, so
+            the same budget gives the same search (and scores nothing new once it is complete).
         workers: scoring processes, or Ray actors with ``executor="ray"``.
         executor: "processes" or "ray"; ray_address: the Ray cluster (default: a local Ray).
         backend: the COCO evaluator of the front's full metrics.

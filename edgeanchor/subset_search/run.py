@@ -23,7 +23,7 @@ from ..io import cache_root, log, read_json, write_json
 from .costs import build_cost_model
 from .evaluator import Evaluator, Node
 from .plot import plot_pareto
-from .tree import anchor_moves, layerwise_search, pareto_front, shared_moves, tree_search
+from .tree import anchor_moves, layerwise_search, search_front, shared_moves, tree_search
 
 if TYPE_CHECKING:
     from ..models.base import Detector
@@ -279,15 +279,18 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
         if search.method == "layerwise":
-            front = layerwise_search(evaluator, root, det.anchor_set, floor=floor,
-                                     max_per_level=search.max_per_level, log=log if progress else None)
+            layerwise_search(evaluator, root, det.anchor_set, floor=floor, max_per_level=search.max_per_level,
+                             log=log if progress else None)
         else:
             moves = anchor_moves(det.anchor_set) if search.method == "greedy" else shared_moves(det.anchor_set)
-            front = tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol,
-                                log=log if progress else None)
+            tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol, log=log if progress else None)
     finally:
         evaluator.close()
-    front_nodes = pareto_front([n for n in front.nodes.values() if n.map >= floor])
+    front_nodes = search_front(evaluator, floor)
+    read = evaluator.num_evals - evaluator.children_scored
+    log(f"evaluated {evaluator.num_evals} subsets (max_evals {search.max_evals}): {evaluator.children_scored} "
+        f"scored in this run" + (f", {read} read from the stored search" if read else "")
+        + f"; front of {len(front_nodes)} points")
     return _write_outputs(run, state, evaluator, front_nodes, floor)
 
 
@@ -338,11 +341,14 @@ def _resume(out_dir: Path, search: SearchOptions, key: str, log) -> tuple[list[N
             f"{path} holds a search with other settings, weights, annotations or images; choose another search "
             "folder to start anew"
         )
-    log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
+    log(f"resuming the search in {out_dir}: {len(nodes)} subsets scored before; max_evals {search.max_evals} "
+        "is the whole search's budget, these included, so the same budget gives the same search")
     return nodes, path
 
 
 def _save_state(path: Path, state: dict, evaluator: Evaluator) -> None:
+    """The search so far, with every node scored (those of a stored search this one has not reached yet
+    included), so an interrupted search loses nothing."""
     if not state:
         return
     write_json(path, {**state, "complete": False, "nodes": [n.to_json() for n in evaluator.memo.values()]})
@@ -363,7 +369,7 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
         if report_scorer is not None:
             entry["report"] = {k: round(v, 6) for k, v in report_scorer.score(node.removed).items()}
         front_json.append(entry)
-    nodes = [n.to_json() for n in evaluator.memo.values()]
+    nodes = [n.to_json() for n in evaluator.nodes.values()]  # this search's: at most max_evals
     result = {**state, "complete": not evaluator.exhausted, "num_evals": len(nodes), "front": front_json,
               "nodes": nodes, "report_ann": str(run.report_ann) if run.report_ann else None,
               "scoring": evaluator.scoring_stats()}
