@@ -192,7 +192,7 @@ def at_least(n: int | float, name: str, note: str = "") -> Callable[[Any], str |
     """A check: the value is a number >= ``n``."""
     def check(value: Any) -> str | None:
         if not _number(value) or value < n:
-            return f"`{name}` must be >= {n}{note} (got {value})" if n else f"`{name}` must be >= 0{note} (got {value})"
+            return f"`{name}` must be >= {n}{note} (got {value!r})"
         return None
     return check
 
@@ -203,7 +203,7 @@ def positive(name: str, *, optional: bool = False) -> Callable[[Any], str | None
         if optional and value is None:
             return None
         if not (_number(value) and value > 0):
-            return f"`{name}` must be a positive number (got {value})"
+            return f"`{name}` must be a positive number (got {value!r})"
         return None
     return check
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
-from ..runtimes import require
 from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
@@ -111,10 +110,10 @@ def export_checked(pruned: Detector, out: str | os.PathLike, *, baseline: Detect
 
 
 def _check_formats(formats: Sequence[str] | None) -> set[str]:
-    """The formats to write; the runtimes they need are imported now (a one-line error naming the install).
+    """The formats to write. Whether their runtimes are installed is :meth:`ExportOptions.validate`'s check.
 
     Raises:
-        EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
+        EdgeAnchorError: an unknown format, or formats without "onnx".
     """
     from ..runtimes import is_installed
 
@@ -124,12 +123,9 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
         formats = (formats,)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise EdgeAnchorError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        raise EdgeAnchorError(f"unknown format {unknown[0]!r} in `formats`; choose from {', '.join(FORMATS)}")
     if "onnx" not in formats:
-        raise EdgeAnchorError("formats must include onnx (every other format is built from the ONNX graphs)")
-    for fmt in formats:
-        if fmt != "onnx":
-            require(fmt)
+        raise EdgeAnchorError("`formats` must include onnx (every other format is built from the ONNX graphs)")
     return set(formats)
 
 

@@ -87,14 +87,21 @@ class SearchResult:
         at most that many head MACs. With none: the cheapest point above the search's own floor.
 
         Raises:
-            EdgeAnchorError: more than one criterion, or no front point meets it.
+            EdgeAnchorError: more than one criterion, one out of range (``max_drop`` and ``min_map`` are
+                between 0 and 1, ``target_head_macs`` above 0), or no front point meets it.
         """
         given = [k for k, v in (("max_drop", max_drop), ("min_map", min_map),
                                 ("target_head_macs", target_head_macs)) if v is not None]
         if len(given) > 1:
             named = ", ".join(f"`{k}`" for k in given)
             raise EdgeAnchorError(f"choose with one of `max_drop`, `min_map` or `target_head_macs` (got {named})")
-        from ..subset_search.run import choose_point
+        from ..settings import positive
+        from ..subset_search.run import check_floor, choose_point
+
+        check_floor(max_drop=max_drop, min_map=min_map, metric=self._result.get("metric", "coco"))
+        message = positive("target_head_macs", optional=True)(target_head_macs)
+        if message:
+            raise EdgeAnchorError(message)
 
         if target_head_macs is not None or (max_drop is None and min_map is None):
             chosen = choose_point(self._result, target_head_macs=target_head_macs)

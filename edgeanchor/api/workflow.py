@@ -80,15 +80,24 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         named = ", ".join(f"`{n}`" for n in given)
         raise EdgeAnchorError(f"{named} apply to an export folder, not to a detector in PyTorch; "
                               "drop them, or evaluate the export folder")
+    check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
+    split = as_data(data)
+    if detections:  # never over the split's own files
+        check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
+    return evaluate_checked(det, split, metric=metric, backend=backend, batch_size=batch_size, device=device,
+                            detections=detections, progress=progress)
+
+
+def evaluate_checked(det: Detector, split: Data, *, metric: str = "coco", backend: str = "faster",
+                     batch_size: int = 16, device: str = "cpu", detections: str | os.PathLike | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate` of a detector, its settings (and ``detections``' path) already checked, e.g. by
+    :meth:`~edgeanchor.api.settings.EvaluateSettings.validate` before the model was built."""
     from ..datasets.coco import CocoDetection
     from ..evaluation.coco_map import coco_map
     from ..evaluation.predict import predict
     from ..io import read_json, write_json
 
-    check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
-    split = as_data(data)
-    if detections:  # never over the split's own files
-        check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
     dataset = CocoDetection.for_detector(det, split.images, split.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
@@ -215,11 +224,21 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
         point are in ``out``.
     """
-    from ..subset_search.run import resolve_method
-
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
                                  executor=executor, ray_address=ray_address, backend=backend, out=out)
+    return search_with_options(det, data, spec, report=report, out=out, cache=cache, latency_model=latency_model,
+                               progress=progress)
+
+
+def search_with_options(det: Detector, data: Any, spec: Any, *, report: Any = None,
+                        out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+                        latency_model: Any = None, progress: bool = True) -> SearchResult:
+    """:func:`search` with its settings already checked (``spec``: the SearchOptions
+    :func:`check_search_settings` returned, e.g. in the command's ``validate`` before the model was built):
+    the method is resolved for ``det`` and the report split matched to the searched one."""
+    from ..subset_search.run import resolve_method
+
     spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)

@@ -101,29 +101,46 @@ def check_search_options(search: SearchOptions) -> None:
         raise EdgeAnchorError(f"unknown metric {search.metric!r}; choose one of {', '.join(METRICS)}")
     if search.cost not in COSTS:
         raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
-    if search.min_map is not None and not (number(search.min_map) and 0 <= search.min_map <= 1):
-        kind = "COCO" if search.metric == "coco" else "VOC"
-        raise EdgeAnchorError(f"`min_map` must be a {kind} mAP between 0 and 1 (got {search.min_map})")
-    if search.max_drop is not None and not (number(search.max_drop) and 0 <= search.max_drop <= 1):
-        raise EdgeAnchorError(f"`max_drop` must be between 0 and 1 in mAP units, 0.005 = half a point "
-                              f"(got {search.max_drop})")
+    check_floor(max_drop=search.max_drop, min_map=search.min_map, metric=search.metric)
     if not (number(search.tol) and search.tol >= 0):
-        raise EdgeAnchorError(f"`tol` must be a number >= 0 (got {search.tol})")
+        raise EdgeAnchorError(f"`tol` must be a number >= 0 (got {search.tol!r})")
     for name in ("max_per_level", "max_evals", "workers"):
         value = getattr(search, name)
-        if not (isinstance(value, int) and value >= 1):
-            raise EdgeAnchorError(f"`{name}` must be an integer >= 1 (got {value})")
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise EdgeAnchorError(f"`{name}` must be an integer >= 1 (got {value!r})")
     if search.executor not in EXECUTORS:
         raise EdgeAnchorError(f"unknown executor {search.executor!r}; choose one of {', '.join(EXECUTORS)}")
     if search.ray_address is not None and search.executor != "ray":
         raise EdgeAnchorError(f"`ray_address` {search.ray_address!r} needs `executor` ray; pass `executor` ray, "
                               "or leave `ray_address` unset")
     if search.executor == "ray":
-        from .ray_executor import check_ray_address, require_ray
+        from .ray_executor import check_ray_address, parse_ray_address, require_ray
 
+        if search.ray_address not in (None, "auto"):
+            parse_ray_address(search.ray_address)  # its form and port, whether Ray is installed or not
         require_ray()
         if search.ray_address is not None:
             check_ray_address(search.ray_address)
+
+
+def check_floor(*, max_drop: float | None = None, min_map: float | None = None, metric: str = "coco") -> None:
+    """An accuracy floor's settings, in mAP units: ``max_drop`` and ``min_map`` between 0 and 1.
+
+    Raises:
+        EdgeAnchorError: a value that is not a number, or outside 0..1 (a negative drop would ask for a
+            point above the unpruned model).
+    """
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if min_map is not None and not (number(min_map) and 0 <= min_map <= 1):
+        kind = "COCO" if metric == "coco" else "VOC"
+        raise EdgeAnchorError(f"`min_map` must be a {kind} mAP between 0 and 1 (got {min_map!r})")
+    if max_drop is not None and not (number(max_drop) and 0 <= max_drop <= 1):
+        raise EdgeAnchorError(f"`max_drop` must be between 0 and 1 in mAP units, 0.005 = half a point "
+                              f"(got {max_drop!r})")
 
 
 def check_target_head_macs(det, target_head_macs: float | None) -> None:
