@@ -165,3 +165,17 @@ def test_prune_remove_is_checked_the_same_way(det):
         with pytest.raises(EdgeAnchorError) as info:
             ea.prune(det, remove=remove)
         assert words in str(info.value)
+
+
+def test_evaluate_checks_its_settings_once(tmp_path_factory, monkeypatch, capsys):
+    """The command checks before the model is built and the API step after it does not check again."""
+    import edgeanchor.api.workflow as workflow
+    from edgeanchor.cli import main
+    from tests.helpers import shared_synth_split
+
+    images, anns = shared_synth_split(tmp_path_factory, "budget", num_images=12, seed=3, splits=(0.5, 0.5, 0.0))
+    calls = []
+    check = workflow.check_evaluate_settings
+    monkeypatch.setattr(workflow, "check_evaluate_settings", lambda **kw: (calls.append(kw), check(**kw))[1])
+    assert main(["evaluate", "--model", "demo", "--data", images, "--ann", anns["val"], "--json"]) == 0
+    assert len(calls) == 1 and '"mAP"' in capsys.readouterr().out

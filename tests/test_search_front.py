@@ -103,15 +103,21 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_front(stop_after):
     assert len(rescorer.scored) == len(scorer.scored) - len(saved) > 0
 
 
-def test_a_rerun_with_the_same_max_evals_is_the_same_search(tmp_path_factory, tmp_path, capsys):
+def test_a_rerun_with_the_same_max_evals_is_the_same_search(tmp_path_factory, tmp_path, capsys, monkeypatch):
     """The CI case: `search --max-evals 10` run twice into the same folder. The second run scores nothing and
-    gives the same nodes, front and chosen point; every log line's count is search.json's."""
+    gives the same nodes, front and chosen point; every log line's count is search.json's. The command checks
+    its search settings once per run."""
     import json
     import re
 
+    import edgeanchor.subset_search.run as run_module
     from edgeanchor.cli import main
     from edgeanchor.subset_search.run import choose_point
     from tests.helpers import shared_synth_split
+
+    checks = []
+    check = run_module.check_search_options
+    monkeypatch.setattr(run_module, "check_search_options", lambda spec: (checks.append(spec), check(spec))[1])
 
     images, anns = shared_synth_split(tmp_path_factory, "budget", num_images=12, seed=3, splits=(0.5, 0.5, 0.0))
     argv = ["search", "--model", "demo", "--data", images, "--ann", anns["val"], "--max-evals", "10",
@@ -126,6 +132,7 @@ def test_a_rerun_with_the_same_max_evals_is_the_same_search(tmp_path_factory, tm
         assert int(evaluated.group(1)) == stored["num_evals"] == len(stored["nodes"]) == 10
         assert f"searched {stored['num_evals']} subsets" in out
         runs.append((stored, int(evaluated.group(2)), err))
+    assert len(checks) == 2  # once per run
     (first, scored_first, _), (second, scored_again, err) = runs
     assert (scored_first, scored_again) == (10, 0)
     assert "10 read from the stored search" in err and "resuming the search" in err

@@ -239,19 +239,16 @@ class SearchCommandSettings(SearchSettings, _SearchOwn, ModelWithAnchors):
     """Every setting of ``edgeanchor search``: the model (:func:`edgeanchor.load`), the split
     (:func:`edgeanchor.data`) and :func:`edgeanchor.search`'s own keywords."""
 
-    def validate(self):
-        """The search settings and the search folder, checked before the model is built or data is read.
-
-        Returns:
-            The checked :class:`~edgeanchor.subset_search.run.SearchOptions`, for
-            :func:`~edgeanchor.api.workflow.search_with_options` (which does not check them again).
+    def validate(self) -> None:
+        """The search settings and the search folder, checked before the model is built or data is read
+        (:func:`~edgeanchor.api.workflow.search_with_options` then runs :meth:`search_options` unchecked).
 
         Raises:
             EdgeAnchorError: the first setting that is wrong, named as the API spells it.
         """
         from .workflow import check_search_settings
 
-        return check_search_settings(out=self.out, **self.search_kwargs())
+        check_search_settings(out=self.out, **self.search_kwargs())
 
     def search_kwargs(self) -> dict:
         """:func:`edgeanchor.search`'s search keywords (``max_drop`` defaults there)."""

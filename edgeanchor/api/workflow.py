@@ -88,7 +88,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
                             detections=detections, progress=progress)
 
 
-def evaluate_checked(det: Detector, split: Data, *, metric: str = "coco", backend: str = "faster",
+def evaluate_checked(det: Detector, data: Data, *, metric: str = "coco", backend: str = "faster",
                      batch_size: int = 16, device: str = "cpu", detections: str | os.PathLike | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """:func:`evaluate` of a detector, its settings (and ``detections``' path) already checked, e.g. by
@@ -98,16 +98,16 @@ def evaluate_checked(det: Detector, split: Data, *, metric: str = "coco", backen
     from ..evaluation.predict import predict
     from ..io import read_json, write_json
 
-    dataset = CocoDetection.for_detector(det, split.images, split.ann)
+    dataset = CocoDetection.for_detector(det, data.images, data.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
     metrics: dict[str, Any]
     if metric == "coco":
-        metrics = coco_map(split.ann, dets, backend=backend)
+        metrics = coco_map(data.ann, dets, backend=backend)
     else:
         from ..evaluation.voc_map import voc_map
 
-        gt = read_json(split.ann, "annotation file")
+        gt = read_json(data.ann, "annotation file")
         result = voc_map(gt, dets, metric)
         names = {int(c["id"]): c["name"] for c in gt["categories"]}
         metrics = {"mAP": result["mAP"],
