@@ -239,7 +239,7 @@ def typechecked(func: Callable) -> Callable:
                 check_type(name, value, signature.parameters[name].annotation, func.__globals__)
         return func(*args, **kwargs)
 
-    checked.__edgeanchor_typechecked__ = True  # type: ignore[attr-defined]  # tests/test_api_types.py walks these
+    checked.__edgeanchor_typechecked__ = True  # type: ignore[attr-defined]  # tests/test_api_misuse.py walks these
     return checked
 
 
@@ -278,7 +278,7 @@ def shown(value: Any) -> str:
 
 
 def _odd_element(value: Any, tp: Any) -> str:
-    """For a collection of the right kind holding a wrong element: ": <element> is <its type>"."""
+    """For a collection of the right kind holding a wrong element: ": <that element>, <its type> in it"."""
     for member in _members(tp):
         origin, args = typing.get_origin(member), typing.get_args(member)
         if (origin is not None and isinstance(origin, type) and args and isinstance(value, origin)
