@@ -44,23 +44,46 @@ def prune(detector: Detector, keep: Iterable[int]) -> Detector:
 
 def keep_from_remove(detector: Detector, remove: Iterable[int]) -> set[int]:
     """The keep set that removes ``remove`` from the detector's anchors."""
-    return set(detector.anchor_set.ids) - check_ids(detector, remove)
+    return set(detector.anchor_set.ids) - check_ids(detector, remove, name="remove")
 
 
-def check_ids(detector: Detector, ids: Iterable[int]) -> set[int]:
-    """``ids`` as a set, checked to be anchor ids of the detector.
+def check_ids(detector: Detector, ids: Iterable[int], *, name: str = "keep") -> set[int]:
+    """``ids`` as a set, checked to be anchor ids of the detector, each given once.
+
+    Anchor ids are integers (numpy's too). A float or a bool is refused rather than truncated: ``[0.5, 1.0]``
+    would otherwise keep {0, 1}, and a bool mask ``[True, False]`` the anchors {1, 0}. A mask is not read
+    as one either, even at the model's anchor count, because the same list would then mean ids on one
+    model and a mask on another; the message says how to turn a mask into ids.
+
+    Args:
+        name: the parameter the ids came from (``keep`` or ``remove``), for the message.
 
     Raises:
-        EdgeAnchorError: an id is not one of the detector's anchors.
+        EdgeAnchorError: an id that is not an integer, an id given twice, or an id not among the detector's.
     """
-    ids = {int(i) for i in ids}
-    unknown = ids - set(detector.anchor_set.ids)
+    import numbers
+    from collections import Counter
+
+    from .settings import shown
+
+    values = list(ids)
+    odd = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    if odd:
+        mask = " (a mask? keep the ids it marks: [i for i, m in zip(det.anchor_set.ids, mask) if m])" if all(
+            isinstance(v, bool) or type(v).__name__ == "bool_" for v in values) else ""
+        raise EdgeAnchorError(f"`{name}` holds {shown(odd[0])}; anchor ids are integers, as "
+                              f"edgeanchor inspect lists them{mask}")
+    repeated = sorted(int(v) for v, n in Counter(int(v) for v in values).items() if n > 1)
+    if repeated:
+        raise EdgeAnchorError(f"`{name}` lists anchor ids {repeated} more than once; give each id once")
+    found = {int(i) for i in values}
+    unknown = found - set(detector.anchor_set.ids)
     if unknown:
         raise EdgeAnchorError(
-            f"anchor ids {sorted(unknown)} are not in the model (it has {detector.anchor_set.ids}); "
+            f"`{name}`: anchor ids {sorted(unknown)} are not in the model (it has {detector.anchor_set.ids}); "
             "see 'edgeanchor inspect' for the ids"
         )
-    return ids
+    return found
 
 
 def parse_anchor_ids(text: str) -> list[int]:
@@ -75,7 +98,7 @@ def parse_anchor_ids(text: str) -> list[int]:
         raise EdgeAnchorError(f"cannot read anchor ids {text!r}; write comma-separated integers, e.g. 0,3,5") from None
     if not ids or any(i < 0 for i in ids):
         raise EdgeAnchorError(f"cannot read anchor ids {text!r}; write comma-separated integers >= 0, e.g. 0,3,5")
-    return ids
+    return ids  # a repeated id is refused with the others, by check_ids
 
 
 def keep_ids_from_file(detector: Detector, path) -> set[int]:

@@ -8,7 +8,11 @@ dataclass come:
 - the values the CLI passes to the API (:func:`from_args`);
 - the API function's signature and parameter docs (:func:`api_signature`), so ``help()`` and
   ``inspect.signature`` show every setting with its default;
-- one validation (:func:`check_fields`), run once per call, before any model or data is touched.
+- one validation (:func:`check_fields`), run once per call, before any model or data is touched: each
+  value's type against the field's annotation (:func:`check_type`), then its choices and its check.
+
+The public API functions that take explicit parameters hold to their annotations the same way
+(:func:`typechecked`): a value of another type is one line naming the parameter and the type expected.
 
 A new setting of a command is one field. Nothing here parses flags at import time or imports argparse for
 the API; :mod:`edgeanchor.cli` calls :func:`add_arguments` and :func:`from_args`.
@@ -17,9 +21,15 @@ the API; :mod:`edgeanchor.cli` calls :func:`add_arguments` and :func:`from_args`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+import numbers
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,11 +142,15 @@ def from_args(cls: type, args: Any, **given: Any) -> dict[str, Any]:
 
 
 def check_fields(obj: Any) -> None:
-    """Each field's own check (choices, and the :class:`Flag`'s ``check``), in field order.
+    """Each field's type (its annotation, :func:`check_type`), then its own check (choices, and the
+    :class:`Flag`'s ``check``), in field order.
 
     Raises:
         EdgeAnchorError: the first failing setting, named as the API spells it (marked: `name`).
     """
+    namespace = vars(sys.modules[type(obj).__module__])
+    for f in dataclasses.fields(obj):
+        check_type(f.name, getattr(obj, f.name), f.type, namespace)
     for f in dataclasses.fields(obj):
         spec = flag_of(f)
         value = getattr(obj, f.name)
@@ -178,7 +192,7 @@ def at_least(n: int | float, name: str, note: str = "") -> Callable[[Any], str |
     """A check: the value is a number >= ``n``."""
     def check(value: Any) -> str | None:
         if not _number(value) or value < n:
-            return f"`{name}` must be >= {n}{note} (got {value})" if n else f"`{name}` must be >= 0{note} (got {value})"
+            return f"`{name}` must be >= {n}{note} (got {value!r})"
         return None
     return check
 
@@ -189,10 +203,164 @@ def positive(name: str, *, optional: bool = False) -> Callable[[Any], str | None
         if optional and value is None:
             return None
         if not (_number(value) and value > 0):
-            return f"`{name}` must be a positive number (got {value})"
+            return f"`{name}` must be a positive number (got {value!r})"
         return None
     return check
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------------------------- types
+
+
+def typechecked(func: Callable) -> Callable:
+    """A public API function whose arguments are checked against its annotations before its body runs.
+
+    The annotations are what the API documents each parameter to take; this makes them its check as well,
+    so ``ea.bench(iters="5")`` is one line, "`iters` must be an int (got '5', a str)", not a traceback from
+    deep inside. Arguments Python itself cannot bind (an unknown keyword, one too many) are left to Python's
+    own TypeError.
+    """
+    signature: inspect.Signature | None = None
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        nonlocal signature
+        signature = signature or inspect.signature(func)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return func(*args, **kwargs)  # Python's own message
+        for name, value in bound.arguments.items():
+            if signature.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                       inspect.Parameter.VAR_KEYWORD):
+                check_type(name, value, signature.parameters[name].annotation, func.__globals__)
+        return func(*args, **kwargs)
+
+    checked.__edgeanchor_typechecked__ = True  # type: ignore[attr-defined]  # tests/test_api_misuse.py walks these
+    return checked
+
+
+def check_type(name: str, value: Any, annotation: Any, namespace: dict[str, Any]) -> None:
+    """Refuse ``value`` unless it is of the type ``annotation`` (a string, as ``from __future__ import
+    annotations`` leaves it, read in ``namespace``) says.
+
+    The rules: ``Any`` takes everything; an int is a float, but a bool is neither an int nor a float (True is
+    not a count); any integral number (numpy's included) is an int; ``Sequence[int]`` and ``Iterable[int]``
+    check the elements of a collection (an iterator is left to the function); a generic class such as
+    ``os.PathLike[str]`` checks its class. An annotation this does not understand refuses nothing.
+
+    Raises:
+        EdgeAnchorError: "`name` must be <the types> (got <the value>)".
+    """
+    if annotation is inspect.Parameter.empty:
+        return
+    expected = _resolve(annotation, namespace)
+    if not _matches(value, expected):
+        wanted = _describe(expected)
+        hint = (f"; build one with ea.load({os.fspath(value)!r})"
+                if isinstance(value, (str, os.PathLike)) and wanted == "a Detector" else "")
+        raise EdgeAnchorError(f"`{name}` must be {wanted} (got {shown(value)}{_odd_element(value, expected)}){hint}")
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: its repr (strings quoted), on one line and short, with its type."""
+    if value is None:
+        return "None"
+    scalar = type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0  # np.True_, np.float32(1)
+    if scalar or isinstance(value, (str, bytes, numbers.Number, os.PathLike, list, tuple, set, frozenset)):
+        text = " ".join(repr(value).split())
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return f"{text}, {_article(type(value).__name__)}"
+    return _article(type(value).__name__)
+
+
+def _odd_element(value: Any, tp: Any) -> str:
+    """For a collection of the right kind holding a wrong element: ": <that element>, <its type> in it"."""
+    for member in _members(tp):
+        origin, args = typing.get_origin(member), typing.get_args(member)
+        if (origin is not None and isinstance(origin, type) and args and isinstance(value, origin)
+                and isinstance(value, Collection) and not isinstance(value, (str, bytes))):
+            odd = next((v for v in value if not _matches(v, args[0])), None)
+            if odd is not None:
+                return f": {shown(odd)} in it"
+    return ""
+
+
+class _Unloaded:
+    """Stands for a class whose module is not imported yet: then no value can be one of its instances."""
+
+
+def _resolve(annotation: Any, namespace: dict[str, Any]) -> Any:
+    if not isinstance(annotation, str):
+        return annotation
+    names: dict[str, Any] = {"os": os, "Any": Any, "Callable": Callable, "Iterable": Iterable,
+                             "Sequence": Sequence}
+    names.update(namespace)
+    from . import _LAZY  # the public classes (Detector, ExportFolder ...): typing-only imports in the API modules
+
+    for public, module in _LAZY.items():
+        if public not in names:
+            loaded = sys.modules.get("edgeanchor" + module)
+            names[public] = getattr(loaded, public) if loaded else type(public, (_Unloaded,), {})
+    try:
+        return eval(annotation, names)  # our own annotations, never user input
+    except Exception:  # an annotation this cannot read refuses nothing
+        return Any
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if len(_members(tp)) > 1:
+        return any(_matches(value, m) for m in _members(tp))
+    if tp is Any or tp is object:
+        return True
+    if tp is None or tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    origin = typing.get_origin(tp)
+    if origin is not None and isinstance(origin, type):  # Sequence[int], os.PathLike[str], dict[str, Any]
+        if not isinstance(value, origin):
+            return False
+        args = typing.get_args(tp)
+        if issubclass(origin, Iterable) and not issubclass(origin, dict) and args and isinstance(value, Collection):
+            return all(_matches(v, args[0]) for v in value)
+        return True
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    parts = [_describe_one(m) for m in _members(tp)]
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+
+
+def _describe_one(tp: Any) -> str:
+    if tp is None or tp is type(None):
+        return "None"
+    if tp is float:
+        return "a number"
+    if tp is os.PathLike or typing.get_origin(tp) is os.PathLike:
+        return "a path (os.PathLike)"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is not None and args:
+        of = _describe(args[0]).removeprefix("an ").removeprefix("a ")
+        return f"{_article(origin.__name__.lower())} of {of}"
+    return _article(getattr(tp, "__name__", str(tp)))
+
+
+def _article(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

@@ -79,7 +79,7 @@ def test_api_functions_are_plain_functions_no_module_shadows():
     assert "max_drop" in inspect.signature(ea.search).parameters
     assert inspect.getdoc(ea.export).startswith("Export a pruned detector and its unpruned baseline")
     assert pickle_round_trip(choose_point) is choose_point
-    with pytest.raises(ea.EdgeAnchorError, match="give both `data` and `ann`"):
+    with pytest.raises(ea.EdgeAnchorError, match="the data 'some/folder' does not exist"):
         ea.data("some/folder").resolve()
 
 
@@ -128,7 +128,7 @@ def test_search_choose_prune_and_evaluate_agree(demo, split, tmp_path, capsys):
     val = ea.data(images, anns["val"])
     result = ea.search(demo, val, max_drop=0.02, max_evals=25, workers=1, out=tmp_path / "s", progress=False)
     stored = json.loads((tmp_path / "s" / "search.json").read_text())
-    assert result.to_json() == stored and result.num_evals == stored["num_evals"] <= 25 + 30
+    assert result.to_json() == stored and result.num_evals == stored["num_evals"] == len(stored["nodes"]) <= 25
     front = result.front
     assert front and [p.head_macs for p in front] == sorted(p.head_macs for p in front)
     assert all(p.keep | set(p.removed) == set(demo.anchor_set.ids) and not p.keep & set(p.removed) for p in front)
@@ -137,7 +137,7 @@ def test_search_choose_prune_and_evaluate_agree(demo, split, tmp_path, capsys):
     cheapest_above = [p for p in front if p.map >= result.baseline["mAP"] - 0.5]
     assert result.choose(max_drop=0.5) == cheapest_above[0]
     with pytest.raises(ea.EdgeAnchorError, match="no front point reaches"):
-        result.choose(min_map=result.baseline["mAP"] + 0.5)
+        result.choose(min_map=(1 + result.baseline["mAP"]) / 2)  # above every point (the baseline's included)
     with pytest.raises(ea.EdgeAnchorError, match="one of `max_drop`, `min_map` or `target_head_macs`"):
         result.choose(max_drop=0.1, min_map=0.1)
     target = front[-1].head_macs

@@ -278,7 +278,8 @@ CASES = [
     Case("coco-binary-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/binary.bin"], "not a text file"),
     Case("coco-ann-is-a-folder", ["evaluate", "--model", "demo", *D, "--ann", "{root}/stuff"], "is a folder"),
     Case("coco-missing-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/nope.json"], "does not exist"),
-    Case("coco-only-data", ["evaluate", "--model", "demo", *D], "give both --data and --ann"),
+    Case("coco-only-data", ["evaluate", "--model", "demo", *D], "has no annotations: give its COCO annotation "
+                                                               "file with it (--ann"),
     # Pascal VOC data (a VOCdevkit folder, or images with XML beside them)
     Case("voc-malformed-xml", ["evaluate", "--model", "demo", "--data", "{root}/voc"],
          "a.xml:4: malformed XML", setup=voc({"Annotations/a.xml": "<annotation>\n<object>\n<name>coin</name>\n"
@@ -751,3 +752,101 @@ def test_reader_bounded_in_memory_and_time(case, tmp_path):
         assert len(json.loads(Path(lines[-1]).read_text())["annotations"]) == MANY_OBJECTS
     if case == "voc-valid-text-in-200k-chunks":
         assert json.loads(Path(lines[-1]).read_text())["categories"] == [{"id": 1, "name": "k" + "i" * 200_000}]
+# ======================================================================================================
+# Issue 24, API misuse and wording (helper wt-apimisc): CLI rows, then API rows. Own lists, own tests.
+# ======================================================================================================
+
+APIMISC_CASES = [
+    Case("search-ray-address-port-out-of-range", ["search", "--model", "demo", *VAL, "--out", "{root}/s",
+                                                  "--executor", "ray", "--ray-address", "127.0.0.1:99999"],
+         "--ray-address '127.0.0.1:99999' has port 99999; a port is 1 to 65535"),
+    Case("pe-ray-address-port-zero", ["prune-and-export", *VAL, "--executor", "ray", "--ray-address",
+                                      "ray://head:0", "--out", "{root}/e"],
+         "--ray-address 'ray://head:0' has port 0; a port is 1 to 65535"),
+    Case("search-max-drop-negative", ["search", "--model", "demo", *VAL, "--out", "{root}/s", "--max-drop", "-1"],
+         "--max-drop must be between 0 and 1 in mAP units, 0.005 = half a point (got -1.0)"),
+    Case("search-data-does-not-exist", ["search", "--model", "demo", "--data", "{root}/nonexistent", "--out",
+                                        "{root}/s"], "the data '{root}/nonexistent' does not exist"),
+    Case("prune-keep-repeated-id", ["prune", "--keep", "0,0,1", "--out", "{root}/p.pt"],
+         "--keep lists anchor ids [0] more than once"),
+    Case("prune-remove-repeated-id", ["prune", "--remove", "3,3", "--out", "{root}/p.pt"],
+         "--remove lists anchor ids [3] more than once"),
+    Case("evaluate-export-with-model-settings", ["evaluate", "--export", "{root}/exp", "--weights", "{root}/model.pt",
+                                                 "--batch-size", "3", "--device", "cpu"],
+         "--weights, --batch-size cannot be used with --export"),
+]
+
+
+@pytest.mark.parametrize("case", APIMISC_CASES, ids=[c.id for c in APIMISC_CASES])
+def test_bad_input_apimisc(case, template, tmp_path, capsys, monkeypatch):
+    case = Case(case.id, case.argv, case.expect.replace("{root}", str(tmp_path / "w")), case.code, case.setup)
+    test_bad_input(case, template, tmp_path, capsys, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def demo_det():
+    import edgeanchor as ea
+
+    return ea.load("demo")
+
+
+def _search_result():
+    from edgeanchor.api.results import SearchResult
+
+    front = [{"removed": [1], "mAP": 0.61, "head_macs": 100, "boxes": 10, "num_anchors": 1, "anchors_file": "a.json",
+              "cost": 100.0}]
+    return SearchResult({"front": front, "baseline": {"mAP": 0.62}, "floor": 0.6}, [0, 1], "s")
+
+
+# (id, the call on the demo detector, the parameter the one error line must name, words it must contain)
+API_MISUSE = [
+    ("load-none", lambda det, ea: ea.load(None), "name_or_path", "must be a str or a path (os.PathLike) (got None)"),
+    ("prune-name-not-detector", lambda det, ea: ea.prune("demo", [0]), "det",
+     "must be a Detector (got 'demo', a str); build one with ea.load('demo')"),
+    ("inspect-name-not-detector", lambda det, ea: ea.inspect("demo"), "det", "must be a Detector (got 'demo', a str)"),
+    ("bench-int-folder", lambda det, ea: ea.bench(5), "folder",
+     "must be an ExportFolder, a str, a path (os.PathLike) or None (got 5, an int)"),
+    ("bench-str-iters", lambda det, ea: ea.bench("exp", iters="5"), "iters", "must be an int (got '5', a str)"),
+    ("export-int-out", lambda det, ea: ea.export(det, 5, baseline=det, data="demo"), "out",
+     "must be a str or a path (os.PathLike) (got 5, an int)"),
+    ("export-name-baseline", lambda det, ea: ea.export(det, "exp", baseline="demo", data="demo"), "baseline",
+     "must be a Detector (got 'demo', a str)"),
+    ("prune-float-ids", lambda det, ea: ea.prune(det, [0.5, 1.0]), "keep", "(got [0.5, 1.0], a list: 0.5, a float"),
+    ("prune-bool-mask", lambda det, ea: ea.prune(det, [True, False]), "keep", "(got [True, False], a list: True, a bool"),
+    ("prune-repeated-ids", lambda det, ea: ea.prune(det, [4, 4]), "keep", "lists anchor ids [4] more than once"),
+    ("prune-unknown-id", lambda det, ea: ea.prune(det, [0, 30]), "keep", "anchor ids [30] are not in the model"),
+    ("search-missing-data", lambda det, ea: ea.search(det, "nonexistent"), None,
+     "the data 'nonexistent' does not exist; give an image folder with its COCO annotation file"),
+    ("search-str-max-drop", lambda det, ea: ea.search(det, "demo", max_drop="0.01"), "max_drop",
+     "must be a number or None (got '0.01', a str)"),
+    ("search-port-out-of-range", lambda det, ea: ea.search(det, "demo", executor="ray",
+                                                           ray_address="127.0.0.1:99999"),
+     "ray_address", "has port 99999; a port is 1 to 65535"),
+    ("choose-negative-drop", lambda det, ea: _search_result().choose(max_drop=-1), "max_drop",
+     "must be between 0 and 1 in mAP units, 0.005 = half a point (got -1)"),
+    ("choose-min-map-above-1", lambda det, ea: _search_result().choose(min_map=1.5), "min_map",
+     "must be a COCO mAP between 0 and 1 (got 1.5)"),
+    ("choose-negative-target", lambda det, ea: _search_result().choose(target_head_macs=-5), "target_head_macs",
+     "must be a positive number (got -5)"),
+]
+
+
+@pytest.mark.parametrize("call, param, words", [row[1:] for row in API_MISUSE], ids=[row[0] for row in API_MISUSE])
+def test_api_misuse_is_one_line_naming_the_parameter(demo_det, tmp_path, monkeypatch, call, param, words):
+    import edgeanchor as ea
+    from edgeanchor.errors import EdgeAnchorError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EdgeAnchorError) as info:
+        call(demo_det, ea)
+    message = str(info.value)
+    assert "\n" not in message and words in message, message
+    if param:
+        assert f"`{param}`" in message, message
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_apimisc_ids_are_unique():
+    ids = [c.id for c in CASES] + [c.id for c in APIMISC_CASES]
+    assert len(set(ids)) == len(ids)
+    assert len({row[0] for row in API_MISUSE}) == len(API_MISUSE)

@@ -124,6 +124,14 @@ def test_rerun_reuses_the_search_and_refuses_existing_folder(split, demo_export_
     assert main(demo_args(split, demo_export, "--overwrite", "--matrix-iters", "0")) == 0  # the matrix: not tested
     err = capsys.readouterr().err
     assert "reusing candidate cache" in err and "resuming the search" in err
+    # the same --max-evals: the whole search's budget, so nothing new is scored and the same point is chosen
+    import re
+
+    first = json.loads((demo_export_run[0] / "report.json").read_text())["chosen"]
+    again = json.loads((demo_export / "report.json").read_text())["chosen"]
+    assert (again["removed"], again["num_evals"]) == (first["removed"], first["num_evals"])
+    evaluated = re.search(r"evaluated (\d+) subsets \(max_evals \d+\): 0 scored in this run", err)
+    assert evaluated and int(evaluated.group(1)) == again["num_evals"], err[-600:]
 
 
 @pytest.mark.slow

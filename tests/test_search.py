@@ -277,16 +277,17 @@ def test_greedy_on_shared_head_is_refused(split, tmp_path):
 
 
 def test_eval_rate_and_eta_are_hand_worked():
-    """20 evaluations in 4 s: 5 evals/s; 75 left of max_evals 100 at that rate: 15 s."""
+    """20 nodes scored in 4 s: 5 evals/s; 75 left of max_evals 100 at that rate: 15 s. Nodes read back from a
+    resumed search count against max_evals but not in the rate."""
     from types import SimpleNamespace
 
     from edgeanchor.subset_search.tree import EvalRate
 
     now = [10.0]
-    ev = SimpleNamespace(num_evals=5, max_evals=100)
+    ev = SimpleNamespace(num_evals=5, children_scored=0, max_evals=100)  # 5 read back from a stored search
     rate = EvalRate(ev, clock=lambda: now[0])
     assert rate.per_second() == 0.0 and rate.eta_seconds() is None and "unknown" in rate.text()
-    now[0], ev.num_evals = 14.0, 25
+    now[0], ev.num_evals, ev.children_scored = 14.0, 25, 20
     assert rate.per_second() == 5.0
     assert rate.eta_seconds() == 15.0  # 75 left / 5 per second
     assert rate.text() == "5.0 evals/s, at most 0:15 left (max_evals 100)"
@@ -311,7 +312,6 @@ def test_report_says_how_the_search_scored():
 
 
 def test_a_finished_search_run_again_is_reused_and_says_so(demo, split, tmp_path):
-    from dataclasses import replace
 
     from edgeanchor.api.results import SearchResult
 
@@ -321,8 +321,7 @@ def test_a_finished_search_run_again_is_reused_and_says_so(demo, split, tmp_path
     first = run_search(demo, images, anns["val"], out, spec, progress=False, log=lambda m: None)
     assert first["complete"] and first["scoring"]["nodes_scored"] == first["num_evals"]
     messages: list[str] = []
-    again = run_search(demo, images, anns["val"], out, replace(spec, max_evals=5), progress=False,
-                       log=messages.append)
+    again = run_search(demo, images, anns["val"], out, spec, progress=False, log=messages.append)
     assert again["scoring"]["nodes_scored"] == 0 and again["front"] == first["front"]
     assert [m for m in messages if "search" in m] == [f"reused the finished search in {out}: {first['num_evals']} evaluations from an earlier run "
                         "with the same settings and data, none scored now (remove the folder, or give another "

@@ -10,7 +10,9 @@
 
 Beside the public names (``edgeanchor.__all__``), the CLI uses a few helpers from here
 (:func:`check_save_path`, :func:`check_search_settings`, :func:`check_evaluate_settings`,
-:func:`anchors_path_of`, :func:`default_out`).
+:func:`anchors_path_of`, :func:`default_out`), and the steps after those checks
+(:func:`~.workflow.search_with_options`, :func:`~.workflow.evaluate_checked`), so a command checks each
+setting once.
 
 Importing these modules is light (no torch): each function imports what it needs when called. The CLI
 is a thin layer over them.

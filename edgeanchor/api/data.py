@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 
 DEMO = "demo"
 BOTH = ("give both `data` and `ann` (or `data` as a YOLO data.yaml, or `data` as a Pascal VOC folder: a VOCdevkit "
@@ -47,6 +49,7 @@ class Data:
     is read), so the steps check their settings first; a mistake in the data is raised then.
     """
 
+    @typechecked
     def __init__(self, images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
                  resolved: Split | None = None, resolver: Callable[[], Split] | None = None):
         self._args = (images, ann, split)
@@ -129,6 +132,7 @@ class Data:
         return f"Data({self._split})"
 
 
+@typechecked
 def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None) -> Data:
     """One split of a data set, from paths or an already-open object.
 
@@ -159,6 +163,9 @@ def _resolve(images, ann, split) -> Split:
     from ..datasets.voc import is_voc_data
     from ..datasets.yolo import is_yolo_yaml
 
+    if ann is None and not Path(images).exists():  # not a parameter's fault: a path that is not there
+        raise EdgeAnchorError(f"the data {str(images)!r} does not exist; give an image folder with its COCO "
+                              "annotation file, a YOLO data.yaml, a Pascal VOC folder, or demo")
     if ann is None and is_voc_data(images):
         return voc_data(images, split)
     if is_yolo_yaml(images):
@@ -166,8 +173,10 @@ def _resolve(images, ann, split) -> Split:
             raise EdgeAnchorError("`ann` is not used with a YOLO data.yaml (its splits are in the file); "
                                   "choose one with `split`")
         return yolo_data(images, split or "val")
-    if ann is None:
-        raise EdgeAnchorError(BOTH)
+    if ann is None:  # ea.search(det, folder) has no `ann`: say how to give one wherever the folder came from
+        raise EdgeAnchorError(f"{images} has no annotations: give its COCO annotation file with it (`ann`; in "
+                              "Python, ea.data(folder, ann)), or a YOLO data.yaml, or a Pascal VOC folder (a "
+                              "VOCdevkit year folder, or images with XML beside them)")
     if split is not None:
         raise EdgeAnchorError(f"split {split!r} needs a YOLO data.yaml, a VOCdevkit or the demo; a COCO split is its "
                               "annotation file")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
 from .results import BenchResult, FrontPoint, SearchResult
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 FORMATS = ("onnx", "openvino", "tensorrt")
 
 
+@typechecked
 def export(pruned: Detector, out: str | os.PathLike, *, baseline: Detector, data: Any,
            formats: Sequence[str] | None = None, int8: bool = False, calib_data: Any = None, opset: int = 17,
            parity_images: int = 4, check: bool = True, overwrite: bool = False,
@@ -108,12 +110,12 @@ def export_checked(pruned: Detector, out: str | os.PathLike, *, baseline: Detect
 
 
 def _check_formats(formats: Sequence[str] | None) -> set[str]:
-    """The formats to write; the runtimes they need are imported now (a one-line error naming the install).
+    """The formats to write. Whether their runtimes are installed is :meth:`ExportOptions.validate`'s check.
 
     Raises:
-        EdgeAnchorError: an unknown format, formats without "onnx", or a missing runtime.
+        EdgeAnchorError: an unknown format, or formats without "onnx".
     """
-    from ..runtimes import is_installed, require
+    from ..runtimes import is_installed
 
     if formats is None:
         return {"onnx", "openvino"} if is_installed("openvino") else {"onnx"}
@@ -121,15 +123,13 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
         formats = (formats,)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise EdgeAnchorError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        raise EdgeAnchorError(f"unknown format {unknown[0]!r} in `formats`; choose from {', '.join(FORMATS)}")
     if "onnx" not in formats:
-        raise EdgeAnchorError("formats must include onnx (every other format is built from the ONNX graphs)")
-    for fmt in formats:
-        if fmt != "onnx":
-            require(fmt)
+        raise EdgeAnchorError("`formats` must include onnx (every other format is built from the ONNX graphs)")
     return set(formats)
 
 
+@typechecked
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,
           iters: int = 100, warmup: int = 10, precision: str = "fp32", images: str | os.PathLike | None = None,
           end_to_end: str | None = None, opt_level: str = "all", progress: bool = True, write: bool = False,

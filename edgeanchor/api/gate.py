@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 
 if TYPE_CHECKING:
     from ..exporting.folder import ExportFolder
 
 
+@typechecked
 def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline: str | os.PathLike,
             model: str | os.PathLike | None = None, reference: str | None = None,
             data: str | os.PathLike | None = None, ann: str | os.PathLike | None = None,

@@ -7,17 +7,20 @@ anchors as (w, h) in input pixels with ratio = h/w.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 
 if TYPE_CHECKING:
     from ..anchors import AnchorSet
     from ..models.base import Detector
 
 
-def load(name_or_path: str, *, num_classes: int | None = None, weights: str | None = None,
+@typechecked
+def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, weights: str | os.PathLike | None = None,
          anchors: str | AnchorSet | None = None, image_size: Sequence[int] | None = None,
          score_thresh: float | None = None, nms_thresh: float | None = None,
          max_det: int | None = None) -> Detector:
@@ -44,12 +47,13 @@ def load(name_or_path: str, *, num_classes: int | None = None, weights: str | No
     """
     from ..models import build_detector
 
-    det = build_detector(name_or_path, num_classes=num_classes, weights=weights, anchors=anchors,
+    det = build_detector(os.fspath(name_or_path), num_classes=num_classes, weights=weights, anchors=anchors,
                          image_size=(int(image_size[0]), int(image_size[1])) if image_size else None)
     det.postprocess_spec = det.postprocess_spec.with_overrides(score_thresh, nms_thresh, max_det)
     return det
 
 
+@typechecked
 def wrap(model: Any, *, image_size: Sequence[int] | None = None,
          anchors: str | AnchorSet | None = None) -> Detector:
     """A detector over a model object held in memory, with its own weights and anchors (no file round trip).
@@ -147,6 +151,7 @@ def _wrap_yolo(net: Any, image_size, anchors) -> Detector:
     return wrap_with_anchors(net, arch=arch, image_size=size, anchors=anchors)
 
 
+@typechecked
 def inspect(det: Detector) -> dict:
     """A detector's anchors and cost, JSON-ready.
 

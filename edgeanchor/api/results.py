@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,7 +73,8 @@ class SearchResult:
 
     @property
     def num_evals(self) -> int:
-        """Anchor subsets scored (this run and the runs it resumed)."""
+        """Anchor subsets this search evaluated, at most its ``max_evals`` (scored in this run, or read back from
+        the stored search it resumed)."""
         return int(self._result["num_evals"])
 
     @property
@@ -85,6 +87,7 @@ class SearchResult:
         """True when the result is a finished search found in the search folder, with nothing scored now."""
         return self.num_scored == 0
 
+    @typechecked
     def choose(self, *, max_drop: float | None = None, min_map: float | None = None,
                target_head_macs: float | None = None) -> FrontPoint:
         """The front point to deploy.
@@ -94,14 +97,21 @@ class SearchResult:
         at most that many head MACs. With none: the cheapest point above the search's own floor.
 
         Raises:
-            EdgeAnchorError: more than one criterion, or no front point meets it.
+            EdgeAnchorError: more than one criterion, one out of range (``max_drop`` and ``min_map`` are
+                between 0 and 1, ``target_head_macs`` above 0), or no front point meets it.
         """
         given = [k for k, v in (("max_drop", max_drop), ("min_map", min_map),
                                 ("target_head_macs", target_head_macs)) if v is not None]
         if len(given) > 1:
             named = ", ".join(f"`{k}`" for k in given)
             raise EdgeAnchorError(f"choose with one of `max_drop`, `min_map` or `target_head_macs` (got {named})")
-        from ..subset_search.run import choose_point
+        from ..settings import positive
+        from ..subset_search.run import check_floor, choose_point
+
+        check_floor(max_drop=max_drop, min_map=min_map, metric=self._result.get("metric", "coco"))
+        message = positive("target_head_macs", optional=True)(target_head_macs)
+        if message:
+            raise EdgeAnchorError(message)
 
         if target_head_macs is not None or (max_drop is None and min_map is None):
             chosen = choose_point(self._result, target_head_macs=target_head_macs)
@@ -115,6 +125,7 @@ class SearchResult:
             raise EdgeAnchorError(f"no front point reaches mAP {floor:.4f} (the best has {best:.4f}); lower the floor")
         return meeting[0]
 
+    @typechecked
     def plot(self, path: str | Path | None = None, *, chosen: FrontPoint | None = None) -> Figure:
         """mAP against head MACs: every scored subset, the front, the baseline and the floor; the y axis names
         the searched split.
@@ -175,6 +186,7 @@ class BenchResult:
 
         return format_result(self._result)
 
+    @typechecked
     def plot(self, path: str | Path | None = None) -> Figure:
         """Per-stage median latency (bars to p90), baseline against pruned; also written to ``path`` as PNG."""
         from ..benchmark.plot import bench_figure

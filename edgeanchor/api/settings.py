@@ -243,7 +243,8 @@ class SearchCommandSettings(SearchSettings, _SearchOwn, ModelWithAnchors):
     (:func:`edgeanchor.data`) and :func:`edgeanchor.search`'s own keywords."""
 
     def validate(self) -> None:
-        """The search settings and the search folder, checked before the model is built or data is read.
+        """The search settings and the search folder, checked before the model is built or data is read
+        (:func:`~edgeanchor.api.workflow.search_with_options` then runs :meth:`search_options` unchecked).
 
         Raises:
             EdgeAnchorError: the first setting that is wrong, named as the API spells it.
@@ -373,9 +374,22 @@ class EvaluateSettings(_EvaluateExport, _EvaluateOwn, ModelWithAnchors):
                                 inputs=[self.data, self.ann, self.model, self.weights, self.anchors])
 
     def evaluate_kwargs(self) -> dict:
-        """:func:`edgeanchor.evaluate`'s keywords for a model."""
+        """:func:`~edgeanchor.api.workflow.evaluate_checked`'s keywords for a model (``overwrite`` was
+        :meth:`validate`'s to check)."""
         return {"metric": self.metric, "backend": self.backend, "batch_size": self.batch_size, "device": self.device,
-                "detections": self.detections, "overwrite": self.overwrite}
+                "detections": self.detections}
+
+    # what an export folder's evaluation reads: its own group's settings and these
+    _EXPORT_USES: ClassVar[tuple[str, ...]] = ("data", "ann", "metric", "backend")
+
+    def model_settings_given(self) -> list[str]:
+        """The settings given (not at their defaults) that only evaluating a model reads: every field but the
+        export group's, ``_EXPORT_USES`` and ``model`` (whose default cannot be told from a given demo)."""
+        from dataclasses import fields
+
+        export_group = {f.name for f in fields(_EvaluateExport)}
+        return [f.name for f in fields(self) if f.name not in export_group | set(self._EXPORT_USES) | {"model"}
+                and getattr(self, f.name) != f.default]
 
     def export_kwargs(self) -> dict:
         """:func:`edgeanchor.evaluate`'s keywords for an export folder."""

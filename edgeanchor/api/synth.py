@@ -12,8 +12,10 @@ from typing import Any
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_dir, clean_stale_builds, first_foreign, output_lock, read_manifest
+from ..settings import typechecked
 
 
+@typechecked
 def synth(out: str | os.PathLike, *, num_images: int, seed: int, image_size: int = 320, workers: int | None = None,
           format: str = "coco", overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write the synthetic data set: 5 shape classes whose aspect ratios (h/w) and sizes differ.

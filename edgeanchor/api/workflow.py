@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeAnchorError
+from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
 from .results import FrontPoint, SearchResult
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 
 
+@typechecked
 def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None, *, metric: str = "coco",
              backend: str = "faster", batch_size: int = 16, device: str = "cpu", progress: bool = True,
              detections: str | os.PathLike | None = None, overwrite: bool = False, runtime: str | None = None,
@@ -78,25 +80,34 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         named = ", ".join(f"`{n}`" for n in given)
         raise EdgeAnchorError(f"{named} apply to an export folder, not to a detector in PyTorch; "
                               "drop them, or evaluate the export folder")
+    check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
+    split = as_data(data)
+    if detections:  # never over the split's own files
+        check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
+    return evaluate_checked(det, split, metric=metric, backend=backend, batch_size=batch_size, device=device,
+                            detections=detections, progress=progress)
+
+
+def evaluate_checked(det: Detector, data: Data, *, metric: str = "coco", backend: str = "faster",
+                     batch_size: int = 16, device: str = "cpu", detections: str | os.PathLike | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate` of a detector, its settings (and ``detections``' path) already checked, e.g. by
+    :meth:`~edgeanchor.api.settings.EvaluateSettings.validate` before the model was built."""
     from ..datasets.coco import CocoDetection
     from ..evaluation.coco_map import coco_map
     from ..evaluation.predict import predict
     from ..io import read_json, write_json
 
-    check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
-    split = as_data(data)
-    if detections:  # never over the split's own files
-        check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
-    dataset = CocoDetection.for_detector(det, split.images, split.ann)
+    dataset = CocoDetection.for_detector(det, data.images, data.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
     metrics: dict[str, Any]
     if metric == "coco":
-        metrics = coco_map(split.ann, dets, backend=backend)
+        metrics = coco_map(data.ann, dets, backend=backend)
     else:
         from ..evaluation.voc_map import voc_map
 
-        gt = read_json(split.ann, "annotation file")
+        gt = read_json(data.ann, "annotation file")
         result = voc_map(gt, dets, metric)
         names = {int(c["id"]): c["name"] for c in gt["categories"]}
         metrics = {"mAP": result["mAP"],
@@ -174,6 +185,7 @@ def check_evaluate_settings(*, metric: str = "coco", batch_size: int = 16, devic
                           inputs=[p for p in inputs if p])
 
 
+@typechecked
 def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "head_macs", metric: str = "coco",
            max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4, max_per_level: int = 1,
            max_evals: int = 3000, workers: int = 2, executor: str = "processes", ray_address: str | None = None,
@@ -196,7 +208,8 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         min_map: absolute accuracy floor (COCO mAP).
         tol: two mAPs within ``tol`` are equal.
         max_per_level: layerwise: anchors left per level.
-        max_evals: the evaluation budget.
+        max_evals: the evaluation budget of the whole search: resuming a stored search counts its nodes, so
+            the same budget gives the same search (and scores nothing new once it is complete).
         workers: scoring processes, or Ray actors with ``executor="ray"``.
         executor: "processes" or "ray"; ray_address: the Ray cluster (default: a local Ray).
         backend: the COCO evaluator of the front's full metrics.
@@ -211,12 +224,22 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
         point are in ``out``.
     """
-    from ..subset_search.run import resolve_method
-
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
                                  executor=executor, ray_address=ray_address, backend=backend, out=out,
                                  cache=cache)
+    return search_with_options(det, data, spec, report=report, out=out, cache=cache, latency_model=latency_model,
+                               progress=progress)
+
+
+def search_with_options(det: Detector, data: Any, spec: Any, *, report: Any = None,
+                        out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+                        latency_model: Any = None, progress: bool = True) -> SearchResult:
+    """:func:`search` with its settings already checked (``spec``: the SearchOptions
+    :func:`check_search_settings` returned, e.g. in the command's ``validate`` before the model was built):
+    the method is resolved for ``det`` and the report split matched to the searched one."""
+    from ..subset_search.run import resolve_method
+
     spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)
@@ -312,13 +335,15 @@ def _load_cache(det, dataset, cache, progress: bool):
     return load_or_build_cache(det, dataset, path, progress=progress), path
 
 
+@typechecked
 def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | AnchorSet | None = None, *,
           remove: Iterable[int] | None = None) -> Detector:
     """Slice ``det``'s head to a subset of its anchors (exactly: the kept anchors' outputs do not change).
 
     Args:
         det: the detector (left unchanged; the result has its own weights).
-        keep: the anchors to keep: global anchor ids (see :func:`edgeanchor.inspect`), a search's
+        keep: the anchors to keep: global anchor ids, integers each given once (see :func:`edgeanchor.inspect`;
+            a float or a bool mask is refused, not rounded or read as ids), a search's
             :class:`FrontPoint`, or an anchor set / anchor file (edgeanchor or reference form) whose anchors
             are matched to ``det``'s.
         remove: instead of ``keep``, the global anchor ids to remove.
@@ -327,7 +352,8 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
         The pruned detector: heads of levels left without anchors are dropped.
 
     Raises:
-        EdgeAnchorError: neither or both of keep and remove, unknown ids, nothing kept, or a shared head
+        EdgeAnchorError: neither or both of keep and remove, ids that are not integers, repeated or unknown
+            ids, nothing kept, or a shared head
             (RetinaNet) keeping different anchors per level.
     """
     from ..anchors import AnchorSet
@@ -335,7 +361,8 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     from ..pruning import prune as slice_head
 
     if (keep is None) == (remove is None):
-        raise EdgeAnchorError("give the anchors to keep or the anchors to remove, not both or neither")
+        raise EdgeAnchorError("give `keep` (the anchors to keep) or `remove` (the anchors to remove), not both or "
+                              "neither")
     if remove is not None:
         ids = keep_from_remove(det, remove)
     elif isinstance(keep, FrontPoint):
@@ -343,7 +370,7 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     elif isinstance(keep, (str, os.PathLike, AnchorSet)):
         ids = keep_ids_from_file(det, keep)
     else:
-        ids = check_ids(det, keep or ())
+        ids = check_ids(det, keep if keep is not None else ())  # not `keep or ()`: a numpy array has no truth value
     return slice_head(det, ids)
 
 
@@ -369,6 +396,7 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs:
                       inputs=inputs)
 
 
+@typechecked
 def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, meta: dict | None = None) -> Path:
     """Write ``det`` as an edgeanchor checkpoint, and its anchor set beside it (``<path>.anchors.json``).
 
@@ -390,6 +418,7 @@ def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, met
     return Path(anchors)
 
 
+@typechecked
 def finetune(det: Detector, train_data: Any, *, epochs: int, lr: float | None = None, val_data: Any = None,
              batch_size: int = 32, weight_decay: float = 5e-4, warmup_iters: int = 20, device: str = "cpu",
              workers: int = 1, seed: int = 0, max_iters_per_epoch: int | None = None,

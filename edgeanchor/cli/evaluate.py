@@ -44,9 +44,9 @@ def run(args) -> int:
     from .. import api
     from .common import load_model, print_json
 
-    s.validate()  # before the model is built
+    s.validate()  # once, before the model is built
     split = api.data(s.data, s.ann, split=s.split if s.data else s.split or "test")
-    result = api.evaluate(load_model(s), split, **s.evaluate_kwargs())
+    result = api.workflow.evaluate_checked(load_model(s), split, **s.evaluate_kwargs())
     counts = f"{result['num_images']} images, {result['num_detections']} detections"
     head = {"model": s.model, "ann": str(split.ann), "num_images": result["num_images"],
             "num_detections": result["num_detections"]}

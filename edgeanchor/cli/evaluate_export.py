@@ -6,11 +6,6 @@ given. Its flags are :class:`~edgeanchor.api.settings.EvaluateSettings`' export 
 
 from __future__ import annotations
 
-# flags of the model path that mean nothing for an export (it carries its model and preprocessing)
-_MODEL_FLAGS = {"weights": "--weights", "anchors": "--anchors", "image_size": "--image-size",
-                "num_classes": "--num-classes", "score_thresh": "--score-thresh", "nms_thresh": "--nms-thresh",
-                "max_det": "--max-det", "detections": "--detections", "split": "--split"}
-
 
 def run_export(s, as_json: bool = False) -> int:
     """Evaluate ``s.export`` (``s``: the :class:`~edgeanchor.api.settings.EvaluateSettings`); prints one summary
@@ -19,10 +14,11 @@ def run_export(s, as_json: bool = False) -> int:
     from ..errors import EdgeAnchorError
     from .common import print_json
 
-    given = [flag for name, flag in _MODEL_FLAGS.items() if getattr(s, name, None) not in (None, False)]
+    given = s.model_settings_given()
     if given:
-        raise EdgeAnchorError(f"{', '.join(given)} cannot be used with --export (the export carries its model, "
-                              "rule and preprocessing); drop them")
+        named = ", ".join(f"`{name}`" for name in given)
+        raise EdgeAnchorError(f"{named} cannot be used with `export` (the export carries its model, rule and "
+                              "preprocessing); drop them")
     if s.ann and not s.data:
         raise EdgeAnchorError("--ann needs --data, the folder of the images it lists")
     data = api.data(s.data, s.ann) if s.ann else s.data

@@ -30,10 +30,10 @@ def run(args) -> int:
     from .common import load_model, print_json, settings_from_args
 
     s = settings_from_args(SearchCommandSettings, args)
-    s.validate()  # before the model is built
+    s.validate()  # once, before the model is built
     split = api.data(**s.data_kwargs())  # read (or generated) by the search, after its checks
-    search = api.search(load_model(s), split, report=s.report(), out=s.out, cache=s.cache,
-                        latency_model=s.latency_model, **s.search_kwargs())
+    search = api.workflow.search_with_options(load_model(s), split, s.search_options(), report=s.report(),
+                                              out=s.out, cache=s.cache, latency_model=s.latency_model)
     result = search.to_json()
     if args.json:
         print_json({k: result[k] for k in ("baseline", "floor", "front", "num_evals", "complete")})

@@ -7,6 +7,11 @@ evaluation's mAP, faster); their ``metrics`` hold just "mAP". Every evaluated
 node is kept in memory and written to ``search.json`` after each batch, so an
 interrupted search resumes from the nodes already evaluated.
 
+``max_evals`` is the search's whole budget, not this run's: a node read from the
+stored search counts as the evaluation it was. A resumed search therefore
+replays the uninterrupted one step for step (same nodes, same budget cut, same
+front), and rerunning a finished search with the same budget scores nothing.
+
 A batch holds the children of one parent. Whoever scores them (this process,
 or each worker for its contiguous share) pins the parent's per-image results
 once, so every child only recomputes the images it can change.
@@ -94,8 +99,11 @@ class Evaluator:
         cost_fn: node cost for the front, from (removed, head_macs, boxes).
         workers: processes for parallel scoring (<= 1: in-process).
         cache_path, ann: what worker processes (or Ray actors) load.
-        on_batch: called after each evaluated batch (e.g. to persist).
-        max_evals: evaluations allowed (memo hits are free).
+        on_batch: called after each batch that scored something (e.g. to persist).
+        max_evals: the search's evaluations, a stored search's included (asking again for a node of this
+            search is free).
+        known: nodes of a stored search: each counts as an evaluation when this search reaches it, and is
+            not scored again.
         executor: "processes" (this machine's worker processes) or "ray" (``max(workers, 1)`` Ray actors,
             one image shard each, for every batch: :class:`~edgeanchor.subset_search.ray_executor.RayShardExecutor`).
         ray_address: the Ray cluster for executor "ray" (None: a local Ray).
@@ -108,9 +116,10 @@ class Evaluator:
         self.scorer = scorer
         self.cost_model = cost_model
         self.cost_fn = cost_fn
-        self.memo: dict[tuple[int, ...], Node] = {n.removed: n for n in known}
+        self.memo: dict[tuple[int, ...], Node] = {n.removed: n for n in known}  # scored, here or before
+        self.nodes: dict[tuple[int, ...], Node] = {}  # this search's nodes, in the order it evaluated them
         self.max_evals = max_evals
-        self.num_evals = 0
+        self.num_evals = 0  # len(self.nodes): what max_evals counts
         self.on_batch = on_batch
         self._pool = None
         self.executor, self.workers = executor, workers
@@ -135,10 +144,11 @@ class Evaluator:
         return self.num_evals >= self.max_evals
 
     def evaluate(self, removed_sets: list, parent=()) -> list[Node]:
-        """Nodes for the given removed sets (memoised), in the same order."""
+        """Nodes for the given removed sets, in the same order; those past the budget are left out."""
         keys = [tuple(sorted(int(r) for r in s)) for s in removed_sets]
-        todo = [k for k in dict.fromkeys(keys) if k not in self.memo]
-        todo = todo[: max(0, self.max_evals - self.num_evals)]
+        new = [k for k in dict.fromkeys(keys) if k not in self.nodes]
+        new = new[: max(0, self.max_evals - self.num_evals)]
+        todo = [k for k in new if k not in self.memo]  # the others were scored by the search resumed
         if todo:
             parent = tuple(sorted(parent))
             started = time.perf_counter()
@@ -161,10 +171,12 @@ class Evaluator:
                 macs, boxes = self.cost_model.head_macs(k), self.cost_model.boxes(k)
                 self.memo[k] = Node(k, {m: round(v, 6) for m, v in metrics.items()}, macs, boxes,
                                     float(self.cost_fn(k, macs, boxes)))
-            self.num_evals += len(todo)
-            if self.on_batch:
-                self.on_batch()
-        return [self.memo[k] for k in keys if k in self.memo]
+        for k in new:
+            self.nodes[k] = self.memo[k]
+        self.num_evals = len(self.nodes)
+        if todo and self.on_batch:
+            self.on_batch()
+        return [self.nodes[k] for k in keys if k in self.nodes]
 
     def scoring_stats(self) -> dict:
         """How this run scored its nodes: executor, workers, nodes, evaluations per second, and the mean

@@ -65,14 +65,26 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """
     if address == "auto":
         address = _auto_address()
-    match = _ADDRESS_RE.match(address.strip())
-    if not match:
-        raise EdgeAnchorError(f"`ray_address` must be host:port, ray://host:port or auto (got {address!r})")
-    host, port = match.group("ip6") or match.group("host"), int(match.group("port"))
+    host, port = parse_ray_address(address)
     reason = _try_connect(host, port, timeout_s)
     if reason:
         raise EdgeAnchorError(f"cannot reach the Ray cluster at {address} ({reason}); start a head node there "
                               "with 'ray start --head', or give a reachable `ray_address`")
+
+
+def parse_ray_address(address: str) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` or ``ray://host:port`` address (``[v6]:port`` too); needs no Ray.
+
+    Raises:
+        EdgeAnchorError: another form, or a port outside 1..65535.
+    """
+    match = _ADDRESS_RE.match(address.strip())
+    if not match:
+        raise EdgeAnchorError(f"`ray_address` must be host:port, ray://host:port or auto (got {address!r})")
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise EdgeAnchorError(f"`ray_address` {address!r} has port {port}; a port is 1 to 65535")
+    return match.group("ip6") or match.group("host"), port
 
 
 def _try_connect(host: str, port: int, timeout_s: float) -> str | None:

@@ -19,11 +19,11 @@ from ..errors import EdgeAnchorError
 from ..evaluation.cache import cache_key, load_or_build_cache
 from ..evaluation.subset import SubsetScorer
 from ..evaluation.voc_map import METRICS
-from ..io import cache_root, check_writable, log, read_json, write_json
+from ..io import cache_root, check_writable, log, plural, read_json, write_json
 from .costs import build_cost_model
 from .evaluator import Evaluator, Node
 from .plot import plot_pareto
-from .tree import anchor_moves, layerwise_search, pareto_front, shared_moves, tree_search
+from .tree import anchor_moves, layerwise_search, search_front, shared_moves, tree_search
 
 if TYPE_CHECKING:
     from ..models.base import Detector
@@ -101,29 +101,46 @@ def check_search_options(search: SearchOptions) -> None:
         raise EdgeAnchorError(f"unknown metric {search.metric!r}; choose one of {', '.join(METRICS)}")
     if search.cost not in COSTS:
         raise EdgeAnchorError(f"unknown cost {search.cost!r}; choose one of {', '.join(COSTS)}")
-    if search.min_map is not None and not (number(search.min_map) and 0 <= search.min_map <= 1):
-        kind = "COCO" if search.metric == "coco" else "VOC"
-        raise EdgeAnchorError(f"`min_map` must be a {kind} mAP between 0 and 1 (got {search.min_map})")
-    if search.max_drop is not None and not (number(search.max_drop) and 0 <= search.max_drop <= 1):
-        raise EdgeAnchorError(f"`max_drop` must be between 0 and 1 in mAP units, 0.005 = half a point "
-                              f"(got {search.max_drop})")
+    check_floor(max_drop=search.max_drop, min_map=search.min_map, metric=search.metric)
     if not (number(search.tol) and search.tol >= 0):
-        raise EdgeAnchorError(f"`tol` must be a number >= 0 (got {search.tol})")
+        raise EdgeAnchorError(f"`tol` must be a number >= 0 (got {search.tol!r})")
     for name in ("max_per_level", "max_evals", "workers"):
         value = getattr(search, name)
-        if not (isinstance(value, int) and value >= 1):
-            raise EdgeAnchorError(f"`{name}` must be an integer >= 1 (got {value})")
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise EdgeAnchorError(f"`{name}` must be an integer >= 1 (got {value!r})")
     if search.executor not in EXECUTORS:
         raise EdgeAnchorError(f"unknown executor {search.executor!r}; choose one of {', '.join(EXECUTORS)}")
     if search.ray_address is not None and search.executor != "ray":
         raise EdgeAnchorError(f"`ray_address` {search.ray_address!r} needs `executor` ray; pass `executor` ray, "
                               "or leave `ray_address` unset")
     if search.executor == "ray":
-        from .ray_executor import check_ray_address, require_ray
+        from .ray_executor import check_ray_address, parse_ray_address, require_ray
 
+        if search.ray_address not in (None, "auto"):
+            parse_ray_address(search.ray_address)  # its form and port, whether Ray is installed or not
         require_ray()
         if search.ray_address is not None:
             check_ray_address(search.ray_address)
+
+
+def check_floor(*, max_drop: float | None = None, min_map: float | None = None, metric: str = "coco") -> None:
+    """An accuracy floor's settings, in mAP units: ``max_drop`` and ``min_map`` between 0 and 1.
+
+    Raises:
+        EdgeAnchorError: a value that is not a number, or outside 0..1 (a negative drop would ask for a
+            point above the unpruned model).
+    """
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if min_map is not None and not (number(min_map) and 0 <= min_map <= 1):
+        kind = "COCO" if metric == "coco" else "VOC"
+        raise EdgeAnchorError(f"`min_map` must be a {kind} mAP between 0 and 1 (got {min_map!r})")
+    if max_drop is not None and not (number(max_drop) and 0 <= max_drop <= 1):
+        raise EdgeAnchorError(f"`max_drop` must be between 0 and 1 in mAP units, 0.005 = half a point "
+                              f"(got {max_drop!r})")
 
 
 def check_target_head_macs(det, target_head_macs: float | None) -> None:
@@ -281,28 +298,24 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
                      baseline=root.to_json(), floor=floor, cost_model=cost_model.to_json())
         all_ids = frozenset(det.anchor_set.ids)
         if search.method == "layerwise":
-            front = layerwise_search(evaluator, root, det.anchor_set, floor=floor,
-                                     max_per_level=search.max_per_level, log=log if progress else None)
+            layerwise_search(evaluator, root, det.anchor_set, floor=floor, max_per_level=search.max_per_level,
+                             log=log if progress else None)
         else:
             moves = anchor_moves(det.anchor_set) if search.method == "greedy" else shared_moves(det.anchor_set)
-            front = tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol,
-                                log=log if progress else None)
+            tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol, log=log if progress else None)
     finally:
         evaluator.close()
-    front_nodes = pareto_front([n for n in front.nodes.values() if n.map >= floor])
-    if finished:
-        _say_reused(run.out_dir, len(evaluator.memo), evaluator.children_scored, log)
-    return _write_outputs(run, state, evaluator, front_nodes, floor)
-
-
-def _say_reused(out_dir: Path, num_evals: int, num_scored: int, log) -> None:
-    """One line for a rerun of a finished search: its result is the stored one (plus what this run scored)."""
-    if num_scored == 0:
-        log(f"reused the finished search in {out_dir}: {num_evals} evaluations from an earlier run with the same "
-            "settings and data, none scored now (remove the folder, or give another `out`, to search anew)")
+    front_nodes = search_front(evaluator, floor)
+    if finished and evaluator.children_scored == 0:
+        log(f"reused the finished search in {run.out_dir}: {evaluator.num_evals} evaluations from an earlier run "
+            "with the same settings and data, none scored now (remove the folder, or give another `out`, to search "
+            "anew)")
     else:
-        log(f"resumed the finished search in {out_dir}: {num_evals - num_scored} evaluations from an earlier run, "
-            f"{num_scored} more scored now ({num_evals} in all)")
+        read = evaluator.num_evals - evaluator.children_scored
+        log(f"evaluated {evaluator.num_evals} subsets (max_evals {search.max_evals}): {evaluator.children_scored} "
+            f"scored in this run" + (f", {read} read from the stored search" if read else "")
+            + f"; front of {plural(len(front_nodes), 'point')}")
+    return _write_outputs(run, state, evaluator, front_nodes, floor)
 
 
 def _cost_fn(cost: str, latency_model):
@@ -356,11 +369,14 @@ def _resume(out_dir: Path, search: SearchOptions, key: str, log) -> tuple[list[N
         )
     finished = bool(stored.get("complete")) and bool(nodes)
     if not finished:
-        log(f"resuming the search in {out_dir}: {len(nodes)} nodes already evaluated")
+        log(f"resuming the search in {out_dir}: {len(nodes)} subsets scored before; max_evals {search.max_evals} "
+            "is the whole search's budget, these included, so the same budget gives the same search")
     return nodes, path, finished
 
 
 def _save_state(path: Path, state: dict, evaluator: Evaluator) -> None:
+    """The search so far, with every node scored (those of a stored search this one has not reached yet
+    included), so an interrupted search loses nothing."""
     if not state:
         return
     write_json(path, {**state, "complete": False, "nodes": [n.to_json() for n in evaluator.memo.values()]})
@@ -381,7 +397,7 @@ def _write_outputs(run: _SearchRun, state: dict, evaluator: Evaluator, front_nod
         if report_scorer is not None:
             entry["report"] = {k: round(v, 6) for k, v in report_scorer.score(node.removed).items()}
         front_json.append(entry)
-    nodes = [n.to_json() for n in evaluator.memo.values()]
+    nodes = [n.to_json() for n in evaluator.nodes.values()]  # this search's: at most max_evals
     result = {**state, "complete": not evaluator.exhausted, "num_evals": len(nodes), "front": front_json,
               "nodes": nodes, "report_ann": str(run.report_ann) if run.report_ann else None,
               "scoring": evaluator.scoring_stats()}

@@ -5,6 +5,11 @@
   parent is taken alone; else a child scoring equal (within ``tol``) is taken
   alone; else the children above the accuracy floor form a local Pareto set,
   and each is offered to the global front; the ones it accepts are expanded.
+  This is the rule of the paper's reference code, and it decides only which
+  nodes are expanded. The front the search reports (:func:`search_front`) is
+  the Pareto front of every subset it evaluated above the floor: a sibling of
+  a better child is not offered to the tree's front, but when nothing
+  evaluated dominates it (cheaper, and accurate enough), it is a front point.
 - ``shared``: the same tree search, but a move removes one anchor position on
   every level, or a whole level: the only keep sets a head shared across
   levels (RetinaNet) can realise.
@@ -34,8 +39,17 @@ def pareto_front(nodes) -> list[Node]:
     return front
 
 
+def search_front(evaluator: Evaluator, floor: float) -> list[Node]:
+    """The front a search reports: the Pareto front of every node it evaluated at or above ``floor``.
+
+    A function of the nodes alone, so a resumed search, which evaluates the same nodes, reports the same
+    front as an uninterrupted one.
+    """
+    return pareto_front([n for n in evaluator.nodes.values() if n.map >= floor])
+
+
 class Front:
-    """The global Pareto front of (mAP up, cost down)."""
+    """The global Pareto front of (mAP up, cost down) that decides which nodes the tree search expands."""
 
     def __init__(self):
         self.nodes: dict[tuple, Node] = {}
@@ -80,8 +94,9 @@ def _children(node: Node, moves, all_ids: frozenset) -> list[tuple]:
 
 
 class EvalRate:
-    """Evaluations per second since the search started, and the time left to ``max_evals`` at that rate.
+    """Nodes scored per second since the search started, and the time left to ``max_evals`` at that rate.
 
+    The rate counts the nodes this run scored (``children_scored``), not those it read from a resumed search.
     The ETA is an upper bound: a search stops earlier when no node is left to expand.
     """
 
@@ -90,11 +105,11 @@ class EvalRate:
 
         self.clock = clock or time.perf_counter
         self.evaluator = evaluator
-        self.start, self.start_evals = self.clock(), evaluator.num_evals
+        self.start, self.start_scored = self.clock(), evaluator.children_scored
 
     def per_second(self) -> float:
         elapsed = self.clock() - self.start
-        done = self.evaluator.num_evals - self.start_evals
+        done = self.evaluator.children_scored - self.start_scored
         return done / elapsed if elapsed > 0 else 0.0
 
     def eta_seconds(self) -> float | None:
@@ -109,7 +124,8 @@ class EvalRate:
 
 
 def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: float, tol: float, log=None) -> Front:
-    """The Pareto tree search from ``root`` (see the module docstring)."""
+    """The Pareto tree search from ``root`` (see the module docstring); the nodes it evaluates are in
+    ``evaluator.nodes``, and :func:`search_front` is the front to report."""
     front = Front()
     front.offer(root)
     queue = deque([root])
