@@ -4,8 +4,8 @@ A checkpoint, a yolov5 checkpoint or an export folder's report.json can come
 from anyone. Their sizes (classes, input side, width and depth multiples,
 anchors) decide how much memory building or running the model takes, so they
 are checked against these bounds before anything is built or allocated. The
-bounds come from what real models need, with room; README.md ("Trust")
-lists them. A value outside them is one line naming the file, the field, the
+bounds come from what real models need, with room; docs/trust.md lists
+them. A value outside them is one line naming the file, the field, the
 value and the bound. No torch: the device path uses these too.
 """
 

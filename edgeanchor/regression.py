@@ -142,6 +142,8 @@ def check_runtime(baseline: dict, runtime: str, precision: str, path) -> None:
 def check_identity(baseline: dict, folder, ann, path) -> None:
     """A baseline of another model or split is a usage error, not a regression; checked before measuring.
 
+    ``ann``: the user's annotation file, or None for the export's own copy of its report split.
+
     Raises:
         EdgeAnchorError: the baseline records no identity, or the first field that differs.
     """
@@ -149,7 +151,7 @@ def check_identity(baseline: dict, folder, ann, path) -> None:
     if not isinstance(stored, dict):
         raise EdgeAnchorError(f"{path} does not record which model and data it measured (an older baseline); "
                               "write one by measuring with `update` set")
-    identity = measured_identity(folder, ann)
+    identity = measured_identity(folder, ann or folder.report_ann)
     for key, value in identity.items():
         if stored.get(key) != value:
             what = "annotation file contents" if key == "ann_sha256" else key

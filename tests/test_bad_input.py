@@ -396,7 +396,8 @@ CASES = [
          "--opset 11 is too old for int8 (per-channel quantization needs 13 or newer); choose --opset 13 or newer"),
     Case("pe-matrix-iters-negative", ["prune-and-export", *VAL, "--matrix-iters", "-1", "--out", "{root}/e"],
          "--matrix-iters must be >= 0 (got -1)"),
-    Case("bench-int8-without-int8-graphs", ["bench", "{root}/exp", "--precision", "int8"],
+    Case("bench-int8-without-int8-graphs", ["bench", "{root}/exp", "--precision", "int8", "--images",
+                                            "{root}/synth/images"],
          "has no int8 graphs (backbone_int8.onnx); re-run prune-and-export with --int8", setup=fake_export(good_report)),
     Case("bench-onnxruntime-f16", ["bench", "{root}/exp", "--precision", "f16"],
          "runtime onnxruntime cannot run the exported graphs in fp16; pass --precision fp32 or int8",
@@ -458,7 +459,8 @@ CASES = [
     Case("pe-tensorrt-without-gpu", ["prune-and-export", *VAL, "--tensorrt", "fp16", "--out", "{root}/e"],
          "TensorRT"),
     # bench on a damaged export
-    Case("bench-truncated-onnx", ["bench", "{root}/exp", "--iters", "1", "--warmup", "0"],
+    Case("bench-truncated-onnx", ["bench", "{root}/exp", "--iters", "1", "--warmup", "0", "--images",
+                                  "{root}/synth/images"],
          "cannot load", setup=fake_export(good_report)),
     Case("bench-not-an-export", ["bench", "{root}/stuff"], "no report.json"),
     Case("bench-newer-export-format", ["bench", "{root}/exp"], "newer than this edgeanchor reads",
@@ -850,3 +852,291 @@ def test_apimisc_ids_are_unique():
     ids = [c.id for c in CASES] + [c.id for c in APIMISC_CASES]
     assert len(set(ids)) == len(ids)
     assert len({row[0] for row in API_MISUSE}) == len(API_MISUSE)
+# =====================================================================================================================
+# Untrusted checkpoints and export folders (issue 24, part 2). Rows of the same contract as CASES: crafted from the
+# shipped demo checkpoints, a yolov5 train.py checkpoint written by tests/test_yolov5_checkpoint.py, and a copy of
+# the session's demo export (conftest's demo_keep_export) at {root}/exp.
+# =====================================================================================================================
+
+def edited_checkpoint(name: str, change, source: str = "demo") -> Callable[[Path], None]:
+    """``{root}/<name>``: the shipped checkpoint ``source`` with ``change`` applied to its contents."""
+    def make(root: Path) -> None:
+        from edgeanchor.models.registry import SHIPPED
+
+        obj = torch.load(SHIPPED[source], map_location="cpu", weights_only=True)
+        change(obj)
+        torch.save(obj, root / name)
+    return make
+
+
+def yolov5_checkpoint(change) -> Callable[[Path], None]:
+    """``{root}/v5.pt``: a yolov5 train.py checkpoint whose model ``change`` alters before it is saved."""
+    def make(root: Path) -> None:
+        from tests.test_yolov5_checkpoint import write_checkpoint
+
+        write_checkpoint(root / "v5.pt", change=change)
+    return make
+
+
+def torch_object_file(root: Path) -> None:
+    """A torch.save of a Python object (pickled by class: the weights-only load refuses it)."""
+    torch.save({"model": torch.nn.Identity()}, root / "objects.pt")
+
+
+def _self_loop(model) -> None:
+    model.model._modules["loop"] = model  # a module tree that contains itself
+
+
+def _v7_yaml_width(model) -> None:
+    from edgeanchor.models.yolov5_arch import V7_LAYOUT
+
+    model.yaml = {**V7_LAYOUT, "nc": 3, "depth_multiple": 0.33, "width_multiple": 4096}
+
+
+CHECKPOINT = ["inspect", "--model", "{root}/bad.pt"]
+V5 = ["inspect", "--model", "{root}/v5.pt"]
+OUTSIDE = "leads outside the export folder"
+
+UNTRUSTED_CHECKPOINT_CASES = [
+    Case("ckpt-empty-as-model", ["inspect", "--model", "{root}/empty.pt"], "empty.pt is empty; give an edgeanchor "
+         "checkpoint", setup=write("empty.pt", b"")),
+    Case("ckpt-empty-as-weights", ["inspect", "--model", "edgeanchor:demo_ssd", "--weights", "{root}/empty.pt"],
+         "empty.pt is empty", setup=write("empty.pt", b"")),
+    Case("ckpt-empty-as-yolo-weights", ["inspect", "--model", "yolov5:n", "--weights", "{root}/empty.pt"],
+         "empty.pt is empty", setup=write("empty.pt", b"")),
+    Case("ckpt-truncated", ["inspect", "--model", "edgeanchor:demo_ssd", "--weights", "{root}/cut.pt"],
+         "not a PyTorch file or it is truncated",
+         setup=lambda r: (r / "cut.pt").write_bytes((r / "model.pt").read_bytes()[:3000])),
+    Case("ckpt-python-objects", ["inspect", "--model", "edgeanchor:demo_ssd", "--weights", "{root}/objects.pt"],
+         "holds Python objects (torch.nn.modules.linear.Identity) that edgeanchor will not unpickle",
+         setup=torch_object_file),
+    Case("ckpt-python-objects-yolo", ["inspect", "--model", "yolov5:n", "--weights", "{root}/objects.pt"],
+         "that edgeanchor will not unpickle", setup=torch_object_file),
+    Case("ckpt-no-arch", CHECKPOINT, "bad.pt: the checkpoint has no 'arch'",
+         setup=edited_checkpoint("bad.pt", lambda o: o.pop("arch"))),
+    Case("ckpt-no-postprocess", CHECKPOINT, "bad.pt: the checkpoint has no 'postprocess'",
+         setup=edited_checkpoint("bad.pt", lambda o: o.pop("postprocess"))),
+    Case("ckpt-no-yolo-layout", CHECKPOINT, "bad.pt: config has no 'yolo_layout'",
+         setup=edited_checkpoint("bad.pt", lambda o: o["config"].pop("yolo_layout"), source="demo-yolo")),
+    Case("ckpt-arch-not-a-string", CHECKPOINT, "bad.pt: arch is 5, but it must be an architecture name",
+         setup=edited_checkpoint("bad.pt", lambda o: o.update(arch=5))),
+    Case("ckpt-arch-unknown", CHECKPOINT, "bad.pt: arch is 'torchvision:nope', but it must be one of",
+         setup=edited_checkpoint("bad.pt", lambda o: o.update(arch="torchvision:nope"))),
+    Case("ckpt-anchors-a-string", CHECKPOINT, "bad.pt: anchors is 'x', but it must be an anchor set",
+         setup=edited_checkpoint("bad.pt", lambda o: o.update(anchors="x"))),
+    Case("ckpt-anchors-a-list", CHECKPOINT, "bad.pt: anchors is [1, 2], but it must be an anchor set",
+         setup=edited_checkpoint("bad.pt", lambda o: o.update(anchors=[1, 2]))),
+    Case("ckpt-anchor-image-side", CHECKPOINT, "anchors.image_size is [200000, 200000], but it must be [height, "
+         "width] in pixels, each from 1 to 16,384",
+         setup=edited_checkpoint("bad.pt", lambda o: o["anchors"].update(image_size=[200000, 200000]))),
+    Case("ckpt-num-classes-a-string", CHECKPOINT, "bad.pt: num_classes is '6', but it must be an integer from 1 "
+         "to 100,000", setup=edited_checkpoint("bad.pt", lambda o: o.update(num_classes="6"))),
+    Case("ckpt-num-classes-million", CHECKPOINT, "bad.pt: num_classes is 1000000, but it must be an integer from 1 "
+         "to 100,000", setup=edited_checkpoint("bad.pt", lambda o: o.update(num_classes=10**6))),
+    # within the bound, but more classes than the file holds weights for: 6 -> 60 classes, found before building
+    Case("ckpt-num-classes-not-in-the-weights", CHECKPOINT, "with num_classes 60 needs a model of 1,793,872 "
+         "parameters, but the file holds only", setup=edited_checkpoint("bad.pt", lambda o: o.update(num_classes=60))),
+    Case("ckpt-yolo-width-multiple", CHECKPOINT, "bad.pt: width_multiple is 4096, but it must be a number above 0.0 "
+         "and at most 4", setup=edited_checkpoint("bad.pt", lambda o: o["config"].update(width_multiple=4096),
+                                                  source="demo-yolo")),
+    Case("ckpt-yolo-depth-multiple-string", CHECKPOINT, "bad.pt: depth_multiple is '1'",
+         setup=edited_checkpoint("bad.pt", lambda o: o["config"].update(depth_multiple="1"), source="demo-yolo")),
+    Case("ckpt-postprocess-unknown-score-fn", CHECKPOINT, "postprocess.score_fn is 'magic', but it must be one of",
+         setup=edited_checkpoint("bad.pt", lambda o: o["postprocess"].update(score_fn="magic"))),
+    Case("ckpt-state-dict-not-tensors", CHECKPOINT, "state_dict['x'] is 'str', but it must be a tensor",
+         setup=edited_checkpoint("bad.pt", lambda o: o["state_dict"].update(x="y"))),
+    Case("ckpt-yolo-weights-edgeanchor-crafted", ["inspect", "--model", "yolov5:n", "--weights", "{root}/bad.pt"],
+         "bad.pt: num_classes is 1000000", setup=edited_checkpoint("bad.pt", lambda o: o.update(num_classes=10**6),
+                                                                   source="demo-yolo")),
+    # yolov5 train.py checkpoints (read by the restricted unpickler)
+    Case("v5-stride-a-string", V5, "v5.pt: Detect.stride is '8,16,32', but it must be 3 positive strides",
+         setup=yolov5_checkpoint(lambda m: setattr(m.detect, "stride", "8,16,32"))),
+    Case("v5-nc-a-string", V5, "v5.pt: Detect.nc is '3', but it must be an integer from 1 to 100,000",
+         setup=yolov5_checkpoint(lambda m: setattr(m.detect, "nc", "3"))),
+    Case("v5-names-mixed-keys", V5, "v5.pt: names is {0: 'a', '1': 'b', 2: 'c'}, but it must be a list of class "
+         "names", setup=yolov5_checkpoint(lambda m: setattr(m, "names", {0: "a", "1": "b", 2: "c"}))),
+    Case("v5-cyclic-module-tree", V5, "v5.pt: module model.loop contains itself (a cycle",
+         setup=yolov5_checkpoint(_self_loop)),
+    Case("v5-cyclic-module-tree-as-weights", ["inspect", "--model", "yolov5:n", "--weights", "{root}/v5.pt"],
+         "contains itself (a cycle", setup=yolov5_checkpoint(_self_loop)),
+    Case("v5-width-multiple-4096", V5, "v5.pt: yaml.width_multiple is 4096, but it must be a number above 0.0 and "
+         "at most 4", setup=yolov5_checkpoint(_v7_yaml_width)),
+]
+
+
+@pytest.mark.parametrize("case", UNTRUSTED_CHECKPOINT_CASES, ids=[c.id for c in UNTRUSTED_CHECKPOINT_CASES])
+def test_untrusted_checkpoint(case, template, tmp_path, capsys, monkeypatch):
+    test_bad_input(case, template, tmp_path, capsys, monkeypatch)
+    err = capsys.readouterr().err  # already checked; torch's own advice and terminal escapes never show
+    assert "weights_only" not in err and "\x1b" not in err
+
+
+def edit_json(name: str, change) -> Callable[[Path], None]:
+    """``change`` applied to ``{root}/exp/<name>`` (the export's report.json or its data/annotations.json)."""
+    def make(root: Path) -> None:
+        path = root / "exp" / name
+        obj = json.loads(path.read_text())
+        change(obj)
+        path.write_text(json.dumps(obj))
+    return make
+
+
+def device(change):
+    return edit_json("report.json", lambda r: change(r["device"]))
+
+
+def symlink_outside(name: str) -> Callable[[Path], None]:
+    """``{root}/exp/<name>`` replaced by a symlink to a copy of it outside the export folder."""
+    def make(root: Path) -> None:
+        inside = root / "exp" / name
+        outside = root / f"outside-{inside.name}"
+        shutil.copyfile(inside, outside)
+        inside.unlink()
+        inside.symlink_to(outside)
+    return make
+
+
+def first_image(root: Path) -> str:
+    return json.loads((root / "exp" / "data" / "annotations.json").read_text())["images"][0]["file_name"]
+
+
+def replace_graph(name: str, by: str) -> Callable[[Path], None]:
+    return lambda root: shutil.copyfile(root / "exp" / by, root / "exp" / name)
+
+
+EVAL = ["evaluate", "--export", "{root}/exp"]
+BENCH = ["bench", "{root}/exp", "--iters", "1", "--warmup", "0"]
+REGRESS = ["regress", "--baseline", "{root}/base.json", "--export", "{root}/exp", "--iters", "1", "--warmup", "0"]
+
+UNTRUSTED_EXPORT_CASES = [
+    Case("export-no-preprocess-image-size", EVAL, "device.preprocess.image_size is None, but it must be [height, width]",
+         setup=device(lambda d: d["preprocess"].pop("image_size"))),
+    Case("export-image-size-200000", BENCH, "report.json: image_size is [200000, 200000], but it must be [height, "
+         "width] in pixels, each from 1 to 16,384",
+         setup=edit_json("report.json", lambda r: r.update(image_size=[200000, 200000]))),
+    Case("export-preprocess-image-size-200000", EVAL, "device.preprocess.image_size is [200000, 200000]",
+         setup=device(lambda d: d["preprocess"].update(image_size=[200000, 200000]))),
+    Case("export-no-model-arch", EVAL, "report.json: device.model has no 'arch'",
+         setup=device(lambda d: d["model"].pop("arch"))),
+    Case("export-num-classes-string", EVAL, "device.model.num_classes is '6'",
+         setup=device(lambda d: d["model"].update(num_classes="6"))),
+    Case("export-label-key-not-int", EVAL, "device.label_to_category is {'one': 1}, but it must be a map of model "
+         "label", setup=device(lambda d: d["label_to_category"].update(one=1))),
+    Case("export-label-value-string", EVAL, "but it must be a map of model label",
+         setup=device(lambda d: d["label_to_category"].update({"1": "cat"}))),
+    Case("export-missing-file-name", EVAL, "annotations.json: images[0] needs an integer 'id' and a 'file_name'",
+         setup=edit_json("data/annotations.json", lambda a: a["images"][0].pop("file_name"))),
+    Case("export-bbox-a-string", EVAL, "annotations[0] (id 1) needs integer 'image_id' and 'category_id' and a "
+         "'bbox' of 4 finite numbers", setup=edit_json("data/annotations.json",
+                                                       lambda a: a["annotations"][0].update(bbox="1 2 3 4"))),
+    Case("export-bbox-a-string-bench", BENCH, "a 'bbox' of 4 finite numbers", setup=edit_json(
+        "data/annotations.json", lambda a: a["annotations"][0].update(bbox="1 2 3 4"))),
+    Case("export-annotations-absolute", EVAL, f"device.annotations '/etc/passwd' {OUTSIDE} (to /etc/passwd)",
+         setup=device(lambda d: d.update(annotations="/etc/passwd"))),
+    Case("export-annotations-dotdot", BENCH, f"device.annotations '../synth/annotations/val.json' {OUTSIDE}",
+         setup=device(lambda d: d.update(annotations="../synth/annotations/val.json"))),
+    Case("export-annotations-dotdot-regress", REGRESS, f"device.annotations '../synth/annotations/val.json' {OUTSIDE}",
+         setup=lambda r: (regress_baseline(lambda b: None)(r),
+                          device(lambda d: d.update(annotations="../synth/annotations/val.json"))(r))),
+    Case("export-images-dotdot", EVAL, f"device.images '../synth/images' {OUTSIDE}",
+         setup=device(lambda d: d.update(images="../synth/images"))),
+    Case("export-images-absolute-bench", BENCH, f"device.images '/etc' {OUTSIDE}",
+         setup=device(lambda d: d.update(images="/etc"))),
+    Case("export-file-name-dotdot", EVAL, "file_name '../../../synth/images/x.jpg' leaves the image folder",
+         setup=edit_json("data/annotations.json",
+                         lambda a: a["images"][0].update(file_name="../../../synth/images/x.jpg"))),
+    Case("export-file-name-absolute-bench", BENCH, "file_name '/etc/hostname' leaves the image folder",
+         setup=edit_json("data/annotations.json", lambda a: a["images"][0].update(file_name="/etc/hostname"))),
+    Case("export-symlinked-model", EVAL, f"model.onnx {OUTSIDE}", setup=symlink_outside("model.onnx")),
+    Case("export-symlinked-head-bench", BENCH, f"head.onnx {OUTSIDE}", setup=symlink_outside("head.onnx")),
+    Case("export-symlinked-report", EVAL, f"report.json {OUTSIDE}", setup=symlink_outside("report.json")),
+    Case("export-symlinked-image", EVAL, OUTSIDE,
+         setup=lambda r: symlink_outside(f"data/images/{first_image(r)}")(r)),
+    # graphs of another model in the folder
+    Case("export-model-without-nms", BENCH, "has 0 NonMaxSuppression nodes, where an edgeanchor end-to-end graph "
+         "has one", setup=replace_graph("model.onnx", by="model_nonms.onnx")),
+    Case("export-head-of-another-model", BENCH, "head.onnx takes features_4, which backbone.onnx beside it does not "
+         "give", setup=replace_graph("head.onnx", by="baseline/head.onnx")),
+    Case("export-postprocess-of-another-model", BENCH, "postprocess.onnx takes cls_4, which head.onnx beside it",
+         setup=replace_graph("postprocess.onnx", by="baseline/postprocess.onnx")),
+    # graphs of another input size than the report says: ONNX Runtime's InvalidArgument, as one line
+    Case("export-graphs-of-another-shape", BENCH, "ONNX Runtime cannot run", setup=lambda r: (
+        edit_json("report.json", lambda rep: rep.update(image_size=[256, 256]))(r),
+        device(lambda d: d["preprocess"].update(image_size=[256, 256]))(r))),
+    Case("export-graphs-of-another-shape-evaluate", EVAL, "the graph does not fit the rest of its export folder",
+         setup=device(lambda d: d["preprocess"].update(image_size=[256, 256]))),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", UNTRUSTED_EXPORT_CASES, ids=[c.id for c in UNTRUSTED_EXPORT_CASES])
+def test_untrusted_export_folder(case, template, demo_keep_export, tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    def setup(root: Path) -> None:
+        shutil.copytree(demo_keep_export.root, root / "exp", symlinks=True)
+        if case.setup:
+            case.setup(root)
+
+    test_bad_input(replace(case, setup=setup), template, tmp_path, capsys, monkeypatch)
+
+
+# The memory cases, as a user meets them: a fresh process under an address-space limit, with a deadline. 4 GiB of
+# address space holds torch with its libraries and a normal run (the first row shows it); without the checks,
+# building a model of 10**6 classes or width 4096 needs far more, and so does a 200000 x 200000 input.
+MEMORY_LIMIT = 4 * 2**30
+MEMORY_CASES = [
+    Case("memory-normal-run-fits", ["inspect", "--model", "{root}/model.pt"], "", code=0),
+    Case("memory-num-classes-million", CHECKPOINT, "num_classes is 1000000",
+         setup=edited_checkpoint("bad.pt", lambda o: o.update(num_classes=10**6))),
+    Case("memory-width-multiple-4096", CHECKPOINT, "width_multiple is 4096",
+         setup=edited_checkpoint("bad.pt", lambda o: o["config"].update(width_multiple=4096), source="demo-yolo")),
+    Case("memory-v5-width-multiple-4096", V5, "width_multiple is 4096", setup=yolov5_checkpoint(_v7_yaml_width)),
+]
+
+
+def _limit_address_space() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_limited(argv: list[str], cwd: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "edgeanchor", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=30, preexec_fn=_limit_address_space)
+
+
+def check_limited(case: Case, root: Path) -> None:
+    before = tree_hashes(root)
+    out = run_limited([a.replace("{root}", str(root)) for a in case.argv], root)
+    assert out.returncode == case.code, out.stderr[-800:]
+    assert "Traceback" not in out.stderr and "MemoryError" not in out.stderr
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == (1 if case.code else 0), out.stderr[-800:]
+    assert not errors or case.expect in errors[0], errors
+    assert tree_hashes(root) == before
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES, ids=[c.id for c in MEMORY_CASES])
+def test_memory_cases_under_an_address_space_limit(case, template, tmp_path):
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    if case.setup:
+        case.setup(root)
+    check_limited(case, root)
+
+
+@pytest.mark.slow
+def test_a_huge_input_size_in_an_export_under_an_address_space_limit(template, demo_keep_export, tmp_path):
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    shutil.copytree(demo_keep_export.root, root / "exp")
+    check_limited(Case("fits", EVAL, "", code=0), root)  # the export itself runs under the limit
+    device(lambda d: d["preprocess"].update(image_size=[200000, 200000]))(root)
+    edit_json("report.json", lambda r: r.update(image_size=[200000, 200000]))(root)
+    check_limited(Case("image-size-200000", EVAL, "image_size is [200000, 200000]"), root)

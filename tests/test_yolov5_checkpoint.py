@@ -27,8 +27,9 @@ def _fake_yolov5_package():
     return {"models": types.ModuleType("models"), "models.common": common, "models.yolo": yolo}, classes, model_cls
 
 
-def write_checkpoint(path, nc=3, names=("a", "b", "c")):
-    """A checkpoint shaped like yolov5 v7.0 train.py's (half-precision ema model, opt, git, date)."""
+def write_checkpoint(path, nc=3, names=("a", "b", "c"), change=None):
+    """A checkpoint shaped like yolov5 v7.0 train.py's (half-precision ema model, opt, git, date); ``change``,
+    a function of the model, alters it before it is saved (crafted checkpoints)."""
     modules, classes, model_cls = _fake_yolov5_package()
     torch.manual_seed(0)
     model = arch.build_yolov5("n", nc=nc)
@@ -47,6 +48,8 @@ def write_checkpoint(path, nc=3, names=("a", "b", "c")):
     ckpt = {"epoch": -1, "best_fitness": np.float64(0.42), "model": None, "ema": model.half(), "updates": 10,
             "optimizer": None, "opt": {"imgsz": 640, "save_dir": "runs/train/exp"}, "git": {"tag": "v7.0"},
             "date": "2026-11-24T00:00:00"}
+    if change is not None:
+        change(model)
     saved = {k: sys.modules.get(k) for k in modules}
     sys.modules.update(modules)
     try:

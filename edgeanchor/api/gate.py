@@ -73,7 +73,7 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         else:
             folder = ExportFolder.open(export or default_export_dir())
         if stored is not None:  # a baseline of another model, split or runtime: refused before measuring
-            core.check_identity(stored, folder, ann or folder.report_ann, baseline)
+            core.check_identity(stored, folder, ann, baseline)
             core.check_runtime(stored, runtime, precision, baseline)
             core.deployed_reference(stored, runtime=runtime, precision=precision,
                                     same_rule_as_pytorch=graphs_use_reported_rule(folder), path=baseline)

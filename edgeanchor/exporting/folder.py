@@ -26,7 +26,9 @@ channel order, layout), the label map (model label -> category id) and the
 model's identity, and ``data/`` holds the report split, so ``bench``,
 ``regress`` and ``evaluate --export`` need no torch, checkpoint or original
 data there. A format-1 folder still opens; what it lacks comes from its
-checkpoints (torch needed) and the recorded data paths.
+checkpoints (torch needed) and from the data the user gives (the paths it
+recorded are named in errors, never read: a folder may come from anyone, and
+everything it names must resolve inside it, see :meth:`ExportFolder.inside`).
 
 :class:`ExportFolder` alone knows these names (and the module functions here, for a graph or an
 engine outside an export folder: :func:`graph_file`, :func:`engine_beside`, :func:`default_build_log`,

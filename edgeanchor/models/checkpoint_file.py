@@ -143,6 +143,12 @@ def check_anchor_json(anchors, path, field: str) -> None:
         if len(boxes) > MAX_ANCHORS_PER_LEVEL:
             raise out_of_bounds(path, f"{where}.anchors", f"{len(boxes):,} anchors",
                                 f"at most {MAX_ANCHORS_PER_LEVEL:,} anchors per level", described=True)
+    from ..anchors import AnchorSet
+
+    try:
+        AnchorSet.from_json(anchors)
+    except EdgeAnchorError as exc:  # its own message, which does not know the file
+        raise EdgeAnchorError(f"{path}: {field}: {exc}") from None
 
 
 def check_rule_json(rule, path, field: str) -> None:

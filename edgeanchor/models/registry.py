@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..anchors import AnchorSet, parse_anchor_file, parse_overanchorized
-from ..errors import EdgeAnchorError
+from ..errors import EdgeAnchorError, first_line
 from ..io import atomic_path, read_json
 from ..limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from ..postprocess import PostprocessRule
@@ -113,7 +113,7 @@ def build_detector(
         return build_yolo(name, num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size)
     if name in SHIPPED or (name not in ARCHS and (name.endswith(".pt") or Path(name).is_file())):
         path = SHIPPED.get(name, Path(name))
-        if path.is_file() and _is_yolov5_pickle(path):
+        if path.is_file() and _is_yolo_pickle(path):
             from .yolo_build import yolo_from_train_checkpoint
 
             if weights is not None:
@@ -172,7 +172,7 @@ def check_image_size(image_size) -> None:
 
 
 def _size_does_not_fit(name: str, image_size, exc: Exception) -> EdgeAnchorError:
-    return EdgeAnchorError(f"`image_size` {list(image_size)} does not fit {name} ({str(exc).splitlines()[0][:120]}); "
+    return EdgeAnchorError(f"`image_size` {list(image_size)} does not fit {name} ({first_line(exc, 120)}); "
                            "choose a larger `image_size`")
 
 
@@ -319,8 +319,9 @@ def is_checkpoint(path) -> bool:
     return True
 
 
-def _is_yolov5_pickle(path) -> bool:
-    """True if ``path`` is a torch zip whose pickle names yolov5's model classes (read, never unpickled).
+def _is_yolo_pickle(path) -> bool:
+    """True if ``path`` is a torch zip whose pickle names yolov5's model classes, or ultralytics' (anchor-free
+    models, which the yolov5 reader refuses in one line); read, never unpickled.
 
     torch.save pickles with protocol 2, where a class is the GLOBAL opcode ``c`` + module + newline;
     strings are length-prefixed, so no path or name stored in a checkpoint of ours can look like this.
@@ -330,7 +331,8 @@ def _is_yolov5_pickle(path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
-            return pkl is not None and b"cmodels.yolo\n" in z.read(pkl)
+            data = z.read(pkl) if pkl is not None else b""
+            return b"cmodels.yolo\n" in data or b"cultralytics." in data
     except (OSError, zipfile.BadZipFile):
         return False
 

@@ -41,12 +41,12 @@ def _infer_size(state: dict) -> str | None:
 def _read_yolo_weights(path) -> dict:
     """{"kind": "edgeanchor" | "yolov5" | "state_dict", ...} read from a weights file."""
     from .checkpoint_file import HoldsObjects, check_checkpoint, read_torch_file
-    from .registry import CHECKPOINT_FORMAT, _is_yolov5_pickle, _state_dict_of
+    from .registry import CHECKPOINT_FORMAT, _is_yolo_pickle, _state_dict_of
 
     try:
         obj = read_torch_file(path)
     except HoldsObjects:
-        if not _is_yolov5_pickle(path):
+        if not _is_yolo_pickle(path):
             raise
         from .yolov5_checkpoint import read_yolov5_checkpoint  # a train.py pickle: yolov5 classes inside
 

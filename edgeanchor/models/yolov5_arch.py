@@ -23,7 +23,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..errors import EdgeAnchorError
+from ..errors import EdgeAnchorError, first_line
 
 # n/s/m/l/x: (depth_multiple, width_multiple) of the v7.0 release.
 SIZES = {"n": (0.33, 0.25), "s": (0.33, 0.50), "m": (0.67, 0.75), "l": (1.0, 1.0), "x": (1.33, 1.25)}
@@ -303,7 +303,7 @@ def layout_for(size_or_yaml: str) -> tuple[dict, float, float]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise EdgeAnchorError(f"cannot read model definition {path} ({str(exc).splitlines()[0][:100]})") from None
+        raise EdgeAnchorError(f"cannot read model definition {path} ({first_line(exc, 100)})") from None
     if not isinstance(doc, dict) or not {"backbone", "head", "anchors"} <= set(doc):
         raise EdgeAnchorError(f"{path} is not a yolov5 model definition (needs anchors, backbone and head)")
     from .model_size import check_layout

@@ -77,6 +77,13 @@ class GraphRunner:
     def __init__(self, graphs: dict[str, Graph]):
         """``graphs``: stage -> the opened graph, for the stages in ``STAGES``."""
         self.graphs = graphs
+        for stage, before in (("head", "backbone"), ("postprocess", "head")):  # checked before anything is timed
+            takes, given = getattr(graphs[stage], "input_names", None), getattr(graphs[before], "output_names", None)
+            missing = [n for n in takes or () if given is not None and n not in given]
+            if missing:
+                raise EdgeAnchorError(
+                    f"{graphs[stage].path} takes {missing[0]}, which {graphs[before].path.name} beside it does not "
+                    "give: the graphs are not from one export; re-run prune-and-export to write the folder anew")
         self.settings = {**self.graphs["backbone"].settings,
                          "graphs": {s: Path(g.path).name for s, g in self.graphs.items()}}
 
