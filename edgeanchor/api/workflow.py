@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None, *, metric: str = "coco",
              backend: str = "faster", batch_size: int = 16, device: str = "cpu", progress: bool = True,
              detections: str | os.PathLike | None = None, overwrite: bool = False, runtime: str | None = None,
-             precision: str = "fp32", variant: str = "pruned", threads: int = 0) -> dict[str, Any]:
+             precision: str = "fp32", variant: str = "pruned", threads: int = 0,
+             pseudo_thresh: float | None = None) -> dict[str, Any]:
     """Box mAP of a detector in PyTorch, or of an export folder's deployed graph in a runtime.
 
     Args:
@@ -51,6 +52,9 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         precision: an export's precision in that runtime ("fp32", "bf16", "fp16", "int8"; also "f32", "f16").
         variant: an export's "pruned" (default) or "baseline" model.
         threads: intra-op threads of the runtime (0: its default).
+        pseudo_thresh: an unlabelled split (an image folder without annotations, or a video) is scored against
+            ``det``'s own detections with at least this score (default: its deploy threshold, YOLO 0.25, else
+            0.5): the model's fidelity to itself, the baseline a pruned model's fidelity is compared with.
 
     Returns:
         COCO: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ... ``AR_large``; VOC: ``mAP`` and ``AP_per_class``
@@ -81,10 +85,14 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
     from ..datasets.coco import CocoDetection
     from ..evaluation.coco_map import coco_map
     from ..evaluation.predict import predict
+    from ..evaluation.pseudo import check_pseudo_thresh
     from ..io import read_json, write_json
 
     check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
-    split = as_data(data)
+    message = check_pseudo_thresh(pseudo_thresh)
+    if message:
+        raise EdgeAnchorError(message)
+    split = as_data(data).with_reference(det, pseudo_thresh, progress=progress)
     if detections:  # never over the split's own files
         check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
     dataset = CocoDetection.for_detector(det, split.images, split.ann)
@@ -103,7 +111,8 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
                    "AP_per_class": {names[k]: v for k, v in result["AP"].items()}}
     if detections:
         write_json(detections, dets)
-    return {**metrics, "num_images": len(dataset), "num_detections": len(dets)}
+    reference = {"reference": "pseudo-labels"} if split.source == "pseudo" else {}
+    return {**metrics, "num_images": len(dataset), "num_detections": len(dets), **reference}
 
 
 def _evaluate_export(export, data, *, metric, backend, batch_size, device, detections, runtime, precision, variant,
@@ -178,7 +187,8 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
            max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4, max_per_level: int = 1,
            max_evals: int = 3000, workers: int = 2, executor: str = "processes", ray_address: str | None = None,
            backend: str = "faster", report: Any = None, out: str | os.PathLike | None = None,
-           cache: str | os.PathLike | None = None, latency_model: Any = None, progress: bool = True) -> SearchResult:
+           cache: str | os.PathLike | None = None, latency_model: Any = None, pseudo_thresh: float | None = None,
+           progress: bool = True) -> SearchResult:
     """Search anchor subsets of ``det`` for the Pareto front of mAP against cost.
 
     The model runs once over the split, keeping every candidate above its score threshold; each subset
@@ -205,17 +215,25 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         out: the search folder (default: one under the cache root keyed by the candidates and settings).
         cache: the candidate cache file (default: a keyed file under the cache root).
         latency_model: for cost "latency": a LatencyModel or its JSON path.
+        pseudo_thresh: an unlabelled split (an image folder without annotations, or a video): ``det``'s own
+            detections with at least this score are the reference (default: its deploy threshold, YOLO 0.25,
+            else 0.5), and mAP is fidelity, agreement with ``det``, not accuracy.
         progress: show progress bars.
 
     Returns:
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
-        point are in ``out``.
+        point are in ``out`` (and, label-free, the reference as ``reference.json``).
     """
     from ..subset_search.run import resolve_method
 
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
                                  executor=executor, ray_address=ray_address, backend=backend, out=out)
+    from ..evaluation.pseudo import check_pseudo_thresh
+
+    message = check_pseudo_thresh(pseudo_thresh)
+    if message:
+        raise EdgeAnchorError(message)
     spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)
@@ -223,20 +241,28 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         raise EdgeAnchorError(f"the report split's images ({report_split.images}) are not in the searched split's "
                               f"folder ({split.images}); give a report annotation file over the same images")
     return search_checked(det, split, spec, report=report_split, out=out, cache=cache, latency_model=latency_model,
-                          progress=progress)
+                          pseudo_thresh=pseudo_thresh, progress=progress)
 
 
 def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None = None,
                    out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
-                   latency_model: Any = None, progress: bool = True) -> SearchResult:
+                   latency_model: Any = None, pseudo_thresh: float | None = None,
+                   progress: bool = True) -> SearchResult:
     """:func:`search` with settings already checked and the method resolved (``spec``: a SearchOptions).
 
     The split is read once (:meth:`Data.dataset`); the candidate cache is loaded once; the search folder
-    defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`).
+    defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`). An
+    unlabelled split is scored against ``det``'s pseudo-labels (:meth:`Data.with_reference`), whose file
+    is in the annotations the cache and the search folder are keyed by.
     """
+    import shutil
+
     from ..io import log
     from ..subset_search.run import run_search
 
+    split = split.with_reference(det, pseudo_thresh, progress=progress)
+    if report is not None:
+        report = report.with_reference(det, pseudo_thresh, progress=progress)
     dataset = split.dataset(det)
     dataset.require_objects("search on")
     loaded, cache_path = _load_cache(det, dataset, cache, progress)
@@ -248,7 +274,12 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
     result = run_search(det, split.images, split.ann, out, spec, report_ann=report.ann if report else None,
                         cache_path=cache_path, cache=loaded, latency_model=latency_model, progress=progress,
                         dataset=dataset, checked=True)
+    if split.source == "pseudo":
+        shutil.copyfile(split.ann, Path(out) / REFERENCE_FILE)
     return SearchResult(result, det.anchor_set.ids, Path(out))
+
+
+REFERENCE_FILE = "reference.json"  # a label-free search's pseudo-labels, in its folder
 
 
 def check_search_settings(*, method: str | None = None, cost: str = "head_macs", metric: str = "coco",

@@ -40,9 +40,12 @@ def run(args) -> int:
         print_json(report)
         return 0
     print(summary_table(report))
+    label_free = report.get("reference") == "pseudo-labels"
     print(f"wrote {report['out']} in {report['seconds']['total']:.0f}s: head MACs x"
-          f"{report['cost']['pruned']['head_macs'] / report['cost']['baseline']['head_macs']:.3f}, mAP "
-          f"{report['mAP']['baseline']:.4f} -> {report['mAP']['pruned']:.4f}, parity "
+          f"{report['cost']['pruned']['head_macs'] / report['cost']['baseline']['head_macs']:.3f}, "
+          f"{'fidelity mAP' if label_free else 'mAP'} "
+          f"{report['mAP']['baseline']:.4f} -> {report['mAP']['pruned']:.4f}"
+          f"{' (label-free: agreement with the unpruned model, not accuracy)' if label_free else ''}, parity "
           f"{'passed' if report['export']['pruned']['parity']['passed'] else 'FAILED'}")
     return 0
 
@@ -51,7 +54,14 @@ def summary_table(report: Mapping[str, Any]) -> str:
     from ..io import format_table
 
     base, pr, maps = report["cost"]["baseline"], report["cost"]["pruned"], report["mAP"]
-    rows = [["mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
+    label_free = report.get("reference") == "pseudo-labels"
+    rows = [["fidelity mAP" if label_free else "mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
+    if "fidelity" in report:
+        rows.append(["fidelity mAP", round(report["fidelity"]["baseline"], 4), round(report["fidelity"]["pruned"], 4)])
+    for key, iou in (("recall50", "0.5"), ("recall75", "0.75")):
+        if report.get("pseudo_labels"):
+            recall = report["pseudo_labels"]["recall"]
+            rows.append([f"reference recall@{iou}", recall["baseline"][key], recall["pruned"][key]])
     if "finetuned" in maps:
         rows.append(["mAP fine-tuned", "", round(maps["finetuned"], 4)])
     if "int8" in report:
