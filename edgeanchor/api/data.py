@@ -204,11 +204,15 @@ def _unlabelled_or_video(images: Any, ann: Any) -> bool:
 
 
 def _resolve(images, ann, split, frame_step=None, max_frames=None) -> Split:
+    from ..datasets.unlabelled import is_video
+
+    if (frame_step is not None or max_frames is not None) and not (images is not None and is_video(images)):
+        raise EdgeAnchorError("`frame_step` and `max_frames` apply to a video; drop them, or give `data` as a video "
+                              "file")
     if images is None or str(images) == DEMO:
         if ann is not None:
             raise EdgeAnchorError(BOTH)
         return demo_data(split or "val")
-    from ..datasets.unlabelled import is_video
     from ..datasets.voc import is_voc_data
     from ..datasets.yolo import is_yolo_yaml
 
@@ -217,8 +221,6 @@ def _resolve(images, ann, split, frame_step=None, max_frames=None) -> Split:
             raise EdgeAnchorError("a video has no annotations or splits: drop `ann` and `split` (it is searched "
                                   "label-free), or give its frames as an image folder with `ann`")
         return video_data(images, frame_step, max_frames)
-    if frame_step is not None or max_frames is not None:
-        raise EdgeAnchorError("`frame_step` and `max_frames` apply to a video; drop them for other data")
     if ann is None and is_voc_data(images):
         return voc_data(images, split)
     if is_yolo_yaml(images):
@@ -405,6 +407,9 @@ def train_roles(data: Any, ann: str | os.PathLike | None, val_ann: str | os.Path
         names: list[str | None] = [train_split, *(["val"] if with_val else [])] if devkit else [split]
         return _train_roles("voc", data, names)
     if not (data and is_yolo_yaml(data)):
+        if not ann and _unlabelled_or_video(data, ann):
+            raise EdgeAnchorError(f"training needs labels, and {data} has none (an unlabelled folder or a video is "
+                                  "only searched label-free): give `ann`, a COCO file of its images")
         if not ann:
             raise EdgeAnchorError("give the training annotations as `ann` (a COCO file of the training images), "
                                   "or data as a DATA.yaml")

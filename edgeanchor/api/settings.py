@@ -279,10 +279,10 @@ class SearchCommandSettings(LabelFreeSettings, SearchSettings, _SearchOwn, Model
 
     def data_kwargs(self) -> dict:
         """:func:`edgeanchor.data`'s arguments of the searched split (the demo's: val)."""
+        frames = {"frame_step": self.frame_step, "max_frames": self.max_frames}  # a video's (refused for others)
         if not self.data and not self.ann:
-            return {"images": "demo", "ann": None, "split": "val"}
-        return {"images": self.data, "ann": self.ann, "split": None if self.ann else self.split,
-                "frame_step": self.frame_step, "max_frames": self.max_frames}
+            return {"images": "demo", "ann": None, "split": "val", **frames}
+        return {"images": self.data, "ann": self.ann, "split": None if self.ann else self.split, **frames}
 
     def report(self) -> str | None:
         """The report split: ``report_ann``, or for the demo its test split."""
