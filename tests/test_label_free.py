@@ -125,6 +125,17 @@ def test_label_free_search_on_a_video_gives_the_front_of_its_frames_as_a_folder(
     assert fronts[0] == fronts[1]
 
 
+def test_search_command_says_once_that_it_is_label_free(frames, tmp_path, capsys):
+    _, video, _ = frames
+    argv = ["search", "--data", str(video), "--frame-step", "1", "--pseudo-thresh", "0.3", "--max-evals", "3",
+            "--workers", "1", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if line.startswith("label-free:")]
+    assert len(said) == 1 and "score >= 0.3" in said[0] and "not accuracy" in said[0]
+    assert "fidelity mAP" in captured.out and "label-free: agreement with the unpruned model" in captured.out
+
+
 def _no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the input was checked")

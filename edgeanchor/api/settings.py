@@ -46,8 +46,9 @@ PathArg = str | os.PathLike[str]  # a path setting: the flag gives a str, the AP
 
 MODEL_NAMES = ("demo, demo-yolo, demo-over, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
                "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml")
-DATA_HELP = ("image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit year folder, or images with XML beside "
-             "them) (default: the demo's synthetic data)")
+DATA_HELP = ("image folder (without --ann: unlabelled, searched label-free), a video file (label-free), a YOLO "
+             "DATA.yaml, or Pascal VOC (a VOCdevkit year folder, or images with XML beside them) (default: the "
+             "demo's synthetic data)")
 SPLIT_HELP = ("with --data DATA.yaml (a YOLO data set) or --data VOCdevkit/VOC2007 (Pascal VOC: "
               "ImageSets/Main/SPLIT.txt): the split to use (default {default})")
 
@@ -269,7 +270,7 @@ class SearchCommandSettings(LabelFreeSettings, SearchSettings, _SearchOwn, Model
         from .workflow import check_search_settings
 
         check_fields(LabelFreeSettings(self.pseudo_thresh, self.frame_step, self.max_frames))
-        check_search_settings(out=self.out, **self.search_kwargs())
+        check_search_settings(out=self.out, **{k: v for k, v in self.search_kwargs().items() if k != "pseudo_thresh"})
 
     def search_kwargs(self) -> dict:
         """:func:`edgeanchor.search`'s search keywords (``max_drop`` defaults there)."""

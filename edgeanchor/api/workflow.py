@@ -276,6 +276,8 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
                         dataset=dataset, checked=True)
     if split.source == "pseudo":
         shutil.copyfile(split.ann, Path(out) / REFERENCE_FILE)
+    else:  # a folder searched label-free before, now on labels
+        (Path(out) / REFERENCE_FILE).unlink(missing_ok=True)
     return SearchResult(result, det.anchor_set.ids, Path(out))
 
 
