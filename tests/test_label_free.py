@@ -200,3 +200,41 @@ def test_label_free_settings_are_the_api_keywords():
         params = inspect.signature(fn).parameters
         assert {n: params[n].default for n in names} == {n: defaults[n] for n in names}
     assert set(defaults) <= set(inspect.signature(ea.prune_and_export).parameters)
+
+
+def test_a_labelled_report_split_of_a_label_free_search_reports_both(split, demo):
+    """report.json's reference entries: labels (mAP) and, as the search was label-free, fidelity beside it."""
+    from edgeanchor.evaluation.coco_map import coco_map
+    from edgeanchor.evaluation.predict import predict
+    from edgeanchor.evaluation.pseudo import pseudo_labels
+    from edgeanchor.pipeline import reference_json
+
+    images, anns = split
+    report_set = ea.data(images, anns["test"]).dataset(demo)
+    pruned = ea.prune(demo, remove=[a.id for a in demo.anchor_set.levels[0].anchors])
+    assert reference_json(demo, pruned, report_set, pseudo_thresh=None, metric="coco", progress=False) == {
+        "reference": "labels"}
+    got = reference_json(demo, pruned, report_set, pseudo_thresh=0.3, metric="coco", progress=False)
+    assert got["reference"] == "labels" and got["pseudo_labels"]["pseudo_thresh"] == 0.3
+    assert got["pseudo_labels"]["num_images"] == len(report_set)
+    # the unpruned model's detections above 0.3 are the reference: each matches its own box (IoU 1) and they
+    # outrank every detection below 0.3, so precision is 1 at every recall: fidelity 1, recall 1
+    assert got["fidelity"]["baseline"] == 1.0
+    assert got["pseudo_labels"]["recall"]["baseline"] == {"recall50": 1.0, "recall75": 1.0}
+    reference, _ = pseudo_labels(demo, images, anns["test"], 0.3, progress=False)  # the file it scored against
+    dets = predict(pruned, report_set, progress=False)
+    want = coco_map(reference, dets, backend="pycocotools")["mAP"]
+    assert got["fidelity"]["pruned"] == pytest.approx(want, abs=1e-12) and want < 1.0
+
+
+def test_regress_names_its_map_rows_fidelity_on_a_label_free_export():
+    from edgeanchor.regression import GATED_STAGES, compare
+
+    stages = {s: 1.0 for s in GATED_STAGES}
+    deployed = {"runtime": "onnxruntime", "precision": "fp32", "graph": "model.onnx", "mAP": 0.98}
+    measured = {"mAP": 0.99, "latency_ratios": stages, "head_channels": [], "deployed_mAP": deployed}
+    baseline = {"mAP": 1.0, "latency_ratios": stages, "head_channels": [], "deployed_mAP": {**deployed, "mAP": 0.985}}
+    for reference, word in (("pseudo-labels", "fidelity mAP"), ("labels", "mAP")):
+        rows = compare({**measured, "reference": reference}, baseline, map_tol=0.01, latency_tol=0.1)
+        assert [r["metric"] for r in rows if "mAP" in r["metric"]] == [
+            f"{word} (PyTorch)", f"{word} deployed (model.onnx, onnxruntime fp32)"]

@@ -84,6 +84,9 @@ class Data:
         """
         from ..datasets.coco import CocoDetection
 
+        if not self.labelled:
+            raise EdgeAnchorError(f"{self.resolve().origin} has no labels: fine-tuning and training need them (give "
+                                  "`ann`); search, evaluate and export score it against pseudo-labels")
         key = (tuple(det.image_size), det.resize_mode, det.num_classes, det.first_label, train)
         if key not in self._datasets:
             self._datasets[key] = CocoDetection.for_detector(det, self.images, self.ann, train=train)

@@ -100,6 +100,8 @@ def export_checked(pruned: Detector, out: str | os.PathLike, *, baseline: Detect
             f"the pruned model ({pruned.arch}, {pruned.num_classes} classes) is not a pruned "
             f"{baseline.arch} with {baseline.num_classes} classes; give its unpruned reference"
         )
+    report = report.with_reference(baseline, progress=progress, log=log)  # unlabelled: the baseline's pseudo-labels
+    calib = calib.with_reference(baseline, progress=progress, log=log) if calib is not None else None
     inputs = [report.images, report.ann, *((calib.images, calib.ann) if calib is not None else ())]
     with ExportFolder.build(out, overwrite=overwrite, inputs=inputs) as folder:
         written = write_export_folder(folder, baseline, pruned, settings=settings, report_data=report,
@@ -279,7 +281,8 @@ def _prune_and_export(s: Any) -> ExportFolder:
         # 4. the export step: measure, export, check, report
         report = write_export_folder(folder, det, tuned if tuned is not None else pruned, settings=settings,
                                      report_data=report_split, calib_data=search_split, model_name=s.model,
-                                     out=out, chosen=chosen, search_ann=search_split.ann, pseudo_thresh=thresh,
+                                     out=out, chosen=chosen, search_ann=search_split.ann,
+                                     pseudo_thresh=thresh if search_split.source == "pseudo" else None,
                                      finetuned_from=pruned if tuned is not None else None, seconds=seconds,
                                      progress=s.progress)
     return ExportFolder(out, report)  # the report written (and validated) by the export step
