@@ -64,6 +64,9 @@ class Data:
         self._resolver = resolver
         self._datasets: dict = {}
         self._references: dict = {}  # (model digest, threshold) -> the pseudo-labelled split
+        if resolved is None and resolver is None and (
+                _unlabelled_or_video(images, ann) or frame_step is not None or max_frames is not None):
+            self.resolve()  # listed (a video decoded) now: an empty folder or a bad video fails before model work
 
     def resolve(self) -> Split:
         """The split's paths (converting or generating the data set now if needed).
@@ -112,8 +115,11 @@ class Data:
 
     @property
     def labelled(self) -> bool:
-        """False for an unlabelled image folder or a video (see :meth:`with_reference`)."""
-        return self.resolve().labelled
+        """False for an unlabelled image folder or a video (see :meth:`with_reference`).
+
+        Those are resolved when made, so a split not resolved yet is labelled (and is not read here).
+        """
+        return self._split is None or self._split.labelled
 
     def with_reference(self, det: Any, pseudo_thresh: float | None = None, *, progress: bool = True,
                        log: Callable[[str], None] | None = None) -> Data:
@@ -188,10 +194,7 @@ def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str
         return images if split is None else images.other_split(split)
     if hasattr(images, "ann_file") and hasattr(images, "image_dir"):  # a CocoDetection
         return Data(resolved=Split(str(images.image_dir), str(images.ann_file)))
-    split_data = Data(images, ann, split=split, frame_step=frame_step, max_frames=max_frames)
-    if _unlabelled_or_video(images, ann) or frame_step is not None or max_frames is not None:
-        split_data.resolve()  # listed (a video decoded) now: an empty folder or a bad video fails before model work
-    return split_data
+    return Data(images, ann, split=split, frame_step=frame_step, max_frames=max_frames)
 
 
 data_of = data  # for roles(), whose ``data`` parameter shadows the function
