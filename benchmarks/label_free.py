@@ -118,8 +118,9 @@ def main(argv=None) -> int:
                         help="also search label-free with these looser floors")
     parser.add_argument("--out", default="benchmarks/results/label_free.json")
     args = parser.parse_args(argv)
-    result = {"benchmark": "label_free", "command": "python benchmarks/label_free.py " + " ".join(
-        f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(map(str, v))}" for k, v in vars(args).items()),
+    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in vars(args).items())
+    result = {"benchmark": "label_free", "command": "python benchmarks/label_free.py " + flags,
         "max_drop": args.max_drop, "max_evals": args.max_evals,
         "models": []}
     with tempfile.TemporaryDirectory(prefix="label-free-bench-") as tmp:
