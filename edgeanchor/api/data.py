@@ -197,9 +197,6 @@ def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str
     return Data(images, ann, split=split, frame_step=frame_step, max_frames=max_frames)
 
 
-data_of = data  # for roles(), whose ``data`` parameter shadows the function
-
-
 def _unlabelled_or_video(images: Any, ann: Any) -> bool:
     from ..datasets.unlabelled import is_video
     from ..datasets.voc import is_voc_data
@@ -343,7 +340,7 @@ def roles(data: Any = None, ann: str | os.PathLike | None = None, *, split: str 
             raise EdgeAnchorError("`report_ann` and `train_ann` are not used with Pascal VOC data (its splits are "
                                   "in ImageSets/Main); choose the search split with `split`")
         return _dataset_roles("voc", data, split)
-    search = data_of(data, ann, split=split, frame_step=frame_step, max_frames=max_frames)
+    search = as_split(data, ann, split, frame_step=frame_step, max_frames=max_frames)
     fine_tune = search.with_ann(train_ann) if train_ann else None
     return Roles(search, search.with_ann(report_ann) if report_ann else search, fine_tune)
 
@@ -353,9 +350,10 @@ def data_or_demo(split: str) -> Data:
     return Data(DEMO, split=split)
 
 
-def as_split(images: Any, ann: Any, split: str | None) -> Data:
+def as_split(images: Any, ann: Any, split: str | None, *, frame_step: int | None = None,
+             max_frames: int | None = None) -> Data:
     """:func:`data` under another name, for :func:`roles`, whose ``data`` parameter shadows the function."""
-    return data(images, ann, split=split)
+    return data(images, ann, split=split, frame_step=frame_step, max_frames=max_frames)
 
 
 def _dataset_roles(kind: str, path: Any, split: str | None) -> Roles:
