@@ -116,7 +116,8 @@ def search_dir(key: str, search) -> Path:
 def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: ExportOptions, report_data,
                         calib_data=None, model_name: str, out, chosen: dict | None = None,
                         search_ann: str | None = None, search_split: str | None = None, finetuned_from=None,
-                        seconds: dict | None = None, progress: bool = True, log=log) -> Report:
+                        seconds: dict | None = None, pseudo_thresh: float | None = None, progress: bool = True,
+                        log=log) -> Report:
     """Write both variants, measure and check them, and write the report; returns the report.
 
     Args:
@@ -132,6 +133,8 @@ def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: Exp
         finetuned_from: the pruned detector before fine-tuning, when ``pruned`` is fine-tuned: its mAP is
             reported as ``pruned`` and ``pruned``'s as ``finetuned``.
         seconds: timings of earlier steps (search, finetune), merged into the report's ``seconds``.
+        pseudo_thresh: the threshold of a label-free search's pseudo-labels (None: the search had labels); with
+            labels on the report split, the report adds the variants' fidelity against pseudo-labels at it.
 
     Raises:
         CheckFailed: a runtime does not match PyTorch.
@@ -148,6 +151,8 @@ def write_export_folder(folder: ExportFolder, baseline, pruned, *, settings: Exp
     report["mAP"] = report_maps(baseline, pruned, report_set, metric=settings.metric, finetuned_from=finetuned_from,
                                 progress=progress, log=log)
     report["mAP_as_deployed"] = _map_as_deployed(baseline, pruned, settings, report_set, report["mAP"])
+    report.update(cast(Report, reference_json(baseline, pruned, report_set, pseudo_thresh=pseudo_thresh,
+                                              metric=settings.metric, progress=progress, log=log)))
     timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - t
     folder.write_variant("pruned", pruned, meta={"pruned_from": model_name, "kept_ids": sorted(pruned.anchor_set.ids)})
     folder.write_variant("baseline", baseline, meta={"model": model_name})
@@ -206,6 +211,38 @@ def report_maps(baseline, pruned, report_set, *, metric: str = "coco", finetuned
     if finetuned_from is not None:
         maps["finetuned"] = _map(report_set.coco_json, predict(pruned, report_set, progress=False), metric)
     return maps
+
+
+def reference_json(baseline, pruned, report_set, *, pseudo_thresh: float | None, metric: str, progress: bool,
+                   log=log) -> dict:
+    """What the report's mAPs were measured against: ``reference`` ("labels" or "pseudo-labels") and, label-free,
+    ``pseudo_labels`` (threshold, reference boxes, and each variant's recall of them at IoU 0.5 and 0.75).
+
+    With labels on the report split and a label-free search (``pseudo_thresh`` given), the report split is
+    also pseudo-labelled at that threshold and ``fidelity`` holds both variants' mAP against that reference.
+    """
+    from .datasets.coco import CocoDetection
+    from .evaluation.coco_map import coco_recall
+    from .evaluation.pseudo import REFERENCE, pseudo_labels, reference_info
+
+    info = reference_info(report_set.coco_json)
+    if info is None and pseudo_thresh is None:
+        return {"reference": "labels"}
+    out: dict = {"reference": REFERENCE if info is not None else "labels"}
+    ref_set = report_set
+    if info is None:  # labels here, a label-free search: also measure fidelity on these images
+        assert pseudo_thresh is not None, "checked above"
+        ann, info = pseudo_labels(baseline, str(report_set.image_dir), str(report_set.ann_file), pseudo_thresh,
+                                  progress=progress)
+        ref_set = CocoDetection.for_detector(baseline, report_set.image_dir, ann)
+        out["fidelity"] = report_maps(baseline, pruned, ref_set, metric=metric, progress=progress, log=log)
+    recall = {name: {k: round(v, 6) for k, v in coco_recall(ref_set.coco_json,
+                                                             predict(model, ref_set, progress=False)).items()}
+              for name, model in (("baseline", baseline), ("pruned", pruned))}
+    out["pseudo_labels"] = {"pseudo_thresh": info["pseudo_thresh"], "num_boxes": info["num_boxes"],
+                            "num_images": info["num_images"], "recall": recall,
+                            "meaning": "agreement with the unpruned model on unlabelled images, not accuracy"}
+    return out
 
 
 def is_slice_of(baseline, model) -> bool:

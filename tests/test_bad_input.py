@@ -278,8 +278,8 @@ CASES = [
     Case("coco-binary-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/binary.bin"], "not a text file"),
     Case("coco-ann-is-a-folder", ["evaluate", "--model", "demo", *D, "--ann", "{root}/stuff"], "is a folder"),
     Case("coco-missing-ann", ["evaluate", "--model", "demo", *D, "--ann", "{root}/nope.json"], "does not exist"),
-    Case("coco-only-data", ["evaluate", "--model", "demo", *D], "has no annotations: give its COCO annotation "
-                                                               "file with it (--ann"),
+    Case("unlabelled-folder-without-images", ["evaluate", "--model", "demo", "--data", "{root}/synth/annotations"],
+         "holds no images"),  # a folder without --ann is searched label-free: it needs images
     # Pascal VOC data (a VOCdevkit folder, or images with XML beside them)
     Case("voc-malformed-xml", ["evaluate", "--model", "demo", "--data", "{root}/voc"],
          "a.xml:4: malformed XML", setup=voc({"Annotations/a.xml": "<annotation>\n<object>\n<name>coin</name>\n"

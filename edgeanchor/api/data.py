@@ -18,6 +18,7 @@ from ..errors import EdgeAnchorError
 from ..settings import typechecked
 
 DEMO = "demo"
+UNLABELLED = ("unlabelled", "video")
 BOTH = ("give both `data` and `ann` (or `data` as a YOLO data.yaml, or `data` as a Pascal VOC folder: a VOCdevkit "
         "folder or images with XML beside them), or neither to use the demo's synthetic data")
 
@@ -31,8 +32,10 @@ class Split:
         ann: the split's COCO annotation file (boxes ``[x, y, w, h]`` in image pixels, as COCO has them).
         split: the split's name (train, val, test, trainval) for a YOLO data set, a VOCdevkit or the demo;
             None for a COCO file or a plain VOC folder.
-        source: "coco", "yolo", "voc" or "demo".
-        origin: the YOLO ``data.yaml`` or the VOC folder the split came from (None otherwise).
+        source: "coco", "yolo", "voc", "demo"; "unlabelled" (an image folder without annotations: ``ann`` lists
+            its images only) or "video" (its frames, decoded into a folder under the cache root); "pseudo"
+            (such a split with the unpruned model's detections as its annotations).
+        origin: the YOLO ``data.yaml``, the VOC folder, the image folder or the video the split came from.
     """
 
     images: str
@@ -41,21 +44,32 @@ class Split:
     source: str = "coco"
     origin: str | None = None
 
+    @property
+    def labelled(self) -> bool:
+        """False for an image folder or video without annotations (searched against pseudo-labels)."""
+        return self.source not in UNLABELLED
+
 
 class Data:
     """One split of a detection data set, resolved on first use.
 
     Nothing is read, converted or generated until a step needs the split (or :attr:`images` / :attr:`ann`
-    is read), so the steps check their settings first; a mistake in the data is raised then.
+    is read), so the steps check their settings first; a mistake in the data is raised then. An unlabelled
+    folder or a video is the exception: :func:`data` lists it (decodes it) at once, which needs no model.
     """
 
     @typechecked
     def __init__(self, images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
-                 resolved: Split | None = None, resolver: Callable[[], Split] | None = None):
-        self._args = (images, ann, split)
+                 resolved: Split | None = None, resolver: Callable[[], Split] | None = None,
+                 frame_step: int | None = None, max_frames: int | None = None):
+        self._args = (images, ann, split, frame_step, max_frames)
         self._split = resolved
         self._resolver = resolver
         self._datasets: dict = {}
+        self._references: dict = {}  # (model digest, threshold) -> the pseudo-labelled split
+        if resolved is None and resolver is None and (
+                _unlabelled_or_video(images, ann) or frame_step is not None or max_frames is not None):
+            self.resolve()  # listed (a video decoded) now: an empty folder or a bad video fails before model work
 
     def resolve(self) -> Split:
         """The split's paths (converting or generating the data set now if needed).
@@ -76,6 +90,9 @@ class Data:
         """
         from ..datasets.coco import CocoDetection
 
+        if not self.labelled:
+            raise EdgeAnchorError(f"{self.resolve().origin} has no labels: fine-tuning and training need them (give "
+                                  "`ann`); search, evaluate and export score it against pseudo-labels")
         key = (tuple(det.image_size), det.resize_mode, det.num_classes, det.first_label, train)
         if key not in self._datasets:
             self._datasets[key] = CocoDetection.for_detector(det, self.images, self.ann, train=train)
@@ -108,6 +125,40 @@ class Data:
         me = self.resolve()
         return me.split or Path(me.origin or me.ann).stem
 
+    @property
+    def labelled(self) -> bool:
+        """False for an unlabelled image folder or a video (see :meth:`with_reference`).
+
+        Those are resolved when made, so a split not resolved yet is labelled (and is not read here).
+        """
+        return self._split is None or self._split.labelled
+
+    def with_reference(self, det: Any, pseudo_thresh: float | None = None, *, progress: bool = True,
+                       log: Callable[[str], None] | None = None) -> Data:
+        """The split with a reference to score against: itself if labelled, else ``det``'s pseudo-labels.
+
+        An unlabelled split's reference is ``det``'s detections with score >= ``pseudo_thresh`` (default:
+        the model's deploy threshold, YOLO 0.25, else 0.5), written once under the cache root; the figures
+        scored against it are fidelity (agreement with ``det``), not accuracy. Made once per model and
+        threshold, and said once (``log``, on stderr).
+        """
+        if self.labelled:
+            return self
+        from ..evaluation.pseudo import default_pseudo_thresh, model_digest, pseudo_labels
+        from ..io import log as default_log
+
+        thresh = default_pseudo_thresh(det) if pseudo_thresh is None else float(pseudo_thresh)
+        key = (model_digest(det), thresh)
+        if key not in self._references:
+            me = self.resolve()
+            ann, info = pseudo_labels(det, me.images, me.ann, thresh, progress=progress)
+            (log or default_log)(
+                f"label-free: {me.origin} has no annotations; the reference is the unpruned model's own "
+                f"detections with score >= {thresh:g} ({info['num_boxes']} boxes on {info['num_images']} images): "
+                "mAP is fidelity, agreement with the unpruned model, not accuracy")
+            self._references[key] = Data(resolved=Split(me.images, ann, me.split, "pseudo", me.origin))
+        return self._references[key]
+
     def other_split(self, split: str) -> Data:
         """The same data set's ``split`` (a YOLO data set, a VOCdevkit or the demo).
 
@@ -133,17 +184,21 @@ class Data:
 
 
 @typechecked
-def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None) -> Data:
+def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
+         frame_step: int | None = None, max_frames: int | None = None) -> Data:
     """One split of a data set, from paths or an already-open object.
 
     Args:
-        images: an image folder (with ``ann``, a COCO annotation file); a YOLO ``data.yaml`` (with
-            ``split``); Pascal VOC: a VOCdevkit year folder (with ``split``) or a folder of images with
-            their XML files beside them (no ``ann``, no split); ``"demo"`` or None for the demo's synthetic
-            data set (generated on first use); or an already-open :class:`Data` or
+        images: an image folder (with ``ann``, a COCO annotation file; without, an unlabelled split, searched
+            label-free against the unpruned model's detections); a video file (unlabelled: its frames); a
+            YOLO ``data.yaml`` (with ``split``); Pascal VOC: a VOCdevkit year folder (with ``split``) or a
+            folder of images with their XML files beside them (no ``ann``, no split); ``"demo"`` or None for
+            the demo's synthetic data set (generated on first use); or an already-open :class:`Data` or
             :class:`~edgeanchor.datasets.coco.CocoDetection`.
         ann: the COCO annotation file of the split (image folder only).
         split: train, val or test of a YOLO data set, a VOCdevkit or the demo (default: val).
+        frame_step: a video's frames kept: every ``frame_step``-th (default: about one a second).
+        max_frames: a video's frames kept: at most this many (default: all).
 
     Returns:
         The split, resolved when first used (see :class:`Data`).
@@ -152,10 +207,24 @@ def data(images: Any = None, ann: str | os.PathLike | None = None, *, split: str
         return images if split is None else images.other_split(split)
     if hasattr(images, "ann_file") and hasattr(images, "image_dir"):  # a CocoDetection
         return Data(resolved=Split(str(images.image_dir), str(images.ann_file)))
-    return Data(images, ann, split=split)
+    return Data(images, ann, split=split, frame_step=frame_step, max_frames=max_frames)
 
 
-def _resolve(images, ann, split) -> Split:
+def _unlabelled_or_video(images: Any, ann: Any) -> bool:
+    from ..datasets.unlabelled import is_video
+    from ..datasets.voc import is_voc_data
+
+    if images is None or str(images) == DEMO or not isinstance(images, (str, os.PathLike)):
+        return False
+    return is_video(images) or ann is None and os.path.isdir(images) and not is_voc_data(images)
+
+
+def _resolve(images, ann, split, frame_step=None, max_frames=None) -> Split:
+    from ..datasets.unlabelled import is_video
+
+    if (frame_step is not None or max_frames is not None) and not (images is not None and is_video(images)):
+        raise EdgeAnchorError("`frame_step` and `max_frames` apply to a video; drop them, or give `data` as a video "
+                              "file")
     if images is None or str(images) == DEMO:
         if ann is not None:
             raise EdgeAnchorError(BOTH)
@@ -166,6 +235,11 @@ def _resolve(images, ann, split) -> Split:
     if ann is None and not Path(images).exists():  # not a parameter's fault: a path that is not there
         raise EdgeAnchorError(f"the data {str(images)!r} does not exist; give an image folder with its COCO "
                               "annotation file, a YOLO data.yaml, a Pascal VOC folder, or demo")
+    if is_video(images):
+        if ann is not None or split is not None:
+            raise EdgeAnchorError("a video has no annotations or splits: drop `ann` and `split` (it is searched "
+                                  "label-free), or give its frames as an image folder with `ann`")
+        return video_data(images, frame_step, max_frames)
     if ann is None and is_voc_data(images):
         return voc_data(images, split)
     if is_yolo_yaml(images):
@@ -173,14 +247,30 @@ def _resolve(images, ann, split) -> Split:
             raise EdgeAnchorError("`ann` is not used with a YOLO data.yaml (its splits are in the file); "
                                   "choose one with `split`")
         return yolo_data(images, split or "val")
-    if ann is None:  # ea.search(det, folder) has no `ann`: say how to give one wherever the folder came from
-        raise EdgeAnchorError(f"{images} has no annotations: give its COCO annotation file with it (`ann`; in "
-                              "Python, ea.data(folder, ann)), or a YOLO data.yaml, or a Pascal VOC folder (a "
-                              "VOCdevkit year folder, or images with XML beside them)")
+    if ann is None:
+        if split is not None:
+            raise EdgeAnchorError(f"split {split!r} needs a YOLO data.yaml, a VOCdevkit or the demo; an image folder "
+                                  "without `ann` is one unlabelled split")
+        return unlabelled_data(images)
     if split is not None:
         raise EdgeAnchorError(f"split {split!r} needs a YOLO data.yaml, a VOCdevkit or the demo; a COCO split is its "
                               "annotation file")
     return Split(str(images), str(ann))
+
+
+def unlabelled_data(folder) -> Split:
+    """An image folder without annotations: its images listed in a COCO file (no annotations) under the cache root."""
+    from ..datasets.unlabelled import unlabelled_split
+
+    return Split(str(folder), unlabelled_split(folder), None, "unlabelled", str(folder))
+
+
+def video_data(video, frame_step: int | None, max_frames: int | None) -> Split:
+    """A video's frames (every ``frame_step``-th, at most ``max_frames``), decoded once under the cache root."""
+    from ..datasets.unlabelled import unlabelled_split, video_frames
+
+    frames = video_frames(video, frame_step, max_frames)
+    return Split(frames, unlabelled_split(frames), None, "video", str(video))
 
 
 def demo_data(split: str) -> Split:
@@ -235,7 +325,8 @@ class Roles:
 
 
 def roles(data: Any = None, ann: str | os.PathLike | None = None, *, split: str | None = None,
-          report_ann: str | os.PathLike | None = None, train_ann: str | os.PathLike | None = None) -> Roles:
+          report_ann: str | os.PathLike | None = None, train_ann: str | os.PathLike | None = None,
+          frame_step: int | None = None, max_frames: int | None = None) -> Roles:
     """prune-and-export's splits: searched on ``split`` (val), reported on test, fine-tuned on train.
 
     The one resolver of COCO, YOLO, VOC and demo data by role. A YOLO data set or a VOCdevkit gives its
@@ -265,7 +356,7 @@ def roles(data: Any = None, ann: str | os.PathLike | None = None, *, split: str 
             raise EdgeAnchorError("`report_ann` and `train_ann` are not used with Pascal VOC data (its splits are "
                                   "in ImageSets/Main); choose the search split with `split`")
         return _dataset_roles("voc", data, split)
-    search = as_split(data, ann, split)
+    search = as_split(data, ann, split, frame_step=frame_step, max_frames=max_frames)
     fine_tune = search.with_ann(train_ann) if train_ann else None
     return Roles(search, search.with_ann(report_ann) if report_ann else search, fine_tune)
 
@@ -275,9 +366,10 @@ def data_or_demo(split: str) -> Data:
     return Data(DEMO, split=split)
 
 
-def as_split(images: Any, ann: Any, split: str | None) -> Data:
+def as_split(images: Any, ann: Any, split: str | None, *, frame_step: int | None = None,
+             max_frames: int | None = None) -> Data:
     """:func:`data` under another name, for :func:`roles`, whose ``data`` parameter shadows the function."""
-    return data(images, ann, split=split)
+    return data(images, ann, split=split, frame_step=frame_step, max_frames=max_frames)
 
 
 def _dataset_roles(kind: str, path: Any, split: str | None) -> Roles:
@@ -335,6 +427,9 @@ def train_roles(data: Any, ann: str | os.PathLike | None, val_ann: str | os.Path
         names: list[str | None] = [train_split, *(["val"] if with_val else [])] if devkit else [split]
         return _train_roles("voc", data, names)
     if not (data and is_yolo_yaml(data)):
+        if not ann and _unlabelled_or_video(data, ann):
+            raise EdgeAnchorError(f"training needs labels, and {data} has none (an unlabelled folder or a video is "
+                                  "only searched label-free): give `ann`, a COCO file of its images")
         if not ann:
             raise EdgeAnchorError("give the training annotations as `ann` (a COCO file of the training images), "
                                   "or data as a DATA.yaml")

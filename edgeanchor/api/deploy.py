@@ -101,6 +101,8 @@ def export_checked(pruned: Detector, out: str | os.PathLike, *, baseline: Detect
             f"the pruned model ({pruned.arch}, {pruned.num_classes} classes) is not a pruned "
             f"{baseline.arch} with {baseline.num_classes} classes; give its unpruned reference"
         )
+    report = report.with_reference(baseline, progress=progress, log=log)  # unlabelled: the baseline's pseudo-labels
+    calib = calib.with_reference(baseline, progress=progress, log=log) if calib is not None else None
     inputs = [report.images, report.ann, *((calib.images, calib.ann) if calib is not None else ())]
     with ExportFolder.build(out, overwrite=overwrite, inputs=inputs) as folder:
         written = write_export_folder(folder, baseline, pruned, settings=settings, report_data=report,
@@ -230,6 +232,7 @@ def _prune_and_export(s: Any) -> ExportFolder:
     import time
     from dataclasses import replace
 
+    from ..evaluation.pseudo import default_pseudo_thresh
     from ..exporting.folder import ExportFolder
     from ..pipeline import write_export_folder
     from ..subset_search.run import check_target_head_macs, resolve_method
@@ -240,14 +243,21 @@ def _prune_and_export(s: Any) -> ExportFolder:
     # 1. Every setting is checked once, before the model is built or any data is read or generated.
     s.validate()
     spec, settings = s.search_options(), s.export_options()
-    splits = roles(s.data, s.ann, split=s.split, report_ann=s.report_ann, train_ann=s.train_ann)  # lazy
+    splits = roles(s.data, s.ann, split=s.split, report_ann=s.report_ann, train_ann=s.train_ann,
+                   frame_step=s.frame_step, max_frames=s.max_frames)  # lazy, but an unlabelled split is listed now
     if s.finetune_epochs > 0 and splits.train is None:
+        if s.data and not s.ann and not splits.search.labelled:
+            raise EdgeAnchorError("`finetune_epochs` needs labels, and `data` is unlabelled (searched label-free): "
+                                  "drop `finetune_epochs`, or pass `train_ann` (COCO labels of these images)")
         raise EdgeAnchorError("`finetune_epochs` needs training data: pass `train_ann` (a COCO file of the image "
                               "folder)")
     out = s.out or default_out(s.model)
     seconds: dict[str, float] = {}
     with ExportFolder.build(out, overwrite=s.overwrite, inputs=s.inputs()) as folder:
         det = load(s.model, **s.load_kwargs())
+        thresh = s.pseudo_thresh if s.pseudo_thresh is not None else default_pseudo_thresh(det, s.deploy_score_thresh)
+        search_split = splits.search.with_reference(det, thresh, progress=s.progress)  # label-free: pseudo-labels
+        report_split = splits.report.with_reference(det, thresh, progress=s.progress)
         t = time.perf_counter()
         if s.keep_anchors:  # 2. the anchors to keep: given ...
             pruned = prune(det, s.keep_anchors)
@@ -255,8 +265,8 @@ def _prune_and_export(s: Any) -> ExportFolder:
         else:  # ... or searched and chosen
             spec = replace(spec, method=resolve_method(spec.method, det))
             check_target_head_macs(det, s.target_head_macs)
-            result = search_checked(det, splits.search, spec, cache=s.cache, latency_model=s.latency_model,
-                                    progress=s.progress)
+            result = search_checked(det, search_split, spec, cache=s.cache, latency_model=s.latency_model,
+                                    pseudo_thresh=thresh, progress=s.progress)
             point = result.choose(target_head_macs=s.target_head_macs)
             pruned = prune(det, point)
             chosen = _chosen(result, point, spec, folder, target_head_macs=s.target_head_macs)
@@ -269,9 +279,10 @@ def _prune_and_export(s: Any) -> ExportFolder:
             seconds["finetune"] = time.perf_counter() - t
         # 4. the export step: measure, export, check, report
         report = write_export_folder(folder, det, tuned if tuned is not None else pruned, settings=settings,
-                                     report_data=splits.report, calib_data=splits.calibration, model_name=s.model,
-                                     out=out, chosen=chosen, search_ann=splits.search.ann,
-                                     search_split=splits.search.name,
+                                     report_data=report_split, calib_data=search_split, model_name=s.model,
+                                     out=out, chosen=chosen, search_ann=search_split.ann,
+                                     search_split=search_split.name,
+                                     pseudo_thresh=thresh if search_split.source == "pseudo" else None,
                                      finetuned_from=pruned if tuned is not None else None, seconds=seconds,
                                      progress=s.progress)
     return ExportFolder(out, report)  # the report written (and validated) by the export step

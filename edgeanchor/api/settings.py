@@ -46,8 +46,9 @@ PathArg = str | os.PathLike[str]  # a path setting: the flag gives a str, the AP
 
 MODEL_NAMES = ("demo, demo-yolo, demo-over, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
                "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml")
-DATA_HELP = ("image folder, a YOLO DATA.yaml, or Pascal VOC (a VOCdevkit year folder, or images with XML beside "
-             "them) (default: the demo's synthetic data)")
+DATA_HELP = ("image folder (without --ann: unlabelled, searched label-free), a video file (label-free), a YOLO "
+             "DATA.yaml, or Pascal VOC (a VOCdevkit year folder, or images with XML beside them) (default: the "
+             "demo's synthetic data)")
 SPLIT_HELP = ("with --data DATA.yaml (a YOLO data set) or --data VOCdevkit/VOC2007 (Pascal VOC: "
               "ImageSets/Main/SPLIT.txt): the split to use (default {default})")
 
@@ -144,6 +145,27 @@ class SearchSettings:
                           metric=self.metric)
 
 
+def _pseudo_thresh(value) -> str | None:
+    from ..evaluation.pseudo import check_pseudo_thresh
+
+    return check_pseudo_thresh(value)
+
+
+@dataclass(frozen=True)
+class LabelFreeSettings:
+    """An unlabelled split (an image folder without annotations, or a video): its frames and its reference."""
+
+    pseudo_thresh: float | None = setting(None, "label-free (--data without --ann, or a video): the unpruned "
+                                          "model's detections with at least this score are the reference "
+                                          "(default: its deploy threshold, YOLO 0.25, else 0.5)", type=float,
+                                          group="label-free", check=_pseudo_thresh)
+    frame_step: int | None = setting(None, "--data VIDEO: keep every N-th frame (default: about one a second)",
+                                     type=int, metavar="N", group="label-free",
+                                     check=positive("frame_step", optional=True))
+    max_frames: int | None = setting(None, "--data VIDEO: keep at most this many frames (default: all)", type=int,
+                                     group="label-free", check=positive("max_frames", optional=True))
+
+
 @dataclass(frozen=True)
 class _PruneAndExportOwn:
     """prune-and-export's own settings: data roles, the choice, fine-tuning and the export."""
@@ -188,7 +210,7 @@ class _PruneAndExportOwn:
 
 
 @dataclass(frozen=True)
-class PruneAndExportSettings(SearchSettings, _PruneAndExportOwn, ModelSettings):
+class PruneAndExportSettings(LabelFreeSettings, SearchSettings, _PruneAndExportOwn, ModelSettings):
     """Every setting of ``edgeanchor prune-and-export`` / :func:`edgeanchor.prune_and_export`."""
 
     def validate(self) -> None:
@@ -238,7 +260,7 @@ class _SearchOwn:
 
 
 @dataclass(frozen=True)
-class SearchCommandSettings(SearchSettings, _SearchOwn, ModelWithAnchors):
+class SearchCommandSettings(LabelFreeSettings, SearchSettings, _SearchOwn, ModelWithAnchors):
     """Every setting of ``edgeanchor search``: the model (:func:`edgeanchor.load`), the split
     (:func:`edgeanchor.data`) and :func:`edgeanchor.search`'s own keywords."""
 
@@ -251,19 +273,22 @@ class SearchCommandSettings(SearchSettings, _SearchOwn, ModelWithAnchors):
         """
         from .workflow import check_search_settings
 
-        check_search_settings(out=self.out, cache=self.cache, **self.search_kwargs())
+        check_fields(LabelFreeSettings(self.pseudo_thresh, self.frame_step, self.max_frames))
+        check_search_settings(out=self.out, cache=self.cache,
+                              **{k: v for k, v in self.search_kwargs().items() if k != "pseudo_thresh"})
 
     def search_kwargs(self) -> dict:
         """:func:`edgeanchor.search`'s search keywords (``max_drop`` defaults there)."""
         names = ("method", "cost", "metric", "min_map", "max_drop", "tol", "max_per_level", "max_evals", "workers",
-                 "executor", "ray_address", "backend")
+                 "executor", "ray_address", "backend", "pseudo_thresh")
         return {name: getattr(self, name) for name in names}
 
     def data_kwargs(self) -> dict:
         """:func:`edgeanchor.data`'s arguments of the searched split (the demo's: val)."""
+        frames = {"frame_step": self.frame_step, "max_frames": self.max_frames}  # a video's (refused for others)
         if not self.data and not self.ann:
-            return {"images": "demo", "ann": None, "split": "val"}
-        return {"images": self.data, "ann": self.ann, "split": None if self.ann else self.split}
+            return {"images": "demo", "ann": None, "split": "val", **frames}
+        return {"images": self.data, "ann": self.ann, "split": None if self.ann else self.split, **frames}
 
     def report(self) -> str | None:
         """The report split: ``report_ann``, or for the demo its test split."""
@@ -357,7 +382,7 @@ class _EvaluateExport:
 
 
 @dataclass(frozen=True)
-class EvaluateSettings(_EvaluateExport, _EvaluateOwn, ModelWithAnchors):
+class EvaluateSettings(LabelFreeSettings, _EvaluateExport, _EvaluateOwn, ModelWithAnchors):
     """Every setting of ``edgeanchor evaluate``: a model (:func:`edgeanchor.load`) on a split, or with ``export``
     an export folder's deployed graph; both through :func:`edgeanchor.evaluate`."""
 
@@ -369,6 +394,7 @@ class EvaluateSettings(_EvaluateExport, _EvaluateOwn, ModelWithAnchors):
         """
         from .workflow import check_evaluate_settings
 
+        check_fields(LabelFreeSettings(self.pseudo_thresh, self.frame_step, self.max_frames))
         check_evaluate_settings(metric=self.metric, batch_size=self.batch_size, device=self.device,
                                 detections=self.detections, overwrite=self.overwrite,
                                 inputs=[self.data, self.ann, self.model, self.weights, self.anchors])
@@ -377,7 +403,7 @@ class EvaluateSettings(_EvaluateExport, _EvaluateOwn, ModelWithAnchors):
         """:func:`~edgeanchor.api.workflow.evaluate_checked`'s keywords for a model (``overwrite`` was
         :meth:`validate`'s to check)."""
         return {"metric": self.metric, "backend": self.backend, "batch_size": self.batch_size, "device": self.device,
-                "detections": self.detections}
+                "detections": self.detections, "pseudo_thresh": self.pseudo_thresh}
 
     # what an export folder's evaluation reads: its own group's settings and these
     _EXPORT_USES: ClassVar[tuple[str, ...]] = ("data", "ann", "metric", "backend")

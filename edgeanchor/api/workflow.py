@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None, *, metric: str = "coco",
              backend: str = "faster", batch_size: int = 16, device: str = "cpu", progress: bool = True,
              detections: str | os.PathLike | None = None, overwrite: bool = False, runtime: str | None = None,
-             precision: str = "fp32", variant: str = "pruned", threads: int = 0) -> dict[str, Any]:
+             precision: str = "fp32", variant: str = "pruned", threads: int = 0,
+             pseudo_thresh: float | None = None) -> dict[str, Any]:
     """Box mAP of a detector in PyTorch, or of an export folder's deployed graph in a runtime.
 
     Args:
@@ -53,6 +54,9 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         precision: an export's precision in that runtime ("fp32", "bf16", "fp16", "int8"; also "f32", "f16").
         variant: an export's "pruned" (default) or "baseline" model.
         threads: intra-op threads of the runtime (0: its default).
+        pseudo_thresh: an unlabelled split (an image folder without annotations, or a video) is scored against
+            ``det``'s own detections with at least this score (default: its deploy threshold, YOLO 0.25, else
+            0.5): the model's fidelity to itself, the baseline a pruned model's fidelity is compared with.
 
     Returns:
         COCO: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ... ``AR_large``; VOC: ``mAP`` and ``AP_per_class``
@@ -65,6 +69,7 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         EdgeAnchorError: a bad setting, a runtime that is not installed, an export setting given with a
             detector (or the reverse), a folder that is not an export.
     """
+    from ..evaluation.pseudo import check_pseudo_thresh
     from ..exporting.folder import ExportFolder
     from ..runtimes import canonical_precision
 
@@ -81,16 +86,19 @@ def evaluate(det: Detector | ExportFolder | str | os.PathLike, data: Any = None,
         raise EdgeAnchorError(f"{named} apply to an export folder, not to a detector in PyTorch; "
                               "drop them, or evaluate the export folder")
     check_evaluate_settings(metric=metric, batch_size=batch_size, device=device)
+    message = check_pseudo_thresh(pseudo_thresh)
+    if message:
+        raise EdgeAnchorError(message)
     split = as_data(data)
     if detections:  # never over the split's own files
         check_evaluate_settings(detections=detections, overwrite=overwrite, inputs=[split.images, split.ann])
     return evaluate_checked(det, split, metric=metric, backend=backend, batch_size=batch_size, device=device,
-                            detections=detections, progress=progress)
+                            detections=detections, pseudo_thresh=pseudo_thresh, progress=progress)
 
 
 def evaluate_checked(det: Detector, data: Data, *, metric: str = "coco", backend: str = "faster",
                      batch_size: int = 16, device: str = "cpu", detections: str | os.PathLike | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     pseudo_thresh: float | None = None, progress: bool = True) -> dict[str, Any]:
     """:func:`evaluate` of a detector, its settings (and ``detections``' path) already checked, e.g. by
     :meth:`~edgeanchor.api.settings.EvaluateSettings.validate` before the model was built."""
     from ..datasets.coco import CocoDetection
@@ -98,23 +106,25 @@ def evaluate_checked(det: Detector, data: Data, *, metric: str = "coco", backend
     from ..evaluation.predict import predict
     from ..io import read_json, write_json
 
-    dataset = CocoDetection.for_detector(det, data.images, data.ann)
+    split = data.with_reference(det, pseudo_thresh, progress=progress)
+    dataset = CocoDetection.for_detector(det, split.images, split.ann)
     dataset.require_objects("evaluate on")
     dets = predict(det, dataset, batch_size=batch_size, device=device, progress=progress)
     metrics: dict[str, Any]
     if metric == "coco":
-        metrics = coco_map(data.ann, dets, backend=backend)
+        metrics = coco_map(split.ann, dets, backend=backend)
     else:
         from ..evaluation.voc_map import voc_map
 
-        gt = read_json(data.ann, "annotation file")
+        gt = read_json(split.ann, "annotation file")
         result = voc_map(gt, dets, metric)
         names = {int(c["id"]): c["name"] for c in gt["categories"]}
         metrics = {"mAP": result["mAP"],
                    "AP_per_class": {names[k]: v for k, v in result["AP"].items()}}
     if detections:
         write_json(detections, dets)
-    return {**metrics, "num_images": len(dataset), "num_detections": len(dets)}
+    reference = {"reference": "pseudo-labels"} if split.source == "pseudo" else {}
+    return {**metrics, "num_images": len(dataset), "num_detections": len(dets), **reference}
 
 
 def _evaluate_export(export, data, *, metric, backend, batch_size, device, detections, runtime, precision, variant,
@@ -190,7 +200,8 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
            max_drop: float | None = None, min_map: float | None = None, tol: float = 1e-4, max_per_level: int = 1,
            max_evals: int = 3000, workers: int = 2, executor: str = "processes", ray_address: str | None = None,
            backend: str = "faster", report: Any = None, out: str | os.PathLike | None = None,
-           cache: str | os.PathLike | None = None, latency_model: Any = None, progress: bool = True) -> SearchResult:
+           cache: str | os.PathLike | None = None, latency_model: Any = None, pseudo_thresh: float | None = None,
+           progress: bool = True) -> SearchResult:
     """Search anchor subsets of ``det`` for the Pareto front of mAP against cost.
 
     The model runs once over the split, keeping every candidate above its score threshold; each subset
@@ -218,28 +229,36 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
         out: the search folder (default: one under the cache root keyed by the candidates and settings).
         cache: the candidate cache file (default: a keyed file under the cache root).
         latency_model: for cost "latency": a LatencyModel or its JSON path.
+        pseudo_thresh: an unlabelled split (an image folder without annotations, or a video): ``det``'s own
+            detections with at least this score are the reference (default: its deploy threshold, YOLO 0.25,
+            else 0.5), and mAP is fidelity, agreement with ``det``, not accuracy.
         progress: show progress bars.
 
     Returns:
         The front, the baseline and the floor; ``search.json``, ``pareto.png`` and one anchor file per front
-        point are in ``out``.
+        point are in ``out`` (and, label-free, the reference as ``reference.json``).
     """
     spec = check_search_settings(method=method, cost=cost, metric=metric, max_drop=max_drop, min_map=min_map,
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
                                  executor=executor, ray_address=ray_address, backend=backend, out=out,
                                  cache=cache)
     return search_with_options(det, data, spec, report=report, out=out, cache=cache, latency_model=latency_model,
-                               progress=progress)
+                               pseudo_thresh=pseudo_thresh, progress=progress)
 
 
 def search_with_options(det: Detector, data: Any, spec: Any, *, report: Any = None,
                         out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
-                        latency_model: Any = None, progress: bool = True) -> SearchResult:
+                        latency_model: Any = None, pseudo_thresh: float | None = None,
+                        progress: bool = True) -> SearchResult:
     """:func:`search` with its settings already checked (``spec``: the SearchOptions
     :func:`check_search_settings` returned, e.g. in the command's ``validate`` before the model was built):
     the method is resolved for ``det`` and the report split matched to the searched one."""
+    from ..evaluation.pseudo import check_pseudo_thresh
     from ..subset_search.run import resolve_method
 
+    message = check_pseudo_thresh(pseudo_thresh)
+    if message:
+        raise EdgeAnchorError(message)
     spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)
@@ -247,20 +266,28 @@ def search_with_options(det: Detector, data: Any, spec: Any, *, report: Any = No
         raise EdgeAnchorError(f"the report split's images ({report_split.images}) are not in the searched split's "
                               f"folder ({split.images}); give a report annotation file over the same images")
     return search_checked(det, split, spec, report=report_split, out=out, cache=cache, latency_model=latency_model,
-                          progress=progress)
+                          pseudo_thresh=pseudo_thresh, progress=progress)
 
 
 def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None = None,
                    out: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
-                   latency_model: Any = None, progress: bool = True) -> SearchResult:
+                   latency_model: Any = None, pseudo_thresh: float | None = None,
+                   progress: bool = True) -> SearchResult:
     """:func:`search` with settings already checked and the method resolved (``spec``: a SearchOptions).
 
     The split is read once (:meth:`Data.dataset`); the candidate cache is loaded once; the search folder
-    defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`).
+    defaults to one keyed by the candidates and settings (:func:`~edgeanchor.pipeline.search_dir`). An
+    unlabelled split is scored against ``det``'s pseudo-labels (:meth:`Data.with_reference`), whose file
+    is in the annotations the cache and the search folder are keyed by.
     """
+    import shutil
+
     from ..io import log
     from ..subset_search.run import run_search
 
+    split = split.with_reference(det, pseudo_thresh, progress=progress)
+    if report is not None:
+        report = report.with_reference(det, pseudo_thresh, progress=progress)
     dataset = split.dataset(det)
     dataset.require_objects("search on")
     loaded, cache_path = _load_cache(det, dataset, cache, progress)
@@ -272,7 +299,14 @@ def search_checked(det: Detector, split: Data, spec: Any, *, report: Data | None
     result = run_search(det, split.images, split.ann, out, spec, report_ann=report.ann if report else None,
                         cache_path=cache_path, cache=loaded, latency_model=latency_model, progress=progress,
                         dataset=dataset, checked=True, split_name=split.name)
+    if split.source == "pseudo":
+        shutil.copyfile(split.ann, Path(out) / REFERENCE_FILE)
+    else:  # a folder searched label-free before, now on labels
+        (Path(out) / REFERENCE_FILE).unlink(missing_ok=True)
     return SearchResult(result, det.anchor_set.ids, Path(out))
+
+
+REFERENCE_FILE = "reference.json"  # a label-free search's pseudo-labels, in its folder
 
 
 def check_search_settings(*, method: str | None = None, cost: str = "head_macs", metric: str = "coco",

@@ -45,19 +45,22 @@ def run(args) -> int:
     from .common import load_model, print_json
 
     s.validate()  # once, before the model is built
-    split = api.data(s.data, s.ann, split=s.split if s.data else s.split or "test")
+    split = api.data(s.data, s.ann, split=s.split if s.data else s.split or "test", frame_step=s.frame_step,
+                     max_frames=s.max_frames)
     result = api.workflow.evaluate_checked(load_model(s), split, **s.evaluate_kwargs())
     counts = f"{result['num_images']} images, {result['num_detections']} detections"
     head = {"model": s.model, "ann": str(split.ann), "num_images": result["num_images"],
-            "num_detections": result["num_detections"]}
+            "num_detections": result["num_detections"], "reference": result.get("reference", "labels")}
     if s.metric != "coco":
         return _report_voc(s, args.json, head, result, counts)
-    metrics = {k: v for k, v in result.items() if k not in ("num_images", "num_detections")}
+    metrics = {k: v for k, v in result.items() if k not in ("num_images", "num_detections", "reference")}
     if args.json:
         print_json({**head, "backend": s.backend, **{k: round(v, 6) for k, v in metrics.items()}})
     else:
-        print(f"{s.model} on {head['ann']}: mAP {metrics['mAP']:.4f}, mAP50 {metrics['mAP50']:.4f}, "
-              f"mAP75 {metrics['mAP75']:.4f} ({counts})")
+        free = head["reference"] == "pseudo-labels"
+        print(f"{s.model} on {'its own pseudo-labels of ' + str(s.data) if free else head['ann']}: "
+              f"{'fidelity ' if free else ''}mAP {metrics['mAP']:.4f}, mAP50 {metrics['mAP50']:.4f}, "
+              f"mAP75 {metrics['mAP75']:.4f} ({counts}){' (label-free: agreement, not accuracy)' if free else ''}")
     return 0
 
 

@@ -26,9 +26,13 @@ def run_export(s, as_json: bool = False) -> int:
     if as_json:
         print_json(result)
         return 0
+    from ..evaluation.pseudo import reference_info
+
     torch_map = result["pytorch_mAP"]
     reference = f"; PyTorch with the graph's rule (report.json) {torch_map:.4f}" if torch_map is not None else ""
+    free = reference_info(result["ann"]) is not None  # pseudo-labels: fidelity to the unpruned model
     print(f"{result['graph']} ({s.variant}) in {result['runtime']} {result['settings'].get('version', '')} at "
-          f"{result['precision']} on {result['ann']}: mAP {result['mAP']:.4f}, mAP50 {result['mAP50']:.4f}"
-          f"{reference} ({result['num_images']} images, {result['num_detections']} detections)")
+          f"{result['precision']} on {result['ann']}: {'fidelity ' if free else ''}mAP {result['mAP']:.4f}, mAP50 "
+          f"{result['mAP50']:.4f}{reference} ({result['num_images']} images, {result['num_detections']} detections)"
+          f"{' (label-free: agreement with the unpruned model, not accuracy)' if free else ''}")
     return 0

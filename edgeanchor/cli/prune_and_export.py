@@ -55,10 +55,14 @@ def summary_line(report: Mapping[str, Any]) -> str:
         searched = (f" ({split_name(dict(report), 'search')}: floor {chosen['floor']:.4f}, chosen "
                     f"{chosen['search_mAP']:.4f})")
     parity = report["export"]["pruned"].get("parity")
+    label_free = report.get("reference") == "pseudo-labels"
+    metric = "fidelity mAP" if label_free else "mAP"
+    caveat = " (label-free: agreement with the unpruned model, not accuracy)" if label_free else ""
     return (f"wrote {report['out']} in {report['seconds']['total']:.0f}s: head MACs x"
             f"{report['cost']['pruned']['head_macs'] / report['cost']['baseline']['head_macs']:.3f}, "
-            f"{split_name(dict(report), 'report')} mAP {maps['baseline']:.4f} -> {maps['pruned']:.4f}{tuned}{searched}"
-            f", parity {'not checked' if parity is None else 'passed' if parity['passed'] else 'FAILED'}")
+            f"{split_name(dict(report), 'report')} {metric} {maps['baseline']:.4f} -> {maps['pruned']:.4f}{tuned}"
+            f"{searched}{caveat}, parity "
+            f"{'not checked' if parity is None else 'passed' if parity['passed'] else 'FAILED'}")
 
 
 def summary_table(report: Mapping[str, Any]) -> str:
@@ -67,7 +71,15 @@ def summary_table(report: Mapping[str, Any]) -> str:
 
     base, pr, maps = report["cost"]["baseline"], report["cost"]["pruned"], report["mAP"]
     on, chosen = split_name(dict(report), "report"), report.get("chosen") or {}
-    rows = [[f"{on} mAP", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
+    label_free = report.get("reference") == "pseudo-labels"
+    rows = [[f"{on} {'fidelity mAP' if label_free else 'mAP'}", round(maps["baseline"], 4), round(maps["pruned"], 4)]]
+    if "fidelity" in report:
+        rows.append([f"{on} fidelity mAP", round(report["fidelity"]["baseline"], 4),
+                     round(report["fidelity"]["pruned"], 4)])
+    for key, iou in (("recall50", "0.5"), ("recall75", "0.75")):
+        if report.get("pseudo_labels"):
+            recall = report["pseudo_labels"]["recall"]
+            rows.append([f"reference recall@{iou}", recall["baseline"][key], recall["pruned"][key]])
     if "finetuned" in maps:
         rows.append([f"{on} mAP fine-tuned", "", round(maps["finetuned"], 4)])
     if chosen.get("source") == "search" and "search_baseline_mAP" in chosen:

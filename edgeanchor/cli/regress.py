@@ -43,7 +43,8 @@ def run(args) -> int:
     result = api.regress(**from_args(RegressSettings, args))
     if args.update:
         measured = result["measured"]
-        print(f"wrote baseline {args.baseline}: deployed mAP {measured['deployed_mAP']['mAP']:.4f}, latency ratios "
+        name = "fidelity mAP" if measured.get("reference") == "pseudo-labels" else "mAP"  # label-free export
+        print(f"wrote baseline {args.baseline}: deployed {name} {measured['deployed_mAP']['mAP']:.4f}, latency ratios "
               + ", ".join(f"{s} {r:.3f}" for s, r in measured["latency_ratios"].items()))
         return 0
     rows, passed = result["rows"], result["passed"]

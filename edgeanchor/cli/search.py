@@ -26,6 +26,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .. import api
     from ..api.settings import SearchCommandSettings
+    from ..api.workflow import REFERENCE_FILE
     from ..io import format_table, plural
     from .common import load_model, print_json, settings_from_args
 
@@ -43,10 +44,13 @@ def run(args) -> int:
     for n in result["front"]:
         rows.append([n["num_anchors"], n["mAP"], n.get("report", {}).get("mAP", ""), n["head_macs"],
                      f"{n['head_macs'] / base['head_macs']:.3f}", n["boxes"], n["anchors_file"]])
+    free = (search.out / REFERENCE_FILE).is_file()  # label-free: mAP is fidelity to the unpruned model
+    name = "fidelity mAP" if free else "mAP"
     on = f"{result['split']} " if result.get("split") else ""  # the searched split's name: val, test
-    print(format_table(["anchors", f"{on}mAP", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
+    print(format_table(["anchors", f"{on}{name}", "report mAP", "head MACs", "x base", "boxes", "anchors file"], rows))
     print(f"searched {result['num_evals']} subsets ({result['settings']['method']}, cost {s.cost}, metric "
-          f"{s.metric}); baseline {on}mAP {base['mAP']:.4f}, floor {result['floor']:.4f}; front of "
+          f"{s.metric}{'; label-free: agreement with the unpruned model, not accuracy' if free else ''}); baseline "
+          f"{on}{name} {base['mAP']:.4f}, floor {result['floor']:.4f}; front of "
           f"{plural(len(result['front']), 'point')} in {s.out}")
     sc = result.get("scoring") or {}
     if sc.get("nodes_scored"):

@@ -86,6 +86,34 @@ def _evaluate(COCOeval, gt, rows: np.ndarray, ids: list[int], max_dets: int, ful
     return [float(s) for s in ev.stats[: len(METRIC_NAMES)]]
 
 
+def coco_recall(ann, detections: list[dict], *, iou_thresholds=(0.5, 0.75), backend: str = "pycocotools",
+                max_dets: int = 100) -> dict[str, float]:
+    """COCOeval's recall at single IoU thresholds: per category, the share of annotated boxes matched by a
+    detection (at most ``max_dets`` per image, area "all"), averaged over the categories that have boxes.
+
+    Returns:
+        ``{"recall50": ..., "recall75": ...}`` (keys ``recall`` + the IoU in hundredths); 0 without detections.
+    """
+    names = [f"recall{round(t * 100)}" for t in iou_thresholds]
+    if len(detections) == 0:
+        return {name: 0.0 for name in names}
+    _, COCOeval = _backend(backend)
+    gt = ann if hasattr(ann, "getImgIds") else load_gt(ann, backend)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(_result_dicts(_as_array(detections))), "bbox")
+        ev.params.imgIds = gt.getImgIds()
+        ev.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
+        _only_map_params(ev.params, max_dets)
+        ev.evaluate()
+        ev.accumulate()
+    recall = ev.eval["recall"][:, :, 0, -1]  # (T, K): area "all", max_dets
+    out = {}
+    for name, row in zip(names, recall):
+        valid = row[row > -1]
+        out[name] = float(valid.mean()) if valid.size else 0.0
+    return out
+
+
 def _only_map_params(params, max_dets: int) -> None:
     """Evaluate area "all" at ``max_dets`` only: the mAP summarize() reports, without the rest.
 

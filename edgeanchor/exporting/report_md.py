@@ -10,15 +10,26 @@ def render_markdown(report: dict) -> str:
     report_split = split_name(report, "report")
     lines = [f"# prune-and-export report: {report['model']} ({report['arch']})", "",
              f"Input {report['image_size'][0]}x{report['image_size'][1]}. {splits_line(report)}",
-             *search_lines(report.get("chosen") or {}), *budget_lines(report), "",
+             *search_lines(report.get("chosen") or {}), *budget_lines(report), *reference_lines(report), "",
              "| | baseline | pruned | pruned / baseline |", "| --- | ---: | ---: | ---: |"]
-    rows = [(f"{report_split} {metric_title(report.get('metric', 'coco'))}", maps["baseline"], maps["pruned"], None),
+    label_free = report.get("reference") == "pseudo-labels"
+    title = metric_title(report.get("metric", "coco"))
+    rows = [(f"{report_split} fidelity {title} (vs the unpruned model)" if label_free else f"{report_split} {title}",
+             maps["baseline"], maps["pruned"], None),
             ("head MACs", base["head_macs"], pr["head_macs"], pr["head_macs"] / base["head_macs"]),
             ("total MACs", base["total_macs"], pr["total_macs"], pr["total_macs"] / base["total_macs"]),
             ("boxes", base["num_boxes"], pr["num_boxes"], pr["num_boxes"] / base["num_boxes"]),
             ("anchors", base["num_anchors"], pr["num_anchors"], pr["num_anchors"] / base["num_anchors"])]
     if "finetuned" in maps:
         rows.insert(1, (f"{report_split} mAP after fine-tuning", maps["baseline"], maps["finetuned"], None))
+    if "fidelity" in report:
+        rows.insert(1, (f"{report_split} fidelity mAP@[.5:.95] (vs the unpruned model)", report["fidelity"]["baseline"],
+                        report["fidelity"]["pruned"], None))
+    recall = (report.get("pseudo_labels") or {}).get("recall")
+    for key, iou in (("recall50", "0.5"), ("recall75", "0.75")):
+        if recall:
+            rows.insert(-4, (f"recall of the reference at IoU {iou}", recall["baseline"][key], recall["pruned"][key],
+                             None))
     for name, b, p, r in rows:
         fmt = (lambda v: f"{v:.4f}") if isinstance(b, float) and b < 1.5 else (lambda v: f"{v:,}")
         lines.append(f"| {name} | {fmt(b)} | {fmt(p)} | {'' if r is None else f'{r:.3f}'} |")
@@ -77,6 +88,19 @@ def render_markdown(report: dict) -> str:
                      "from this folder:")
     lines += ["", "```", report["trtexec"]["pruned"], report["trtexec"]["baseline"], "```", ""]
     return "\n".join(lines)
+
+
+def reference_lines(report: dict) -> list[str]:
+    """What the mAPs were measured against, said plainly for a label-free run (nothing for labels alone)."""
+    ref = report.get("pseudo_labels")
+    if not ref:
+        return []
+    where = ("The report split is unlabelled: its mAP rows are" if report.get("reference") == "pseudo-labels"
+             else "The search was label-free; the report split has labels, so both are given: the fidelity rows are")
+    return ["", f"**Label-free.** {where} *fidelity*, the agreement of each model with the unpruned model's own "
+            f"detections (score >= {ref['pseudo_thresh']:g}: {ref['num_boxes']} reference boxes on "
+            f"{ref['num_images']} images), not accuracy against ground truth. Recall is the share of those "
+            "boxes each model still finds (COCOeval's, per class, at most 100 detections per image)."]
 
 
 def int8_lines(int8: dict) -> list[str]:

@@ -116,13 +116,17 @@ class Report(TypedDict, total=False):
     tensorrt: dict[str, Any]
     trtexec: dict[str, str]
     seconds: dict[str, float]
+    reference: str  # "labels", or "pseudo-labels": mAP is fidelity, agreement with the unpruned model
+    pseudo_labels: dict[str, Any]  # label-free: pseudo_thresh, num_boxes, num_images, recall per variant
+    fidelity: VariantMaps  # a label-free search reported on labels: mAP against pseudo-labels as well
     out: str
     graphs: dict[str, dict[str, Any]]
     device: dict[str, Any]
 
 
 # the keys every report of this edgeanchor has (besides the optional int8, runtimes and tensorrt)
-REQUIRED_KEYS = frozenset(Report.__annotations__) - {"int8", "runtimes", "tensorrt"}
+REQUIRED_KEYS = frozenset(Report.__annotations__) - {"int8", "runtimes", "tensorrt", "reference", "pseudo_labels",
+                                                     "fidelity"}
 
 
 def preprocess_json(image_size, resize: str) -> dict:
