@@ -149,3 +149,18 @@ def test_inside_follows_symlinks(tmp_path):
     with pytest.raises(EdgeAnchorError, match=r"a.json leads outside the export folder \(to .*secret.json\)"):
         folder.inside(root / "a.json", "a.json")
     assert folder.inside(root / "b.json", "b.json") == root / "b.json"
+
+
+@pytest.mark.parametrize("text, line", [
+    ("", "ValueError"),  # no text: the type's name (an empty .pt gave IndexError from splitlines()[0])
+    ("\n\n  second  \nthird", "second"),
+    ("\x1b[1mdo those\x1b[0m steps. \nmore", "do those steps."),  # torch colours its advice
+    ("Exception from src/inference/src/cpp/core.cpp:84:\nException from src/x/model_reader.cpp:148:\nUnable to read",
+     "Unable to read"),
+    ("alpha beta gamma delta", "alpha beta gamma..."),  # 16 characters, then a space: cut there
+    ("alpha beta gammadelta", "alpha beta..."),  # the 16th character is inside a word: cut before that word
+])
+def test_first_line(text, line):
+    from edgeanchor.errors import first_line
+
+    assert first_line(ValueError(text), limit=16) == line
