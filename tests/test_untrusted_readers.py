@@ -77,6 +77,16 @@ def test_num_classes_bounds(num_classes, accepted):
             check_checkpoint(obj, "x.pt")
 
 
+def test_an_integer_too_long_to_print_is_one_line():
+    # a pickle may hold an int of any size; repr() refuses one of more than 4,300 digits, float() overflows
+    huge = 10**5000  # 16,610 bits: log2(10) * 5000 = 16609.6
+    for field in ("num_classes", ("postprocess", "score_thresh")):
+        obj = {**DEMO, "num_classes": huge} if field == "num_classes" else replaced(
+            {k: v for k, v in DEMO.items() if k != "state_dict"}, field, huge) | {"state_dict": DEMO["state_dict"]}
+        with pytest.raises(EdgeAnchorError, match="is an integer of 16,610 bits, but it must be"):
+            check_checkpoint(obj, "x.pt")
+
+
 def valid_report() -> dict:
     """A format-2 report.json with every field readers use (as ExportFolder.write_report stamps it)."""
     return {"format": "edgeanchor.export", "format_version": 2, "data": "/elsewhere/images",
@@ -98,6 +108,7 @@ REPORT_FIELDS = [("image_size",), ("data",), ("device",), ("device", "preprocess
 
 @settings
 @hypothesis.given(where=st.sampled_from(REPORT_FIELDS), value=VALUES)
+@hypothesis.example(where=("device", "label_to_category"), value={"\u00b2": 1})  # str.isdigit, but int() refuses
 def test_a_report_field_is_accepted_and_usable_or_refused_in_one_line(where, value, tmp_path):
     report = replaced(valid_report(), where, value)
     try:
