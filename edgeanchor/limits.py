@@ -21,7 +21,7 @@ MAX_IMAGE_SIDE = 16_384  # pixels; detectors run at 320 to 1,536
 MAX_MULTIPLE = 4.0  # yolov5 width / depth multiple; yolov5x is 1.25 / 1.33
 MAX_ANCHORS_PER_LEVEL = 1_000  # an overanchorized level has 16 x 16 = 256 at most
 MAX_LEVELS = 16  # feature levels (SSD300 has 6, RetinaNet 5, yolov5 P6 4)
-MAX_LAYERS = 1_000  # layers of a yolov5 model definition (v7.0's largest has 34)
+MAX_LAYERS = 1_000  # layers of a yolov5 model definition (v7.0's P5 models have 25)
 MAX_PARAMETERS = 1_000_000_000  # a model's parameters (4 GB in fp32); yolov5x has 86.7 million
 MAX_REPEATS = 100  # a layer's repeat count in a yolov5 model definition (v7.0: 9)
 
