@@ -17,6 +17,8 @@ stays as it is.
 import re
 
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# a line that only says where in a library's C++ source the error was raised (OpenVINO stacks several)
+_SOURCE_LOCATION = re.compile(r"(Exception from )?\S+\.(c|cc|cpp|h|hpp):\d+:?")
 
 
 class EdgeAnchorError(Exception):
@@ -30,12 +32,14 @@ class CheckFailed(Exception):
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first non-empty line of a library's exception text, for quoting inside one of our lines.
 
-    Terminal escapes are removed (torch colours its advice), and a line longer than ``limit`` is cut at a
-    word boundary with "..." rather than mid-word. An exception without text gives its type's name.
+    Terminal escapes are removed (torch colours its advice), lines that only name a C++ source location
+    are skipped, and a line longer than ``limit`` is cut at a word boundary with "..." rather than
+    mid-word. An exception without text gives its type's name.
     """
     text = _TERMINAL_ESCAPE.sub("", str(exc))
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = next((ln for ln in lines if not _SOURCE_LOCATION.fullmatch(ln)), lines[0] if lines else type(exc).__name__)
     if len(line) <= limit:
         return line
-    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    cut = line[:limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:")  # + 1: a word that ends at the limit stays whole
     return f"{cut}..."

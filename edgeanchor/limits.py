@@ -21,14 +21,17 @@ MAX_IMAGE_SIDE = 16_384  # pixels; detectors run at 320 to 1,536
 MAX_MULTIPLE = 4.0  # yolov5 width / depth multiple; yolov5x is 1.25 / 1.33
 MAX_ANCHORS_PER_LEVEL = 1_000  # an overanchorized level has 16 x 16 = 256 at most
 MAX_LEVELS = 16  # feature levels (SSD300 has 6, RetinaNet 5, yolov5 P6 4)
-MAX_LAYERS = 1_000  # layers of a yolov5 model definition (v7.0's largest has 34)
+MAX_LAYERS = 1_000  # layers of a yolov5 model definition (v7.0's P5 models have 25)
 MAX_PARAMETERS = 1_000_000_000  # a model's parameters (4 GB in fp32); yolov5x has 86.7 million
 MAX_REPEATS = 100  # a layer's repeat count in a yolov5 model definition (v7.0: 9)
 
 
 def _shown(value) -> str:
     """``value`` for a one-line message: its repr, shortened."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than sys.get_int_max_str_digits() digits
+        return f"an integer of {value.bit_length():,} bits"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -56,7 +59,8 @@ def check_int(value, source, field: str, low: int, high: int) -> int:
 
 def check_number(value, source, field: str, low: float, high: float, *, low_open: bool = False) -> float:
     """``value`` as a float if it is a finite number in [low, high] (or (low, high] with ``low_open``)."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and (is_int(value) or math.isfinite(value))  # isfinite overflows on an int too large for a float
           and (value > low if low_open else value >= low) and value <= high)
     if not ok:
         raise out_of_bounds(source, field, value, f"a number {'above' if low_open else 'from'} {low} "

@@ -959,6 +959,15 @@ UNTRUSTED_CHECKPOINT_CASES = [
          setup=yolov5_checkpoint(_self_loop)),
     Case("v5-cyclic-module-tree-as-weights", ["inspect", "--model", "yolov5:n", "--weights", "{root}/v5.pt"],
          "contains itself (a cycle", setup=yolov5_checkpoint(_self_loop)),
+    # runtimes that cannot load a graph: their own first line, whole, with the fix (the folder is not "damaged")
+    Case("export-onnxruntime-cannot-load", ["bench", "{root}/exp", "--iters", "1", "--warmup", "0", "--images",
+                                            "{root}/synth/images"], "backbone.onnx failed:Protobuf parsing "
+         "failed.); write it again with prune-and-export",
+         setup=fake_export(good_report)),
+    Case("export-openvino-cannot-load", ["bench", "{root}/exp", "--runtime", "openvino", "--iters", "1", "--warmup",
+                                         "0", "--images", "{root}/synth/images"],
+         "backbone.onnx\" Please check that model format: \".onnx\" is supported and the model is "
+         "correct|OpenVINO is not installed", setup=fake_export(good_report)),
     Case("v5-width-multiple-4096", V5, "v5.pt: yaml.width_multiple is 4096, but it must be a number above 0.0 and "
          "at most 4", setup=yolov5_checkpoint(_v7_yaml_width)),
 ]

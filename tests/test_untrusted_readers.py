@@ -77,6 +77,16 @@ def test_num_classes_bounds(num_classes, accepted):
             check_checkpoint(obj, "x.pt")
 
 
+def test_an_integer_too_long_to_print_is_one_line():
+    # a pickle may hold an int of any size; repr() refuses one of more than 4,300 digits, float() overflows
+    huge = 10**5000  # 16,610 bits: log2(10) * 5000 = 16609.6
+    for field in ("num_classes", ("postprocess", "score_thresh")):
+        obj = {**DEMO, "num_classes": huge} if field == "num_classes" else replaced(
+            {k: v for k, v in DEMO.items() if k != "state_dict"}, field, huge) | {"state_dict": DEMO["state_dict"]}
+        with pytest.raises(EdgeAnchorError, match="is an integer of 16,610 bits, but it must be"):
+            check_checkpoint(obj, "x.pt")
+
+
 def valid_report() -> dict:
     """A format-2 report.json with every field readers use (as ExportFolder.write_report stamps it)."""
     return {"format": "edgeanchor.export", "format_version": 2, "data": "/elsewhere/images",
@@ -98,6 +108,7 @@ REPORT_FIELDS = [("image_size",), ("data",), ("device",), ("device", "preprocess
 
 @settings
 @hypothesis.given(where=st.sampled_from(REPORT_FIELDS), value=VALUES)
+@hypothesis.example(where=("device", "label_to_category"), value={"\u00b2": 1})  # str.isdigit, but int() refuses
 def test_a_report_field_is_accepted_and_usable_or_refused_in_one_line(where, value, tmp_path):
     report = replaced(valid_report(), where, value)
     try:
@@ -149,3 +160,18 @@ def test_inside_follows_symlinks(tmp_path):
     with pytest.raises(EdgeAnchorError, match=r"a.json leads outside the export folder \(to .*secret.json\)"):
         folder.inside(root / "a.json", "a.json")
     assert folder.inside(root / "b.json", "b.json") == root / "b.json"
+
+
+@pytest.mark.parametrize("text, line", [
+    ("", "ValueError"),  # no text: the type's name (an empty .pt gave IndexError from splitlines()[0])
+    ("\n\n  second  \nthird", "second"),
+    ("\x1b[1mdo those\x1b[0m steps. \nmore", "do those steps."),  # torch colours its advice
+    ("Exception from src/inference/src/cpp/core.cpp:84:\nException from src/x/model_reader.cpp:148:\nUnable to read",
+     "Unable to read"),
+    ("alpha beta gamma delta", "alpha beta gamma..."),  # 16 characters, then a space: cut there
+    ("alpha beta gammadelta", "alpha beta..."),  # the 16th character is inside a word: cut before that word
+])
+def test_first_line(text, line):
+    from edgeanchor.errors import first_line
+
+    assert first_line(ValueError(text), limit=16) == line

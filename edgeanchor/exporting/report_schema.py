@@ -209,7 +209,7 @@ def _validate_device(device, path) -> None:
     check_int(model["baseline_anchors"], path, "device.model.baseline_anchors", 1,
               MAX_LEVELS * MAX_ANCHORS_PER_LEVEL)
     for label, category in device["label_to_category"].items():
-        if not (isinstance(label, str) and label.isdigit() and is_int(category)):
+        if not (isinstance(label, str) and label.isascii() and label.isdigit() and is_int(category)):
             raise out_of_bounds(path, "device.label_to_category", {label: category},
                                 "a map of model label (a string of digits) -> category id (an integer)")
     if not isinstance(device.get("annotations"), str):
