@@ -79,7 +79,7 @@ def test_api_functions_are_plain_functions_no_module_shadows():
     assert "max_drop" in inspect.signature(ea.search).parameters
     assert inspect.getdoc(ea.export).startswith("Export a pruned detector and its unpruned baseline")
     assert pickle_round_trip(choose_point) is choose_point
-    with pytest.raises(ea.EdgeAnchorError, match="some/folder is not a folder"):  # without ann: label-free
+    with pytest.raises(ea.EdgeAnchorError, match="the data 'some/folder' does not exist"):
         ea.data("some/folder").resolve()
 
 

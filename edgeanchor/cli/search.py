@@ -34,7 +34,8 @@ def run(args) -> int:
     s.validate()  # once, before the model is built
     split = api.data(**s.data_kwargs())  # read (or generated) by the search, after its checks
     search = api.workflow.search_with_options(load_model(s), split, s.search_options(), report=s.report(),
-                                              out=s.out, cache=s.cache, latency_model=s.latency_model)
+                                              out=s.out, cache=s.cache, latency_model=s.latency_model,
+                                              pseudo_thresh=s.pseudo_thresh)
     result = search.to_json()
     if args.json:
         print_json({k: result[k] for k in ("baseline", "floor", "front", "num_evals", "complete")})
