@@ -240,3 +240,31 @@ def test_timing_record_is_json_with_numbers_and_one_line_each():
     line, warning = timing_lines(again)
     assert line.startswith("bench: target ±3 % not reached within --max-time 12 s (12 rounds in 12.0 s; ")
     assert "\n" not in line and warning.startswith("unstable timing: ") and "\n" not in warning
+
+
+# ------------------------------------------------------------------------------- the runtime matrix's table
+
+def test_matrix_table_prints_every_ratio_with_its_interval_and_the_flag():
+    from edgeanchor.exporting.matrix import matrix_markdown
+
+    cell = {"loads": True, "parity": {"passed": True},
+            "latency_ms": {"pruned": 1.2345, "baseline": 2.5, "ratio": 0.4938, "pruned_ci": [1.2, 1.3],
+                           "baseline_ci": [2.4, 2.6], "ratio_ci": [0.48, 0.51]},
+            "stability": {"unstable": True, "causes": ["the load average 7.30 is above the 2 CPUs"],
+                          "fixes": ["a quieter machine"]}}
+    matrix = {"num_images": 4, "iters": 20, "threads": 1, "machine": {"logical_cores": 2},
+              "runtimes": {"onnxruntime": {"installed": True, "version": "1.32.0", "graphs": {"head": cell}},
+                           "openvino": {"installed": False, "why": "not installed"}},
+              "stability": {"unstable": True, "unstable_cells": 1, "timed_cells": 1,
+                            "causes": ["a load average above the CPU count"], "fixes": ["a quieter machine"],
+                            "load_average": {"1min": 7.3, "5min": 6.01, "15min": 5.0}, "cpu_count": 2,
+                            "threads": 1, "target_half_width": 0.03}}
+    lines = matrix_markdown(matrix)
+    assert lines[0].endswith("the median of 20 interleaved rounds with its 95 % bootstrap interval (1 thread; "
+                             "2 CPUs, load average 7.30, 6.01, 5.00 (1, 5, 15 min) after the timing).")
+    assert "| onnxruntime 1.32.0 | head | yes | yes | 1.23 [1.20, 1.30] | 2.50 [2.40, 2.60] | 0.49 [0.48, 0.51] | " \
+           "**unstable** |" in lines
+    assert "**Unstable timing** in 1 of 1 rows (a load average above the CPU count): read their latencies as " \
+           "rough. For figures to trust, time the export with `edgeanchor bench`, which measures until every " \
+           "interval is within ±3 %, on a quieter machine." in lines
+    assert "- openvino: not installed" in lines
