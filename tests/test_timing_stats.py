@@ -268,3 +268,76 @@ def test_matrix_table_prints_every_ratio_with_its_interval_and_the_flag():
            "rough. For figures to trust, time the export with `edgeanchor bench`, which measures until every " \
            "interval is within ±3 %, on a quieter machine." in lines
     assert "- openvino: not installed" in lines
+
+
+# ------------------------------------------------------------------------- regress's exit codes, in-process
+
+@pytest.fixture
+def gate_measuring(monkeypatch, tmp_path):
+    """regress with its measurement replaced: ``set(head=(lo, hi))`` fixes what the next run measures."""
+    import edgeanchor.benchmark.accuracy as accuracy
+    import edgeanchor.regression as core
+    from edgeanchor.exporting.folder import ExportFolder
+
+    state = {"head": (0.45, 0.50)}
+
+    def measure(folder, **kwargs):
+        assert kwargs["limits"]["head"] == pytest.approx(0.55)  # the bound reaches the timing (auto)
+        m = measured_with({**dict.fromkeys(STAGES, (0.45, 0.50)), "head": state["head"]})
+        m["deployed_mAP"]["same_rule_as_pytorch"] = True
+        return {**m, "identity": {}, "ann": "a.json", "absolute_ms": {"baseline": {"head": 1.0}},
+                "bench_settings": {"runtime": "onnxruntime", "precision": "fp32", "threads": 1, "iters": "auto",
+                                   "max_time": 60.0, "warmup": 10},
+                "timing": {"iters": "auto", "rounds": 250, "seconds": 60.0, "max_time_s": 60.0,
+                           "target_half_width": 0.03, "target_reached": False, "widest_half_width": 0.09},
+                "stability": {"unstable": True, "warning": "unstable timing: x; try a quieter machine",
+                              "load_average": {"1min": 8.0, "5min": 7.0, "15min": 6.0}, "cpu_count": 2},
+                "machine": {"cpu": "test CPU", "logical_cores": 2}}
+
+    monkeypatch.setattr(ExportFolder, "open", staticmethod(lambda path: type("Folder", (), {"report_ann": "a.json"})))
+    monkeypatch.setattr(core, "check_identity", lambda *a: None)
+    monkeypatch.setattr(core, "measure", measure)
+    monkeypatch.setattr(accuracy, "graphs_use_reported_rule", lambda folder: True)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"format": core.FORMAT, **BASELINE,
+                                "bench_settings": {"runtime": "onnxruntime", "precision": "fp32"}}))
+    return base, lambda head: state.update(head=head)
+
+
+def test_regress_exit_codes_and_strict(gate_measuring, tmp_path, capsys):
+    from edgeanchor.cli import main
+
+    base, set_head = gate_measuring
+    args = ["regress", "--baseline", str(base), "--export", str(tmp_path / "exp")]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "regress: passed"
+
+    set_head((0.50, 0.60))  # straddles the bound 0.55
+    verdict_path = tmp_path / "verdict.json"
+    assert main([*args, "--json-out", str(verdict_path)]) == 3
+    captured = capsys.readouterr()
+    last = captured.out.splitlines()[-1]
+    assert last == ("regress: inconclusive: the 95 % interval of the head latency ratio straddles its bound after "
+                    "250 rounds in 60 s; counted as passing (exit 3; --strict fails it); a longer --max-time or a "
+                    "quieter machine decides it")
+    head_row = next(line for line in captured.out.splitlines() if line.startswith("latency ratio head"))
+    assert head_row.split()[4:9] == ["0.550", "[0.500,", "0.600]", "0.5", "<="]  # value [95 % CI], baseline
+    assert head_row.split()[-1] == "inconclusive"
+    assert "regress: target ±3 % not reached within --max-time 60 s" in captured.err
+    assert "warning: unstable timing: x; try a quieter machine" in captured.err
+    saved = json.loads(verdict_path.read_text())
+    assert (saved["result"], saved["passed"], saved["exit_code"]) == ("inconclusive", True, 3)
+
+    assert main([*args, "--strict"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("FAILED (--strict); a longer --max-time or a quieter "
+                                                             "machine decides it")
+    summary = tmp_path / "summary.md"
+    assert main([*args, "--strict", "--summary", str(summary)]) == 1
+    assert summary.read_text().startswith("### edgeanchor regress: FAILED (inconclusive, --strict)")
+    capsys.readouterr()
+
+    set_head((0.60, 0.70))  # entirely above the bound
+    assert main([*args, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert (out["result"], out["passed"], out["exit_code"]) == ("fail", False, 1)
+    assert [r["result"] for r in out["rows"] if r["metric"].startswith("latency ratio head")] == ["fail"]
