@@ -48,9 +48,9 @@ def is_summary(path) -> bool:
         return False
 
 
-def measure(export, *, data=None, ann=None, iters: int | str = "auto", max_time: float = 60.0, warmup: int = 10,
-            threads: int = 1, runtime: str = "onnxruntime", precision: str = "fp32", progress: bool = True,
-            limits: dict[str, float] | None = None) -> dict:
+def measure(export, *, data=None, ann=None, iters: int | str = "auto", max_time: float = 60.0, clock: str = "cpu",
+            warmup: int = 10, threads: int = 1, runtime: str = "onnxruntime", precision: str = "fp32",
+            progress: bool = True, limits: dict[str, float] | None = None) -> dict:
     """mAP, latency ratios (with their 95 % intervals) and head channels of an export folder (or its path).
 
     ``deployed_mAP`` is the pruned model.onnx's (``model_int8`` at int8) in ``runtime`` at ``precision``;
@@ -62,7 +62,7 @@ def measure(export, *, data=None, ann=None, iters: int | str = "auto", max_time:
     from .benchmark.harness import check_timing, open_export, run_bench
 
     precision = canonical_precision(precision)
-    check_timing(iters, warmup, threads, max_time)  # before the (slower) mAP evaluation
+    check_timing(iters, warmup, threads, max_time, clock)  # before the (slower) mAP evaluation
     folder = open_export(export)
     data = data or folder.data
     ann = ann or folder.report_ann
@@ -73,7 +73,7 @@ def measure(export, *, data=None, ann=None, iters: int | str = "auto", max_time:
         def settled(ratios: dict) -> bool:  # every gated ratio's interval on one side of its bound
             return all(decide(ratios[s][1:], limits[s]) != "inconclusive" for s in GATED_STAGES)
     bench = run_bench(folder, runtime=runtime, precision=precision, threads=threads, iters=iters, max_time=max_time,
-                      warmup=warmup, progress=progress, settled=settled)
+                      warmup=warmup, progress=progress, settled=settled, clock=clock)
     measured = {
         "format": FORMAT,
         "identity": identity,
@@ -86,7 +86,7 @@ def measure(export, *, data=None, ann=None, iters: int | str = "auto", max_time:
         "absolute_ms": {v: {s: bench["stages"][v][s]["median"] for s in GATED_STAGES} for v in bench["stages"]},
         "head_channels": read_head_channels(folder),
         "bench_settings": {"runtime": runtime, "precision": precision, "threads": threads, "iters": iters,
-                           "max_time": max_time, "warmup": warmup},
+                           "max_time": max_time, "clock": bench["timing"]["clock"], "warmup": warmup},
         "timing": bench["timing"],
         "stability": bench["stability"],
         "machine": bench["machine"],
@@ -310,8 +310,10 @@ def timing_note(measured: dict) -> str:
     bs, m = measured["bench_settings"], measured["machine"]
     t, st = measured.get("timing") or {}, measured.get("stability") or {}
     threads = bs["threads"]
-    text = (f"Latency ratios are medians of interleaved {bs['runtime']} rounds ({t.get('rounds', bs['iters'])} "
-            f"rounds in {t.get('seconds', 0):.1f} s, {threads} thread{'s' if threads != 1 else ''}; target ±"
+    clock = {"cpu": "CPU time", "wall": "wall time"}.get(bs.get("clock", "wall"), bs.get("clock"))
+    text = (f"Latency ratios ({clock}) are medians of interleaved {bs['runtime']} rounds "
+            f"({t.get('rounds', bs['iters'])} rounds in {t.get('seconds', 0):.1f} s, {threads} "
+            f"thread{'s' if threads != 1 else ''}; target ±"
             f"{100 * t.get('target_half_width', 0):.0f} % {'reached' if t.get('target_reached') else 'not reached'}) "
             f"on {m.get('cpu')} ({st.get('cpu_count', m.get('logical_cores'))} CPUs, "
             f"{load_text(st.get('load_average'))}), with 95 % bootstrap intervals over paired rounds; "

@@ -21,8 +21,8 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
             model: str | os.PathLike | None = None, reference: str | None = None,
             data: str | os.PathLike | None = None, ann: str | os.PathLike | None = None,
             runtime: str = "onnxruntime", precision: str = "fp32", map_tol: float = 0.005,
-            latency_tol: float = 0.10, iters: int | str = "auto", max_time: float = 60.0, warmup: int = 10,
-            threads: int = 1, strict: bool = False, update: bool = False,
+            latency_tol: float = 0.10, iters: int | str = "auto", max_time: float = 60.0, clock: str = "cpu",
+            warmup: int = 10, threads: int = 1, strict: bool = False, update: bool = False,
             json_path: str | os.PathLike | None = None, summary_path: str | os.PathLike | None = None
             ) -> dict[str, Any]:
     """Measure an export and hold it to a baseline: deployed mAP, pruned/baseline latency ratios, head channels.
@@ -38,6 +38,9 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
         iters, max_time, warmup, threads: the timing (ratios of medians of interleaved rounds, each with its
             95 % bootstrap interval); ``iters="auto"`` measures until every ratio's interval is within ±3 %
             and none straddles its bound, or ``max_time`` seconds have passed.
+        clock: what a timing counts: ``cpu`` (default), this process's CPU time, which leaves out waiting for
+            a CPU, so a busy runner cannot fake a regression (with one thread on a CPU it is the latency of a
+            quiet machine), or ``wall`` time (TensorRT: GPU time either way).
         strict: an inconclusive latency row fails the check instead of passing.
         update: write ``baseline`` from this measurement instead of comparing with it.
         json_path: also write the verdict (measurement, rows, tolerances) here.
@@ -71,8 +74,9 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
     precision = canonical_precision(precision)  # f32, f16: the older spellings
     RegressSettings(export=export, baseline=baseline, model=model, reference=reference, data=data,
                     ann=ann, runtime=runtime, precision=precision, map_tol=map_tol, latency_tol=latency_tol,
-                    iters=iters, max_time=max_time, warmup=warmup, threads=threads, strict=strict, update=update,
-                    json_path=json_path, summary_path=summary_path).validate()  # once, before anything is opened
+                    iters=iters, max_time=max_time, clock=clock, warmup=warmup, threads=threads, strict=strict,
+                    update=update, json_path=json_path,
+                    summary_path=summary_path).validate()  # once, before anything is opened
     stored = None if update else core.load_baseline(baseline)
     with tempfile.TemporaryDirectory() as tmp:
         if model:
@@ -87,7 +91,7 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
             core.deployed_reference(stored, runtime=runtime, precision=precision,
                                     same_rule_as_pytorch=graphs_use_reported_rule(folder), path=baseline)
         limits = None if stored is None else core.latency_limits(stored, latency_tol)
-        measured = core.measure(folder, data=data, ann=ann, iters=iters, max_time=max_time, warmup=warmup,
+        measured = core.measure(folder, data=data, ann=ann, iters=iters, max_time=max_time, clock=clock, warmup=warmup,
                                 threads=threads, runtime=runtime, precision=precision, limits=limits)
     report_timing(measured, "regress")
     if update:
@@ -110,7 +114,7 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
 
 
 def _check(*, export, baseline, model, data, ann, runtime, precision, map_tol, latency_tol, iters, max_time,
-           warmup, threads, strict, update, json_path, summary_path) -> None:
+           clock, warmup, threads, strict, update, json_path, summary_path) -> None:
     """Every setting and output path, before anything is opened or measured."""
     from .. import regression as core
     from ..benchmark.harness import check_timing
@@ -119,7 +123,7 @@ def _check(*, export, baseline, model, data, ann, runtime, precision, map_tol, l
 
     if export is not None and model is not None:
         raise EdgeAnchorError("give export or model, not both")
-    check_timing(iters, warmup, threads, max_time)
+    check_timing(iters, warmup, threads, max_time, clock)
     require(runtime)  # one line naming what to install
     check_precision(runtime, precision)
     if not (map_tol >= 0 and latency_tol >= 0):

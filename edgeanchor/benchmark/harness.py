@@ -37,17 +37,20 @@ def parse_iters(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else int(text)
 
 
-def check_timing(iters: int | str, warmup: int, threads: int, max_time: float = 60.0) -> None:
+def check_timing(iters: int | str, warmup: int, threads: int, max_time: float = 60.0, clock: str = "wall") -> None:
     """Timing settings, checked before anything is opened or measured.
 
     Raises:
-        EdgeAnchorError: iters neither "auto" nor >= 1, warmup < 0, threads < 0, or max_time not positive.
+        EdgeAnchorError: iters neither "auto" nor >= 1, warmup < 0, threads < 0, max_time not positive, or
+            an unknown clock.
     """
     bad_iters = iters != "auto" and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1)
     if bad_iters or warmup < 0 or threads < 0:
         raise EdgeAnchorError(
             f"`iters` must be >= 1 (or auto), `warmup` >= 0 and `threads` >= 0 (got {iters}, {warmup}, {threads})"
         )
+    if clock not in ("wall", "cpu"):
+        raise EdgeAnchorError(f"unknown `clock` {clock!r}; choose wall or cpu")
     if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not 0 < max_time < float("inf"):
         raise EdgeAnchorError(f"`max_time` must be a positive number of seconds (got {max_time})")
 
@@ -104,7 +107,7 @@ def count_nms_inputs(folder: ExportFolder, variant: str, images: list[np.ndarray
 
 def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int | str = "auto",
               max_time: float = 60.0, image_dir=None, opt_level: str = "all", progress: bool = True,
-              precision: str = "fp32", end_to_end: str | None = None, settled=None) -> dict:
+              precision: str = "fp32", end_to_end: str | None = None, settled=None, clock: str = "wall") -> dict:
     """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result.
 
     ``precision`` (fp32, bf16, fp16 or int8; also f32, f16) is what the runtime runs the graphs at; int8 runs the
@@ -112,12 +115,16 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     the graph of the end-to-end stage (default: model.onnx; OpenCV: model_nonms.onnx + NMSBoxesBatched).
     ``iters`` is a number of rounds, or ``"auto"``: measure until every ratio's 95 % interval is within
     :data:`~.stats.TARGET_HALF_WIDTH` of it (and ``settled``, a function of the ratios ``{stage: (ratio, lo,
-    hi)}``, agrees) or ``max_time`` seconds have passed (:func:`measure_rounds`).
+    hi)}``, agrees) or ``max_time`` seconds have passed (:func:`measure_rounds`). ``clock`` is what a timing
+    counts: ``wall`` time (latency), or ``cpu``, the process's CPU time, which leaves out waiting for a CPU
+    on a busy machine (with one thread on a CPU it is the latency a quiet machine gives); TensorRT times the
+    GPU either way.
     """
     from ..runtimes import check_graph_for_runtime, check_precision
+    from ..runtimes.base import CLOCKS
 
     precision = canonical_precision(precision)
-    check_timing(iters, warmup, threads, max_time)
+    check_timing(iters, warmup, threads, max_time, clock)
     check_precision(runtime, precision)
     if end_to_end:
         check_graph_for_runtime(end_to_end, runtime)
@@ -125,6 +132,8 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     images, source = load_images(folder, image_dir)
     runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level, precision=precision,
                               end_to_end=end_to_end) for v in VARIANTS}
+    for runner in runners.values():
+        runner.clock = CLOCKS[clock]
     stages = [s for s in STAGES if s in getattr(runners["pruned"], "stages", STAGES)]
     rounds = measure_rounds(lambda v, i: runners[v].run_all(images[i % len(images)]), stages, warmup=warmup,
                             iters=iters, max_time=max_time, settled=settled, progress=progress,
@@ -133,6 +142,7 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     result = {"export_dir": str(folder.root), "runtime": runtime, "precision": precision, "settings": settings,
               "machine": machine_info(), "warmup": warmup, "iters": rounds["count"], "images": source,
               "num_images": len(images), **timing_record(rounds, stages, threads=threads)}
+    result["timing"]["clock"] = "gpu (CUDA events)" if runtime == "tensorrt" else clock
     result["nms_input_boxes"] = {v: count_nms_inputs(folder, v, images, runtime) for v in VARIANTS}
     return result
 
@@ -302,7 +312,8 @@ def format_result(result: dict) -> str:
              f"{canonical_precision(result.get('precision', 'fp32'))}, threads "
              f"{_threads(result['settings'])}, on {result['machine']['cpu']} ({st['cpu_count']} CPUs, "
              f"{load_text(st['load_average'])}); {t['rounds']} interleaved rounds in {t['seconds']:.1f} s after "
-             f"{result['warmup']} warm-up" + ("; UNSTABLE, see the warning" if st["unstable"] else "")]
+             f"{result['warmup']} warm-up" + ("; CPU time, not wall time" if t.get("clock") == "cpu" else "")
+             + ("; UNSTABLE, see the warning" if st["unstable"] else "")]
     return "\n".join(lines)
 
 
