@@ -320,7 +320,7 @@ def timing_note(measured: dict) -> str:
             "absolute medians (ms, for information): "
             + json.dumps({v: {s: round(x, 3) for s, x in d.items()} for v, d in measured["absolute_ms"].items()}))
     if st.get("unstable"):
-        text += f". **Unstable**: {st['warning']}"
+        text += f". **Unstable timing**: {st['warning'].removeprefix('unstable timing: ')}"
     return text
 
 
