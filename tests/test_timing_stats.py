@@ -341,3 +341,28 @@ def test_regress_exit_codes_and_strict(gate_measuring, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert (out["result"], out["passed"], out["exit_code"]) == ("fail", False, 1)
     assert [r["result"] for r in out["rows"] if r["metric"].startswith("latency ratio head")] == ["fail"]
+
+
+def test_timing_settings_are_checked_in_one_line():
+    from edgeanchor.benchmark.harness import check_timing, parse_iters
+    from edgeanchor.errors import EdgeAnchorError
+
+    assert parse_iters("auto") == "auto" and parse_iters(" AUTO ") == "auto" and parse_iters("12") == 12
+    check_timing("auto", 0, 1, 0.5, "cpu")
+    for args, message in (((0, 10, 1), "`iters` must be >= 1 (or auto)"), (("lots", 10, 1), "`iters` must be"),
+                          (("auto", 10, 1, 0), "`max_time` must be a positive number of seconds (got 0)"),
+                          (("auto", 10, 1, float("inf")), "`max_time` must be a positive"),
+                          (("auto", 10, 1, 60, "sundial"), "unknown `clock` 'sundial'; choose wall or cpu")):
+        with pytest.raises(EdgeAnchorError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_timing(*args)
+
+
+def test_bad_timing_flags_are_one_line_errors(capsys):
+    from edgeanchor.cli import main
+
+    for argv, message in ((["bench", "nowhere", "--iters", "lots"], "argument --iters: invalid"),
+                          (["bench", "nowhere", "--max-time", "0"], "--max-time must be a positive number"),
+                          (["regress", "--baseline", "b.json", "--clock", "sundial"], "argument --clock: invalid choice")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "Traceback" not in err, err
