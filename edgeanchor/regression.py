@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+from .benchmark.stats import decide, interval_text
 from .errors import EdgeAnchorError, first_line
 from .io import is_number, read_json, write_json
 from .runtimes import canonical_precision
@@ -47,26 +48,33 @@ def is_summary(path) -> bool:
         return False
 
 
-def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, threads: int = 1,
-            runtime: str = "onnxruntime", precision: str = "fp32", progress: bool = True) -> dict:
-    """mAP, latency ratios and head channels of an export folder (an :class:`ExportFolder` or its path).
+def measure(export, *, data=None, ann=None, iters: int | str = "auto", max_time: float = 60.0, clock: str = "cpu",
+            warmup: int = 10, threads: int = 1, runtime: str = "onnxruntime", precision: str = "fp32",
+            progress: bool = True, limits: dict[str, float] | None = None) -> dict:
+    """mAP, latency ratios (with their 95 % intervals) and head channels of an export folder (or its path).
 
     ``deployed_mAP`` is the pruned model.onnx's (``model_int8`` at int8) in ``runtime`` at ``precision``;
-    ``mAP`` the pruned checkpoint's in PyTorch, measured only where torch is installed.
+    ``mAP`` the pruned checkpoint's in PyTorch, measured only where torch is installed. With ``iters`` auto
+    and ``limits`` (stage -> the bound on its ratio), the timing goes on while an interval straddles its
+    bound, until ``max_time``.
     """
     from .benchmark.accuracy import evaluate_export, graphs_use_reported_rule
     from .benchmark.harness import check_timing, open_export, run_bench
     from .evaluation.pseudo import reference_info
 
     precision = canonical_precision(precision)
-    check_timing(iters, warmup, threads)  # before the (slower) mAP evaluation
+    check_timing(iters, warmup, threads, max_time, clock)  # before the (slower) mAP evaluation
     folder = open_export(export)
     data = data or folder.data
     ann = ann or folder.report_ann
     identity = measured_identity(folder, ann)
     deployed = evaluate_export(folder, runtime=runtime, precision=precision, data=data, ann=ann, progress=progress)
-    bench = run_bench(folder, runtime=runtime, precision=precision, threads=threads, iters=iters, warmup=warmup,
-                      progress=progress)
+    settled = None
+    if limits:
+        def settled(ratios: dict) -> bool:  # every gated ratio's interval on one side of its bound
+            return all(decide(ratios[s][1:], limits[s]) != "inconclusive" for s in GATED_STAGES)
+    bench = run_bench(folder, runtime=runtime, precision=precision, threads=threads, iters=iters, max_time=max_time,
+                      warmup=warmup, progress=progress, settled=settled, clock=clock)
     measured = {
         "format": FORMAT,
         "identity": identity,
@@ -75,11 +83,14 @@ def measure(export, *, data=None, ann=None, iters: int = 60, warmup: int = 10, t
                          "same_rule_as_pytorch": graphs_use_reported_rule(folder)},
         "ann": str(ann),
         "reference": "pseudo-labels" if reference_info(ann) is not None else "labels",  # pseudo: mAP is fidelity
-        "latency_ratios": {s: bench["ratio_of_medians"][s] for s in GATED_STAGES},
+        "latency_ratios": {s: bench["ratios"][s] for s in GATED_STAGES},
+        "latency_intervals": {s: bench["ratio_intervals"][s] for s in GATED_STAGES},
         "absolute_ms": {v: {s: bench["stages"][v][s]["median"] for s in GATED_STAGES} for v in bench["stages"]},
         "head_channels": read_head_channels(folder),
         "bench_settings": {"runtime": runtime, "precision": precision, "threads": threads, "iters": iters,
-                           "warmup": warmup},
+                           "max_time": max_time, "clock": bench["timing"]["clock"], "warmup": warmup},
+        "timing": bench["timing"],
+        "stability": bench["stability"],
         "machine": bench["machine"],
     }
     if torch_installed():
@@ -183,11 +194,19 @@ def read_head_channels(folder) -> list[dict]:
     return from_graph(model, sorted(int(n[4:]) for n in names))
 
 
+def latency_limits(baseline: dict, latency_tol: float) -> dict[str, float]:
+    """The bound on each gated stage's ratio: the baseline's ratio raised by ``latency_tol`` (relative)."""
+    return {s: baseline["latency_ratios"][s] * (1 + latency_tol) for s in GATED_STAGES}
+
+
 def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: float) -> list[dict]:
-    """One row per metric: value, bound, passed.
+    """One row per metric: value, bound, result (pass, fail or inconclusive) and passed.
 
     The deployed mAP is held to the baseline's deployed mAP of the same runtime and precision, or to its
     PyTorch mAP where the baseline has none; the PyTorch mAP (measured only with torch) to the baseline's.
+    These and the head channels are exact: pass or fail. A latency row is decided from the measured ratio's
+    95 % interval (:func:`~edgeanchor.benchmark.stats.decide`): pass when all of it is within the bound, fail
+    when all of it is above, inconclusive when it straddles the bound. ``passed`` is false only on a fail.
     """
     rows = []
     name = "fidelity mAP" if measured.get("reference") == "pseudo-labels" else "mAP"  # against pseudo-labels
@@ -201,15 +220,44 @@ def compare(measured: dict, baseline: dict, *, map_tol: float, latency_tol: floa
     rows.append({"metric": f"{name} deployed ({got['graph']}, {got['runtime']} {got['precision']})",
                  "value": got["mAP"], "baseline": ref, "bound": f">= {ref - map_tol:.4f}",
                  "passed": got["mAP"] >= ref - map_tol})
+    limits = latency_limits(baseline, latency_tol)
     for stage in GATED_STAGES:
         value, ref = measured["latency_ratios"][stage], baseline["latency_ratios"][stage]
-        limit = ref * (1 + latency_tol)
-        rows.append({"metric": f"latency ratio {stage} (pruned/unpruned)", "value": value, "baseline": ref,
-                     "bound": f"<= {limit:.3f}", "passed": value <= limit})
+        lo, hi = measured.get("latency_intervals", {}).get(stage, (value, value))
+        result = decide((lo, hi), limits[stage])
+        rows.append({"metric": f"latency ratio {stage} (pruned/unpruned)", "value": value, "interval": [lo, hi],
+                     "baseline": ref, "bound": f"<= {limits[stage]:.3f}", "result": result,
+                     "passed": result != "fail"})
     same = measured["head_channels"] == baseline["head_channels"]
     rows.append({"metric": "head channels per level", "value": _channels(measured["head_channels"]),
                  "baseline": _channels(baseline["head_channels"]), "bound": "equal", "passed": same})
+    for row in rows:
+        row.setdefault("result", "pass" if row["passed"] else "fail")
     return rows
+
+
+def verdict(rows: list[dict], *, strict: bool = False) -> tuple[str, bool, int]:
+    """The whole check: (result, passed, exit code).
+
+    ``fail`` (exit 1) if any row failed; else ``inconclusive`` if any latency row straddles its bound: it
+    passes with exit code 3, or fails with exit 1 under ``strict``; else ``pass`` (exit 0).
+    """
+    results = {r["result"] for r in rows}
+    if "fail" in results:
+        return "fail", False, 1
+    if "inconclusive" in results:
+        return ("inconclusive", False, 1) if strict else ("inconclusive", True, 3)
+    return "pass", True, 0
+
+
+def inconclusive_line(rows: list[dict], measured: dict, *, strict: bool = False) -> str:
+    """One line naming the latency rows whose interval straddles the bound, and what to do."""
+    names = [r["metric"].split()[2] for r in rows if r["result"] == "inconclusive"]
+    t = measured.get("timing", {})
+    counted = "FAILED (--strict)" if strict else "counted as passing (exit 3; --strict fails it)"
+    return (f"regress: inconclusive: the 95 % interval of the {', '.join(names)} latency ratio straddles its bound "
+            f"after {t.get('rounds')} rounds in {t.get('seconds', 0):.0f} s; {counted}; a longer --max-time or a "
+            "quieter machine decides it")
 
 
 def deployed_reference(baseline: dict, *, runtime: str, precision: str, same_rule_as_pytorch: bool = True,
@@ -243,22 +291,51 @@ def _channels(chs: list[dict]) -> str:
     return " ".join(f"L{c['level']}:{channels_text(c)}" for c in chs)
 
 
-def markdown(rows: list[dict], measured: dict) -> str:
+def value_text(row: dict) -> str:
+    """A row's value as printed: a latency ratio with its 95 % interval, an mAP to 4 places."""
+    if "interval" in row:
+        return interval_text(row["value"], *row["interval"])
+    return f"{row['value']:.4f}" if isinstance(row["value"], float) else str(row["value"])
+
+
+RESULT_TEXT = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive"}
+
+
+def markdown(rows: list[dict], measured: dict, *, strict: bool = False) -> str:
     """A Markdown summary for a CI job summary."""
-    ok = all(r["passed"] for r in rows)
-    lines = [f"### edgeanchor regress: {'passed' if ok else 'FAILED'}", "",
-             "| metric | value | baseline | bound | result |", "| --- | ---: | ---: | --- | --- |"]
+    result, passed, _ = verdict(rows, strict=strict)
+    title = {"pass": "passed", "fail": "FAILED"}.get(result) or \
+        ("FAILED (inconclusive, --strict)" if not passed else "passed, inconclusive")
+    lines = [f"### edgeanchor regress: {title}", "",
+             "| metric | value [95 % CI] | baseline | bound | result |", "| --- | ---: | ---: | --- | --- |"]
     for r in rows:
-        fmt = (lambda v: f"{v:.4f}") if isinstance(r["value"], float) else str
-        lines.append(f"| {r['metric']} | {fmt(r['value'])} | {fmt(r['baseline'])} | {r['bound']} | "
-                     f"{'pass' if r['passed'] else '**FAIL**'} |")
-    m = measured["machine"]
-    lines += ["", f"Latency ratios are medians of interleaved {measured['bench_settings']['runtime']} runs "
-              f"({measured['bench_settings']['iters']} iterations, {measured['bench_settings']['threads']} thread(s)) "
-              f"on {m.get('cpu')} ({m.get('logical_cores')} cores); absolute medians (ms, for information): "
-              + json.dumps({v: {s: round(t, 3) for s, t in d.items()} for v, d in measured["absolute_ms"].items()}),
-              ""]
+        base = f"{r['baseline']:.4f}" if isinstance(r["baseline"], float) else str(r["baseline"])
+        shown = RESULT_TEXT[r["result"]]
+        lines.append(f"| {r['metric']} | {value_text(r)} | {base} | {r['bound']} | "
+                     f"{'**' + shown + '**' if r['result'] == 'fail' else shown} |")
+    lines += ["", timing_note(measured), ""]
     return "\n".join(lines)
+
+
+def timing_note(measured: dict) -> str:
+    """How the latency ratios were measured: rounds, time, target, threads, CPUs, load; and the flag."""
+    from .benchmark.stats import load_text
+
+    bs, m = measured["bench_settings"], measured["machine"]
+    t, st = measured.get("timing") or {}, measured.get("stability") or {}
+    threads = bs["threads"]
+    clock = {"cpu": "CPU time", "wall": "wall time"}.get(bs.get("clock", "wall"), bs.get("clock"))
+    text = (f"Latency ratios ({clock}) are medians of interleaved {bs['runtime']} rounds "
+            f"({t.get('rounds', bs['iters'])} rounds in {t.get('seconds', 0):.1f} s, {threads} "
+            f"thread{'s' if threads != 1 else ''}; target ±"
+            f"{100 * t.get('target_half_width', 0):.0f} % {'reached' if t.get('target_reached') else 'not reached'}) "
+            f"on {m.get('cpu')} ({st.get('cpu_count', m.get('logical_cores'))} CPUs, "
+            f"{load_text(st.get('load_average'))}), with 95 % bootstrap intervals over paired rounds; "
+            "absolute medians (ms, for information): "
+            + json.dumps({v: {s: round(x, 3) for s, x in d.items()} for v, d in measured["absolute_ms"].items()}))
+    if st.get("unstable"):
+        text += f". **Unstable timing**: {st['warning'].removeprefix('unstable timing: ')}"
+    return text
 
 
 def load_baseline(path) -> dict:

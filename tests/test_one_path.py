@@ -140,8 +140,8 @@ COMMANDS = {
                  {"model": "name_or_path", "data": "images", "export": "det", "overwrite": None}),
     "train": ("TrainSettings", ["edgeanchor.api.training.train_checkpoint"], {}, {}),
     "data synth": ("SynthSettings", ["edgeanchor.api.synth"], {}, {}),
-    "bench": ("BenchSettings", ["edgeanchor.api.bench"], {}, {}),
-    "regress": ("RegressSettings", ["edgeanchor.api.regress"], {}, {}),
+    "bench": ("BenchSettings", ["edgeanchor.api.bench"], {}, {"iters": ("7", 7)}),  # auto or a number
+    "regress": ("RegressSettings", ["edgeanchor.api.regress"], {}, {"iters": ("7", 7)}),
 }
 
 

@@ -117,12 +117,17 @@ def test_runtime_matrix_rows(export):
             assert cell["loads"] and cell["parity"]["passed"], (runtime, graph, cell)
             lat = cell["latency_ms"]
             assert lat["pruned"] > 0 and lat["baseline"] > 0
-            assert lat["ratio"] == pytest.approx(lat["pruned"] / lat["baseline"])
+            assert lat["ratio_of_medians"] == pytest.approx(lat["pruned"] / lat["baseline"])
+            for key in ("pruned", "baseline", "ratio"):  # each figure inside its 95 % interval
+                assert lat[f"{key}_ci"][0] <= lat[key] <= lat[f"{key}_ci"][1]
+            assert isinstance(cell["stability"]["unstable"], bool)
         assert not cells["model_trt"]["loads"] and "TensorRT only" in cells["model_trt"]["why"]
     assert rt["openvino"]["graphs"]["model"]["file"].startswith("openvino/")  # the IR is what runs
     if not rt["tensorrt"]["installed"]:
         assert "TensorRT" in rt["tensorrt"]["why"]
     assert matrix["machine"]["load_average_1_5_15min"] is not None
+    st = matrix["stability"]
+    assert set(st["load_average"]) == {"1min", "5min", "15min"} and st["cpu_count"] >= 1 and st["threads"] == 1
 
 
 @pytest.mark.slow

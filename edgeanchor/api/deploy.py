@@ -133,7 +133,9 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
 
 @typechecked
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,
-          iters: int = 100, warmup: int = 10, precision: str = "fp32", images: str | os.PathLike | None = None,
+          iters: int | str = "auto", max_time: float = 60.0, clock: str = "wall", warmup: int = 10,
+          precision: str = "fp32",
+          images: str | os.PathLike | None = None,
           end_to_end: str | None = None, opt_level: str = "all", progress: bool = True, write: bool = False,
           json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None) -> BenchResult:
     """Time backbone, head, postprocess (decode + NMS) and end to end, baseline against pruned, interleaved.
@@ -142,7 +144,12 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
         folder: an export folder or its path (default: ``exports/demo``).
         runtime: onnxruntime, openvino, opencv, torch or tensorrt.
         threads: intra-op threads (0: the runtime's default).
-        iters, warmup: timed and untimed iterations; each runs both variants on the same real image.
+        iters: timed rounds, each running both variants on the same real image; ``"auto"``: until every
+            pruned/baseline ratio's 95 % interval is within ±3 % of it, or ``max_time`` seconds have passed.
+        max_time: with ``iters="auto"``, the most seconds of timed rounds.
+        clock: ``wall`` (latency) or ``cpu``, this process's CPU time, which leaves out waiting for a CPU on a
+            busy machine (TensorRT: GPU time either way).
+        warmup: untimed rounds first.
         precision: fp32, bf16, fp16 or int8 (the int8 graphs of an export made with int8); also f32, f16.
         images: an image folder to time on (default: the export's report split).
         end_to_end: the graph of the end-to-end stage (model, model_nonms or model_trt).
@@ -155,28 +162,34 @@ def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: st
 
     The settings are :class:`~edgeanchor.api.settings.BenchSettings`' fields (``edgeanchor bench``'s flags).
 
+    One line on stderr says whether the target was reached, and a warning names the cause and the fix when
+    the timing is unstable (a wide interval, a load above the CPU count, or a p90 far above the median).
+
     Returns:
-        Per stage and variant, latency statistics in milliseconds, and the pruned/baseline ratios (with
-        ``json_path`` and ``plot_path`` set to the files written, if any).
+        Per stage and variant, latency statistics in milliseconds with the median's 95 % interval, and the
+        pruned/baseline ratios with theirs (with ``json_path`` and ``plot_path`` set to the files written,
+        if any).
 
     Raises:
         EdgeAnchorError: bad settings, a runtime that is not installed, or a missing or malformed export.
     """
-    from ..benchmark.harness import run_bench
+    from ..benchmark.harness import report_timing, run_bench
     from ..exporting.folder import ExportFolder, default_export_dir
     from ..runtimes import canonical_precision
     from .settings import BenchSettings
 
     precision = canonical_precision(precision)  # f32, f16: the older spellings
-    BenchSettings(folder=folder, runtime=runtime, threads=threads, iters=iters, warmup=warmup,
-                  precision=precision, images=images, end_to_end=end_to_end, opt_level=opt_level, progress=progress,
-                  write=write, json_path=json_path, plot_path=plot_path).validate()  # once, before the folder is opened
+    BenchSettings(folder=folder, runtime=runtime, threads=threads, iters=iters, max_time=max_time, clock=clock,
+                  warmup=warmup, precision=precision, images=images, end_to_end=end_to_end, opt_level=opt_level,
+                  progress=progress, write=write, json_path=json_path,
+                  plot_path=plot_path).validate()  # once, before the folder is opened
     if not isinstance(folder, ExportFolder):
         folder = ExportFolder.open(folder or default_export_dir())
     outputs = _bench_outputs(folder, runtime, precision, images, json_path, plot_path) if write or json_path else None
     result = BenchResult(run_bench(folder, runtime=runtime, threads=threads, warmup=warmup, iters=iters,
-                                   image_dir=images, opt_level=opt_level, progress=progress, precision=precision,
-                                   end_to_end=end_to_end))
+                                   max_time=max_time, clock=clock, image_dir=images, opt_level=opt_level,
+                                   progress=progress, precision=precision, end_to_end=end_to_end))
+    report_timing(result.to_json(), "bench")
     if outputs:
         _write_bench(result, *outputs)
     return result

@@ -172,12 +172,23 @@ class BenchResult:
 
     @property
     def ratios(self) -> dict[str, float]:
-        """Pruned / baseline ratio of median latency per stage (backbone, head, postprocess, end_to_end)."""
-        return dict(self._result["ratio_of_medians"])
+        """Pruned / baseline latency ratio per stage (backbone, head, postprocess, end_to_end): the median of
+        the interleaved rounds' own ratios (``to_json()["ratio_of_medians"]`` has the ratio of the medians)."""
+        return dict(self._result["ratios"])
+
+    @property
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Each ratio's 95 % bootstrap interval (paired rounds resampled), per stage."""
+        return {s: (lo, hi) for s, (lo, hi) in self._result["ratio_intervals"].items()}
+
+    @property
+    def unstable(self) -> bool:
+        """True if the timing was flagged unstable (the causes are in ``to_json()["stability"]``)."""
+        return bool(self._result["stability"]["unstable"])
 
     @property
     def stages(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Per variant and stage: ``median``, ``p90``, ``p99``, ``min``, ``mean`` in milliseconds and ``n``."""
+        """Per variant and stage: ``median``, ``median_ci``, ``p90``, ``p99``, ``min``, ``mean`` (ms) and ``n``."""
         return copy.deepcopy(self._result["stages"])
 
     def table(self) -> str:
@@ -201,7 +212,8 @@ class BenchResult:
         return copy.deepcopy(self._result)
 
     def __repr__(self) -> str:
-        ratios = ", ".join(f"{s} x{r:.2f}" for s, r in self.ratios.items())
+        ratios = ", ".join(f"{s} x{r:.2f} [{lo:.2f}, {hi:.2f}]" for (s, r), (lo, hi)
+                           in zip(self.ratios.items(), self.intervals.values()))
         return f"BenchResult({self._result['runtime']}: {ratios})"
 
 

@@ -344,6 +344,19 @@ def _precision(text: str) -> str:
     return canonical_precision(text)
 
 
+def _iters(text: str) -> int | str:
+    """``--iters``: auto or a whole number."""
+    from ..benchmark.harness import parse_iters
+
+    return parse_iters(text)
+
+
+ITERS_HELP = ("rounds, each running both variants on the same image; auto (default): until every pruned/baseline "
+              "ratio's 95-percent interval is within 3 percent of it, or --max-time is up")
+MAX_TIME_HELP = "with --iters auto: the most seconds of timed rounds (default 60)"
+CLOCK_HELP = ("what a timing counts: wall time, or cpu, this process's CPU time, which leaves out waiting for a CPU "
+              "on a busy machine (TensorRT: GPU time either way)")
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # runtimes.PRECISIONS (kept here: this module imports nothing heavy)
 
 
@@ -520,7 +533,9 @@ class BenchSettings:
     opt_level: str = setting("all", "onnxruntime graph optimisation level",
                              choices=("disable", "basic", "extended", "all"))
     warmup: int = setting(10, "untimed iterations first (default 10)")
-    iters: int = setting(100, "timed iterations, each running both variants on the same image (default 100)")
+    iters: int | str = setting("auto", ITERS_HELP, type=_iters)
+    max_time: float = setting(60.0, MAX_TIME_HELP)
+    clock: str = setting("wall", CLOCK_HELP + " (default wall: the latency)", choices=("wall", "cpu"))
     images: PathArg | None = setting(None, "image folder (default: the export's report split)")
     json_path: PathArg | None = setting(None, "write the result JSON here (default: EXPORT_DIR/bench_<runtime>.json, "
                                     "bench_<runtime>_<precision>.json when not fp32)", flags=("--json-out",),
@@ -539,7 +554,7 @@ class BenchSettings:
         from ..benchmark.harness import check_timing
         from ..runtimes import check_precision, require
 
-        check_timing(self.iters, self.warmup, self.threads)
+        check_timing(self.iters, self.warmup, self.threads, self.max_time, self.clock)
         if self.runtime != "torch":
             require(self.runtime)
         check_precision(self.runtime, self.precision)
@@ -563,9 +578,15 @@ class RegressSettings:
                              "and fp16; int8: the int8 graphs)", choices=PRECISIONS, type=_precision)
     map_tol: float = setting(0.005, "allowed mAP drop (default 0.005)")
     latency_tol: float = setting(0.10, "allowed relative rise of a latency ratio (default 0.10)")
-    iters: int = setting(60, "timed iterations (default 60)")
+    iters: int | str = setting("auto", ITERS_HELP + "; auto also measures on while a ratio's interval straddles "
+                               "its bound", type=_iters)
+    max_time: float = setting(60.0, MAX_TIME_HELP)
+    clock: str = setting("cpu", CLOCK_HELP + " (default cpu: with one thread, the latency of a quiet machine, so a "
+                         "busy runner cannot fake a regression)", choices=("wall", "cpu"))
     warmup: int = setting(10, "untimed iterations first (default 10)")
     threads: int = setting(1, "intra-op threads of the runtime (default 1)")
+    strict: bool = setting(False, "an inconclusive latency row (its interval straddles the bound when the time is "
+                           "up) fails the check (exit 1) instead of exiting 3", action="store_true")
     update: bool = setting(False, "rewrite the baseline from this measurement", action="store_true")
     json_path: PathArg | None = setting(None, "also write the measurement and verdict to this file",
                                         flags=("--json-out",), metavar="JSON_OUT")
@@ -582,5 +603,6 @@ class RegressSettings:
 
         _check(export=self.export, baseline=self.baseline, model=self.model, data=self.data, ann=self.ann,
                runtime=self.runtime, precision=self.precision, map_tol=self.map_tol, latency_tol=self.latency_tol,
-               iters=self.iters, warmup=self.warmup, threads=self.threads, update=self.update,
+               iters=self.iters, max_time=self.max_time, clock=self.clock, warmup=self.warmup, threads=self.threads,
+               strict=self.strict, update=self.update,
                json_path=self.json_path, summary_path=self.summary_path)

@@ -11,6 +11,7 @@ torch: bench runs on a device with only a runtime installed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,27 @@ def stats_ms(samples_ns: list[int]) -> dict:
             "min": float(a.min()), "mean": float(a.mean()), "n": int(a.size)}
 
 
-def check_timing(iters: int, warmup: int, threads: int) -> None:
+def parse_iters(text: str) -> int | str:
+    """``--iters``: ``auto`` or a whole number of rounds."""
+    return "auto" if text.strip().lower() == "auto" else int(text)
+
+
+def check_timing(iters: int | str, warmup: int, threads: int, max_time: float = 60.0, clock: str = "wall") -> None:
     """Timing settings, checked before anything is opened or measured.
 
     Raises:
-        EdgeAnchorError: iters < 1, warmup < 0 or threads < 0.
+        EdgeAnchorError: iters neither "auto" nor >= 1, warmup < 0, threads < 0, max_time not positive, or
+            an unknown clock.
     """
-    if iters < 1 or warmup < 0 or threads < 0:
+    bad_iters = iters != "auto" and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1)
+    if bad_iters or warmup < 0 or threads < 0:
         raise EdgeAnchorError(
-            f"`iters` must be >= 1, `warmup` >= 0 and `threads` >= 0 (got {iters}, {warmup}, {threads})"
+            f"`iters` must be >= 1 (or auto), `warmup` >= 0 and `threads` >= 0 (got {iters}, {warmup}, {threads})"
         )
+    if clock not in ("wall", "cpu"):
+        raise EdgeAnchorError(f"unknown `clock` {clock!r}; choose wall or cpu")
+    if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not 0 < max_time < float("inf"):
+        raise EdgeAnchorError(f"`max_time` must be a positive number of seconds (got {max_time})")
 
 
 def open_export(export) -> ExportFolder:
@@ -95,19 +107,26 @@ def count_nms_inputs(folder: ExportFolder, variant: str, images: list[np.ndarray
             "counted_with": counter_runtime}
 
 
-def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int = 100,
-              image_dir=None, opt_level: str = "all", progress: bool = True, precision: str = "fp32",
-              end_to_end: str | None = None) -> dict:
+def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup: int = 10, iters: int | str = "auto",
+              max_time: float = 60.0, image_dir=None, opt_level: str = "all", progress: bool = True,
+              precision: str = "fp32", end_to_end: str | None = None, settled=None, clock: str = "wall") -> dict:
     """Time both variants of an export folder (an :class:`ExportFolder` or its path); returns the JSON-ready result.
 
     ``precision`` (fp32, bf16, fp16 or int8; also f32, f16) is what the runtime runs the graphs at; int8 runs the
     export's int8 graphs. It is recorded in the result, with the runtime's settings. ``end_to_end`` names
     the graph of the end-to-end stage (default: model.onnx; OpenCV: model_nonms.onnx + NMSBoxesBatched).
+    ``iters`` is a number of rounds, or ``"auto"``: measure until every ratio's 95 % interval is within
+    :data:`~.stats.TARGET_HALF_WIDTH` of it (and ``settled``, a function of the ratios ``{stage: (ratio, lo,
+    hi)}``, agrees) or ``max_time`` seconds have passed (:func:`measure_rounds`). ``clock`` is what a timing
+    counts: ``wall`` time (latency), or ``cpu``, the process's CPU time, which leaves out waiting for a CPU
+    on a busy machine (with one thread on a CPU it is the latency a quiet machine gives); TensorRT times the
+    GPU either way.
     """
     from ..runtimes import check_graph_for_runtime, check_precision
+    from ..runtimes.base import CLOCKS
 
     precision = canonical_precision(precision)
-    check_timing(iters, warmup, threads)
+    check_timing(iters, warmup, threads, max_time, clock)
     check_precision(runtime, precision)
     if end_to_end:
         check_graph_for_runtime(end_to_end, runtime)
@@ -115,36 +134,156 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
     images, source = load_images(folder, image_dir)
     runners = {v: make_runner(runtime, folder, v, threads=threads, opt_level=opt_level, precision=precision,
                               end_to_end=end_to_end) for v in VARIANTS}
+    for runner in runners.values():
+        runner.clock = CLOCKS[clock]
     stages = [s for s in STAGES if s in getattr(runners["pruned"], "stages", STAGES)]
-    samples: dict[str, dict[str, list[int]]] = {v: {s: [] for s in stages} for v in VARIANTS}
-    for i in progress_bar(range(warmup + iters), desc=f"bench {runtime}", disable=not progress):
-        image = images[i % len(images)]
-        order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
-        for v in order:
-            times = runners[v].run_all(image)
-            if i >= warmup:
-                for s in stages:
-                    samples[v][s].append(times[s])
-    result = {"export_dir": str(folder.root), "runtime": runtime, "precision": precision,
-              "settings": runners["pruned"].settings,
-              "machine": machine_info(), "warmup": warmup, "iters": iters, "images": source,
-              "num_images": len(images), "stages": {}, "ratio_of_medians": {}}
-    for v in VARIANTS:
-        result["stages"][v] = {s: stats_ms(samples[v][s]) for s in stages}
-    for s in stages:
-        result["ratio_of_medians"][s] = result["stages"]["pruned"][s]["median"] / \
-            result["stages"]["baseline"][s]["median"]
+    rounds = measure_rounds(lambda v, i: runners[v].run_all(images[i % len(images)]), stages, warmup=warmup,
+                            iters=iters, max_time=max_time, settled=settled, progress=progress,
+                            desc=f"bench {runtime}")
+    settings = runners["pruned"].settings
+    result = {"export_dir": str(folder.root), "runtime": runtime, "precision": precision, "settings": settings,
+              "machine": machine_info(), "warmup": warmup, "iters": rounds["count"], "images": source,
+              "num_images": len(images), **timing_record(rounds, stages, threads=threads)}
+    result["timing"]["clock"] = "gpu (CUDA events)" if runtime == "tensorrt" else clock
     result["nms_input_boxes"] = {v: count_nms_inputs(folder, v, images, runtime) for v in VARIANTS}
     return result
 
 
-def progress_bar(iterable, *, desc: str, disable: bool = False):
-    """tqdm's bar over ``iterable`` when tqdm is installed (the device path does not need it), else ``iterable``."""
+def measure_rounds(run, stages: list[str], *, warmup: int, iters: int | str, max_time: float, settled=None,
+                   progress: bool = True, desc: str = "bench", clock=None) -> dict:
+    """Interleaved rounds: in round ``i`` both variants run (``run(variant, i)`` -> ns per stage), alternating order.
+
+    Baseline goes first on even rounds and pruned on odd ones, so drift of the machine hits both alike. With
+    ``iters`` a number, exactly that many rounds after ``warmup``. With ``"auto"``, rounds until every
+    ratio's interval is within the target (and ``settled(ratios)`` is true, if given), checked each time
+    the count has grown by a quarter, or until ``max_time`` seconds (never fewer than
+    :data:`~.stats.MIN_ROUNDS` rounds). ``clock`` (seconds; default ``time.perf_counter``) is for tests.
+
+    Returns:
+        ``samples`` (variant -> (n, S) ns array), ``count``, ``seconds``, ``auto``, ``target_reached``
+        and ``summary`` (:func:`~.stats.summarise_rounds` of the samples, in ns).
+    """
+    import math
+    import time
+
+    from .stats import MIN_ROUNDS, summarise_rounds, target_reached
+
+    clock = clock or time.perf_counter
+    auto = iters == "auto"
+    rows: dict[str, list[list[int]]] = {v: [] for v in VARIANTS}
+    bar = progress_bar(None, desc=desc, disable=not progress, total=None if auto else warmup + int(iters))
+
+    def one_round(i: int) -> None:
+        for v in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+            times = run(v, i)
+            if i >= warmup:
+                rows[v].append([times[s] for s in stages])
+        if bar is not None:
+            bar.update(1)
+
+    def summary() -> dict:
+        return summarise_rounds(np.asarray(rows["baseline"]), np.asarray(rows["pruned"]), stages)
+
+    for i in range(warmup):
+        one_round(i)
+    start, count, next_check, stats, reached = clock(), 0, MIN_ROUNDS, None, False
+    while True:
+        one_round(warmup + count)
+        count += 1
+        if not auto:
+            if count >= int(iters):
+                break
+            continue
+        out_of_time = count >= MIN_ROUNDS and clock() - start >= max_time
+        if count >= next_check or out_of_time:
+            stats = summary()
+            ratios = {s: row["ratio"] for s, row in stats.items()}
+            reached = target_reached(ratios)
+            if out_of_time or (reached and (settled is None or settled(ratios))):
+                break
+            next_check = max(count + 1, math.ceil(count * 1.25))
+    seconds = clock() - start
+    if bar is not None:
+        bar.close()
+    if stats is None:  # a fixed number of rounds
+        stats = summary()
+        reached = count >= MIN_ROUNDS and target_reached({s: row["ratio"] for s, row in stats.items()})
+    return {"samples": {v: np.asarray(rows[v]) for v in VARIANTS}, "count": count, "seconds": seconds,
+            "auto": auto, "max_time": max_time, "target_reached": reached, "summary": stats}
+
+
+def timing_record(rounds: dict, stages: list[str], *, threads: int) -> dict:
+    """The JSON fields of a measurement: per-stage statistics, ratios with intervals, timing and stability."""
+    from . import stats
+
+    summary = rounds["summary"]
+    stages_out: dict[str, dict] = {}
+    for v in VARIANTS:
+        stages_out[v] = {}
+        for j, s in enumerate(stages):
+            _, lo, hi = summary[s][v]
+            stages_out[v][s] = {**stats_ms(rounds["samples"][v][:, j].tolist()), "median_ci": [lo / 1e6, hi / 1e6]}
+    load = stats.load_average()
+    cpus = os.cpu_count()
+    stable = stats.stability(summary, load=load, cpu_count=cpus, threads=threads, rounds=rounds["count"])
+    return {
+        "stages": stages_out,
+        "ratios": {s: summary[s]["ratio"][0] for s in stages},  # the median of the rounds' own ratios
+        "ratio_intervals": {s: list(summary[s]["ratio"][1:]) for s in stages},
+        "ratio_of_medians": {s: summary[s]["ratio_of_medians"] for s in stages},  # for information
+        "timing": {"iters": "auto" if rounds["auto"] else rounds["count"], "rounds": rounds["count"],
+                   "seconds": round(rounds["seconds"], 3), "max_time_s": rounds["max_time"] if rounds["auto"] else None,
+                   "target_half_width": stats.TARGET_HALF_WIDTH, "target_reached": rounds["target_reached"],
+                   "widest_half_width": _finite(max(stats.relative_half_width(*summary[s]["ratio"]) for s in stages)),
+                   "confidence": stats.CONFIDENCE, "resamples": stats.NUM_RESAMPLES, "seed": stats.SEED,
+                   "interval": "percentile bootstrap over rounds; ratios paired by round"},
+        "stability": {**stable, "load_average": load, "cpu_count": cpus, "threads": threads,
+                      "spread_p90_over_median": {v: {s: summary[s]["spread"][v] for s in stages} for v in VARIANTS}},
+    }
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or None where it is inf or nan (JSON has neither)."""
+    return x if np.isfinite(x) else None
+
+
+def timing_lines(result: dict, command: str = "bench") -> tuple[str, str | None]:
+    """The stderr line on whether the target was reached, and the instability warning (or None)."""
+    t = result["timing"]
+    target = f"±{100 * t['target_half_width']:.0f} %"
+    widest = "widest ratio interval " + (f"±{100 * t['widest_half_width']:.1f} %" if t["widest_half_width"] is not None
+                                         else "unbounded")
+    done = f"{t['rounds']} rounds in {t['seconds']:.1f} s"
+    if t["iters"] != "auto":
+        line = f"{command}: {done} (--iters {t['iters']}); {widest}, target {target} " + \
+            ("met" if t["target_reached"] else "not met")
+    elif t["target_reached"]:
+        line = f"{command}: target reached: every ratio's 95 % interval within {target} after {done}"
+    else:
+        line = f"{command}: target {target} not reached within --max-time {t['max_time_s']:g} s ({done}; {widest})"
+    return line, result["stability"]["warning"]
+
+
+def report_timing(result: dict, command: str) -> None:
+    """Log :func:`timing_lines` of a result (or a regress measurement): the target line, then any warning."""
+    from ..io import log, warn
+
+    line, warning = timing_lines(result, command)
+    log(line)
+    if warning:
+        warn(f"warning: {warning}")
+
+
+def progress_bar(iterable, *, desc: str, disable: bool = False, total: int | None = None):
+    """tqdm's bar over ``iterable`` when tqdm is installed (the device path does not need it), else ``iterable``.
+
+    With ``iterable`` None: a bar to ``update`` by hand (``total`` None: a count without an end), or None.
+    """
     try:
         from tqdm import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, desc=desc, disable=disable, leave=False)
+    return tqdm(iterable, desc=desc, disable=disable, leave=False, total=total)
 
 
 def can_plot() -> bool:
@@ -155,22 +294,28 @@ def can_plot() -> bool:
 
 
 def format_result(result: dict) -> str:
-    """The readable table."""
+    """The readable table: medians and ratios with their 95 % intervals, then the settings and the load."""
+    from .stats import interval_text, load_text
+
     rows = []
-    for s in result["ratio_of_medians"]:
+    for s in result["ratios"]:
         b, p = result["stages"]["baseline"][s], result["stages"]["pruned"][s]
-        rows.append([s, f"{b['median']:.3f}", f"{b['p90']:.3f}", f"{p['median']:.3f}", f"{p['p90']:.3f}",
-                     f"{result['ratio_of_medians'][s]:.3f}"])
+        ratio = interval_text(result["ratios"][s], *result["ratio_intervals"][s])
+        rows.append([s, interval_text(b["median"], *b["median_ci"]), f"{b['p90']:.3f}",
+                     interval_text(p["median"], *p["median_ci"]), f"{p['p90']:.3f}", ratio])
     nms = result["nms_input_boxes"]
     counted = ("median" in nms["baseline"] and f"boxes entering NMS per image (median): baseline "
                f"{nms['baseline']['median']:.0f}, pruned {nms['pruned']['median']:.0f}")
-    lines = [format_table(["stage", "baseline med ms", "p90", "pruned med ms", "p90", "pruned/baseline"], rows),
+    t, st = result["timing"], result["stability"]
+    lines = [format_table(["stage", "baseline median ms [95 % CI]", "p90", "pruned median ms [95 % CI]", "p90",
+                           "pruned/baseline [95 % CI]"], rows),
              counted or f"boxes entering NMS: {nms['baseline']['note']}",
              f"{result['runtime']} {result['settings'].get('version')} at "
              f"{canonical_precision(result.get('precision', 'fp32'))}, threads "
-             f"{_threads(result['settings'])}, on {result['machine']['cpu']} "
-             f"({result['machine']['logical_cores']} cores); {result['iters']} iterations after "
-             f"{result['warmup']} warm-up, interleaved"]
+             f"{_threads(result['settings'])}, on {result['machine']['cpu']} ({st['cpu_count']} CPUs, "
+             f"{load_text(st['load_average'])}); {t['rounds']} interleaved rounds in {t['seconds']:.1f} s after "
+             f"{result['warmup']} warm-up" + ("; CPU time, not wall time" if t.get("clock") == "cpu" else "")
+             + ("; UNSTABLE, see the warning" if st["unstable"] else "")]
     return "\n".join(lines)
 
 

@@ -5,11 +5,17 @@
   edgeanchor bench exports/demo --runtime openvino --precision bf16    (pip install "edgeanchor[openvino]")
   edgeanchor bench exports/demo --runtime onnxruntime --precision int8 (an export made with --int8)
 
-Both variants of a prune-and-export folder are timed in the same run,
-interleaved, on real images (by default the export's report split), so the
-NMS sees the candidates the model really produces. Reports median, p90, p99,
-min and n per stage, the pruned/baseline ratio of medians, the boxes entering
-NMS per image, and the runtime and machine settings; writes a JSON file and a
+Both variants of a prune-and-export folder are timed in the same run, in
+interleaved rounds, on real images (by default the export's report split), so
+the NMS sees the candidates the model really produces. With --iters auto (the
+default) it times until every pruned/baseline ratio's 95 % interval is within
+±3 % of it, or --max-time seconds (default 60), and says on stderr whether
+that target was reached. Reports per stage the median with its 95 % bootstrap
+interval, p90, p99, min and n, the pruned/baseline ratio (the median of the
+rounds' own ratios) with its interval, the boxes entering NMS per image, the
+runtime and machine settings and the load average; warns in one line, naming
+the cause and the fix, when the timing is unstable (a wide interval, a load
+above the CPU count, a p90 far above the median). Writes a JSON file and a
 PNG plot of the per-stage medians (--json prints the result JSON on stdout
 instead of the table).
 """

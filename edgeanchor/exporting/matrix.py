@@ -84,6 +84,7 @@ def runtime_matrix(folder: ExportFolder, images: torch.Tensor, *, iters: int = 2
         for graph in graphs:
             entry["graphs"][graph] = _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_parity)
         out["runtimes"][runtime] = entry
+    out["stability"] = _matrix_stability(out)
     return out
 
 
@@ -126,10 +127,52 @@ def _cell(folder, runtime, graph, dets, feeds, images, iters, threads, check_par
         for v in order:
             f = feeds[v][i % len(feeds[v])][kind]
             times[v].append(opened[v].timed(f)[1])
-    med = {v: float(np.median(times[v])) / 1e6 for v in VARIANTS}
-    cell["latency_ms"] = {"pruned": med["pruned"], "baseline": med["baseline"],
-                          "ratio": med["pruned"] / med["baseline"] if med["baseline"] else None}
+    cell["latency_ms"], cell["stability"] = _latency(times, threads)
     return cell
+
+
+def _latency(times: dict[str, list[float]], threads: int) -> tuple[dict, dict]:
+    """Medians (ms) and the pruned/baseline ratio of interleaved rounds, each with its 95 % interval, and
+    whether the timing is stable (:func:`~edgeanchor.benchmark.stats.stability`)."""
+    import os
+
+    from ..benchmark import stats
+
+    summary = stats.summarise_rounds(np.asarray(times["baseline"])[:, None], np.asarray(times["pruned"])[:, None],
+                                     ["graph"])
+    row = summary["graph"]
+    ms = {v: [x / 1e6 for x in row[v]] for v in VARIANTS}  # (median, lo, hi)
+    latency = {"pruned": ms["pruned"][0], "baseline": ms["baseline"][0], "ratio": row["ratio"][0],
+               "pruned_ci": ms["pruned"][1:], "baseline_ci": ms["baseline"][1:], "ratio_ci": list(row["ratio"][1:]),
+               "ratio_of_medians": row["ratio_of_medians"], "spread_p90_over_median": row["spread"]}
+    stable = stats.stability(summary, load=stats.load_average(), cpu_count=os.cpu_count(), threads=threads,
+                             rounds=len(times["pruned"]))
+    return latency, {k: stable[k] for k in ("unstable", "causes", "fixes")}
+
+
+def _matrix_stability(out: dict) -> dict:
+    """The matrix's flag: the load, the CPUs, the threads, and how many timed cells were unstable and why."""
+    import os
+
+    from ..benchmark import stats
+
+    cells = [c for e in out["runtimes"].values() for c in e.get("graphs", {}).values() if "stability" in c]
+    bad = [c["stability"] for c in cells if c["stability"]["unstable"]]
+    causes = list(dict.fromkeys(_cause_kind(c) for st in bad for c in st["causes"]))
+    fixes = list(dict.fromkeys(f for st in bad for f in st["fixes"]))
+    return {"unstable": bool(bad), "unstable_cells": len(bad), "timed_cells": len(cells), "causes": causes,
+            "fixes": fixes, "load_average": stats.load_average(), "cpu_count": os.cpu_count(),
+            "threads": out["threads"], "target_half_width": stats.TARGET_HALF_WIDTH,
+            "spread_limit": stats.SPREAD_LIMIT}
+
+
+def _cause_kind(cause: str) -> str:
+    """A cell's cause without its figures: what the matrix's one line lists."""
+    if "interval" in cause:
+        return "ratio intervals wider than ±3 %" if "target" in cause else "too few rounds"
+    if "load average" in cause:
+        return "a load average above the CPU count"
+    return "a p90 far above the median"
 
 
 def _parity_summary(res: dict) -> dict:
@@ -141,13 +184,24 @@ def _parity_summary(res: dict) -> dict:
 
 
 def matrix_markdown(matrix: dict) -> list[str]:
-    """report.md lines: one table row per runtime x graph, one line per runtime that is not there."""
+    """report.md lines: one table row per runtime x graph, one line per runtime that is not there.
+
+    Every ratio is printed with its 95 % interval; the load, the CPUs and the threads are stated, and an
+    unstable timing is flagged in its row and in one line under the table.
+    """
+    from ..benchmark.stats import interval_text, load_text
+
     m = matrix
+    st = m.get("stability") or {}
+    threads = m["threads"]
     lines = [f"Every graph in every installed runtime, at fp32 (int8 graphs at int8): whether it loads and runs, its "
-             f"parity with PyTorch on {m['num_images']} images, and the median of {m['iters']} interleaved runs "
-             f"({m['threads']} thread(s); load average {m['machine'].get('load_average_1_5_15min')}).", "",
-             "| runtime | graph | loads | parity | pruned ms | baseline ms | pruned / baseline |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+             f"parity with PyTorch on {m['num_images']} images, and the median of {m['iters']} interleaved rounds "
+             f"with its 95 % bootstrap interval ({threads} thread{'s' if threads != 1 else ''}; "
+             f"{st.get('cpu_count', m['machine'].get('logical_cores'))} CPUs, "
+             f"{load_text(st.get('load_average'))} after the timing).", "",
+             "| runtime | graph | loads | parity | pruned ms [95 % CI] | baseline ms [95 % CI] | "
+             "pruned / baseline [95 % CI] | timing |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
     notes = []
     for runtime, entry in m["runtimes"].items():
         if not entry["installed"]:
@@ -156,14 +210,22 @@ def matrix_markdown(matrix: dict) -> list[str]:
         name = f"{runtime} {entry['version']}"
         for graph, cell in entry["graphs"].items():
             if not cell["loads"]:
-                lines.append(f"| {name} | {graph} | no | | | | |")
+                lines.append(f"| {name} | {graph} | no | | | | | |")
                 notes.append(f"- {runtime} / {graph}: {cell['why']}")
                 continue
             par = cell.get("parity")
             ptxt = "int8 (see int8 mAP)" if par is None else ("yes" if par["passed"] else "**no**")
             lat = cell["latency_ms"]
-            lines.append(f"| {name} | {graph} | yes | {ptxt} | {lat['pruned']:.2f} | {lat['baseline']:.2f} | "
-                         f"{lat['ratio']:.2f} |")
+            flag = "**unstable**" if cell.get("stability", {}).get("unstable") else "stable"
+            shown = [interval_text(lat[k], lat[f"{k}_ci"][0], lat[f"{k}_ci"][1], 2)
+                     for k in ("pruned", "baseline", "ratio")]
+            lines.append(f"| {name} | {graph} | yes | {ptxt} | {' | '.join(shown)} | {flag} |")
+    if st.get("unstable"):
+        lines += ["", f"**Unstable timing** in {st['unstable_cells']} of {st['timed_cells']} rows "
+                  f"({', '.join(st['causes'])}): read their latencies as rough. For figures to trust, time the "
+                  "export with `edgeanchor bench`, which measures until every interval is within "
+                  f"±{100 * st['target_half_width']:.0f} %" + (", on a quieter machine" if "a quieter machine" in
+                                                               st["fixes"] else "") + "."]
     if notes:
         lines += ["", *notes]
     return lines
