@@ -297,7 +297,7 @@ def _resolve(annotation: Any, namespace: dict[str, Any]) -> Any:
     if not isinstance(annotation, str):
         return annotation
     names: dict[str, Any] = {"os": os, "Any": Any, "Callable": Callable, "Iterable": Iterable,
-                             "Sequence": Sequence}
+                             "Sequence": Sequence, "Literal": typing.Literal}
     names.update(namespace)
     from . import _LAZY  # the public classes (Detector, ExportFolder ...): typing-only imports in the API modules
 
@@ -331,6 +331,8 @@ def _matches(value: Any, tp: Any) -> bool:
     if tp is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:  # Literal["auto"]: one of the values, of the same type (True is not 1)
+        return any(type(value) is type(v) and value == v for v in typing.get_args(tp))
     if origin is not None and isinstance(origin, type):  # Sequence[int], os.PathLike[str], dict[str, Any]
         if not isinstance(value, origin):
             return False
@@ -356,6 +358,8 @@ def _describe_one(tp: Any) -> str:
     if tp is os.PathLike or typing.get_origin(tp) is os.PathLike:
         return "a path (os.PathLike)"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
     if origin is not None and args:
         of = _describe(args[0]).removeprefix("an ").removeprefix("a ")
         return f"{_article(origin.__name__.lower())} of {of}"

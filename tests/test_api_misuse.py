@@ -103,7 +103,7 @@ def test_a_wrong_type_names_the_parameter_and_the_type(name, fn, det):
 
 
 @pytest.mark.parametrize("call, words", [  # the issue's own cases are rows of tests/test_bad_input.py
-    (lambda det: ea.bench("exp", iters=True), "`iters` must be an int (got True, a bool)"),
+    (lambda det: ea.bench("exp", iters=True), "`iters` must be an int or 'auto' (got True, a bool)"),
     (lambda det: ea.load("demo", image_size=(320, "320")), "`image_size` must be a sequence of int or None "
                                                            "(got (320, '320'), a tuple: '320', a str in it)"),
     (lambda det: ea.prune_and_export(max_evals="10"), "`max_evals` must be an int (got '10', a str)"),

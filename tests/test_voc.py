@@ -273,7 +273,8 @@ def voc_args(root: Path, split: str) -> list[str]:
 
 def test_synth_voc_layout(synth_pair):
     voc = synth_pair / "voc"
-    assert sorted(p.name for p in voc.iterdir()) == ["Annotations", "ImageSets", "JPEGImages", "classes.txt"]
+    assert sorted(p.name for p in voc.iterdir()) == [".edgeanchor-manifest.json", "Annotations", "ImageSets",
+                                                     "JPEGImages", "classes.txt"]
     assert (voc / "classes.txt").read_text().split() == ["pole", "plank", "coin", "crate", "kite"]
     ids = {s: (voc / "ImageSets" / "Main" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
     assert [len(v) for v in ids.values()] == [64, 8, 8] and ids["val"][0] == "000065"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import EdgeAnchorError
 from ..settings import typechecked
@@ -133,7 +133,7 @@ def _check_formats(formats: Sequence[str] | None) -> set[str]:
 
 @typechecked
 def bench(folder: ExportFolder | str | os.PathLike | None = None, *, runtime: str = "onnxruntime", threads: int = 0,
-          iters: int | str = "auto", max_time: float = 60.0, clock: str = "wall", warmup: int = 10,
+          iters: int | Literal["auto"] = "auto", max_time: float = 60.0, clock: str = "wall", warmup: int = 10,
           precision: str = "fp32",
           images: str | os.PathLike | None = None,
           end_to_end: str | None = None, opt_level: str = "all", progress: bool = True, write: bool = False,

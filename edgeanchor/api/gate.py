@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import EdgeAnchorError
 from ..settings import typechecked
@@ -23,7 +23,8 @@ def regress(export: ExportFolder | str | os.PathLike | None = None, *, baseline:
             model: str | os.PathLike | None = None, reference: str | None = None,
             data: str | os.PathLike | None = None, ann: str | os.PathLike | None = None,
             runtime: str = "onnxruntime", precision: str = "fp32", map_tol: float = 0.005,
-            latency_tol: float = 0.10, iters: int | str = "auto", max_time: float = 60.0, clock: str = "cpu",
+            latency_tol: float = 0.10, iters: int | Literal["auto"] = "auto", max_time: float = 60.0,
+            clock: str = "cpu",
             warmup: int = 10, threads: int = 1, strict: bool = False, update: bool = False,
             json_path: str | os.PathLike | None = None, summary_path: str | os.PathLike | None = None
             ) -> dict[str, Any]:

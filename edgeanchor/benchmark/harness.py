@@ -44,6 +44,8 @@ def check_timing(iters: int | str, warmup: int, threads: int, max_time: float = 
         EdgeAnchorError: iters neither "auto" nor >= 1, warmup < 0, threads < 0, max_time not positive, or
             an unknown clock.
     """
+    if isinstance(iters, str) and iters != "auto":
+        raise EdgeAnchorError(f"`iters` must be an int or 'auto' (got {iters!r}, a str)")
     bad_iters = iters != "auto" and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1)
     if bad_iters or warmup < 0 or threads < 0:
         raise EdgeAnchorError(
@@ -184,27 +186,29 @@ def measure_rounds(run, stages: list[str], *, warmup: int, iters: int | str, max
     def summary() -> dict:
         return summarise_rounds(np.asarray(rows["baseline"]), np.asarray(rows["pruned"]), stages)
 
-    for i in range(warmup):
-        one_round(i)
-    start, count, next_check, stats, reached = clock(), 0, MIN_ROUNDS, None, False
-    while True:
-        one_round(warmup + count)
-        count += 1
-        if not auto:
-            if count >= int(iters):
-                break
-            continue
-        out_of_time = count >= MIN_ROUNDS and clock() - start >= max_time
-        if count >= next_check or out_of_time:
-            stats = summary()
-            ratios = {s: row["ratio"] for s, row in stats.items()}
-            reached = target_reached(ratios)
-            if out_of_time or (reached and (settled is None or settled(ratios))):
-                break
-            next_check = max(count + 1, math.ceil(count * 1.25))
-    seconds = clock() - start
-    if bar is not None:
-        bar.close()
+    try:  # the bar is closed on an error too, so the error line starts a line of its own
+        for i in range(warmup):
+            one_round(i)
+        start, count, next_check, stats, reached = clock(), 0, MIN_ROUNDS, None, False
+        while True:
+            one_round(warmup + count)
+            count += 1
+            if not auto:
+                if count >= int(iters):
+                    break
+                continue
+            out_of_time = count >= MIN_ROUNDS and clock() - start >= max_time
+            if count >= next_check or out_of_time:
+                stats = summary()
+                ratios = {s: row["ratio"] for s, row in stats.items()}
+                reached = target_reached(ratios)
+                if out_of_time or (reached and (settled is None or settled(ratios))):
+                    break
+                next_check = max(count + 1, math.ceil(count * 1.25))
+        seconds = clock() - start
+    finally:
+        if bar is not None:
+            bar.close()
     if stats is None:  # a fixed number of rounds
         stats = summary()
         reached = count >= MIN_ROUNDS and target_reached({s: row["ratio"] for s, row in stats.items()})
