@@ -187,11 +187,11 @@ def test_auto_measures_on_while_a_ratio_straddles_its_bound():
 
     def settled(ratios):
         seen.append(len(calls) // 2)
-        return len(seen) >= 3  # the third check: after 10, 13, 17 rounds
+        return len(seen) >= 3  # the third check: after 30, 38, 48 rounds
 
     rounds = measure_rounds(fake_run(0.005, calls=calls), STAGES, warmup=0, iters="auto", max_time=1e6,
                             settled=settled, progress=False, clock=FakeClock(calls))
-    assert seen == [10, 13, 17] and rounds["count"] == 17  # checks each time the count has grown by a quarter
+    assert seen == [30, 38, 48] and rounds["count"] == 48  # checks each time the count has grown by a quarter
 
 
 # ------------------------------------------------------------------------------------- the stability flag
@@ -218,19 +218,19 @@ def test_each_cause_is_named_with_its_fix():
     assert st["causes"] == ["the backbone ratio's 95 % interval is ±10.0 % (target ±3.0 %)"]
     assert st["fixes"] == ["more time (--max-time)"]
     st = stats.stability(quiet_summary(), load=None, cpu_count=2, threads=1, rounds=3)
-    assert st["unstable"] and st["causes"] == ["only 3 rounds (at least 10 for an interval)"]
+    assert st["unstable"] and st["causes"] == ["only 3 rounds (at least 30 for an interval)"]
 
 
 def test_timing_record_is_json_with_numbers_and_one_line_each():
     calls: list = []
-    rounds = measure_rounds(fake_run(1.0, calls=calls), STAGES, warmup=0, iters="auto", max_time=12,
+    rounds = measure_rounds(fake_run(1.0, calls=calls), STAGES, warmup=0, iters="auto", max_time=40,
                             progress=False, clock=FakeClock(calls))
     record = timing_record(rounds, STAGES, threads=0)
     again = json.loads(json.dumps(record, allow_nan=False))  # plain JSON: no inf or nan
     load = again["stability"]["load_average"]
     assert set(load) == {"1min", "5min", "15min"} and all(isinstance(v, float) for v in load.values())
     assert again["stability"]["unstable"] and again["stability"]["threads"] == 0
-    assert again["timing"]["iters"] == "auto" and again["timing"]["rounds"] == 12
+    assert again["timing"]["iters"] == "auto" and again["timing"]["rounds"] == 40
     for s in STAGES:
         lo, hi = again["ratio_intervals"][s]
         assert lo <= again["ratio_of_medians"][s] <= hi
@@ -238,7 +238,7 @@ def test_timing_record_is_json_with_numbers_and_one_line_each():
             lo, hi = again["stages"][v][s]["median_ci"]
             assert lo <= again["stages"][v][s]["median"] <= hi
     line, warning = timing_lines(again)
-    assert line.startswith("bench: target ±3 % not reached within --max-time 12 s (12 rounds in 12.0 s; ")
+    assert line.startswith("bench: target ±3 % not reached within --max-time 40 s (40 rounds in 40.0 s; ")
     assert "\n" not in line and warning.startswith("unstable timing: ") and "\n" not in warning
 
 
