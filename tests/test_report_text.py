@@ -106,3 +106,22 @@ def test_pareto_figure_marks_the_chosen_point_and_names_the_split():
     plain = pareto_figure(nodes, front, {"head_macs": 1e6, "mAP": 0.73}, metric="voc07")
     assert plain.axes[0].get_ylabel() == "VOC2007 mAP@0.5 (11-point)"
     assert not any(c.get_label().startswith("chosen") for c in plain.axes[0].collections)
+
+
+def test_a_label_free_search_names_fidelity_on_the_search_split_and_mAP_on_a_labelled_report_split():
+    """Searched label-free (pseudo-labels on val), reported on a labelled test split: the search split's figures
+    are fidelity, the report split's are mAP, in report.md's budget line and in the summary."""
+    report = searched_report()
+    report["reference"] = "labels"  # the report split has labels ...
+    report["fidelity"] = {"baseline": 1.0, "pruned": 0.981}  # ... and the search was label-free
+    text = render_markdown(report)
+    assert ("at most 0.50 points below the unpruned model's val fidelity mAP. The floor on the val split is "
+            "0.7242 (unpruned: 0.7292). The cheapest front point at or above the floor was chosen: val fidelity mAP "
+            "0.7243, test mAP 0.7116") in text
+    assert "(val fidelity: floor 0.7242, chosen 0.7243)" in summary_line(report)
+    assert "val fidelity mAP (searched)" in summary_table(report)
+    both = copy.deepcopy(report)  # an unlabelled report split: its figures are fidelity too
+    both["reference"] = "pseudo-labels"
+    del both["fidelity"]
+    assert "val fidelity mAP 0.7243, test fidelity mAP 0.7116" in render_markdown(both)
+    assert "test fidelity mAP 0.7222 -> 0.7116 (val: floor" in summary_line(both)

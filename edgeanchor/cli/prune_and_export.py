@@ -46,13 +46,14 @@ def run(args) -> int:
 
 def summary_line(report: Mapping[str, Any]) -> str:
     """The command's last line: where, how long, head MACs, the mAPs with their splits, parity."""
-    from ..exporting.report_md import split_name
+    from ..exporting.report_md import search_metric, split_name
 
     maps, chosen = report["mAP"], report.get("chosen") or {}
     tuned = f" -> {maps['finetuned']:.4f} fine-tuned" if "finetuned" in maps else ""
     searched = ""
     if chosen.get("source") == "search" and "floor" in chosen:
-        searched = (f" ({split_name(dict(report), 'search')}: floor {chosen['floor']:.4f}, chosen "
+        fidelity = " fidelity" if search_metric(dict(report)) != "mAP" and "fidelity" in report else ""
+        searched = (f" ({split_name(dict(report), 'search')}{fidelity}: floor {chosen['floor']:.4f}, chosen "
                     f"{chosen['search_mAP']:.4f})")
     parity = report["export"]["pruned"].get("parity")
     label_free = report.get("reference") == "pseudo-labels"
@@ -66,7 +67,7 @@ def summary_line(report: Mapping[str, Any]) -> str:
 
 
 def summary_table(report: Mapping[str, Any]) -> str:
-    from ..exporting.report_md import split_name
+    from ..exporting.report_md import search_metric, split_name
     from ..io import format_table
 
     base, pr, maps = report["cost"]["baseline"], report["cost"]["pruned"], report["mAP"]
@@ -83,7 +84,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
     if "finetuned" in maps:
         rows.append([f"{on} mAP fine-tuned", "", round(maps["finetuned"], 4)])
     if chosen.get("source") == "search" and "search_baseline_mAP" in chosen:
-        rows.append([f"{split_name(dict(report), 'search')} mAP (searched)", round(chosen["search_baseline_mAP"], 4),
+        rows.append([f"{split_name(dict(report), 'search')} {search_metric(dict(report))} (searched)",
+                     round(chosen["search_baseline_mAP"], 4),
                      round(chosen["search_mAP"], 4)])
     if "int8" in report:
         b, p = report["int8"]["baseline"], report["int8"]["pruned"]

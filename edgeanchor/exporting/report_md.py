@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 def render_markdown(report: dict) -> str:
     """The human-readable report."""
@@ -184,6 +187,13 @@ def splits_line(report: dict) -> str:
             f"{where} unless it says otherwise.")
 
 
+def search_metric(report: Mapping[str, Any]) -> str:
+    """What the search split's mAP is: fidelity after a label-free search (its reference is pseudo-labels, which
+    the report records as ``reference`` when the report split is unlabelled too, else as ``fidelity``)."""
+    label_free = report.get("reference") == "pseudo-labels" or "fidelity" in report
+    return "fidelity mAP" if label_free else "mAP"
+
+
 def budget_lines(report: dict) -> list[str]:
     """The accuracy budget of a search, its floor on the search split, and the chosen keep set's mAP on both
     splits; then the Pareto plot."""
@@ -191,12 +201,13 @@ def budget_lines(report: dict) -> list[str]:
     if chosen.get("source") != "search" or "floor" not in chosen:
         return []
     search, rep = split_name(report, "search"), split_name(report, "report")
+    search_m, rep_m = search_metric(report), "fidelity mAP" if report.get("reference") == "pseudo-labels" else "mAP"
     budget = chosen.get("budget") or {}
     if "min_map" in budget:
-        rule = f"`min_map` {budget['min_map']:g} (`--min-map`): the floor is that mAP"
+        rule = f"`min_map` {budget['min_map']:g} (`--min-map`): the floor is that {search_m}"
     elif "max_drop" in budget:
         rule = (f"`max_drop` {budget['max_drop']:g} (`--max-drop`): at most {100 * budget['max_drop']:.2f} points "
-                f"below the unpruned model's {search} mAP")
+                f"below the unpruned model's {search} {search_m}")
     else:
         rule = "the search's own floor"
     base = chosen.get("search_baseline_mAP")
@@ -207,7 +218,7 @@ def budget_lines(report: dict) -> list[str]:
            else "The cheapest front point at or above the floor was chosen")
     maps = report["mAP"]
     drop = 100 * (maps["pruned"] - maps["baseline"])
-    lines = ["", f"Budget: {rule}. {floor} {how}: {search} mAP {chosen['search_mAP']:.4f}, {rep} mAP "
+    lines = ["", f"Budget: {rule}. {floor} {how}: {search} {search_m} {chosen['search_mAP']:.4f}, {rep} {rep_m} "
                  f"{maps['pruned']:.4f} (unpruned: {maps['baseline']:.4f} on {rep}, {drop:+.2f} points)."]
     if chosen.get("plot"):
         lines += ["", f"![{metric_title(report.get('metric', 'coco'))} on the {search} split against head MACs: "
