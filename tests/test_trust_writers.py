@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -168,19 +170,26 @@ def test_a_manifest_that_is_not_ours_makes_nothing_ours(export):
 # ------------------------------------------------------------------------------- one run per output
 
 
-def test_a_second_run_into_the_same_output_stops_before_any_work(tmp_path):
-    out = tmp_path / "exp"
+@contextmanager
+def lock_held_elsewhere(out: Path) -> Iterator[None]:
+    """Another process holds ``out``'s output lock while the block runs; it then lets go and must exit 0."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from edgeanchor.io import output_lock\n"
          f"with output_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        with pytest.raises(EdgeAnchorError, match=f"another edgeanchor run is writing {out} now"):
-            build_never_starts(out)
+        yield
     finally:
         holder.communicate("", timeout=60)
     assert holder.returncode == 0
+
+
+def test_a_second_run_into_the_same_output_stops_before_any_work(tmp_path):
+    out = tmp_path / "exp"
+    with lock_held_elsewhere(out):
+        with pytest.raises(EdgeAnchorError, match=f"another edgeanchor run is writing {out} now"):
+            build_never_starts(out)
     assert list(tmp_path.iterdir()) == []  # the holder removed its lock file; nothing else was written
     with ExportFolder.build(out) as folder:  # free again
         write_minimal(folder, tmp_path)
@@ -505,15 +514,8 @@ def test_the_issues_cases_are_one_line_and_change_nothing(tmp_path, capsys, monk
 
 def test_a_second_prune_and_export_into_the_same_folder_is_one_line(tmp_path, capsys):
     out = tmp_path / "exp"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from edgeanchor.io import output_lock\n"
-         f"with output_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out):
         code = main(["prune-and-export", "--out", str(out)])
-    finally:
-        holder.communicate("", timeout=60)
     err = capsys.readouterr().err
     assert code == 2 and err.splitlines()[-1] == (f"error: another edgeanchor run is writing {out} now; wait for it "
                                                   "to finish or choose another output")
