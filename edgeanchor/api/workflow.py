@@ -242,6 +242,11 @@ def search(det: Detector, data: Any, *, method: str | None = None, cost: str = "
                                  tol=tol, max_per_level=max_per_level, max_evals=max_evals, workers=workers,
                                  executor=executor, ray_address=ray_address, backend=backend, out=out,
                                  cache=cache)
+    from ..evaluation.pseudo import check_pseudo_thresh
+
+    message = check_pseudo_thresh(pseudo_thresh)
+    if message:
+        raise EdgeAnchorError(message)
     return search_with_options(det, data, spec, report=report, out=out, cache=cache, latency_model=latency_model,
                                pseudo_thresh=pseudo_thresh, progress=progress)
 
@@ -251,14 +256,11 @@ def search_with_options(det: Detector, data: Any, spec: Any, *, report: Any = No
                         latency_model: Any = None, pseudo_thresh: float | None = None,
                         progress: bool = True) -> SearchResult:
     """:func:`search` with its settings already checked (``spec``: the SearchOptions
-    :func:`check_search_settings` returned, e.g. in the command's ``validate`` before the model was built):
-    the method is resolved for ``det`` and the report split matched to the searched one."""
-    from ..evaluation.pseudo import check_pseudo_thresh
+    :func:`check_search_settings` returned, and ``pseudo_thresh`` checked, e.g. in the command's ``validate``
+    before the model was built): the method is resolved for ``det`` and the report split matched to the
+    searched one."""
     from ..subset_search.run import resolve_method
 
-    message = check_pseudo_thresh(pseudo_thresh)
-    if message:
-        raise EdgeAnchorError(message)
     spec = replace(spec, method=resolve_method(spec.method, det))  # before the data is generated or read
     split = as_data(data)
     report_split = _report_split(split, report)

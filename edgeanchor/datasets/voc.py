@@ -58,8 +58,9 @@ from defusedxml.ElementTree import DefusedXMLParser, ParseError
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, cache_root, warn
+from ..limits import MAX_CLASSES
 from .text import parse_decimal, read_text
-from .yolo import IMAGE_SUFFIXES, MAX_CLASSES, image_size
+from .yolo import IMAGE_SUFFIXES, image_size
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")

@@ -43,14 +43,11 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import EdgeAnchorError
 from ..io import atomic_path, cache_root, warn
+from ..limits import MAX_CLASSES  # the most classes a data set may declare (nc, names, classes.txt)
 from .text import parse_decimal, read_text
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
-# The most classes a data set may declare (nc, names, classes.txt): the bound the project uses for every class
-# count it reads. The largest real label sets (LVIS 1,203, Objects365 365, Open Images 600, ImageNet-21k 21,841)
-# fit with room; a count past it is a typo or a hostile file that would allocate a name per class.
-MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
