@@ -123,15 +123,20 @@ class CandidateCache:
             )
 
 
-def cache_key(detector, dataset: CocoDetection) -> str:
-    """Hash of everything a cache depends on: weights, anchors, rule, data, input size."""
-    h = hashlib.sha256()
-    h.update(CACHE_FORMAT.encode())
+def hash_model(h, detector) -> None:
+    """Feed ``h`` (a hashlib object) what a model's candidates depend on: its weights, anchors and rule."""
     for name, tensor in sorted(detector.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps(detector.anchor_set.to_json(), sort_keys=True).encode())
     h.update(json.dumps(detector.postprocess_spec.to_json(), sort_keys=True).encode())
+
+
+def cache_key(detector, dataset: CocoDetection) -> str:
+    """Hash of everything a cache depends on: weights, anchors, rule, data, input size."""
+    h = hashlib.sha256()
+    h.update(CACHE_FORMAT.encode())
+    hash_model(h, detector)
     h.update(Path(dataset.ann_file).read_bytes())
     h.update(str(Path(dataset.image_dir).resolve()).encode())
     h.update(json.dumps([list(detector.image_size), detector.arch, detector.num_classes, dataset.resize]).encode())

@@ -45,12 +45,10 @@ def check_pseudo_thresh(value) -> str | None:
 
 def model_digest(det) -> str:
     """SHA-256 of what the model's detections depend on: weights, anchors, rule, input size and classes."""
+    from .cache import hash_model
+
     h = hashlib.sha256()
-    for name, tensor in sorted(det.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps(det.anchor_set.to_json(), sort_keys=True).encode())
-    h.update(json.dumps(det.postprocess_spec.to_json(), sort_keys=True).encode())
+    hash_model(h, det)
     h.update(json.dumps([list(det.image_size), det.arch, det.num_classes, det.resize_mode]).encode())
     return h.hexdigest()
 
