@@ -93,6 +93,25 @@ def test_pseudo_label_file_is_the_models_detections_above_the_threshold(split, d
     assert other.ann != reference.ann  # the threshold is part of the reference's (and so the cache's) key
 
 
+def test_pseudo_labels_follow_the_image_contents(split, demo, tmp_path):
+    """An image rewritten under its name, with its size and mtime put back where they match, gets a new reference."""
+    import os
+    import shutil
+
+    folder = Path(shutil.copytree(split[0], tmp_path / "images"))
+    first = ea.data(str(folder)).with_reference(demo, 0.3, progress=False)
+    again = ea.data(str(folder)).with_reference(demo, 0.3, progress=False)
+    assert again.ann == first.ann  # same images: the reference is reused
+    a, b = sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))[:2]
+    st = a.stat()
+    shutil.copyfile(b, a)  # another image's contents under the first one's name
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = ea.data(str(folder)).with_reference(demo, 0.3, progress=False)
+    assert changed.ann != first.ann
+    boxes = {p: [x["bbox"] for x in json.loads(Path(p).read_text())["annotations"]] for p in (first.ann, changed.ann)}
+    assert boxes[first.ann] != boxes[changed.ann]  # the new reference holds the new contents' detections
+
+
 def test_fidelity_scorer_equals_pycocotools_on_the_reference(split, demo):
     from edgeanchor.evaluation.cache import load_or_build_cache
     from edgeanchor.evaluation.coco_map import coco_map, coco_recall

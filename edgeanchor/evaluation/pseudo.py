@@ -60,6 +60,19 @@ def model_categories(det) -> list[dict]:
     return [{"id": label + offset, "name": f"class_{label}"} for label in range(first, int(det.num_classes))]
 
 
+def images_fingerprint(images: str, listed: list[dict]) -> list[list]:
+    """What the reference depends on in the images, by the candidate cache's rule (README): each image's SHA-256
+    when the split is at most :data:`~.cache.HASH_ALWAYS_MAX_BYTES`, else its size and modification time."""
+    from ..datasets.unlabelled import file_sha256
+    from .cache import HASH_ALWAYS_MAX_BYTES
+
+    paths = [Path(images) / im["file_name"] for im in listed]
+    stats = [path.stat() for path in paths]
+    if sum(st.st_size for st in stats) <= HASH_ALWAYS_MAX_BYTES:
+        return [[im["file_name"], file_sha256(path)] for im, path in zip(listed, paths)]
+    return [[im["file_name"], st.st_size, st.st_mtime_ns] for im, st in zip(listed, stats)]
+
+
 def pseudo_labels(det, images: str, listing: str, thresh: float, *, progress: bool = True,
                   batch_size: int = 16) -> tuple[str, dict]:
     """Write the reference of an unlabelled split: ``det``'s detections with score >= ``thresh``.
@@ -71,7 +84,8 @@ def pseudo_labels(det, images: str, listing: str, thresh: float, *, progress: bo
         thresh: the score threshold, in (0, 1).
 
     Returns:
-        (the COCO file, under the cache root and named by a hash of the listing, the model and ``thresh``;
+        (the COCO file, under the cache root and named by a hash of the listing, the images' contents
+        (:func:`images_fingerprint`), the model and ``thresh``;
         its ``info``: reference, threshold, model digest, number of boxes and images).
     """
     from ..datasets.coco import CocoDetection
@@ -83,7 +97,8 @@ def pseudo_labels(det, images: str, listing: str, thresh: float, *, progress: bo
     listed = read_json(listing, "image listing")
     digest = model_digest(det)
     key = hashlib.sha256(json.dumps([PSEUDO_FORMAT, listed["images"], str(Path(images).resolve()), digest,
-                                     float(thresh)]).encode()).hexdigest()
+                                     float(thresh), images_fingerprint(images, listed["images"])]
+                                    ).encode()).hexdigest()
     path = cache_root() / "pseudo" / f"{key[:24]}.json"
     if path.is_file():
         ref = read_json(path, "pseudo-label file")
