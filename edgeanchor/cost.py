@@ -74,10 +74,11 @@ def measure_cost(detector: Detector) -> Cost:
     try:
         device = detector.mean.device
         features = detector.backbone(torch.zeros(1, 3, *detector.image_size, device=device))
-        backbone = counter.take()
+        backbone = counter.take() + detector.untraced_macs()  # an ONNX source's backbone runs outside torch
         per_level = [0] * detector.anchor_set.num_levels
         for j, (level, feature) in enumerate(zip(detector.active_levels, features)):
             detector.head_at(j, feature)
+            detector.extras_at(j, feature)  # landmarks / keypoints: head convolutions pruned with their anchor
             per_level[level] = counter.take()
     finally:
         counter.close()

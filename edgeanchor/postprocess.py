@@ -46,6 +46,8 @@ class PostprocessRule:
         nms_thresh: IoU threshold of the class-aware NMS.
         detections_per_img: detections kept per image after NMS.
         box_weights: (wx, wy, ww, wh) of the box coder.
+        clip: clip decoded boxes to the image before NMS (SSD and RetinaNet do; YOLOv5 and RetinaFace do not).
+            Rules written before this field existed read as True; "yolo" never clips.
     """
 
     score_fn: str
@@ -55,6 +57,7 @@ class PostprocessRule:
     nms_thresh: float
     detections_per_img: int
     box_weights: tuple[float, float, float, float]
+    clip: bool = True
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -198,7 +201,7 @@ def candidates(
     else:
         box_idx, label_idx = torch.nonzero(keep, as_tuple=True)  # (box, label) order
     boxes = decode(box_deltas[box_idx], priors[box_idx], spec)
-    if spec.score_fn != "yolo":
+    if spec.score_fn != "yolo" and spec.clip:
         boxes = box_ops.clip_boxes_to_image(boxes, image_size)
     return Candidates(box_idx, label_idx + label_offset, scores[box_idx, label_idx], boxes)
 

@@ -23,20 +23,23 @@ if TYPE_CHECKING:
 def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, weights: str | os.PathLike | None = None,
          anchors: str | AnchorSet | None = None, image_size: Sequence[int] | None = None,
          score_thresh: float | None = None, nms_thresh: float | None = None,
-         max_det: int | None = None) -> Detector:
+         max_det: int | None = None, head: str | os.PathLike | None = None) -> Detector:
     """A detector by name, or rebuilt from a checkpoint.
 
     Args:
         name_or_path: the names of the CLI's ``--model``: ``demo``, ``demo-yolo``,
             ``torchvision:ssd300_vgg16``, ``torchvision:ssdlite320_mobilenet_v3_large``,
             ``torchvision:retinanet_resnet50_fpn[_v2]``, ``edgeanchor:demo_ssd``, ``yolov5:n|s|m|l|x``,
-            ``yolov5:MODEL.yaml``, or an edgeanchor (or yolov5 ``train.py``) checkpoint path.
+            ``yolov5:MODEL.yaml``, ``onnx:PATH.onnx`` (with ``head``), or an edgeanchor (or yolov5
+            ``train.py``) checkpoint path.
         num_classes: classifier outputs; SSD and RetinaNet count the background class, YOLO's is nc.
         weights: a torchvision state dict, an edgeanchor checkpoint, or for yolov5 a ``train.py`` checkpoint.
         anchors: an :class:`~edgeanchor.anchors.AnchorSet`, an anchor JSON file, or
             ``overanchorized[:SxR]``; replaces the model's anchors (w, h in input pixels, ratio h/w).
         image_size: (H, W) input size in pixels (default: the architecture's own).
         score_thresh, nms_thresh, max_det: override the post-processing rule searched and evaluated with.
+        head: with ``onnx:PATH``, the head spec: a preset (``retinaface``, ``tf-ssd``, ``caffe-ssd``,
+            ``mediapipe``, ``yolov5``) or a YAML/JSON spec file (``docs/onnx-head-spec.md``).
 
     Returns:
         The detector, in eval mode on the CPU. Random weights unless ``weights`` or a checkpoint gives them;
@@ -48,7 +51,8 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, wei
     from ..models import build_detector
 
     det = build_detector(os.fspath(name_or_path), num_classes=num_classes, weights=weights, anchors=anchors,
-                         image_size=(int(image_size[0]), int(image_size[1])) if image_size else None)
+                         image_size=(int(image_size[0]), int(image_size[1])) if image_size else None,
+                         head=os.fspath(head) if head is not None else None)
     det.postprocess_spec = det.postprocess_spec.with_overrides(score_thresh, nms_thresh, max_det)
     return det
 

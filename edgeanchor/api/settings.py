@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 PathArg = str | os.PathLike[str]  # a path setting: the flag gives a str, the API takes either
 
 MODEL_NAMES = ("demo, demo-yolo, demo-over, torchvision:ssd300_vgg16, torchvision:ssdlite320_mobilenet_v3_large, "
-               "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml")
+               "torchvision:retinanet_resnet50_fpn[_v2], edgeanchor:demo_ssd, yolov5:n|s|m|l|x, yolov5:MODEL.yaml, "
+               "onnx:PATH.onnx with --head")
 DATA_HELP = ("image folder (without --ann: unlabelled, searched label-free), a video file (label-free), a YOLO "
              "DATA.yaml, or Pascal VOC (a VOCdevkit year folder, or images with XML beside them) (default: the "
              "demo's synthetic data)")
@@ -61,7 +62,7 @@ def model_help(default: str | None) -> str:
 class ModelSource:
     """The model and its weights, as :func:`edgeanchor.load` builds it (every command that loads one)."""
 
-    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size")
+    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size", "head")
 
     model: str = setting("demo", model_help("demo"))
     num_classes: int | None = setting(None, "classes: SSD and RetinaNet count the background class; for yolov5 "
@@ -70,6 +71,15 @@ class ModelSource:
                                   "for yolov5 a train.py checkpoint (best.pt / last.pt) or state dict")
     image_size: Sequence[int] | None = setting(None, "model input size (yolov5: default 640 640, any multiple of "
                                                "the largest stride)", type=int, nargs=2, metavar=("H", "W"))
+    head: str | None = setting(None, "with --model onnx:PATH.onnx: the head spec, a preset (retinaface, tf-ssd, "
+                               "caffe-ssd, mediapipe, yolov5) or a YAML/JSON spec file (docs/onnx-head-spec.md)")
+
+    def model_files(self) -> list[str]:
+        """The files the model is read from as given (a checkpoint, an ONNX file, a head spec file)."""
+        model = str(self.model)
+        files = [model[len("onnx:"):] if model.startswith("onnx:") else model if model.endswith(".pt") else None,
+                 str(self.head) if self.head and str(self.head).lower().endswith((".yaml", ".yml", ".json")) else None]
+        return [f for f in files if f]
 
     def load_kwargs(self) -> dict:
         """The model settings as :func:`edgeanchor.load`'s keywords (all but ``model``)."""
@@ -80,8 +90,8 @@ class ModelSource:
 class ModelSettings(ModelSource):
     """The model and the post-processing rule it is searched and evaluated with."""
 
-    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size", "score_thresh", "nms_thresh",
-                                        "max_det")
+    _LOAD: ClassVar[tuple[str, ...]] = ("num_classes", "weights", "image_size", "head", "score_thresh",
+                                        "nms_thresh", "max_det")
 
     score_thresh: float | None = setting(None, "score (YOLO: confidence) threshold of the rule searched and "
                                          "evaluated with (default: the model's own; YOLO's val preset 0.001)",
@@ -240,7 +250,7 @@ class PruneAndExportSettings(LabelFreeSettings, SearchSettings, _PruneAndExportO
     def inputs(self) -> list:
         """Every path the run reads as given (the output may be none of them)."""
         paths = [self.data, self.ann, self.report_ann, self.train_ann, self.keep_anchors, self.latency_model,
-                 self.cache, self.weights, self.model if str(self.model).endswith(".pt") else None]
+                 self.cache, self.weights, *self.model_files()]
         return [p for p in paths if p]
 
 
@@ -315,7 +325,8 @@ class PruneSettings(ModelSource):
         """
         from .workflow import check_save_path
 
-        check_save_path(str(self.out), overwrite=self.overwrite, inputs=[self.model, self.weights, self.anchors])
+        check_save_path(str(self.out), overwrite=self.overwrite,
+                        inputs=[self.model, *self.model_files(), self.weights, self.anchors])
 
     def prune_args(self) -> tuple[tuple, dict]:
         """(args, kwargs) of :func:`edgeanchor.prune` after the detector: the anchor file, or the ids."""
@@ -410,7 +421,8 @@ class EvaluateSettings(LabelFreeSettings, _EvaluateExport, _EvaluateOwn, ModelWi
         check_fields(LabelFreeSettings(self.pseudo_thresh, self.frame_step, self.max_frames))
         check_evaluate_settings(metric=self.metric, batch_size=self.batch_size, device=self.device,
                                 detections=self.detections, overwrite=self.overwrite,
-                                inputs=[self.data, self.ann, self.model, self.weights, self.anchors])
+                                inputs=[self.data, self.ann, self.model, *self.model_files(), self.weights,
+                                        self.anchors])
 
     def evaluate_kwargs(self) -> dict:
         """:func:`~edgeanchor.api.workflow.evaluate_checked`'s keywords for a model (``overwrite`` was

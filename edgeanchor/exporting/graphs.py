@@ -124,7 +124,8 @@ class DecodeBoxes(nn.Module):
         score_fn = self.postprocess_spec.score_fn
         if score_fn == "yolo":
             return boxes, yolo_scores(cls)
-        boxes = box_ops.clip_boxes_to_image(boxes, self.image_size)
+        if self.postprocess_spec.clip:
+            boxes = box_ops.clip_boxes_to_image(boxes, self.image_size)
         probs = torch.softmax(cls, dim=-1) if score_fn == "softmax" else torch.sigmoid(cls)
         return boxes, probs
 

@@ -96,6 +96,7 @@ class NcnnDecodedGraph(nn.Module):
         super().__init__()
         spec = detector.postprocess_spec
         self.score_fn = spec.score_fn
+        self.clip = bool(spec.clip)
         self.postprocess_spec = spec
         self.backbone = BackboneGraph(detector)
         self.yolo = _is_yolo(detector)
@@ -159,6 +160,8 @@ class NcnnDecodedGraph(nn.Module):
         dwh = torch.clamp(box[:, :, 2:4] * self.inv_wh_weights, max=BBOX_XFORM_CLIP)
         half = torch.exp(dwh) * self.prior_wh * 0.5
         boxes = torch.cat([ctr - half, ctr + half], dim=2)
+        if not self.clip:
+            return boxes
         h, w = self.image_size
         boxes = torch.clamp(boxes, min=0.0, max=float(max(h, w)))  # clip_boxes_to_image
         if h != w:  # the shorter side's coordinates: one more bound per column

@@ -192,7 +192,12 @@ def trace_to_onnx(module: torch.nn.Module, args: tuple, input_names, output_name
             output_names=list(output_names),
             do_constant_folding=True,
         )
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
+    if any(n.domain == "edgeanchor" for n in model.graph.node):  # an ONNX source's backbone placeholder
+        from ..onnx_source.export import splice_backbones
+
+        model = splice_backbones(model)
+    return model
 
 
 def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -119,6 +119,14 @@ class Detector(nn.Module):
         """The head on the j-th active level."""
         raise NotImplementedError
 
+    def extras_at(self, j: int, feature: torch.Tensor) -> torch.Tensor | None:
+        """Extra per-anchor head outputs of the j-th active level (landmarks, keypoints), or None."""
+        return None
+
+    def untraced_macs(self) -> int:
+        """Backbone MACs that torch hooks cannot see (a backbone run by ONNX Runtime); 0 for torch models."""
+        return 0
+
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:  # pragma: no cover - abstract
         """The (classification, regression) convolutions whose channels are per anchor, j-th active level."""
         raise NotImplementedError

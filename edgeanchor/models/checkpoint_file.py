@@ -80,6 +80,7 @@ def read_torch_file(path, what: str = "weights"):
 # ---------------------------------------------------------------------------------------------- schema
 
 _RULE_CHOICES = {"score_fn": ("softmax", "sigmoid", "yolo"), "topk_scope": ("class", "level", "all")}
+_RULE_OPTIONAL = ("clip",)  # added later: rules written before it read as its default
 _MAX_TOPK = 10**6  # candidates per scope (yolov5's max_nms is 30,000)
 
 
@@ -159,7 +160,7 @@ def check_rule_json(rule, path, field: str) -> None:
 
     rule = check_type(rule, dict, path, field, "a post-processing rule (a dict)")
     names = [f.name for f in fields(PostprocessRule)]
-    require_keys(rule, names, path, field)
+    require_keys(rule, [n for n in names if n not in _RULE_OPTIONAL], path, field)
     extra = next((k for k in rule if k not in names), None)
     if extra is not None:
         raise out_of_bounds(path, field, f"a rule with a key {extra!r}", f"a rule with the keys {', '.join(names)}",
@@ -176,3 +177,5 @@ def check_rule_json(rule, path, field: str) -> None:
         raise out_of_bounds(path, f"{field}.box_weights", weights, "4 positive numbers")
     for w in weights:
         check_number(w, path, f"{field}.box_weights", 0.0, 1e6, low_open=True)
+    if not isinstance(rule.get("clip", True), bool):
+        raise out_of_bounds(path, f"{field}.clip", rule["clip"], "true or false")

@@ -93,6 +93,7 @@ def build_detector(
     weights: str | os.PathLike | None = None,
     anchors: str | AnchorSet | None = None,
     image_size: tuple[int, int] | None = None,
+    head: str | os.PathLike | None = None,
 ) -> Detector:
     """Build a detector by name, or load one from a checkpoint.
 
@@ -103,10 +104,18 @@ def build_detector(
         anchors: an :class:`AnchorSet`, a path to an anchor JSON file (either
             form), or ``overanchorized[:SxR]``; replaces the model's anchors.
         image_size: (H, W) fixed input size; the architecture's default if None.
+        head: for ``onnx:PATH``, the head spec: a preset name or a spec file (``docs/onnx-head-spec.md``).
 
     Raises:
         EdgeAnchorError: unknown name, missing file, weights that do not fit.
     """
+    if name.startswith("onnx:"):
+        from ..onnx_source.detector import build_onnx_detector
+
+        return build_onnx_detector(name, head=head, image_size=image_size, num_classes=num_classes, weights=weights,
+                                   anchors=anchors)
+    if head is not None:
+        raise EdgeAnchorError(f"`head` describes an ONNX model's head; {name} is not one (give `model` as onnx:PATH)")
     if name.startswith("yolov5:"):
         from .yolo_build import build_yolo
 

@@ -1,0 +1,413 @@
+"""A detector held only as ONNX, as the three stages every command works on.
+
+- ``backbone``: the user's own graph, cut at the head convolutions' inputs (:func:`.graph.cut_backbone`),
+  run by ONNX Runtime after the spec's preprocessing (scale, mean/std, channel order, layout);
+- ``head``: the head convolutions, rebuilt as ``nn.Conv2d`` from the graph's initializers (so slicing,
+  MAC counting and the exported head graph work as for every adapter);
+- ``postprocess``: edgeanchor's rule (:class:`~edgeanchor.postprocess.PostprocessRule`) from the spec.
+
+The head's channels are made anchor-major with edgeanchor's column order once, when the adapter is built:
+TensorFlow's (y, x, h, w) deltas become (x, y, w, h), a sigmoid head's background column is dropped (it is
+never reported), and YOLOv5's na * (5 + nc) convolution is split into its box and score views. The
+user's graph itself is never changed here; pruning it is :func:`.graph.prune_graph`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from ..anchors import AnchorSet
+from ..errors import EdgeAnchorError
+from ..models.base import Detector
+from ..models.ssd import slice_conv
+from ..postprocess import PostprocessRule, yolo_grid
+from .spec import HeadSpec
+
+ARCH = "onnx"
+
+
+@dataclass
+class OnnxSource:
+    """The user's graph and what was found in it, shared by a detector and its pruned copies.
+
+    Attributes:
+        path: the ONNX file as given.
+        sha256: of its bytes (recorded in checkpoints and reports).
+        model: the graph, as read (never modified).
+        spec: the head spec.
+        match: the head found in the graph (:class:`.graph.HeadMatch`).
+        image_size: (H, W) the model runs at.
+    """
+
+    path: str
+    sha256: str
+    model: onnx.ModelProto
+    spec: HeadSpec
+    match: Any
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self._sessions: dict[tuple[int, ...], Any] = {}
+        self._cuts: dict[tuple[int, ...], onnx.ModelProto] = {}
+
+    def backbone_graph(self, levels: tuple[int, ...]) -> onnx.ModelProto:
+        """The user's graph from its input to the feature tensors of ``levels`` (cached)."""
+        from .graph import cut_backbone, fix_input_size
+
+        if levels not in self._cuts:
+            fixed = fix_input_size(self.model, self.match.input_name, self.input_shape)
+            self._cuts[levels] = cut_backbone(fixed, self.match, list(levels))
+        return self._cuts[levels]
+
+    @property
+    def input_shape(self) -> list[int]:
+        h, w = self.image_size
+        return [1, h, w, 3] if self.spec.preprocess.layout == "NHWC" else [1, 3, h, w]
+
+    def session(self, levels: tuple[int, ...]):
+        """An ONNX Runtime session of :meth:`backbone_graph` (CPU; torch's thread count)."""
+        if levels not in self._sessions:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = max(1, torch.get_num_threads())
+            opts.log_severity_level = 3
+            self._sessions[levels] = ort.InferenceSession(self.backbone_graph(levels).SerializeToString(), opts,
+                                                          providers=["CPUExecutionProvider"])
+        return self._sessions[levels]
+
+    def __getstate__(self) -> dict:  # sessions are rebuilt, never pickled (worker processes, deepcopy)
+        state = dict(self.__dict__)
+        state["_sessions"] = {}
+        return state
+
+
+class Preprocess(nn.Module):
+    """RGB [0, 1] NCHW images -> the graph's input: ``(pixel * scale - mean) / std`` in its channel order and
+    layout (exportable: the exported graphs take edgeanchor's images and run this first)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        pre = spec.preprocess
+        self.bgr = pre.channel_order == "BGR"
+        self.nhwc = pre.layout == "NHWC"
+        self.scale = float(pre.scale)
+        self.uint8 = pre.dtype == "uint8"
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * 255.0
+        if self.bgr:
+            x = x.flip(1)
+        if self.uint8:
+            x = x.round().clamp(0, 255)
+        else:
+            x = (x * self.scale - self.mean) / self.std
+        if self.nhwc:
+            x = x.permute(0, 2, 3, 1)
+        return x
+
+
+def conv_from_node(model: onnx.ModelProto, node_name: str) -> nn.Conv2d:
+    """An ``nn.Conv2d`` equal to the graph's Conv node ``node_name`` (weights from its initializers).
+
+    Raises:
+        EdgeAnchorError: the node is not a 2-D Conv with constant weights, or its padding is asymmetric.
+    """
+    node = next((n for n in model.graph.node if n.name == node_name), None)
+    if node is None or node.op_type != "Conv":
+        raise EdgeAnchorError(f"head node {node_name!r} is not a Conv in the graph; check the spec's `convs`")
+    arrays = _constants(model)
+    if node.input[1] not in arrays or (len(node.input) > 2 and node.input[2] and node.input[2] not in arrays):
+        raise EdgeAnchorError(f"head convolution {node_name} has weights computed in the graph, not stored; "
+                              "simplify the model (onnxsim) so its weights are constants")
+    weight = arrays[node.input[1]].astype(np.float32)
+    if weight.ndim != 4:
+        raise EdgeAnchorError(f"head node {node_name} is a {weight.ndim - 2}-D convolution; only 2-D is supported")
+    bias = arrays[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] else None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    kh, kw = weight.shape[2:]
+    strides = tuple(attrs.get("strides", (1, 1)))
+    dilations = tuple(attrs.get("dilations", (1, 1)))
+    pads = list(attrs.get("pads", (0, 0, 0, 0)))
+    padding: str | tuple[int, int]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if strides != (1, 1):
+            raise EdgeAnchorError(f"head convolution {node_name} uses auto_pad {auto_pad} with a stride; "
+                                  "simplify the model (onnxsim) so its padding is explicit")
+        padding = "same"
+    elif auto_pad == "VALID":
+        padding = (0, 0)
+    else:
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            raise EdgeAnchorError(f"head convolution {node_name} has asymmetric padding {pads}; "
+                                  "only symmetric padding is supported")
+        padding = (int(pads[0]), int(pads[1]))
+    groups = int(attrs.get("group", 1))
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], (int(kh), int(kw)),
+                     stride=(int(strides[0]), int(strides[1])), padding=padding,
+                     dilation=(int(dilations[0]), int(dilations[1])), groups=groups, bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(weight))
+        if bias is not None:
+            assert conv.bias is not None
+            conv.bias.copy_(torch.from_numpy(bias))
+    return conv.eval()
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node values, also through Identity nodes."""
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    for n in model.graph.node:  # Identity chains (exporters alias shared weights this way)
+        if n.op_type == "Identity" and n.input[0] in out:
+            out[n.output[0]] = out[n.input[0]]
+    return out
+
+
+def _column_blocks(conv: nn.Conv2d, per_anchor: int, columns: list[int]) -> nn.Conv2d:
+    """``conv`` keeping (in this order) the given columns of each anchor's block of ``per_anchor``."""
+    anchors = conv.out_channels // per_anchor
+    return slice_conv(conv, [a * per_anchor + c for a in range(anchors) for c in columns])
+
+
+class OnnxDetector(Detector):
+    """The three stages over a user's ONNX graph (see the module docstring)."""
+
+    arch = ARCH
+
+    def __init__(self, *, source: OnnxSource, heads: nn.ModuleList, extras: nn.ModuleList | None, **kwargs):
+        super().__init__(**kwargs)
+        self.source = source
+        self.heads = heads  # per active level: ModuleDict {"cls", "box"}
+        self.extras = extras  # per active level: the extras conv (landmarks / keypoints), or None
+        self.preprocess = Preprocess(source.spec)
+        self.first_label = 1 if self.postprocess_spec.score_fn == "softmax" else 0
+        if self.postprocess_spec.score_fn == "yolo":
+            self.register_buffer("yolo_grid", yolo_grid(self.anchor_set, self.active_levels), persistent=False)
+
+    @property
+    def spec(self) -> HeadSpec:
+        return self.source.spec
+
+    @property
+    def cls_columns(self) -> int:
+        return self.num_classes + 1 if self.postprocess_spec.score_fn == "yolo" else self.num_classes
+
+    @property
+    def decode_priors(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.yolo_grid) if self.postprocess_spec.score_fn == "yolo" else self.anchors_xyxy
+
+    @property
+    def extra_points(self) -> int:
+        return int(self.spec.outputs.extra_points) if self.extras is not None else 0
+
+    def backbone(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if not self.active_levels:
+            return []
+        from .export import run_backbone
+
+        return run_backbone(self, self.preprocess(images))
+
+    def _pair(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        pair = cast(nn.ModuleDict, self.heads[j])
+        return cast(nn.Conv2d, pair["cls"]), cast(nn.Conv2d, pair["box"])
+
+    def _extra(self, j: int) -> nn.Conv2d:
+        assert self.extras is not None
+        return cast(nn.Conv2d, self.extras[j])
+
+    def head_at(self, j: int, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, box = self._pair(j)
+        return cls(feature), box(feature)
+
+    def extras_at(self, j: int, feature: torch.Tensor) -> torch.Tensor | None:
+        """The extra per-anchor values (landmarks / keypoints, 2k per anchor) of the j-th active level."""
+        return None if self.extras is None else self._extra(j)(feature)
+
+    def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        return self._pair(j)
+
+    def untraced_macs(self) -> int:
+        """MACs of the backbone's convolutions, counted from the graph (ONNX Runtime runs it, not torch)."""
+        from .graph import conv_macs
+
+        macs = conv_macs(self.source.backbone_graph(tuple(self.active_levels)), self.image_size)
+        return int(macs.get("total", 0))
+
+    def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> OnnxDetector:
+        box_cols, cls_cols = 4, self.cls_columns
+        heads, extras = nn.ModuleList(), nn.ModuleList()
+        for j, level in enumerate(self.active_levels):
+            positions = keep_per_level.get(level, [])
+            if not positions:
+                continue
+            cls, box = self._pair(j)
+            heads.append(nn.ModuleDict({
+                "cls": slice_conv(cls, [a * cls_cols + c for a in positions for c in range(cls_cols)]),
+                "box": slice_conv(box, [a * box_cols + c for a in positions for c in range(box_cols)]),
+            }))
+            if self.extras is not None:
+                k2 = 2 * self.extra_points
+                extras.append(slice_conv(self._extra(j), [a * k2 + c for a in positions for c in range(k2)]))
+        return OnnxDetector(source=self.source, heads=heads, extras=extras if self.extras is not None else None,
+                            **self.common_kwargs(anchor_set)).to(self.mean.device)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = super().checkpoint_state()
+        state["config"] = {**state["config"], "onnx_path": str(Path(self.source.path).resolve()),
+                           "onnx_sha256": self.source.sha256}
+        return state
+
+
+def rule_from_spec(spec: HeadSpec, num_scores: int) -> PostprocessRule:
+    """edgeanchor's post-processing rule for a spec (``num_scores``: score columns after the adapter's changes).
+
+    Raises:
+        EdgeAnchorError: a combination edgeanchor's rule cannot express.
+    """
+    nms, coding = spec.nms, spec.box_coding
+    fn = spec.scoring.fn
+    if fn == "yolo" or coding.kind == "yolov5":
+        if fn != "yolo" or coding.kind != "yolov5":
+            raise EdgeAnchorError("`scoring.fn` yolo and `box_coding.kind` yolov5 go together; set both or neither")
+    elif coding.kind != "centre_size":
+        raise EdgeAnchorError(f"`box_coding.kind` {coding.kind} is not supported by the search and export yet; "
+                              "use centre_size or yolov5")
+    score_fn = "softmax" if fn == "softmax" and spec.scoring.background_column else fn
+    if fn == "softmax" and not spec.scoring.background_column:
+        raise EdgeAnchorError("a softmax head without a background column is not supported; set "
+                              "`scoring.background_column: true` or use sigmoid")
+    reported = num_scores - (1 if score_fn == "softmax" else 0)
+    scope = nms.topk_scope
+    if scope == "all" and score_fn != "yolo":
+        if reported != 1:
+            raise EdgeAnchorError("`nms.topk_scope` all is supported for one class or YOLO; use class or level")
+        scope = "class"  # one class: the same candidates in the same order
+    if nms.class_agnostic and reported > 1:
+        raise EdgeAnchorError("`nms.class_agnostic` is not supported with several classes; edgeanchor's NMS is "
+                              "class-aware")
+    sx, sy, sw, sh = (float(v) for v in coding.scales)
+    return PostprocessRule(score_fn=score_fn, topk_scope=scope, score_thresh=float(nms.score_thresh),
+                           topk_candidates=int(nms.topk), nms_thresh=float(nms.nms_thresh),
+                           detections_per_img=int(nms.max_det), box_weights=(sx, sy, sw, sh),
+                           clip=bool(coding.clip) and score_fn != "yolo")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size: tuple[int, int] | None = None,
+                        num_classes: int | None = None, weights: str | os.PathLike | None = None,
+                        anchors: Any = None) -> OnnxDetector:
+    """The detector of ``onnx:PATH`` with the head spec ``head`` (a preset name or a spec file).
+
+    Raises:
+        EdgeAnchorError: a missing spec, settings an ONNX model cannot take, a bad file, a head that does not
+            match the spec.
+    """
+    from .graph import find_head, load_onnx
+    from .spec import PRESETS, load_head_spec
+
+    path = name[len("onnx:"):] if name.startswith("onnx:") else name
+    if head is None:
+        raise EdgeAnchorError(f"`model` onnx:{path} needs `head` (--head): a preset ({', '.join(PRESETS)}) or a "
+                              "head spec file (docs/onnx-head-spec.md)")
+    if weights is not None:
+        raise EdgeAnchorError("`weights` cannot be given with an ONNX model: its weights are in the graph; drop it")
+    if num_classes is not None:
+        raise EdgeAnchorError("`num_classes` cannot be given with an ONNX model: the graph has its own; drop it "
+                              "(or set scoring.num_classes in the head spec)")
+    if anchors is not None:
+        raise EdgeAnchorError("`anchors` cannot replace an ONNX model's anchors (its head was trained with its "
+                              "own); prune it (`keep_anchors`) to keep some of them")
+    spec = load_head_spec(head, image_size=image_size)
+    model = load_onnx(path)
+    size = spec.preprocess.image_size or _static_size(model, spec)
+    spec = replace(spec, preprocess=replace(spec.preprocess, image_size=size))
+    match = find_head(model, spec, size)
+    source = OnnxSource(path=str(path), sha256=file_sha256(path), model=model, spec=spec, match=match,
+                        image_size=size)
+    return detector_from_source(source)
+
+
+def _static_size(model: onnx.ModelProto, spec: HeadSpec) -> tuple[int, int]:
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    wanted = [i for i in inputs if spec.preprocess.input_name in (None, i.name)]
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in wanted[0].type.tensor_type.shape.dim] \
+        if wanted else []
+    h, w = (dims[1], dims[2]) if spec.preprocess.layout == "NHWC" and len(dims) == 4 else \
+        (dims[2], dims[3]) if len(dims) == 4 else (0, 0)
+    if h <= 0 or w <= 0:
+        raise EdgeAnchorError("the ONNX model has a dynamic input size; give it in the head spec "
+                              "(preprocess.image_size) or with --image-size H W")
+    return int(h), int(w)
+
+
+def detector_from_source(source: OnnxSource) -> OnnxDetector:
+    """Build the unpruned detector over ``source`` (head convolutions from the graph, in edgeanchor's layout)."""
+    from .spec import anchor_set
+
+    spec, match, model = source.spec, source.match, source.model
+    aset = anchor_set(spec, source.image_size)
+    fn = spec.scoring.fn
+    heads, extras = nn.ModuleList(), nn.ModuleList()
+    num_scores = 0
+    box_order = [1, 0, 3, 2] if spec.box_coding.order == "yxhw" else [0, 1, 2, 3]
+    for level in range(len(spec.levels)):
+        if fn == "yolo":
+            conv = conv_from_node(model, match.conv(level, "per_level").node)
+            no = match.conv(level, "per_level").values_per_anchor
+            num_scores = no - 5
+            cls = _column_blocks(conv, no, list(range(4, no)))  # objectness, then the classes
+            box = _column_blocks(conv, no, [0, 1, 2, 3])
+        else:
+            cls = conv_from_node(model, match.conv(level, "scores").node)
+            k = match.conv(level, "scores").values_per_anchor
+            columns = list(range(k))
+            if fn == "sigmoid" and spec.scoring.background_column:
+                columns = columns[1:]  # never reported: computing it would only cost
+            cls = _column_blocks(cls, k, columns) if columns != list(range(k)) else cls
+            num_scores = len(columns)
+            box = conv_from_node(model, match.conv(level, "boxes").node)
+            box = _column_blocks(box, 4, box_order) if box_order != [0, 1, 2, 3] else box
+            if spec.outputs.extras:
+                extras.append(conv_from_node(model, match.conv(level, "extras").node))
+        heads.append(nn.ModuleDict({"cls": cls, "box": box}))
+    rule = rule_from_spec(spec, num_scores)
+    config = {"image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+              "resize": spec.preprocess.resize, "head_spec": _spec_json(spec)}
+    return OnnxDetector(source=source, heads=heads, extras=extras if spec.outputs.extras else None,
+                        arch=ARCH, num_classes=num_scores, anchor_set=aset, postprocess_spec=rule,
+                        config=config).eval()
+
+
+def _spec_json(spec: HeadSpec) -> dict:
+    from .spec import spec_to_json
+
+    return spec_to_json(spec)
