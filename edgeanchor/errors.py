@@ -43,3 +43,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
         return line
     cut = line[:limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:")  # + 1: a word that ends at the limit stays whole
     return f"{cut}..."
+
+
+# One wording wherever a fine-tune of an ONNX source is asked for (docs/onnx-head-spec.md, "Fine-tuning").
+ONNX_NO_FINETUNE = ("ONNX models are pruned without retraining (their backbone runs in ONNX Runtime, not as "
+                    "trainable modules); drop `finetune_epochs`")

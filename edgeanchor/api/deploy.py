@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import EdgeAnchorError
+from ..errors import ONNX_NO_FINETUNE, EdgeAnchorError
 from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
@@ -258,6 +258,8 @@ def _prune_and_export(s: Any) -> ExportFolder:
     spec, settings = s.search_options(), s.export_options()
     splits = roles(s.data, s.ann, split=s.split, report_ann=s.report_ann, train_ann=s.train_ann,
                    frame_step=s.frame_step, max_frames=s.max_frames)  # lazy, but an unlabelled split is listed now
+    if s.finetune_epochs > 0 and str(s.model).startswith("onnx:"):
+        raise EdgeAnchorError(ONNX_NO_FINETUNE)
     if s.finetune_epochs > 0 and splits.train is None:
         if s.data and not s.ann and not splits.search.labelled:
             raise EdgeAnchorError("`finetune_epochs` needs labels, and `data` is unlabelled (searched label-free): "

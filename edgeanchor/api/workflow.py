@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EdgeAnchorError
+from ..errors import ONNX_NO_FINETUNE, EdgeAnchorError
 from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
@@ -489,6 +489,9 @@ def finetune_checked(det: Detector, train_data: Data, *, epochs: int, lr: float,
                      progress: bool = True) -> Detector:
     """:func:`finetune` with its settings already checked."""
     from ..train.loop import TrainConfig, train
+
+    if det.arch == "onnx":
+        raise EdgeAnchorError(ONNX_NO_FINETUNE)
 
     tuned = copy.deepcopy(det)
     train_set = train_data.dataset(tuned, train=True)
