@@ -178,6 +178,11 @@ class ExportPostprocess(nn.Module):
         return torch.cat(per_level).t(), total  # (B, K) -> (C, B)
 
     def forward(self, *head_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, count, _ = self.select(*head_flat)
+        return rows, count
+
+    def select(self, *head_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s rows and count, and each row's box index (max_det,) (padding rows: any box)."""
         boxes, probs = self.decoder(list(head_flat))
         scores, max_per_class = self.candidate_scores(probs)
         selected = NonMaxSuppression.apply(
@@ -190,8 +195,9 @@ class ExportPostprocess(nn.Module):
         kept = KeepSelected.apply(scores.unsqueeze(0), selected).reshape(-1)  # (C*B,)
         return self.keep_best(boxes, kept)
 
-    def keep_best(self, boxes: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best max_det survivors of ``kept`` (C*B,), best first, zero-padded rows (x1, y1, x2, y2, score, label)."""
+    def keep_best(self, boxes: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best max_det survivors of ``kept`` (C*B,), best first, zero-padded rows (x1, y1, x2, y2, score, label),
+        their count, and each row's box index."""
         n = self.max_det
         pairs = (self.num_classes - self.label_offset) * self.num_boxes  # C*B, from the anchor set (see above)
         if pairs < n:  # fewer (class, box) pairs than max_det: pad to a static n
@@ -203,7 +209,7 @@ class ExportPostprocess(nn.Module):
         labels = (cls_idx + self.label_offset).to(boxes.dtype)
         rows = torch.cat([boxes[box_idx], top[:, None], labels[:, None]], dim=1)  # (n, 6)
         rows = rows * valid[:, None].to(rows.dtype)
-        return rows.unsqueeze(0), valid.sum().reshape(1).to(torch.int64)  # (1, n, 6), (1,)
+        return rows.unsqueeze(0), valid.sum().reshape(1).to(torch.int64), box_idx  # (1, n, 6), (1,), (n,)
 
 
 class BackboneGraph(nn.Module):

@@ -156,6 +156,12 @@ def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK
         "decoded": (DecodedGraph(detector), (images,), ["images"],
                     {"boxes_xyxy": [1, num_boxes, 4], "scores": [1, num_boxes, detector.num_classes]}),
     }
+    points = int(getattr(detector, "extra_points", 0))
+    if points:  # an ONNX source with landmarks / keypoints: model.onnx carries them through NMS
+        from ..onnx_source.export import EndToEndWithPoints
+
+        plan["model"] = (EndToEndWithPoints(detector), (images,), ["images"],
+                         {**det_out, "keypoints": [1, int(detector.postprocess_spec.detections_per_img), 2 * points]})
     for module, *_ in plan.values():  # every graph that runs the head runs head.onnx's (fused or not)
         if isinstance(getattr(module, "head", None), HeadGraph):
             module.head = head_graph

@@ -186,3 +186,49 @@ def source_anchor_set(source: OnnxSource):
     from .spec import anchor_set
 
     return anchor_set(source.spec, source.image_size)
+
+
+class EndToEndWithPoints(torch.nn.Module):
+    """``images`` -> ``detections``, ``num_detections`` and ``keypoints`` (1, max_det, 2k): each detection's
+    extra points (landmarks), decoded against its anchor and carried through NMS with its box.
+
+    A point decodes as the box centre does: ``a_ctr + d / (wx, wy) * a_wh`` (RetinaFace's landmarks,
+    MediaPipe's keypoints with their scales); padding rows are zero.
+    """
+
+    def __init__(self, detector: OnnxDetector):
+        from ..exporting.graphs import BackboneGraph, ExportPostprocess, HeadGraph
+
+        super().__init__()
+        self.detector = detector
+        self.backbone = BackboneGraph(detector)
+        self.head = HeadGraph(detector)
+        self.postprocess = ExportPostprocess(detector)
+        self.k = detector.extra_points
+        anchors = detector.anchors_xyxy.detach().clone()
+        wx, wy = (float(v) for v in detector.postprocess_spec.box_weights[:2])
+        ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (B, 2)
+        scale = (anchors[:, 2:] - anchors[:, :2]) / torch.tensor([wx, wy])  # (B, 2)
+        self.register_buffer("ctr", ctr.repeat(1, self.k), persistent=False)  # (B, 2k)
+        self.register_buffer("scale", scale.repeat(1, self.k), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..postprocess import flatten_level
+
+        features = self.backbone(images)
+        rows, count, box_idx = self.postprocess.select(*self.head(*features))
+        extras = [self.detector.extras_at(j, f) for j, f in enumerate(features)]
+        raw = torch.cat([flatten_level(e, 2 * self.k)[0] for e in extras if e is not None])  # (B, 2k)
+        points = self.ctr + raw * self.scale
+        valid = (torch.arange(rows.shape[1]) < count).to(points.dtype)[:, None]  # (max_det, 1)
+        return rows, count, (points[box_idx] * valid).unsqueeze(0)
+
+
+def decode_points(detector: OnnxDetector, features: list[torch.Tensor], box_index: torch.Tensor) -> torch.Tensor:
+    """The decoded extra points (D, 2k) in input pixels of the boxes ``box_index`` (torch, for checks)."""
+    module = EndToEndWithPoints(detector)
+    from ..postprocess import flatten_level
+
+    raw = torch.cat([flatten_level(detector.extras_at(j, f), 2 * module.k)[0]  # type: ignore[arg-type]
+                     for j, f in enumerate(features)])
+    return (module.ctr + raw * module.scale)[box_index]
