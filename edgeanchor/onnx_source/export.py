@@ -22,6 +22,7 @@ import torch
 from ..errors import EdgeAnchorError, first_line
 
 if TYPE_CHECKING:
+    from ..models.base import Detector
     from .detector import OnnxDetector, OnnxSource
 
 DOMAIN = "edgeanchor"
@@ -196,7 +197,10 @@ class EndToEndWithPoints(torch.nn.Module):
     MediaPipe's keypoints with their scales); padding rows are zero.
     """
 
-    def __init__(self, detector: OnnxDetector):
+    ctr: torch.Tensor  # buffer (B, 2k): each box's anchor centre, repeated per point
+    scale: torch.Tensor  # buffer (B, 2k): anchor size / box weight, repeated per point
+
+    def __init__(self, detector: Detector):
         from ..exporting.graphs import BackboneGraph, ExportPostprocess, HeadGraph
 
         super().__init__()
@@ -204,7 +208,7 @@ class EndToEndWithPoints(torch.nn.Module):
         self.backbone = BackboneGraph(detector)
         self.head = HeadGraph(detector)
         self.postprocess = ExportPostprocess(detector)
-        self.k = detector.extra_points
+        self.k = int(getattr(detector, "extra_points", 0))
         anchors = detector.anchors_xyxy.detach().clone()
         wx, wy = (float(v) for v in detector.postprocess_spec.box_weights[:2])
         ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (B, 2)
