@@ -24,6 +24,7 @@ MAX_LEVELS = 16  # feature levels (SSD300 has 6, RetinaNet 5, yolov5 P6 4)
 MAX_LAYERS = 1_000  # layers of a yolov5 model definition (v7.0's P5 models have 25)
 MAX_PARAMETERS = 1_000_000_000  # a model's parameters (4 GB in fp32); yolov5x has 86.7 million
 MAX_REPEATS = 100  # a layer's repeat count in a yolov5 model definition (v7.0: 9)
+MAX_ONNX_BYTES = 4 * 1024**3  # an ONNX model file, and its external data all together; protobuf caps a file at 2 GiB
 
 
 def _shown(value) -> str:
