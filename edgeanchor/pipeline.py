@@ -278,7 +278,7 @@ def deployed(model, deploy: dict | None = None):
 
     A shallow copy shares the weights; only its rule differs (YOLO: the "deploy" preset).
     """
-    return model.with_postprocess(model.postprocess_spec.for_deployment(**(deploy or {})))
+    return model.with_postprocess(model.deploy_rule(**(deploy or {})))
 
 
 def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, images: torch.Tensor | None,

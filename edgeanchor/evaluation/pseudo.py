@@ -29,8 +29,8 @@ def default_pseudo_thresh(det, deploy_score_thresh: float | None = None) -> floa
     """
     if deploy_score_thresh is not None:
         return float(deploy_score_thresh)
-    if det.postprocess_spec.score_fn == "yolo":
-        return float(det.postprocess_spec.for_deployment().score_thresh)
+    if det.postprocess_spec.score_fn == "yolo" or det.arch == "onnx":  # a deploy preset / the head spec's
+        return float(det.deploy_rule().score_thresh)
     return NO_DEPLOY_THRESH
 
 

@@ -169,6 +169,10 @@ class Detector(nn.Module):
         """A copy whose head keeps, per active level, the given anchor positions."""
         raise NotImplementedError  # pragma: no cover
 
+    def deploy_rule(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessRule:
+        """The rule of the exported graphs (:meth:`PostprocessRule.for_deployment`; None keeps a value)."""
+        return self.postprocess_spec.for_deployment(score_thresh, nms_thresh)
+
     def with_postprocess(self, spec: PostprocessRule) -> Detector:
         """This detector with another post-processing rule: itself if the rule is the same, else a
         shallow copy that shares every weight (e.g. the exported graphs' deploy rule)."""

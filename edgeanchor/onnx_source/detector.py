@@ -248,6 +248,14 @@ class OnnxDetector(Detector):
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
         return self._pair(j)
 
+    def deploy_rule(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessRule:
+        """The exported graphs' rule: the spec's deploy thresholds (``nms.deploy_*``) unless overridden."""
+        nms = self.spec.nms
+        deploy_nms = nms.deploy_nms_thresh
+        return self.postprocess_spec.with_overrides(
+            score_thresh if score_thresh is not None else nms.deploy_score_thresh,
+            nms_thresh if nms_thresh is not None else deploy_nms)
+
     def untraced_macs(self) -> int:
         """MACs of the backbone's convolutions, counted from the graph (ONNX Runtime runs it, not torch)."""
         from .graph import conv_macs
