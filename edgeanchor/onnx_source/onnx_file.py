@@ -240,11 +240,13 @@ def conv_macs(model: onnx.ModelProto, image_size: tuple[int, int], *, layout: st
     macs: dict[str, int] = {}
     for node in convs:
         weight = inits.get(node.input[1])
-        if weight is None or len(weight.dims) < 3:
+        # a weight behind an Identity (PyTorch's exporter writes some) has its shape from inference
+        dims = list(weight.dims) if weight is not None else shapes.get(node.input[1], [])
+        if len(dims) < 3 or None in dims:
             raise EdgeAnchorError(f"Conv node {node.name or node.output[0]}: its weight's shape is not known; "
                                   "edgeanchor counts MACs only for convolutions with constant weights")
         spatial = [d or 0 for d in shapes[node.output[0]][2:]]
         # a Conv weight is [out_ch, in_ch / groups, kh, kw]: groups are already divided out of dim 1
-        macs[node.name or node.output[0]] = math.prod(weight.dims) * math.prod(spatial)
+        macs[node.name or node.output[0]] = math.prod(d or 0 for d in dims) * math.prod(spatial)
     macs["total"] = sum(macs.values())
     return macs
