@@ -499,3 +499,70 @@ def test_prune_graph_refuses_bad_keep_sets(retinaface):
         with pytest.raises(EdgeAnchorError) as exc:
             prune_graph(model, match, spec, keep)
         assert words in one_line(exc)
+
+
+def yolo_style_model() -> onnx.ModelProto:
+    """Two levels of raw YOLOv5-style outputs: 1x1 convs of 3 x (5 + 2) channels, the second behind a Sigmoid."""
+    rs = np.random.RandomState(2)
+    inits = [numpy_helper.from_array(rs.randn(4, 3, 3, 3).astype(np.float32), "w_stem"),
+             numpy_helper.from_array(rs.randn(4, 4, 3, 3).astype(np.float32), "w_down")]
+    nodes = [helper.make_node("Conv", ["image", "w_stem"], ["f0"], "stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["f0", "w_down"], ["f1"], "down", pads=[1, 1, 1, 1], strides=[2, 2])]
+    for level in (0, 1):
+        inits += [numpy_helper.from_array(rs.randn(21, 4, 1, 1).astype(np.float32), f"w_det{level}"),
+                  numpy_helper.from_array(rs.randn(21).astype(np.float32), f"b_det{level}")]
+        nodes.append(helper.make_node("Conv", [f"f{level}", f"w_det{level}", f"b_det{level}"],
+                                      ["p0" if level == 0 else "raw1"], f"det{level}"))
+    nodes.append(helper.make_node("Sigmoid", ["raw1"], ["p1"], "sig1"))
+    graph = helper.make_graph(
+        nodes, "yolo_style", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("p0", TensorProto.FLOAT, [1, 21, 8, 8]),
+         helper.make_tensor_value_info("p1", TensorProto.FLOAT, [1, 21, 4, 4])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_prune_per_level_outputs_slices_whole_anchors():
+    model = yolo_style_model()
+    anchors = ((10.0, 13.0), (16.0, 30.0), (33.0, 23.0))
+    spec = HeadSpec(preset="", preprocess=Preprocess(), outputs=Outputs(per_level=("p0", "p1")),
+                    scoring=Scoring(fn="yolo", background_column=False), box_coding=BoxCoding(kind="yolov5"),
+                    levels=(Level(stride=(1, 1), anchors=anchors), Level(stride=(2, 2), anchors=anchors)),
+                    nms=Nms(), cell_order="anchor", priors_format="yolov5")
+    match = find_head(model, spec)
+    assert match.num_classes == 2 and [c.values_per_anchor for c in match.convs] == [7, 7]
+    image = np.random.RandomState(3).randn(1, 3, 8, 8).astype(np.float32)
+    p0, p1 = run(model, {"image": image})
+    pruned = prune_graph(model, match, spec, {0: [1], 1: [0, 2]})
+    got0, got1 = run(pruned, {"image": image})
+    # channel = a * 7 + v: anchor 1 is channels 7..13; anchors 0 and 2 are 0..6 and 14..20
+    np.testing.assert_array_equal(got0, p0[:, 7:14])
+    np.testing.assert_array_equal(got1, p1[:, [*range(0, 7), *range(14, 21)]])
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in pruned.graph.output] == [
+        [1, 7, 8, 8], [1, 14, 4, 4]]
+    with pytest.raises(EdgeAnchorError) as exc:
+        prune_graph(model, match, spec, {0: [0]})
+    assert "output `p1` has no Concat to drop level 1 from" in one_line(exc)
+
+
+def test_prune_leaves_a_dynamic_reshape_whose_values_equal_the_rows():
+    # one 1x1 cell of 4 anchors: 4 rows of 4 box values, reshaped by [1, -1, 4]: the 4 is the values, not the rows
+    rs = np.random.RandomState(4)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"], "box"),
+         helper.make_node("Transpose", ["c"], ["t"], "t", perm=[0, 2, 3, 1]),
+         helper.make_node("Reshape", ["t", "shape"], ["boxes"], "r")],
+        "one_cell", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 1, 1])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, 4])],
+        initializer=[numpy_helper.from_array(rs.randn(16, 3, 1, 1).astype(np.float32), "w"),
+                     numpy_helper.from_array(np.array([1, -1, 4], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    spec = HeadSpec(preset="", preprocess=Preprocess(), outputs=Outputs(boxes="boxes"), scoring=Scoring(),
+                    box_coding=BoxCoding(), levels=(Level(stride=(1, 1), anchors=((1.0, 1.0),) * 4),), nms=Nms())
+    match = find_head(model, spec)
+    image = rs.randn(1, 3, 1, 1).astype(np.float32)
+    (boxes,) = run(model, {"image": image})
+    pruned = prune_graph(model, match, spec, {0: [1, 3]})
+    (got,) = run(pruned, {"image": image})
+    np.testing.assert_array_equal(got, boxes[:, [1, 3]])
+    assert constant(pruned, "shape") == [1, -1, 4]
+    assert [d.dim_value for d in pruned.graph.output[0].type.tensor_type.shape.dim] == [1, 2, 4]

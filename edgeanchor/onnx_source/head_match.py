@@ -321,9 +321,9 @@ def _match(g: _Graph, spec: HeadSpec, plan, shapes, size, input_name, input_shap
             level = j if role != "per_level" else spec.outputs.per_level.index(output)  # type: ignore[union-attr]
             node = node_id(branch.conv)
             found = _out_channels(g, branch.conv)
-            expected = num_classes if role == "scores" else _values_per_anchor(role, spec)
-            if role == "scores" and expected is None:
-                expected = spec.scoring.num_classes
+            expected = _values_per_anchor(role, spec)
+            if expected is None and num_classes is not None:  # K read from an earlier level: every level agrees
+                expected = num_classes + 5 if role == "per_level" else num_classes
             per_anchor = _check_channels(output, level, spec, node, found, role, expected)
             if role == "scores":
                 num_classes = per_anchor

@@ -51,13 +51,15 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise EdgeAnchorError(f"{path} is not an ONNX model: it has no graph or no nodes; check `model`")
     _check_domains(model, path)
     _check_external_data(model, path, size)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+    if external:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as exc:
             raise EdgeAnchorError(f"{path}: its external data cannot be read ({first_line(exc)})") from None
     try:
-        onnx.checker.check_model(model)
+        # by path where the data is external: a model over protobuf's 2 GiB cannot be checked in memory
+        onnx.checker.check_model(str(path) if external else model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise EdgeAnchorError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
     return model

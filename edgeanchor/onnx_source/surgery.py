@@ -138,6 +138,7 @@ class _Surgeon:
         self.g = _Graph(self.graph)
         self.used = {n.output[0] for n in _needed(self.graph, [o.name for o in self.graph.output])}
         self.chain = {t for c in match.convs for t in c.path}  # tensors of the head chain
+        self.values = {t: c.values_per_anchor for c in reversed(match.convs) for t in c.path}
         self.rows_old: dict[str, int] = {}
         self.rows_new: dict[str, int] = {}
         for c in match.convs:
@@ -214,11 +215,19 @@ class _Surgeon:
         return inferred_shapes(fix_input_size(self.source, self.match.input_name, self.match.input_shape))
 
     def fix_reshape(self, node: onnx.NodeProto) -> None:
+        """Rewrite the entry of a Reshape's constant shape that counts the anchor rows (-1 / dynamic: left alone)."""
         out = node.output[0]
         old, new = self.rows_old[out], self.rows_new[out]
         parts = self.shape_parts(node.input[1])
-        hits = [(owner, index, i) for owner, index, value in parts if value is not None
-                for i, entry in enumerate(value.reshape(-1)) if entry == old]
+        dynamic = any(value is None or (value == -1).any() or (value == 0).any() for _, _, value in parts)
+        entries = [(owner, index, i, entry) for owner, index, value in parts if value is not None
+                   for i, entry in enumerate(value.reshape(-1))]
+        hits = [(owner, index, i) for owner, index, i, entry in entries if entry == old]
+        last = entries[-1][:3] if entries and parts[-1][2] is not None else None
+        if len(hits) > 1 or (hits and dynamic and self.values.get(out) == old):
+            # the last entry is the values per anchor (4 box values ...): where it also equals the rows, it is not
+            # the anchor count when another entry is, or when a -1 infers the rows
+            hits = [h for h in hits if h != last]
         if len(hits) > 1:
             raise EdgeAnchorError(f"Reshape {node.name or out}: its shape has {len(hits)} entries equal to the anchor "
                                   f"rows {old}; edgeanchor cannot tell which one to fix")
@@ -229,9 +238,7 @@ class _Surgeon:
             fixed = np.array(value, copy=True).reshape(-1)
             fixed[i] = new
             self.set_constant(owner, index, fixed.reshape(value.shape))
-            return
-        dynamic = any(value is None or (value == -1).any() or (value == 0).any() for _, _, value in parts)
-        if not dynamic:
+        elif not dynamic:
             raise EdgeAnchorError(f"Reshape {node.name or out}: its constant shape does not show the anchor rows "
                                   f"{old}; edgeanchor cannot fix it for the pruned head")
 
@@ -299,14 +306,21 @@ class _Surgeon:
             self.graph.value_info.remove(v)
 
     def fix_outputs(self) -> None:
-        """The outputs' static anchor dims, updated."""
+        """The outputs' static anchor dims, updated: the rows, or for a per-level output its channels or anchors."""
         for output in self.graph.output:
+            convs = [c for c in self.match.convs if output.name in c.path]
             old, new = self.rows_old.get(output.name), self.rows_new.get(output.name)
-            if old is None or old == new:
+            if not convs or old == new:
                 continue
-            for dim in list(output.type.tensor_type.shape.dim)[1:]:
-                if dim.HasField("dim_value") and dim.dim_value == old:
-                    dim.dim_value = int(new or 0)
+            pairs = [(old, new)]
+            if len(convs) == 1:  # one level's own output: [N, A*V, H, W] or [N, A, H, W, V]
+                c, kept = convs[0], len(self.keep[convs[0].level])
+                pairs += [(c.out_channels, kept * c.values_per_anchor), (c.anchors, kept)]
+            dims = list(output.type.tensor_type.shape.dim)[1:]
+            for was, now in pairs:
+                dim = next((d for d in dims if d.HasField("dim_value") and d.dim_value == was), None)
+                if dim is not None:
+                    dim.dim_value = int(now or 0)
                     break
 
     def run(self) -> onnx.ModelProto:
