@@ -566,3 +566,12 @@ def test_prune_leaves_a_dynamic_reshape_whose_values_equal_the_rows():
     np.testing.assert_array_equal(got, boxes[:, [1, 3]])
     assert constant(pruned, "shape") == [1, -1, 4]
     assert [d.dim_value for d in pruned.graph.output[0].type.tensor_type.shape.dim] == [1, 2, 4]
+
+
+def test_find_head_runs_the_graph_where_inference_gives_no_shapes(monkeypatch):
+    from edgeanchor.onnx_source import head_match
+
+    model, spec = tf_style_model(), tf_style_spec()
+    want = find_head(model, spec)
+    monkeypatch.setattr(head_match, "inferred_shapes", lambda m: {})
+    assert find_head(model, spec) == want

@@ -160,8 +160,8 @@ def static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
 def fix_input_size(model: onnx.ModelProto, input_name: str, shape: Sequence[int]) -> onnx.ModelProto:
     """A copy of ``model`` whose input ``input_name`` has the static ``shape`` (e.g. (1, 3, 640, 640)).
 
-    The outputs' and intermediate tensors' declared shapes are cleared of symbolic dims, so that ONNX
-    Runtime and shape inference see the new size rather than a stale one.
+    The intermediate tensors' declared shapes (``value_info``) are dropped, so that shape inference and
+    ONNX Runtime see the new size rather than a stale one; everything else is as in ``model``.
     """
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -175,18 +175,23 @@ def fix_input_size(model: onnx.ModelProto, input_name: str, shape: Sequence[int]
     for dim, size in zip(dims, shape, strict=True):
         dim.Clear()
         dim.dim_value = int(size)
-    del fixed.graph.value_info[:]
+    del fixed.graph.value_info[:]  # declared intermediate shapes may hold the old size
     return fixed
 
 
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Every tensor's dims that ONNX shape inference gives (None where a dim stays unknown)."""
+def inferred_value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Every tensor's type and shape that ONNX shape inference gives, by name."""
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
         inferred = model  # inference fails on some converters' graphs; callers fall back to a run
     g = inferred.graph
-    return {v.name: static_dims(v) for v in [*g.input, *g.value_info, *g.output] if v.type.HasField("tensor_type")}
+    return {v.name: v for v in [*g.input, *g.value_info, *g.output] if v.type.HasField("tensor_type")}
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Every tensor's dims that ONNX shape inference gives (None where a dim stays unknown)."""
+    return {name: static_dims(v) for name, v in inferred_value_infos(model).items()}
 
 
 def run_shapes(model: onnx.ModelProto, input_name: str, shape: Sequence[int],

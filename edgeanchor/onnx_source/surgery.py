@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from ..errors import EdgeAnchorError, first_line
 from .head_match import HeadConv, HeadMatch, _Graph
-from .onnx_file import fix_input_size, inferred_shapes, run_shapes
+from .onnx_file import fix_input_size, inferred_shapes, inferred_value_infos, run_shapes, static_dims
 from .spec import HeadSpec
 
 
@@ -48,16 +48,13 @@ def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def _value_info(graph: onnx.GraphProto, shapes: Mapping[str, list[int | None]], name: str,
-                elem_type: int = onnx.TensorProto.FLOAT, batch: str | None = None) -> onnx.ValueInfoProto:
-    """A value info for ``name``: its declared one if the graph has it, else one from ``shapes``."""
-    for v in [*graph.value_info, *graph.output, *graph.input]:
-        if v.name == name and v.type.tensor_type.HasField("shape"):
-            return v
-    dims: list[int | str | None] = list(shapes.get(name, [])) or None  # type: ignore[assignment]
-    if dims and batch:
-        dims[0] = batch
-    return onnx.helper.make_tensor_value_info(name, elem_type, dims)
+def _value_info(name: str, shapes: Mapping[str, list[int | None]], types: Mapping[str, int],
+                default_type: int) -> onnx.ValueInfoProto:
+    """A value info for ``name`` at batch "N": its dims from ``shapes``, its element type from ``types``."""
+    dims: list[int | str | None] = list(shapes.get(name, []))
+    if dims:
+        dims[0] = "N"
+    return onnx.helper.make_tensor_value_info(name, types.get(name, default_type), dims or None)
 
 
 def _extract(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
@@ -74,12 +71,16 @@ def _extract(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[o
     return out
 
 
-def _match_shapes(model: onnx.ModelProto, match: HeadMatch, names: Sequence[str]) -> dict[str, list[int | None]]:
+def _match_infos(model: onnx.ModelProto, match: HeadMatch, names: Sequence[str]) -> tuple[
+        dict[str, list[int | None]], dict[str, int], int]:
+    """The shapes and element types of tensors ``names`` at the matched input size, and the input's type."""
     fixed = fix_input_size(model, match.input_name, match.input_shape)
-    shapes = inferred_shapes(fixed)
+    infos = inferred_value_infos(fixed)
+    shapes = {name: static_dims(v) for name, v in infos.items()}
+    types = {name: v.type.tensor_type.elem_type for name, v in infos.items() if v.type.tensor_type.elem_type}
     if any(None in shapes.get(n, [None]) for n in names):
         shapes.update(run_shapes(fixed, match.input_name, match.input_shape, list(names)))
-    return shapes
+    return shapes, types, types.get(match.input_name, onnx.TensorProto.FLOAT)
 
 
 def cut_backbone(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]) -> onnx.ModelProto:
@@ -89,9 +90,9 @@ def cut_backbone(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]
     """
     features = list(dict.fromkeys(match.feature_inputs[i] for i in levels))
     nodes = _needed(model.graph, features, stop=[match.input_name])
-    shapes = _match_shapes(model, match, features)
+    shapes, types, default = _match_infos(model, match, features)
     image = next(i for i in model.graph.input if i.name == match.input_name)
-    outputs = [_value_info(model.graph, shapes, f, batch="N") for f in features]
+    outputs = [_value_info(f, shapes, types, default) for f in features]
     return _extract(model, nodes, [image], outputs, f"{model.graph.name or 'model'}_backbone")
 
 
@@ -101,9 +102,9 @@ def cut_head(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]) ->
     convs = [c for c in match.convs if c.level in set(levels)]
     nodes = [producer[c.path[0]] for c in convs]
     features = list(dict.fromkeys(c.input for c in convs))
-    shapes = _match_shapes(model, match, [*features, *(c.path[0] for c in convs)])
-    inputs = [_value_info(onnx.GraphProto(), shapes, f, batch="N") for f in features]
-    outputs = [_value_info(onnx.GraphProto(), shapes, c.path[0], batch="N") for c in convs]
+    shapes, types, default = _match_infos(model, match, [*features, *(c.path[0] for c in convs)])
+    inputs = [_value_info(f, shapes, types, default) for f in features]
+    outputs = [_value_info(c.path[0], shapes, types, default) for c in convs]
     return _extract(model, nodes, inputs, outputs, f"{model.graph.name or 'model'}_head")
 
 
@@ -162,7 +163,8 @@ class _Surgeon:
         self.graph.initializer[position].CopyFrom(numpy_helper.from_array(value, name))
 
     def unique(self, base: str) -> str:
-        taken = {t.name for t in self.graph.initializer} | {o for n in self.graph.node for o in n.output}
+        taken = ({t.name for t in self.graph.initializer} | {o for n in self.graph.node for o in n.output}
+                 | {i.name for i in self.graph.input})
         name, i = base, 1
         while name in taken:
             name, i = f"{base}_{i}", i + 1
