@@ -464,11 +464,11 @@ def test_find_head_channel_mismatch_names_output_level_node(retinaface):
     model, _, _ = retinaface
     with pytest.raises(EdgeAnchorError) as exc:
         find_head(model, retinaface_spec(anchors_per_cell=3), (640, 640))
-    assert one_line(exc) == ("output `loc`, level 0 (stride 8): node /bbox_head/bbox_head.0/Conv has 8 output "
+    assert one_line(exc) == ("output 'loc', level 0 (stride 8): node /bbox_head/bbox_head.0/Conv has 8 output "
                              "channels, the spec says 3 anchors x 4 box values = 12; fix levels[0].anchors")
     with pytest.raises(EdgeAnchorError) as exc:
         find_head(model, retinaface_spec(num_classes=3), (640, 640))
-    assert one_line(exc) == ("output `conf`, level 0 (stride 8): node /class_head/class_head.0/Conv has 4 output "
+    assert one_line(exc) == ("output 'conf', level 0 (stride 8): node /class_head/class_head.0/Conv has 4 output "
                              "channels, the spec says 2 anchors x 3 classes = 6; fix levels[0].anchors or "
                              "scoring.num_classes")
 
@@ -478,11 +478,11 @@ def test_find_head_feature_size_and_level_count_mismatch(retinaface):
     wrong = replace(spec, levels=(replace(spec.levels[0], feature_size=(81, 80)), *spec.levels[1:]))
     with pytest.raises(EdgeAnchorError) as exc:
         find_head(model, wrong, (640, 640))
-    assert one_line(exc) == ("output `loc`, level 0 (stride 8): node /bbox_head/bbox_head.0/Conv gives a 80x80 "
+    assert one_line(exc) == ("output 'loc', level 0 (stride 8): node /bbox_head/bbox_head.0/Conv gives a 80x80 "
                              "feature map at 640x640, the spec says 81x80; fix levels[0].stride or feature_size")
     with pytest.raises(EdgeAnchorError) as exc:
         find_head(model, replace(spec, levels=spec.levels[:2]), (640, 640))
-    assert "output `loc` comes from 3 convolutions" in one_line(exc) and "the spec has 2 levels" in str(exc.value)
+    assert "output 'loc' comes from 3 convolutions" in one_line(exc) and "the spec has 2 levels" in str(exc.value)
 
 
 def test_find_head_needs_a_size_for_a_dynamic_graph(retinaface):
@@ -541,7 +541,7 @@ def test_prune_per_level_outputs_slices_whole_anchors():
         [1, 7, 8, 8], [1, 14, 4, 4]]
     with pytest.raises(EdgeAnchorError) as exc:
         prune_graph(model, match, spec, {0: [0]})
-    assert "output `p1` has no Concat to drop level 1 from" in one_line(exc)
+    assert "output 'p1' has no Concat to drop level 1 from" in one_line(exc)
 
 
 def test_prune_leaves_a_dynamic_reshape_whose_values_equal_the_rows():

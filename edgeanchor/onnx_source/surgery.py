@@ -185,7 +185,7 @@ class _Surgeon:
     def drop_branch(self, conv: HeadConv) -> None:
         """Remove a dropped level's input from its Concat (a Concat left empty goes from its own consumer)."""
         if conv.join is None:
-            raise EdgeAnchorError(f"output `{conv.output}` has no Concat to drop level {conv.level} from (each level "
+            raise EdgeAnchorError(f"output {conv.output!r} has no Concat to drop level {conv.level} from (each level "
                                   f"is its own output); keep at least one anchor in `keep`[{conv.level}]")
         joined = conv.path[conv.path.index(conv.join) - 1]
         concat = self.g.producer[conv.join]
@@ -197,7 +197,7 @@ class _Surgeon:
             joined = concat.output[0]
             parent = next((n for n in self.graph.node if n.op_type == "Concat" and joined in n.input), None)
             if parent is None:
-                raise EdgeAnchorError(f"output `{conv.output}` would have no rows left; keep at least one anchor")
+                raise EdgeAnchorError(f"output {conv.output!r} would have no rows left; keep at least one anchor")
             concat = parent
 
     def fix_constants(self) -> None:
