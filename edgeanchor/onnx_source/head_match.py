@@ -131,7 +131,7 @@ def _trace(g: _Graph, tensor: str, path: list[str], output: str) -> list[_Branch
     """The head convs that ``tensor`` comes from, tracing back through layout ops and Concats."""
     node = g.producer.get(tensor)
     if node is None:
-        raise EdgeAnchorError(f"output `{output}`: tracing back reaches {tensor!r}, a graph input or constant, without "
+        raise EdgeAnchorError(f"output {output!r}: tracing back reaches {tensor!r}, a graph input or constant, without "
                               "meeting a Conv; check the head spec's outputs, or name the convs in levels[].convs")
     if node.op_type == "Conv":
         return [_Branch(node, [tensor, *path])]
@@ -145,7 +145,7 @@ def _trace(g: _Graph, tensor: str, path: list[str], output: str) -> list[_Branch
         return branches
     if node.op_type in PASS_THROUGH:
         return _trace(g, node.input[0], [tensor, *path], output)
-    raise EdgeAnchorError(f"output `{output}`: tracing back meets node {node_id(node)} ({node.op_type}), which is not "
+    raise EdgeAnchorError(f"output {output!r}: tracing back meets node {node_id(node)} ({node.op_type}), which is not "
                           "a layout op edgeanchor follows; name the head convs in the spec's levels[].convs")
 
 
@@ -160,7 +160,7 @@ def _forward(g: _Graph, conv: onnx.NodeProto, output: str) -> _Branch:
         data = [n for n in consumers.get(tensor, []) if n.op_type in PASS_THROUGH or n.op_type == "Concat"]
         data += [n for n in g.graph.node if n.op_type == "Concat" and tensor in n.input[1:]]
         if len(data) != 1:
-            raise EdgeAnchorError(f"output `{output}`: the named conv {node_id(conv)} does not lead to it through "
+            raise EdgeAnchorError(f"output {output!r}: the named conv {node_id(conv)} does not lead to it through "
                                   "layout ops alone; check the head spec's levels[].convs")
         node = data[0]
         if node.op_type == "Concat" and branch.join is None:
@@ -178,13 +178,13 @@ def _branches(g: _Graph, spec: HeadSpec, role: str, output: str, levels: Sequenc
         for name in named:
             node = g.by_name.get(str(name))
             if node is None or node.op_type != "Conv":
-                raise EdgeAnchorError(f"output `{output}`: the head spec names conv {name!r}, which is not a Conv "
+                raise EdgeAnchorError(f"output {output!r}: the head spec names conv {name!r}, which is not a Conv "
                                       "node of the graph; fix levels[].convs")
             convs.append(node)
         return [_forward(g, node, output) for node in convs]
     branches = _trace(g, output, [], output)
     if len(branches) != len(levels):
-        raise EdgeAnchorError(f"output `{output}` comes from {len(branches)} convolutions "
+        raise EdgeAnchorError(f"output {output!r} comes from {len(branches)} convolutions "
                               f"({', '.join(node_id(b.conv) for b in branches)}), but the spec has {len(levels)} "
                               "levels; fix the head spec's levels")
     return branches
@@ -237,7 +237,7 @@ def _check_channels(output: str, level: int, spec: HeadSpec, node: str, found: i
     """``per_anchor`` (V) checked against a conv's ``found`` channels; with V None, V read from the conv."""
     lv = spec.levels[level]
     anchors = len(lv.anchors)
-    where = f"output `{output}`, level {level} (stride {lv.stride[0]}): node {node}"
+    where = f"output {output!r}, level {level} (stride {lv.stride[0]}): node {node}"
     what = {"boxes": "box values", "scores": "classes", "extras": "extra values", "per_level": "values"}[role]
     fix = {"boxes": f"levels[{level}].anchors", "scores": f"levels[{level}].anchors or scoring.num_classes",
            "extras": f"levels[{level}].anchors or outputs.extra_points",
@@ -259,7 +259,7 @@ def _check_feature_size(output: str, level: int, spec: HeadSpec, node: str, foun
     expected = lv.feature_size or (math.ceil(size[0] / lv.stride[0]), math.ceil(size[1] / lv.stride[1]))
     if tuple(found) != tuple(expected):
         shown = "x".join("?" if f is None else str(f) for f in found)
-        raise EdgeAnchorError(f"output `{output}`, level {level} (stride {lv.stride[0]}): node {node} gives a {shown} "
+        raise EdgeAnchorError(f"output {output!r}, level {level} (stride {lv.stride[0]}): node {node} gives a {shown} "
                               f"feature map at {size[0]}x{size[1]}, the spec says {expected[0]}x{expected[1]}; "
                               f"fix levels[{level}].stride or feature_size")
     return int(expected[0]), int(expected[1])
@@ -321,9 +321,9 @@ def _match(g: _Graph, spec: HeadSpec, plan, shapes, size, input_name, input_shap
             level = j if role != "per_level" else spec.outputs.per_level.index(output)  # type: ignore[union-attr]
             node = node_id(branch.conv)
             found = _out_channels(g, branch.conv)
-            expected = num_classes if role == "scores" else _values_per_anchor(role, spec)
-            if role == "scores" and expected is None:
-                expected = spec.scoring.num_classes
+            expected = _values_per_anchor(role, spec)
+            if expected is None and num_classes is not None:  # K read from an earlier level: every level agrees
+                expected = num_classes + 5 if role == "per_level" else num_classes
             per_anchor = _check_channels(output, level, spec, node, found, role, expected)
             if role == "scores":
                 num_classes = per_anchor

@@ -51,13 +51,15 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise EdgeAnchorError(f"{path} is not an ONNX model: it has no graph or no nodes; check `model`")
     _check_domains(model, path)
     _check_external_data(model, path, size)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+    if external:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as exc:
             raise EdgeAnchorError(f"{path}: its external data cannot be read ({first_line(exc)})") from None
     try:
-        onnx.checker.check_model(model)
+        # by path where the data is external: a model over protobuf's 2 GiB cannot be checked in memory
+        onnx.checker.check_model(str(path) if external else model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise EdgeAnchorError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
     return model
@@ -158,8 +160,8 @@ def static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
 def fix_input_size(model: onnx.ModelProto, input_name: str, shape: Sequence[int]) -> onnx.ModelProto:
     """A copy of ``model`` whose input ``input_name`` has the static ``shape`` (e.g. (1, 3, 640, 640)).
 
-    The outputs' and intermediate tensors' declared shapes are cleared of symbolic dims, so that ONNX
-    Runtime and shape inference see the new size rather than a stale one.
+    The intermediate tensors' declared shapes (``value_info``) are dropped, so that shape inference and
+    ONNX Runtime see the new size rather than a stale one; everything else is as in ``model``.
     """
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -173,18 +175,23 @@ def fix_input_size(model: onnx.ModelProto, input_name: str, shape: Sequence[int]
     for dim, size in zip(dims, shape, strict=True):
         dim.Clear()
         dim.dim_value = int(size)
-    del fixed.graph.value_info[:]
+    del fixed.graph.value_info[:]  # declared intermediate shapes may hold the old size
     return fixed
 
 
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Every tensor's dims that ONNX shape inference gives (None where a dim stays unknown)."""
+def inferred_value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Every tensor's type and shape that ONNX shape inference gives, by name."""
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
         inferred = model  # inference fails on some converters' graphs; callers fall back to a run
     g = inferred.graph
-    return {v.name: static_dims(v) for v in [*g.input, *g.value_info, *g.output] if v.type.HasField("tensor_type")}
+    return {v.name: v for v in [*g.input, *g.value_info, *g.output] if v.type.HasField("tensor_type")}
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Every tensor's dims that ONNX shape inference gives (None where a dim stays unknown)."""
+    return {name: static_dims(v) for name, v in inferred_value_infos(model).items()}
 
 
 def run_shapes(model: onnx.ModelProto, input_name: str, shape: Sequence[int],
@@ -240,13 +247,13 @@ def conv_macs(model: onnx.ModelProto, image_size: tuple[int, int], *, layout: st
     macs: dict[str, int] = {}
     for node in convs:
         weight = inits.get(node.input[1])
-        # a weight read through Identity (exporters alias shared weights): its inferred shape
-        dims = list(weight.dims) if weight is not None else shapes.get(node.input[1], [None])
-        if len(dims) < 3 or any(d is None for d in dims):
+        # a weight behind an Identity (PyTorch's exporter writes some) has its shape from inference
+        dims = list(weight.dims) if weight is not None else shapes.get(node.input[1], [])
+        if len(dims) < 3 or None in dims:
             raise EdgeAnchorError(f"Conv node {node.name or node.output[0]}: its weight's shape is not known; "
                                   "edgeanchor counts MACs only for convolutions with constant weights")
         spatial = [d or 0 for d in shapes[node.output[0]][2:]]
         # a Conv weight is [out_ch, in_ch / groups, kh, kw]: groups are already divided out of dim 1
-        macs[node.name or node.output[0]] = math.prod(int(d or 0) for d in dims) * math.prod(spatial)
+        macs[node.name or node.output[0]] = math.prod(d or 0 for d in dims) * math.prod(spatial)
     macs["total"] = sum(macs.values())
     return macs

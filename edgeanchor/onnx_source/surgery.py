@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from ..errors import EdgeAnchorError, first_line
 from .head_match import HeadConv, HeadMatch, _Graph
-from .onnx_file import fix_input_size, inferred_shapes, run_shapes
+from .onnx_file import fix_input_size, inferred_shapes, inferred_value_infos, run_shapes, static_dims
 from .spec import HeadSpec
 
 
@@ -48,16 +48,13 @@ def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def _value_info(graph: onnx.GraphProto, shapes: Mapping[str, list[int | None]], name: str,
-                elem_type: int = onnx.TensorProto.FLOAT, batch: str | None = None) -> onnx.ValueInfoProto:
-    """A value info for ``name``: its declared one if the graph has it, else one from ``shapes``."""
-    for v in [*graph.value_info, *graph.output, *graph.input]:
-        if v.name == name and v.type.tensor_type.HasField("shape"):
-            return v
-    dims: list[int | str | None] = list(shapes.get(name, [])) or None  # type: ignore[assignment]
-    if dims and batch:
-        dims[0] = batch
-    return onnx.helper.make_tensor_value_info(name, elem_type, dims)
+def _value_info(name: str, shapes: Mapping[str, list[int | None]], types: Mapping[str, int],
+                default_type: int) -> onnx.ValueInfoProto:
+    """A value info for ``name`` at batch "N": its dims from ``shapes``, its element type from ``types``."""
+    dims: list[int | str | None] = list(shapes.get(name, []))
+    if dims:
+        dims[0] = "N"
+    return onnx.helper.make_tensor_value_info(name, types.get(name, default_type), dims or None)
 
 
 def _extract(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
@@ -74,12 +71,16 @@ def _extract(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[o
     return out
 
 
-def _match_shapes(model: onnx.ModelProto, match: HeadMatch, names: Sequence[str]) -> dict[str, list[int | None]]:
+def _match_infos(model: onnx.ModelProto, match: HeadMatch, names: Sequence[str]) -> tuple[
+        dict[str, list[int | None]], dict[str, int], int]:
+    """The shapes and element types of tensors ``names`` at the matched input size, and the input's type."""
     fixed = fix_input_size(model, match.input_name, match.input_shape)
-    shapes = inferred_shapes(fixed)
+    infos = inferred_value_infos(fixed)
+    shapes = {name: static_dims(v) for name, v in infos.items()}
+    types = {name: v.type.tensor_type.elem_type for name, v in infos.items() if v.type.tensor_type.elem_type}
     if any(None in shapes.get(n, [None]) for n in names):
         shapes.update(run_shapes(fixed, match.input_name, match.input_shape, list(names)))
-    return shapes
+    return shapes, types, types.get(match.input_name, onnx.TensorProto.FLOAT)
 
 
 def cut_backbone(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]) -> onnx.ModelProto:
@@ -89,9 +90,9 @@ def cut_backbone(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]
     """
     features = list(dict.fromkeys(match.feature_inputs[i] for i in levels))
     nodes = _needed(model.graph, features, stop=[match.input_name])
-    shapes = _match_shapes(model, match, features)
+    shapes, types, default = _match_infos(model, match, features)
     image = next(i for i in model.graph.input if i.name == match.input_name)
-    outputs = [_value_info(model.graph, shapes, f, batch="N") for f in features]
+    outputs = [_value_info(f, shapes, types, default) for f in features]
     return _extract(model, nodes, [image], outputs, f"{model.graph.name or 'model'}_backbone")
 
 
@@ -101,9 +102,9 @@ def cut_head(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]) ->
     convs = [c for c in match.convs if c.level in set(levels)]
     nodes = [producer[c.path[0]] for c in convs]
     features = list(dict.fromkeys(c.input for c in convs))
-    shapes = _match_shapes(model, match, [*features, *(c.path[0] for c in convs)])
-    inputs = [_value_info(onnx.GraphProto(), shapes, f, batch="N") for f in features]
-    outputs = [_value_info(onnx.GraphProto(), shapes, c.path[0], batch="N") for c in convs]
+    shapes, types, default = _match_infos(model, match, [*features, *(c.path[0] for c in convs)])
+    inputs = [_value_info(f, shapes, types, default) for f in features]
+    outputs = [_value_info(c.path[0], shapes, types, default) for c in convs]
     return _extract(model, nodes, inputs, outputs, f"{model.graph.name or 'model'}_head")
 
 
@@ -138,6 +139,7 @@ class _Surgeon:
         self.g = _Graph(self.graph)
         self.used = {n.output[0] for n in _needed(self.graph, [o.name for o in self.graph.output])}
         self.chain = {t for c in match.convs for t in c.path}  # tensors of the head chain
+        self.values = {t: c.values_per_anchor for c in reversed(match.convs) for t in c.path}
         self.rows_old: dict[str, int] = {}
         self.rows_new: dict[str, int] = {}
         for c in match.convs:
@@ -161,7 +163,8 @@ class _Surgeon:
         self.graph.initializer[position].CopyFrom(numpy_helper.from_array(value, name))
 
     def unique(self, base: str) -> str:
-        taken = {t.name for t in self.graph.initializer} | {o for n in self.graph.node for o in n.output}
+        taken = ({t.name for t in self.graph.initializer} | {o for n in self.graph.node for o in n.output}
+                 | {i.name for i in self.graph.input})
         name, i = base, 1
         while name in taken:
             name, i = f"{base}_{i}", i + 1
@@ -182,7 +185,7 @@ class _Surgeon:
     def drop_branch(self, conv: HeadConv) -> None:
         """Remove a dropped level's input from its Concat (a Concat left empty goes from its own consumer)."""
         if conv.join is None:
-            raise EdgeAnchorError(f"output `{conv.output}` has no Concat to drop level {conv.level} from (each level "
+            raise EdgeAnchorError(f"output {conv.output!r} has no Concat to drop level {conv.level} from (each level "
                                   f"is its own output); keep at least one anchor in `keep`[{conv.level}]")
         joined = conv.path[conv.path.index(conv.join) - 1]
         concat = self.g.producer[conv.join]
@@ -194,7 +197,7 @@ class _Surgeon:
             joined = concat.output[0]
             parent = next((n for n in self.graph.node if n.op_type == "Concat" and joined in n.input), None)
             if parent is None:
-                raise EdgeAnchorError(f"output `{conv.output}` would have no rows left; keep at least one anchor")
+                raise EdgeAnchorError(f"output {conv.output!r} would have no rows left; keep at least one anchor")
             concat = parent
 
     def fix_constants(self) -> None:
@@ -214,11 +217,19 @@ class _Surgeon:
         return inferred_shapes(fix_input_size(self.source, self.match.input_name, self.match.input_shape))
 
     def fix_reshape(self, node: onnx.NodeProto) -> None:
+        """Rewrite the entry of a Reshape's constant shape that counts the anchor rows (-1 / dynamic: left alone)."""
         out = node.output[0]
         old, new = self.rows_old[out], self.rows_new[out]
         parts = self.shape_parts(node.input[1])
-        hits = [(owner, index, i) for owner, index, value in parts if value is not None
-                for i, entry in enumerate(value.reshape(-1)) if entry == old]
+        dynamic = any(value is None or (value == -1).any() or (value == 0).any() for _, _, value in parts)
+        entries = [(owner, index, i, entry) for owner, index, value in parts if value is not None
+                   for i, entry in enumerate(value.reshape(-1))]
+        hits = [(owner, index, i) for owner, index, i, entry in entries if entry == old]
+        last = entries[-1][:3] if entries and parts[-1][2] is not None else None
+        if len(hits) > 1 or (hits and dynamic and self.values.get(out) == old):
+            # the last entry is the values per anchor (4 box values ...): where it also equals the rows, it is not
+            # the anchor count when another entry is, or when a -1 infers the rows
+            hits = [h for h in hits if h != last]
         if len(hits) > 1:
             raise EdgeAnchorError(f"Reshape {node.name or out}: its shape has {len(hits)} entries equal to the anchor "
                                   f"rows {old}; edgeanchor cannot tell which one to fix")
@@ -229,9 +240,7 @@ class _Surgeon:
             fixed = np.array(value, copy=True).reshape(-1)
             fixed[i] = new
             self.set_constant(owner, index, fixed.reshape(value.shape))
-            return
-        dynamic = any(value is None or (value == -1).any() or (value == 0).any() for _, _, value in parts)
-        if not dynamic:
+        elif not dynamic:
             raise EdgeAnchorError(f"Reshape {node.name or out}: its constant shape does not show the anchor rows "
                                   f"{old}; edgeanchor cannot fix it for the pruned head")
 
@@ -299,14 +308,21 @@ class _Surgeon:
             self.graph.value_info.remove(v)
 
     def fix_outputs(self) -> None:
-        """The outputs' static anchor dims, updated."""
+        """The outputs' static anchor dims, updated: the rows, or for a per-level output its channels or anchors."""
         for output in self.graph.output:
+            convs = [c for c in self.match.convs if output.name in c.path]
             old, new = self.rows_old.get(output.name), self.rows_new.get(output.name)
-            if old is None or old == new:
+            if not convs or old == new:
                 continue
-            for dim in list(output.type.tensor_type.shape.dim)[1:]:
-                if dim.HasField("dim_value") and dim.dim_value == old:
-                    dim.dim_value = int(new or 0)
+            pairs = [(old, new)]
+            if len(convs) == 1:  # one level's own output: [N, A*V, H, W] or [N, A, H, W, V]
+                c, kept = convs[0], len(self.keep[convs[0].level])
+                pairs += [(c.out_channels, kept * c.values_per_anchor), (c.anchors, kept)]
+            dims = list(output.type.tensor_type.shape.dim)[1:]
+            for was, now in pairs:
+                dim = next((d for d in dims if d.HasField("dim_value") and d.dim_value == was), None)
+                if dim is not None:
+                    dim.dim_value = int(now or 0)
                     break
 
     def run(self) -> onnx.ModelProto:
