@@ -56,8 +56,14 @@ class OnnxBackbone(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, key: str):
-        _, levels = _TRACED[key]
-        return g.op(f"{DOMAIN}::{OP}", x, key_s=key, outputs=len(levels))
+        source, levels = _TRACED[key]
+        outs = g.op(f"{DOMAIN}::{OP}", x, key_s=key, outputs=len(levels))
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        dims = {o.name: [d.dim_value or 1 for d in o.type.tensor_type.shape.dim]  # batch "N" -> 1
+                for o in source.backbone_graph(levels).graph.output}
+        for out, level in zip(outs, levels):  # the features' shapes, so the exporter's inference needs no guess
+            out.setType(x.type().with_sizes(dims[source.match.feature_inputs[level]]))
+        return outs if len(outs) > 1 else outs[0]
 
 
 def run_backbone(detector: OnnxDetector, x: torch.Tensor) -> list[torch.Tensor]:
