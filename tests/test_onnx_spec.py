@@ -378,3 +378,14 @@ def test_a_dynamic_size_needs_a_size(tmp_path):
     with pytest.raises(EdgeAnchorError, match="generated at"):
         anchor_set(load_head_spec("tf-ssd"), (320, 320))
 
+
+
+def test_the_docs_examples_load(tmp_path):
+    """Every ```yaml block of docs/onnx-head-spec.md is a spec that loads."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "onnx-head-spec.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        load_head_spec(write(tmp_path, block, f"doc{i}.yaml"))
