@@ -110,6 +110,35 @@ def test_tf_ssd_anchors_by_hand():
     assert spec.box_coding.order == "yxhw" and spec.centres == "tile"
 
 
+# Rows of MediaPipe's anchor_golden_file_1.txt (mediapipe/calculators/tflite/testdata, Apache-2.0): its
+# SsdAnchorsCalculator test "MobileSSDConfig" with TF's SSD MobileNet anchor options at 300 x 300
+# (x_center, y_center, w, h; printed to 6 significant digits), by row index.
+MEDIAPIPE_GOLDEN_SSD = {
+    0: [0.0263158, 0.0263158, 0.1, 0.1], 1: [0.0263158, 0.0263158, 0.282843, 0.141421],
+    2: [0.0263158, 0.0263158, 0.141421, 0.282843], 3: [0.0789474, 0.0263158, 0.1, 0.1],
+    1833: [0.166667, 0.166667, 0.65, 0.65], 1834: [0.166667, 0.166667, 0.919239, 0.459619],
+    1835: [0.166667, 0.166667, 0.459619, 0.919239], 1836: [0.166667, 0.166667, 1.12583, 0.375278],
+    1837: [0.166667, 0.166667, 0.375259, 1.12589], 1838: [0.166667, 0.166667, 0.72111, 0.72111],
+    1887: [0.25, 0.25, 0.8, 0.8], 1890: [0.25, 0.25, 1.38564, 0.46188], 1891: [0.25, 0.25, 0.461857, 1.38571],
+    1911: [0.5, 0.5, 0.95, 0.95], 1915: [0.5, 0.5, 0.548455, 1.64553], 1916: [0.5, 0.5, 0.974679, 0.974679],
+}
+
+
+def test_tf_ssd_and_mediapipe_generators_equal_mediapipes_golden_rows(tmp_path):
+    tf = load_head_spec("tf-ssd")
+    rows = priors_array(tf, anchor_set(tf))[:, [1, 0, 3, 2]]  # (ycenter, xcenter, h, w) -> (x, y, w, h)
+    path = write(tmp_path, "preset: mediapipe\nmediapipe: {strides: [16, 32, 64, 128, 256, 512], min_scale: 0.2, "
+                           "max_scale: 0.95, aspect_ratios: [1.0, 2.0, 0.5, 3.0, 0.3333], "
+                           "interpolated_scale_aspect_ratio: 1.0, reduce_boxes_in_lowest_layer: true, "
+                           "fixed_anchor_size: false}\n")
+    mp = load_head_spec(path, image_size=(300, 300))
+    mp_rows = priors_array(mp, anchor_set(mp))
+    assert len(rows) == len(mp_rows) == 1917
+    for index, golden in MEDIAPIPE_GOLDEN_SSD.items():
+        assert rows[index] == pytest.approx(golden, abs=1e-5), index
+        assert mp_rows[index] == pytest.approx(golden, abs=1e-5), index
+
+
 def test_tf_ssd_base_anchor_is_normalised_to_the_shorter_side():
     spec = load_head_spec("tf-ssd", image_size=(300, 600))
     anchors = anchor_set(spec)
