@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,6 +395,11 @@ def test_other_refusals(tmp_path):
     big.write_bytes(b"#" * (MAX_SPEC_BYTES + 1))
     with pytest.raises(EdgeAnchorError, match="more than the 1,048,576 a spec may have"):
         load_head_spec(big)
+    with pytest.raises(EdgeAnchorError, match="is a folder; give a .yaml/.yml/.json file"):
+        load_head_spec(tmp_path)
+    if Path("/dev/zero").exists():
+        with pytest.raises(EdgeAnchorError, match="is not a regular file"):
+            load_head_spec("/dev/zero")
     with pytest.raises(EdgeAnchorError, match="`image_size` is"):
         load_head_spec("retinaface", image_size=(0, 640))
 
@@ -411,8 +417,6 @@ def test_a_dynamic_size_needs_a_size(tmp_path):
 
 def test_the_docs_examples_load(tmp_path):
     """Every ```yaml block of docs/onnx-head-spec.md is a spec that loads."""
-    from pathlib import Path
-
     text = (Path(__file__).parents[1] / "docs" / "onnx-head-spec.md").read_text()
     blocks = [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
     assert len(blocks) >= 2

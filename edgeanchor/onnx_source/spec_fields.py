@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from pathlib import Path
 
 from ..datasets.text import parse_decimal, read_text
@@ -19,15 +20,25 @@ SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def read_spec_file(path: Path) -> dict:
+    """The mapping a .yaml/.yml/.json head spec file holds (JSON by the suffix, YAML otherwise).
+
+    Raises:
+        EdgeAnchorError: missing, not a regular file, over :data:`MAX_SPEC_BYTES`, not UTF-8, malformed,
+            a YAML alias or deep nesting, or not a mapping.
+    """
     try:
-        size = path.stat().st_size
+        status = path.stat()
     except FileNotFoundError:
         raise EdgeAnchorError(f"the head spec {path} does not exist; check the path") from None
     except OSError as exc:
         raise EdgeAnchorError(f"cannot read the head spec {path} ({exc.strerror}); check the file") from None
-    if size > MAX_SPEC_BYTES:
-        raise EdgeAnchorError(f"the head spec {path} is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} a spec "
-                              "may have; give the spec itself (a few hundred bytes), not a data file")
+    if stat.S_ISDIR(status.st_mode):
+        raise EdgeAnchorError(f"the head spec {path} is a folder; give a .yaml/.yml/.json file")
+    if not stat.S_ISREG(status.st_mode):  # a device or a pipe: its size says nothing of what a read returns
+        raise EdgeAnchorError(f"the head spec {path} is not a regular file; give a .yaml/.yml/.json file")
+    if status.st_size > MAX_SPEC_BYTES:
+        raise EdgeAnchorError(f"the head spec {path} is {status.st_size:,} bytes, more than the {MAX_SPEC_BYTES:,} "
+                              "a spec may have; give the spec itself (a few hundred bytes), not a data file")
     text = read_text(path, "head spec")
     if path.suffix.lower() == ".json":
         doc = _parse_json(text, path)
