@@ -422,3 +422,17 @@ def test_the_docs_examples_load(tmp_path):
     assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         load_head_spec(write(tmp_path, block, f"doc{i}.yaml"))
+
+
+def test_tf_ssd_preset_equals_tensorflows_own_anchors():
+    """The tf-ssd preset with the SSDLite person detector's settings gives TF's generator output (1,917 boxes).
+
+    tests/fixtures/tf_ssdlite/anchors.npy was read from the frozen graph's ``Concatenate/concat:0`` by
+    benchmarks/convert_tf_ssdlite.sh (see the README beside it); TF's float32 arithmetic differs in the last bit.
+    """
+    fixtures = Path(__file__).parent / "fixtures" / "tf_ssdlite"
+    spec = load_head_spec(fixtures / "head-spec.yaml")
+    got = priors_array(spec, anchor_set(spec))
+    want = np.load(fixtures / "anchors.npy")
+    assert got.shape == want.shape == (1917, 4)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -59,6 +59,7 @@ class OnnxSource:
     def __post_init__(self) -> None:
         self._sessions: dict[tuple[int, ...], Any] = {}
         self._cuts: dict[tuple[int, ...], onnx.ModelProto] = {}
+        self._widths: dict[str, int] = {}
 
     def backbone_graph(self, levels: tuple[int, ...]) -> onnx.ModelProto:
         """The user's graph from its input to the feature tensors of ``levels`` (cached)."""
@@ -68,6 +69,31 @@ class OnnxSource:
             fixed = fix_input_size(self.model, self.match.input_name, self.input_shape)
             self._cuts[levels] = cut_backbone(fixed, self.match, list(levels))
         return self._cuts[levels]
+
+    def channel_span(self, level: int, role: str) -> tuple[int, int] | None:
+        """Where the ``role`` conv's input lies in the level's stacked feature (None: the whole feature).
+
+        A level whose convs read several tensors (separate towers) gets them stacked on channels, in
+        :meth:`HeadMatch.inputs_of` order; each conv reads its own span.
+        """
+        inputs = self.match.inputs_of(level)
+        if len(inputs) == 1:
+            return None
+        role = "per_level" if self.spec.scoring.fn == "yolo" else role
+        conv = self.match.conv(level, role)
+        start = 0
+        for tensor in inputs:
+            width = self._channels(tensor)
+            if tensor == conv.input:
+                return start, start + width
+            start += width
+        raise AssertionError(f"{conv.input} is not an input of level {level}")  # pragma: no cover
+
+    def _channels(self, tensor: str) -> int:
+        if tensor not in self._widths:
+            conv = next(c for c in self.match.convs if c.input == tensor)
+            self._widths[tensor] = int(conv_from_node(self.model, conv.node).in_channels)
+        return self._widths[tensor]
 
     @property
     def input_shape(self) -> list[int]:
@@ -128,7 +154,7 @@ def conv_from_node(model: onnx.ModelProto, node_name: str) -> nn.Conv2d:
     Raises:
         EdgeAnchorError: the node is not a 2-D Conv with constant weights, or its padding is asymmetric.
     """
-    node = next((n for n in model.graph.node if n.name == node_name), None)
+    node = next((n for n in model.graph.node if (n.name or n.output[0]) == node_name), None)
     if node is None or node.op_type != "Conv":
         raise EdgeAnchorError(f"head node {node_name!r} is not a Conv in the graph; check the spec's `convs`")
     arrays = _constants(model)
@@ -237,13 +263,18 @@ class OnnxDetector(Detector):
         assert self.extras is not None
         return cast(nn.Conv2d, self.extras[j])
 
+    def _input(self, j: int, role: str, feature: torch.Tensor) -> torch.Tensor:
+        """The channels of ``feature`` that the ``role`` conv of the j-th active level reads."""
+        span = self.source.channel_span(self.active_levels[j], role)
+        return feature if span is None else feature[:, span[0]:span[1]]
+
     def head_at(self, j: int, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls, box = self._pair(j)
-        return cls(feature), box(feature)
+        return cls(self._input(j, "scores", feature)), box(self._input(j, "boxes", feature))
 
     def extras_at(self, j: int, feature: torch.Tensor) -> torch.Tensor | None:
         """The extra per-anchor values (landmarks / keypoints, 2k per anchor) of the j-th active level."""
-        return None if self.extras is None else self._extra(j)(feature)
+        return None if self.extras is None else self._extra(j)(self._input(j, "extras", feature))
 
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
         return self._pair(j)

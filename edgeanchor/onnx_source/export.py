@@ -47,12 +47,14 @@ class OnnxBackbone(torch.autograd.Function):
         array = x.detach().cpu().numpy()
         array = array.astype(np.uint8) if source.spec.preprocess.dtype == "uint8" else \
             np.ascontiguousarray(array, np.float32)
-        names = [source.match.feature_inputs[level] for level in levels]
-        unique = list(dict.fromkeys(names))
+        unique = list(dict.fromkeys(t for level in levels for t in source.match.inputs_of(level)))
         per_image = []
         for i in range(array.shape[0]):  # the cut graph is fixed at batch 1
             per_image.append(dict(zip(unique, session.run(unique, {source.match.input_name: array[i:i + 1]}))))
-        return tuple(torch.from_numpy(np.concatenate([v[n] for v in per_image])).to(x.device) for n in names)
+        # a level whose convs read several tensors (separate box and class towers) gets them stacked on channels
+        return tuple(torch.from_numpy(np.concatenate([np.concatenate([v[t] for t in source.match.inputs_of(level)],
+                                                                     axis=1) for v in per_image])).to(x.device)
+                     for level in levels)
 
     @staticmethod
     def symbolic(g, x, key: str):
@@ -62,7 +64,8 @@ class OnnxBackbone(torch.autograd.Function):
         dims = {o.name: [d.dim_value or 1 for d in o.type.tensor_type.shape.dim]  # batch "N" -> 1
                 for o in source.backbone_graph(levels).graph.output}
         for out, level in zip(outs, levels):  # the features' shapes, so the exporter's inference needs no guess
-            out.setType(x.type().with_sizes(dims[source.match.feature_inputs[level]]))
+            shapes = [dims[t] for t in source.match.inputs_of(level)]
+            out.setType(x.type().with_sizes([shapes[0][0], sum(d[1] for d in shapes), *shapes[0][2:]]))
         return outs if len(outs) > 1 else outs[0]
 
 
@@ -92,7 +95,7 @@ def splice_backbones(model: onnx.ModelProto) -> onnx.ModelProto:
         cut = source.backbone_graph(levels)
         cut = _at_opset(cut, opset, source.path)
         _replace_node(model, node, cut, source.match.input_name,
-                      [source.match.feature_inputs[level] for level in levels])
+                      [source.match.inputs_of(level) for level in levels])
     kept = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(kept)
@@ -114,15 +117,23 @@ def _at_opset(cut: onnx.ModelProto, opset: int, path: str) -> onnx.ModelProto:
 
 
 def _replace_node(model: onnx.ModelProto, node: onnx.NodeProto, cut: onnx.ModelProto, input_name: str,
-                  outputs: list[str]) -> None:
+                  outputs: list[tuple[str, ...]]) -> None:
     """Put ``cut``'s nodes (names prefixed) where ``node`` is: its input ``input_name`` reads ``node``'s input,
-    and ``node``'s outputs are ``cut``'s ``outputs``."""
+    and ``node``'s j-th output is ``cut``'s tensors ``outputs[j]`` (stacked on channels when several)."""
     graph = cut.graph
     rename = {input_name: node.input[0]}
-    for out_name, target in zip(outputs, node.output):
-        rename.setdefault(out_name, target)
-    identities = [onnx.helper.make_node("Identity", [rename[o]], [t], name=f"{PREFIX}alias/{t}")
-                  for o, t in zip(outputs, node.output) if rename[o] != t]  # one feature read by two levels
+    for tensors, target in zip(outputs, node.output):
+        if len(tensors) == 1:
+            rename.setdefault(tensors[0], target)
+    joins = []
+    for tensors, target in zip(outputs, node.output):
+        if len(tensors) > 1:  # separate towers: one Concat on channels, as the detector stacks them
+            joins.append(onnx.helper.make_node("Concat", [rename.get(t, PREFIX + t) for t in tensors], [target],
+                                               name=f"{PREFIX}stack/{target}", axis=1))
+        elif rename[tensors[0]] != target:  # one feature read by two levels
+            joins.append(onnx.helper.make_node("Identity", [rename[tensors[0]]], [target],
+                                               name=f"{PREFIX}alias/{target}"))
+    identities = joins
 
     def name(t: str) -> str:
         return t if not t else rename.get(t, PREFIX + t)

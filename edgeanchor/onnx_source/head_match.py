@@ -70,7 +70,9 @@ class HeadMatch:
 
     Attributes:
         convs: every head conv, by level then role.
-        feature_inputs: per level, the tensor its convs read.
+        feature_inputs: per level, the (first) tensor its convs read.
+        level_inputs: per level, every distinct tensor its convs read, in role order (one, unless the level's
+            box and class convs sit on separate towers, as in TensorFlow's SSDLite).
         input_name: the image input; input_shape: its shape at the matched size, batch 1 (NCHW or NHWC).
         num_classes: K, the score columns per anchor (per_level: the classes nc).
     """
@@ -80,6 +82,11 @@ class HeadMatch:
     input_name: str
     input_shape: tuple[int, ...]
     num_classes: int
+    level_inputs: tuple[tuple[str, ...], ...] = ()
+
+    def inputs_of(self, level: int) -> tuple[str, ...]:
+        """Every distinct tensor the convs of ``level`` read."""
+        return self.level_inputs[level] if self.level_inputs else (self.feature_inputs[level],)
 
     def conv(self, level: int, role: str) -> HeadConv:
         """The conv of ``level`` and ``role``; KeyError if the head has none."""
@@ -337,15 +344,9 @@ def _match(g: _Graph, spec: HeadSpec, plan, shapes, size, input_name, input_shap
                                   feature_size=hw, output=output, path=tuple(branch.path), join=branch.join,
                                   join_index=branch.join_index))
     convs.sort(key=lambda c: c.level)  # stable: roles keep their order within a level
-    features = []
-    for level in range(len(spec.levels)):
-        reads = list(dict.fromkeys(c.input for c in convs if c.level == level))
-        if len(reads) != 1:
-            raise EdgeAnchorError(f"level {level}: its head convs read different tensors ({', '.join(reads)}); "
-                                  "edgeanchor supports one feature map per level for now")
-        features.append(reads[0])
-    return HeadMatch(convs=tuple(convs), feature_inputs=tuple(features), input_name=input_name,
-                     input_shape=input_shape, num_classes=num_classes or 0)
+    reads = [tuple(dict.fromkeys(c.input for c in convs if c.level == level)) for level in range(len(spec.levels))]
+    return HeadMatch(convs=tuple(convs), feature_inputs=tuple(r[0] for r in reads), input_name=input_name,
+                     input_shape=input_shape, num_classes=num_classes or 0, level_inputs=tuple(reads))
 
 
 def kept_rows(spec: HeadSpec, match: HeadMatch, keep: Mapping[int, Sequence[int]]) -> np.ndarray:

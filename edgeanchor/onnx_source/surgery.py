@@ -88,7 +88,7 @@ def cut_backbone(model: onnx.ModelProto, match: HeadMatch, levels: Sequence[int]
 
     A feature tensor that several levels share is one output; nodes only other levels need are left out.
     """
-    features = list(dict.fromkeys(match.feature_inputs[i] for i in levels))
+    features = list(dict.fromkeys(t for i in levels for t in match.inputs_of(i)))
     nodes = _needed(model.graph, features, stop=[match.input_name])
     shapes, types, default = _match_infos(model, match, features)
     image = next(i for i in model.graph.input if i.name == match.input_name)
