@@ -329,7 +329,7 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, ima
             from .onnx_source.export import write_drop_in
 
             paths = folder.drop_in_paths(variant)
-            entry["drop_in"] = write_drop_in(model, paths["model_raw"], paths["priors_json"], paths["priors_npy"])
+            entry["drop_in"] = write_drop_in(model, paths)
             entry["drop_in"]["files"] = {k: str(p.relative_to(folder.root)) for k, p in paths.items()}
         result[variant] = entry
     return result

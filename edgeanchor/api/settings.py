@@ -313,7 +313,8 @@ class PruneSettings(ModelSource):
     keep: str | None = setting(None, "comma-separated global anchor ids to keep", exclusive="keep", required=True)
     remove: str | None = setting(None, "comma-separated global anchor ids to remove", exclusive="keep",
                                  required=True)
-    out: str | None = setting(None, "output checkpoint (.pt)", required=True)
+    out: str | None = setting(None, "output checkpoint (.pt); for --model onnx:PATH the pruned graph (.onnx), with "
+                              "its head spec and priors beside it", required=True)
     overwrite: bool = setting(False, "replace an existing checkpoint and anchor file at --out (only ones edgeanchor "
                               "wrote)", action="store_true")
 
@@ -323,8 +324,14 @@ class PruneSettings(ModelSource):
         Raises:
             EdgeAnchorError: an output that must not be written.
         """
+        from ..errors import ONNX_OUT, EdgeAnchorError
         from .workflow import check_save_path
 
+        onnx_model, onnx_out = str(self.model).startswith("onnx:"), str(self.out).endswith(".onnx")
+        if onnx_model and not onnx_out:
+            raise EdgeAnchorError(ONNX_OUT)
+        if onnx_out and not onnx_model:
+            raise EdgeAnchorError("an .onnx `out` is for a model given as onnx:PATH; give `out` as a .pt checkpoint")
         check_save_path(str(self.out), overwrite=self.overwrite,
                         inputs=[self.model, *self.model_files(), self.weights, self.anchors])
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ONNX_NO_FINETUNE, EdgeAnchorError
+from ..errors import ONNX_NO_FINETUNE, ONNX_OUT, EdgeAnchorError
 from ..settings import typechecked
 from .data import Data
 from .data import data as as_data
@@ -427,6 +427,18 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs:
     from ..models.registry import is_checkpoint
 
     inputs = list(inputs)
+    if str(path).endswith(".onnx"):  # a pruned ONNX model: the graph, its head spec and priors beside it
+        from ..onnx_source.export import drop_in_paths, is_drop_in
+
+        files = drop_in_paths(path)
+
+        def ours(_: object) -> bool:  # the companions are ours when the graph beside them is
+            return files["model_raw"].is_file() and is_drop_in(files["model_raw"])
+
+        for key, file in files.items():
+            check_output_file(file, overwrite=overwrite, is_ours=ours, inputs=inputs,
+                              what="pruned ONNX model" if key == "model_raw" else "pruned model's " + key[:-5])
+        return
     check_output_file(path, overwrite=overwrite, is_ours=is_checkpoint, what="checkpoint", inputs=inputs)
     check_output_file(anchors_path_of(path), overwrite=overwrite, is_ours=is_anchor_file, what="anchor file",
                       inputs=inputs)
@@ -436,16 +448,30 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs:
 def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, meta: dict | None = None) -> Path:
     """Write ``det`` as an edgeanchor checkpoint, and its anchor set beside it (``<path>.anchors.json``).
 
+    A model loaded as ``onnx:PATH`` is saved as its own graph, pruned: ``path`` ends in ``.onnx``, and its head
+    spec (``.head.json``, which loads it again with ``head``) and its priors (``.priors.json``, ``.npy``) are
+    written beside it.
+
     The checkpoint holds the architecture, the anchor set, the post-processing rule and the weights:
     :func:`edgeanchor.load` rebuilds it exactly. Both files are written atomically, as a pair.
 
     Returns:
-        The anchor file's path.
+        The anchor file's path (an ONNX model: its head spec's).
     """
     from ..io import atomic_path, write_json
     from ..models import save_checkpoint
 
+    onnx_out = str(path).endswith(".onnx")
+    if (det.arch == "onnx") != onnx_out:
+        raise EdgeAnchorError(ONNX_OUT if det.arch == "onnx" else f"{path}: an .onnx output is for a model loaded as "
+                              "onnx:PATH; save this model as a .pt checkpoint")
     check_save_path(path, overwrite=overwrite)
+    if onnx_out:
+        from ..onnx_source.export import drop_in_paths, write_drop_in
+
+        files = drop_in_paths(path)
+        write_drop_in(det, files)  # type: ignore[arg-type]
+        return files["head_json"]
     anchors = anchors_path_of(path)
     # Both are written before either is renamed into place, so a failure (a full disk) leaves the old pair.
     with atomic_path(path) as checkpoint_tmp, atomic_path(anchors) as anchors_tmp:

@@ -209,10 +209,11 @@ class ExportFolder:
 
     def drop_in_paths(self, variant: str) -> dict[str, Path]:
         """An ONNX source's drop-in: ``model_raw`` (the user's graph with the variant's anchors: same inputs
-        and outputs) and its priors in the head spec's own convention (``priors_json``, ``priors_npy``)."""
+        and outputs), ``head_json`` (its head spec) and its priors in the head spec's own convention
+        (``priors_json``, ``priors_npy``)."""
         vdir = self.variant_dir(variant)
-        paths = {"model_raw": vdir / "model_raw.onnx", "priors_json": vdir / "priors.json",
-                 "priors_npy": vdir / "priors.npy"}
+        paths = {"model_raw": vdir / "model_raw.onnx", "head_json": vdir / "head.json",
+                 "priors_json": vdir / "priors.json", "priors_npy": vdir / "priors.npy"}
         return {k: self.inside(p, str(p.relative_to(self.root))) for k, p in paths.items()}
 
     @property
@@ -629,7 +630,7 @@ _ADDED = re.compile(r"(baseline/)?(bench_[A-Za-z0-9_.-]+\.(json|png)|tensorrt/|t
                     r"|(timing|calib)\.cache|model_trt_[a-z0-9]+\.engine)")
 # Every file of the layout (module docstring), for a folder written before manifests. The bundled images
 # keep the report split's own names, so anything under data/images/ is taken as written by the export.
-_LAYOUT = re.compile(r"(baseline/)?((pruned|baseline)\.pt|anchors\.json|priors\.(json|npy)|model_raw\.onnx"
+_LAYOUT = re.compile(r"(baseline/)?((pruned|baseline)\.pt|anchors\.json|priors\.(json|npy)|model_raw\.onnx|head\.json"
                      r"|(" + "|".join(GRAPHS) + r")\.onnx"
                      r"|openvino/|openvino/(" + "|".join(GRAPHS) + r")\.(xml|bin))|baseline/"
                      r"|report\.(json|md)|pareto\.png|search\.json|data/|data/annotations\.json|data/images/.*")

@@ -312,6 +312,23 @@ class OnnxDetector(Detector):
         return OnnxDetector(source=self.source, heads=heads, extras=extras if self.extras is not None else None,
                             **self.common_kwargs(anchor_set)).to(self.mean.device)
 
+    def drop_in_spec(self) -> dict:
+        """The head spec (JSON) of this detector's pruned user graph: each level's kept anchors, in the graph's
+        order; levels that keep none are gone, as their convolutions are."""
+        from .spec import spec_to_json
+
+        obj = spec_to_json(self.spec)
+        full = source_anchor_set(self.source)
+        levels = []
+        for i, level in enumerate(obj["levels"]):
+            kept = {a.id for a in self.anchor_set.levels[i].anchors}
+            anchors = [wh for wh, a in zip(level["anchors"], full.levels[i].anchors) if a.id in kept]
+            if anchors:
+                feature = level.get("feature_size") or list(full.levels[i].feature_size)
+                levels.append({**level, "anchors": anchors, "feature_size": feature})
+        obj["levels"] = levels
+        return obj
+
     def checkpoint_state(self) -> dict[str, Any]:
         state = super().checkpoint_state()
         state["config"] = {**state["config"], "onnx_path": str(Path(self.source.path).resolve()),
@@ -375,7 +392,7 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
 
     path = name[len("onnx:"):] if name.startswith("onnx:") else name
     if head is None:
-        raise EdgeAnchorError(f"`model` onnx:{path} needs `head` (--head): a preset ({', '.join(PRESETS)}) or a "
+        raise EdgeAnchorError(f"`model` onnx:{path} needs `head`: a preset ({', '.join(PRESETS)}) or a "
                               "head spec file (docs/onnx-head-spec.md)")
     if weights is not None:
         raise EdgeAnchorError("`weights` cannot be given with an ONNX model: its weights are in the graph; drop it")
@@ -444,6 +461,13 @@ def detector_from_source(source: OnnxSource) -> OnnxDetector:
     return OnnxDetector(source=source, heads=heads, extras=extras if spec.outputs.extras else None,
                         arch=ARCH, num_classes=num_scores, anchor_set=aset, postprocess_spec=rule,
                         config=config).eval()
+
+
+def source_anchor_set(source: OnnxSource) -> AnchorSet:
+    """The unpruned anchor set of ``source``."""
+    from .spec import anchor_set
+
+    return anchor_set(source.spec, source.image_size)
 
 
 def _spec_json(spec: HeadSpec) -> dict:

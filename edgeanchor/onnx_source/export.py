@@ -170,13 +170,17 @@ def _rename_subgraphs(node: onnx.NodeProto, name) -> None:
                 n.input[:] = [name(t) if t else t for t in n.input]
 
 
-def write_drop_in(detector: OnnxDetector, raw_path, priors_json_path, priors_npy_path) -> dict:
-    """Write the pruned user graph and its priors; returns what the report records.
+def write_drop_in(detector: OnnxDetector, paths: dict) -> dict:
+    """Write the pruned user graph, its head spec and its priors; returns what the report records.
 
-    ``raw_path``: the user's graph with only ``detector``'s anchors (same input and output names);
-    ``priors_*``: the kept priors in the preset's convention, row for row with the graph's outputs.
+    ``paths`` (``ExportFolder.drop_in_paths`` or :func:`drop_in_paths`): ``model_raw``, the user's graph with
+    only ``detector``'s anchors (same input and output names, every other node and initializer unchanged);
+    ``head_json``, the head spec that loads it again (``onnx:model_raw.onnx --head head.json``);
+    ``priors_json`` and ``priors_npy``, the kept priors in the preset's convention, row for row with the
+    graph's outputs: what the user's own decode needs.
     """
     from ..io import atomic_path, write_json
+    from .detector import source_anchor_set
     from .graph import kept_rows, prune_graph
     from .spec import priors, priors_array
 
@@ -188,22 +192,39 @@ def write_drop_in(detector: OnnxDetector, raw_path, priors_json_path, priors_npy
         kept_ids = {a.id for a in detector.anchor_set.levels[i].anchors}
         keep[i] = [p for p, a in enumerate(level.anchors) if a.id in kept_ids]
     raw = prune_graph(source.model, match, spec, keep)
-    with atomic_path(raw_path) as tmp:
+    props = {"edgeanchor.drop_in": "1", "edgeanchor.pruned_from_sha256": source.sha256,
+             "edgeanchor.kept_ids": ",".join(str(i) for i in sorted(detector.anchor_set.ids))}
+    for key, value in props.items():  # metadata only: the graph itself is the user's, sliced
+        entry = raw.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(paths["model_raw"]) as tmp:
         onnx.save(raw, str(tmp))
-    write_json(priors_json_path, priors(spec, detector.anchor_set))
-    array = priors_array(spec, detector.anchor_set)
-    with atomic_path(priors_npy_path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
+    write_json(paths["head_json"], detector.drop_in_spec())
+    write_json(paths["priors_json"], priors(spec, detector.anchor_set))
+    with atomic_path(paths["priors_npy"]) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, priors_array(spec, detector.anchor_set))
     rows = kept_rows(spec, match, keep)
     return {"rows": int(len(rows)), "of": int(full.num_boxes), "keep": {str(k): v for k, v in keep.items()},
             "priors_format": spec.priors_format}
 
 
-def source_anchor_set(source: OnnxSource):
-    """The unpruned anchor set of ``source``."""
-    from .spec import anchor_set
+def drop_in_paths(path) -> dict:
+    """The drop-in files of a pruned ONNX file ``PATH.onnx``: ``PATH.head.json``, ``PATH.priors.json``/``.npy``."""
+    from pathlib import Path
 
-    return anchor_set(source.spec, source.image_size)
+    path = Path(path)
+    base = str(path)[: -len(".onnx")] if str(path).endswith(".onnx") else str(path)
+    return {"model_raw": path, "head_json": Path(base + ".head.json"), "priors_json": Path(base + ".priors.json"),
+            "priors_npy": Path(base + ".priors.npy")}
+
+
+def is_drop_in(path) -> bool:
+    """True for an ONNX file edgeanchor wrote as a drop-in (its metadata says so)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file at all: not ours
+        return False
+    return any(p.key == "edgeanchor.drop_in" for p in model.metadata_props)
 
 
 class EndToEndWithPoints(torch.nn.Module):
