@@ -115,7 +115,7 @@ def drop_in_check(export: Path, photos: Path) -> dict:
         loc, conf, land = (np.array(o) for o in raw.run(None, {"input": np.ascontiguousarray(x)}))
         anchors = priors[None]
         boxes = rebuild_boxes(loc.copy(), anchors)[0] * [w, h, w, h]  # x, y, w, h
-        pts = rebuild_pts(land.copy(), anchors)[0] * [w, h] * 5
+        pts = rebuild_pts(land.copy(), anchors)[0] * ([w, h] * 5)
         theirs = filter_results(boxes, conf[0], pts, score_threshold=thresh, nms_threshold=iou)
         images = (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         det, num, kp = ours.run(None, {"images": np.ascontiguousarray(images)})
