@@ -166,8 +166,8 @@ def main(argv=None) -> int:
         "prune_and_export": {"seconds": round(seconds, 1), "max_evals": args.max_evals,
                              "chosen": report.get("chosen"), "mAP": report.get("mAP"),
                              "pseudo_labels": report.get("pseudo_labels"), "cost": report["cost"]},
-        "bench": {k: bench.get(k) for k in ("stages", "ratios", "ratio_intervals", "timing", "nms_input_boxes", "machine", "settings")
-                  if k in bench},
+        "bench": {k: bench.get(k) for k in ("stages", "ratios", "ratio_intervals", "timing", "nms_input_boxes",
+                                            "machine", "settings") if k in bench},
         "drop_in": drop_in_check(export, photos),
         "load_average": list(os.getloadavg()),
     }
