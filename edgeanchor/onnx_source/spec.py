@@ -98,6 +98,11 @@ class Outputs:
     extra_points: int = 0
     per_level: tuple[str, ...] | None = None
 
+    @property
+    def packed_extras(self) -> bool:
+        """True where ``extras`` is the ``boxes`` output: one conv per level holds both, 4 + 2k per anchor."""
+        return self.extras is not None and self.extras == self.boxes
+
 
 @dataclass(frozen=True)
 class Scoring:
