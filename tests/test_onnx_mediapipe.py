@@ -259,3 +259,14 @@ def test_prune_slices_the_packed_convs_in_whole_anchor_blocks(tiny, images, keep
 def test_mediapipe_preset_loads_with_the_real_models_names():
     spec = load_head_spec("mediapipe")
     assert spec.outputs.packed_extras and spec.outputs.extra_points == 6
+
+
+def test_packed_extras_refuse_a_named_extras_conv(tmp_path):
+    path = tmp_path / "head.yaml"
+    path.write_text("outputs: {boxes: r, scores: c, extras: r, extra_points: 1}\n"
+                    "scoring: {fn: sigmoid, background_column: false}\n"
+                    "levels: [{stride: 8, anchors: [[8, 8]], convs: {boxes: reg0, extras: reg0}}]\n")
+    with pytest.raises(EdgeAnchorError) as exc:
+        load_head_spec(path)
+    assert str(exc.value) == (f"head spec {path}: levels[0].convs names an extras conv, but outputs.extras is the boxes output, "
+                              "whose convs hold both; name that conv under boxes only")
