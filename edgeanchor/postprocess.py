@@ -58,6 +58,7 @@ class PostprocessRule:
     detections_per_img: int
     box_weights: tuple[float, float, float, float]
     clip: bool = True
+    box_coding: str = "centre_size"
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -244,10 +245,34 @@ def yolo_scores(cls_logits: torch.Tensor) -> torch.Tensor:
 
 
 def decode(deltas: torch.Tensor, priors: torch.Tensor, spec: PostprocessRule) -> torch.Tensor:
-    """Decode (M, 4) box outputs against their (M, 4) anchors (torchvision's BoxCoder) or YOLO grid rows."""
+    """Decode (M, 4) box outputs against their (M, 4) anchors (torchvision's BoxCoder, or
+    :func:`linear_size_decode` for ``box_coding`` "linear_size") or YOLO grid rows."""
     if spec.score_fn == "yolo":
         return yolo_decode(deltas, priors)
+    if spec.box_coding == "linear_size":
+        return linear_size_decode(deltas, priors, spec.box_weights)
     return BoxCoder(weights=tuple(spec.box_weights)).decode_single(deltas, priors)
+
+
+def linear_size_decode(deltas: torch.Tensor, anchors_xyxy: torch.Tensor,
+                       weights: tuple[float, float, float, float]) -> torch.Tensor:
+    """MediaPipe's decode: centre ``a_ctr + d_xy / (wx, wy) * a_wh``, size ``d_wh / (ww, wh) * a_wh`` (no exp).
+
+    Args:
+        deltas: (M, 4) float, (dx, dy, dw, dh).
+        anchors_xyxy: (M, 4) anchors in input pixels.
+        weights: (wx, wy, ww, wh); MediaPipe's (x_scale, y_scale, w_scale, h_scale).
+
+    Returns:
+        (M, 4) boxes xyxy in input pixels. The anchors' centres and sizes are computed as torchvision's
+        BoxCoder computes them, so "centre_size" and "linear_size" share every step but the size.
+    """
+    wh = anchors_xyxy[:, 2:] - anchors_xyxy[:, :2]  # (M, 2)
+    ctr = anchors_xyxy[:, :2] + 0.5 * wh  # (M, 2)
+    w = deltas.new_tensor(weights)  # (4,)
+    pred_ctr = deltas[:, :2] / w[:2] * wh + ctr
+    half = 0.5 * (deltas[:, 2:] / w[2:] * wh)
+    return torch.cat([pred_ctr - half, pred_ctr + half], dim=1)
 
 
 def yolo_grid(anchor_set, levels) -> torch.Tensor:

@@ -97,6 +97,7 @@ class NcnnDecodedGraph(nn.Module):
         spec = detector.postprocess_spec
         self.score_fn = spec.score_fn
         self.clip = bool(spec.clip)
+        self.linear_size = spec.box_coding == "linear_size"  # MediaPipe: sizes d / w * a, no Exp
         self.postprocess_spec = spec
         self.backbone = BackboneGraph(detector)
         self.yolo = _is_yolo(detector)
@@ -157,8 +158,11 @@ class NcnnDecodedGraph(nn.Module):
             half = s2 * s2 * self.anchor_wh * 0.5
             return torch.cat([xy - half, xy + half], dim=2)
         ctr = box[:, :, 0:2] * self.inv_xy_weights * self.prior_wh + self.prior_ctr
-        dwh = torch.clamp(box[:, :, 2:4] * self.inv_wh_weights, max=BBOX_XFORM_CLIP)
-        half = torch.exp(dwh) * self.prior_wh * 0.5
+        if self.linear_size:
+            half = box[:, :, 2:4] * self.inv_wh_weights * self.prior_wh * 0.5
+        else:
+            dwh = torch.clamp(box[:, :, 2:4] * self.inv_wh_weights, max=BBOX_XFORM_CLIP)
+            half = torch.exp(dwh) * self.prior_wh * 0.5
         boxes = torch.cat([ctr - half, ctr + half], dim=2)
         if not self.clip:
             return boxes

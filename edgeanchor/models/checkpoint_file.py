@@ -79,8 +79,9 @@ def read_torch_file(path, what: str = "weights"):
 
 # ---------------------------------------------------------------------------------------------- schema
 
-_RULE_CHOICES = {"score_fn": ("softmax", "sigmoid", "yolo"), "topk_scope": ("class", "level", "all")}
-_RULE_OPTIONAL = ("clip",)  # added later: rules written before it read as its default
+_RULE_CHOICES = {"score_fn": ("softmax", "sigmoid", "yolo"), "topk_scope": ("class", "level", "all"),
+                 "box_coding": ("centre_size", "linear_size")}
+_RULE_OPTIONAL = ("clip", "box_coding")  # added later: rules written before them read as their defaults
 _MAX_TOPK = 10**6  # candidates per scope (yolov5's max_nms is 30,000)
 
 
@@ -166,7 +167,7 @@ def check_rule_json(rule, path, field: str) -> None:
         raise out_of_bounds(path, field, f"a rule with a key {extra!r}", f"a rule with the keys {', '.join(names)}",
                             described=True)
     for key, choices in _RULE_CHOICES.items():
-        if rule[key] not in choices:
+        if key in rule and rule[key] not in choices:
             raise out_of_bounds(path, f"{field}.{key}", rule[key], f"one of {', '.join(choices)}")
     check_number(rule["score_thresh"], path, f"{field}.score_thresh", 0.0, 1.0)
     check_number(rule["nms_thresh"], path, f"{field}.nms_thresh", 0.0, 1.0, low_open=True)

@@ -80,6 +80,7 @@ class OnnxSource:
         if len(inputs) == 1:
             return None
         role = "per_level" if self.spec.scoring.fn == "yolo" else role
+        role = "boxes" if role == "extras" and self.spec.outputs.packed_extras else role
         conv = self.match.conv(level, role)
         start = 0
         for tensor in inputs:
@@ -347,9 +348,6 @@ def rule_from_spec(spec: HeadSpec, num_scores: int) -> PostprocessRule:
     if fn == "yolo" or coding.kind == "yolov5":
         if fn != "yolo" or coding.kind != "yolov5":
             raise EdgeAnchorError("`scoring.fn` yolo and `box_coding.kind` yolov5 go together; set both or neither")
-    elif coding.kind != "centre_size":
-        raise EdgeAnchorError(f"`box_coding.kind` {coding.kind} is not supported by the search and export yet; "
-                              "use centre_size or yolov5")
     score_fn = "softmax" if fn == "softmax" and spec.scoring.background_column else fn
     if fn == "softmax" and not spec.scoring.background_column:
         raise EdgeAnchorError("a softmax head without a background column is not supported; set "
@@ -367,7 +365,8 @@ def rule_from_spec(spec: HeadSpec, num_scores: int) -> PostprocessRule:
     return PostprocessRule(score_fn=score_fn, topk_scope=scope, score_thresh=float(nms.score_thresh),
                            topk_candidates=int(nms.topk), nms_thresh=float(nms.nms_thresh),
                            detections_per_img=int(nms.max_det), box_weights=(sx, sy, sw, sh),
-                           clip=bool(coding.clip) and score_fn != "yolo")
+                           clip=bool(coding.clip) and score_fn != "yolo",
+                           box_coding="linear_size" if coding.kind == "mediapipe" else "centre_size")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -451,9 +450,12 @@ def detector_from_source(source: OnnxSource) -> OnnxDetector:
             cls = _column_blocks(cls, k, columns) if columns != list(range(k)) else cls
             num_scores = len(columns)
             box = conv_from_node(model, match.conv(level, "boxes").node)
-            box = _column_blocks(box, 4, box_order) if box_order != [0, 1, 2, 3] else box
-            if spec.outputs.extras:
+            per_box = match.conv(level, "boxes").values_per_anchor  # 4, or 4 + 2k with the extras packed in
+            if spec.outputs.packed_extras:  # MediaPipe's regressors: the box, then the points, per anchor
+                extras.append(_column_blocks(box, per_box, list(range(4, per_box))))
+            elif spec.outputs.extras:
                 extras.append(conv_from_node(model, match.conv(level, "extras").node))
+            box = _column_blocks(box, per_box, box_order) if box_order != list(range(per_box)) else box
         heads.append(nn.ModuleDict({"cls": cls, "box": box}))
     rule = rule_from_spec(spec, num_scores)
     config = {"image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],

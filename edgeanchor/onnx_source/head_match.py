@@ -6,7 +6,9 @@ Softmax, Sigmoid, Identity, Squeeze, Unsqueeze, Cast, Slice) to one Conv per lev
 in order, are the levels, in the spec's order. Every conv is then checked against the spec: its output
 channels must be the level's anchors per cell times the values per anchor, and its feature map the
 level's size. A graph that fails either check gets one line naming the output, the level, the node and
-the expected and found values; it never gets a silent mis-slice.
+the expected and found values; it never gets a silent mis-slice. An ``extras`` output that is the
+``boxes`` output (MediaPipe's ``regressors``) is traced once: its convs are the level's "boxes" convs,
+with 4 + 2k values per anchor, which the detector splits into its box and extras views.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ class HeadConv:
         input: the tensor the conv reads (the level's feature map).
         weight: the weight initializer's name; bias: the bias initializer's name, or None.
         out_channels: anchors * values_per_anchor.
-        values_per_anchor: 4 (boxes), K (scores), 2k (extras), 5 + nc (per_level).
+        values_per_anchor: 4 (boxes; 4 + 2k where the boxes output also holds the extras, MediaPipe's
+            ``regressors``: that conv is the level's only "boxes" conv and there is no "extras" one), K (scores),
+            2k (extras), 5 + nc (per_level).
         anchors: anchors per cell.
         feature_size: (H, W) of the conv's output at the matched input size.
         output: the graph output it feeds.
@@ -230,8 +234,8 @@ def _resolve_size(model: onnx.ModelProto, spec: HeadSpec,
 
 
 def _values_per_anchor(role: str, spec: HeadSpec) -> int | None:
-    if role == "boxes":
-        return 4
+    if role == "boxes":  # a box conv that also holds the extras (packed): 4 box values, then 2k
+        return 4 + 2 * spec.outputs.extra_points if spec.outputs.packed_extras else 4
     if role == "extras":
         return 2 * spec.outputs.extra_points
     if role == "per_level" and spec.scoring.num_classes is not None:
@@ -245,8 +249,11 @@ def _check_channels(output: str, level: int, spec: HeadSpec, node: str, found: i
     lv = spec.levels[level]
     anchors = len(lv.anchors)
     where = f"output {output!r}, level {level} (stride {lv.stride[0]}): node {node}"
-    what = {"boxes": "box values", "scores": "classes", "extras": "extra values", "per_level": "values"}[role]
-    fix = {"boxes": f"levels[{level}].anchors", "scores": f"levels[{level}].anchors or scoring.num_classes",
+    packed = spec.outputs.packed_extras
+    what = {"boxes": "box and extra values" if packed else "box values", "scores": "classes",
+            "extras": "extra values", "per_level": "values"}[role]
+    fix = {"boxes": f"levels[{level}].anchors" + (" or outputs.extra_points" if packed else ""),
+           "scores": f"levels[{level}].anchors or scoring.num_classes",
            "extras": f"levels[{level}].anchors or outputs.extra_points",
            "per_level": f"levels[{level}].anchors or scoring.num_classes"}[role]
     if per_anchor is None:
@@ -300,7 +307,7 @@ def find_head(model: onnx.ModelProto, spec: HeadSpec, image_size: tuple[int, int
     else:
         for role in ROLES:
             name = getattr(spec.outputs, role)
-            if name is None:
+            if name is None or (role == "extras" and spec.outputs.packed_extras):  # the boxes convs hold them
                 continue
             _require_output(name, outputs)
             plan.append((role, name, _branches(g, spec, role, name, levels)))

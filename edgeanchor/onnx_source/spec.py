@@ -98,6 +98,11 @@ class Outputs:
     extra_points: int = 0
     per_level: tuple[str, ...] | None = None
 
+    @property
+    def packed_extras(self) -> bool:
+        """True where ``extras`` is the ``boxes`` output: one conv per level holds both, 4 + 2k per anchor."""
+        return self.extras is not None and self.extras == self.boxes
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -512,6 +517,10 @@ def _check_spec(spec: HeadSpec, source: str) -> None:
     if out.per_level is not None and out.extras is not None:
         raise EdgeAnchorError(f"{source}: outputs.extras cannot go with outputs.per_level (a per-level output holds "
                               "boxes and scores only); remove outputs.extras")
+    named = next((i for i, lv in enumerate(spec.levels) if "extras" in lv.convs), None)
+    if out.packed_extras and named is not None:
+        raise EdgeAnchorError(f"{source}: levels[{named}].convs names an extras conv, but outputs.extras is the boxes "
+                              "output, whose convs hold both; name that conv under boxes only")
     if out.per_level and len(out.per_level) != len(spec.levels):
         raise EdgeAnchorError(f"{source}: outputs.per_level names {len(out.per_level)} outputs for "
                               f"{len(spec.levels)} levels; name one output per level (or [] for the graph's outputs)")
