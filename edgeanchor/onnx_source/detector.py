@@ -344,7 +344,7 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
 
     path = name[len("onnx:"):] if name.startswith("onnx:") else name
     if head is None:
-        raise EdgeAnchorError(f"`model` onnx:{path} needs `head` (--head): a preset ({', '.join(PRESETS)}) or a "
+        raise EdgeAnchorError(f"`model` onnx:{path} needs `head`: a preset ({', '.join(PRESETS)}) or a "
                               "head spec file (docs/onnx-head-spec.md)")
     if weights is not None:
         raise EdgeAnchorError("`weights` cannot be given with an ONNX model: its weights are in the graph; drop it")
@@ -373,7 +373,7 @@ def _static_size(model: onnx.ModelProto, spec: HeadSpec) -> tuple[int, int]:
         (dims[2], dims[3]) if len(dims) == 4 else (0, 0)
     if h <= 0 or w <= 0:
         raise EdgeAnchorError("the ONNX model has a dynamic input size; give it in the head spec "
-                              "(preprocess.image_size) or with --image-size H W")
+                              "(preprocess.image_size) or `image_size`")
     return int(h), int(w)
 
 
