@@ -432,3 +432,44 @@ def test_bad_input_is_one_line_before_any_work(case, retinaface_onnx, tmp_path, 
     assert [ln for ln in lines if ln.startswith("error:")] == lines[-1:], err[-800:]
     assert expect in lines[-1], lines[-1]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written (no out folder)
+
+
+# ------------------------------------------------------------------------ the label-free run, end to end
+
+def write_photo_variants(folder: Path) -> None:
+    """Every sample photo, its mirror image, a centre crop and a smaller copy (the loader resizes each)."""
+    folder.mkdir(parents=True)
+    for name in (*FACES, *NEGATIVES, "chelsea.png"):
+        image = Image.open(sample_photo(name)).convert("RGB")
+        w, h = image.size
+        stem = Path(name).stem
+        image.save(folder / f"{stem}.png")
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{stem}_flip.png")
+        image.crop((w // 6, h // 6, w - w // 6, h - h // 6)).save(folder / f"{stem}_crop.png")
+        image.resize((w // 2, h // 2), Image.BILINEAR).save(folder / f"{stem}_half.png")
+
+
+@pytest.mark.slow
+def test_label_free_prune_and_export_of_the_real_model(retinaface_onnx, original, tmp_path, capsys):
+    """The issue's command: search label-free (the model's own detections as the reference), export, and the
+    chosen drop-in's rows equal the original's."""
+    write_photo_variants(tmp_path / "photos")
+    out = tmp_path / "out"
+    code = main(["prune-and-export", "--model", f"onnx:{retinaface_onnx}", "--head", "retinaface",
+                 "--data", str(tmp_path / "photos"), "--out", str(out), "--max-evals", "40", "--workers", "1",
+                 "--matrix-iters", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    folder = ea.ExportFolder.open(out)
+    report = folder.report
+    assert report["reference"] == "pseudo-labels", report["reference"]  # label-free: fidelity to the unpruned model
+    drop_in = report["export"]["pruned"]["drop_in"]
+    keep = [2 * int(level) + p for level, positions in drop_in["keep"].items() for p in positions]
+    assert 0 < len(keep) <= 6 and drop_in["rows"] == len(hand_rows(keep))
+    feed = {"input": package_input(photo("astronaut.png"))}
+    full = original.run(["loc", "conf", "landmarks"], feed)
+    got = session(folder.drop_in_paths("pruned")["model_raw"]).run(["loc", "conf", "landmarks"], feed)
+    for g, f in zip(got, full, strict=True):
+        assert np.abs(g - f[:, hand_rows(sorted(keep))]).max() <= 1e-5
+    priors = np.array(json.loads(folder.drop_in_paths("pruned")["priors_json"].read_text())["priors"])
+    np.testing.assert_allclose(priors, package_anchors()[hand_rows(sorted(keep))], rtol=0, atol=1e-12)
