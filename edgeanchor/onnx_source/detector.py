@@ -358,6 +358,8 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
     model = load_onnx(path)
     size = spec.preprocess.image_size or _static_size(model, spec)
     spec = replace(spec, preprocess=replace(spec.preprocess, image_size=size))
+    if spec.outputs.per_level == ():  # the yolov5 preset's default: the graph's outputs, in order
+        spec = replace(spec, outputs=replace(spec.outputs, per_level=tuple(o.name for o in model.graph.output)))
     match = find_head(model, spec, size)
     source = OnnxSource(path=str(path), sha256=file_sha256(path), model=model, spec=spec, match=match,
                         image_size=size)
