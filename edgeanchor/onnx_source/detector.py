@@ -265,6 +265,12 @@ class OnnxDetector(Detector):
 
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> OnnxDetector:
         box_cols, cls_cols = 4, self.cls_columns
+        for level in self.active_levels:  # refused here, not after a whole export (graph.prune_graph)
+            if not keep_per_level.get(level) and any(c.join is None for c in self.source.match.convs
+                                                     if c.level == level):
+                ids = [a.id for a in self.anchor_set.levels[level].anchors]
+                raise EdgeAnchorError(f"level {level} of {self.source.path} is a graph output of its own, which "
+                                      f"the pruned graph keeps; keep at least one of its anchors {ids} in `keep`")
         heads, extras = nn.ModuleList(), nn.ModuleList()
         for j, level in enumerate(self.active_levels):
             positions = keep_per_level.get(level, [])
