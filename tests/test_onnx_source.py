@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -473,3 +474,84 @@ def test_label_free_prune_and_export_of_the_real_model(retinaface_onnx, original
         assert np.abs(g - f[:, hand_rows(sorted(keep))]).max() <= 1e-5
     priors = np.array(json.loads(folder.drop_in_paths("pruned")["priors_json"].read_text())["priors"])
     np.testing.assert_allclose(priors, package_anchors()[hand_rows(sorted(keep))], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ 6. the yolov5 preset against demo-yolo
+
+class RawDetect(torch.nn.Module):
+    """A YOLOv5 detector up to its Detect convolutions: images (RGB in [0, 1]) -> one raw output per level,
+    (N, na * (5 + nc), H, W), as a YOLOv5 graph exported without its Detect decode has them."""
+
+    def __init__(self, det):
+        super().__init__()
+        self.det = det
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.det.detect.m[j](f) for j, f in enumerate(self.det.backbone(images)))
+
+
+@pytest.fixture(scope="module")
+def demo_yolo_onnx(tmp_path_factory):
+    """The shipped demo-yolo, as an ONNX graph of its raw Detect outputs, and a spec file: the yolov5 preset with
+    the model's input size (its anchors are the preset's: YOLOv5's defaults, checked here)."""
+    det = ea.load("demo-yolo")
+    assert [[(a.w, a.h) for a in lv.anchors] for lv in det.anchor_set.levels] == [
+        [(10, 13), (16, 30), (33, 23)], [(30, 61), (62, 45), (59, 119)], [(116, 90), (156, 198), (373, 326)]]
+    folder = tmp_path_factory.mktemp("demo_yolo")
+    h, w = det.image_size
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices, as edgeanchor's exporter
+        warnings.simplefilter("ignore")
+        torch.onnx.export(RawDetect(det).eval(), (torch.rand(1, 3, h, w),), str(folder / "yolo.onnx"),
+                          input_names=["images"], output_names=["p3", "p4", "p5"], opset_version=17, dynamo=False)
+    (folder / "yolo.yaml").write_text(f"preset: yolov5\npreprocess: {{image_size: [{h}, {w}]}}\n")
+    return det, folder / "yolo.onnx", folder / "yolo.yaml"
+
+
+def yolo_images(size: tuple[int, int]) -> torch.Tensor:
+    return torch.cat([edgeanchor_input(np.asarray(Image.open(sample_photo(n)).convert("RGB")
+                                                  .resize((size[1], size[0]), Image.BILINEAR)))
+                      for n in ("astronaut.png", "coffee.png", "chelsea.png")])
+
+
+@pytest.mark.parametrize("keep", [None, [0, 4, 5, 8]], ids=["unpruned", "pruned"])
+def test_yolov5_preset_decodes_as_demo_yolo(demo_yolo_onnx, keep):
+    det, path, spec = demo_yolo_onnx
+    onnx_det = ea.load(f"onnx:{path}", head=spec)
+    assert onnx_det.num_classes == det.num_classes == 5
+    assert onnx_det.postprocess_spec.score_thresh == det.postprocess_spec.score_thresh  # YOLOv5's val rule
+    assert onnx_det.postprocess_spec.nms_thresh == det.postprocess_spec.nms_thresh
+    if keep is not None:
+        det, onnx_det = ea.prune(det, keep), ea.prune(onnx_det, keep)
+    images = yolo_images(det.image_size)
+    with torch.no_grad():
+        want, got = det(images), onnx_det(images)
+    assert sum(len(r["scores"]) for r in want) > 0
+    for r, g in zip(want, got, strict=True):
+        assert len(g["scores"]) == len(r["scores"])
+        np.testing.assert_allclose(g["boxes"].numpy(), r["boxes"].numpy(), rtol=0, atol=1e-3)
+        np.testing.assert_allclose(g["scores"].numpy(), r["scores"].numpy(), rtol=0, atol=1e-5)
+        assert g["labels"].tolist() == r["labels"].tolist()
+
+
+def test_yolov5_raw_graph_keeps_whole_anchor_blocks(demo_yolo_onnx, tmp_path):
+    """The pruned per-level graph: the same outputs, each holding its kept anchors' 5 + nc channels in order."""
+    _, path, spec = demo_yolo_onnx
+    onnx_det = ea.load(f"onnx:{path}", head=spec)
+    keep = [0, 4, 5, 7]  # positions: level 0 [0], level 1 [1, 2], level 2 [1]
+    paths = [tmp_path / "model_raw.onnx", tmp_path / "priors.json", tmp_path / "priors.npy"]
+    write_drop_in(ea.prune(onnx_det, keep), *paths)
+    assert names(onnx.load(paths[0])) == (["images"], ["p3", "p4", "p5"])
+    feed = {"images": yolo_images(onnx_det.image_size)[:1].numpy()}
+    full, got = session(path).run(None, feed), session(paths[0]).run(None, feed)
+    no = 5 + 5  # x, y, w, h, objectness and 5 classes an anchor
+    for level, positions in enumerate(([0], [1, 2], [1])):
+        channels = [a * no + c for a in positions for c in range(no)]
+        assert got[level].shape[1] == len(channels)
+        assert np.abs(got[level] - full[level][:, channels]).max() <= 1e-5
+
+
+def test_yolov5_levels_cannot_be_emptied(demo_yolo_onnx):
+    """Each level is its own graph output, which the drop-in keeps: pruning refuses to empty one, at once."""
+    _, path, spec = demo_yolo_onnx
+    with pytest.raises(ea.EdgeAnchorError, match=r"level 2 of .* keep at least one of its anchors \[6, 7, 8\]"):
+        ea.prune(ea.load(f"onnx:{path}", head=spec), [0, 4, 5])
