@@ -56,8 +56,17 @@ class OnnxBackbone(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, key: str):
-        _, levels = _TRACED[key]
-        return g.op(f"{DOMAIN}::{OP}", x, key_s=key, outputs=len(levels))
+        source, levels = _TRACED[key]
+        outs = g.op(f"{DOMAIN}::{OP}", x, key_s=key, outputs=len(levels))
+        sizes = x.type().varyingSizes()
+        if sizes and sizes[0]:  # the features' types: without them torch prints a C++ warning per node
+            cut = {o.name: o.type.tensor_type for o in source.backbone_graph(levels).graph.output}
+            for out, level in zip(outs if isinstance(outs, (tuple, list)) else [outs], levels):
+                t = cut.get(source.match.feature_inputs[level])
+                dims = [d.dim_value for d in t.shape.dim] if t is not None else []
+                if t is not None and t.elem_type == onnx.TensorProto.FLOAT and len(dims) == 4 and all(dims[1:]):
+                    out.setType(x.type().with_sizes([sizes[0], *dims[1:]]))
+        return outs
 
 
 def run_backbone(detector: OnnxDetector, x: torch.Tensor) -> list[torch.Tensor]:
