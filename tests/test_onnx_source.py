@@ -435,6 +435,16 @@ def test_bad_input_is_one_line_before_any_work(case, retinaface_onnx, tmp_path, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written (no out folder)
 
 
+
+def test_an_onnx_sources_checkpoint_is_refused_in_one_line(retina_export, capsys):
+    """The export's pruned.pt cannot rebuild the model (its backbone is in the ONNX file): one line saying so,
+    not a claim that the file was altered."""
+    assert main(["inspect", "--model", str(retina_export.checkpoint_path("pruned"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "is the checkpoint of a model held as ONNX" in err and "--model onnx:PATH with --head" in err
+    assert "altered" not in err
+
 # ------------------------------------------------------------------------ the label-free run, end to end
 
 def write_photo_variants(folder: Path) -> None:
