@@ -248,6 +248,22 @@ class OnnxDetector(Detector):
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
         return self._pair(j)
 
+    def yolo_convs(self) -> nn.ModuleList:
+        """A YOLOv5 head's Detect convolutions per active level, joined again from the box and score views:
+        per anchor x, y, w, h, objectness, classes (the ncnn graph splits its rows once, after flattening)."""
+        convs = nn.ModuleList()
+        for j in range(len(self.active_levels)):
+            cls, box = self._pair(j)
+            both = slice_conv(box, list(range(box.out_channels)))  # box's geometry; then box and score rows
+            both.weight = nn.Parameter(torch.cat([box.weight, cls.weight]).detach().clone())
+            if box.bias is not None and cls.bias is not None:
+                both.bias = nn.Parameter(torch.cat([box.bias, cls.bias]).detach().clone())
+            both.out_channels = int(both.weight.shape[0])
+            nb, k = box.out_channels, self.cls_columns
+            order = [c for a in range(nb // 4) for c in (*range(4 * a, 4 * a + 4), *range(nb + a * k, nb + a * k + k))]
+            convs.append(slice_conv(both, order).eval())
+        return convs
+
     def deploy_rule(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessRule:
         """The exported graphs' rule: the spec's deploy thresholds (``nms.deploy_*``) unless overridden."""
         nms = self.spec.nms
