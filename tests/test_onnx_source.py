@@ -610,3 +610,18 @@ def test_yolov5_detect_convs_joined_again(demo_yolo_onnx, keep):
         channels = [a * no + c for a in positions for c in range(no)]
         # torch's convolution against ONNX Runtime's: float32 rounding on logits up to about 10
         assert np.abs(got[level] - full[level][:, channels]).max() <= 1e-4
+
+
+def test_yolov5_ncnn_graph_of_the_onnx_source_equals_demo_yolos(demo_yolo_onnx):
+    """model_ncnn's module (decode without NMS) on the pruned ONNX source gives demo-yolo's boxes and scores."""
+    from edgeanchor.exporting.ncnn_graph import NcnnDecodedGraph
+
+    det, path, spec = demo_yolo_onnx
+    keep = [0, 4, 5, 7]
+    images = yolo_images(det.image_size)[:1]
+    with torch.no_grad():
+        want = NcnnDecodedGraph(ea.prune(det, keep))(images)
+        got = NcnnDecodedGraph(ea.prune(ea.load(f"onnx:{path}", head=spec), keep))(images)
+    assert got[0].shape == want[0].shape == (1, 40 * 40 * 1 + 20 * 20 * 2 + 10 * 10 * 1, 4)  # 320 px: kept per level
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=0, atol=1e-3)
