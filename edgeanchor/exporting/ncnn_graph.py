@@ -105,8 +105,13 @@ class NcnnDecodedGraph(nn.Module):
         if self.yolo:
             # YOLO's Detect is one convolution per level; HeadGraph would split it into cls and box views
             # through a 5-D tensor, which ncnn cannot hold. Take the raw convolutions and split once, later.
-            assert isinstance(detector, YoloDetector), "the 'yolo' post-processing rule is YoloDetector's"
-            self.convs = nn.ModuleList(detector.detect.m)
+            if isinstance(detector, YoloDetector):
+                self.convs = nn.ModuleList(detector.detect.m)
+            else:  # a YOLOv5 graph held as ONNX: its box and score views joined again
+                from ..onnx_source.detector import OnnxDetector
+
+                assert isinstance(detector, OnnxDetector), "the 'yolo' rule is YoloDetector's or an ONNX source's"
+                self.convs = detector.yolo_convs()
             self.head = None
         else:
             self.head = HeadGraph(detector) if fused_head is None else HeadGraph(detector, fused=fused_head)

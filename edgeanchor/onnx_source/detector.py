@@ -280,6 +280,22 @@ class OnnxDetector(Detector):
     def final_convs(self, j: int) -> tuple[nn.Conv2d, nn.Conv2d]:
         return self._pair(j)
 
+    def yolo_convs(self) -> nn.ModuleList:
+        """A YOLOv5 head's Detect convolutions per active level, joined again from the box and score views:
+        per anchor x, y, w, h, objectness, classes (the ncnn graph splits its rows once, after flattening)."""
+        convs = nn.ModuleList()
+        for j in range(len(self.active_levels)):
+            cls, box = self._pair(j)
+            both = slice_conv(box, list(range(box.out_channels)))  # box's geometry; then box and score rows
+            both.weight = nn.Parameter(torch.cat([box.weight, cls.weight]).detach().clone())
+            if box.bias is not None and cls.bias is not None:
+                both.bias = nn.Parameter(torch.cat([box.bias, cls.bias]).detach().clone())
+            both.out_channels = int(both.weight.shape[0])
+            nb, k = box.out_channels, self.cls_columns
+            order = [c for a in range(nb // 4) for c in (*range(4 * a, 4 * a + 4), *range(nb + a * k, nb + a * k + k))]
+            convs.append(slice_conv(both, order).eval())
+        return convs
+
     def deploy_rule(self, score_thresh: float | None = None, nms_thresh: float | None = None) -> PostprocessRule:
         """The exported graphs' rule: the spec's deploy thresholds (``nms.deploy_*``) unless overridden."""
         nms = self.spec.nms
@@ -297,6 +313,12 @@ class OnnxDetector(Detector):
 
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> OnnxDetector:
         box_cols, cls_cols = 4, self.cls_columns
+        for level in self.active_levels:  # refused here, not after a whole export (graph.prune_graph)
+            if not keep_per_level.get(level) and any(c.join is None for c in self.source.match.convs
+                                                     if c.level == level):
+                ids = [a.id for a in self.anchor_set.levels[level].anchors]
+                raise EdgeAnchorError(f"level {level} of {self.source.path} is a graph output of its own, which "
+                                      f"the pruned graph keeps; keep at least one of its anchors {ids} in `keep`")
         heads, extras = nn.ModuleList(), nn.ModuleList()
         for j, level in enumerate(self.active_levels):
             positions = keep_per_level.get(level, [])
@@ -405,6 +427,8 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
     model = load_onnx(path)
     size = spec.preprocess.image_size or _static_size(model, spec)
     spec = replace(spec, preprocess=replace(spec.preprocess, image_size=size))
+    if spec.outputs.per_level == ():  # the yolov5 preset's default: the graph's outputs, in order
+        spec = replace(spec, outputs=replace(spec.outputs, per_level=tuple(o.name for o in model.graph.output)))
     match = find_head(model, spec, size)
     source = OnnxSource(path=str(path), sha256=file_sha256(path), model=model, spec=spec, match=match,
                         image_size=size)
@@ -420,7 +444,7 @@ def _static_size(model: onnx.ModelProto, spec: HeadSpec) -> tuple[int, int]:
         (dims[2], dims[3]) if len(dims) == 4 else (0, 0)
     if h <= 0 or w <= 0:
         raise EdgeAnchorError("the ONNX model has a dynamic input size; give it in the head spec "
-                              "(preprocess.image_size) or with --image-size H W")
+                              "(preprocess.image_size) or `image_size`")
     return int(h), int(w)
 
 
