@@ -138,3 +138,19 @@ def test_a_rerun_with_the_same_max_evals_is_the_same_search(tmp_path_factory, tm
     assert "10 read from the stored search" in err and "resuming the search" in err
     assert second["nodes"] == first["nodes"] and second["front"] == first["front"]
     assert choose_point(second)["removed"] == choose_point(first)["removed"]
+
+
+def test_children_never_empty_a_required_level():
+    """A level the model cannot lose (an ONNX graph's own per-level output) keeps at least one anchor."""
+    from edgeanchor.subset_search.evaluator import Node
+    from edgeanchor.subset_search.tree import _children
+
+    moves = [frozenset([i]) for i in range(6)]
+    level0, level1 = frozenset({0, 1, 2}), frozenset({3, 4, 5})
+    parent = Node(removed=(0, 1), metrics={"mAP": 1.0}, head_macs=1, boxes=1, cost=1.0)
+    free = _children(parent, moves, frozenset(range(6)))
+    assert (0, 1, 2) in free  # without the rule, level 0 can be emptied
+    kept = _children(parent, moves, frozenset(range(6)), required=(level0, level1))
+    assert kept == [(0, 1, 3), (0, 1, 4), (0, 1, 5)]
+    last = Node(removed=(0, 1, 3, 4), metrics={"mAP": 1.0}, head_macs=1, boxes=1, cost=1.0)
+    assert _children(last, moves, frozenset(range(6)), required=(level0, level1)) == []

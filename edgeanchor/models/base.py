@@ -123,6 +123,10 @@ class Detector(nn.Module):
         """Extra per-anchor head outputs of the j-th active level (landmarks, keypoints), or None."""
         return None
 
+    def required_levels(self) -> list[int]:
+        """Levels that must keep at least one anchor (the search never empties them); none for torch models."""
+        return []
+
     def untraced_macs(self) -> int:
         """Backbone MACs that torch hooks cannot see (a backbone run by ONNX Runtime); 0 for torch models."""
         return 0

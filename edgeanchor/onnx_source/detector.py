@@ -304,6 +304,12 @@ class OnnxDetector(Detector):
             score_thresh if score_thresh is not None else nms.deploy_score_thresh,
             nms_thresh if nms_thresh is not None else deploy_nms)
 
+    def required_levels(self) -> list[int]:
+        """Levels whose convolution is a graph output of its own (YOLOv5's raw Detect outputs): the pruned graph
+        keeps its outputs, so such a level keeps at least one anchor."""
+        return [level for level in self.active_levels
+                if any(c.join is None for c in self.source.match.convs if c.level == level)]
+
     def untraced_macs(self) -> int:
         """MACs of the backbone's convolutions, counted from the graph (ONNX Runtime runs it, not torch)."""
         from .graph import conv_macs

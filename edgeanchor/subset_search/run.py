@@ -302,7 +302,9 @@ def run_search(det, data_dir, ann, out_dir, search: SearchOptions, *, report_ann
                              log=log if progress else None)
         else:
             moves = anchor_moves(det.anchor_set) if search.method == "greedy" else shared_moves(det.anchor_set)
-            tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol, log=log if progress else None)
+            required = tuple(frozenset(a.id for a in det.anchor_set.levels[i].anchors) for i in det.required_levels())
+            tree_search(evaluator, root, moves, all_ids, floor=floor, tol=search.tol, log=log if progress else None,
+                        required=required)
     finally:
         evaluator.close()
     front_nodes = search_front(evaluator, floor)

@@ -80,7 +80,7 @@ def shared_moves(anchor_set: AnchorSet) -> list[frozenset]:
     return moves
 
 
-def _children(node: Node, moves, all_ids: frozenset) -> list[tuple]:
+def _children(node: Node, moves, all_ids: frozenset, required: tuple[frozenset, ...] = ()) -> list[tuple]:
     removed = frozenset(node.removed)
     out = []
     for move in moves:
@@ -89,6 +89,8 @@ def _children(node: Node, moves, all_ids: frozenset) -> list[tuple]:
         child = removed | move
         if child >= all_ids:
             continue  # would remove every anchor
+        if any(child >= level for level in required):
+            continue  # would empty a level the model cannot lose (Detector.required_levels)
         out.append(tuple(sorted(child)))
     return list(dict.fromkeys(out))
 
@@ -123,7 +125,8 @@ class EvalRate:
         return f"{self.per_second():.1f} evals/s, at most {when} left (max_evals {self.evaluator.max_evals})"
 
 
-def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: float, tol: float, log=None) -> Front:
+def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: float, tol: float, log=None,
+                required: tuple[frozenset, ...] = ()) -> Front:
     """The Pareto tree search from ``root`` (see the module docstring); the nodes it evaluates are in
     ``evaluator.nodes``, and :func:`search_front` is the front to report."""
     front = Front()
@@ -136,7 +139,7 @@ def tree_search(evaluator: Evaluator, root: Node, moves, all_ids, *, floor: floa
         if parent.removed in expanded:
             continue
         expanded.add(parent.removed)
-        children = evaluator.evaluate(_children(parent, moves, all_ids), parent.removed)
+        children = evaluator.evaluate(_children(parent, moves, all_ids, required), parent.removed)
         valid = [c for c in children if c.map >= floor]
         better = [c for c in valid if c.map > parent.map + tol]
         equal = [c for c in valid if abs(c.map - parent.map) <= tol]
