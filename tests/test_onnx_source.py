@@ -27,7 +27,7 @@ from PIL import Image
 import edgeanchor as ea
 from edgeanchor.cli import main
 from edgeanchor.onnx_source.detector import OnnxSource
-from edgeanchor.onnx_source.export import decode_points, write_drop_in
+from edgeanchor.onnx_source.export import decode_points, drop_in_paths, write_drop_in
 from edgeanchor.onnx_source.graph import kept_rows
 from tests.helpers import build_once
 
@@ -235,10 +235,8 @@ def test_exported_model_onnx_gives_the_package_faces(retina_export, original, na
 @pytest.fixture(scope="module")
 def two_level_drop_in(tmp_path_factory, retina) -> dict[str, Path]:
     """The drop-in of :data:`KEEP_TWO_LEVELS`, written by the export's own writer (no full export)."""
-    folder = tmp_path_factory.mktemp("two_levels")
-    paths = {"model_raw": folder / "model_raw.onnx", "priors_json": folder / "priors.json",
-             "priors_npy": folder / "priors.npy"}
-    write_drop_in(ea.prune(retina, KEEP_TWO_LEVELS), *paths.values())
+    paths = drop_in_paths(tmp_path_factory.mktemp("two_levels") / "model_raw.onnx")
+    write_drop_in(ea.prune(retina, KEEP_TWO_LEVELS), paths)
     return paths
 
 
@@ -575,11 +573,11 @@ def test_yolov5_raw_graph_keeps_whole_anchor_blocks(demo_yolo_onnx, tmp_path):
     _, path, spec = demo_yolo_onnx
     onnx_det = ea.load(f"onnx:{path}", head=spec)
     keep = [0, 4, 5, 7]  # positions: level 0 [0], level 1 [1, 2], level 2 [1]
-    paths = [tmp_path / "model_raw.onnx", tmp_path / "priors.json", tmp_path / "priors.npy"]
-    write_drop_in(ea.prune(onnx_det, keep), *paths)
-    assert names(onnx.load(paths[0])) == (["images"], ["p3", "p4", "p5"])
+    paths = drop_in_paths(tmp_path / "model_raw.onnx")
+    write_drop_in(ea.prune(onnx_det, keep), paths)
+    assert names(onnx.load(paths["model_raw"])) == (["images"], ["p3", "p4", "p5"])
     feed = {"images": yolo_images(onnx_det.image_size)[:1].numpy()}
-    full, got = session(path).run(None, feed), session(paths[0]).run(None, feed)
+    full, got = session(path).run(None, feed), session(paths["model_raw"]).run(None, feed)
     no = 5 + 5  # x, y, w, h, objectness and 5 classes an anchor
     for level, positions in enumerate(([0], [1, 2], [1])):
         channels = [a * no + c for a in positions for c in range(no)]
