@@ -624,3 +624,19 @@ def test_yolov5_ncnn_graph_of_the_onnx_source_equals_demo_yolos(demo_yolo_onnx):
     assert got[0].shape == want[0].shape == (1, 40 * 40 * 1 + 20 * 20 * 2 + 10 * 10 * 1, 4)  # 320 px: kept per level
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=0, atol=1e-3)
+
+
+def test_a_huge_static_input_is_refused_before_anything_is_allocated(tmp_path):
+    """A graph whose static input is 100,000 px a side (and a spec that takes the graph's size): one line, at once."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeanchor.errors import EdgeAnchorError
+
+    image = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 100_000, 100_000])
+    weight = numpy_helper.from_array(np.zeros((4, 3, 1, 1), np.float32), "w")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["y"])], "g", [image], [out], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "huge.onnx")
+    (tmp_path / "head.json").write_text(json.dumps({"preset": "retinaface", "preprocess": {"image_size": None}}))
+    with pytest.raises(EdgeAnchorError, match=r"input is 100000x100000, above edgeanchor's bound of 16384"):
+        ea.load(f"onnx:{tmp_path / 'huge.onnx'}", head=tmp_path / "head.json")

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..anchors import AnchorSet
 from ..errors import EdgeAnchorError
+from ..limits import MAX_IMAGE_SIDE
 from ..models.base import Detector
 from ..models.ssd import slice_conv
 from ..postprocess import PostprocessRule, yolo_grid
@@ -451,6 +452,9 @@ def _static_size(model: onnx.ModelProto, spec: HeadSpec) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise EdgeAnchorError("the ONNX model has a dynamic input size; give it in the head spec "
                               "(preprocess.image_size) or `image_size`")
+    if max(h, w) > MAX_IMAGE_SIDE:  # every image and feature map would be allocated at this size
+        raise EdgeAnchorError(f"the ONNX model's input is {h}x{w}, above edgeanchor's bound of {MAX_IMAGE_SIDE} "
+                              "pixels a side; give a smaller size in the head spec (preprocess.image_size)")
     return int(h), int(w)
 
 
