@@ -428,6 +428,7 @@ def test_a_full_disk_inside_a_folder_build_names_the_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # five commands, a search and an export among them, in a fresh process
 @needs_tmpfs
 def test_every_writer_on_a_full_disk_says_one_line_and_leaves_nothing(tmp_path, writers_data):
     """A real ENOSPC: the outputs go to a 64 KiB tmpfs, mounted in a user namespace (unshare -r -m) and filled."""
