@@ -91,6 +91,15 @@ def test_resume_is_exact_with_loader_workers(small, tmp_path, monkeypatch):
     assert [e["loss"] for e in full["meta"]["train"]["epochs"]] == [e["loss"] for e in resumed["meta"]["train"]["epochs"]]
 
 
+def _free_port() -> int:
+    """A TCP port free now, chosen by the kernel: two test suites side by side never pick the same one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(small, tmp_path):
     """torchrun, gloo, 1 epoch on 8 images: runs, is reproducible, only rank 0 reports; it differs from the
@@ -103,7 +112,7 @@ def test_ddp_on_two_cpu_processes(small, tmp_path):
     for k in range(2):
         out = tmp_path / f"ddp{k}.pt"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(29600 + os.getpid() % 200 + k), *[str(out) if a == "OUT" else a for a in args]]
+               str(_free_port()), *[str(out) if a == "OUT" else a for a in args]]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.count("wrote") == 1  # rank 0 alone reports
