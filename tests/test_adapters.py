@@ -27,9 +27,9 @@ def build_pair(name):
     return tv_model, wrap(name, tv_model, image_size=size).eval()
 
 
-# the ResNet-50 RetinaNets take long: slow; the other architectures run in the fast tier
-@pytest.fixture(scope="module",
-                params=[pytest.param(n, marks=pytest.mark.slow) if "retinanet" in n else n for n in CASES])
+# the ResNet-50 RetinaNets and the VGG-16 SSD300 take long: slow; the other architectures run in the fast tier
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if "retinanet" in n or "ssd300" in n
+                                        else n for n in CASES])
 def pair(request):
     return (request.param, *build_pair(request.param))
 

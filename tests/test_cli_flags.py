@@ -131,18 +131,33 @@ def demo_latency_model(det, path):
     return model
 
 
+class _ExportStepReached(Exception):
+    """Raised in place of prune-and-export's export step."""
+
+
 @pytest.mark.slow
-def test_prune_and_export_with_cost_latency_and_a_given_latency_model(split, tmp_path, capsys):
+def test_prune_and_export_with_cost_latency_and_a_given_latency_model(split, tmp_path, capsys, monkeypatch):
+    """The search and the choice of prune-and-export rank by the given latency model. They come before the
+    export step, which is stubbed: it records the report's ``chosen`` entry and the folder's search.json."""
+    import edgeanchor.pipeline as pipeline
+
+    seen = {}
+
+    def export_step(folder, *args, chosen, **kwargs):
+        seen.update(chosen=chosen, search=json.loads(folder.search_json_path.read_text()))
+        raise _ExportStepReached
+
+    monkeypatch.setattr(pipeline, "write_export_folder", export_step)
     images, anns = split
     det = build_detector("demo")
     model = demo_latency_model(det, tmp_path / "lm.json")
     out = tmp_path / "e"
-    assert main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
-                 anns["test"], "--cost", "latency", "--latency-model", str(tmp_path / "lm.json"), "--max-evals", "40",
-                 "--workers", "1", "--parity-images", "1", "--matrix-iters", "0", "--out", str(out), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["chosen"]["cost"] == "latency"
-    search = json.loads((out / "search.json").read_text())
+    with pytest.raises(_ExportStepReached):
+        main(["prune-and-export", "--model", "demo", "--data", images, "--ann", anns["val"], "--report-ann",
+              anns["test"], "--cost", "latency", "--latency-model", str(tmp_path / "lm.json"), "--max-evals", "40",
+              "--workers", "1", "--parity-images", "1", "--matrix-iters", "0", "--out", str(out), "--json"])
+    assert seen["chosen"]["cost"] == "latency"  # the report's chosen entry
+    search = seen["search"]
     assert search["settings"]["cost"] == "latency" and len(search["nodes"]) > 1
     for node in search["nodes"]:  # every node was ranked by the given model's prediction
         assert node["cost"] == pytest.approx(model.predict(node["removed"]))

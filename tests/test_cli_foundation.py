@@ -23,6 +23,7 @@ def expect_error(capsys, argv, *fragments):
     return err
 
 
+@pytest.mark.slow  # builds the VGG-16 SSD300 at 81 classes
 def test_inspect_ssd300_json(capsys):
     info = run_json(capsys, ["inspect", "--model", "torchvision:ssd300_vgg16", "--num-classes", "81", "--json"])
     assert info["num_boxes"] == 8732 and info["head_macs"] == 4_231_319_040

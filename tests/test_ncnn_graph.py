@@ -46,7 +46,8 @@ def build(case):
     return det
 
 
-CASES = ["ssd", "ssd-pruned", "yolo", "yolo-pruned", "retinanet-nonsquare"]
+# the ResNet-50 RetinaNet takes long: slow; the other cases run in the fast tier
+CASES = ["ssd", "ssd-pruned", "yolo", "yolo-pruned", pytest.param("retinanet-nonsquare", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")

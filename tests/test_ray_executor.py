@@ -115,6 +115,7 @@ def test_shards_give_exactly_the_in_process_voc_map(local_ray, cache_file, demo,
         ex.close()
 
 
+@pytest.mark.slow  # starts the local Ray
 def test_more_workers_than_the_cluster_has_cpus_is_one_line(local_ray, cache_file):
     path, ann, _ = cache_file
     with pytest.raises(EdgeAnchorError, match="has 2 CPUs, fewer than `workers` 3"):

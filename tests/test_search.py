@@ -157,9 +157,11 @@ def test_pycocotools_backend_agrees(demo, scorer):
         assert other.score(removed)["mAP"] == pytest.approx(sc.score(removed)["mAP"], abs=1e-9)
 
 
-@pytest.mark.parametrize("name, size", [("edgeanchor:demo_ssd", (320, 320)),
-                                        ("torchvision:ssdlite320_mobilenet_v3_large", (320, 320)),
-                                        ("torchvision:retinanet_resnet50_fpn", (128, 128))])
+@pytest.mark.parametrize("name, size", [("edgeanchor:demo_ssd", (320, 320)),  # the torchvision models: slow
+                                        pytest.param("torchvision:ssdlite320_mobilenet_v3_large", (320, 320),
+                                                     marks=pytest.mark.slow),
+                                        pytest.param("torchvision:retinanet_resnet50_fpn", (128, 128),
+                                                     marks=pytest.mark.slow)])
 def test_cost_model_equals_measured_cost(name, size):
     det = build_detector(name, num_classes=4, image_size=size)
     model = build_cost_model(det)

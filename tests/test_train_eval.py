@@ -45,6 +45,7 @@ def test_a_few_steps_lower_the_loss(synth):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow  # a ResNet-50 RetinaNet forward and backward
 def test_retinanet_loss_is_finite_and_differentiable():
     det = build_detector("torchvision:retinanet_resnet50_fpn", num_classes=4, image_size=(96, 96))
     det.train()

@@ -428,6 +428,7 @@ def test_a_full_disk_inside_a_folder_build_names_the_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # five commands, a search and an export among them, in a fresh process
 @needs_tmpfs
 def test_every_writer_on_a_full_disk_says_one_line_and_leaves_nothing(tmp_path, writers_data):
     """A real ENOSPC: the outputs go to a 64 KiB tmpfs, mounted in a user namespace (unshare -r -m) and filled."""
@@ -523,9 +524,10 @@ def test_a_second_prune_and_export_into_the_same_folder_is_one_line(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_prune_and_export_killed_between_the_renames_then_rerun(tmp_path, writers_data, capsys):
+def test_prune_and_export_killed_between_the_renames_then_rerun(tmp_path, writers_data, demo_keep_export, capsys):
     """The issue's case end to end: a real kill -9 between the two renames of the final swap (the hook), then
-    `prune-and-export --overwrite` again: it used to die with FileExistsError after the whole export."""
+    `prune-and-export --overwrite` again: it used to die with FileExistsError after the whole export. The folder
+    replaced is a copy of the session's export (any export folder of edgeanchor's will do)."""
     from edgeanchor.models import build_detector
 
     keep = tmp_path / "keep.json"
@@ -535,7 +537,8 @@ def test_prune_and_export_killed_between_the_renames_then_rerun(tmp_path, writer
             f"{writers_data}/annotations/val.json", "--report-ann", f"{writers_data}/annotations/val.json",
             "--keep-anchors", str(keep), "--matrix-iters", "0", "--parity-images", "1", "--out", str(out),
             "--overwrite"]
-    assert main(argv) == 0
+    shutil.copytree(demo_keep_export.root, out)
+    check_output(out, overwrite=True)  # an export folder that --overwrite replaces
     env = {**os.environ, "PYTHONPATH": str(REPO), KILL_AT_ENV: "build-into-place"}
     killed = subprocess.run([sys.executable, "-m", "edgeanchor", *argv], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)

@@ -301,7 +301,8 @@ def front_of(out: Path) -> tuple:
             sorted(tuple(json.dumps(n[k]) for k in key) for n in result["nodes"]))
 
 
-@pytest.mark.parametrize("metric", ["coco", pytest.param("voc07", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two searches of 60 evaluations, one with two worker processes
+@pytest.mark.parametrize("metric", ["coco", "voc07"])
 def test_demo_search_same_front_on_voc_and_coco(synth_pair, tmp_path, metric):
     """Same images, same boxes: with the same metric, the search on the VOC copy finds the same front."""
     fronts = []
