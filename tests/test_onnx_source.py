@@ -412,6 +412,11 @@ BAD = [
                   "--finetune-epochs", "1", "--out", "out"], "ONNX models are pruned without retraining"),
     ("head-without-onnx", ["inspect", "--model", "demo", "--head", "retinaface"],
      "--head describes an ONNX model's head; demo is not one"),
+    ("empty-path", ["inspect", "--model", "onnx:", "--head", "retinaface"], "--model onnx: names no file"),
+    ("folder", ["inspect", "--model", "onnx:photos/", "--head", "retinaface"],
+     "ONNX model photos is a folder; give the .onnx file in it"),
+    ("two-inputs", ["inspect", "--model", "onnx:two.onnx", "--head", "retinaface"],
+     "the ONNX graph has inputs besides the image input 'input' (extra); edgeanchor feeds only the image"),
 ]
 SPECS = {
     "three.yaml": "preset: retinaface\nretinaface:\n  min_sizes: [[16, 32, 24], [64, 128, 96], [256, 512, 384]]\n",
@@ -443,6 +448,10 @@ def test_bad_input_is_one_line_before_any_work(case, retinaface_onnx, tmp_path, 
             (tmp_path / "ext" / "ext.data").rename(tmp_path / "secret.data")
         else:
             (tmp_path / "ext" / "ext.data").unlink()
+    if case_id == "two-inputs":  # an input the image feed cannot fill: refused before ONNX Runtime runs
+        two = onnx.load(str(retinaface_onnx))
+        two.graph.input.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, [1, 3]))
+        onnx.save(two, str(tmp_path / "two.onnx"))
     monkeypatch.chdir(tmp_path)
 
     def no_inference(*args, **kwargs):

@@ -419,6 +419,8 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
     from .spec import PRESETS, load_head_spec
 
     path = name[len("onnx:"):] if name.startswith("onnx:") else name
+    if not path:
+        raise EdgeAnchorError("`model` onnx: names no file; give it as onnx:PATH.onnx")
     if head is None:
         raise EdgeAnchorError(f"`model` onnx:{path} needs `head`: a preset ({', '.join(PRESETS)}) or a "
                               "head spec file (docs/onnx-head-spec.md)")

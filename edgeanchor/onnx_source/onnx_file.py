@@ -37,6 +37,8 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         lies outside the model's folder, a custom operator domain, or a model the ONNX checker refuses.
     """
     path = Path(path)
+    if path.is_dir():
+        raise EdgeAnchorError(f"ONNX model {path} is a folder; give the .onnx file in it (`model` onnx:PATH.onnx)")
     if not path.is_file():
         raise EdgeAnchorError(f"ONNX model {path} does not exist or is not a file; check `model`")
     size = path.stat().st_size
@@ -148,6 +150,10 @@ def graph_input(model: onnx.ModelProto, name: str | None = None) -> onnx.ValueIn
     if found is None:
         raise EdgeAnchorError(f"the ONNX graph has no input {name!r} (it has {', '.join(i.name for i in inputs)}); "
                               "fix the head spec's preprocess.input_name")
+    others = [i.name for i in inputs if i.name != name]
+    if others:  # edgeanchor feeds the image only; ONNX Runtime would refuse the run much later
+        raise EdgeAnchorError(f"the ONNX graph has inputs besides the image input {name!r} ({', '.join(others)}); "
+                              "edgeanchor feeds only the image: export the detector with one input")
     return found
 
 
