@@ -429,6 +429,8 @@ BAD = [
                   "--finetune-epochs", "1", "--out", "out"], "ONNX models are pruned without retraining"),
     ("head-without-onnx", ["inspect", "--model", "demo", "--head", "retinaface"],
      "--head describes an ONNX model's head; demo is not one"),
+    ("image-size-zero", ["inspect", "--model", RETINA, "--head", "retinaface", "--image-size", "0", "0"],
+     "--image-size is (0, 0), but it must be [height, width] in pixels, each from 1 to 16,384; give another size"),
     ("empty-path", ["inspect", "--model", "onnx:", "--head", "retinaface"], "--model onnx: names no file"),
     ("folder", ["inspect", "--model", "onnx:photos/", "--head", "retinaface"],
      "ONNX model photos is a folder; give the .onnx file in it"),
