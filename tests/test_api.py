@@ -331,3 +331,10 @@ def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
         ea.evaluate(tmp_path)
     with pytest.raises(ea.EdgeAnchorError, match=r"demo is not an export folder; evaluate a detector \(load"):
         ea.evaluate("demo")
+
+
+@pytest.mark.parametrize("size", [(640,), (640, 640, 3), ()])
+def test_load_refuses_an_image_size_that_is_not_a_pair(size):
+    """(640,) raised IndexError, (640, 640, 3) was cut to (640, 640) and () meant the default."""
+    with pytest.raises(ea.EdgeAnchorError, match=r"`image_size` is \(.*\); give \(height, width\) in pixels"):
+        ea.load("demo", image_size=size)

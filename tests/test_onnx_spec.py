@@ -402,6 +402,8 @@ def test_other_refusals(tmp_path):
             load_head_spec("/dev/zero")
     with pytest.raises(EdgeAnchorError, match="`image_size` is"):
         load_head_spec("retinaface", image_size=(0, 640))
+    with pytest.raises(EdgeAnchorError, match=r"^`head` is ''; give a preset name \(retinaface"):
+        load_head_spec("")  # not "the head spec . is a folder"
 
 
 def test_a_dynamic_size_needs_a_size(tmp_path):

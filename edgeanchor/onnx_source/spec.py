@@ -299,7 +299,7 @@ def load_head_spec(head: str | os.PathLike, *, image_size: tuple[int, int] | Non
                                   f"from 1 to {MAX_IMAGE_SIDE:,}; give another size")  # an argument, not the spec
         image_size = (int(image_size[0]), int(image_size[1]))
     text = os.fspath(head) if isinstance(head, (str, os.PathLike)) else None
-    if text is None:
+    if not text:  # '' would be read as the current folder
         raise EdgeAnchorError(f"`head` is {head!r}; give a preset name ({', '.join(PRESETS)}) or a spec file path")
     if text in PRESETS:
         doc: dict = {"preset": text}
