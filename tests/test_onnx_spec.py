@@ -368,6 +368,8 @@ BAD_FILES = [
     ("- a list\n", "not a mapping"),
     ("base: &b {stride: 8}\nlevels: [*b]\n", "the YAML alias \\*b is not allowed in a head spec"),
     ("preset: [unclosed\n", "is not valid YAML"),
+    ("preset: retinaface\npreprocess:\n\tinput_name: input\n",  # a tab: the problem and its line, not the context
+     r"head.yaml:3 is not valid YAML \(found character '\\t' that cannot start any token\); fix the file"),
 ]
 
 

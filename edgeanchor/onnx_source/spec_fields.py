@@ -76,8 +76,12 @@ def _parse_yaml(text: str, path: Path):
             what = f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; a head spec needs four"
         raise EdgeAnchorError(f"{path}:{exc.line}: {what}") from None
     except yaml.YAMLError as exc:
-        raise EdgeAnchorError(f"the head spec {path} is not valid YAML ({first_line(exc, 120)}); "
-                              "fix the file") from None
+        # PyYAML's first line is its context ("while scanning for the next token"); the problem and its line
+        # ("found character '\t' that cannot start any token", line 3) are what the user can fix
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        why = str(problem)[:120] if problem else first_line(exc, 120)
+        raise EdgeAnchorError(f"the head spec {where} is not valid YAML ({why}); fix the file") from None
 
 
 _REQUIRED = object()
