@@ -22,6 +22,7 @@ from ..errors import EdgeAnchorError, first_line
 from ..limits import MAX_ONNX_BYTES
 
 # the operator domains a model may use: ONNX's own and ONNX Runtime's built-in contrib ops (no library to load)
+PROTOBUF_MAX_BYTES = 2 * 1024**3 - 1  # one serialized protobuf message, the .onnx file itself
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
@@ -45,6 +46,10 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     if size > MAX_ONNX_BYTES:
         raise EdgeAnchorError(f"ONNX model {path} is {size:,} bytes, over the bound of {MAX_ONNX_BYTES:,}; "
                               "edgeanchor reads detectors up to that size")
+    if size > PROTOBUF_MAX_BYTES:  # protobuf cannot parse it: refuse before reading gigabytes into memory
+        raise EdgeAnchorError(f"ONNX model {path} is {size:,} bytes, but an .onnx file holds at most "
+                              f"{PROTOBUF_MAX_BYTES:,} (protobuf's limit; larger models keep their weights in "
+                              "external data); check `model`")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError) as exc:
