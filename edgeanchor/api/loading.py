@@ -50,6 +50,8 @@ def load(name_or_path: str | os.PathLike, *, num_classes: int | None = None, wei
     """
     from ..models import build_detector
 
+    if image_size is not None and len(image_size) != 2:  # (640,) or (640, 640, 3): not silently cut or read past
+        raise EdgeAnchorError(f"`image_size` is {tuple(image_size)!r}; give (height, width) in pixels")
     det = build_detector(os.fspath(name_or_path), num_classes=num_classes, weights=weights, anchors=anchors,
                          image_size=(int(image_size[0]), int(image_size[1])) if image_size else None,
                          head=os.fspath(head) if head is not None else None)

@@ -420,12 +420,17 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs:
 
     Raises:
         EdgeAnchorError: the file exists and ``overwrite`` is off, it is not one edgeanchor wrote, it is a
-            folder, or it is one of ``inputs``.
+            folder, it is one of ``inputs``, or it lies in an export folder.
     """
     from ..anchors import is_anchor_file
+    from ..exporting.folder import is_export_folder
     from ..io import check_output_file
     from ..models.registry import is_checkpoint
 
+    parent = Path(path).parent
+    if is_export_folder(parent):  # its graphs, priors and report go together; a stray file also blocks --overwrite
+        raise EdgeAnchorError(f"{path} is inside the export folder {parent}, whose files belong together; "
+                              "write the pruned model outside it (prune-and-export --overwrite rewrites the folder)")
     inputs = list(inputs)
     if str(path).endswith(".onnx"):  # a pruned ONNX model: the graph, its head spec and priors beside it
         from ..onnx_source.export import drop_in_paths, is_drop_in

@@ -122,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         message = flag_wording(str(exc), parameter_flags(parser, args.command))
         print(f"error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, EdgeAnchorError) else 1
+    except ModuleNotFoundError as exc:  # a device install (requirements-device.txt) has no torch
+        if exc.name != "torch" and not (exc.name or "").startswith("torch."):
+            raise
+        print(f"error: edgeanchor {args.command} needs torch, which is not installed; pip install edgeanchor with "
+              "its dependencies (bench, evaluate --export and regress --export run without it)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

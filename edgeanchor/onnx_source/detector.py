@@ -353,9 +353,8 @@ class OnnxDetector(Detector):
         for i, level in enumerate(obj["levels"]):
             kept = {a.id for a in self.anchor_set.levels[i].anchors}
             anchors = [wh for wh, a in zip(level["anchors"], full.levels[i].anchors) if a.id in kept]
-            if anchors:
-                feature = level.get("feature_size") or list(full.levels[i].feature_size)
-                levels.append({**level, "anchors": anchors, "feature_size": feature})
+            if anchors:  # a feature size the spec left to the input size stays so: the drop-in loads at any size
+                levels.append({**level, "anchors": anchors})
         obj["levels"] = levels
         return obj
 
@@ -419,6 +418,8 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
     from .spec import PRESETS, load_head_spec
 
     path = name[len("onnx:"):] if name.startswith("onnx:") else name
+    if not path:
+        raise EdgeAnchorError("`model` onnx: names no file; give it as onnx:PATH.onnx")
     if head is None:
         raise EdgeAnchorError(f"`model` onnx:{path} needs `head`: a preset ({', '.join(PRESETS)}) or a "
                               "head spec file (docs/onnx-head-spec.md)")

@@ -179,6 +179,7 @@ def write_drop_in(detector: OnnxDetector, paths: dict) -> dict:
     ``priors_json`` and ``priors_npy``, the kept priors in the preset's convention, row for row with the
     graph's outputs: what the user's own decode needs.
     """
+    from ..exporting.onnx_export import set_metadata
     from ..io import atomic_path, write_json
     from .detector import source_anchor_set
     from .graph import kept_rows, prune_graph
@@ -194,9 +195,7 @@ def write_drop_in(detector: OnnxDetector, paths: dict) -> dict:
     raw = prune_graph(source.model, match, spec, keep)
     props = {"edgeanchor.drop_in": "1", "edgeanchor.pruned_from_sha256": source.sha256,
              "edgeanchor.kept_ids": ",".join(str(i) for i in sorted(detector.anchor_set.ids))}
-    for key, value in props.items():  # metadata only: the graph itself is the user's, sliced
-        entry = raw.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(raw, props)  # metadata only: the graph itself is the user's, sliced; a re-prune replaces its keys
     with atomic_path(paths["model_raw"]) as tmp:
         onnx.save(raw, str(tmp))
     write_json(paths["head_json"], detector.drop_in_spec())

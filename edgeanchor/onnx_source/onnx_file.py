@@ -22,6 +22,7 @@ from ..errors import EdgeAnchorError, first_line
 from ..limits import MAX_ONNX_BYTES
 
 # the operator domains a model may use: ONNX's own and ONNX Runtime's built-in contrib ops (no library to load)
+PROTOBUF_MAX_BYTES = 2 * 1024**3 - 1  # one serialized protobuf message, the .onnx file itself
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
@@ -37,12 +38,18 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         lies outside the model's folder, a custom operator domain, or a model the ONNX checker refuses.
     """
     path = Path(path)
+    if path.is_dir():
+        raise EdgeAnchorError(f"ONNX model {path} is a folder; give the .onnx file in it (`model` onnx:PATH.onnx)")
     if not path.is_file():
         raise EdgeAnchorError(f"ONNX model {path} does not exist or is not a file; check `model`")
     size = path.stat().st_size
     if size > MAX_ONNX_BYTES:
         raise EdgeAnchorError(f"ONNX model {path} is {size:,} bytes, over the bound of {MAX_ONNX_BYTES:,}; "
                               "edgeanchor reads detectors up to that size")
+    if size > PROTOBUF_MAX_BYTES:  # protobuf cannot parse it: refuse before reading gigabytes into memory
+        raise EdgeAnchorError(f"ONNX model {path} is {size:,} bytes, but an .onnx file holds at most "
+                              f"{PROTOBUF_MAX_BYTES:,} (protobuf's limit; larger models keep their weights in "
+                              "external data); check `model`")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError) as exc:
@@ -148,6 +155,10 @@ def graph_input(model: onnx.ModelProto, name: str | None = None) -> onnx.ValueIn
     if found is None:
         raise EdgeAnchorError(f"the ONNX graph has no input {name!r} (it has {', '.join(i.name for i in inputs)}); "
                               "fix the head spec's preprocess.input_name")
+    others = [i.name for i in inputs if i.name != name]
+    if others:  # edgeanchor feeds the image only; ONNX Runtime would refuse the run much later
+        raise EdgeAnchorError(f"the ONNX graph has inputs besides the image input {name!r} ({', '.join(others)}); "
+                              "edgeanchor feeds only the image: export the detector with one input")
     return found
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import EdgeAnchorError
-from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LEVELS
+from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LEVELS, is_int
 from .priors import anchor_set, priors, priors_array
 from .spec_fields import (
     MAX_SPEC_BYTES,
@@ -293,9 +293,13 @@ def load_head_spec(head: str | os.PathLike, *, image_size: tuple[int, int] | Non
             the field and the fix).
     """
     if image_size is not None:
-        image_size = image_size_pair(image_size, "`image_size`", "the head spec")
+        if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2
+                and all(is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in image_size)):
+            raise EdgeAnchorError(f"`image_size` is {image_size!r}, but it must be [height, width] in pixels, each "
+                                  f"from 1 to {MAX_IMAGE_SIDE:,}; give another size")  # an argument, not the spec
+        image_size = (int(image_size[0]), int(image_size[1]))
     text = os.fspath(head) if isinstance(head, (str, os.PathLike)) else None
-    if text is None:
+    if not text:  # '' would be read as the current folder
         raise EdgeAnchorError(f"`head` is {head!r}; give a preset name ({', '.join(PRESETS)}) or a spec file path")
     if text in PRESETS:
         doc: dict = {"preset": text}

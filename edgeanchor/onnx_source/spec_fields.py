@@ -54,8 +54,16 @@ def _parse_json(text: str, path: Path):
     def refuse(name):
         raise ValueError(f"{name} is not a number a spec may hold")
 
+    def unique(pairs):  # json keeps the last of a repeated key; a spec that says two things is refused
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice in one object; keep one")
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        return json.loads(text, parse_constant=refuse)
+        return json.loads(text, parse_constant=refuse, object_pairs_hook=unique)
     except RecursionError:
         raise EdgeAnchorError(f"the head spec {path} nests too deeply; a spec needs four levels") from None
     except ValueError as exc:
@@ -68,16 +76,35 @@ def _parse_yaml(text: str, path: Path):
     # The data.yaml reader's loader: yaml.safe_load's loader refusing aliases and deep nesting.
     from ..datasets.yolo import MAX_YAML_DEPTH, _Refused, _yaml_loader
 
+    class SpecLoader(_yaml_loader()):  # type: ignore[misc]
+        """Also refuses a key given twice in one mapping (YAML keeps the last; `preset` twice is not a choice)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)) or key is None:
+                    continue  # an unhashable or odd key: SafeLoader's own check (or the field checks) refuse it
+                if key in seen:
+                    raise _Refused(f"the key {key!r} is given twice in one mapping; keep one",
+                                   key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
+        return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
     except _Refused as exc:
         what = exc.what.replace("a data.yaml", "a head spec")
         if what.startswith("the YAML nests deeper"):
             what = f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; a head spec needs four"
         raise EdgeAnchorError(f"{path}:{exc.line}: {what}") from None
     except yaml.YAMLError as exc:
-        raise EdgeAnchorError(f"the head spec {path} is not valid YAML ({first_line(exc, 120)}); "
-                              "fix the file") from None
+        # PyYAML's first line is its context ("while scanning for the next token"); the problem and its line
+        # ("found character '\t' that cannot start any token", line 3) are what the user can fix
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        why = str(problem)[:120] if problem else first_line(exc, 120)
+        raise EdgeAnchorError(f"the head spec {where} is not valid YAML ({why}); fix the file") from None
 
 
 _REQUIRED = object()
