@@ -148,6 +148,9 @@ def test_bench_runs_on_the_export(demo_export, capsys, tmp_path):
             assert s["n"] == 4 and s["min"] <= s["median"] <= s["p90"] <= s["p99"]
     assert result["settings"]["intra_op_num_threads"] == 1
     assert result["nms_input_boxes"]["pruned"]["mean"] <= result["nms_input_boxes"]["baseline"]["mean"]
+    cost = json.loads((demo_export / "report.json").read_text())["cost"]  # the MACs ratio beside the latency's
+    assert result["cost_ratios"]["head_macs"] == cost["pruned"]["head_macs"] / cost["baseline"]["head_macs"] < 1
+    assert f"head MACs x{result['cost_ratios']['head_macs']:.3f}" in text
     assert out.with_suffix(".png").stat().st_size > 5000
     assert main(["bench", str(tmp_path / "nope")]) == 2
 

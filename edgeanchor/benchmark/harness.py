@@ -148,7 +148,16 @@ def run_bench(export, *, runtime: str = "onnxruntime", threads: int = 0, warmup:
               "num_images": len(images), **timing_record(rounds, stages, threads=threads)}
     result["timing"]["clock"] = "gpu (CUDA events)" if runtime == "tensorrt" else clock
     result["nms_input_boxes"] = {v: count_nms_inputs(folder, v, images, runtime) for v in VARIANTS}
+    result["cost_ratios"] = cost_ratios(folder.report)
     return result
+
+
+def cost_ratios(report) -> dict[str, float]:
+    """Pruned / baseline head MACs, total MACs and boxes, from the export's report (beside the latency ratios)."""
+    cost = report.get("cost") or {}
+    base, pruned = cost.get("baseline") or {}, cost.get("pruned") or {}
+    return {k: pruned[k] / base[k] for k in ("head_macs", "total_macs", "num_boxes")
+            if isinstance(base.get(k), (int, float)) and base[k] and isinstance(pruned.get(k), (int, float))}
 
 
 def measure_rounds(run, stages: list[str], *, warmup: int, iters: int | str, max_time: float, settled=None,
@@ -314,6 +323,10 @@ def format_result(result: dict) -> str:
     lines = [format_table(["stage", "baseline median ms [95 % CI]", "p90", "pruned median ms [95 % CI]", "p90",
                            "pruned/baseline [95 % CI]"], rows),
              counted or f"boxes entering NMS: {nms['baseline']['note']}",
+             *([("cost, pruned/baseline (report.json): " + ", ".join(
+                 f"{name} x{result['cost_ratios'][key]:.3f}" for key, name in
+                 (("head_macs", "head MACs"), ("total_macs", "total MACs"), ("num_boxes", "boxes"))
+                 if key in result["cost_ratios"]))] if result.get("cost_ratios") else []),
              f"{result['runtime']} {result['settings'].get('version')} at "
              f"{canonical_precision(result.get('precision', 'fp32'))}, threads "
              f"{_threads(result['settings'])}, on {result['machine']['cpu']} ({st['cpu_count']} CPUs, "
