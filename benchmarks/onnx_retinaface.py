@@ -101,11 +101,14 @@ def drop_in_check(export: Path, photos: Path) -> dict:
     sys.path.insert(0, str(package_dir("retinaface").parent))
     from retinaface.postprocess import filter_results, rebuild_boxes, rebuild_pts  # the package's own decode
 
-    report = json.loads((export / "report.json").read_text())
+    from edgeanchor.exporting.folder import ExportFolder
+
+    folder = ExportFolder.open(export)
+    report, drop_in = folder.report, folder.drop_in_paths("pruned")
     h, w = report["image_size"]
-    raw = ort.InferenceSession(str(export / "model_raw.onnx"), providers=["CPUExecutionProvider"])
-    ours = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
-    priors = np.load(export / "priors.npy")  # (A, 4) cx, cy, w, h normalised: the package's anchor rows
+    raw = ort.InferenceSession(str(drop_in["model_raw"]), providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(str(folder.graph_path("pruned", "model")), providers=["CPUExecutionProvider"])
+    priors = np.load(drop_in["priors_npy"])  # (A, 4) cx, cy, w, h normalised: the package's anchor rows
     rule = report["export"]["pruned"]["postprocess"]
     thresh, iou = rule["score_thresh"], rule["nms_thresh"]
     rows, worst_box, worst_score, worst_point = [], 0.0, 0.0, 0.0
@@ -152,7 +155,9 @@ def main(argv=None) -> int:
     edgeanchor("prune-and-export", "--model", f"onnx:{model}", "--head", "retinaface", "--data", str(photos),
                "--out", str(export), "--overwrite", "--max-evals", str(args.max_evals))
     seconds = time.perf_counter() - t0
-    report = json.loads((export / "report.json").read_text())
+    from edgeanchor.exporting.folder import ExportFolder
+
+    report = ExportFolder.open(export).report
     bench_json = work / "bench.json"
     edgeanchor("bench", str(export), "--threads", "1", "--max-time", str(args.bench_time),
                "--json-out", str(bench_json))

@@ -506,7 +506,7 @@ def test_an_onnx_sources_checkpoint_is_refused_in_one_line(retina_export, capsys
     assert main(["inspect", "--model", str(retina_export.checkpoint_path("pruned"))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
-    assert "is the checkpoint of a model held as ONNX" in err and "--model onnx:PATH with --head" in err
+    assert "is the checkpoint of a model held as ONNX" in err and "--model onnx:model_raw.onnx with --head head.json" in err
     assert "altered" not in err
 
 # ------------------------------------------------------------------------ the label-free run, end to end

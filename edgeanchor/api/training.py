@@ -25,7 +25,8 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
                      split: str | None = None, model: str | None = None, init: str | None = None,
                      num_classes: int | None = None, weights: str | None = None, anchors: str | None = None,
                      image_size: Sequence[int] | None = None, score_thresh: float | None = None,
-                     nms_thresh: float | None = None, max_det: int | None = None, epochs: int, batch_size: int = 32,
+                     nms_thresh: float | None = None, max_det: int | None = None, head: str | None = None,
+                     epochs: int, batch_size: int = 32,
                      lr: float = 2e-3,
                      weight_decay: float = 5e-4, warmup_iters: int = 200, device: str = "cpu", workers: int = 1,
                      seed: int = 0, max_iters_per_epoch: int | None = None, resume: bool = False,
@@ -42,6 +43,7 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
         score_thresh, nms_thresh, max_det: override the post-processing rule the epochs are evaluated with
             and the checkpoint records (default: the model's own), as :func:`edgeanchor.load`.
         init: start from this checkpoint instead (e.g. a pruned one), keeping its anchors.
+        head: only for ``onnx:`` models, which are pruned without retraining: refused (one line).
         epochs, batch_size, lr, weight_decay, warmup_iters, seed, max_iters_per_epoch: AdamW with warm-up and
             cosine decay; ``seed`` fixes the initial weights, shuffling and augmentation.
         device, workers: where to train, and data loader processes (neither changes the result).
@@ -63,10 +65,14 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
     from ..train.loop import TrainConfig, seed_everything, train
     from .settings import TrainSettings
 
+    if head is not None or str(model or "").startswith("onnx:"):
+        from ..errors import ONNX_NO_FINETUNE
+
+        raise EdgeAnchorError(ONNX_NO_FINETUNE.replace("drop `finetune_epochs`", "train a PyTorch model instead"))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     TrainSettings(out=out, data=data, ann=ann, val_ann=val_ann, split=split, model=model, init=init,
                   num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size,
-                  score_thresh=score_thresh, nms_thresh=nms_thresh, max_det=max_det, epochs=epochs,
+                  score_thresh=score_thresh, nms_thresh=nms_thresh, max_det=max_det, head=head, epochs=epochs,
                   batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, device=device,
                   workers=workers, seed=seed, max_iters_per_epoch=max_iters_per_epoch, resume=resume,
                   overwrite=overwrite, progress=progress).validate()  # once, before any data or model

@@ -430,7 +430,8 @@ def check_save_path(path: str | os.PathLike, *, overwrite: bool = False, inputs:
     parent = Path(path).parent
     if is_export_folder(parent):  # its graphs, priors and report go together; a stray file also blocks --overwrite
         raise EdgeAnchorError(f"{path} is inside the export folder {parent}, whose files belong together; "
-                              "write the pruned model outside it (prune-and-export --overwrite rewrites the folder)")
+                              "write the pruned model outside it (prune-and-export with `overwrite` rewrites the "
+                              "folder)")
     inputs = list(inputs)
     if str(path).endswith(".onnx"):  # a pruned ONNX model: the graph, its head spec and priors beside it
         from ..onnx_source.export import drop_in_paths, is_drop_in

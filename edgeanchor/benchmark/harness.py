@@ -323,7 +323,7 @@ def format_result(result: dict) -> str:
     lines = [format_table(["stage", "baseline median ms [95 % CI]", "p90", "pruned median ms [95 % CI]", "p90",
                            "pruned/baseline [95 % CI]"], rows),
              counted or f"boxes entering NMS: {nms['baseline']['note']}",
-             *([("cost, pruned/baseline (report.json): " + ", ".join(
+             *([("cost, pruned/baseline (the export's report): " + ", ".join(
                  f"{name} x{result['cost_ratios'][key]:.3f}" for key, name in
                  (("head_macs", "head MACs"), ("total_macs", "total MACs"), ("num_boxes", "boxes"))
                  if key in result["cost_ratios"]))] if result.get("cost_ratios") else []),

@@ -120,8 +120,8 @@ def _check_model_size(obj: dict, arch: str, state: dict, path) -> None:
 
     if arch == "onnx":  # ours, from an export of an ONNX source: its backbone lives in the ONNX file only
         raise EdgeAnchorError(f"{path} is the checkpoint of a model held as ONNX, which is not rebuilt from a "
-                              "checkpoint; load the ONNX file (`model` onnx:PATH with `head`) or use the export's "
-                              "ONNX graphs (bench --runtime onnxruntime)")
+                              "checkpoint; load its pruned graph (`model` onnx:model_raw.onnx with `head` head.json) "
+                              "or run the export's ONNX graphs")
     if arch not in ARCHS:
         raise out_of_bounds(path, "arch", arch, f"one of {', '.join(ARCHS)} or yolov5:...")
     spec, anchors = ARCHS[arch], AnchorSet.from_json(obj["anchors"])

@@ -306,7 +306,7 @@ def detector_from_checkpoint(obj: dict, path) -> Detector:
     arch = obj["arch"]
     if arch == "onnx":  # an export folder's record of an ONNX source: the graph lives beside it, not in it
         raise EdgeAnchorError(f"{path} records a model held as ONNX; load the pruned graph beside it: "
-                              "--model onnx:model_raw.onnx --head head.json")
+                              "`model` onnx:model_raw.onnx with `head` head.json")
     if arch.startswith("yolov5:"):
         from .yolo_build import yolo_from_checkpoint
 

@@ -158,7 +158,7 @@ def conv_from_node(model: onnx.ModelProto, node_name: str) -> nn.Conv2d:
     """
     node = next((n for n in model.graph.node if (n.name or n.output[0]) == node_name), None)
     if node is None or node.op_type != "Conv":
-        raise EdgeAnchorError(f"head node {node_name!r} is not a Conv in the graph; check the spec's `convs`")
+        raise EdgeAnchorError(f"head node {node_name!r} is not a Conv in the graph; check the head spec's convs")
     arrays = _constants(model)
     if node.input[1] not in arrays or (len(node.input) > 2 and node.input[2] and node.input[2] not in arrays):
         raise EdgeAnchorError(f"head convolution {node_name} has weights computed in the graph, not stored; "
