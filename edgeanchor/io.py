@@ -7,6 +7,7 @@ may use (the CLI included), so no module has to reach up into ``cli/``.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -452,6 +453,15 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, is_ours: Call
 def cache_root() -> Path:
     """Where caches live: ``$EDGEANCHOR_CACHE``, default ``~/.cache/edgeanchor``."""
     return Path(os.environ.get("EDGEANCHOR_CACHE", Path.home() / ".cache" / "edgeanchor"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

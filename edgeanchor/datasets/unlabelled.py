@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from ..errors import EdgeAnchorError
-from ..io import atomic_dir, cache_root, write_json
+from ..io import atomic_dir, cache_root, file_sha256, write_json
 from .yolo import IMAGE_SUFFIXES
 
 # what OpenCV's FFmpeg backend reads; anything else is not taken for a video
@@ -65,14 +65,6 @@ def unlabelled_split(folder) -> str:
     if not path.is_file():
         write_json(path, listing)
     return str(path)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def video_frames(video, frame_step: int | None = None, max_frames: int | None = None) -> str:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..datasets.coco import CocoDetection
 from ..errors import EdgeAnchorError
 from ..evaluation.predict import make_loader
-from ..io import atomic_path, cache_root, check_writable, log, warn
+from ..io import atomic_path, cache_root, check_writable, file_sha256, log, warn
 
 # 2: meta key "postprocess_spec"; 3: an image manifest (name, size, mtime, SHA-256) in the meta
 CACHE_FORMAT = "edgeanchor.candidates/3"
@@ -191,20 +191,12 @@ def build_cache(detector, dataset: CocoDetection, *, batch_size: int = 16, devic
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def image_manifest(dataset: CocoDetection) -> list[list]:
     """Per image, in data set order: [file name, size in bytes, mtime in ns, SHA-256 of the contents]."""
     rows = []
     for path in dataset.image_paths():
         st = path.stat()
-        rows.append([str(path.relative_to(dataset.image_dir)), st.st_size, st.st_mtime_ns, _sha256(path)])
+        rows.append([str(path.relative_to(dataset.image_dir)), st.st_size, st.st_mtime_ns, file_sha256(path)])
     return rows
 
 
@@ -234,7 +226,7 @@ def images_unchanged(cache: CandidateCache, dataset: CocoDetection) -> tuple[boo
         st = path.stat()
         if not hash_always and (st.st_size, st.st_mtime_ns) == (size, mtime):
             continue
-        if st.st_size != size or _sha256(path) != digest:
+        if st.st_size != size or file_sha256(path) != digest:
             return False, False
         if st.st_mtime_ns != mtime:
             row[2] = st.st_mtime_ns

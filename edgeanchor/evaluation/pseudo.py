@@ -63,7 +63,7 @@ def model_categories(det) -> list[dict]:
 def images_fingerprint(images: str, listed: list[dict]) -> list[list]:
     """What the reference depends on in the images, by the candidate cache's rule (README): each image's SHA-256
     when the split is at most :data:`~.cache.HASH_ALWAYS_MAX_BYTES`, else its size and modification time."""
-    from ..datasets.unlabelled import file_sha256
+    from ..io import file_sha256
     from .cache import HASH_ALWAYS_MAX_BYTES
 
     paths = [Path(images) / im["file_name"] for im in listed]

@@ -14,7 +14,6 @@ user's graph itself is never changed here; pruning it is :func:`.graph.prune_gra
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..anchors import AnchorSet
 from ..errors import EdgeAnchorError
+from ..io import file_sha256
 from ..limits import MAX_IMAGE_SIDE
 from ..models.base import Detector
 from ..models.ssd import slice_conv
@@ -395,14 +395,6 @@ def rule_from_spec(spec: HeadSpec, num_scores: int) -> PostprocessRule:
                            detections_per_img=int(nms.max_det), box_weights=(sx, sy, sw, sh),
                            clip=bool(coding.clip) and score_fn != "yolo",
                            box_coding="linear_size" if coding.kind == "mediapipe" else "centre_size")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size: tuple[int, int] | None = None,
