@@ -159,14 +159,15 @@ def conv_from_node(model: onnx.ModelProto, node_name: str) -> nn.Conv2d:
     node = next((n for n in model.graph.node if (n.name or n.output[0]) == node_name), None)
     if node is None or node.op_type != "Conv":
         raise EdgeAnchorError(f"head node {node_name!r} is not a Conv in the graph; check the head spec's convs")
-    arrays = _constants(model)
-    if node.input[1] not in arrays or (len(node.input) > 2 and node.input[2] and node.input[2] not in arrays):
+    tensors = _constants(model)
+    if node.input[1] not in tensors or (len(node.input) > 2 and node.input[2] and node.input[2] not in tensors):
         raise EdgeAnchorError(f"head convolution {node_name} has weights computed in the graph, not stored; "
                               "simplify the model (onnxsim) so its weights are constants")
-    weight = arrays[node.input[1]].astype(np.float32)
+    weight = numpy_helper.to_array(tensors[node.input[1]]).astype(np.float32)  # only this conv's tensors decoded
     if weight.ndim != 4:
         raise EdgeAnchorError(f"head node {node_name} is a {weight.ndim - 2}-D convolution; only 2-D is supported")
-    bias = arrays[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] else None
+    bias = numpy_helper.to_array(tensors[node.input[2]]).astype(np.float32) \
+        if len(node.input) > 2 and node.input[2] else None
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
@@ -199,14 +200,14 @@ def conv_from_node(model: onnx.ModelProto, node_name: str) -> nn.Conv2d:
     return conv.eval()
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node values, also through Identity nodes."""
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node values by tensor name, also through Identity nodes (not decoded)."""
+    out = {t.name: t for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
+                    out[n.output[0]] = a.t
     for n in model.graph.node:  # Identity chains (exporters alias shared weights this way)
         if n.op_type == "Identity" and n.input[0] in out:
             out[n.output[0]] = out[n.input[0]]
@@ -320,9 +321,8 @@ class OnnxDetector(Detector):
 
     def _sliced(self, anchor_set: AnchorSet, keep_per_level: dict[int, list[int]]) -> OnnxDetector:
         box_cols, cls_cols = 4, self.cls_columns
-        for level in self.active_levels:  # refused here, not after a whole export (graph.prune_graph)
-            if not keep_per_level.get(level) and any(c.join is None for c in self.source.match.convs
-                                                     if c.level == level):
+        for level in self.required_levels():  # refused here, not after a whole export (graph.prune_graph)
+            if not keep_per_level.get(level):
                 ids = [a.id for a in self.anchor_set.levels[level].anchors]
                 raise EdgeAnchorError(f"level {level} of {self.source.path} is a graph output of its own, which "
                                       f"the pruned graph keeps; keep at least one of its anchors {ids} in `keep`")
@@ -436,10 +436,9 @@ def build_onnx_detector(name: str, *, head: str | os.PathLike | None, image_size
 
 
 def _static_size(model: onnx.ModelProto, spec: HeadSpec) -> tuple[int, int]:
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    wanted = [i for i in inputs if spec.preprocess.input_name in (None, i.name)]
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in wanted[0].type.tensor_type.shape.dim] \
-        if wanted else []
+    from .onnx_file import graph_input, static_dims
+
+    dims = [d or 0 for d in static_dims(graph_input(model, spec.preprocess.input_name))]
     h, w = (dims[1], dims[2]) if spec.preprocess.layout == "NHWC" and len(dims) == 4 else \
         (dims[2], dims[3]) if len(dims) == 4 else (0, 0)
     if h <= 0 or w <= 0:
