@@ -161,14 +161,20 @@ def test_find_head_reads_the_packed_regressors_as_the_box_convs(tiny):
 def test_packed_split_equals_the_graphs_columns(tiny, images):
     _, model, det = tiny
     regressors, classificators = run(model, graph_input(images))
-    with torch.no_grad():
-        features = det.backbone(images)
-        cls, box = det.flatten_head(det.head(features))
-        extras = torch.cat([flatten(det.extras_at(j, f), 12) for j, f in enumerate(features)], dim=1)
+    cls, box, extras = head_columns(det, images)
     # box: columns 0..3 (x, y, w, h: the preset's xywh order keeps them); keypoints: columns 4..15
     np.testing.assert_allclose(box[0].numpy(), regressors[0, :, :4], rtol=0, atol=2e-5)
     np.testing.assert_allclose(extras[0].numpy(), regressors[0, :, 4:], rtol=0, atol=2e-5)
     np.testing.assert_allclose(cls[0].numpy(), classificators[0], rtol=0, atol=2e-5)
+
+
+def head_columns(det, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detector's flattened scores, boxes and keypoints (N, B, columns each), in the graph's row order."""
+    with torch.no_grad():
+        features = det.backbone(images)
+        cls, box = det.flatten_head(det.head(features))
+        extras = torch.cat([flatten(det.extras_at(j, f), 12) for j, f in enumerate(features)], dim=1)
+    return cls, box, extras
 
 
 def flatten(x: torch.Tensor | None, columns: int) -> torch.Tensor:
@@ -246,11 +252,7 @@ def test_prune_slices_the_packed_convs_in_whole_anchor_blocks(tiny, images, keep
     # the pruned detector (edgeanchor's own slicing of the split convs) gives the same columns
     ids = [a.id for i, level in enumerate(det.anchor_set.levels) for p, a in enumerate(level.anchors)
            if p in keep.get(i, ())]
-    small = prune(det, ids)
-    with torch.no_grad():
-        features = small.backbone(images)
-        cls, box = small.flatten_head(small.head(features))
-        extras = torch.cat([flatten(small.extras_at(j, f), 12) for j, f in enumerate(features)], dim=1)
+    cls, box, extras = head_columns(prune(det, ids), images)
     np.testing.assert_allclose(box[0].numpy(), got_reg[0, :, :4], rtol=0, atol=2e-5)
     np.testing.assert_allclose(extras[0].numpy(), got_reg[0, :, 4:], rtol=0, atol=2e-5)
     np.testing.assert_allclose(cls[0].numpy(), got_cls[0], rtol=0, atol=2e-5)

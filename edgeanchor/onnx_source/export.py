@@ -246,12 +246,9 @@ class EndToEndWithPoints(torch.nn.Module):
         self.head = HeadGraph(detector)
         self.postprocess = ExportPostprocess(detector)
         self.k = int(getattr(detector, "extra_points", 0))
-        anchors = detector.anchors_xyxy.detach().clone()
-        wx, wy = (float(v) for v in detector.postprocess_spec.box_weights[:2])
-        ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (B, 2)
-        scale = (anchors[:, 2:] - anchors[:, :2]) / torch.tensor([wx, wy])  # (B, 2)
-        self.register_buffer("ctr", ctr.repeat(1, self.k), persistent=False)  # (B, 2k)
-        self.register_buffer("scale", scale.repeat(1, self.k), persistent=False)
+        ctr, scale = point_priors(detector)
+        self.register_buffer("ctr", ctr, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..postprocess import flatten_level
@@ -265,11 +262,24 @@ class EndToEndWithPoints(torch.nn.Module):
         return rows, count, (points[box_idx] * valid).unsqueeze(0)
 
 
+def point_priors(detector: Detector) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per box, (B, 2k) each: the anchor centre and anchor size / box weight, repeated for each of the k points.
+
+    A point decodes as ``ctr + raw * scale``, as the box centre does.
+    """
+    k = int(getattr(detector, "extra_points", 0))
+    anchors = detector.anchors_xyxy.detach().clone()
+    wx, wy = (float(v) for v in detector.postprocess_spec.box_weights[:2])
+    ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (B, 2)
+    scale = (anchors[:, 2:] - anchors[:, :2]) / torch.tensor([wx, wy])  # (B, 2)
+    return ctr.repeat(1, k), scale.repeat(1, k)
+
+
 def decode_points(detector: OnnxDetector, features: list[torch.Tensor], box_index: torch.Tensor) -> torch.Tensor:
     """The decoded extra points (D, 2k) in input pixels of the boxes ``box_index`` (torch, for checks)."""
-    module = EndToEndWithPoints(detector)
     from ..postprocess import flatten_level
 
-    raw = torch.cat([flatten_level(detector.extras_at(j, f), 2 * module.k)[0]  # type: ignore[arg-type]
+    ctr, scale = point_priors(detector)
+    raw = torch.cat([flatten_level(detector.extras_at(j, f), 2 * detector.extra_points)[0]  # type: ignore[arg-type]
                      for j, f in enumerate(features)])
-    return (module.ctr + raw * module.scale)[box_index]
+    return (ctr + raw * scale)[box_index]
