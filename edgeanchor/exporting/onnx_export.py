@@ -156,7 +156,7 @@ def _plan(detector: Detector, images: torch.Tensor, nonms_topk: int = NONMS_TOPK
         "decoded": (DecodedGraph(detector), (images,), ["images"],
                     {"boxes_xyxy": [1, num_boxes, 4], "scores": [1, num_boxes, detector.num_classes]}),
     }
-    points = int(getattr(detector, "extra_points", 0))
+    points = detector.extra_points
     if points:  # an ONNX source with landmarks / keypoints: model.onnx carries them through NMS
         from ..onnx_source.export import EndToEndWithPoints
 

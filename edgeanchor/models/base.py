@@ -119,6 +119,11 @@ class Detector(nn.Module):
         """The head on the j-th active level."""
         raise NotImplementedError
 
+    @property
+    def extra_points(self) -> int:
+        """k, the points (landmarks, keypoints) each anchor predicts besides its box; 0 for torch models."""
+        return 0
+
     def extras_at(self, j: int, feature: torch.Tensor) -> torch.Tensor | None:
         """Extra per-anchor head outputs of the j-th active level (landmarks, keypoints), or None."""
         return None

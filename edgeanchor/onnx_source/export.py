@@ -245,7 +245,7 @@ class EndToEndWithPoints(torch.nn.Module):
         self.backbone = BackboneGraph(detector)
         self.head = HeadGraph(detector)
         self.postprocess = ExportPostprocess(detector)
-        self.k = int(getattr(detector, "extra_points", 0))
+        self.k = detector.extra_points
         ctr, scale = point_priors(detector)
         self.register_buffer("ctr", ctr, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
@@ -267,7 +267,7 @@ def point_priors(detector: Detector) -> tuple[torch.Tensor, torch.Tensor]:
 
     A point decodes as ``ctr + raw * scale``, as the box centre does.
     """
-    k = int(getattr(detector, "extra_points", 0))
+    k = detector.extra_points
     anchors = detector.anchors_xyxy.detach().clone()
     wx, wy = (float(v) for v in detector.postprocess_spec.box_weights[:2])
     ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (B, 2)
