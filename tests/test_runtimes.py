@@ -3,10 +3,14 @@ matrix of the report, bench on every runtime, and the one-line errors for what a
 
 import json
 import pickle
+import re
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgeanchor.cli import main
 from edgeanchor.errors import EdgeAnchorError
@@ -56,6 +60,54 @@ def test_openvino_ir_is_written_and_in_parity_at_f32(export):
     weights = [op for op in core.read_model(str(folder.root / "openvino" / "head.xml")).get_ops()
                if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) == 4]
     assert weights and all(str(op.get_output_element_type(0)) in ("<Type: 'float32'>", "f32") for op in weights)
+
+
+class _ShapeHead(torch.nn.Module):
+    """A conv whose output is flattened with shapes computed in the graph (Shape, Gather, Concat, Reshape),
+    as the exported heads are: what OpenVINO's conversion folds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, 4).softmax(-1)
+
+
+def _ir_text(xml: Path) -> str:
+    """An IR's XML without what differs between two conversions of one graph: generated node names, rt_info."""
+    text = re.sub(r"<rt_info>.*?</rt_info>", "", xml.read_text(), flags=re.S)
+    return re.sub(r'name="([A-Za-z]+)_\d+"', r'name="\1_N"', text)
+
+
+def test_ir_is_convert_models_without_its_telemetry(tmp_path, monkeypatch):
+    """write_ir saves the IR that openvino.convert_model gives (same XML, byte-identical weights), but never
+    calls it: convert_model's telemetry writes ~/intel/openvino_ga_cid and ~/intel/stats and sends events."""
+    from edgeanchor.exporting.openvino_ir import write_ir
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # where convert_model's telemetry writes, for the reference
+    onnx_path = tmp_path / "head.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ShapeHead().eval(), (torch.rand(1, 3, 16, 16),), str(onnx_path), input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False)
+    reference = tmp_path / "reference.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(reference), compress_to_fp16=False)
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **k: pytest.fail("write_ir called convert_model"))
+    written = write_ir({"head": (onnx_path, tmp_path / "ir" / "head.xml")})
+    xml = Path(written["head"])
+    assert _ir_text(xml) == _ir_text(reference)
+    assert xml.with_suffix(".bin").read_bytes() == reference.with_suffix(".bin").read_bytes()
+    assert list(home.iterdir()) == []  # nothing written in the user's home
+    # the comparison can fail: the graph as read, unfolded, is not convert_model's IR
+    unfolded = tmp_path / "unfolded.xml"
+    ov.save_model(ov.Core().read_model(str(onnx_path)), str(unfolded), compress_to_fp16=False)
+    assert _ir_text(unfolded) != _ir_text(reference)
 
 
 @pytest.mark.slow
