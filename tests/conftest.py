@@ -27,6 +27,15 @@ def pytest_configure(config):
     # Caches (candidate caches, searches, the demo data set) go to a fresh folder,
     # never to the user's ~/.cache/edgeanchor.
     os.environ["EDGEANCHOR_CACHE"] = tempfile.mkdtemp(prefix="edgeanchor-test-cache-")
+    # Under pytest-xdist, each worker gets its share of the cores: torch's and OpenMP's default of one thread
+    # per core in each of N workers oversubscribes the machine, and their spinning threads doubled the CPU
+    # time of the suite on 2 cores. The variables reach the processes the tests start (search workers, CLIs).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = threads
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(autouse=True)
