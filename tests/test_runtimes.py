@@ -83,7 +83,7 @@ def _ir_text(xml: Path) -> str:
 
 def test_ir_is_convert_models_without_its_telemetry(tmp_path, monkeypatch):
     """write_ir saves the IR that openvino.convert_model gives (same XML, byte-identical weights), but never
-    calls it: convert_model's telemetry writes ~/intel/openvino_ga_cid and ~/intel/stats and sends events."""
+    calls it: convert_model's telemetry sends an event per step (a thread, a write to ~/intel/stats)."""
     from edgeanchor.exporting.openvino_ir import write_ir
 
     monkeypatch.setenv("HOME", str(tmp_path))  # where convert_model's telemetry writes, for the reference
@@ -103,7 +103,7 @@ def test_ir_is_convert_models_without_its_telemetry(tmp_path, monkeypatch):
     xml = Path(written["head"])
     assert _ir_text(xml) == _ir_text(reference)
     assert xml.with_suffix(".bin").read_bytes() == reference.with_suffix(".bin").read_bytes()
-    assert list(home.iterdir()) == []  # nothing written in the user's home
+    assert list(home.iterdir()) == []  # no telemetry written in the user's home
     # the comparison can fail: the graph as read, unfolded, is not convert_model's IR
     unfolded = tmp_path / "unfolded.xml"
     ov.save_model(ov.Core().read_model(str(onnx_path)), str(unfolded), compress_to_fp16=False)

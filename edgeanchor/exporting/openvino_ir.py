@@ -6,9 +6,10 @@ converted as ``openvino.convert_model`` converts an ONNX file (its ONNX frontend
 transformations) and saved with f32 weights (``compress_to_fp16=False``: OpenVINO's default would halve the
 weights and change the numbers).
 
-``convert_model`` itself is not called: it also runs OpenVINO's usage telemetry, which writes
-``~/intel/openvino_ga_cid`` and ``~/intel/stats`` in the user's home, tries to send events to Google
-Analytics unless the user opted out, and starts a thread per event (several seconds of an export).
+``convert_model`` itself is not called: unless the user opted out of OpenVINO's usage telemetry, it sends
+an event per conversion step, each on a new thread with a write to ``~/intel/stats`` (4 s of CPU and more
+of system time in a demo export). ``import openvino`` still sends one event of its own, which OpenVINO's
+``opt_in_out --opt_out`` turns off.
 The precision the IR runs at is chosen when it is compiled (``edgeanchor bench --runtime openvino
 --precision ...``), not here. ``model_trt.onnx`` is TensorRT's and is not converted.
 """
