@@ -176,6 +176,22 @@ def test_prune_forms_and_save_round_trip(demo, tmp_path):
         ea.prune(demo, [999])
 
 
+def test_prune_says_how_to_pass_ids_given_as_a_string(demo, tmp_path, monkeypatch):
+    """A string is an anchor file's path; "0,3" (the CLI's --keep form) names no file, and the error says to pass
+    a list. A file of that name is still read as an anchor file."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ea.EdgeAnchorError) as err:
+        ea.prune(demo, " 0, 3")
+    assert str(err.value) == ("keep=' 0, 3' is read as an anchor file, and there is none; to keep anchor ids, "
+                              "pass them as a list: prune(det, [0, 3])")
+    assert ea.prune(demo, [0, 3]).anchor_set.ids == [0, 3]
+    with pytest.raises(ea.EdgeAnchorError, match="anchor file missing.json does not exist; check the path"):
+        ea.prune(demo, "missing.json")  # not ids: the file error as before
+    ea.save(ea.prune(demo, [0, 3]), tmp_path / "k.pt")
+    (tmp_path / "k.anchors.json").rename(tmp_path / "0,3")
+    assert ea.prune(demo, "0,3").anchor_set.ids == [0, 3]  # a file of that name is an anchor file
+
+
 def _same_detections(a, b, size):
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

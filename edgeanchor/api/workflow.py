@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
@@ -404,6 +405,10 @@ def prune(det: Detector, keep: Iterable[int] | FrontPoint | str | os.PathLike | 
     elif isinstance(keep, FrontPoint):
         ids = check_ids(det, keep.keep)
     elif isinstance(keep, (str, os.PathLike, AnchorSet)):
+        if isinstance(keep, str) and not Path(keep).exists() and re.fullmatch(r"[\d\s,]*\d[\d\s,]*", keep):
+            ids_text = ", ".join(t.strip() for t in keep.split(",") if t.strip())
+            raise EdgeAnchorError(f"keep={keep!r} is read as an anchor file, and there is none; to keep anchor ids, "
+                                  f"pass them as a list: prune(det, [{ids_text}])")
         ids = keep_ids_from_file(det, keep)
     else:
         ids = check_ids(det, keep if keep is not None else ())  # not `keep or ()`: a numpy array has no truth value
