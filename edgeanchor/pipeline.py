@@ -325,12 +325,10 @@ def export_pair(folder: ExportFolder, reference, pruned, *, opset: int = 17, ima
             entry["parity"] = require_parity(check_parity(model, vdir, images), "ONNX Runtime", variant)
         if openvino or (openvino is None and is_installed("openvino")):  # the IR, checked as ONNX Runtime's are
             entry["openvino"] = _openvino_ir(folder, variant, model, exported["files"], images, log)
-        if getattr(model, "source", None) is not None:  # an ONNX source: its own graph, pruned, with its priors
-            from .onnx_source.export import write_drop_in
-
-            paths = folder.drop_in_paths(variant)
-            entry["drop_in"] = write_drop_in(model, paths)
-            entry["drop_in"]["files"] = {k: str(p.relative_to(folder.root)) for k, p in paths.items()}
+        paths = folder.drop_in_paths(variant)
+        drop_in = model.write_drop_in(paths)  # an ONNX source: its own graph, pruned, with its priors
+        if drop_in is not None:
+            entry["drop_in"] = {**drop_in, "files": {k: str(p.relative_to(folder.root)) for k, p in paths.items()}}
         result[variant] = entry
     return result
 

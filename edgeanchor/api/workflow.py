@@ -478,10 +478,10 @@ def save(det: Detector, path: str | os.PathLike, *, overwrite: bool = False, met
                               "onnx:PATH; save this model as a .pt checkpoint")
     check_save_path(path, overwrite=overwrite)
     if onnx_out:
-        from ..onnx_source.export import drop_in_paths, write_drop_in
+        from ..onnx_source.export import drop_in_paths
 
         files = drop_in_paths(path)
-        write_drop_in(det, files)  # type: ignore[arg-type]
+        det.write_drop_in(files)
         return files["head_json"]
     anchors = anchors_path_of(path)
     # Both are written before either is renamed into place, so a failure (a full disk) leaves the old pair.

@@ -130,10 +130,8 @@ def hash_model(h, detector) -> None:
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps(detector.anchor_set.to_json(), sort_keys=True).encode())
     h.update(json.dumps(detector.postprocess_spec.to_json(), sort_keys=True).encode())
-    source = getattr(detector, "source", None)
-    if source is not None:  # an ONNX source: its backbone's weights are in the graph, its preprocessing in the spec
-        h.update(source.sha256.encode())
-        h.update(json.dumps(detector.config.get("head_spec"), sort_keys=True).encode())
+    for part in detector.source_identity():  # an ONNX source: its backbone's weights are in the graph
+        h.update(part.encode())
 
 
 def cache_key(detector, dataset: CocoDetection) -> str:

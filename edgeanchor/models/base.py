@@ -132,6 +132,16 @@ class Detector(nn.Module):
         """Levels that must keep at least one anchor (the search never empties them); none for torch models."""
         return []
 
+    def source_identity(self) -> tuple[str, ...]:
+        """What the outputs depend on besides the module's tensors, anchors and rule (an ONNX source's graph
+        and head spec), for cache keys; nothing for torch models."""
+        return ()
+
+    def write_drop_in(self, paths: dict) -> dict | None:
+        """Write the model as its source's own pruned file at ``paths`` (``ExportFolder.drop_in_paths``) and
+        return what the report records; None for torch models, which have no such file."""
+        return None
+
     def untraced_macs(self) -> int:
         """Backbone MACs that torch hooks cannot see (a backbone run by ONNX Runtime); 0 for torch models."""
         return 0

@@ -14,6 +14,7 @@ user's graph itself is never changed here; pruning it is :func:`.graph.prune_gra
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -311,6 +312,16 @@ class OnnxDetector(Detector):
         keeps its outputs, so such a level keeps at least one anchor."""
         return [level for level in self.active_levels
                 if any(c.join is None for c in self.source.match.convs if c.level == level)]
+
+    def source_identity(self) -> tuple[str, ...]:
+        """The graph's SHA-256 (its backbone's weights) and the head spec (its preprocessing and decode)."""
+        return self.source.sha256, json.dumps(self.config.get("head_spec"), sort_keys=True)
+
+    def write_drop_in(self, paths: dict) -> dict:
+        """The user's graph pruned to these anchors, its head spec and priors (:func:`.export.write_drop_in`)."""
+        from .export import write_drop_in
+
+        return write_drop_in(self, paths)
 
     def untraced_macs(self) -> int:
         """MACs of the backbone's convolutions, counted from the graph (ONNX Runtime runs it, not torch)."""
