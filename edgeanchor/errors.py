@@ -46,8 +46,9 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 
 # One wording wherever a fine-tune of an ONNX source is asked for (docs/onnx-head-spec.md, "Fine-tuning").
-ONNX_NO_FINETUNE = ("ONNX models are pruned without retraining (their backbone runs in ONNX Runtime, not as "
-                    "trainable modules); drop `finetune_epochs`")
+ONNX_NOT_TRAINABLE = ("ONNX models are pruned without retraining (their backbone runs in ONNX Runtime, not as "
+                      "trainable modules)")
+ONNX_NO_FINETUNE = f"{ONNX_NOT_TRAINABLE}; drop `finetune_epochs`"
 # A model loaded as onnx:PATH is saved as its own graph, pruned (api.save, edgeanchor prune).
 ONNX_OUT = ("an ONNX model is saved as its own graph, pruned: give `out` as PATH.onnx (its head spec and priors are "
             "written beside it)")

@@ -66,9 +66,9 @@ def train_checkpoint(out: str | os.PathLike, *, data: str, ann: str | None = Non
     from .settings import TrainSettings
 
     if head is not None or str(model or "").startswith("onnx:"):
-        from ..errors import ONNX_NO_FINETUNE
+        from ..errors import ONNX_NOT_TRAINABLE
 
-        raise EdgeAnchorError(ONNX_NO_FINETUNE.replace("drop `finetune_epochs`", "train a PyTorch model instead"))
+        raise EdgeAnchorError(f"{ONNX_NOT_TRAINABLE}; train a PyTorch model instead")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     TrainSettings(out=out, data=data, ann=ann, val_ann=val_ann, split=split, model=model, init=init,
                   num_classes=num_classes, weights=weights, anchors=anchors, image_size=image_size,
