@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import EdgeAnchorError
-from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LEVELS, is_int
+from ..limits import MAX_ANCHORS_PER_LEVEL, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_LEVELS
 from .priors import anchor_set, priors, priors_array
 from .spec_fields import (
     MAX_SPEC_BYTES,
@@ -35,6 +35,7 @@ from .spec_fields import (
     image_size_pair,
     int_pair,
     integer,
+    is_image_size,
     number,
     numbers,
     read_spec_file,
@@ -293,8 +294,7 @@ def load_head_spec(head: str | os.PathLike, *, image_size: tuple[int, int] | Non
             the field and the fix).
     """
     if image_size is not None:
-        if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2
-                and all(is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in image_size)):
+        if not is_image_size(image_size):
             raise EdgeAnchorError(f"`image_size` is {image_size!r}, but it must be [height, width] in pixels, each "
                                   f"from 1 to {MAX_IMAGE_SIDE:,}; give another size")  # an argument, not the spec
         image_size = (int(image_size[0]), int(image_size[1]))

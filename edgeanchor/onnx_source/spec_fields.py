@@ -203,9 +203,14 @@ def int_pair(value, path: str, source: str, low: int, high: int) -> tuple[int, i
     return int(items[0]), int(items[1])
 
 
+def is_image_size(value) -> bool:
+    """[height, width] in pixels, each from 1 to :data:`MAX_IMAGE_SIDE`."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in value))
+
+
 def image_size_pair(value, path: str, source: str) -> tuple[int, int]:
-    if not (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in value)):
+    if not is_image_size(value):
         raise bad(source, path, value, f"[height, width] in pixels, each from 1 to {MAX_IMAGE_SIDE:,}")
     return int(value[0]), int(value[1])
 
